@@ -1,0 +1,261 @@
+//! VGG configurations (CIFAR variant: 3x3 convs with padding 1, one Linear classifier),
+//! named exactly as PyTorch indexes `features` and `classifier`.
+
+use super::{Arch, ConvBody, ConvSpec, ConvUnit, LinearSpec, Unit};
+use std::fmt;
+
+/// One entry of a VGG channel plan: a 3x3 conv with this many filters, or a 2x2 max-pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VggCfgItem {
+    Conv(usize),
+    Pool,
+}
+
+/// The channel plan of torchvision's VGG variants (`A`=11, `B`=13, `D`=16, `E`=19).
+pub fn vgg_cfg(depth: usize) -> Option<Vec<VggCfgItem>> {
+    use VggCfgItem::{Conv as C, Pool as M};
+    Some(match depth {
+        11 => vec![
+            C(64),
+            M,
+            C(128),
+            M,
+            C(256),
+            C(256),
+            M,
+            C(512),
+            C(512),
+            M,
+            C(512),
+            C(512),
+            M,
+        ],
+        13 => vec![
+            C(64),
+            C(64),
+            M,
+            C(128),
+            C(128),
+            M,
+            C(256),
+            C(256),
+            M,
+            C(512),
+            C(512),
+            M,
+            C(512),
+            C(512),
+            M,
+        ],
+        16 => vec![
+            C(64),
+            C(64),
+            M,
+            C(128),
+            C(128),
+            M,
+            C(256),
+            C(256),
+            C(256),
+            M,
+            C(512),
+            C(512),
+            C(512),
+            M,
+            C(512),
+            C(512),
+            C(512),
+            M,
+        ],
+        19 => vec![
+            C(64),
+            C(64),
+            M,
+            C(128),
+            C(128),
+            M,
+            C(256),
+            C(256),
+            C(256),
+            C(256),
+            M,
+            C(512),
+            C(512),
+            C(512),
+            C(512),
+            M,
+            C(512),
+            C(512),
+            C(512),
+            C(512),
+            M,
+        ],
+        _ => return None,
+    })
+}
+
+/// A parsed `--arch` value: `vgg19_bn`, `vgg11`, `vgg16_bn@0.25` (width multiplier) or a
+/// custom plan `cfg_bn:16,M,32,M` / `cfg:16,M` (M = max-pool).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArchSpec {
+    pub text: String,
+    pub cfg: Vec<VggCfgItem>,
+    pub batch_norm: bool,
+}
+
+/// Error for an `--arch` value that is not understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchSpecError(pub String);
+
+impl fmt::Display for ArchSpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown architecture {:?}: expected vgg11|vgg13|vgg16|vgg19 with optional _bn \
+             and @WIDTH (e.g. vgg19_bn@0.25), or cfg:16,M,32 / cfg_bn:16,M,32",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ArchSpecError {}
+
+impl ArchSpec {
+    pub fn parse(text: &str) -> Result<Self, ArchSpecError> {
+        let err = || ArchSpecError(text.to_string());
+        let text = text.trim();
+        if let Some((kind, plan)) = text.split_once(':') {
+            let batch_norm = match kind {
+                "cfg" => false,
+                "cfg_bn" => true,
+                _ => return Err(err()),
+            };
+            let cfg = plan
+                .split(',')
+                .map(|t| match t.trim() {
+                    "M" | "m" => Ok(VggCfgItem::Pool),
+                    n => n
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&c| c > 0)
+                        .map(VggCfgItem::Conv)
+                        .ok_or_else(err),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if !cfg.iter().any(|c| matches!(c, VggCfgItem::Conv(_))) {
+                return Err(err());
+            }
+            return Ok(Self {
+                text: text.to_string(),
+                cfg,
+                batch_norm,
+            });
+        }
+        let (base, width) = match text.split_once('@') {
+            Some((b, w)) => (
+                b,
+                w.parse::<f64>()
+                    .ok()
+                    .filter(|w| *w > 0.0 && *w <= 16.0)
+                    .ok_or_else(err)?,
+            ),
+            None => (text, 1.0),
+        };
+        let (depth, batch_norm) = match base.strip_suffix("_bn") {
+            Some(d) => (d, true),
+            None => (base, false),
+        };
+        let depth: usize = depth
+            .strip_prefix("vgg")
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(err)?;
+        let cfg = vgg_cfg(depth)
+            .ok_or_else(err)?
+            .into_iter()
+            .map(|c| match c {
+                VggCfgItem::Conv(n) => VggCfgItem::Conv(((n as f64 * width).round() as usize).max(1)),
+                VggCfgItem::Pool => VggCfgItem::Pool,
+            })
+            .collect();
+        Ok(Self {
+            text: text.to_string(),
+            cfg,
+            batch_norm,
+        })
+    }
+
+    /// Builds the architecture for 3x32x32 inputs and `num_classes` outputs.
+    pub fn build(&self, num_classes: usize) -> Arch {
+        let mut units = Vec::new();
+        let mut index = 0;
+        let mut channels = 3;
+        let mut size = 32;
+        for item in &self.cfg {
+            match *item {
+                VggCfgItem::Pool => {
+                    units.push(Unit::MaxPool {
+                        name: format!("features.{index}"),
+                    });
+                    index += 1;
+                    size /= 2;
+                }
+                VggCfgItem::Conv(out) => {
+                    let conv = ConvSpec {
+                        name: format!("features.{index}"),
+                        in_channels: channels,
+                        out_channels: out,
+                        kernel: 3,
+                        stride: 1,
+                        padding: 1,
+                        bias: true,
+                    };
+                    let bn = self.batch_norm.then(|| format!("features.{}", index + 1));
+                    index += if self.batch_norm { 3 } else { 2 };
+                    units.push(Unit::Conv(ConvUnit {
+                        body: ConvBody::Plain(conv),
+                        bn,
+                    }));
+                    channels = out;
+                }
+            }
+        }
+        units.push(Unit::Linear(LinearSpec {
+            name: "classifier".to_string(),
+            in_features: channels * size * size,
+            out_features: num_classes,
+        }));
+        Arch {
+            model: self.text.clone(),
+            input: [3, 32, 32],
+            units,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        assert_eq!(ArchSpec::parse("vgg16_bn").unwrap().cfg.len(), 18);
+        let narrow = ArchSpec::parse("vgg19_bn@0.125").unwrap();
+        assert_eq!(narrow.cfg[0], VggCfgItem::Conv(8));
+        let custom = ArchSpec::parse("cfg_bn:4,M,8").unwrap();
+        assert_eq!(
+            custom.cfg,
+            vec![VggCfgItem::Conv(4), VggCfgItem::Pool, VggCfgItem::Conv(8)]
+        );
+        for bad in [
+            "vgg20",
+            "resnet18",
+            "vgg19_bn@0",
+            "cfg:",
+            "cfg:4,x",
+            "cfgx:4",
+            "vgg19@abc",
+        ] {
+            assert!(ArchSpec::parse(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+}

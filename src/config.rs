@@ -1,0 +1,284 @@
+//! The per-layer compression config (JSON): Tucker-2 ranks and filter-pruning ratios,
+//! in the format of the reference's `vgg19-cifar100-search-config.json`.
+
+use crate::arch::{Arch, ConvBody};
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::Path;
+
+pub const DECOMPOSITION_METHOD: &str = "tucker2";
+pub const PRUNING_METHOD: &str = "l2_norm";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decomposition {
+    pub method: String,
+    /// Layer -> `[in_rank, out_rank]`.
+    pub ranks: IndexMap<String, [usize; 2]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pruning {
+    pub method: String,
+    /// Layer or `LAYER_tucker_i` -> fraction of its filters to remove.
+    pub ratios: IndexMap<String, f64>,
+}
+
+/// A layer config: which convs are decomposed (and their ranks), which are pruned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<[usize; 3]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decomposition: Option<Decomposition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruning: Option<Pruning>,
+}
+
+/// A config that cannot be read or does not fit the architecture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// File the config came from (`<config>` when it did not come from a file).
+    pub file: String,
+    /// JSON key path (`pruning.ratios.features.3_tucker_0`), or `line:col` for syntax.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file, self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Filters kept when a ratio `r` is applied to `n` filters: n - floor(n*r), at least 1.
+pub fn kept_filters(n: usize, ratio: f64) -> usize {
+    // The epsilon keeps 0.29 * 100 from flooring to 28 through rounding error.
+    let removed = (n as f64 * ratio + 1e-9).floor() as usize;
+    n.saturating_sub(removed).max(1)
+}
+
+/// Levenshtein distance, for "did you mean" suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+fn nearest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates.min_by_key(|c| edit_distance(name, c))
+}
+
+impl LayerConfig {
+    /// An empty config for `arch` (no decomposition, no pruning).
+    pub fn for_arch(arch: &Arch) -> Self {
+        Self {
+            model: Some(arch.model.clone()),
+            num_classes: Some(arch.num_classes()),
+            input: Some(arch.input),
+            decomposition: None,
+            pruning: None,
+        }
+    }
+
+    /// Parses JSON text; `file` names the source in errors.
+    pub fn from_json(text: &str, file: &str) -> Result<Self, ConfigError> {
+        serde_json::from_str(text).map_err(|e| ConfigError {
+            file: file.to_string(),
+            key: format!("line {} column {}", e.line(), e.column()),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "-".to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::from_json(&text, &file)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a config always serializes")
+    }
+
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::write(path, self.to_json() + "\n")
+    }
+
+    /// Checks the config against `base` (an undecomposed, unpruned architecture) and
+    /// returns the compressed architecture: ranks first, then pruning.
+    pub fn apply(&self, base: &Arch, file: &str) -> Result<Arch, ConfigError> {
+        let err = |key: String, message: String| ConfigError {
+            file: file.to_string(),
+            key,
+            message,
+        };
+        if let Some(model) = &self.model
+            && model != &base.model
+        {
+            return Err(err(
+                "model".into(),
+                format!("config is for {model:?}, the architecture is {:?}", base.model),
+            ));
+        }
+        if let Some(n) = self.num_classes
+            && n != base.num_classes()
+        {
+            return Err(err(
+                "num_classes".into(),
+                format!("config says {n}, the architecture has {}", base.num_classes()),
+            ));
+        }
+        if let Some(input) = self.input
+            && input != base.input
+        {
+            return Err(err(
+                "input".into(),
+                format!("config says {input:?}, the architecture takes {:?}", base.input),
+            ));
+        }
+        let mut arch = base.clone();
+        let layers = base.layer_names();
+        if let Some(dec) = &self.decomposition {
+            if dec.method != DECOMPOSITION_METHOD {
+                return Err(err(
+                    "decomposition.method".into(),
+                    format!(
+                        "{:?} is not supported; allowed: {DECOMPOSITION_METHOD:?}",
+                        dec.method
+                    ),
+                ));
+            }
+            for (name, &[in_rank, out_rank]) in &dec.ranks {
+                let key = format!("decomposition.ranks.{name}");
+                let Some((_, unit)) = base.find_unit(name) else {
+                    let hint = nearest(name, layers.iter().map(String::as_str))
+                        .map(|n| format!("; did you mean {n:?}?"))
+                        .unwrap_or_default();
+                    return Err(err(key, format!("no conv layer called {name:?}{hint}")));
+                };
+                let ConvBody::Plain(conv) = &unit.body else {
+                    return Err(err(
+                        key,
+                        format!("{name} is already decomposed in the base model"),
+                    ));
+                };
+                if !(1..=conv.in_channels).contains(&in_rank) {
+                    return Err(err(
+                        key,
+                        format!(
+                            "in_rank {in_rank} out of range: allowed 1..={} (input channels)",
+                            conv.in_channels
+                        ),
+                    ));
+                }
+                if !(1..=conv.out_channels).contains(&out_rank) {
+                    return Err(err(
+                        key,
+                        format!(
+                            "out_rank {out_rank} out of range: allowed 1..={} (filters)",
+                            conv.out_channels
+                        ),
+                    ));
+                }
+                if conv.in_channels <= 3 {
+                    tracing::warn!(layer = %name, "decomposing a conv whose input has only {} channels", conv.in_channels);
+                }
+                arch.decompose(name, in_rank, out_rank)
+                    .map_err(|m| err(format!("decomposition.ranks.{name}"), m))?;
+            }
+        }
+        if let Some(pruning) = &self.pruning {
+            if pruning.method != PRUNING_METHOD {
+                return Err(err(
+                    "pruning.method".into(),
+                    format!(
+                        "{:?} is not supported; allowed: {PRUNING_METHOD:?}",
+                        pruning.method
+                    ),
+                ));
+            }
+            let targets: Vec<String> = arch.convs().map(|c| c.name.clone()).collect();
+            let mut sizes = Vec::new();
+            for (name, &ratio) in &pruning.ratios {
+                let key = format!("pruning.ratios.{name}");
+                if !(ratio.is_finite() && (0.0..1.0).contains(&ratio)) {
+                    return Err(err(key, format!("ratio {ratio} out of range: allowed [0, 1)")));
+                }
+                let Some(pos) = arch.find_conv(name) else {
+                    let message = match name.rsplit_once("_tucker_") {
+                        Some((layer, i)) if layers.contains(&layer.to_string()) => {
+                            if arch
+                                .find_unit(layer)
+                                .is_some_and(|(_, u)| matches!(u.body, ConvBody::Plain(_)))
+                            {
+                                format!("{layer} is not decomposed; prune it as {layer:?}")
+                            } else {
+                                format!("sub-conv index {i:?} out of range: allowed 0, 1, 2")
+                            }
+                        }
+                        _ if layers.contains(name) => {
+                            format!("{name} is decomposed; prune its sub-convs {name}_tucker_0/1/2 instead")
+                        }
+                        _ => {
+                            let hint = nearest(name, targets.iter().map(String::as_str))
+                                .map(|n| format!("; did you mean {n:?}?"))
+                                .unwrap_or_default();
+                            format!("no conv layer called {name:?}{hint}")
+                        }
+                    };
+                    return Err(err(key, message));
+                };
+                let n = arch.conv(pos).out_channels;
+                sizes.push((pos, kept_filters(n, ratio)));
+            }
+            for (pos, kept) in sizes {
+                arch.set_out_channels(pos, kept);
+            }
+        }
+        debug_assert!(arch.check().is_ok(), "{:?}", arch.check());
+        Ok(arch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_filters_floors_and_keeps_one() {
+        assert_eq!(kept_filters(64, 0.5), 32);
+        assert_eq!(kept_filters(39, 0.3), 28); // floor(11.7) = 11 removed
+        assert_eq!(kept_filters(100, 0.29), 71);
+        assert_eq!(kept_filters(1, 0.9), 1);
+        assert_eq!(kept_filters(10, 0.0), 10);
+    }
+
+    #[test]
+    fn edit_distance_known_values() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("features.3", "features.3"), 0);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+}

@@ -1,0 +1,23 @@
+//! rankprune: compress trained CNNs by choosing per-layer Tucker-2 ranks and
+//! filter-pruning ratios.
+//!
+//! Module map:
+//! - [`arch`]: the plain architecture description every other part reads
+//!   (VGG plans with PyTorch layer names, Tucker units, current channel counts).
+//! - [`config`]: the per-layer JSON config (ranks, ratios): parse, validate, apply.
+//! - [`cost`]: exact params / MACs / FLOPs / size counter.
+//! - [`weights`]: named f32 tensors; safetensors and PyTorch state_dict files.
+//! - [`model`]: the burn `Vgg` module built from an architecture and weights.
+//! - [`device`]: the one place that turns `--device` into a burn device.
+//! - [`report`]: human tables for the CLI.
+
+pub mod arch;
+pub mod config;
+pub mod cost;
+pub mod device;
+pub mod error;
+pub mod model;
+pub mod report;
+pub mod weights;
+
+pub use error::{Error, Result};

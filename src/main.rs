@@ -1,0 +1,163 @@
+//! The `rankprune` command line.
+
+use clap::{Args, Parser, Subcommand};
+use rankprune::arch::{Arch, ArchSpec};
+use rankprune::config::LayerConfig;
+use rankprune::cost;
+use rankprune::device::parse_device;
+use rankprune::model::Vgg;
+use rankprune::report;
+use rankprune::weights::Weights;
+use rankprune::{Error, Result};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "rankprune",
+    version,
+    about = "Compress trained CNNs with Tucker-2 decomposition and filter pruning"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The model a command works on: a base architecture, optionally compressed by a config.
+#[derive(Args)]
+struct ModelArgs {
+    /// Architecture: vgg11|vgg13|vgg16|vgg19 with optional _bn and @WIDTH (vgg19_bn@0.25),
+    /// or a custom plan cfg_bn:16,M,32,M
+    #[arg(long, default_value = "vgg19_bn")]
+    arch: String,
+    /// Number of classes of the classifier
+    #[arg(long, default_value_t = 100)]
+    num_classes: usize,
+    /// Layer config JSON (decomposition ranks, pruning ratios) applied to the base arch
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    fn base(&self) -> Result<Arch> {
+        if self.num_classes == 0 {
+            return Err(Error::BadInput("--num-classes must be at least 1".into()));
+        }
+        Ok(ArchSpec::parse(&self.arch)?.build(self.num_classes))
+    }
+
+    /// The base arch and the arch after the config (the base itself without one).
+    fn resolve(&self) -> Result<(Arch, Arch)> {
+        let base = self.base()?;
+        let arch = match &self.config {
+            Some(path) => LayerConfig::load(path)?.apply(&base, &path.display().to_string())?,
+            None => base.clone(),
+        };
+        Ok((base, arch))
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print params, MACs, FLOPs and size per layer and in total
+    Metrics {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Print one JSON object instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write freshly initialised weights (torchvision's VGG init) as safetensors
+    Init {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Output file (.safetensors)
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Load weights (.safetensors, .pt, .pth) into the architecture and run one forward pass
+    Check {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        weights: PathBuf,
+        /// cpu, or wgpu:N with the wgpu feature
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Metrics { model, json } => {
+            let (base, arch) = model.resolve()?;
+            let c = cost::count(&arch);
+            if json {
+                println!("{}", serde_json::to_string(&c).expect("cost serializes"));
+            } else {
+                print!("{}", report::cost_table(&c));
+                if model.config.is_some() {
+                    println!("{}", report::reduction_line(&cost::count(&base), &c));
+                }
+            }
+        }
+        Command::Init { model, out, seed } => {
+            let (_, arch) = model.resolve()?;
+            let w = Weights::init(&arch, seed);
+            w.save_safetensors(&out)
+                .map_err(|e| Error::Failure(e.to_string()))?;
+            let c = cost::count(&arch);
+            println!(
+                "wrote {} ({} params, {:.2} MFLOPs)",
+                out.display(),
+                c.params,
+                c.mflops()
+            );
+        }
+        Command::Check {
+            model,
+            weights,
+            device,
+        } => {
+            let (_, arch) = model.resolve()?;
+            let device = parse_device(&device)?;
+            let file = weights.display().to_string();
+            let w = Weights::load(&weights)?;
+            let vgg = Vgg::from_weights(&arch, w, &file, &device)?;
+            let [c, h, wd] = arch.input;
+            let x = burn::tensor::Tensor::<4>::zeros([1, c, h, wd], &device);
+            let y = vgg
+                .forward(x)
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| Error::Failure(format!("{e:?}")))?;
+            if y.iter().any(|v| !v.is_finite()) {
+                return Err(Error::Failure(format!(
+                    "{file}: forward pass gives non-finite logits"
+                )));
+            }
+            println!(
+                "{file}: {} tensors fit {}; forward pass gives {} finite logits",
+                vgg.to_weights().tensors.len(),
+                arch.model,
+                y.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "rankprune=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e}");
+        std::process::exit(e.exit_code());
+    }
+}

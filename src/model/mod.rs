@@ -1,0 +1,195 @@
+//! The burn `Vgg` module, built from an [`Arch`] (any mix of plain and Tucker units,
+//! any channel counts) and converted to and from [`Weights`].
+
+use crate::arch::{Arch, ConvSpec, Unit};
+use crate::weights::{TensorF32, Weights, WeightsError};
+use burn::module::{Module, Param, RunningState};
+use burn::nn::conv::Conv2d;
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, Linear, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor, TensorData};
+
+/// A VGG-style network whose layout is `arch`.
+#[derive(Module, Debug)]
+pub struct Vgg {
+    /// Every conv and Tucker sub-conv, in execution order.
+    pub convs: Vec<Conv2d>,
+    /// One BatchNorm per conv unit that has one, in order.
+    pub bns: Vec<BatchNorm>,
+    pub classifier: Linear,
+    pool: MaxPool2d,
+    #[module(skip)]
+    pub arch: Arch,
+}
+
+fn tensor<const D: usize>(t: &TensorF32, device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> TensorF32 {
+    let shape = t.dims().to_vec();
+    let data = t
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 tensor data");
+    TensorF32::new(shape, data)
+}
+
+fn conv_from(spec: &ConvSpec, w: &Weights, device: &Device) -> Conv2d {
+    let p = spec.padding;
+    Conv2d {
+        weight: Param::from_tensor(tensor(&w.tensors[&format!("{}.weight", spec.name)], device)),
+        bias: spec
+            .bias
+            .then(|| Param::from_tensor(tensor(&w.tensors[&format!("{}.bias", spec.name)], device))),
+        stride: [spec.stride; 2],
+        kernel_size: [spec.kernel; 2],
+        dilation: [1, 1],
+        groups: 1,
+        padding: PaddingConfig2d::Explicit(p, p, p, p),
+    }
+}
+
+fn bn_from(name: &str, w: &Weights, device: &Device) -> BatchNorm {
+    let get = |field: &str| tensor::<1>(&w.tensors[&format!("{name}.{field}")], device);
+    BatchNorm {
+        gamma: Param::from_tensor(get("weight")),
+        beta: Param::from_tensor(get("bias")),
+        training: Param::from_bool(true),
+        running_mean: RunningState::new(get("running_mean")),
+        running_var: RunningState::new(get("running_var")),
+        momentum: 0.1,
+        epsilon: 1e-5,
+    }
+}
+
+impl Vgg {
+    /// Builds the model for `arch` from `weights` (checked against `arch` first).
+    pub fn from_weights(
+        arch: &Arch,
+        weights: Weights,
+        file: &str,
+        device: &Device,
+    ) -> Result<Self, WeightsError> {
+        let w = weights.matched_to(arch, file)?;
+        let mut convs = Vec::new();
+        let mut bns = Vec::new();
+        let mut classifier = None;
+        for unit in &arch.units {
+            match unit {
+                Unit::Conv(c) => {
+                    convs.extend(c.body.convs().iter().map(|s| conv_from(s, &w, device)));
+                    bns.extend(c.bn.iter().map(|name| bn_from(name, &w, device)));
+                }
+                Unit::MaxPool { .. } => {}
+                Unit::Linear(l) => {
+                    // PyTorch stores [out, in]; burn's row layout is [in, out].
+                    let weight = tensor::<2>(&w.tensors[&format!("{}.weight", l.name)], device).transpose();
+                    classifier = Some(Linear {
+                        weight: Param::from_tensor(weight),
+                        bias: Some(Param::from_tensor(tensor(
+                            &w.tensors[&format!("{}.bias", l.name)],
+                            device,
+                        ))),
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            convs,
+            bns,
+            classifier: classifier.expect("a checked architecture has a classifier"),
+            pool: MaxPool2dConfig::new([2, 2]).init(),
+            arch: arch.clone(),
+        })
+    }
+
+    /// Fresh model with torchvision's VGG initialisation (see [`Weights::init`]).
+    pub fn init(arch: &Arch, seed: u64, device: &Device) -> Self {
+        Self::from_weights(arch, Weights::init(arch, seed), "<init>", device)
+            .expect("init weights fit their arch")
+    }
+
+    /// All tensors with PyTorch keys and layouts, BN running statistics included.
+    pub fn to_weights(&self) -> Weights {
+        let mut tensors = indexmap::IndexMap::new();
+        let mut convs = self.convs.iter();
+        let mut bns = self.bns.iter();
+        for unit in &self.arch.units {
+            match unit {
+                Unit::Conv(c) => {
+                    for spec in c.body.convs() {
+                        let conv = convs.next().expect("one Conv2d per spec");
+                        tensors.insert(format!("{}.weight", spec.name), values(conv.weight.val()));
+                        if let Some(b) = &conv.bias {
+                            tensors.insert(format!("{}.bias", spec.name), values(b.val()));
+                        }
+                    }
+                    if let Some(name) = &c.bn {
+                        let bn = bns.next().expect("one BatchNorm per bn name");
+                        tensors.insert(format!("{name}.weight"), values(bn.gamma.val()));
+                        tensors.insert(format!("{name}.bias"), values(bn.beta.val()));
+                        tensors.insert(format!("{name}.running_mean"), values(bn.running_mean.value()));
+                        tensors.insert(format!("{name}.running_var"), values(bn.running_var.value()));
+                    }
+                }
+                Unit::MaxPool { .. } => {}
+                Unit::Linear(l) => {
+                    tensors.insert(
+                        format!("{}.weight", l.name),
+                        values(self.classifier.weight.val().transpose()),
+                    );
+                    let bias = self.classifier.bias.as_ref().expect("classifier has a bias");
+                    tensors.insert(format!("{}.bias", l.name), values(bias.val()));
+                }
+            }
+        }
+        Weights { tensors }
+    }
+
+    /// Logits `[batch, classes]` for images `[batch, 3, H, W]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = x;
+        let mut convs = self.convs.iter();
+        let mut bns = self.bns.iter();
+        for unit in &self.arch.units {
+            match unit {
+                Unit::Conv(c) => {
+                    for _ in c.body.convs() {
+                        x = convs.next().expect("one Conv2d per spec").forward(x);
+                    }
+                    if c.bn.is_some() {
+                        x = bns.next().expect("one BatchNorm per bn name").forward(x);
+                    }
+                    x = relu(x);
+                }
+                Unit::MaxPool { .. } => x = self.pool.forward(x),
+                Unit::Linear(_) => {
+                    let [b, c, h, w] = x.dims();
+                    return self.classifier.forward(x.reshape([b, c * h * w]));
+                }
+            }
+        }
+        unreachable!("a checked architecture ends with its classifier")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::ArchSpec;
+
+    #[test]
+    fn weights_round_trip_through_the_model_bit_exact() {
+        let device = Device::flex();
+        let mut arch = ArchSpec::parse("cfg_bn:4,M,6").unwrap().build(3);
+        arch.decompose("features.4", 2, 3).unwrap();
+        let w = Weights::init(&arch, 1);
+        let model = Vgg::from_weights(&arch, w.clone(), "mem", &device).unwrap();
+        assert_eq!(model.to_weights(), w);
+        let y = model.forward(Tensor::zeros([2, 3, 32, 32], &device));
+        assert_eq!(y.dims(), [2, 3]);
+    }
+}
