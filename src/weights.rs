@@ -237,8 +237,9 @@ impl Weights {
     /// Reads a PyTorch state_dict (a dict of tensors, possibly under `state_dict`).
     /// Integer tensors (`num_batches_tracked`) are skipped.
     pub fn load_pytorch(path: &Path) -> Result<Self, WeightsError> {
-        let reader = PytorchReader::new(path)
-            .or_else(|_| PytorchReader::with_top_level_key(path, "state_dict"))
+        // A training checkpoint keeps the weights under "state_dict"; a bare state_dict is the dict.
+        let reader = PytorchReader::with_top_level_key(path, "state_dict")
+            .or_else(|_| PytorchReader::new(path))
             .map_err(|e| file_err(path, format!("not a PyTorch checkpoint: {e}")))?;
         let mut keys = reader.keys();
         keys.sort_by(|a, b| natural_cmp(a, b));
