@@ -1,10 +1,10 @@
 //! Exact cost counter: params, MACs, FLOPs and model size of any [`Arch`].
 //!
 //! Convention (reproduces the reference's 796.79 MFLOPs for vgg19_bn/CIFAR-100):
-//! FLOPs = 2 x MACs of convs and linears + 1 per output element of a layer with a bias
-//! + 4 per max-pool (2x2) output element; BatchNorm and ReLU are free.
-//! Params = conv weights and biases + BN weight and bias + linear weight and bias.
-//! Size = 4 bytes x (params + BN running mean and var).
+//! - FLOPs: 2 x MACs of convs and linears, plus 1 per output element of a layer with a
+//!   bias, plus 4 per max-pool (2x2) output element; BatchNorm and ReLU are free.
+//! - Params: conv weights and biases, BN weight and bias, linear weight and bias.
+//! - Size: 4 bytes x (params and BN running mean and var).
 
 use crate::arch::{Arch, ConvSpec, Unit};
 use serde::Serialize;

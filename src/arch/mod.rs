@@ -97,6 +97,7 @@ pub struct LinearSpec {
 /// One step of the feature extractor or the classifier.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "unit", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // a few dozen units per network: boxing buys nothing
 pub enum Unit {
     Conv(ConvUnit),
     /// 2x2 max-pool with stride 2 (`name` is its PyTorch index, for tables only).

@@ -1,0 +1,152 @@
+//! The `rankprune` binary end to end: metrics, init, check, exit codes.
+
+mod common;
+
+use common::repo_path;
+use std::process::{Command, Output};
+
+fn rankprune(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rankprune"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn metrics_json_has_the_reference_counts() {
+    let o = rankprune(&["metrics", "--arch", "vgg19_bn", "--num-classes", "100", "--json"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+    assert_eq!(v["params"], 20_086_692);
+    assert_eq!(
+        v["flops"].as_u64().map(|f| (f as f64 / 1e4).round() / 100.0),
+        Some(796.79)
+    );
+    assert_eq!(v["size_bytes"], 4 * (20_086_692 + 2 * 5504));
+    let layers = v["layers"].as_array().unwrap();
+    let first = &layers[0];
+    assert_eq!(first["name"], "features.0");
+    assert_eq!(first["kind"], "conv");
+    assert_eq!((first["in"].as_u64(), first["out"].as_u64()), (Some(3), Some(64)));
+    for key in ["params", "macs", "flops"] {
+        assert!(first[key].is_u64(), "{key}");
+    }
+}
+
+#[test]
+fn metrics_table_with_the_reference_config() {
+    let config = repo_path("experiments/reference-search-config.json");
+    let o = rankprune(&[
+        "metrics",
+        "--arch",
+        "vgg19_bn",
+        "--num-classes",
+        "100",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = stdout(&o);
+    assert!(out.contains("features.3_tucker_1"));
+    assert!(out.contains("total: 661164 params (0.66M)"), "{out}");
+    assert!(out.contains("vs base: FLOPs 796.79M"), "{out}");
+}
+
+#[test]
+fn bad_input_exits_2_with_the_reason_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"pruning": {"method": "l2_norm", "ratios": {"features.0": 1.2}}}"#,
+    )
+    .unwrap();
+    let o = rankprune(&["metrics", "--config", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad.json: pruning.ratios.features.0: ratio 1.2 out of range"),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty());
+
+    let o = rankprune(&["metrics", "--arch", "resnet50"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = rankprune(&[
+        "check",
+        "--arch",
+        "cfg_bn:4",
+        "--num-classes",
+        "2",
+        "--weights",
+        "/nonexistent.safetensors",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn init_then_check_a_compressed_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.json");
+    std::fs::write(
+        &config,
+        r#"{"decomposition": {"method": "tucker2", "ranks": {"features.4": [3, 5]}},
+            "pruning": {"method": "l2_norm", "ratios": {"features.0": 0.5, "features.4_tucker_1": 0.4}}}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("m.safetensors");
+    let model = [
+        "--arch",
+        "cfg_bn:8,M,16,M",
+        "--num-classes",
+        "4",
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let o = rankprune(
+        &[
+            &["init"][..],
+            &model,
+            &["--out", out.to_str().unwrap(), "--seed", "3"],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = rankprune(&[&["check"][..], &model, &["--weights", out.to_str().unwrap()]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout(&o).contains("finite logits"));
+    // The same file does not fit the uncompressed architecture: a clear shape error.
+    let o = rankprune(&[
+        "check",
+        "--arch",
+        "cfg_bn:8,M,16,M",
+        "--num-classes",
+        "4",
+        "--weights",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("features.0.weight") && err.contains("[8, 3, 3, 3]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_everywhere() {
+    for cmd in [
+        &["--help"][..],
+        &["metrics", "--help"],
+        &["init", "--help"],
+        &["check", "--help"],
+    ] {
+        let o = rankprune(cmd);
+        assert!(o.status.success());
+        assert!(stdout(&o).contains("Usage"));
+    }
+}
