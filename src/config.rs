@@ -139,7 +139,10 @@ impl LayerConfig {
         {
             return Err(err(
                 "model".into(),
-                format!("config is for {model:?}, the architecture is {:?}", base.model),
+                format!(
+                    "config is for {model:?}, the architecture is {:?}",
+                    base.model
+                ),
             ));
         }
         if let Some(n) = self.num_classes
@@ -147,7 +150,10 @@ impl LayerConfig {
         {
             return Err(err(
                 "num_classes".into(),
-                format!("config says {n}, the architecture has {}", base.num_classes()),
+                format!(
+                    "config says {n}, the architecture has {}",
+                    base.num_classes()
+                ),
             ));
         }
         if let Some(input) = self.input
@@ -155,7 +161,10 @@ impl LayerConfig {
         {
             return Err(err(
                 "input".into(),
-                format!("config says {input:?}, the architecture takes {:?}", base.input),
+                format!(
+                    "config says {input:?}, the architecture takes {:?}",
+                    base.input
+                ),
             ));
         }
         let mut arch = base.clone();
@@ -224,7 +233,10 @@ impl LayerConfig {
             for (name, &ratio) in &pruning.ratios {
                 let key = format!("pruning.ratios.{name}");
                 if !(ratio.is_finite() && (0.0..1.0).contains(&ratio)) {
-                    return Err(err(key, format!("ratio {ratio} out of range: allowed [0, 1)")));
+                    return Err(err(
+                        key,
+                        format!("ratio {ratio} out of range: allowed [0, 1)"),
+                    ));
                 }
                 let Some(pos) = arch.find_conv(name) else {
                     let message = match name.rsplit_once("_tucker_") {
@@ -239,7 +251,9 @@ impl LayerConfig {
                             }
                         }
                         _ if layers.contains(name) => {
-                            format!("{name} is decomposed; prune its sub-convs {name}_tucker_0/1/2 instead")
+                            format!(
+                                "{name} is decomposed; prune its sub-convs {name}_tucker_0/1/2 instead"
+                            )
                         }
                         _ => {
                             let hint = nearest(name, targets.iter().map(String::as_str))

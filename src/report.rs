@@ -15,7 +15,13 @@ fn kind_name(k: LayerKind) -> &'static str {
 /// Per-layer table followed by totals.
 pub fn cost_table(cost: &Cost) -> String {
     let mut s = String::new();
-    let w = cost.layers.iter().map(|l| l.name.len()).max().unwrap_or(5).max(5);
+    let w = cost
+        .layers
+        .iter()
+        .map(|l| l.name.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     let _ = writeln!(
         s,
         "{:<w$}  {:<7}  {:>6}  {:>6}  {:>11}  {:>14}  {:>10}",

@@ -93,7 +93,10 @@ pub fn expected_shapes(arch: &Arch) -> Vec<(String, Vec<usize>)> {
             }
             Unit::MaxPool { .. } => {}
             Unit::Linear(l) => {
-                out.push((format!("{}.weight", l.name), vec![l.out_features, l.in_features]));
+                out.push((
+                    format!("{}.weight", l.name),
+                    vec![l.out_features, l.in_features],
+                ));
                 out.push((format!("{}.bias", l.name), vec![l.out_features]));
             }
         }
@@ -198,8 +201,12 @@ impl Weights {
             let view = st
                 .tensor(&name)
                 .map_err(|e| file_err(path, format!("{name}: {e}")))?;
-            let data = to_f32(view.data(), st_dtype(view.dtype()))
-                .ok_or_else(|| file_err(path, format!("{name}: unsupported dtype {:?}", view.dtype())))?;
+            let data = to_f32(view.data(), st_dtype(view.dtype())).ok_or_else(|| {
+                file_err(
+                    path,
+                    format!("{name}: unsupported dtype {:?}", view.dtype()),
+                )
+            })?;
             tensors.insert(name, TensorF32::new(view.shape().to_vec(), data));
         }
         Ok(Self { tensors })
@@ -228,7 +235,8 @@ impl Weights {
             .map_err(|e| file_err(path, e.to_string()))?;
         let order = self.tensors.keys().cloned().collect::<Vec<_>>().join(",");
         let meta = std::collections::HashMap::from([("rankprune.order".to_string(), order)]);
-        let data = safetensors::serialize(views, Some(meta)).map_err(|e| file_err(path, e.to_string()))?;
+        let data =
+            safetensors::serialize(views, Some(meta)).map_err(|e| file_err(path, e.to_string()))?;
         let tmp = path.with_extension("safetensors.tmp");
         std::fs::write(&tmp, data).map_err(|e| file_err(&tmp, format!("cannot write: {e}")))?;
         std::fs::rename(&tmp, path).map_err(|e| file_err(path, format!("cannot write: {e}")))
@@ -345,7 +353,10 @@ mod tests {
         assert_ne!(a, Weights::init(&arch, 8));
         let a = a.matched_to(&arch, "mem").unwrap();
         assert_eq!(a.get("features.1.weight").unwrap().data, vec![1.0; 4]);
-        assert_eq!(a.get("classifier.weight").unwrap().shape, vec![3, 8 * 16 * 16]);
+        assert_eq!(
+            a.get("classifier.weight").unwrap().shape,
+            vec![3, 8 * 16 * 16]
+        );
     }
 
     #[test]

@@ -41,8 +41,18 @@ fn check_model(arch: &rankprune::arch::Arch, device: &Device) {
         .iter()
         .map(|bn| 2 * bn.running_mean.value().dims()[0])
         .sum();
-    assert_eq!((model.num_params() - running) as u64, c.params, "{}", arch.model);
-    let stored: usize = model.to_weights().tensors.values().map(|t| t.data.len()).sum();
+    assert_eq!(
+        (model.num_params() - running) as u64,
+        c.params,
+        "{}",
+        arch.model
+    );
+    let stored: usize = model
+        .to_weights()
+        .tensors
+        .values()
+        .map(|t| t.data.len())
+        .sum();
     assert_eq!(4 * stored as u64, c.size_bytes);
     let y = model.forward(Tensor::ones([2, 3, 32, 32], device));
     assert_eq!(y.dims(), [2, 100]);

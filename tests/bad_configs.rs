@@ -11,7 +11,10 @@ fn error_of(json: &str) -> String {
     let base = vgg19_bn();
     let result = LayerConfig::from_json(json, "bad.json").and_then(|c| c.apply(&base, "bad.json"));
     let e = result.expect_err("config should be rejected").to_string();
-    assert!(e.starts_with("bad.json: "), "error does not name the file: {e}");
+    assert!(
+        e.starts_with("bad.json: "),
+        "error does not name the file: {e}"
+    );
     e
 }
 
@@ -32,7 +35,10 @@ fn syntax_error_names_line_and_column() {
 #[test]
 fn unknown_top_level_key() {
     let e = error_of(r#"{"model": "vgg19_bn", "pruneing": {}}"#);
-    assert_has(&e, &["unknown field `pruneing`", "decomposition", "pruning"]);
+    assert_has(
+        &e,
+        &["unknown field `pruneing`", "decomposition", "pruning"],
+    );
 }
 
 #[test]
@@ -46,22 +52,31 @@ fn unknown_layer_suggests_nearest() {
     let e = error_of(r#"{"decomposition": {"method": "tucker2", "ranks": {"feature.3": [3, 3]}}}"#);
     assert_has(
         &e,
-        &["decomposition.ranks.feature.3", "did you mean \"features.3\""],
+        &[
+            "decomposition.ranks.feature.3",
+            "did you mean \"features.3\"",
+        ],
     );
 }
 
 #[test]
 fn zero_rank() {
-    let e = error_of(r#"{"decomposition": {"method": "tucker2", "ranks": {"features.3": [0, 3]}}}"#);
+    let e =
+        error_of(r#"{"decomposition": {"method": "tucker2", "ranks": {"features.3": [0, 3]}}}"#);
     assert_has(
         &e,
-        &["decomposition.ranks.features.3", "in_rank 0", "allowed 1..=64"],
+        &[
+            "decomposition.ranks.features.3",
+            "in_rank 0",
+            "allowed 1..=64",
+        ],
     );
 }
 
 #[test]
 fn rank_above_mode_size() {
-    let e = error_of(r#"{"decomposition": {"method": "tucker2", "ranks": {"features.7": [10, 129]}}}"#);
+    let e =
+        error_of(r#"{"decomposition": {"method": "tucker2", "ranks": {"features.7": [10, 129]}}}"#);
     assert_has(
         &e,
         &[
@@ -76,7 +91,8 @@ fn rank_above_mode_size() {
 fn rank_of_wrong_arity_or_type() {
     let e = error_of(r#"{"decomposition": {"method": "tucker2", "ranks": {"features.3": [3]}}}"#);
     assert_has(&e, &["line 1"]);
-    let e = error_of(r#"{"decomposition": {"method": "tucker2", "ranks": {"features.3": [-1, 3]}}}"#);
+    let e =
+        error_of(r#"{"decomposition": {"method": "tucker2", "ranks": {"features.3": [-1, 3]}}}"#);
     assert_has(&e, &["line 1"]);
 }
 
@@ -92,7 +108,8 @@ fn ratio_out_of_range() {
 
 #[test]
 fn tucker_ratio_for_undecomposed_layer() {
-    let e = error_of(r#"{"pruning": {"method": "l2_norm", "ratios": {"features.7_tucker_0": 0.2}}}"#);
+    let e =
+        error_of(r#"{"pruning": {"method": "l2_norm", "ratios": {"features.7_tucker_0": 0.2}}}"#);
     assert_has(
         &e,
         &[
@@ -122,13 +139,19 @@ fn tucker_index_out_of_range() {
     let e = error_of(&format!(
         r#"{{{DEC}, "pruning": {{"method": "l2_norm", "ratios": {{"features.3_tucker_3": 0.2}}}}}}"#
     ));
-    assert_has(&e, &["pruning.ratios.features.3_tucker_3", "allowed 0, 1, 2"]);
+    assert_has(
+        &e,
+        &["pruning.ratios.features.3_tucker_3", "allowed 0, 1, 2"],
+    );
 }
 
 #[test]
 fn unknown_pruning_layer_suggests_nearest() {
     let e = error_of(r#"{"pruning": {"method": "l2_norm", "ratios": {"featurs.27": 0.2}}}"#);
-    assert_has(&e, &["pruning.ratios.featurs.27", "did you mean \"features.27\""]);
+    assert_has(
+        &e,
+        &["pruning.ratios.featurs.27", "did you mean \"features.27\""],
+    );
 }
 
 #[test]
@@ -141,7 +164,10 @@ fn wrong_methods() {
 
 #[test]
 fn model_mismatch() {
-    assert_has(&error_of(r#"{"model": "vgg16_bn"}"#), &["model", "vgg16_bn"]);
+    assert_has(
+        &error_of(r#"{"model": "vgg16_bn"}"#),
+        &["model", "vgg16_bn"],
+    );
     assert_has(&error_of(r#"{"num_classes": 10}"#), &["num_classes", "10"]);
     assert_has(&error_of(r#"{"input": [3, 64, 64]}"#), &["input"]);
 }

@@ -18,12 +18,21 @@ fn stdout(o: &Output) -> String {
 
 #[test]
 fn metrics_json_has_the_reference_counts() {
-    let o = rankprune(&["metrics", "--arch", "vgg19_bn", "--num-classes", "100", "--json"]);
+    let o = rankprune(&[
+        "metrics",
+        "--arch",
+        "vgg19_bn",
+        "--num-classes",
+        "100",
+        "--json",
+    ]);
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
     assert_eq!(v["params"], 20_086_692);
     assert_eq!(
-        v["flops"].as_u64().map(|f| (f as f64 / 1e4).round() / 100.0),
+        v["flops"]
+            .as_u64()
+            .map(|f| (f as f64 / 1e4).round() / 100.0),
         Some(796.79)
     );
     assert_eq!(v["size_bytes"], 4 * (20_086_692 + 2 * 5504));
@@ -31,7 +40,10 @@ fn metrics_json_has_the_reference_counts() {
     let first = &layers[0];
     assert_eq!(first["name"], "features.0");
     assert_eq!(first["kind"], "conv");
-    assert_eq!((first["in"].as_u64(), first["out"].as_u64()), (Some(3), Some(64)));
+    assert_eq!(
+        (first["in"].as_u64(), first["out"].as_u64()),
+        (Some(3), Some(64))
+    );
     for key in ["params", "macs", "flops"] {
         assert!(first[key].is_u64(), "{key}");
     }
@@ -116,7 +128,14 @@ fn init_then_check_a_compressed_model() {
         .concat(),
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = rankprune(&[&["check"][..], &model, &["--weights", out.to_str().unwrap()]].concat());
+    let o = rankprune(
+        &[
+            &["check"][..],
+            &model,
+            &["--weights", out.to_str().unwrap()],
+        ]
+        .concat(),
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(stdout(&o).contains("finite logits"));
     // The same file does not fit the uncompressed architecture: a clear shape error.

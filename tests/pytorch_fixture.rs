@@ -31,7 +31,12 @@ fn assert_logits(model: &Vgg, want: &serde_json::Value, device: &Device) {
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32))
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+        })
         .collect();
     assert_eq!(got.len(), want.len());
     for (g, w) in got.iter().zip(&want) {
@@ -46,7 +51,9 @@ fn assert_logits(model: &Vgg, want: &serde_json::Value, device: &Device) {
 fn plain_state_dict_gives_pytorch_logits() {
     let fx = fixture();
     let device = Device::flex();
-    let arch = ArchSpec::parse(fx["arch"].as_str().unwrap()).unwrap().build(5);
+    let arch = ArchSpec::parse(fx["arch"].as_str().unwrap())
+        .unwrap()
+        .build(5);
     let path = repo_path("tests/fixtures/tiny_vgg.pt");
     let w = Weights::load(&path).unwrap();
     let model = Vgg::from_weights(&arch, w, "tiny_vgg.pt", &device).unwrap();
@@ -57,7 +64,9 @@ fn plain_state_dict_gives_pytorch_logits() {
 fn tucker_checkpoint_under_state_dict_gives_pytorch_logits() {
     let fx = fixture();
     let device = Device::flex();
-    let base = ArchSpec::parse(fx["arch"].as_str().unwrap()).unwrap().build(5);
+    let base = ArchSpec::parse(fx["arch"].as_str().unwrap())
+        .unwrap()
+        .build(5);
     let config = LayerConfig::from_json(
         r#"{"decomposition": {"method": "tucker2", "ranks": {"features.4": [3, 5]}}}"#,
         "inline",

@@ -156,7 +156,9 @@ impl Arch {
 
     /// Names of the original conv layers (`features.0`, ...), decomposed or not.
     pub fn layer_names(&self) -> Vec<String> {
-        self.conv_units().map(|u| u.body.name().to_string()).collect()
+        self.conv_units()
+            .map(|u| u.body.name().to_string())
+            .collect()
     }
 
     /// Position of the conv or sub-conv called `name` (`features.3`, `features.3_tucker_1`).

@@ -173,7 +173,9 @@ impl ArchSpec {
             .ok_or_else(err)?
             .into_iter()
             .map(|c| match c {
-                VggCfgItem::Conv(n) => VggCfgItem::Conv(((n as f64 * width).round() as usize).max(1)),
+                VggCfgItem::Conv(n) => {
+                    VggCfgItem::Conv(((n as f64 * width).round() as usize).max(1))
+                }
                 VggCfgItem::Pool => VggCfgItem::Pool,
             })
             .collect();

@@ -41,9 +41,9 @@ fn conv_from(spec: &ConvSpec, w: &Weights, device: &Device) -> Conv2d {
     let p = spec.padding;
     Conv2d {
         weight: Param::from_tensor(tensor(&w.tensors[&format!("{}.weight", spec.name)], device)),
-        bias: spec
-            .bias
-            .then(|| Param::from_tensor(tensor(&w.tensors[&format!("{}.bias", spec.name)], device))),
+        bias: spec.bias.then(|| {
+            Param::from_tensor(tensor(&w.tensors[&format!("{}.bias", spec.name)], device))
+        }),
         stride: [spec.stride; 2],
         kernel_size: [spec.kernel; 2],
         dilation: [1, 1],
@@ -86,7 +86,8 @@ impl Vgg {
                 Unit::MaxPool { .. } => {}
                 Unit::Linear(l) => {
                     // PyTorch stores [out, in]; burn's row layout is [in, out].
-                    let weight = tensor::<2>(&w.tensors[&format!("{}.weight", l.name)], device).transpose();
+                    let weight =
+                        tensor::<2>(&w.tensors[&format!("{}.weight", l.name)], device).transpose();
                     classifier = Some(Linear {
                         weight: Param::from_tensor(weight),
                         bias: Some(Param::from_tensor(tensor(
@@ -131,8 +132,14 @@ impl Vgg {
                         let bn = bns.next().expect("one BatchNorm per bn name");
                         tensors.insert(format!("{name}.weight"), values(bn.gamma.val()));
                         tensors.insert(format!("{name}.bias"), values(bn.beta.val()));
-                        tensors.insert(format!("{name}.running_mean"), values(bn.running_mean.value()));
-                        tensors.insert(format!("{name}.running_var"), values(bn.running_var.value()));
+                        tensors.insert(
+                            format!("{name}.running_mean"),
+                            values(bn.running_mean.value()),
+                        );
+                        tensors.insert(
+                            format!("{name}.running_var"),
+                            values(bn.running_var.value()),
+                        );
                     }
                 }
                 Unit::MaxPool { .. } => {}
@@ -141,7 +148,11 @@ impl Vgg {
                         format!("{}.weight", l.name),
                         values(self.classifier.weight.val().transpose()),
                     );
-                    let bias = self.classifier.bias.as_ref().expect("classifier has a bias");
+                    let bias = self
+                        .classifier
+                        .bias
+                        .as_ref()
+                        .expect("classifier has a bias");
                     tensors.insert(format!("{}.bias", l.name), values(bias.val()));
                 }
             }
