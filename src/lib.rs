@@ -4,6 +4,7 @@
 //! Module map:
 //! - [`arch`]: the plain architecture description every other part reads
 //!   (VGG plans with PyTorch layer names, Tucker units, current channel counts).
+//! - [`compress`]: Tucker-2 decomposition, VBMF ranks, whole-model weight surgery.
 //! - [`config`]: the per-layer JSON config (ranks, ratios): parse, validate, apply.
 //! - [`cost`]: exact params / MACs / FLOPs / size counter.
 //! - [`weights`]: named f32 tensors; safetensors and PyTorch state_dict files.
@@ -12,6 +13,7 @@
 //! - [`report`]: human tables for the CLI.
 
 pub mod arch;
+pub mod compress;
 pub mod config;
 pub mod cost;
 pub mod device;

@@ -1,0 +1,146 @@
+//! Whole-model decomposition: VBMF rank recommendation for every conv, and the
+//! decomposed model's weights for a config's ranks.
+
+use super::tucker::{HOOI_MAX_ITERS, tucker2, unfold0, unfold1};
+use super::vbmf::{calibrated_rank, evbmf};
+use crate::arch::{Arch, ConvBody, Unit};
+use crate::config::{DECOMPOSITION_METHOD, Decomposition, LayerConfig};
+use crate::weights::{TensorF32, Weights};
+use crate::{Error, Result};
+
+/// Ranks for one conv: `[in_rank, out_rank]` as in configs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RankRecommendation {
+    pub layer: String,
+    /// `[S, T]`: input channels and filters (the full ranks).
+    pub full: [usize; 2],
+    /// EVBMF ranks of the mode-1 (input) and mode-0 (output) unfoldings, at least 1.
+    pub vbmf: [usize; 2],
+    /// After the calibration ratio.
+    pub chosen: [usize; 2],
+}
+
+fn conv_weight<'a>(weights: &'a Weights, name: &str) -> Result<&'a TensorF32> {
+    let key = format!("{name}.weight");
+    weights
+        .get(&key)
+        .ok_or_else(|| Error::BadInput(format!("weights have no tensor {key:?}")))
+}
+
+fn as_f64(t: &TensorF32) -> Vec<f64> {
+    t.data.iter().map(|&v| f64::from(v)).collect()
+}
+
+/// VBMF ranks for every plain conv of `arch` whose input has more than 3 channels
+/// (3-channel input convs stay plain, as in the reference), then calibrated by `c`.
+pub fn recommend_ranks(
+    arch: &Arch,
+    weights: &Weights,
+    calibration: f64,
+    mut on_layer: impl FnMut(&str),
+) -> Result<Vec<RankRecommendation>> {
+    if !(-1.0..=1.0).contains(&calibration) {
+        return Err(Error::BadInput(format!(
+            "--calibration {calibration}: allowed range [-1, 1]"
+        )));
+    }
+    let mut out = Vec::new();
+    for unit in arch.conv_units() {
+        let ConvBody::Plain(conv) = &unit.body else {
+            continue;
+        };
+        if conv.in_channels <= 3 {
+            continue;
+        }
+        on_layer(&conv.name);
+        let w = conv_weight(weights, &conv.name)?;
+        let (t, s, kk) = (
+            conv.out_channels,
+            conv.in_channels,
+            conv.kernel * conv.kernel,
+        );
+        let w = as_f64(w);
+        let out_rank = evbmf(&unfold0(&w, t, s, kk)).rank.max(1);
+        let in_rank = evbmf(&unfold1(&w, t, s, kk)).rank.max(1);
+        out.push(RankRecommendation {
+            layer: conv.name.clone(),
+            full: [s, t],
+            vbmf: [in_rank, out_rank],
+            chosen: [
+                calibrated_rank(in_rank, s, calibration),
+                calibrated_rank(out_rank, t, calibration),
+            ],
+        });
+    }
+    Ok(out)
+}
+
+/// A config (reference format) holding the chosen ranks.
+pub fn ranks_config(arch: &Arch, recs: &[RankRecommendation]) -> LayerConfig {
+    let mut config = LayerConfig::for_arch(arch);
+    config.decomposition = Some(Decomposition {
+        method: DECOMPOSITION_METHOD.to_string(),
+        ranks: recs.iter().map(|r| (r.layer.clone(), r.chosen)).collect(),
+    });
+    config
+}
+
+/// Per-layer outcome of a decomposition.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LayerDecomposition {
+    pub layer: String,
+    pub ranks: [usize; 2],
+    pub rel_error: f64,
+    pub hooi_iterations: usize,
+}
+
+/// Decomposes the convs named in `config.decomposition` (pruning is not applied here).
+/// Returns the decomposed architecture and its weights, in architecture order.
+pub fn decompose_model(
+    base: &Arch,
+    weights: &Weights,
+    config: &LayerConfig,
+    file: &str,
+    mut on_layer: impl FnMut(&str),
+) -> Result<(Arch, Weights, Vec<LayerDecomposition>)> {
+    let ranks_only = LayerConfig {
+        pruning: None,
+        ..config.clone()
+    };
+    let arch = ranks_only.apply(base, file)?;
+    let mut out = weights.clone();
+    let mut report = Vec::new();
+    let Some(dec) = &config.decomposition else {
+        return Ok((arch, out.matched_to(base, "<weights>")?, report));
+    };
+    for (name, &[in_rank, out_rank]) in &dec.ranks {
+        on_layer(name);
+        let w = conv_weight(weights, name)?;
+        let shape: [usize; 4] = w.shape.as_slice().try_into().map_err(|_| {
+            Error::BadInput(format!(
+                "{name}.weight has shape {:?}, expected 4 dimensions",
+                w.shape
+            ))
+        })?;
+        let tk = tucker2(&w.data, shape, in_rank, out_rank, HOOI_MAX_ITERS);
+        out.tensors.shift_remove(&format!("{name}.weight"));
+        let bias = out.tensors.shift_remove(&format!("{name}.bias"));
+        for (i, (shape, data)) in tk.conv_weights().into_iter().enumerate() {
+            out.tensors.insert(
+                format!("{name}_tucker_{i}.weight"),
+                TensorF32::new(shape, data),
+            );
+        }
+        if let Some(b) = bias {
+            out.tensors.insert(format!("{name}_tucker_2.bias"), b);
+        }
+        report.push(LayerDecomposition {
+            layer: name.clone(),
+            ranks: [in_rank, out_rank],
+            rel_error: tk.rel_error,
+            hooi_iterations: tk.iterations,
+        });
+    }
+    debug_assert!(arch.units.iter().any(|u| matches!(u, Unit::Linear(_))));
+    Ok((arch.clone(), out.matched_to(&arch, file)?, report))
+}
