@@ -1,7 +1,9 @@
 //! The `rankprune` command line.
 
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use rankprune::arch::{Arch, ArchSpec};
+use rankprune::compress::decompose::{decompose_model, ranks_config, recommend_ranks};
 use rankprune::config::LayerConfig;
 use rankprune::cost;
 use rankprune::device::parse_device;
@@ -86,6 +88,77 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Recommend per-layer ranks or ratios from trained weights
+    #[command(subcommand)]
+    Recommend(Recommend),
+    /// Apply a config's decomposition to trained weights and write the compressed weights
+    Compress {
+        #[arg(long, default_value = "vgg19_bn")]
+        arch: String,
+        #[arg(long, default_value_t = 100)]
+        num_classes: usize,
+        /// Weights of the base (uncompressed) model: .safetensors, .pt or .pth
+        #[arg(long)]
+        weights: PathBuf,
+        /// Layer config JSON (reference format)
+        #[arg(long)]
+        config: PathBuf,
+        /// Output weights (.safetensors)
+        #[arg(long)]
+        out: PathBuf,
+        /// Print one JSON object instead of tables
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum Recommend {
+    /// VBMF ranks for every conv whose input has more than 3 channels
+    Decomposition {
+        #[arg(long, default_value = "vgg19_bn")]
+        arch: String,
+        #[arg(long, default_value_t = 100)]
+        num_classes: usize,
+        /// Trained weights (.safetensors, .pt or .pth)
+        #[arg(long)]
+        weights: PathBuf,
+        /// Calibration ratio in [-1, 1]: 0 = VBMF ranks, 1 = full ranks, -1 = rank 1
+        #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+        calibration: f64,
+        /// Write the config (reference format) here
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print one JSON object instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn base_arch(arch: &str, num_classes: usize) -> Result<Arch> {
+    ModelArgs {
+        arch: arch.to_string(),
+        num_classes,
+        config: None,
+    }
+    .base()
+}
+
+/// Loads weights and checks them against `arch`.
+fn load_weights(path: &std::path::Path, arch: &Arch) -> Result<Weights> {
+    Ok(Weights::load(path)?.matched_to(arch, &path.display().to_string())?)
+}
+
+/// A per-layer progress bar on stderr (hidden when stderr is not a terminal).
+fn layer_bar(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} {{bar:30}} {{pos}}/{{len}} {{msg}} [{{elapsed}}]"
+        ))
+        .expect("valid template"),
+    );
+    bar
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -143,6 +216,110 @@ fn run(cli: Cli) -> Result<()> {
                 arch.model,
                 y.len()
             );
+        }
+        Command::Recommend(Recommend::Decomposition {
+            arch,
+            num_classes,
+            weights,
+            calibration,
+            out,
+            json,
+        }) => {
+            let arch = base_arch(&arch, num_classes)?;
+            let w = load_weights(&weights, &arch)?;
+            let bar = layer_bar(
+                arch.conv_units()
+                    .filter(|u| u.body.in_channels() > 3)
+                    .count(),
+                "VBMF",
+            );
+            let started = std::time::Instant::now();
+            let recs = recommend_ranks(&arch, &w, calibration, |name| {
+                bar.set_message(name.to_string());
+                bar.inc(1);
+            })?;
+            bar.finish_and_clear();
+            let seconds = started.elapsed().as_secs_f64();
+            let config = ranks_config(&arch, &recs);
+            let new_arch = config.apply(&arch, "<recommendation>")?;
+            let (before, after) = (cost::count(&arch), cost::count(&new_arch));
+            if let Some(path) = &out {
+                config.save(path).map_err(|e| {
+                    Error::Failure(format!("{}: cannot write: {e}", path.display()))
+                })?;
+            }
+            if json {
+                let v = serde_json::json!({
+                    "layers": recs, "calibration": calibration, "seconds": seconds,
+                    "before": {"params": before.params, "flops": before.flops},
+                    "after": {"params": after.params, "flops": after.flops},
+                    "config": config,
+                });
+                println!("{v}");
+            } else {
+                print!("{}", report::rank_table(&recs, &before, &after));
+                println!("{}", report::reduction_line(&before, &after));
+                println!(
+                    "VBMF on {} layers in {seconds:.2} s (calibration {calibration})",
+                    recs.len()
+                );
+                if let Some(path) = &out {
+                    println!("wrote {}", path.display());
+                }
+            }
+        }
+        Command::Compress {
+            arch,
+            num_classes,
+            weights,
+            config,
+            out,
+            json,
+        } => {
+            let base = base_arch(&arch, num_classes)?;
+            let file = config.display().to_string();
+            let layer_config = LayerConfig::load(&config)?;
+            if layer_config
+                .pruning
+                .as_ref()
+                .is_some_and(|p| !p.ratios.is_empty())
+            {
+                return Err(Error::BadInput(format!(
+                    "{file}: pruning: filter pruning is not implemented yet; remove the \"pruning\" section"
+                )));
+            }
+            let w = load_weights(&weights, &base)?;
+            let n = layer_config
+                .decomposition
+                .as_ref()
+                .map_or(0, |d| d.ranks.len());
+            let bar = layer_bar(n, "Tucker-2");
+            let (arch, new_w, layers) = decompose_model(&base, &w, &layer_config, &file, |name| {
+                bar.set_message(name.to_string());
+                bar.inc(1);
+            })?;
+            bar.finish_and_clear();
+            new_w
+                .save_safetensors(&out)
+                .map_err(|e| Error::Failure(e.to_string()))?;
+            let (before, after) = (cost::count(&base), cost::count(&arch));
+            let file_bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+            if json {
+                let v = serde_json::json!({
+                    "layers": layers, "out": out, "file_bytes": file_bytes,
+                    "before": {"params": before.params, "flops": before.flops, "size_bytes": before.size_bytes},
+                    "after": {"params": after.params, "flops": after.flops, "size_bytes": after.size_bytes},
+                });
+                println!("{v}");
+            } else {
+                print!("{}", report::decomposition_table(&layers));
+                println!("{}", report::reduction_line(&before, &after));
+                println!(
+                    "wrote {} ({:.2} MB)",
+                    out.display(),
+                    file_bytes as f64 / 1e6
+                );
+            }
         }
     }
     Ok(())

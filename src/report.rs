@@ -1,5 +1,6 @@
 //! Human-readable tables for the CLI (machine output is JSON, elsewhere).
 
+use crate::compress::decompose::{LayerDecomposition, RankRecommendation};
 use crate::cost::{Cost, LayerKind};
 use std::fmt::Write;
 
@@ -67,4 +68,57 @@ pub fn reduction_line(base: &Cost, new: &Cost) -> String {
         base.size_mb(),
         new.size_mb()
     )
+}
+
+/// Rank recommendation: full, VBMF and chosen ranks with per-layer cost before and after.
+pub fn rank_table(recs: &[RankRecommendation], before: &Cost, after: &Cost) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<12}  {:>11}  {:>11}  {:>11}  {:>12}  {:>12}  {:>10}  {:>10}",
+        "layer", "full [S,T]", "VBMF", "chosen", "MFLOPs", "MFLOPs new", "params", "params new"
+    );
+    let layer_sum = |c: &Cost, name: &str, f: fn(&crate::cost::LayerCost) -> u64| -> u64 {
+        let sub = format!("{name}_tucker_");
+        c.layers
+            .iter()
+            .filter(|l| l.name == name || l.name.starts_with(&sub))
+            .map(f)
+            .sum()
+    };
+    for r in recs {
+        let pair = |p: [usize; 2]| format!("[{}, {}]", p[0], p[1]);
+        let _ = writeln!(
+            s,
+            "{:<12}  {:>11}  {:>11}  {:>11}  {:>12.2}  {:>12.2}  {:>10}  {:>10}",
+            r.layer,
+            pair(r.full),
+            pair(r.vbmf),
+            pair(r.chosen),
+            layer_sum(before, &r.layer, |l| l.flops) as f64 / 1e6,
+            layer_sum(after, &r.layer, |l| l.flops) as f64 / 1e6,
+            layer_sum(before, &r.layer, |l| l.params),
+            layer_sum(after, &r.layer, |l| l.params),
+        );
+    }
+    s
+}
+
+/// Outcome of a decomposition: ranks, relative reconstruction error, HOOI sweeps.
+pub fn decomposition_table(layers: &[LayerDecomposition]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<12}  {:>11}  {:>10}  {:>5}",
+        "layer", "ranks", "rel error", "HOOI"
+    );
+    for l in layers {
+        let ranks = format!("[{}, {}]", l.ranks[0], l.ranks[1]);
+        let _ = writeln!(
+            s,
+            "{:<12}  {:>11}  {:>10.4}  {:>5}",
+            l.layer, ranks, l.rel_error, l.hooi_iterations
+        );
+    }
+    s
 }

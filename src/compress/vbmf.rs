@@ -81,7 +81,17 @@ pub fn evbmf(y: &Mat<f64>) -> VbmfEstimate {
     } else {
         (y.ncols(), y.nrows())
     };
-    let mut s: Vec<f64> = y.singular_values().expect("SVD of a finite matrix");
+    // Singular values as square roots of the eigenvalues of the L x L Gram matrix: one
+    // GEMM and a small symmetric eigensolve, much cheaper than an SVD of L x M.
+    let gram = if y.nrows() <= y.ncols() {
+        y * y.transpose()
+    } else {
+        y.transpose() * y
+    };
+    let eig = gram
+        .self_adjoint_eigenvalues(faer::Side::Lower)
+        .expect("eigenvalues of a Gram matrix");
+    let mut s: Vec<f64> = eig.iter().map(|&v| v.max(0.0).sqrt()).collect();
     s.sort_by(|a, b| b.total_cmp(a));
     evbmf_from_singular_values(&s, l, m)
 }

@@ -1,0 +1,100 @@
+//! Whole-model Tucker-2 decomposition against independent answers: at full ranks the
+//! decomposed network computes the same function; at any ranks its weights fit the
+//! architecture the config describes and the cost counter's parameter count.
+
+mod common;
+
+use burn::module::Module;
+use burn::tensor::{Device, Distribution, Tensor};
+use rankprune::arch::ArchSpec;
+use rankprune::compress::decompose::{decompose_model, ranks_config, recommend_ranks};
+use rankprune::config::LayerConfig;
+use rankprune::cost;
+use rankprune::model::Vgg;
+use rankprune::weights::Weights;
+
+fn logits(model: &Vgg, x: Tensor<4>) -> Vec<f32> {
+    model.forward(x).into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// Random weights with non-trivial BN statistics, so every layer matters.
+fn random_weights(arch: &rankprune::arch::Arch, seed: u64) -> Weights {
+    let mut w = Weights::init(arch, seed);
+    for (k, t) in w.tensors.iter_mut() {
+        if k.ends_with(".bias") || k.ends_with("running_mean") {
+            for (i, v) in t.data.iter_mut().enumerate() {
+                *v = ((i as f32) * 0.37).sin() * 0.1;
+            }
+        }
+    }
+    w
+}
+
+#[test]
+fn full_rank_decomposition_computes_the_same_function() {
+    let device = Device::flex();
+    let base = ArchSpec::parse("cfg_bn:8,M,16,16,M").unwrap().build(5);
+    let names = base.layer_names();
+    assert_eq!(names, ["features.0", "features.4", "features.7"]);
+    let w = random_weights(&base, 3);
+    let json = r#"{"decomposition": {"method": "tucker2", "ranks": {"features.4": [8, 16], "features.7": [16, 16]}}}"#;
+    let config = LayerConfig::from_json(json, "full").unwrap();
+    let (arch, dw, report) = decompose_model(&base, &w, &config, "full", |_| {}).unwrap();
+    assert!(report.iter().all(|l| l.rel_error < 1e-6), "{report:?}");
+
+    let original = Vgg::from_weights(&base, w, "orig", &device).unwrap();
+    let decomposed = Vgg::from_weights(&arch, dw, "dec", &device).unwrap();
+    let x = Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+    let (a, b) = (logits(&original, x.clone()), logits(&decomposed, x));
+    let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+    assert!(scale > 0.0);
+    assert!(diff / scale < 1e-4, "max |diff| {diff} vs scale {scale}");
+}
+
+#[test]
+fn decomposed_model_matches_the_counter_and_keeps_the_bias_on_tucker_2() {
+    let device = Device::flex();
+    let base = ArchSpec::parse("vgg11_bn@0.125").unwrap().build(10);
+    let w = random_weights(&base, 5);
+    let recs = recommend_ranks(&base, &w, 0.5, |_| {}).unwrap();
+    // features.0 (3 input channels) is skipped; every other conv is recommended.
+    assert_eq!(recs.len(), base.layer_names().len() - 1);
+    assert!(recs.iter().all(|r| r.layer != "features.0"));
+    let config = ranks_config(&base, &recs);
+    let (arch, dw, _) = decompose_model(&base, &w, &config, "vbmf", |_| {}).unwrap();
+    assert_eq!(arch, config.apply(&base, "vbmf").unwrap());
+    let name = &recs[0].layer;
+    assert_eq!(
+        dw.get(&format!("{name}_tucker_2.bias")),
+        w.get(&format!("{name}.bias"))
+    );
+    assert!(dw.get(&format!("{name}.weight")).is_none());
+    let model = Vgg::from_weights(&arch, dw, "dec", &device).unwrap();
+    let running: usize = model
+        .bns
+        .iter()
+        .map(|bn| 2 * bn.running_mean.value().dims()[0])
+        .sum();
+    assert_eq!(
+        (model.num_params() - running) as u64,
+        cost::count(&arch).params
+    );
+    let y = model.forward(Tensor::zeros([1, 3, 32, 32], &device));
+    assert_eq!(y.dims(), [1, 10]);
+}
+
+#[test]
+fn calibration_moves_between_vbmf_and_full_ranks() {
+    let base = ArchSpec::parse("cfg_bn:4,8,M").unwrap().build(3);
+    let w = random_weights(&base, 9);
+    let at = |c: f64| recommend_ranks(&base, &w, c, |_| {}).unwrap();
+    let (zero, one, minus) = (at(0.0), at(1.0), at(-1.0));
+    assert_eq!(zero[0].chosen, zero[0].vbmf);
+    assert_eq!(one[0].chosen, one[0].full);
+    assert_eq!(minus[0].chosen, [1, 1]);
+    assert!(recommend_ranks(&base, &w, 1.5, |_| {}).is_err());
+}
