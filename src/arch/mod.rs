@@ -107,6 +107,15 @@ pub enum Unit {
     Linear(LinearSpec),
 }
 
+/// The layer that reads a conv's output channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumer {
+    /// A conv's input channels.
+    Conv(ConvPos),
+    /// The Linear unit at `unit`; each channel owns `per_channel` consecutive features.
+    Linear { unit: usize, per_channel: usize },
+}
+
 /// A whole network: input shape and the ordered units.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Arch {
@@ -246,33 +255,65 @@ impl Arch {
         Ok(())
     }
 
-    /// Sets the number of output channels of the conv at `pos` and shrinks every
-    /// consumer of those channels: the BN after it, the next conv's inputs, or the
-    /// classifier's input features (h*w features per channel).
-    pub fn set_out_channels(&mut self, pos: ConvPos, out: usize) {
-        assert!(out >= 1, "a conv keeps at least one filter");
-        let sizes = self.spatial_sizes();
-        let Unit::Conv(unit) = &mut self.units[pos.unit] else {
+    /// Who reads the output channels of the conv at `pos`: the next conv (the next
+    /// sub-conv inside a Tucker unit), or the classifier. The BN in between, if any, is
+    /// [`Arch::bn_after`].
+    pub fn consumer(&self, pos: ConvPos) -> Option<Consumer> {
+        let Unit::Conv(unit) = &self.units[pos.unit] else {
             panic!("unit {} is not a conv unit", pos.unit)
         };
-        let convs = unit.body.convs_mut();
-        convs[pos.conv].out_channels = out;
-        if pos.conv + 1 < convs.len() {
-            convs[pos.conv + 1].in_channels = out;
-            return;
+        if pos.conv + 1 < unit.body.convs().len() {
+            return Some(Consumer::Conv(ConvPos {
+                unit: pos.unit,
+                conv: pos.conv + 1,
+            }));
         }
-        for (ui, next) in self.units.iter_mut().enumerate().skip(pos.unit + 1) {
-            match next {
-                Unit::Conv(c) => {
-                    c.body.convs_mut()[0].in_channels = out;
-                    return;
+        let sizes = self.spatial_sizes();
+        self.units
+            .iter()
+            .enumerate()
+            .skip(pos.unit + 1)
+            .find_map(|(ui, next)| match next {
+                Unit::Conv(_) => Some(Consumer::Conv(ConvPos { unit: ui, conv: 0 })),
+                Unit::Linear(_) => Some(Consumer::Linear {
+                    unit: ui,
+                    per_channel: sizes[ui] * sizes[ui],
+                }),
+                Unit::MaxPool { .. } => None,
+            })
+    }
+
+    /// The BatchNorm that normalises the output of the conv at `pos`, if any (only the
+    /// last conv of a unit has one).
+    pub fn bn_after(&self, pos: ConvPos) -> Option<&str> {
+        match &self.units[pos.unit] {
+            Unit::Conv(c) if pos.conv + 1 == c.body.convs().len() => c.bn.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Sets the number of output channels of the conv at `pos` and shrinks every
+    /// consumer of those channels: the next conv's inputs, or the classifier's input
+    /// features (h*w features per channel). The BN follows the conv's count.
+    pub fn set_out_channels(&mut self, pos: ConvPos, out: usize) {
+        assert!(out >= 1, "a conv keeps at least one filter");
+        let consumer = self.consumer(pos);
+        self.conv_mut(pos).out_channels = out;
+        match consumer {
+            Some(Consumer::Conv(next)) => self.conv_mut(next).in_channels = out,
+            Some(Consumer::Linear { unit, per_channel }) => {
+                if let Unit::Linear(l) = &mut self.units[unit] {
+                    l.in_features = out * per_channel;
                 }
-                Unit::Linear(l) => {
-                    l.in_features = out * sizes[ui] * sizes[ui];
-                    return;
-                }
-                Unit::MaxPool { .. } => {}
             }
+            None => {}
+        }
+    }
+
+    fn conv_mut(&mut self, pos: ConvPos) -> &mut ConvSpec {
+        match &mut self.units[pos.unit] {
+            Unit::Conv(c) => &mut c.body.convs_mut()[pos.conv],
+            _ => panic!("unit {} is not a conv unit", pos.unit),
         }
     }
 

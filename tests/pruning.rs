@@ -1,0 +1,182 @@
+//! Filter pruning against masking: the physically smaller model computes exactly what
+//! the original computes with the removed filters' outputs forced to zero.
+
+mod common;
+
+use burn::module::Module;
+use burn::tensor::{Device, Distribution, Tensor};
+use common::{reference_config, vgg19_bn};
+use rankprune::arch::{Arch, ArchSpec};
+use rankprune::compress::prune::{filter_norms, kept_indices, prune_model};
+use rankprune::compress::slamp::{PruneTarget, recommend_ratios};
+use rankprune::config::{LayerConfig, kept_filters};
+use rankprune::cost;
+use rankprune::model::Vgg;
+use rankprune::weights::Weights;
+
+fn random_weights(arch: &Arch, seed: u64) -> Weights {
+    let mut w = Weights::init(arch, seed);
+    for (k, t) in w.tensors.iter_mut() {
+        if k.ends_with(".bias") || k.ends_with("running_mean") {
+            for (i, v) in t.data.iter_mut().enumerate() {
+                *v = ((i as f32) * 0.37 + seed as f32).sin() * 0.1;
+            }
+        }
+    }
+    w
+}
+
+/// Zeroes the removed filters' weights and bias, and the gamma and beta of the BN after
+/// them: each removed channel is then exactly 0 wherever it is read.
+fn masked(arch: &Arch, weights: &Weights, config: &LayerConfig) -> Weights {
+    let mut w = weights.clone();
+    for (name, &ratio) in &config.pruning.as_ref().unwrap().ratios {
+        let pos = arch.find_conv(name).unwrap();
+        let t = &weights.tensors[&format!("{name}.weight")];
+        let n = t.shape[0];
+        let keep = kept_indices(&filter_norms(t), kept_filters(n, ratio));
+        let removed: Vec<usize> = (0..n).filter(|i| !keep.contains(i)).collect();
+        let per = t.data.len() / n;
+        let wt = w.tensors.get_mut(&format!("{name}.weight")).unwrap();
+        for &r in &removed {
+            wt.data[r * per..(r + 1) * per].fill(0.0);
+        }
+        let mut zero_rows = |key: String| {
+            if let Some(b) = w.tensors.get_mut(&key) {
+                for &r in &removed {
+                    b.data[r] = 0.0;
+                }
+            }
+        };
+        zero_rows(format!("{name}.bias"));
+        if let Some(bn) = arch.bn_after(pos) {
+            zero_rows(format!("{bn}.weight"));
+            zero_rows(format!("{bn}.bias"));
+        }
+    }
+    w
+}
+
+fn assert_pruned_equals_masked(base: &Arch, json: &str, seed: u64) {
+    let device = Device::flex();
+    let config = LayerConfig::from_json(json, "inline").unwrap();
+    let ranks_only = LayerConfig {
+        pruning: None,
+        ..config.clone()
+    };
+    let arch = ranks_only.apply(base, "inline").unwrap();
+    let w = random_weights(&arch, seed);
+    let (pruned_arch, pruned_w) = prune_model(base, &arch, &w, &config, "inline").unwrap();
+    assert!(cost::count(&pruned_arch).params < cost::count(&arch).params);
+
+    let reference =
+        Vgg::from_weights(&arch, masked(&arch, &w, &config), "masked", &device).unwrap();
+    let pruned = Vgg::from_weights(&pruned_arch, pruned_w, "pruned", &device).unwrap();
+    let x = Tensor::<4>::random([3, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+    let a = reference
+        .forward(x.clone())
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let b = pruned.forward(x).into_data().try_to_vec::<f32>().unwrap();
+    let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 1e-3, "logits vanish: the check would be vacuous");
+    for (p, q) in a.iter().zip(&b) {
+        assert!(
+            (p - q).abs() <= 1e-4 * scale.max(1.0),
+            "masked {a:?} vs pruned {b:?}"
+        );
+    }
+}
+
+#[test]
+fn pruned_plain_vgg_equals_masked_original() {
+    // Two pools leave 8x8 maps: each classifier input channel owns 64 features.
+    let base = ArchSpec::parse("cfg_bn:8,M,16,12,M").unwrap().build(5);
+    let json = r#"{"pruning": {"method": "l2_norm", "ratios":
+        {"features.0": 0.5, "features.4": 0.25, "features.7": 0.5}}}"#;
+    assert_pruned_equals_masked(&base, json, 1);
+}
+
+#[test]
+fn pruned_vgg_without_bn_equals_masked_original() {
+    let base = ArchSpec::parse("cfg:8,M,16,M").unwrap().build(4);
+    let json =
+        r#"{"pruning": {"method": "l2_norm", "ratios": {"features.0": 0.3, "features.3": 0.6}}}"#;
+    assert_pruned_equals_masked(&base, json, 2);
+}
+
+#[test]
+fn pruned_decomposed_vgg_equals_masked_original() {
+    let base = ArchSpec::parse("cfg_bn:8,M,16,12,M").unwrap().build(5);
+    let json = r#"{"decomposition": {"method": "tucker2", "ranks": {"features.4": [6, 10], "features.7": [9, 8]}},
+        "pruning": {"method": "l2_norm", "ratios": {"features.0": 0.25,
+          "features.4_tucker_0": 0.5, "features.4_tucker_1": 0.3, "features.4_tucker_2": 0.25,
+          "features.7_tucker_0": 0.4, "features.7_tucker_1": 0.5, "features.7_tucker_2": 0.5}}}"#;
+    assert_pruned_equals_masked(&base, json, 3);
+}
+
+#[test]
+fn reference_config_prunes_a_random_vgg19_bn_to_the_counted_size() {
+    let device = Device::flex();
+    let base = vgg19_bn();
+    let config = reference_config();
+    let decomposed = LayerConfig {
+        pruning: None,
+        ..config.clone()
+    }
+    .apply(&base, "ref")
+    .unwrap();
+    let w = Weights::init(&decomposed, 4);
+    let (arch, pw) = prune_model(&base, &decomposed, &w, &config, "ref").unwrap();
+    let stored: usize = pw
+        .tensors
+        .iter()
+        .filter(|(k, _)| !k.contains("running"))
+        .map(|(_, t)| t.data.len())
+        .sum();
+    assert_eq!(stored as u64, cost::count(&arch).params);
+    assert_eq!(format!("{:.2}", stored as f64 / 1e6), "0.66");
+    let model = Vgg::from_weights(&arch, pw, "pruned", &device).unwrap();
+    let running: usize = model
+        .bns
+        .iter()
+        .map(|bn| 2 * bn.running_mean.value().dims()[0])
+        .sum();
+    assert_eq!(
+        (model.num_params() - running) as u64,
+        cost::count(&arch).params
+    );
+    assert_eq!(
+        model.forward(Tensor::zeros([1, 3, 32, 32], &device)).dims(),
+        [1, 100]
+    );
+}
+
+#[test]
+fn slamp_meets_each_kind_of_target_and_clamps() {
+    let base = ArchSpec::parse("vgg11_bn@0.125").unwrap().build(10);
+    let w = random_weights(&base, 7);
+    let base_cost = cost::count(&base);
+    let total: usize = base.convs().map(|c| c.out_channels).sum();
+    let apply = |ratios: &indexmap::IndexMap<String, f64>| {
+        let mut c = LayerConfig::for_arch(&base);
+        c.pruning = Some(rankprune::config::Pruning {
+            method: "l2_norm".into(),
+            ratios: ratios.clone(),
+        });
+        c.apply(&base, "slamp").unwrap()
+    };
+    let r = recommend_ratios(&base, &w, PruneTarget::Ratio(0.4), 0.9).unwrap();
+    let pruned = apply(&r);
+    let kept: usize = pruned.convs().map(|c| c.out_channels).sum();
+    assert!((total - kept) as f64 >= 0.4 * total as f64);
+    assert!(r.values().all(|&v| v <= 0.9));
+
+    let r = recommend_ratios(&base, &w, PruneTarget::FlopsReduction(2.0), 0.9).unwrap();
+    assert!(cost::count(&apply(&r)).flops * 2 <= base_cost.flops);
+    let r = recommend_ratios(&base, &w, PruneTarget::ParamsReduction(3.0), 0.9).unwrap();
+    assert!(cost::count(&apply(&r)).params * 3 <= base_cost.params);
+    // A lower max ratio cannot reach a huge reduction: a clear error.
+    assert!(recommend_ratios(&base, &w, PruneTarget::FlopsReduction(50.0), 0.5).is_err());
+}
