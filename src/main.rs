@@ -4,6 +4,8 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use rankprune::arch::{Arch, ArchSpec};
 use rankprune::compress::decompose::{decompose_model, ranks_config, recommend_ranks};
+use rankprune::compress::prune::prune_model;
+use rankprune::compress::slamp::{PruneTarget, recommend_ratios};
 use rankprune::config::LayerConfig;
 use rankprune::cost;
 use rankprune::device::parse_device;
@@ -91,7 +93,7 @@ enum Command {
     /// Recommend per-layer ranks or ratios from trained weights
     #[command(subcommand)]
     Recommend(Recommend),
-    /// Apply a config's decomposition to trained weights and write the compressed weights
+    /// Apply a config (ranks, then pruning ratios) to trained weights and write the compressed weights
     Compress {
         #[arg(long, default_value = "vgg19_bn")]
         arch: String,
@@ -133,6 +135,38 @@ enum Recommend {
         #[arg(long)]
         json: bool,
     },
+    /// SLAMP pruning ratios per conv and Tucker sub-conv for a global target
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["ratio", "flops_reduction", "params_reduction"])))]
+    Pruning {
+        #[arg(long, default_value = "vgg19_bn")]
+        arch: String,
+        #[arg(long, default_value_t = 100)]
+        num_classes: usize,
+        /// Weights of the base model, or of the model decomposed as --config says
+        #[arg(long)]
+        weights: PathBuf,
+        /// Config with the decomposition ranks (its pruning section is replaced)
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Remove this fraction of all filters (e.g. 0.4)
+        #[arg(long)]
+        ratio: Option<f64>,
+        /// Reach base FLOPs / X (e.g. 2.0 halves the FLOPs)
+        #[arg(long)]
+        flops_reduction: Option<f64>,
+        /// Reach base params / X
+        #[arg(long)]
+        params_reduction: Option<f64>,
+        /// Most of a layer's filters that may go
+        #[arg(long, default_value_t = 0.9)]
+        max_ratio: f64,
+        /// Write the merged config (ranks + ratios) here
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print one JSON object instead of a table
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn base_arch(arch: &str, num_classes: usize) -> Result<Arch> {
@@ -147,6 +181,44 @@ fn base_arch(arch: &str, num_classes: usize) -> Result<Arch> {
 /// Loads weights and checks them against `arch`.
 fn load_weights(path: &std::path::Path, arch: &Arch) -> Result<Weights> {
     Ok(Weights::load(path)?.matched_to(arch, &path.display().to_string())?)
+}
+
+/// Weights for the model `config` decomposes from `base`: given as such, or given for
+/// `base` and decomposed here.
+fn decomposed_weights(
+    base: &Arch,
+    config: &LayerConfig,
+    path: &std::path::Path,
+    file: &str,
+) -> Result<(Arch, Weights)> {
+    let ranks_only = LayerConfig {
+        pruning: None,
+        ..config.clone()
+    };
+    let arch = ranks_only.apply(base, file)?;
+    let raw = Weights::load(path)?;
+    let name = path.display().to_string();
+    match raw.clone().matched_to(&arch, &name) {
+        Ok(w) => Ok((arch, w)),
+        Err(fit_err) => match raw.matched_to(base, &name) {
+            Ok(w) if arch != *base => {
+                let bar = layer_bar(
+                    ranks_only
+                        .decomposition
+                        .as_ref()
+                        .map_or(0, |d| d.ranks.len()),
+                    "Tucker-2",
+                );
+                let (arch, w, _) = decompose_model(base, &w, &ranks_only, file, |n| {
+                    bar.set_message(n.to_string());
+                    bar.inc(1);
+                })?;
+                bar.finish_and_clear();
+                Ok((arch, w))
+            }
+            _ => Err(fit_err.into()),
+        },
+    }
 }
 
 /// A per-layer progress bar on stderr (hidden when stderr is not a terminal).
@@ -268,6 +340,66 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::Recommend(Recommend::Pruning {
+            arch,
+            num_classes,
+            weights,
+            config,
+            ratio,
+            flops_reduction,
+            params_reduction,
+            max_ratio,
+            out,
+            json,
+        }) => {
+            let base = base_arch(&arch, num_classes)?;
+            let (mut layer_config, file) = match &config {
+                Some(p) => (LayerConfig::load(p)?, p.display().to_string()),
+                None => (LayerConfig::for_arch(&base), "<no config>".to_string()),
+            };
+            layer_config.pruning = None;
+            let (decomposed, w) = decomposed_weights(&base, &layer_config, &weights, &file)?;
+            let target = match (ratio, flops_reduction, params_reduction) {
+                (Some(r), _, _) => PruneTarget::Ratio(r),
+                (_, Some(x), _) => PruneTarget::FlopsReduction(x),
+                (_, _, Some(x)) => PruneTarget::ParamsReduction(x),
+                _ => unreachable!("clap requires one target"),
+            };
+            let ratios = recommend_ratios(&decomposed, &w, target, max_ratio)?;
+            layer_config.pruning = Some(rankprune::config::Pruning {
+                method: rankprune::config::PRUNING_METHOD.to_string(),
+                ratios: ratios.clone(),
+            });
+            let pruned = layer_config.apply(&base, &file)?;
+            let (before, mid, after) = (
+                cost::count(&base),
+                cost::count(&decomposed),
+                cost::count(&pruned),
+            );
+            if let Some(path) = &out {
+                layer_config.save(path).map_err(|e| {
+                    Error::Failure(format!("{}: cannot write: {e}", path.display()))
+                })?;
+            }
+            if json {
+                let v = serde_json::json!({
+                    "ratios": ratios,
+                    "before": {"params": mid.params, "flops": mid.flops},
+                    "after": {"params": after.params, "flops": after.flops},
+                    "config": layer_config,
+                });
+                println!("{v}");
+            } else {
+                print!("{}", report::ratio_table(&decomposed, &pruned, &ratios));
+                if mid != before {
+                    println!("decomposed: {}", report::reduction_line(&before, &mid));
+                }
+                println!("pruned:     {}", report::reduction_line(&before, &after));
+                if let Some(path) = &out {
+                    println!("wrote {}", path.display());
+                }
+            }
+        }
         Command::Compress {
             arch,
             num_classes,
@@ -279,15 +411,8 @@ fn run(cli: Cli) -> Result<()> {
             let base = base_arch(&arch, num_classes)?;
             let file = config.display().to_string();
             let layer_config = LayerConfig::load(&config)?;
-            if layer_config
-                .pruning
-                .as_ref()
-                .is_some_and(|p| !p.ratios.is_empty())
-            {
-                return Err(Error::BadInput(format!(
-                    "{file}: pruning: filter pruning is not implemented yet; remove the \"pruning\" section"
-                )));
-            }
+            // Validate the whole config before any slow work.
+            layer_config.apply(&base, &file)?;
             let w = load_weights(&weights, &base)?;
             let n = layer_config
                 .decomposition
@@ -299,6 +424,7 @@ fn run(cli: Cli) -> Result<()> {
                 bar.inc(1);
             })?;
             bar.finish_and_clear();
+            let (arch, new_w) = prune_model(&base, &arch, &new_w, &layer_config, &file)?;
             new_w
                 .save_safetensors(&out)
                 .map_err(|e| Error::Failure(e.to_string()))?;
@@ -312,7 +438,9 @@ fn run(cli: Cli) -> Result<()> {
                 });
                 println!("{v}");
             } else {
-                print!("{}", report::decomposition_table(&layers));
+                if !layers.is_empty() {
+                    print!("{}", report::decomposition_table(&layers));
+                }
                 println!("{}", report::reduction_line(&before, &after));
                 println!(
                     "wrote {} ({:.2} MB)",

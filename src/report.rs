@@ -1,7 +1,9 @@
 //! Human-readable tables for the CLI (machine output is JSON, elsewhere).
 
+use crate::arch::Arch;
 use crate::compress::decompose::{LayerDecomposition, RankRecommendation};
 use crate::cost::{Cost, LayerKind};
+use indexmap::IndexMap;
 use std::fmt::Write;
 
 fn kind_name(k: LayerKind) -> &'static str {
@@ -119,6 +121,27 @@ pub fn decomposition_table(layers: &[LayerDecomposition]) -> String {
             "{:<12}  {:>11}  {:>10.4}  {:>5}",
             l.layer, ranks, l.rel_error, l.hooi_iterations
         );
+    }
+    s
+}
+
+/// Pruning ratios with filters before and after per conv.
+pub fn ratio_table(before: &Arch, after: &Arch, ratios: &IndexMap<String, f64>) -> String {
+    let mut s = String::new();
+    let w = ratios.keys().map(String::len).max().unwrap_or(5).max(5);
+    let _ = writeln!(
+        s,
+        "{:<w$}  {:>6}  {:>8}  {:>7}",
+        "layer", "ratio", "filters", "kept"
+    );
+    for (name, r) in ratios {
+        let n = before
+            .conv(before.find_conv(name).expect("ratio of a conv"))
+            .out_channels;
+        let k = after
+            .conv(after.find_conv(name).expect("ratio of a conv"))
+            .out_channels;
+        let _ = writeln!(s, "{name:<w$}  {r:>6.3}  {n:>8}  {k:>7}");
     }
     s
 }

@@ -242,11 +242,29 @@ fn recommend_then_compress_then_check() {
         .concat(),
     );
     assert_eq!(o.status.code(), Some(2));
-    std::fs::write(
-        p("pr.json"),
-        r#"{"pruning": {"method": "l2_norm", "ratios": {"features.0": 0.5}}}"#,
-    )
-    .unwrap();
+    // SLAMP on top of the decomposition, then compress base weights with the merged config.
+    let o = rankprune(
+        &[
+            &["recommend", "pruning"][..],
+            &model,
+            &[
+                "--weights",
+                &p("w.safetensors"),
+                "--config",
+                &p("r.json"),
+                "--ratio",
+                "0.4",
+                "--out",
+                &p("rp.json"),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let merged: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("rp.json")).unwrap()).unwrap();
+    assert_eq!(merged["decomposition"], config["decomposition"]);
+    assert!(merged["pruning"]["ratios"]["features.4_tucker_2"].is_number());
     let o = rankprune(
         &[
             &["compress"][..],
@@ -255,13 +273,31 @@ fn recommend_then_compress_then_check() {
                 "--weights",
                 &p("w.safetensors"),
                 "--config",
-                &p("pr.json"),
+                &p("rp.json"),
                 "--out",
-                &p("x.safetensors"),
+                &p("p.safetensors"),
             ],
         ]
         .concat(),
     );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = rankprune(
+        &[
+            &["check"][..],
+            &model,
+            &["--config", &p("rp.json"), "--weights", &p("p.safetensors")],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // No target given: clap refuses with exit 2.
+    let o = rankprune(
+        &[
+            &["recommend", "pruning"][..],
+            &model,
+            &["--weights", &p("w.safetensors")],
+        ]
+        .concat(),
+    );
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not implemented yet"));
 }
