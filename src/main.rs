@@ -26,9 +26,9 @@ struct Cli {
     command: Command,
 }
 
-/// The model a command works on: a base architecture, optionally compressed by a config.
+/// The base (uncompressed) architecture a command works on.
 #[derive(Args)]
-struct ModelArgs {
+struct BaseArgs {
     /// Architecture: vgg11|vgg13|vgg16|vgg19 with optional _bn and @WIDTH (vgg19_bn@0.25),
     /// or a custom plan cfg_bn:16,M,32,M
     #[arg(long, default_value = "vgg19_bn")]
@@ -36,22 +36,31 @@ struct ModelArgs {
     /// Number of classes of the classifier
     #[arg(long, default_value_t = 100)]
     num_classes: usize,
+}
+
+impl BaseArgs {
+    fn build(&self) -> Result<Arch> {
+        if self.num_classes == 0 {
+            return Err(Error::BadInput("--num-classes must be at least 1".into()));
+        }
+        Ok(ArchSpec::parse(&self.arch)?.build(self.num_classes))
+    }
+}
+
+/// A base architecture, optionally compressed by a config.
+#[derive(Args)]
+struct ModelArgs {
+    #[command(flatten)]
+    base: BaseArgs,
     /// Layer config JSON (decomposition ranks, pruning ratios) applied to the base arch
     #[arg(long)]
     config: Option<PathBuf>,
 }
 
 impl ModelArgs {
-    fn base(&self) -> Result<Arch> {
-        if self.num_classes == 0 {
-            return Err(Error::BadInput("--num-classes must be at least 1".into()));
-        }
-        Ok(ArchSpec::parse(&self.arch)?.build(self.num_classes))
-    }
-
     /// The base arch and the arch after the config (the base itself without one).
     fn resolve(&self) -> Result<(Arch, Arch)> {
-        let base = self.base()?;
+        let base = self.base.build()?;
         let arch = match &self.config {
             Some(path) => LayerConfig::load(path)?.apply(&base, &path.display().to_string())?,
             None => base.clone(),
@@ -95,10 +104,8 @@ enum Command {
     Recommend(Recommend),
     /// Apply a config (ranks, then pruning ratios) to trained weights and write the compressed weights
     Compress {
-        #[arg(long, default_value = "vgg19_bn")]
-        arch: String,
-        #[arg(long, default_value_t = 100)]
-        num_classes: usize,
+        #[command(flatten)]
+        base: BaseArgs,
         /// Weights of the base (uncompressed) model: .safetensors, .pt or .pth
         #[arg(long)]
         weights: PathBuf,
@@ -118,10 +125,8 @@ enum Command {
 enum Recommend {
     /// VBMF ranks for every conv whose input has more than 3 channels
     Decomposition {
-        #[arg(long, default_value = "vgg19_bn")]
-        arch: String,
-        #[arg(long, default_value_t = 100)]
-        num_classes: usize,
+        #[command(flatten)]
+        base: BaseArgs,
         /// Trained weights (.safetensors, .pt or .pth)
         #[arg(long)]
         weights: PathBuf,
@@ -138,10 +143,8 @@ enum Recommend {
     /// SLAMP pruning ratios per conv and Tucker sub-conv for a global target
     #[command(group(clap::ArgGroup::new("target").required(true).args(["ratio", "flops_reduction", "params_reduction"])))]
     Pruning {
-        #[arg(long, default_value = "vgg19_bn")]
-        arch: String,
-        #[arg(long, default_value_t = 100)]
-        num_classes: usize,
+        #[command(flatten)]
+        base: BaseArgs,
         /// Weights of the base model, or of the model decomposed as --config says
         #[arg(long)]
         weights: PathBuf,
@@ -167,15 +170,6 @@ enum Recommend {
         #[arg(long)]
         json: bool,
     },
-}
-
-fn base_arch(arch: &str, num_classes: usize) -> Result<Arch> {
-    ModelArgs {
-        arch: arch.to_string(),
-        num_classes,
-        config: None,
-    }
-    .base()
 }
 
 /// Loads weights and checks them against `arch`.
@@ -290,14 +284,13 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Recommend(Recommend::Decomposition {
-            arch,
-            num_classes,
+            base,
             weights,
             calibration,
             out,
             json,
         }) => {
-            let arch = base_arch(&arch, num_classes)?;
+            let arch = base.build()?;
             let w = load_weights(&weights, &arch)?;
             let bar = layer_bar(
                 arch.conv_units()
@@ -341,8 +334,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Recommend(Recommend::Pruning {
-            arch,
-            num_classes,
+            base,
             weights,
             config,
             ratio,
@@ -352,7 +344,7 @@ fn run(cli: Cli) -> Result<()> {
             out,
             json,
         }) => {
-            let base = base_arch(&arch, num_classes)?;
+            let base = base.build()?;
             let (mut layer_config, file) = match &config {
                 Some(p) => (LayerConfig::load(p)?, p.display().to_string()),
                 None => (LayerConfig::for_arch(&base), "<no config>".to_string()),
@@ -401,14 +393,13 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Compress {
-            arch,
-            num_classes,
+            base,
             weights,
             config,
             out,
             json,
         } => {
-            let base = base_arch(&arch, num_classes)?;
+            let base = base.build()?;
             let file = config.display().to_string();
             let layer_config = LayerConfig::load(&config)?;
             // Validate the whole config before any slow work.

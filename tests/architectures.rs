@@ -2,9 +2,8 @@
 
 mod common;
 
-use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use common::{reference_config, vgg19_bn};
+use common::{assert_counter_matches_model, reference_config, vgg19_bn};
 use rankprune::cost;
 use rankprune::model::Vgg;
 use rankprune::weights::Weights;
@@ -35,18 +34,7 @@ fn reference_config_counts() {
 fn check_model(arch: &rankprune::arch::Arch, device: &Device) {
     let model = Vgg::init(arch, 3, device);
     let c = cost::count(arch);
-    // burn counts BN running statistics among a module's parameters; the counter does not.
-    let running: usize = model
-        .bns
-        .iter()
-        .map(|bn| 2 * bn.running_mean.value().dims()[0])
-        .sum();
-    assert_eq!(
-        (model.num_params() - running) as u64,
-        c.params,
-        "{}",
-        arch.model
-    );
+    assert_counter_matches_model(&model, &arch);
     let stored: usize = model
         .to_weights()
         .tensors

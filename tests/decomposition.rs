@@ -4,30 +4,16 @@
 
 mod common;
 
-use burn::module::Module;
+use common::{assert_counter_matches_model, random_weights};
+
 use burn::tensor::{Device, Distribution, Tensor};
 use rankprune::arch::ArchSpec;
 use rankprune::compress::decompose::{decompose_model, ranks_config, recommend_ranks};
 use rankprune::config::LayerConfig;
-use rankprune::cost;
 use rankprune::model::Vgg;
-use rankprune::weights::Weights;
 
 fn logits(model: &Vgg, x: Tensor<4>) -> Vec<f32> {
     model.forward(x).into_data().try_to_vec::<f32>().unwrap()
-}
-
-/// Random weights with non-trivial BN statistics, so every layer matters.
-fn random_weights(arch: &rankprune::arch::Arch, seed: u64) -> Weights {
-    let mut w = Weights::init(arch, seed);
-    for (k, t) in w.tensors.iter_mut() {
-        if k.ends_with(".bias") || k.ends_with("running_mean") {
-            for (i, v) in t.data.iter_mut().enumerate() {
-                *v = ((i as f32) * 0.37).sin() * 0.1;
-            }
-        }
-    }
-    w
 }
 
 #[test]
@@ -74,15 +60,7 @@ fn decomposed_model_matches_the_counter_and_keeps_the_bias_on_tucker_2() {
     );
     assert!(dw.get(&format!("{name}.weight")).is_none());
     let model = Vgg::from_weights(&arch, dw, "dec", &device).unwrap();
-    let running: usize = model
-        .bns
-        .iter()
-        .map(|bn| 2 * bn.running_mean.value().dims()[0])
-        .sum();
-    assert_eq!(
-        (model.num_params() - running) as u64,
-        cost::count(&arch).params
-    );
+    assert_counter_matches_model(&model, &arch);
     let y = model.forward(Tensor::zeros([1, 3, 32, 32], &device));
     assert_eq!(y.dims(), [1, 10]);
 }

@@ -3,7 +3,8 @@
 
 mod common;
 
-use burn::module::Module;
+use common::{assert_counter_matches_model, random_weights};
+
 use burn::tensor::{Device, Distribution, Tensor};
 use common::{reference_config, vgg19_bn};
 use rankprune::arch::{Arch, ArchSpec};
@@ -13,18 +14,6 @@ use rankprune::config::{LayerConfig, kept_filters};
 use rankprune::cost;
 use rankprune::model::Vgg;
 use rankprune::weights::Weights;
-
-fn random_weights(arch: &Arch, seed: u64) -> Weights {
-    let mut w = Weights::init(arch, seed);
-    for (k, t) in w.tensors.iter_mut() {
-        if k.ends_with(".bias") || k.ends_with("running_mean") {
-            for (i, v) in t.data.iter_mut().enumerate() {
-                *v = ((i as f32) * 0.37 + seed as f32).sin() * 0.1;
-            }
-        }
-    }
-    w
-}
 
 /// Zeroes the removed filters' weights and bias, and the gamma and beta of the BN after
 /// them: each removed channel is then exactly 0 wherever it is read.
@@ -138,15 +127,7 @@ fn reference_config_prunes_a_random_vgg19_bn_to_the_counted_size() {
     assert_eq!(stored as u64, cost::count(&arch).params);
     assert_eq!(format!("{:.2}", stored as f64 / 1e6), "0.66");
     let model = Vgg::from_weights(&arch, pw, "pruned", &device).unwrap();
-    let running: usize = model
-        .bns
-        .iter()
-        .map(|bn| 2 * bn.running_mean.value().dims()[0])
-        .sum();
-    assert_eq!(
-        (model.num_params() - running) as u64,
-        cost::count(&arch).params
-    );
+    assert_counter_matches_model(&model, &arch);
     assert_eq!(
         model.forward(Tensor::zeros([1, 3, 32, 32], &device)).dims(),
         [1, 100]
