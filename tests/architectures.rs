@@ -34,7 +34,7 @@ fn reference_config_counts() {
 fn check_model(arch: &rankprune::arch::Arch, device: &Device) {
     let model = Vgg::init(arch, 3, device);
     let c = cost::count(arch);
-    assert_counter_matches_model(&model, &arch);
+    assert_counter_matches_model(&model, arch);
     let stored: usize = model
         .to_weights()
         .tensors
