@@ -7,6 +7,7 @@
 //! - [`compress`]: Tucker-2 decomposition, VBMF ranks, whole-model weight surgery.
 //! - [`config`]: the per-layer JSON config (ranks, ratios): parse, validate, apply.
 //! - [`cost`]: exact params / MACs / FLOPs / size counter.
+//! - [`data`]: CIFAR binary readers, augmentation, background batches.
 //! - [`weights`]: named f32 tensors; safetensors and PyTorch state_dict files.
 //! - [`model`]: the burn `Vgg` module built from an architecture and weights.
 //! - [`device`]: the one place that turns `--device` into a burn device.
@@ -16,6 +17,7 @@ pub mod arch;
 pub mod compress;
 pub mod config;
 pub mod cost;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod model;

@@ -161,3 +161,52 @@ fn slamp_meets_each_kind_of_target_and_clamps() {
     // A lower max ratio cannot reach a huge reduction: a clear error.
     assert!(recommend_ratios(&base, &w, PruneTarget::FlopsReduction(50.0), 0.5).is_err());
 }
+
+#[test]
+fn slamp_flops_target_is_hit_within_one_percent() {
+    let base = ArchSpec::parse("vgg16_bn@0.25").unwrap().build(10);
+    let w = random_weights(&base, 11);
+    let r = recommend_ratios(&base, &w, PruneTarget::FlopsReduction(2.0), 0.9).unwrap();
+    let mut c = LayerConfig::for_arch(&base);
+    c.pruning = Some(rankprune::config::Pruning {
+        method: "l2_norm".into(),
+        ratios: r,
+    });
+    let (flops, half) = (
+        cost::count(&c.apply(&base, "t").unwrap()).flops as f64,
+        cost::count(&base).flops as f64 / 2.0,
+    );
+    assert!(
+        flops <= half && flops >= 0.99 * half,
+        "{flops} vs half {half}"
+    );
+}
+
+#[test]
+fn ratio_zero_changes_nothing() {
+    let base = ArchSpec::parse("cfg_bn:8,M,16,M").unwrap().build(3);
+    let w = random_weights(&base, 12);
+    let r = recommend_ratios(&base, &w, PruneTarget::Ratio(0.0), 0.9).unwrap();
+    assert!(r.values().all(|&v| v == 0.0), "{r:?}");
+    let mut c = LayerConfig::for_arch(&base);
+    c.pruning = Some(rankprune::config::Pruning {
+        method: "l2_norm".into(),
+        ratios: r,
+    });
+    let (arch, pw) = prune_model(&base, &base, &w, &c, "zero").unwrap();
+    assert_eq!(arch, base);
+    assert_eq!(pw, w);
+}
+
+#[test]
+fn unreachable_and_invalid_targets_are_clear_errors() {
+    let base = ArchSpec::parse("cfg_bn:8,M,16,M").unwrap().build(3);
+    let w = random_weights(&base, 13);
+    let e = recommend_ratios(&base, &w, PruneTarget::FlopsReduction(1000.0), 0.9)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("out of reach"), "{e}");
+    assert!(recommend_ratios(&base, &w, PruneTarget::Ratio(1.0), 0.9).is_err());
+    assert!(recommend_ratios(&base, &w, PruneTarget::ParamsReduction(0.5), 0.9).is_err());
+    assert!(recommend_ratios(&base, &w, PruneTarget::Ratio(0.4), 1.0).is_err());
+}

@@ -1,10 +1,13 @@
-//! Benchmark (not a test): VBMF rank recommendation and Tucker-2 decomposition of all
-//! decomposable layers of a randomly initialised vgg19_bn. Prints a table.
+//! Benchmark (not a test) on a randomly initialised vgg19_bn: VBMF rank recommendation,
+//! Tucker-2 decomposition, SLAMP ratios and applying the full reference config.
+//! Prints a Markdown table.
 //!
-//! Run: cargo bench --bench decomposition
+//! Run: cargo bench --bench compress
 
 use rankprune::arch::ArchSpec;
 use rankprune::compress::decompose::{decompose_model, ranks_config, recommend_ranks};
+use rankprune::compress::prune::prune_model;
+use rankprune::compress::slamp::{PruneTarget, recommend_ratios};
 use rankprune::compress::vbmf::evbmf;
 use rankprune::weights::Weights;
 use std::time::Instant;
@@ -33,11 +36,38 @@ fn main() {
     let mut config = rankprune::config::LayerConfig::from_json(&reference, "ref").unwrap();
     config.pruning = None;
     let t = Instant::now();
-    let (_, _, layers) = decompose_model(&arch, &weights, &config, "ref", |_| {}).unwrap();
+    let (decomposed, dw, layers) =
+        decompose_model(&arch, &weights, &config, "ref", |_| {}).unwrap();
     let sweeps: usize = layers.iter().map(|l| l.hooi_iterations).sum();
     println!(
         "| Tucker-2 HOSVD+HOOI at the reference ranks ({sweeps} HOOI sweeps) | {} | {:.3} |",
         layers.len(),
+        t.elapsed().as_secs_f64()
+    );
+
+    let t = Instant::now();
+    let ratios = recommend_ratios(&decomposed, &dw, PruneTarget::FlopsReduction(2.0), 0.9).unwrap();
+    println!(
+        "| SLAMP ratios, reference-decomposed model, 2x FLOPs target | {} | {:.4} |",
+        ratios.len(),
+        t.elapsed().as_secs_f64()
+    );
+
+    let full = rankprune::config::LayerConfig::from_json(&reference, "ref").unwrap();
+    let t = Instant::now();
+    let (_, _, _) = decompose_model(&arch, &weights, &full, "ref", |_| {}).unwrap();
+    let (pruned, _) = prune_model(&arch, &decomposed, &dw, &full, "ref").unwrap();
+    println!(
+        "| full reference config (Tucker-2 then pruning) to {:.2}M params | {} | {:.3} |",
+        rankprune::cost::count(&pruned).mparams(),
+        layers.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let _ = prune_model(&arch, &decomposed, &dw, &full, "ref").unwrap();
+    println!(
+        "| pruning step alone (reference ratios) | {} | {:.4} |",
+        ratios.len(),
         t.elapsed().as_secs_f64()
     );
 

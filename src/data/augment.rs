@@ -1,0 +1,125 @@
+//! Normalisation and the reference's training augmentation: random crop 32 with 4 zero
+//! pixels of padding, then random horizontal flip (torchvision's RandomCrop(32, padding=4)
+//! and RandomHorizontalFlip, applied before ToTensor and Normalize).
+
+use super::IMAGE_BYTES;
+use rand::{Rng, RngExt};
+
+/// Per-channel mean and std of the reference recipe.
+pub const MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
+pub const STD: [f32; 3] = [0.2023, 0.1994, 0.2010];
+pub const PAD: usize = 4;
+const SIDE: usize = 32;
+
+fn norm(c: usize, byte: u8) -> f32 {
+    (f32::from(byte) / 255.0 - MEAN[c]) / STD[c]
+}
+
+/// Writes the normalised image (CHW floats) into `out`.
+pub fn normalize(img: &[u8], out: &mut [f32]) {
+    assert_eq!((img.len(), out.len()), (IMAGE_BYTES, IMAGE_BYTES));
+    for (i, (&b, o)) in img.iter().zip(out.iter_mut()).enumerate() {
+        *o = norm(i / (SIDE * SIDE), b);
+    }
+}
+
+/// Crop at offset (`dy`, `dx`) in 0..=8 of the 4-padded image, optionally mirrored, then
+/// normalised; padding pixels are black (0) before normalisation.
+pub fn crop_flip(img: &[u8], dy: usize, dx: usize, flip: bool, out: &mut [f32]) {
+    assert!(dy <= 2 * PAD && dx <= 2 * PAD, "crop offset out of range");
+    for c in 0..3 {
+        let plane = &img[c * SIDE * SIDE..(c + 1) * SIDE * SIDE];
+        for y in 0..SIDE {
+            for x in 0..SIDE {
+                let sx = if flip { SIDE - 1 - x } else { x };
+                let (py, px) = (
+                    (y + dy) as isize - PAD as isize,
+                    (sx + dx) as isize - PAD as isize,
+                );
+                let inside = (0..SIDE as isize).contains(&py) && (0..SIDE as isize).contains(&px);
+                let byte = if inside {
+                    plane[py as usize * SIDE + px as usize]
+                } else {
+                    0
+                };
+                out[(c * SIDE + y) * SIDE + x] = norm(c, byte);
+            }
+        }
+    }
+}
+
+/// Random crop + flip drawn from `rng`.
+pub fn augment(img: &[u8], rng: &mut impl Rng, out: &mut [f32]) {
+    let dy = rng.random_range(0..=2 * PAD);
+    let dx = rng.random_range(0..=2 * PAD);
+    let flip = rng.random_bool(0.5);
+    crop_flip(img, dy, dx, flip, out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn ramp() -> Vec<u8> {
+        (0..IMAGE_BYTES)
+            .map(|i| (i % 32 * 8 + i / 1024) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn centre_crop_without_flip_is_plain_normalisation() {
+        let img = ramp();
+        let (mut a, mut b) = (vec![0.0; IMAGE_BYTES], vec![0.0; IMAGE_BYTES]);
+        crop_flip(&img, PAD, PAD, false, &mut a);
+        normalize(&img, &mut b);
+        assert_eq!(a, b);
+        assert!((b[0] - (0.0 - MEAN[0]) / STD[0]).abs() < 1e-6);
+    }
+
+    #[test]
+    fn flip_mirrors_columns_and_shift_pads_with_black() {
+        let img = ramp();
+        let (mut plain, mut flipped, mut shifted) = (
+            vec![0.0; IMAGE_BYTES],
+            vec![0.0; IMAGE_BYTES],
+            vec![0.0; IMAGE_BYTES],
+        );
+        crop_flip(&img, PAD, PAD, false, &mut plain);
+        crop_flip(&img, PAD, PAD, true, &mut flipped);
+        for c in 0..3 {
+            for y in 0..32 {
+                for x in 0..32 {
+                    assert_eq!(
+                        flipped[(c * 32 + y) * 32 + x],
+                        plain[(c * 32 + y) * 32 + 31 - x]
+                    );
+                }
+            }
+        }
+        // dx = 0: the window starts 4 pixels left of the image; columns 0..4 are padding.
+        crop_flip(&img, PAD, 0, false, &mut shifted);
+        let black = (0.0 - MEAN[0]) / STD[0];
+        assert_eq!(shifted[3], black);
+        assert_eq!(shifted[4], plain[0]);
+    }
+
+    #[test]
+    fn augmentation_is_deterministic_for_a_seed() {
+        let img = ramp();
+        let run = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut out = vec![0.0; IMAGE_BYTES];
+            (0..5)
+                .flat_map(|_| {
+                    augment(&img, &mut rng, &mut out);
+                    out.clone()
+                })
+                .collect::<Vec<f32>>()
+        };
+        assert_eq!(run(3), run(3));
+        assert_ne!(run(3), run(4));
+        assert_eq!(run(3).len(), 5 * IMAGE_BYTES);
+    }
+}

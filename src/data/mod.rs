@@ -1,0 +1,238 @@
+//! Image data: CIFAR binary readers, normalisation and augmentation, and batches
+//! prepared on a background thread.
+
+pub mod augment;
+pub mod batches;
+
+use std::path::{Path, PathBuf};
+
+/// Bytes of one 32x32 RGB image (1,024 R, then G, then B, row-major).
+pub const IMAGE_BYTES: usize = 3 * 32 * 32;
+
+/// Which binary layout a data directory holds.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetKind {
+    /// `train.bin`, `test.bin`; records of coarse label, fine label, 3,072 pixel bytes.
+    Cifar100,
+    /// `data_batch_1..5.bin`, `test_batch.bin`; records of label, 3,072 pixel bytes.
+    Cifar10,
+}
+
+/// Training or test files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+impl DatasetKind {
+    fn label_bytes(self) -> usize {
+        match self {
+            DatasetKind::Cifar100 => 2,
+            DatasetKind::Cifar10 => 1,
+        }
+    }
+
+    /// Record size in bytes.
+    pub fn record_bytes(self) -> usize {
+        self.label_bytes() + IMAGE_BYTES
+    }
+
+    fn files(self, dir: &Path, split: Split) -> Vec<PathBuf> {
+        match (self, split) {
+            (DatasetKind::Cifar100, Split::Train) => vec![dir.join("train.bin")],
+            (DatasetKind::Cifar100, Split::Test) => vec![dir.join("test.bin")],
+            (DatasetKind::Cifar10, Split::Train) => (1..=5)
+                .map(|i| dir.join(format!("data_batch_{i}.bin")))
+                .collect(),
+            (DatasetKind::Cifar10, Split::Test) => vec![dir.join("test_batch.bin")],
+        }
+    }
+}
+
+/// A data file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct DataError {
+    pub file: String,
+    pub message: String,
+}
+
+/// Images (uint8, CHW) and labels held in memory.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageSet {
+    pub pixels: Vec<u8>,
+    pub labels: Vec<u32>,
+}
+
+impl ImageSet {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn image(&self, i: usize) -> &[u8] {
+        &self.pixels[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES]
+    }
+
+    /// Parses records of `kind` from `bytes`; `file` names the source in errors. The label
+    /// used is the fine label for CIFAR-100; each must be below `num_classes`.
+    pub fn parse(
+        bytes: &[u8],
+        kind: DatasetKind,
+        num_classes: usize,
+        file: &str,
+    ) -> Result<Self, DataError> {
+        let rec = kind.record_bytes();
+        let err = |message: String| DataError {
+            file: file.to_string(),
+            message,
+        };
+        if bytes.is_empty() || bytes.len() % rec != 0 {
+            return Err(err(format!(
+                "size {} bytes is not a positive multiple of the {rec}-byte {kind:?} record (truncated or wrong --dataset?)",
+                bytes.len()
+            )));
+        }
+        let n = bytes.len() / rec;
+        let mut set = ImageSet {
+            pixels: Vec::with_capacity(n * IMAGE_BYTES),
+            labels: Vec::with_capacity(n),
+        };
+        for (i, r) in bytes.chunks_exact(rec).enumerate() {
+            let label = u32::from(r[kind.label_bytes() - 1]);
+            if label as usize >= num_classes {
+                return Err(err(format!(
+                    "record {i}: label {label} out of range: allowed 0..{num_classes}"
+                )));
+            }
+            set.labels.push(label);
+            set.pixels.extend_from_slice(&r[kind.label_bytes()..]);
+        }
+        Ok(set)
+    }
+
+    /// Reads every file of `split` from `dir`.
+    pub fn load(
+        dir: &Path,
+        kind: DatasetKind,
+        split: Split,
+        num_classes: usize,
+    ) -> Result<Self, DataError> {
+        let mut set = ImageSet::default();
+        for path in kind.files(dir, split) {
+            let file = path.display().to_string();
+            let bytes = std::fs::read(&path).map_err(|e| DataError {
+                file: file.clone(),
+                message: format!("cannot read: {e}"),
+            })?;
+            let part = Self::parse(&bytes, kind, num_classes, &file)?;
+            set.pixels.extend(part.pixels);
+            set.labels.extend(part.labels);
+        }
+        Ok(set)
+    }
+
+    /// Splits off the last `n` images after a seeded shuffle: `(rest, held_out)`.
+    pub fn split_off(&self, n: usize, seed: u64) -> (ImageSet, ImageSet) {
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+        let n = n.min(self.len());
+        let pick = |idx: &[usize]| ImageSet {
+            pixels: idx
+                .iter()
+                .flat_map(|&i| self.image(i).iter().copied())
+                .collect(),
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+        };
+        let cut = self.len() - n;
+        (pick(&order[..cut]), pick(&order[cut..]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record100(coarse: u8, fine: u8, fill: impl Fn(usize) -> u8) -> Vec<u8> {
+        let mut r = vec![coarse, fine];
+        r.extend((0..IMAGE_BYTES).map(fill));
+        r
+    }
+
+    #[test]
+    fn parses_cifar100_records() {
+        let mut bytes = record100(3, 7, |i| (i % 251) as u8);
+        bytes.extend(record100(0, 2, |i| if i < 1024 { 255 } else { 0 }));
+        let set = ImageSet::parse(&bytes, DatasetKind::Cifar100, 10, "t.bin").unwrap();
+        assert_eq!(set.labels, vec![7, 2]);
+        assert_eq!(set.image(0)[1000], (1000 % 251) as u8);
+        // Second image: red plane full, green and blue empty.
+        assert_eq!(set.image(1)[1023], 255);
+        assert_eq!(set.image(1)[1024], 0);
+    }
+
+    #[test]
+    fn parses_cifar10_records() {
+        let mut bytes = vec![9u8];
+        bytes.extend(vec![1u8; IMAGE_BYTES]);
+        let set = ImageSet::parse(&bytes, DatasetKind::Cifar10, 10, "b.bin").unwrap();
+        assert_eq!(set.labels, vec![9]);
+    }
+
+    #[test]
+    fn rejects_truncated_and_out_of_range() {
+        let bytes = record100(0, 12, |_| 0);
+        let e = ImageSet::parse(&bytes, DatasetKind::Cifar100, 10, "t.bin")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.bin: record 0: label 12 out of range: allowed 0..10"),
+            "{e}"
+        );
+        let e = ImageSet::parse(&bytes[..100], DatasetKind::Cifar100, 10, "t.bin")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not a positive multiple of the 3074-byte"),
+            "{e}"
+        );
+        let e = ImageSet::load(
+            Path::new("/nonexistent"),
+            DatasetKind::Cifar10,
+            Split::Test,
+            10,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("test_batch.bin: cannot read"));
+    }
+
+    #[test]
+    fn split_off_is_seeded_and_disjoint() {
+        let bytes: Vec<u8> = (0..10u8)
+            .flat_map(|l| record100(0, l, move |_| l))
+            .collect();
+        let set = ImageSet::parse(&bytes, DatasetKind::Cifar100, 10, "t").unwrap();
+        let (a, b) = set.split_off(3, 5);
+        assert_eq!((a.len(), b.len()), (7, 3));
+        assert_eq!(set.split_off(3, 5), (a.clone(), b.clone()));
+        let mut all: Vec<u32> = a.labels.iter().chain(&b.labels).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+        // Pixels travel with their labels.
+        assert!(
+            b.labels
+                .iter()
+                .enumerate()
+                .all(|(i, &l)| b.image(i)[0] == l as u8)
+        );
+    }
+}
