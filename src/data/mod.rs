@@ -94,7 +94,7 @@ impl ImageSet {
             file: file.to_string(),
             message,
         };
-        if bytes.is_empty() || bytes.len() % rec != 0 {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(rec) {
             return Err(err(format!(
                 "size {} bytes is not a positive multiple of the {rec}-byte {kind:?} record (truncated or wrong --dataset?)",
                 bytes.len()
