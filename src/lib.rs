@@ -12,6 +12,7 @@
 //! - [`model`]: the burn `Vgg` module built from an architecture and weights.
 //! - [`device`]: the one place that turns `--device` into a burn device.
 //! - [`report`]: human tables for the CLI.
+//! - [`train`]: the reference training recipe, evaluation, checkpoints.
 
 pub mod arch;
 pub mod compress;
@@ -22,6 +23,7 @@ pub mod device;
 pub mod error;
 pub mod model;
 pub mod report;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

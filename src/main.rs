@@ -1,5 +1,7 @@
 //! The `rankprune` command line.
 
+mod cli;
+
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use rankprune::arch::{Arch, ArchSpec};
@@ -102,6 +104,20 @@ enum Command {
     /// Recommend per-layer ranks or ratios from trained weights
     #[command(subcommand)]
     Recommend(Recommend),
+    /// Train or fine-tune with the reference recipe; writes the best-by-validation weights
+    Train {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        args: cli::train::TrainArgs,
+    },
+    /// Top-1 / top-5 accuracy and loss of weights on the test or validation split
+    Eval {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        args: cli::train::EvalArgs,
+    },
     /// Apply a config (ranks, then pruning ratios) to trained weights and write the compressed weights
     Compress {
         #[command(flatten)]
@@ -229,6 +245,8 @@ fn layer_bar(len: usize, what: &str) -> ProgressBar {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Train { model, args } => cli::train::run_train(&model.resolve()?.1, args)?,
+        Command::Eval { model, args } => cli::train::run_eval(&model.resolve()?.1, args)?,
         Command::Metrics { model, json } => {
             let (base, arch) = model.resolve()?;
             let c = cost::count(&arch);

@@ -3,7 +3,7 @@
 
 use crate::arch::{Arch, ConvSpec, Unit};
 use crate::weights::{TensorF32, Weights, WeightsError};
-use burn::module::{Module, Param, RunningState};
+use burn::module::{Module, Param, ParamId, RunningState};
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, Linear, PaddingConfig2d};
@@ -27,6 +27,21 @@ fn tensor<const D: usize>(t: &TensorF32, device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
 }
 
+/// A parameter whose id is derived from its weights key (FNV-1a), so that optimizer
+/// state saved in one process matches the same parameter after a reload.
+fn param<const D: usize>(w: &Weights, key: &str, device: &Device) -> Param<Tensor<D>> {
+    param_of(&w.tensors[key], key, device)
+}
+
+fn param_of<const D: usize>(t: &TensorF32, key: &str, device: &Device) -> Param<Tensor<D>> {
+    let id = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut p = Param::from_tensor(tensor(t, device));
+    p.id = ParamId::from(id);
+    p
+}
+
 fn values<const D: usize>(t: Tensor<D>) -> TensorF32 {
     let shape = t.dims().to_vec();
     let data = t
@@ -40,10 +55,10 @@ fn values<const D: usize>(t: Tensor<D>) -> TensorF32 {
 fn conv_from(spec: &ConvSpec, w: &Weights, device: &Device) -> Conv2d {
     let p = spec.padding;
     Conv2d {
-        weight: Param::from_tensor(tensor(&w.tensors[&format!("{}.weight", spec.name)], device)),
-        bias: spec.bias.then(|| {
-            Param::from_tensor(tensor(&w.tensors[&format!("{}.bias", spec.name)], device))
-        }),
+        weight: param(w, &format!("{}.weight", spec.name), device),
+        bias: spec
+            .bias
+            .then(|| param(w, &format!("{}.bias", spec.name), device)),
         stride: [spec.stride; 2],
         kernel_size: [spec.kernel; 2],
         dilation: [1, 1],
@@ -55,14 +70,23 @@ fn conv_from(spec: &ConvSpec, w: &Weights, device: &Device) -> Conv2d {
 fn bn_from(name: &str, w: &Weights, device: &Device) -> BatchNorm {
     let get = |field: &str| tensor::<1>(&w.tensors[&format!("{name}.{field}")], device);
     BatchNorm {
-        gamma: Param::from_tensor(get("weight")),
-        beta: Param::from_tensor(get("bias")),
+        gamma: param(w, &format!("{name}.weight"), device),
+        beta: param(w, &format!("{name}.bias"), device),
         training: Param::from_bool(true),
         running_mean: RunningState::new(get("running_mean")),
         running_var: RunningState::new(get("running_var")),
         momentum: 0.1,
         epsilon: 1e-5,
     }
+}
+
+/// `[r, c]` -> `[c, r]`.
+fn transpose2(t: &TensorF32) -> TensorF32 {
+    let (r, c) = (t.shape[0], t.shape[1]);
+    let data = (0..c)
+        .flat_map(|j| (0..r).map(move |i| t.data[i * c + j]))
+        .collect();
+    TensorF32::new(vec![c, r], data)
 }
 
 impl Vgg {
@@ -86,14 +110,12 @@ impl Vgg {
                 Unit::MaxPool { .. } => {}
                 Unit::Linear(l) => {
                     // PyTorch stores [out, in]; burn's row layout is [in, out].
-                    let weight =
-                        tensor::<2>(&w.tensors[&format!("{}.weight", l.name)], device).transpose();
+                    // Transposed on the host, so the parameter stays a leaf of the autodiff graph.
+                    let key = format!("{}.weight", l.name);
+                    let weight = param_of::<2>(&transpose2(&w.tensors[&key]), &key, device);
                     classifier = Some(Linear {
-                        weight: Param::from_tensor(weight),
-                        bias: Some(Param::from_tensor(tensor(
-                            &w.tensors[&format!("{}.bias", l.name)],
-                            device,
-                        ))),
+                        weight,
+                        bias: Some(param(&w, &format!("{}.bias", l.name), device)),
                     });
                 }
             }

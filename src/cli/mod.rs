@@ -1,0 +1,3 @@
+//! Subcommands of the binary that have grown their own files.
+
+pub mod train;

@@ -1,0 +1,111 @@
+//! Top-1 / top-5 accuracy and mean cross-entropy on a data set.
+
+use crate::data::ImageSet;
+use crate::data::batches::{EpochPlan, stream};
+use crate::model::Vgg;
+use crate::{Error, Result};
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalResult {
+    /// Fractions in [0, 1].
+    pub top1: f64,
+    pub top5: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    pub samples: usize,
+}
+
+/// How many rows of `logits` (row-major, `labels.len()` rows) have their label among the
+/// `k` largest entries (ties count against the label).
+pub fn top_k_correct(logits: &[f32], labels: &[i64], k: usize) -> usize {
+    let classes = logits.len() / labels.len().max(1);
+    labels
+        .iter()
+        .enumerate()
+        .filter(|&(i, &l)| {
+            let row = &logits[i * classes..(i + 1) * classes];
+            let target = row[l as usize];
+            row.iter().filter(|&&v| v >= target).count() <= k
+        })
+        .count()
+}
+
+/// Sum over rows of -log softmax(row)[label], computed stably in f64.
+pub fn cross_entropy_sum(logits: &[f32], labels: &[i64]) -> f64 {
+    let classes = logits.len() / labels.len().max(1);
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| {
+            let row = &logits[i * classes..(i + 1) * classes];
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&v| (v as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            lse - row[l as usize] as f64
+        })
+        .sum()
+}
+
+/// Evaluates `model` (inference mode: BN uses running statistics) on the first `limit`
+/// images of `set`.
+pub fn evaluate(
+    model: &Vgg,
+    set: &Arc<ImageSet>,
+    batch_size: usize,
+    limit: Option<usize>,
+    device: &Device,
+) -> Result<EvalResult> {
+    let (mut top1, mut top5, mut loss, mut n) = (0usize, 0usize, 0.0f64, 0usize);
+    let plan = EpochPlan {
+        batch_size,
+        seed: None,
+        limit,
+    };
+    for b in stream(set.clone(), plan) {
+        let x = Tensor::<4>::from_data(
+            TensorData::new(b.images.clone(), [b.len(), 3, 32, 32]),
+            device,
+        );
+        let logits = model
+            .forward(x)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| Error::Failure(format!("{e:?}")))?;
+        top1 += top_k_correct(&logits, &b.labels, 1);
+        top5 += top_k_correct(&logits, &b.labels, 5);
+        loss += cross_entropy_sum(&logits, &b.labels);
+        n += b.len();
+    }
+    if n == 0 {
+        return Err(Error::BadInput("evaluation set is empty".into()));
+    }
+    Ok(EvalResult {
+        top1: top1 as f64 / n as f64,
+        top5: top5 as f64 / n as f64,
+        loss: loss / n as f64,
+        samples: n,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_computed_metrics() {
+        let logits = [0.0, 2.0, 1.0, 3.0, 0.0, 0.0];
+        assert_eq!(top_k_correct(&logits, &[1, 1], 1), 1);
+        assert_eq!(top_k_correct(&logits, &[1, 1], 2), 1);
+        assert_eq!(top_k_correct(&logits, &[2, 1], 2), 2);
+        // Uniform logits over 2 classes: loss ln 2 per row.
+        assert!((cross_entropy_sum(&[1.0, 1.0], &[0]) - 2f64.ln()).abs() < 1e-12);
+    }
+}

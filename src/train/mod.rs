@@ -1,0 +1,271 @@
+//! Training and evaluation with the reference recipe: SGD (momentum 0.9, dampening 0,
+//! weight decay 5e-4), lr 0.01, batch 128, ReduceLROnPlateau on validation loss,
+//! crop+flip augmentation; checkpoints at every epoch end and exact resume.
+
+pub mod checkpoint;
+pub mod metrics;
+pub mod plateau;
+
+use crate::arch::Arch;
+use crate::data::ImageSet;
+use crate::data::batches::{Batch, EpochPlan, stream};
+use crate::model::Vgg;
+use crate::weights::Weights;
+use crate::{Error, Result};
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, SgdConfig, decay::WeightDecayConfig};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use checkpoint::{Checkpoint, TrainState};
+pub use metrics::{EvalResult, evaluate};
+use plateau::PlateauConfig;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Everything a training run needs besides the model and the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub plateau: PlateauConfig,
+    /// Stop after this many optimizer steps in total (proxy runs).
+    pub max_steps: Option<usize>,
+    /// Use only this many training images per epoch (proxy runs).
+    pub subset: Option<usize>,
+    /// Evaluate on the validation set every this many steps (besides each epoch end).
+    pub eval_every: Option<usize>,
+    /// Validation images used by evaluations (all when `None`).
+    pub eval_limit: Option<usize>,
+    pub seed: u64,
+    /// Write a checkpoint here at every epoch end.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Continue from the checkpoint in `checkpoint_dir` (same epoch order and scheduler state).
+    pub resume: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 100,
+            batch_size: 128,
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            plateau: PlateauConfig::default(),
+            max_steps: None,
+            subset: None,
+            eval_every: None,
+            eval_limit: None,
+            seed: 0,
+            checkpoint_dir: None,
+            resume: false,
+        }
+    }
+}
+
+/// A progress report handed to the caller's callback.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub epoch: usize,
+    pub step: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    /// Present on validation reports.
+    pub val: Option<EvalResult>,
+    pub images_per_s: f64,
+}
+
+/// What the callback wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    Stop,
+}
+
+/// Result of a training run.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    pub weights: Weights,
+    /// Weights with the best validation accuracy seen at an epoch end (or the last ones).
+    pub best_weights: Weights,
+    pub best_val: Option<EvalResult>,
+    pub last_val: Option<EvalResult>,
+    pub epochs_run: usize,
+    pub steps: usize,
+    pub stopped_early: bool,
+}
+
+fn sgd(cfg: &TrainConfig) -> burn::optim::ModuleOptimizer {
+    SgdConfig::new()
+        .with_momentum(Some(
+            MomentumConfig::new()
+                .with_momentum(cfg.momentum)
+                .with_dampening(0.0),
+        ))
+        .with_weight_decay(
+            (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32)),
+        )
+        .init()
+}
+
+fn batch_tensors(b: &Batch, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+    let n = b.len();
+    let x = Tensor::from_data(TensorData::new(b.images.clone(), [n, 3, 32, 32]), device);
+    let y = Tensor::from_data(TensorData::new(b.labels.clone(), [n]), device);
+    (x, y)
+}
+
+/// Trains `weights` (of `arch`) on `train`, validating on `val`. With `cfg.resume`, the
+/// checkpoint in `cfg.checkpoint_dir` replaces `weights` and the counters.
+/// `on_report` sees every training and validation report and may stop the run.
+pub fn train(
+    arch: &Arch,
+    weights: Weights,
+    train: Arc<ImageSet>,
+    val: Arc<ImageSet>,
+    cfg: &TrainConfig,
+    device: &Device,
+    mut on_report: impl FnMut(&Report) -> Control,
+) -> Result<TrainOutcome> {
+    if cfg.batch_size == 0 || cfg.lr <= 0.0 || !cfg.lr.is_finite() {
+        return Err(Error::BadInput(
+            "batch size must be >= 1 and lr a positive number".into(),
+        ));
+    }
+    let ad = device.clone().autodiff();
+    let mut optim = sgd(cfg);
+    let mut state = TrainState::new(cfg.lr, cfg.plateau);
+    let mut weights = weights;
+    let mut best_weights = None;
+    if cfg.resume {
+        let dir = cfg
+            .checkpoint_dir
+            .as_ref()
+            .ok_or_else(|| Error::BadInput("--resume needs --checkpoint-dir".into()))?;
+        let ck = Checkpoint::load(dir, arch)?;
+        optim = optim
+            .load(dir.join(checkpoint::OPTIM_FILE))
+            .map_err(|e| Error::Failure(format!("{}: {e:?}", dir.display())))?;
+        weights = ck.weights;
+        best_weights = ck.best_weights;
+        state = ck.state;
+        tracing::info!(epoch = state.epoch, step = state.step, "resuming");
+    }
+    let mut model = Vgg::from_weights(arch, weights, "<train>", &ad)?;
+    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    let mut best_val = state.best_val.clone();
+    let mut last_val = None;
+    let mut stopped_early = false;
+    let started = std::time::Instant::now();
+    let mut seen = 0usize;
+    let validate = |m: &Vgg| evaluate(&m.valid(), &val, cfg.batch_size, cfg.eval_limit, device);
+
+    'epochs: while state.epoch < cfg.epochs {
+        let plan = EpochPlan {
+            batch_size: cfg.batch_size,
+            seed: Some(
+                cfg.seed
+                    .wrapping_mul(1_000_003)
+                    .wrapping_add(state.epoch as u64),
+            ),
+            limit: cfg.subset,
+        };
+        let (mut loss_sum, mut correct, mut count) = (0.0f64, 0usize, 0usize);
+        for batch in stream(train.clone(), plan) {
+            if cfg.max_steps.is_some_and(|m| state.step >= m) {
+                stopped_early = true;
+                break 'epochs;
+            }
+            let (x, y) = batch_tensors(&batch, &ad);
+            let logits = model.forward(x);
+            let loss = loss_fn.forward(logits.clone(), y);
+            // Read values from detached copies: the graph belongs to backward alone.
+            let (loss_host, logits_host) = (loss.clone().detach(), logits.detach());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let loss_value = f64::from(loss_host.into_scalar::<f32>());
+            if !loss_value.is_finite() {
+                return Err(Error::Failure(format!(
+                    "non-finite training loss ({loss_value}) at epoch {} step {}: lower the learning rate",
+                    state.epoch, state.step
+                )));
+            }
+            model = optim.step(state.plateau.lr, model, grads);
+            let host = logits_host
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap_or_default();
+            correct += metrics::top_k_correct(&host, &batch.labels, 1);
+            loss_sum += loss_value * batch.len() as f64;
+            count += batch.len();
+            seen += batch.len();
+            state.step += 1;
+            let mut report = Report {
+                epoch: state.epoch,
+                step: state.step,
+                lr: state.plateau.lr,
+                train_loss: loss_sum / count as f64,
+                train_acc: correct as f64 / count as f64,
+                val: None,
+                images_per_s: seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            };
+            if cfg.eval_every.is_some_and(|e| state.step.is_multiple_of(e)) {
+                report.val = Some(validate(&model)?);
+            }
+            if on_report(&report) == Control::Stop {
+                stopped_early = true;
+                break 'epochs;
+            }
+        }
+        let v = validate(&model)?;
+        state.plateau.step(v.loss);
+        state.epoch += 1;
+        if best_val
+            .as_ref()
+            .is_none_or(|b: &EvalResult| v.top1 > b.top1)
+        {
+            best_val = Some(v.clone());
+            best_weights = Some(model.to_weights());
+        }
+        state.best_val = best_val.clone();
+        let report = Report {
+            epoch: state.epoch,
+            step: state.step,
+            lr: state.plateau.lr,
+            train_loss: loss_sum / count.max(1) as f64,
+            train_acc: correct as f64 / count.max(1) as f64,
+            val: Some(v.clone()),
+            images_per_s: seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
+        };
+        last_val = Some(v);
+        if let Some(dir) = &cfg.checkpoint_dir {
+            Checkpoint::save(
+                dir,
+                &model.to_weights(),
+                best_weights.as_ref(),
+                &state,
+                &optim,
+            )?;
+        }
+        if on_report(&report) == Control::Stop {
+            stopped_early = true;
+            break;
+        }
+    }
+    let weights = model.to_weights();
+    Ok(TrainOutcome {
+        best_weights: best_weights.unwrap_or_else(|| weights.clone()),
+        weights,
+        best_val,
+        last_val,
+        epochs_run: state.epoch,
+        steps: state.step,
+        stopped_early,
+    })
+}

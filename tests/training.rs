@@ -1,0 +1,204 @@
+//! Training end to end on synthetic data whose label is learnable, exact resume, and
+//! the typed failure on a diverging loss.
+
+mod common;
+
+use burn::tensor::Device;
+use rankprune::arch::ArchSpec;
+use rankprune::data::{IMAGE_BYTES, ImageSet};
+use rankprune::train::{Control, TrainConfig, evaluate, train};
+use rankprune::weights::Weights;
+use std::sync::Arc;
+
+/// Class c = a bright horizontal stripe in band c of the image, plus pixel noise.
+fn stripes(n: usize, classes: usize, seed: u64) -> ImageSet {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut noise = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 58) as u8
+    };
+    let mut set = ImageSet::default();
+    for i in 0..n {
+        let label = (i % classes) as u32;
+        let band = 32 / classes;
+        for c in 0..3 {
+            for y in 0..32 {
+                for _x in 0..32 {
+                    let on = (y / band) as u32 == label;
+                    set.pixels
+                        .push(if on { 180 } else { 40 } + noise() + c as u8);
+                }
+            }
+        }
+        set.labels.push(label);
+    }
+    assert_eq!(set.pixels.len(), n * IMAGE_BYTES);
+    set
+}
+
+fn tiny_config(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: 32,
+        lr: 0.02,
+        seed: 3,
+        ..TrainConfig::default()
+    }
+}
+
+#[test]
+fn learns_a_learnable_label_well_above_chance() {
+    let device = Device::flex();
+    let arch = ArchSpec::parse("cfg_bn:8,M,16,M").unwrap().build(4);
+    let (train_set, val_set) = (Arc::new(stripes(256, 4, 1)), Arc::new(stripes(64, 4, 2)));
+    let mut reports = 0;
+    let out = train(
+        &arch,
+        Weights::init(&arch, 0),
+        train_set,
+        val_set.clone(),
+        &tiny_config(4),
+        &device,
+        |_| {
+            reports += 1;
+            Control::Continue
+        },
+    )
+    .unwrap();
+    assert_eq!(out.epochs_run, 4);
+    assert_eq!(out.steps, 4 * 8);
+    assert_eq!(reports, 4 * 8 + 4); // every step, and every epoch end with validation
+    let model =
+        rankprune::model::Vgg::from_weights(&arch, out.best_weights, "best", &device).unwrap();
+    let r = evaluate(&model, &val_set, 64, None, &device).unwrap();
+    assert!(
+        r.top1 >= 0.9,
+        "accuracy {} on a 4-class problem (chance 0.25)",
+        r.top1
+    );
+    assert_eq!(Some(r), out.best_val);
+}
+
+#[test]
+fn resume_continues_exactly() {
+    let device = Device::flex();
+    let arch = ArchSpec::parse("cfg_bn:4,M,8,M").unwrap().build(3);
+    let (train_set, val_set) = (Arc::new(stripes(96, 3, 5)), Arc::new(stripes(30, 3, 6)));
+    let straight = train(
+        &arch,
+        Weights::init(&arch, 1),
+        train_set.clone(),
+        val_set.clone(),
+        &tiny_config(2),
+        &device,
+        |_| Control::Continue,
+    )
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config(1);
+    cfg.checkpoint_dir = Some(dir.path().to_path_buf());
+    train(
+        &arch,
+        Weights::init(&arch, 1),
+        train_set.clone(),
+        val_set.clone(),
+        &cfg,
+        &device,
+        |_| Control::Continue,
+    )
+    .unwrap();
+    cfg.epochs = 2;
+    cfg.resume = true;
+    // The starting weights are ignored on resume: the checkpoint's are used.
+    let resumed = train(
+        &arch,
+        Weights::init(&arch, 99),
+        train_set,
+        val_set,
+        &cfg,
+        &device,
+        |_| Control::Continue,
+    )
+    .unwrap();
+    assert_eq!(
+        (resumed.epochs_run, resumed.steps),
+        (straight.epochs_run, straight.steps)
+    );
+    for (k, a) in &straight.weights.tensors {
+        let b = &resumed.weights.tensors[k];
+        let diff = a
+            .data
+            .iter()
+            .zip(&b.data)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff <= 1e-5, "{k} differs by {diff} after resume");
+    }
+}
+
+#[test]
+fn a_diverging_loss_is_a_typed_failure() {
+    let device = Device::flex();
+    let arch = ArchSpec::parse("cfg:4,M").unwrap().build(3);
+    let data = Arc::new(stripes(64, 3, 7));
+    let cfg = TrainConfig {
+        lr: 1e30,
+        ..tiny_config(3)
+    };
+    let e = train(
+        &arch,
+        Weights::init(&arch, 0),
+        data.clone(),
+        data,
+        &cfg,
+        &device,
+        |_| Control::Continue,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("non-finite training loss"), "{e}");
+    assert_eq!(e.exit_code(), 1);
+}
+
+#[test]
+fn max_steps_and_stop_callback_end_early() {
+    let device = Device::flex();
+    let arch = ArchSpec::parse("cfg_bn:4,M").unwrap().build(3);
+    let data = Arc::new(stripes(96, 3, 8));
+    let cfg = TrainConfig {
+        max_steps: Some(2),
+        ..tiny_config(5)
+    };
+    let out = train(
+        &arch,
+        Weights::init(&arch, 0),
+        data.clone(),
+        data.clone(),
+        &cfg,
+        &device,
+        |_| Control::Continue,
+    )
+    .unwrap();
+    assert_eq!(out.steps, 2);
+    assert!(out.stopped_early);
+    let out = train(
+        &arch,
+        Weights::init(&arch, 0),
+        data.clone(),
+        data,
+        &tiny_config(5),
+        &device,
+        |r| {
+            if r.step == 1 {
+                Control::Stop
+            } else {
+                Control::Continue
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(out.steps, 1);
+}
