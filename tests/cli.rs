@@ -301,3 +301,76 @@ fn recommend_then_compress_then_check() {
     );
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn train_then_eval_on_digits32() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.safetensors");
+    let data = repo_path("experiments/data/digits32");
+    let common = [
+        "--arch",
+        "cfg_bn:4,M",
+        "--num-classes",
+        "10",
+        "--data",
+        data.to_str().unwrap(),
+        "--val-split",
+        "100",
+    ];
+    let o = rankprune(
+        &[
+            &["train"][..],
+            &common,
+            &[
+                "--epochs",
+                "1",
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "16",
+                "--out",
+                out.to_str().unwrap(),
+                "--json",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+    assert_eq!(v["steps"], 2);
+    assert_eq!(v["test"]["samples"], 360);
+    let o = rankprune(
+        &[
+            &["eval"][..],
+            &common,
+            &[
+                "--weights",
+                out.to_str().unwrap(),
+                "--split",
+                "val",
+                "--json",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+    assert_eq!(v["samples"], 100);
+    for key in ["top1", "top5"] {
+        let x = v[key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&x), "{key} = {x}");
+    }
+    assert!(v["top5"].as_f64() >= v["top1"].as_f64());
+    assert!(v["loss"].as_f64().unwrap().is_finite());
+    // A data directory of the wrong layout is a clear bad-input error.
+    let o = rankprune(
+        &[
+            &["eval"][..],
+            &common,
+            &["--weights", out.to_str().unwrap(), "--dataset", "cifar10"],
+        ]
+        .concat(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("test_batch.bin"));
+}
