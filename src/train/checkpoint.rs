@@ -25,15 +25,18 @@ pub struct TrainState {
     pub step: usize,
     pub plateau: Plateau,
     pub best_val: Option<EvalResult>,
+    /// Seed of the data order and augmentation; a resumed run keeps it.
+    pub seed: u64,
 }
 
 impl TrainState {
-    pub fn new(lr: f64, plateau: PlateauConfig) -> Self {
+    pub fn new(lr: f64, plateau: PlateauConfig, seed: u64) -> Self {
         Self {
             epoch: 0,
             step: 0,
             plateau: Plateau::new(lr, plateau),
             best_val: None,
+            seed,
         }
     }
 }

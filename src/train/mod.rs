@@ -140,7 +140,7 @@ pub fn train(
     }
     let ad = device.clone().autodiff();
     let mut optim = sgd(cfg);
-    let mut state = TrainState::new(cfg.lr, cfg.plateau);
+    let mut state = TrainState::new(cfg.lr, cfg.plateau, cfg.seed);
     let mut weights = weights;
     let mut best_weights = None;
     if cfg.resume {
@@ -155,6 +155,13 @@ pub fn train(
         weights = ck.weights;
         best_weights = ck.best_weights;
         state = ck.state;
+        if state.seed != cfg.seed {
+            tracing::warn!(
+                checkpoint = state.seed,
+                given = cfg.seed,
+                "resuming with the checkpoint's seed"
+            );
+        }
         tracing::info!(epoch = state.epoch, step = state.step, "resuming");
     }
     let mut model = Vgg::from_weights(arch, weights, "<train>", &ad)?;
@@ -170,7 +177,8 @@ pub fn train(
         let plan = EpochPlan {
             batch_size: cfg.batch_size,
             seed: Some(
-                cfg.seed
+                state
+                    .seed
                     .wrapping_mul(1_000_003)
                     .wrapping_add(state.epoch as u64),
             ),
