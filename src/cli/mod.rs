@@ -1,3 +1,4 @@
 //! Subcommands of the binary that have grown their own files.
 
+pub mod compress;
 pub mod train;

@@ -1,5 +1,6 @@
 //! `rankprune train` and `rankprune eval`.
 
+use super::compress::load_weights;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rankprune::arch::Arch;
@@ -10,7 +11,7 @@ use rankprune::train::plateau::PlateauConfig;
 use rankprune::train::{Control, TrainConfig, evaluate, train};
 use rankprune::weights::Weights;
 use rankprune::{Error, Result};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// The validation split is always drawn with this seed, so `train` and `eval` agree.
@@ -128,17 +129,13 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-fn load_model_weights(path: &Path, arch: &Arch) -> Result<Weights> {
-    Ok(Weights::load(path)?.matched_to(arch, &path.display().to_string())?)
-}
-
 pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     let classes = arch.num_classes();
     let (train_set, val_set) = args.data.train_val(classes)?;
     let test_set = args.data.test(classes)?;
     let weights = match &args.weights {
-        Some(p) => load_model_weights(p, arch)?,
+        Some(p) => load_weights(p, arch)?,
         None => Weights::init(arch, args.seed),
     };
     let cfg = TrainConfig {
@@ -261,12 +258,7 @@ pub fn run_eval(arch: &Arch, args: EvalArgs) -> Result<()> {
         EvalSplit::Test => args.data.test(classes)?,
         EvalSplit::Val => args.data.train_val(classes)?.1,
     };
-    let model = Vgg::from_weights(
-        arch,
-        load_model_weights(&args.weights, arch)?,
-        "<eval>",
-        &device,
-    )?;
+    let model = Vgg::from_weights(arch, load_weights(&args.weights, arch)?, "<eval>", &device)?;
     let r = evaluate(
         &model,
         &Arc::new(set),

@@ -104,7 +104,10 @@ mod tests {
         let logits = [0.0, 2.0, 1.0, 3.0, 0.0, 0.0];
         assert_eq!(top_k_correct(&logits, &[1, 1], 1), 1);
         assert_eq!(top_k_correct(&logits, &[1, 1], 2), 1);
-        assert_eq!(top_k_correct(&logits, &[2, 1], 2), 2);
+        // Row 0, label 2 (logit 1) is second best: in the top 2. Row 1, label 1 ties with
+        // label 2 below label 0: three logits >= it, so not in the top 2.
+        assert_eq!(top_k_correct(&logits, &[2, 1], 2), 1);
+        assert_eq!(top_k_correct(&logits, &[2, 0], 2), 2);
         // Uniform logits over 2 classes: loss ln 2 per row.
         assert!((cross_entropy_sum(&[1.0, 1.0], &[0]) - 2f64.ln()).abs() < 1e-12);
     }

@@ -1,0 +1,297 @@
+//! `rankprune recommend decomposition|pruning` and `rankprune compress`.
+
+use crate::BaseArgs;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use rankprune::arch::Arch;
+use rankprune::compress::decompose::{decompose_model, ranks_config, recommend_ranks};
+use rankprune::compress::prune::prune_model;
+use rankprune::compress::slamp::{PruneTarget, recommend_ratios};
+use rankprune::config::LayerConfig;
+use rankprune::cost;
+use rankprune::report;
+use rankprune::weights::Weights;
+use rankprune::{Error, Result};
+use std::path::PathBuf;
+
+/// `rankprune recommend decomposition`
+#[derive(Args)]
+pub struct DecompositionArgs {
+    /// Trained weights (.safetensors, .pt or .pth)
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Calibration ratio in [-1, 1]: 0 = VBMF ranks, 1 = full ranks, -1 = rank 1
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub calibration: f64,
+    /// Write the config (reference format) here
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print one JSON object instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `rankprune recommend pruning`
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["ratio", "flops_reduction", "params_reduction"])))]
+pub struct PruningArgs {
+    /// Weights of the base model, or of the model decomposed as --config says
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Config with the decomposition ranks (its pruning section is replaced)
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Remove this fraction of all filters (e.g. 0.4)
+    #[arg(long)]
+    pub ratio: Option<f64>,
+    /// Reach base FLOPs / X (e.g. 2.0 halves the FLOPs)
+    #[arg(long)]
+    pub flops_reduction: Option<f64>,
+    /// Reach base params / X
+    #[arg(long)]
+    pub params_reduction: Option<f64>,
+    /// Most of a layer's filters that may go
+    #[arg(long, default_value_t = 0.9)]
+    pub max_ratio: f64,
+    /// Write the merged config (ranks + ratios) here
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print one JSON object instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `rankprune compress`
+#[derive(Args)]
+pub struct CompressArgs {
+    /// Weights of the base (uncompressed) model: .safetensors, .pt or .pth
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Layer config JSON (reference format)
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Output weights (.safetensors)
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print one JSON object instead of tables
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Loads weights and checks them against `arch`.
+pub fn load_weights(path: &std::path::Path, arch: &Arch) -> Result<Weights> {
+    Ok(Weights::load(path)?.matched_to(arch, &path.display().to_string())?)
+}
+
+/// Weights for the model `config` decomposes from `base`: given as such, or given for
+/// `base` and decomposed here.
+fn decomposed_weights(
+    base: &Arch,
+    config: &LayerConfig,
+    path: &std::path::Path,
+    file: &str,
+) -> Result<(Arch, Weights)> {
+    let ranks_only = LayerConfig {
+        pruning: None,
+        ..config.clone()
+    };
+    let arch = ranks_only.apply(base, file)?;
+    let raw = Weights::load(path)?;
+    let name = path.display().to_string();
+    match raw.clone().matched_to(&arch, &name) {
+        Ok(w) => Ok((arch, w)),
+        Err(fit_err) => match raw.matched_to(base, &name) {
+            Ok(w) if arch != *base => {
+                let bar = layer_bar(
+                    ranks_only
+                        .decomposition
+                        .as_ref()
+                        .map_or(0, |d| d.ranks.len()),
+                    "Tucker-2",
+                );
+                let (arch, w, _) = decompose_model(base, &w, &ranks_only, file, |n| {
+                    bar.set_message(n.to_string());
+                    bar.inc(1);
+                })?;
+                bar.finish_and_clear();
+                Ok((arch, w))
+            }
+            _ => Err(fit_err.into()),
+        },
+    }
+}
+
+/// A per-layer progress bar on stderr (hidden when stderr is not a terminal).
+fn layer_bar(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} {{bar:30}} {{pos}}/{{len}} {{msg}} [{{elapsed}}]"
+        ))
+        .expect("valid template"),
+    );
+    bar
+}
+
+pub fn run_recommend_decomposition(base: &BaseArgs, args: DecompositionArgs) -> Result<()> {
+    let DecompositionArgs {
+        weights,
+        calibration,
+        out,
+        json,
+    } = args;
+    let arch = base.build()?;
+    let w = load_weights(&weights, &arch)?;
+    let bar = layer_bar(
+        arch.conv_units()
+            .filter(|u| u.body.in_channels() > 3)
+            .count(),
+        "VBMF",
+    );
+    let started = std::time::Instant::now();
+    let recs = recommend_ranks(&arch, &w, calibration, |name| {
+        bar.set_message(name.to_string());
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let config = ranks_config(&arch, &recs);
+    let new_arch = config.apply(&arch, "<recommendation>")?;
+    let (before, after) = (cost::count(&arch), cost::count(&new_arch));
+    if let Some(path) = &out {
+        config
+            .save(path)
+            .map_err(|e| Error::Failure(format!("{}: cannot write: {e}", path.display())))?;
+    }
+    if json {
+        let v = serde_json::json!({
+            "layers": recs, "calibration": calibration, "seconds": seconds,
+            "before": {"params": before.params, "flops": before.flops},
+            "after": {"params": after.params, "flops": after.flops},
+            "config": config,
+        });
+        println!("{v}");
+    } else {
+        print!("{}", report::rank_table(&recs, &before, &after));
+        println!("{}", report::reduction_line(&before, &after));
+        println!(
+            "VBMF on {} layers in {seconds:.2} s (calibration {calibration})",
+            recs.len()
+        );
+        if let Some(path) = &out {
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+pub fn run_recommend_pruning(base: &BaseArgs, args: PruningArgs) -> Result<()> {
+    let PruningArgs {
+        weights,
+        config,
+        ratio,
+        flops_reduction,
+        params_reduction,
+        max_ratio,
+        out,
+        json,
+    } = args;
+    let base = base.build()?;
+    let (mut layer_config, file) = match &config {
+        Some(p) => (LayerConfig::load(p)?, p.display().to_string()),
+        None => (LayerConfig::for_arch(&base), "<no config>".to_string()),
+    };
+    layer_config.pruning = None;
+    let (decomposed, w) = decomposed_weights(&base, &layer_config, &weights, &file)?;
+    let target = match (ratio, flops_reduction, params_reduction) {
+        (Some(r), _, _) => PruneTarget::Ratio(r),
+        (_, Some(x), _) => PruneTarget::FlopsReduction(x),
+        (_, _, Some(x)) => PruneTarget::ParamsReduction(x),
+        _ => unreachable!("clap requires one target"),
+    };
+    let ratios = recommend_ratios(&decomposed, &w, target, max_ratio)?;
+    layer_config.pruning = Some(rankprune::config::Pruning {
+        method: rankprune::config::PRUNING_METHOD.to_string(),
+        ratios: ratios.clone(),
+    });
+    let pruned = layer_config.apply(&base, &file)?;
+    let (before, mid, after) = (
+        cost::count(&base),
+        cost::count(&decomposed),
+        cost::count(&pruned),
+    );
+    if let Some(path) = &out {
+        layer_config
+            .save(path)
+            .map_err(|e| Error::Failure(format!("{}: cannot write: {e}", path.display())))?;
+    }
+    if json {
+        let v = serde_json::json!({
+            "ratios": ratios,
+            "before": {"params": mid.params, "flops": mid.flops},
+            "after": {"params": after.params, "flops": after.flops},
+            "config": layer_config,
+        });
+        println!("{v}");
+    } else {
+        print!("{}", report::ratio_table(&decomposed, &pruned, &ratios));
+        if mid != before {
+            println!("decomposed: {}", report::reduction_line(&before, &mid));
+        }
+        println!("pruned:     {}", report::reduction_line(&before, &after));
+        if let Some(path) = &out {
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+pub fn run_compress(base: &BaseArgs, args: CompressArgs) -> Result<()> {
+    let CompressArgs {
+        weights,
+        config,
+        out,
+        json,
+    } = args;
+    let base = base.build()?;
+    let file = config.display().to_string();
+    let layer_config = LayerConfig::load(&config)?;
+    // Validate the whole config before any slow work.
+    layer_config.apply(&base, &file)?;
+    let w = load_weights(&weights, &base)?;
+    let n = layer_config
+        .decomposition
+        .as_ref()
+        .map_or(0, |d| d.ranks.len());
+    let bar = layer_bar(n, "Tucker-2");
+    let (arch, new_w, layers) = decompose_model(&base, &w, &layer_config, &file, |name| {
+        bar.set_message(name.to_string());
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+    let (arch, new_w) = prune_model(&base, &arch, &new_w, &layer_config, &file)?;
+    new_w
+        .save_safetensors(&out)
+        .map_err(|e| Error::Failure(e.to_string()))?;
+    let (before, after) = (cost::count(&base), cost::count(&arch));
+    let file_bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    if json {
+        let v = serde_json::json!({
+            "layers": layers, "out": out, "file_bytes": file_bytes,
+            "before": {"params": before.params, "flops": before.flops, "size_bytes": before.size_bytes},
+            "after": {"params": after.params, "flops": after.flops, "size_bytes": after.size_bytes},
+        });
+        println!("{v}");
+    } else {
+        if !layers.is_empty() {
+            print!("{}", report::decomposition_table(&layers));
+        }
+        println!("{}", report::reduction_line(&before, &after));
+        println!(
+            "wrote {} ({:.2} MB)",
+            out.display(),
+            file_bytes as f64 / 1e6
+        );
+    }
+    Ok(())
+}
