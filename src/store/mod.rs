@@ -1,0 +1,460 @@
+//! The trial store: every study and trial of a search in one SQLite file (bundled
+//! SQLite, WAL mode). The controller is the only writer; readers (inspect, export) wait
+//! on a busy timeout. Every state change is one transaction, so a crash at any instant
+//! leaves the file consistent; on restart, `running` and `interrupted` trials are queued
+//! again and completed trials are never repeated.
+
+mod schema;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Lifecycle of a trial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrialState {
+    Queued,
+    Running,
+    Complete,
+    Failed,
+    /// Stopped early by the search's early-stop rule.
+    Pruned,
+    /// Was running when the controller stopped; queued again on restart.
+    Interrupted,
+}
+
+impl TrialState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrialState::Queued => "queued",
+            TrialState::Running => "running",
+            TrialState::Complete => "complete",
+            TrialState::Failed => "failed",
+            TrialState::Pruned => "pruned",
+            TrialState::Interrupted => "interrupted",
+        }
+    }
+
+    fn parse(s: &str) -> rusqlite::Result<Self> {
+        Ok(match s {
+            "queued" => TrialState::Queued,
+            "running" => TrialState::Running,
+            "complete" => TrialState::Complete,
+            "failed" => TrialState::Failed,
+            "pruned" => TrialState::Pruned,
+            "interrupted" => TrialState::Interrupted,
+            other => {
+                return Err(rusqlite::Error::InvalidColumnType(
+                    0,
+                    other.to_string(),
+                    rusqlite::types::Type::Text,
+                ));
+            }
+        })
+    }
+}
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("trial {trial}: cannot go from {from} to {to}")]
+    Transition {
+        trial: i64,
+        from: String,
+        to: &'static str,
+    },
+    #[error("{path}: schema version {found} is newer than this rankprune understands ({known})")]
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Cost figures of a trial's candidate, known before it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CandidateCost {
+    pub flops: u64,
+    pub params: u64,
+    pub size_bytes: u64,
+}
+
+/// One trial as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Trial {
+    pub id: i64,
+    pub study_id: i64,
+    /// 0, 1, 2, ... within the study.
+    pub number: i64,
+    pub state: TrialState,
+    /// The layer config (JSON, reference format).
+    pub config: String,
+    pub cost: CandidateCost,
+    pub proxy_acc: Option<f64>,
+    pub proxy_loss: Option<f64>,
+    pub worker: Option<String>,
+    pub error: Option<String>,
+    pub queued_at: f64,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
+}
+
+fn sql_err(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Sqlite {
+        path: path.to_string(),
+        source,
+    }
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A connection to one store file.
+pub struct TrialStore {
+    conn: Connection,
+    path: String,
+}
+
+const TRIAL_COLUMNS: &str = "id, study_id, number, state, config, flops, params, size_bytes, proxy_acc, \
+     proxy_loss, worker, error, queued_at, started_at, finished_at";
+
+fn trial_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Trial> {
+    Ok(Trial {
+        id: r.get(0)?,
+        study_id: r.get(1)?,
+        number: r.get(2)?,
+        state: TrialState::parse(&r.get::<_, String>(3)?)?,
+        config: r.get(4)?,
+        cost: CandidateCost {
+            flops: r.get::<_, i64>(5)? as u64,
+            params: r.get::<_, i64>(6)? as u64,
+            size_bytes: r.get::<_, i64>(7)? as u64,
+        },
+        proxy_acc: r.get(8)?,
+        proxy_loss: r.get(9)?,
+        worker: r.get(10)?,
+        error: r.get(11)?,
+        queued_at: r.get(12)?,
+        started_at: r.get(13)?,
+        finished_at: r.get(14)?,
+    })
+}
+
+impl TrialStore {
+    /// Opens (creating and migrating as needed) the store at `path`.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let name = path.display().to_string();
+        let err = |source| StoreError::Sqlite {
+            path: name.clone(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        let mut store = Self { conn, path: name };
+        schema::migrate(&mut store.conn, &store.path)?;
+        Ok(store)
+    }
+
+    /// Schema version of the open file.
+    pub fn schema_version(&self) -> StoreResult<i64> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        self.conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(&err)
+    }
+
+    /// The study called `name`, created with `budget` (the budget file's text) if new.
+    pub fn study(&mut self, name: &str, budget: &str) -> StoreResult<i64> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|source| StoreError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })?;
+        let id: Option<i64> = tx
+            .query_row("SELECT id FROM studies WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(&err)?;
+        let id = match id {
+            Some(id) => id,
+            None => {
+                tx.execute(
+                    "INSERT INTO studies (name, budget, created_at) VALUES (?1, ?2, ?3)",
+                    params![name, budget, now()],
+                )
+                .map_err(&err)?;
+                tx.last_insert_rowid()
+            }
+        };
+        tx.commit().map_err(&err)?;
+        Ok(id)
+    }
+
+    /// Queues a candidate; returns its trial id.
+    pub fn enqueue(&mut self, study: i64, config: &str, cost: CandidateCost) -> StoreResult<i64> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|source| StoreError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })?;
+        let number: i64 = tx
+            .query_row(
+                "SELECT COALESCE(MAX(number) + 1, 0) FROM trials WHERE study_id = ?1",
+                [study],
+                |r| r.get(0),
+            )
+            .map_err(&err)?;
+        tx.execute(
+            "INSERT INTO trials (study_id, number, state, config, flops, params, size_bytes, queued_at) \
+             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7)",
+            params![study, number, config, cost.flops as i64, cost.params as i64, cost.size_bytes as i64, now()],
+        )
+        .map_err(&err)?;
+        let id = tx.last_insert_rowid();
+        tx.commit().map_err(&err)?;
+        Ok(id)
+    }
+
+    /// Whether the study already holds a trial with exactly this config (any state but failed).
+    pub fn has_config(&self, study: i64, config: &str) -> StoreResult<bool> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        self.conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM trials WHERE study_id = ?1 AND config = ?2 AND state != 'failed')",
+                params![study, config],
+                |r| r.get(0),
+            )
+            .map_err(&err)
+    }
+
+    /// One guarded state change: applies only if the trial is in one of `from`.
+    fn transition(
+        &mut self,
+        trial: i64,
+        from: &[TrialState],
+        to: TrialState,
+        set: &str,
+        values: &[&dyn rusqlite::ToSql],
+    ) -> StoreResult<()> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        let allowed = from
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "UPDATE trials SET state = '{}'{set} WHERE id = ? AND state IN ({allowed})",
+            to.as_str()
+        );
+        let mut args: Vec<&dyn rusqlite::ToSql> = values.to_vec();
+        args.push(&trial);
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|source| StoreError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })?;
+        let changed = tx.execute(&sql, args.as_slice()).map_err(&err)?;
+        if changed != 1 {
+            let from: Option<String> = tx
+                .query_row("SELECT state FROM trials WHERE id = ?1", [trial], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(&err)?;
+            return Err(StoreError::Transition {
+                trial,
+                from: from.unwrap_or_else(|| "nowhere (no such trial)".into()),
+                to: to.as_str(),
+            });
+        }
+        tx.commit().map_err(&err)
+    }
+
+    /// Takes the oldest queued trial of `study` for `worker` (queued -> running).
+    pub fn claim(&mut self, study: i64, worker: &str) -> StoreResult<Option<Trial>> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        let next: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT id FROM trials WHERE study_id = ?1 AND state = 'queued' ORDER BY number LIMIT 1",
+                [study],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(&err)?;
+        let Some(id) = next else { return Ok(None) };
+        let t = now();
+        self.transition(
+            id,
+            &[TrialState::Queued],
+            TrialState::Running,
+            ", worker = ?, started_at = ?",
+            &[&worker, &t],
+        )?;
+        self.trial(id).map(Some)
+    }
+
+    /// An intermediate report (e.g. validation accuracy at a step) of a running trial.
+    pub fn report(&mut self, trial: i64, step: i64, value: f64) -> StoreResult<()> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO reports (trial_id, step, value) VALUES (?1, ?2, ?3)",
+                params![trial, step, value],
+            )
+            .map_err(&err)?;
+        Ok(())
+    }
+
+    pub fn reports(&self, trial: i64) -> StoreResult<Vec<(i64, f64)>> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        let mut st = self
+            .conn
+            .prepare("SELECT step, value FROM reports WHERE trial_id = ?1 ORDER BY step")
+            .map_err(&err)?;
+        let rows = st
+            .query_map([trial], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    pub fn complete(&mut self, trial: i64, proxy_acc: f64, proxy_loss: f64) -> StoreResult<()> {
+        let t = now();
+        self.transition(
+            trial,
+            &[TrialState::Running],
+            TrialState::Complete,
+            ", proxy_acc = ?, proxy_loss = ?, finished_at = ?",
+            &[&proxy_acc, &proxy_loss, &t],
+        )
+    }
+
+    pub fn fail(&mut self, trial: i64, error: &str) -> StoreResult<()> {
+        let t = now();
+        self.transition(
+            trial,
+            &[TrialState::Running],
+            TrialState::Failed,
+            ", error = ?, finished_at = ?",
+            &[&error, &t],
+        )
+    }
+
+    /// Stopped early by the search's rule, with the last accuracy seen.
+    pub fn prune(&mut self, trial: i64, proxy_acc: f64) -> StoreResult<()> {
+        let t = now();
+        self.transition(
+            trial,
+            &[TrialState::Running],
+            TrialState::Pruned,
+            ", proxy_acc = ?, finished_at = ?",
+            &[&proxy_acc, &t],
+        )
+    }
+
+    /// Marks a running trial interrupted (graceful shutdown).
+    pub fn interrupt(&mut self, trial: i64) -> StoreResult<()> {
+        self.transition(
+            trial,
+            &[TrialState::Running],
+            TrialState::Interrupted,
+            "",
+            &[],
+        )
+    }
+
+    /// On restart: running or interrupted trials go back to the queue, their partial
+    /// reports dropped. Returns how many.
+    pub fn requeue_unfinished(&mut self, study: i64) -> StoreResult<usize> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|source| StoreError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })?;
+        tx.execute(
+            "DELETE FROM reports WHERE trial_id IN \
+             (SELECT id FROM trials WHERE study_id = ?1 AND state IN ('running', 'interrupted'))",
+            [study],
+        )
+        .map_err(&err)?;
+        let n = tx
+            .execute(
+                "UPDATE trials SET state = 'queued', worker = NULL, started_at = NULL \
+                 WHERE study_id = ?1 AND state IN ('running', 'interrupted')",
+                [study],
+            )
+            .map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        Ok(n)
+    }
+
+    pub fn trial(&self, id: i64) -> StoreResult<Trial> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        self.conn
+            .query_row(
+                &format!("SELECT {TRIAL_COLUMNS} FROM trials WHERE id = ?1"),
+                [id],
+                trial_from_row,
+            )
+            .map_err(&err)
+    }
+
+    /// All trials of a study in order.
+    pub fn trials(&self, study: i64) -> StoreResult<Vec<Trial>> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {TRIAL_COLUMNS} FROM trials WHERE study_id = ?1 ORDER BY number"
+            ))
+            .map_err(&err)?;
+        let rows = st.query_map([study], trial_from_row).map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+}
+
+#[cfg(test)]
+mod tests;

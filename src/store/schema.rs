@@ -1,0 +1,79 @@
+//! Schema and migrations, versioned by SQLite's `user_version`.
+
+use super::{StoreError, StoreResult};
+use rusqlite::Connection;
+
+/// Migrations in order; migration i takes the schema from version i to i + 1.
+const MIGRATIONS: &[&str] = &[
+    // v1: studies, trials, per-step reports, final re-training results.
+    "CREATE TABLE studies (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        budget TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE trials (
+        id INTEGER PRIMARY KEY,
+        study_id INTEGER NOT NULL REFERENCES studies(id),
+        number INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN
+            ('queued', 'running', 'complete', 'failed', 'pruned', 'interrupted')),
+        config TEXT NOT NULL,
+        flops INTEGER NOT NULL,
+        params INTEGER NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        proxy_acc REAL,
+        proxy_loss REAL,
+        worker TEXT,
+        error TEXT,
+        queued_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        UNIQUE (study_id, number)
+    );
+    CREATE INDEX trials_by_state ON trials (study_id, state);
+    CREATE TABLE reports (
+        trial_id INTEGER NOT NULL REFERENCES trials(id),
+        step INTEGER NOT NULL,
+        value REAL NOT NULL,
+        PRIMARY KEY (trial_id, step)
+    );
+    CREATE TABLE final_results (
+        trial_id INTEGER PRIMARY KEY REFERENCES trials(id),
+        top1 REAL NOT NULL,
+        top5 REAL NOT NULL,
+        loss REAL NOT NULL,
+        epochs INTEGER NOT NULL,
+        weights_path TEXT,
+        finished_at REAL NOT NULL
+    );",
+];
+
+/// The schema version this build writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the file up to [`VERSION`], each migration in its own transaction.
+pub fn migrate(conn: &mut Connection, path: &str) -> StoreResult<()> {
+    let err = |source| StoreError::Sqlite {
+        path: path.to_string(),
+        source,
+    };
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(err)?;
+    if found > VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_string(),
+            found,
+            known: VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction().map_err(err)?;
+        tx.execute_batch(sql).map_err(err)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,144 @@
+use super::*;
+
+const COST: CandidateCost = CandidateCost {
+    flops: 10,
+    params: 20,
+    size_bytes: 30,
+};
+
+fn open(dir: &tempfile::TempDir) -> TrialStore {
+    TrialStore::open(&dir.path().join("study.sqlite")).unwrap()
+}
+
+#[test]
+fn schema_is_created_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    assert_eq!(store.schema_version().unwrap(), schema::VERSION);
+    let mode: String = store
+        .conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    drop(store);
+    // Reopening migrates nothing and keeps the version.
+    assert_eq!(open(&dir).schema_version().unwrap(), schema::VERSION);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store
+        .conn
+        .pragma_update(None, "user_version", schema::VERSION + 1)
+        .unwrap();
+    drop(store);
+    let e = TrialStore::open(&dir.path().join("study.sqlite"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("newer than this rankprune understands"), "{e}");
+}
+
+#[test]
+fn trial_lifecycle_and_guarded_transitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&dir);
+    let study = s.study("s", "budget").unwrap();
+    assert_eq!(s.study("s", "ignored").unwrap(), study);
+    let a = s.enqueue(study, "{\"a\":1}", COST).unwrap();
+    let b = s.enqueue(study, "{\"b\":2}", COST).unwrap();
+    assert!(s.has_config(study, "{\"a\":1}").unwrap());
+    assert!(!s.has_config(study, "{\"c\":3}").unwrap());
+
+    let t = s.claim(study, "cpu-0").unwrap().unwrap();
+    assert_eq!((t.id, t.number, t.state), (a, 0, TrialState::Running));
+    assert_eq!(t.worker.as_deref(), Some("cpu-0"));
+    s.report(a, 10, 0.5).unwrap();
+    s.report(a, 20, 0.6).unwrap();
+    assert_eq!(s.reports(a).unwrap(), vec![(10, 0.5), (20, 0.6)]);
+    s.complete(a, 0.61, 1.2).unwrap();
+    let e = s.complete(a, 0.7, 1.0).unwrap_err().to_string();
+    assert!(e.contains("cannot go from complete to complete"), "{e}");
+    // A queued trial cannot fail before it runs.
+    assert!(s.fail(b, "x").is_err());
+    let t = s.claim(study, "cpu-1").unwrap().unwrap();
+    assert_eq!(t.id, b);
+    s.fail(b, "non-finite loss").unwrap();
+    assert!(s.claim(study, "cpu-0").unwrap().is_none());
+    let all = s.trials(study).unwrap();
+    assert_eq!(all[0].proxy_acc, Some(0.61));
+    assert_eq!(all[1].error.as_deref(), Some("non-finite loss"));
+    assert_eq!(all[1].state, TrialState::Failed);
+    // A failed config may be proposed again.
+    assert!(!s.has_config(study, "{\"b\":2}").unwrap());
+    assert!(
+        s.complete(999, 0.1, 0.1)
+            .unwrap_err()
+            .to_string()
+            .contains("no such trial")
+    );
+}
+
+#[test]
+fn restart_requeues_unfinished_and_keeps_completed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (study, done, running, interrupted);
+    {
+        let mut s = open(&dir);
+        study = s.study("s", "b").unwrap();
+        done = s.enqueue(study, "1", COST).unwrap();
+        running = s.enqueue(study, "2", COST).unwrap();
+        interrupted = s.enqueue(study, "3", COST).unwrap();
+        s.claim(study, "w").unwrap();
+        s.complete(done, 0.9, 0.3).unwrap();
+        s.claim(study, "w").unwrap();
+        s.report(running, 5, 0.4).unwrap();
+        s.claim(study, "w").unwrap();
+        s.interrupt(interrupted).unwrap();
+        // The process dies here with `running` still running.
+    }
+    let mut s = open(&dir);
+    assert_eq!(s.requeue_unfinished(study).unwrap(), 2);
+    let all = s.trials(study).unwrap();
+    assert_eq!(
+        all.iter().map(|t| t.state).collect::<Vec<_>>(),
+        vec![TrialState::Complete, TrialState::Queued, TrialState::Queued]
+    );
+    assert!(s.reports(running).unwrap().is_empty());
+    assert_eq!(s.claim(study, "w").unwrap().unwrap().id, running);
+    assert_eq!(all[0].proxy_acc, Some(0.9));
+}
+
+#[test]
+fn an_uncommitted_change_is_lost_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let study;
+    {
+        let mut s = open(&dir);
+        study = s.study("s", "b").unwrap();
+        s.enqueue(study, "1", COST).unwrap();
+        // A crash inside a transaction: the insert never becomes visible.
+        let tx = s.conn.transaction().unwrap();
+        tx.execute(
+            "INSERT INTO trials (study_id, number, state, config, flops, params, size_bytes, queued_at) \
+             VALUES (?1, 1, 'queued', '2', 0, 0, 0, 0)",
+            [study],
+        )
+        .unwrap();
+        std::mem::forget(tx); // no commit, no rollback: as if the process vanished
+    }
+    let s = open(&dir);
+    assert_eq!(s.trials(study).unwrap().len(), 1);
+}
+
+#[test]
+fn readers_see_the_writers_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = open(&dir);
+    let reader = open(&dir);
+    let study = writer.study("s", "b").unwrap();
+    writer.enqueue(study, "1", COST).unwrap();
+    assert_eq!(reader.trials(study).unwrap().len(), 1);
+}
