@@ -12,6 +12,7 @@
 //! - [`model`]: the burn `Vgg` module built from an architecture and weights.
 //! - [`device`]: the one place that turns `--device` into a burn device.
 //! - [`report`]: human tables for the CLI.
+//! - [`search`]: search budget files (strategies and the controller to come).
 //! - [`store`]: the SQLite trial store of searches.
 //! - [`train`]: the reference training recipe, evaluation, checkpoints.
 
@@ -24,6 +25,7 @@ pub mod device;
 pub mod error;
 pub mod model;
 pub mod report;
+pub mod search;
 pub mod store;
 pub mod train;
 pub mod weights;

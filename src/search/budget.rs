@@ -1,0 +1,366 @@
+//! The budget file (TOML): everything one search study needs. Unknown keys and wrong
+//! types are errors naming the file, the line and the key; values out of range name the
+//! key and the allowed range.
+
+use crate::data::DatasetKind;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    pub study: Study,
+    pub model: Model,
+    pub data: Data,
+    pub search: Search,
+    pub objective: Objective,
+    pub limits: Limits,
+    #[serde(default)]
+    pub proxy: Proxy,
+    #[serde(default)]
+    pub workers: Workers,
+    #[serde(default, rename = "final")]
+    pub final_stage: FinalStage,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Study {
+    pub name: String,
+    /// SQLite trial store.
+    pub db: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    pub arch: String,
+    pub num_classes: usize,
+    pub weights: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Data {
+    pub dataset: DatasetKind,
+    pub dir: PathBuf,
+    #[serde(default = "default_val_split")]
+    pub val_split: usize,
+}
+
+fn default_val_split() -> usize {
+    5000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StrategyName {
+    Random,
+    Evolution,
+    Bayes,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Search {
+    /// Search space file (`search_spaces/*.toml`).
+    pub space: PathBuf,
+    pub strategy: StrategyName,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectiveKind {
+    /// Maximise proxy accuracy subject to the cost targets.
+    Constrained,
+    /// Accuracy vs FLOPs front.
+    Pareto,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Objective {
+    pub kind: ObjectiveKind,
+    pub target_flops_reduction: Option<f64>,
+    pub target_params_reduction: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_trials: usize,
+    pub max_wall_hours: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Proxy {
+    /// Fine-tune steps per trial.
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    /// Validation images used to score a trial.
+    pub eval_samples: usize,
+    /// Early stop: at this step, a trial below `early_stop_min_acc` is pruned.
+    pub early_stop_step: Option<usize>,
+    pub early_stop_min_acc: f64,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Self {
+            steps: 200,
+            batch_size: 128,
+            lr: 0.01,
+            eval_samples: 1000,
+            early_stop_step: None,
+            early_stop_min_acc: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Workers {
+    pub cpu: usize,
+    /// wgpu device ids (needs a build with `--features wgpu`).
+    pub wgpu: Vec<usize>,
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Self {
+            cpu: 1,
+            wgpu: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinalStage {
+    /// Best trials re-trained with the full recipe.
+    pub top_k: usize,
+    pub epochs: usize,
+}
+
+impl Default for FinalStage {
+    fn default() -> Self {
+        Self {
+            top_k: 1,
+            epochs: 100,
+        }
+    }
+}
+
+/// A budget file that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct BudgetError {
+    pub file: String,
+    pub message: String,
+}
+
+impl Budget {
+    /// Parses TOML text; `file` names the source in errors.
+    pub fn from_toml(text: &str, file: &str) -> Result<Self, BudgetError> {
+        let budget: Budget = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let at = line.map(|l| format!("line {l}: ")).unwrap_or_default();
+            BudgetError {
+                file: file.to_string(),
+                message: format!("{at}{}", e.message()),
+            }
+        })?;
+        budget.validate().map_err(|message| BudgetError {
+            file: file.to_string(),
+            message,
+        })?;
+        Ok(budget)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, BudgetError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| BudgetError {
+            file: file.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::from_toml(&text, &file)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let positive = |key: &str, v: usize| {
+            if v == 0 {
+                Err(format!("{key} = 0: allowed >= 1"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("model.num_classes", self.model.num_classes)?;
+        positive("limits.max_trials", self.limits.max_trials)?;
+        positive("proxy.steps", self.proxy.steps)?;
+        positive("proxy.batch_size", self.proxy.batch_size)?;
+        positive("proxy.eval_samples", self.proxy.eval_samples)?;
+        positive("final.epochs", self.final_stage.epochs)?;
+        crate::arch::ArchSpec::parse(&self.model.arch).map_err(|e| format!("model.arch: {e}"))?;
+        for (key, v) in [
+            (
+                "objective.target_flops_reduction",
+                self.objective.target_flops_reduction,
+            ),
+            (
+                "objective.target_params_reduction",
+                self.objective.target_params_reduction,
+            ),
+        ] {
+            if let Some(x) = v
+                && !(x.is_finite() && x >= 1.0)
+            {
+                return Err(format!(
+                    "{key} = {x}: allowed >= 1 (e.g. 8.0 = eight times fewer)"
+                ));
+            }
+        }
+        if self.objective.kind == ObjectiveKind::Constrained
+            && self.objective.target_flops_reduction.is_none()
+            && self.objective.target_params_reduction.is_none()
+        {
+            return Err("objective: kind = \"constrained\" needs target_flops_reduction or target_params_reduction".into());
+        }
+        if let Some(h) = self.limits.max_wall_hours
+            && !(h.is_finite() && h > 0.0)
+        {
+            return Err(format!("limits.max_wall_hours = {h}: allowed > 0"));
+        }
+        if !(self.proxy.lr.is_finite() && self.proxy.lr > 0.0) {
+            return Err(format!("proxy.lr = {}: allowed > 0", self.proxy.lr));
+        }
+        if !(0.0..=1.0).contains(&self.proxy.early_stop_min_acc) {
+            return Err(format!(
+                "proxy.early_stop_min_acc = {}: allowed [0, 1]",
+                self.proxy.early_stop_min_acc
+            ));
+        }
+        if self.workers.cpu == 0 && self.workers.wgpu.is_empty() {
+            return Err(
+                "workers: cpu = 0 and no wgpu devices: at least one worker is needed".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[study]
+name = "digits"
+db = "digits.sqlite"
+
+[model]
+arch = "vgg19_bn"
+num_classes = 10
+weights = "digits_vgg19.safetensors"
+
+[data]
+dataset = "cifar100"
+dir = "experiments/data/digits32"
+val_split = 200
+
+[search]
+space = "search_spaces/vgg19_bn.toml"
+strategy = "evolution"
+seed = 3
+
+[objective]
+kind = "constrained"
+target_flops_reduction = 8.0
+
+[limits]
+max_trials = 50
+max_wall_hours = 1.0
+
+[proxy]
+steps = 100
+early_stop_step = 40
+early_stop_min_acc = 0.3
+"#;
+
+    fn error_of(text: &str) -> String {
+        Budget::from_toml(text, "b.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_with_defaults() {
+        let b = Budget::from_toml(GOOD, "b.toml").unwrap();
+        assert_eq!(b.search.strategy, StrategyName::Evolution);
+        assert_eq!(b.data.dataset, DatasetKind::Cifar100);
+        assert_eq!(b.objective.target_flops_reduction, Some(8.0));
+        assert_eq!(b.proxy.steps, 100);
+        assert_eq!(b.proxy.batch_size, 128);
+        assert_eq!(b.workers, Workers::default());
+        assert_eq!(b.final_stage, FinalStage::default());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = GOOD.replace("max_trials = 50", "max_trials = 50\nmax_trails = 5");
+        let e = error_of(&text);
+        assert!(e.starts_with("b.toml: line 27: "), "{e}");
+        assert!(e.contains("max_trails"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_line() {
+        let e = error_of(&GOOD.replace("num_classes = 10", "num_classes = \"ten\""));
+        assert!(e.starts_with("b.toml: line 8: "), "{e}");
+        let e = error_of(&GOOD.replace("strategy = \"evolution\"", "strategy = \"annealing\""));
+        assert!(e.contains("annealing") && e.contains("random"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key_and_range() {
+        let cases = [
+            (
+                "target_flops_reduction = 8.0",
+                "target_flops_reduction = 0.5",
+                "objective.target_flops_reduction",
+            ),
+            (
+                "max_trials = 50",
+                "max_trials = 0",
+                "limits.max_trials = 0: allowed >= 1",
+            ),
+            (
+                "early_stop_min_acc = 0.3",
+                "early_stop_min_acc = 1.5",
+                "allowed [0, 1]",
+            ),
+            ("arch = \"vgg19_bn\"", "arch = \"resnet\"", "model.arch"),
+            (
+                "max_wall_hours = 1.0",
+                "max_wall_hours = -1.0",
+                "limits.max_wall_hours",
+            ),
+            (
+                "target_flops_reduction = 8.0",
+                "",
+                "needs target_flops_reduction",
+            ),
+        ];
+        for (from, to, want) in cases {
+            let e = error_of(&GOOD.replace(from, to));
+            assert!(e.contains(want), "{from} -> {to}: {e}");
+        }
+        let e = Budget::load(Path::new("/nonexistent/b.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/b.toml: cannot read"), "{e}");
+    }
+}
