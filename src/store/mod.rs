@@ -188,13 +188,7 @@ impl TrialStore {
     pub fn study(&mut self, name: &str, budget: &str) -> StoreResult<i64> {
         let path = self.path.clone();
         let err = sql_err(&path);
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(|source| StoreError::Sqlite {
-                path: self.path.clone(),
-                source,
-            })?;
+        let tx = self.conn.transaction().map_err(&err)?;
         let id: Option<i64> = tx
             .query_row("SELECT id FROM studies WHERE name = ?1", [name], |r| {
                 r.get(0)
@@ -220,13 +214,7 @@ impl TrialStore {
     pub fn enqueue(&mut self, study: i64, config: &str, cost: CandidateCost) -> StoreResult<i64> {
         let path = self.path.clone();
         let err = sql_err(&path);
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(|source| StoreError::Sqlite {
-                path: self.path.clone(),
-                source,
-            })?;
+        let tx = self.conn.transaction().map_err(&err)?;
         let number: i64 = tx
             .query_row(
                 "SELECT COALESCE(MAX(number) + 1, 0) FROM trials WHERE study_id = ?1",
@@ -280,13 +268,7 @@ impl TrialStore {
         );
         let mut args: Vec<&dyn rusqlite::ToSql> = values.to_vec();
         args.push(&trial);
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(|source| StoreError::Sqlite {
-                path: self.path.clone(),
-                source,
-            })?;
+        let tx = self.conn.transaction().map_err(&err)?;
         let changed = tx.execute(&sql, args.as_slice()).map_err(&err)?;
         if changed != 1 {
             let from: Option<String> = tx
@@ -405,13 +387,7 @@ impl TrialStore {
     pub fn requeue_unfinished(&mut self, study: i64) -> StoreResult<usize> {
         let path = self.path.clone();
         let err = sql_err(&path);
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(|source| StoreError::Sqlite {
-                path: self.path.clone(),
-                source,
-            })?;
+        let tx = self.conn.transaction().map_err(&err)?;
         tx.execute(
             "DELETE FROM reports WHERE trial_id IN \
              (SELECT id FROM trials WHERE study_id = ?1 AND state IN ('running', 'interrupted'))",
