@@ -4,7 +4,9 @@ use crate::BaseArgs;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rankprune::arch::Arch;
-use rankprune::compress::decompose::{decompose_model, ranks_config, recommend_ranks};
+use rankprune::compress::decompose::{
+    LayerDecomposition, decompose_model, ranks_config, recommend_ranks,
+};
 use rankprune::compress::prune::prune_model;
 use rankprune::compress::slamp::{PruneTarget, recommend_ratios};
 use rankprune::config::LayerConfig;
@@ -102,23 +104,36 @@ fn decomposed_weights(
         Ok(w) => Ok((arch, w)),
         Err(fit_err) => match raw.matched_to(base, &name) {
             Ok(w) if arch != *base => {
-                let bar = layer_bar(
-                    ranks_only
-                        .decomposition
-                        .as_ref()
-                        .map_or(0, |d| d.ranks.len()),
-                    "Tucker-2",
-                );
-                let (arch, w, _) = decompose_model(base, &w, &ranks_only, file, |n| {
-                    bar.set_message(n.to_string());
-                    bar.inc(1);
-                })?;
-                bar.finish_and_clear();
+                let (arch, w, _) = decompose_with_progress(base, &w, &ranks_only, file)?;
                 Ok((arch, w))
             }
             _ => Err(fit_err.into()),
         },
     }
+}
+
+/// [`decompose_model`] with a per-layer progress bar.
+fn decompose_with_progress(
+    base: &Arch,
+    weights: &Weights,
+    config: &LayerConfig,
+    file: &str,
+) -> Result<(Arch, Weights, Vec<LayerDecomposition>)> {
+    let n = config.decomposition.as_ref().map_or(0, |d| d.ranks.len());
+    let bar = layer_bar(n, "Tucker-2");
+    let out = decompose_model(base, weights, config, file, |name| {
+        bar.set_message(name.to_string());
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// Writes a config, mapping an I/O error to a failure that names the file.
+fn save_config(config: &LayerConfig, path: &std::path::Path) -> Result<()> {
+    config
+        .save(path)
+        .map_err(|e| Error::Failure(format!("{}: cannot write: {e}", path.display())))
 }
 
 /// A per-layer progress bar on stderr (hidden when stderr is not a terminal).
@@ -159,9 +174,7 @@ pub fn run_recommend_decomposition(base: &BaseArgs, args: DecompositionArgs) -> 
     let new_arch = config.apply(&arch, "<recommendation>")?;
     let (before, after) = (cost::count(&arch), cost::count(&new_arch));
     if let Some(path) = &out {
-        config
-            .save(path)
-            .map_err(|e| Error::Failure(format!("{}: cannot write: {e}", path.display())))?;
+        save_config(&config, path)?;
     }
     if json {
         let v = serde_json::json!({
@@ -221,9 +234,7 @@ pub fn run_recommend_pruning(base: &BaseArgs, args: PruningArgs) -> Result<()> {
         cost::count(&pruned),
     );
     if let Some(path) = &out {
-        layer_config
-            .save(path)
-            .map_err(|e| Error::Failure(format!("{}: cannot write: {e}", path.display())))?;
+        save_config(&layer_config, path)?;
     }
     if json {
         let v = serde_json::json!({
@@ -259,16 +270,7 @@ pub fn run_compress(base: &BaseArgs, args: CompressArgs) -> Result<()> {
     // Validate the whole config before any slow work.
     layer_config.apply(&base, &file)?;
     let w = load_weights(&weights, &base)?;
-    let n = layer_config
-        .decomposition
-        .as_ref()
-        .map_or(0, |d| d.ranks.len());
-    let bar = layer_bar(n, "Tucker-2");
-    let (arch, new_w, layers) = decompose_model(&base, &w, &layer_config, &file, |name| {
-        bar.set_message(name.to_string());
-        bar.inc(1);
-    })?;
-    bar.finish_and_clear();
+    let (arch, new_w, layers) = decompose_with_progress(&base, &w, &layer_config, &file)?;
     let (arch, new_w) = prune_model(&base, &arch, &new_w, &layer_config, &file)?;
     new_w
         .save_safetensors(&out)

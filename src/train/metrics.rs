@@ -4,7 +4,7 @@ use crate::data::ImageSet;
 use crate::data::batches::{EpochPlan, stream};
 use crate::model::Vgg;
 use crate::{Error, Result};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -69,12 +69,8 @@ pub fn evaluate(
         limit,
     };
     for b in stream(set.clone(), plan) {
-        let x = Tensor::<4>::from_data(
-            TensorData::new(b.images.clone(), [b.len(), 3, 32, 32]),
-            device,
-        );
         let logits = model
-            .forward(x)
+            .forward(super::images_tensor(&b, device))
             .into_data()
             .convert::<f32>()
             .try_into_vec::<f32>()

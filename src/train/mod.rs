@@ -114,11 +114,17 @@ fn sgd(cfg: &TrainConfig) -> burn::optim::ModuleOptimizer {
         .init()
 }
 
+/// A batch's images as `[n, 3, 32, 32]` on `device`.
+fn images_tensor(b: &Batch, device: &Device) -> Tensor<4> {
+    Tensor::from_data(
+        TensorData::new(b.images.clone(), [b.len(), 3, 32, 32]),
+        device,
+    )
+}
+
 fn batch_tensors(b: &Batch, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
-    let n = b.len();
-    let x = Tensor::from_data(TensorData::new(b.images.clone(), [n, 3, 32, 32]), device);
-    let y = Tensor::from_data(TensorData::new(b.labels.clone(), [n]), device);
-    (x, y)
+    let y = Tensor::from_data(TensorData::new(b.labels.clone(), [b.len()]), device);
+    (images_tensor(b, device), y)
 }
 
 /// Trains `weights` (of `arch`) on `train`, validating on `val`. With `cfg.resume`, the
