@@ -40,6 +40,12 @@ pub struct LayerConfig {
     pub decomposition: Option<Decomposition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pruning: Option<Pruning>,
+    /// Figures of the model this config made (written by `export`; ignored on input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<serde_json::Value>,
+    /// Where the config came from (written by `export`; ignored on input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<serde_json::Value>,
 }
 
 /// A config that cannot be read or does not fit the architecture.
@@ -96,6 +102,8 @@ impl LayerConfig {
             input: Some(arch.input),
             decomposition: None,
             pruning: None,
+            metrics: None,
+            provenance: None,
         }
     }
 

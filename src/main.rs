@@ -121,6 +121,21 @@ enum Command {
         #[command(flatten)]
         args: cli::compress::CompressArgs,
     },
+    /// Run (or resume) the search a budget file describes, in the foreground
+    Search {
+        #[command(flatten)]
+        args: cli::search::SearchArgs,
+    },
+    /// List the trials of a search (safe while the search runs)
+    Trials {
+        #[command(flatten)]
+        args: cli::search::TrialsArgs,
+    },
+    /// Write a trial's layer config (reference format, with metrics and provenance)
+    Export {
+        #[command(flatten)]
+        args: cli::search::ExportArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -141,8 +156,12 @@ enum Recommend {
     },
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Runs a command; returns the exit code on success.
+fn run(cli: Cli) -> Result<i32> {
     match cli.command {
+        Command::Search { args } => return cli::search::run(args),
+        Command::Trials { args } => cli::search::run_trials(args)?,
+        Command::Export { args } => cli::search::run_export(args)?,
         Command::Train { model, args } => cli::train::run_train(&model.resolve()?.1, args)?,
         Command::Eval { model, args } => cli::train::run_eval(&model.resolve()?.1, args)?,
         Command::Metrics { model, json } => {
@@ -207,7 +226,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Compress { base, args } => cli::compress::run_compress(&base, args)?,
     }
-    Ok(())
+    Ok(0)
 }
 
 fn main() {
@@ -218,8 +237,12 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e}");
-        std::process::exit(e.exit_code());
+    match run(Cli::parse()) {
+        Ok(0) => {}
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(e.exit_code());
+        }
     }
 }

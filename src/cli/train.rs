@@ -14,9 +14,6 @@ use rankprune::{Error, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The validation split is always drawn with this seed, so `train` and `eval` agree.
-const SPLIT_SEED: u64 = 0;
-
 /// Where the images come from.
 #[derive(Args)]
 pub struct DataArgs {
@@ -34,16 +31,8 @@ pub struct DataArgs {
 impl DataArgs {
     /// (train, validation) from the training files.
     fn train_val(&self, classes: usize) -> Result<(ImageSet, ImageSet)> {
-        let all = ImageSet::load(&self.data, self.dataset, Split::Train, classes)
-            .map_err(|e| Error::BadInput(e.to_string()))?;
-        if self.val_split >= all.len() {
-            return Err(Error::BadInput(format!(
-                "--val-split {} leaves no training images ({} in the training files)",
-                self.val_split,
-                all.len()
-            )));
-        }
-        Ok(all.split_off(self.val_split, SPLIT_SEED))
+        ImageSet::train_val(&self.data, self.dataset, classes, self.val_split)
+            .map_err(|e| Error::BadInput(format!("--val-split: {e}")))
     }
 
     fn test(&self, classes: usize) -> Result<ImageSet> {

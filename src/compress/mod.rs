@@ -11,3 +11,21 @@ pub mod prune;
 pub mod slamp;
 pub mod tucker;
 pub mod vbmf;
+
+use crate::Result;
+use crate::arch::Arch;
+use crate::config::LayerConfig;
+use crate::weights::Weights;
+
+/// The compressed model a config describes: Tucker-2 at its ranks, then L2-norm pruning
+/// at its ratios, applied to `weights` of the undecomposed `base`.
+pub fn compress_model(
+    base: &Arch,
+    weights: &Weights,
+    config: &LayerConfig,
+    file: &str,
+    on_layer: impl FnMut(&str),
+) -> Result<(Arch, Weights)> {
+    let (arch, w, _) = decompose::decompose_model(base, weights, config, file, on_layer)?;
+    prune::prune_model(base, &arch, &w, config, file)
+}

@@ -61,6 +61,9 @@ pub struct DataError {
     pub message: String,
 }
 
+/// Seed of the validation hold-out shared by every command.
+pub const SPLIT_SEED: u64 = 0;
+
 /// Images (uint8, CHW) and labels held in memory.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ImageSet {
@@ -137,6 +140,25 @@ impl ImageSet {
             set.labels.extend(part.labels);
         }
         Ok(set)
+    }
+
+    /// `(train, validation)` from the training files: `val_split` images held out with
+    /// [`SPLIT_SEED`], so every command (train, eval, search) holds out the same ones.
+    pub fn train_val(
+        dir: &Path,
+        kind: DatasetKind,
+        num_classes: usize,
+        val_split: usize,
+    ) -> Result<(ImageSet, ImageSet), String> {
+        let all = Self::load(dir, kind, Split::Train, num_classes).map_err(|e| e.to_string())?;
+        if val_split >= all.len() {
+            return Err(format!(
+                "a validation split of {val_split} leaves no training images ({} in the training files of {})",
+                all.len(),
+                dir.display()
+            ));
+        }
+        Ok(all.split_off(val_split, SPLIT_SEED))
     }
 
     /// Splits off the last `n` images after a seeded shuffle: `(rest, held_out)`.

@@ -36,7 +36,11 @@ pub struct Study {
 pub struct Model {
     pub arch: String,
     pub num_classes: usize,
+    /// Trained base weights (.safetensors, .pt, .pth).
     pub weights: PathBuf,
+    /// When `weights` does not exist yet: train the base model this many epochs with
+    /// the reference recipe and write it there first.
+    pub train_epochs: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -106,6 +110,9 @@ pub struct Proxy {
     /// Early stop: at this step, a trial below `early_stop_min_acc` is pruned.
     pub early_stop_step: Option<usize>,
     pub early_stop_min_acc: f64,
+    /// Also prune a trial below the median of completed trials at `early_stop_step`
+    /// (once three trials have completed).
+    pub early_stop_median: bool,
 }
 
 impl Default for Proxy {
@@ -117,6 +124,7 @@ impl Default for Proxy {
             eval_samples: 1000,
             early_stop_step: None,
             early_stop_min_acc: 0.0,
+            early_stop_median: true,
         }
     }
 }
@@ -155,6 +163,15 @@ impl Default for FinalStage {
     }
 }
 
+/// A TOML parse error as `line N: message` (the line of the offending key or value).
+pub fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let at = line.map(|l| format!("line {l}: ")).unwrap_or_default();
+    format!("{at}{}", e.message())
+}
+
 /// A budget file that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}: {message}")]
@@ -166,15 +183,9 @@ pub struct BudgetError {
 impl Budget {
     /// Parses TOML text; `file` names the source in errors.
     pub fn from_toml(text: &str, file: &str) -> Result<Self, BudgetError> {
-        let budget: Budget = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            let at = line.map(|l| format!("line {l}: ")).unwrap_or_default();
-            BudgetError {
-                file: file.to_string(),
-                message: format!("{at}{}", e.message()),
-            }
+        let budget: Budget = toml::from_str(text).map_err(|e| BudgetError {
+            file: file.to_string(),
+            message: toml_message(text, &e),
         })?;
         budget.validate().map_err(|message| BudgetError {
             file: file.to_string(),
@@ -189,7 +200,24 @@ impl Budget {
             file: file.clone(),
             message: format!("cannot read: {e}"),
         })?;
-        Self::from_toml(&text, &file)
+        let mut budget = Self::from_toml(&text, &file)?;
+        budget.resolve_paths(path.parent().unwrap_or(Path::new("")));
+        Ok(budget)
+    }
+
+    /// Makes relative paths (store, weights, data, space) relative to `dir`, the budget
+    /// file's folder, so a study runs the same from any working directory.
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        for p in [
+            &mut self.study.db,
+            &mut self.model.weights,
+            &mut self.data.dir,
+            &mut self.search.space,
+        ] {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        }
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -206,6 +234,17 @@ impl Budget {
         positive("proxy.batch_size", self.proxy.batch_size)?;
         positive("proxy.eval_samples", self.proxy.eval_samples)?;
         positive("final.epochs", self.final_stage.epochs)?;
+        if let Some(e) = self.model.train_epochs {
+            positive("model.train_epochs", e)?;
+        }
+        if let Some(s) = self.proxy.early_stop_step
+            && (s == 0 || s > self.proxy.steps)
+        {
+            return Err(format!(
+                "proxy.early_stop_step = {s}: allowed 1 ..= proxy.steps ({})",
+                self.proxy.steps
+            ));
+        }
         crate::arch::ArchSpec::parse(&self.model.arch).map_err(|e| format!("model.arch: {e}"))?;
         for (key, v) in [
             (

@@ -1,3 +1,11 @@
-//! The search: budget files (so far). Strategies, the controller and workers follow.
+//! The search: budget files, search spaces, strategies, the trial runner and the
+//! controller that drives them.
 
 pub mod budget;
+pub mod controller;
+pub mod export;
+pub mod pareto;
+pub mod problem;
+pub mod space;
+pub mod strategy;
+pub mod trial;

@@ -108,6 +108,26 @@ pub struct Trial {
     pub finished_at: Option<f64>,
 }
 
+/// A study as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StudyRow {
+    pub id: i64,
+    pub name: String,
+    /// The budget file's text when the study was created.
+    pub budget: String,
+    pub created_at: f64,
+}
+
+/// A trial re-trained with the full recipe and scored on the test set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FinalResult {
+    pub top1: f64,
+    pub top5: f64,
+    pub loss: f64,
+    pub epochs: usize,
+    pub weights_path: Option<String>,
+}
+
 fn sql_err(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |source| StoreError::Sqlite {
         path: path.to_string(),
@@ -403,6 +423,89 @@ impl TrialStore {
             .map_err(&err)?;
         tx.commit().map_err(&err)?;
         Ok(n)
+    }
+
+    /// Every study in the file, oldest first.
+    pub fn studies(&self) -> StoreResult<Vec<StudyRow>> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        let mut st = self
+            .conn
+            .prepare("SELECT id, name, budget, created_at FROM studies ORDER BY id")
+            .map_err(&err)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(StudyRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    budget: r.get(2)?,
+                    created_at: r.get(3)?,
+                })
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    /// Validation values reported at `step` by the study's completed trials.
+    pub fn completed_values_at(&self, study: i64, step: i64) -> StoreResult<Vec<f64>> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT r.value FROM reports r JOIN trials t ON t.id = r.trial_id \
+                 WHERE t.study_id = ?1 AND t.state = 'complete' AND r.step = ?2",
+            )
+            .map_err(&err)?;
+        let rows = st
+            .query_map(params![study, step], |r| r.get(0))
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    /// Records the full re-training of a completed trial (replacing an earlier one).
+    pub fn record_final(&mut self, trial: i64, result: &FinalResult) -> StoreResult<()> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO final_results \
+                 (trial_id, top1, top5, loss, epochs, weights_path, finished_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    trial,
+                    result.top1,
+                    result.top5,
+                    result.loss,
+                    result.epochs as i64,
+                    result.weights_path,
+                    now()
+                ],
+            )
+            .map_err(&err)?;
+        Ok(())
+    }
+
+    /// The final result of a trial, if it was re-trained.
+    pub fn final_result(&self, trial: i64) -> StoreResult<Option<FinalResult>> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        self.conn
+            .query_row(
+                "SELECT top1, top5, loss, epochs, weights_path FROM final_results WHERE trial_id = ?1",
+                [trial],
+                |r| {
+                    Ok(FinalResult {
+                        top1: r.get(0)?,
+                        top5: r.get(1)?,
+                        loss: r.get(2)?,
+                        epochs: r.get::<_, i64>(3)? as usize,
+                        weights_path: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(&err)
     }
 
     pub fn trial(&self, id: i64) -> StoreResult<Trial> {

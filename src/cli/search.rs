@@ -1,0 +1,256 @@
+//! `rankprune search`, `rankprune trials` and `rankprune export`.
+
+use clap::Args;
+use rankprune::search::controller::{StopReason, run_search};
+use rankprune::search::export::{best_trial, export_config, pick_study, study_base};
+use rankprune::search::pareto::pareto_front;
+use rankprune::store::{Trial, TrialState, TrialStore};
+use rankprune::{Error, Result};
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+/// Exit code of a search stopped by SIGINT/SIGTERM (the study resumes on re-run).
+pub const INTERRUPTED_EXIT: i32 = 130;
+
+#[derive(Args)]
+pub struct SearchArgs {
+    /// Budget file (TOML); relative paths inside it are relative to its folder
+    pub budget: PathBuf,
+    /// Print one JSON object at the end instead of a summary
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct TrialsArgs {
+    /// Trial store (SQLite) of a search
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Study name (needed when the file holds several)
+    #[arg(long)]
+    pub study: Option<String>,
+    /// Only the N most accurate completed trials
+    #[arg(long)]
+    pub top: Option<usize>,
+    /// Only the completed trials on the accuracy-vs-FLOPs Pareto front
+    #[arg(long)]
+    pub pareto: bool,
+    /// Print a JSON array instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["best", "trial"])))]
+pub struct ExportArgs {
+    #[arg(long)]
+    pub db: PathBuf,
+    #[arg(long)]
+    pub study: Option<String>,
+    /// The best trial (final test accuracy if re-trained, else proxy accuracy)
+    #[arg(long)]
+    pub best: bool,
+    /// Trial number (as listed by `trials`)
+    #[arg(long)]
+    pub trial: Option<i64>,
+    /// Output layer config (JSON, reference format plus metrics and provenance)
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Runs the study; returns the process exit code.
+pub fn run(args: SearchArgs) -> Result<i32> {
+    let o = run_search(&args.budget, !args.json)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&o).expect("the outcome serializes")
+        );
+    } else {
+        let count = |s: &str| o.counts.get(s).copied().unwrap_or(0);
+        println!(
+            "study {} ({}): {} complete, {} pruned, {} failed, {} queued, {} interrupted in {:.0} s; stopped: {:?}",
+            o.study,
+            o.db.display(),
+            count("complete"),
+            count("pruned"),
+            count("failed"),
+            count("queued"),
+            count("interrupted"),
+            o.seconds,
+            o.stopped
+        );
+        match &o.best {
+            Some(t) => {
+                let fin = o.best_final.as_ref().map_or(String::new(), |f| {
+                    format!(
+                        ", test top-1 {:.2}% after {} epochs",
+                        100.0 * f.top1,
+                        f.epochs
+                    )
+                });
+                println!(
+                    "best: trial {} with proxy accuracy {:.2}%{fin}, {:.2} MFLOPs, {:.3}M params",
+                    t.number,
+                    100.0 * t.proxy_acc.unwrap_or(0.0),
+                    t.cost.flops as f64 / 1e6,
+                    t.cost.params as f64 / 1e6
+                );
+            }
+            None => println!("no completed trial meets the target yet"),
+        }
+        if let Some(p) = &o.export {
+            println!("exported {}", p.display());
+        }
+        if o.stopped == StopReason::Signal {
+            println!("interrupted: run the same command again to resume");
+        }
+    }
+    Ok(if o.stopped == StopReason::Signal {
+        INTERRUPTED_EXIT
+    } else {
+        0
+    })
+}
+
+fn open(db: &Path) -> Result<TrialStore> {
+    if !db.exists() {
+        return Err(Error::BadInput(format!(
+            "{}: no such trial store",
+            db.display()
+        )));
+    }
+    Ok(TrialStore::open(db)?)
+}
+
+pub fn run_trials(args: TrialsArgs) -> Result<()> {
+    let name = args.db.display().to_string();
+    let store = open(&args.db)?;
+    let study = pick_study(&store, &name, args.study.as_deref())?;
+    let base = study_base(&study).map(|(c, _)| c);
+    let mut trials = store.trials(study.id)?;
+    if args.pareto || args.top.is_some() {
+        trials.retain(|t| t.state == TrialState::Complete);
+    }
+    if args.pareto {
+        let pts: Vec<(f64, u64)> = trials
+            .iter()
+            .map(|t| (t.proxy_acc.unwrap_or(0.0), t.cost.flops))
+            .collect();
+        trials = pareto_front(&pts)
+            .into_iter()
+            .map(|i| trials[i].clone())
+            .collect();
+    }
+    if let Some(n) = args.top {
+        trials.sort_by(|a, b| {
+            b.proxy_acc
+                .unwrap_or(0.0)
+                .total_cmp(&a.proxy_acc.unwrap_or(0.0))
+        });
+        trials.truncate(n);
+    }
+    let finals = trials
+        .iter()
+        .map(|t| store.final_result(t.id))
+        .collect::<Result<Vec<_>, _>>()?;
+    if args.json {
+        let rows: Vec<_> = trials
+            .iter()
+            .zip(&finals)
+            .map(|(t, f)| {
+                let mut v = serde_json::to_value(t).expect("a trial serializes");
+                v["final"] = serde_json::to_value(f).expect("a result serializes");
+                v
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    print!("{}", trials_table(&trials, &finals, base.map(|c| c.flops)));
+    Ok(())
+}
+
+fn trials_table(
+    trials: &[Trial],
+    finals: &[Option<rankprune::store::FinalResult>],
+    base_flops: Option<u64>,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>5}  {:<11}  {:>8}  {:>9}  {:>7}  {:>8}  {:>7}  {:>7}  {:>9}",
+        "trial", "state", "proxy %", "MFLOPs", "FLOPs÷", "params M", "worker", "secs", "final %"
+    );
+    for (t, f) in trials.iter().zip(finals) {
+        let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}", 100.0 * v));
+        let secs = match (t.started_at, t.finished_at) {
+            (Some(a), Some(b)) => format!("{:.0}", b - a),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            s,
+            "{:>5}  {:<11}  {:>8}  {:>9.2}  {:>7}  {:>8.3}  {:>7}  {:>7}  {:>9}",
+            t.number,
+            t.state.as_str(),
+            pct(t.proxy_acc),
+            t.cost.flops as f64 / 1e6,
+            base_flops.map_or("-".into(), |b| format!(
+                "{:.2}x",
+                b as f64 / t.cost.flops.max(1) as f64
+            )),
+            t.cost.params as f64 / 1e6,
+            t.worker.as_deref().unwrap_or("-"),
+            secs,
+            pct(f.as_ref().map(|f| f.top1))
+        );
+        if let Some(e) = &t.error {
+            let _ = writeln!(s, "       error: {e}");
+        }
+    }
+    if trials.is_empty() {
+        let _ = writeln!(s, "(no trials)");
+    }
+    s
+}
+
+pub fn run_export(args: ExportArgs) -> Result<()> {
+    let name = args.db.display().to_string();
+    let store = open(&args.db)?;
+    let study = pick_study(&store, &name, args.study.as_deref())?;
+    let trial = match args.trial {
+        Some(n) => store
+            .trials(study.id)?
+            .into_iter()
+            .find(|t| t.number == n)
+            .ok_or_else(|| {
+                Error::BadInput(format!("{name}: study {} has no trial {n}", study.name))
+            })?,
+        None => best_trial(&store, &study)?.map(|b| b.0).ok_or_else(|| {
+            Error::BadInput(format!(
+                "{name}: study {} has no completed trial that meets its target",
+                study.name
+            ))
+        })?,
+    };
+    if trial.state != TrialState::Complete {
+        tracing::warn!(
+            trial = trial.number,
+            state = trial.state.as_str(),
+            "exporting a trial that did not complete"
+        );
+    }
+    export_config(&store, &study, &trial, &name)?
+        .save(&args.out)
+        .map_err(|e| Error::Failure(format!("{}: cannot write: {e}", args.out.display())))?;
+    println!(
+        "wrote {} (study {}, trial {}, proxy accuracy {})",
+        args.out.display(),
+        study.name,
+        trial.number,
+        trial
+            .proxy_acc
+            .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a))
+    );
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! Reading a finished (or running) study: choosing a study, the best trial, and the
+//! exported winner config (reference format plus `metrics` and `provenance`).
+
+use super::budget::Budget;
+use super::problem::Target;
+use crate::arch::ArchSpec;
+use crate::config::LayerConfig;
+use crate::cost::{self, Cost};
+use crate::store::{FinalResult, StudyRow, Trial, TrialState, TrialStore};
+use crate::{Error, Result};
+
+/// The study called `name`, or the only study of the file when `name` is `None`.
+pub fn pick_study(store: &TrialStore, db: &str, name: Option<&str>) -> Result<StudyRow> {
+    let studies = store.studies()?;
+    let names = || {
+        studies
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match name {
+        Some(n) => studies
+            .iter()
+            .find(|s| s.name == n)
+            .cloned()
+            .ok_or_else(|| Error::BadInput(format!("{db}: no study {n:?} (studies: {})", names()))),
+        None => match studies.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(Error::BadInput(format!("{db}: holds no study yet"))),
+            _ => Err(Error::BadInput(format!(
+                "{db}: holds several studies ({}): choose one with --study",
+                names()
+            ))),
+        },
+    }
+}
+
+/// The base model's cost and the target, from the budget text stored with the study.
+pub fn study_base(study: &StudyRow) -> Option<(Cost, Target)> {
+    let b = Budget::from_toml(&study.budget, "<study budget>").ok()?;
+    let arch = ArchSpec::parse(&b.model.arch)
+        .ok()?
+        .build(b.model.num_classes);
+    let c = cost::count(&arch);
+    let target = Target::from_objective(&c, &b.objective);
+    Some((c, target))
+}
+
+/// The best trial: highest final test accuracy among re-trained trials if any, else the
+/// highest proxy accuracy among completed trials that meet the target.
+pub fn best_trial(
+    store: &TrialStore,
+    study: &StudyRow,
+) -> Result<Option<(Trial, Option<FinalResult>)>> {
+    let target = study_base(study).map(|(_, t)| t).unwrap_or_default();
+    let mut best: Option<(Trial, Option<FinalResult>)> = None;
+    let key = |t: &Trial, f: &Option<FinalResult>| {
+        (
+            f.is_some(),
+            f.as_ref().map_or(t.proxy_acc.unwrap_or(0.0), |f| f.top1),
+        )
+    };
+    for t in store.trials(study.id)? {
+        if t.state != TrialState::Complete || !target.admits(t.cost.flops, t.cost.params) {
+            continue;
+        }
+        let f = store.final_result(t.id)?;
+        let better = best.as_ref().is_none_or(|(bt, bf)| {
+            let (a, b) = (key(&t, &f), key(bt, bf));
+            (a.0 && !b.0) || (a.0 == b.0 && a.1 > b.1)
+        });
+        if better {
+            best = Some((t, f));
+        }
+    }
+    Ok(best)
+}
+
+/// FNV-1a (64 bit) of the budget text, as provenance.
+pub fn fnv1a64(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The winner config of `trial`: its layer config plus metrics and provenance.
+pub fn export_config(
+    store: &TrialStore,
+    study: &StudyRow,
+    trial: &Trial,
+    db: &str,
+) -> Result<LayerConfig> {
+    let mut config =
+        LayerConfig::from_json(&trial.config, &format!("{db}: trial {}", trial.number))?;
+    let f = store.final_result(trial.id)?;
+    let base = study_base(study).map(|(c, _)| c);
+    let base = base.as_ref();
+    config.metrics = Some(serde_json::json!({
+        "state": trial.state,
+        "proxy_acc": trial.proxy_acc,
+        "proxy_loss": trial.proxy_loss,
+        "final_top1": f.as_ref().map(|f| f.top1),
+        "final_top5": f.as_ref().map(|f| f.top5),
+        "final_epochs": f.as_ref().map(|f| f.epochs),
+        "final_weights": f.as_ref().and_then(|f| f.weights_path.clone()),
+        "flops": trial.cost.flops,
+        "params": trial.cost.params,
+        "size_bytes": trial.cost.size_bytes,
+        "flops_reduction": base.map(|b| b.flops as f64 / trial.cost.flops.max(1) as f64),
+        "params_reduction": base.map(|b| b.params as f64 / trial.cost.params.max(1) as f64),
+    }));
+    config.provenance = Some(serde_json::json!({
+        "db": db,
+        "study": study.name,
+        "trial": trial.number,
+        "trial_id": trial.id,
+        "budget_fnv1a64": fnv1a64(&study.budget),
+        "rankprune": env!("CARGO_PKG_VERSION"),
+    }));
+    Ok(config)
+}

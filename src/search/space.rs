@@ -1,0 +1,479 @@
+//! Search spaces (TOML, `search_spaces/*.toml`): which convs are decomposed and their
+//! rank range, which convs and Tucker sub-convs are pruned and their ratio grid. A space
+//! file is resolved against a base architecture into a list of integer [`Knob`]s; a
+//! candidate ([`Point`]) is one level per knob.
+
+use crate::arch::{Arch, ConvBody};
+use crate::compress::decompose::RankRecommendation;
+use crate::compress::vbmf::calibrated_rank;
+use crate::config::{DECOMPOSITION_METHOD, Decomposition, LayerConfig, PRUNING_METHOD, Pruning};
+use indexmap::IndexMap;
+use serde::Deserialize;
+use std::path::Path;
+
+/// A space file as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpaceFile {
+    /// Optional note of the architecture the file was written for (not enforced).
+    #[serde(default)]
+    pub arch: Option<String>,
+    #[serde(default)]
+    pub decomposition: Option<RankSection>,
+    #[serde(default)]
+    pub pruning: Option<RatioSection>,
+}
+
+/// `"all"` or a list of layer names.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Layers {
+    Keyword(String),
+    Names(Vec<String>),
+}
+
+impl Default for Layers {
+    fn default() -> Self {
+        Layers::Keyword("all".into())
+    }
+}
+
+/// How `min`/`max` of a rank range are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RankKind {
+    /// Ranks themselves (clamped to the full rank).
+    Absolute,
+    /// Fractions of the full rank, in [0, 1].
+    Fraction,
+    /// Calibration ratios in [-1, 1] around the VBMF ranks of the base weights.
+    Vbmf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RankRange {
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RankSection {
+    #[serde(default)]
+    pub layers: Layers,
+    pub rank: RankKind,
+    pub min: f64,
+    pub max: f64,
+    /// Rank granularity (ranks are `lo + k * step`), default 1.
+    #[serde(default = "one")]
+    pub step: usize,
+    /// Per-layer ranges replacing `min`/`max` (same kind).
+    #[serde(default)]
+    pub layer: IndexMap<String, RankRange>,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RatioRange {
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RatioSection {
+    /// `"all"`: every conv of the decomposed model (plain convs and Tucker sub-convs).
+    #[serde(default)]
+    pub layers: Layers,
+    #[serde(default)]
+    pub min: f64,
+    #[serde(default = "default_ratio_max")]
+    pub max: f64,
+    #[serde(default = "default_ratio_step")]
+    pub step: f64,
+    #[serde(default)]
+    pub layer: IndexMap<String, RatioRange>,
+}
+
+fn default_ratio_max() -> f64 {
+    0.9
+}
+fn default_ratio_step() -> f64 {
+    0.1
+}
+
+/// What one knob sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KnobKind {
+    InRank,
+    OutRank,
+    Ratio,
+}
+
+/// One integer-valued dimension: value = `lo + level * step`, `level < levels`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Knob {
+    pub layer: String,
+    pub kind: KnobKind,
+    pub lo: f64,
+    pub step: f64,
+    pub levels: usize,
+}
+
+impl Knob {
+    pub fn value(&self, level: usize) -> f64 {
+        debug_assert!(level < self.levels);
+        // Six decimals keep ratios such as 0.3 exact in JSON.
+        ((self.lo + level as f64 * self.step) * 1e6).round() / 1e6
+    }
+
+    /// The level whose value is `v`, if `v` is on the grid.
+    pub fn level_of(&self, v: f64) -> Option<usize> {
+        let l = ((v - self.lo) / self.step).round();
+        (l >= 0.0 && (l as usize) < self.levels && (self.value(l as usize) - v).abs() < 1e-6)
+            .then_some(l as usize)
+    }
+}
+
+/// A candidate: one level per knob of a [`Space`].
+pub type Point = Vec<usize>;
+
+/// A resolved space: knobs over one base architecture.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Space {
+    pub knobs: Vec<Knob>,
+    /// Decomposed layers in architecture order.
+    pub decomposed: Vec<String>,
+}
+
+/// A space file that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct SpaceError {
+    pub file: String,
+    pub message: String,
+}
+
+impl SpaceFile {
+    pub fn from_toml(text: &str, file: &str) -> Result<Self, SpaceError> {
+        let space: SpaceFile = toml::from_str(text).map_err(|e| SpaceError {
+            file: file.to_string(),
+            message: crate::search::budget::toml_message(text, &e),
+        })?;
+        if space.decomposition.is_none() && space.pruning.is_none() {
+            return Err(SpaceError {
+                file: file.to_string(),
+                message: "neither [decomposition] nor [pruning]: the space is empty".into(),
+            });
+        }
+        Ok(space)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, SpaceError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| SpaceError {
+            file: file.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::from_toml(&text, &file)
+    }
+
+    /// Whether resolving needs VBMF ranks of the base weights.
+    pub fn needs_vbmf(&self) -> bool {
+        self.decomposition
+            .as_ref()
+            .is_some_and(|d| d.rank == RankKind::Vbmf)
+    }
+
+    /// Knobs over `base` (undecomposed). `vbmf` holds the VBMF ranks when the rank kind
+    /// is `vbmf`. `file` names the space in errors.
+    pub fn resolve(
+        &self,
+        base: &Arch,
+        vbmf: Option<&[RankRecommendation]>,
+        file: &str,
+    ) -> Result<Space, SpaceError> {
+        let err = |message: String| SpaceError {
+            file: file.to_string(),
+            message,
+        };
+        let mut knobs = Vec::new();
+        let mut arch = base.clone();
+        let mut decomposed = Vec::new();
+        if let Some(d) = &self.decomposition {
+            let candidates: Vec<(String, [usize; 2])> = base
+                .conv_units()
+                .filter_map(|u| match &u.body {
+                    ConvBody::Plain(c) if c.in_channels > 3 => {
+                        Some((c.name.clone(), [c.in_channels, c.out_channels]))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let names = pick_layers(&d.layers, candidates.iter().map(|c| c.0.as_str()))
+                .map_err(|m| err(format!("decomposition.layers: {m}")))?;
+            for key in d.layer.keys() {
+                if !names.contains(key) {
+                    return Err(err(format!(
+                        "decomposition.layer.{key:?}: not a decomposed layer of {} (decomposed: {})",
+                        base.model,
+                        names.join(", ")
+                    )));
+                }
+            }
+            if d.step == 0 {
+                return Err(err("decomposition.step = 0: allowed >= 1".into()));
+            }
+            for (name, full) in candidates.iter().filter(|c| names.contains(&c.0)) {
+                let range = d.layer.get(name);
+                let min = range.and_then(|r| r.min).unwrap_or(d.min);
+                let max = range.and_then(|r| r.max).unwrap_or(d.max);
+                let key = if range.is_some() {
+                    format!("decomposition.layer.{name:?}")
+                } else {
+                    "decomposition".into()
+                };
+                let rec = vbmf.and_then(|v| v.iter().find(|r| &r.layer == name));
+                let mut ranks = [[0usize; 2]; 2];
+                for (side, &full_rank) in full.iter().enumerate() {
+                    ranks[side] =
+                        rank_bounds(d.rank, min, max, full_rank, rec.map(|r| r.vbmf[side]))
+                            .map_err(|m| err(format!("{key}: {m}")))?;
+                }
+                for (side, kind) in [(0, KnobKind::InRank), (1, KnobKind::OutRank)] {
+                    let [lo, hi] = ranks[side];
+                    knobs.push(Knob {
+                        layer: name.clone(),
+                        kind,
+                        lo: lo as f64,
+                        step: d.step as f64,
+                        levels: (hi - lo) / d.step + 1,
+                    });
+                }
+                arch.decompose(name, 1, 1).map_err(err)?;
+                decomposed.push(name.clone());
+            }
+        }
+        if let Some(p) = &self.pruning {
+            let all: Vec<String> = arch.convs().map(|c| c.name.clone()).collect();
+            let names = pick_layers(&p.layers, all.iter().map(String::as_str))
+                .map_err(|m| err(format!("pruning.layers: {m}")))?;
+            for key in p.layer.keys() {
+                if !names.contains(key) {
+                    return Err(err(format!(
+                        "pruning.layer.{key:?}: not a pruned conv (pruned: {})",
+                        names.join(", ")
+                    )));
+                }
+            }
+            if !(p.step.is_finite() && p.step > 0.0 && p.step <= 1.0) {
+                return Err(err(format!("pruning.step = {}: allowed (0, 1]", p.step)));
+            }
+            for name in &all {
+                if !names.contains(name) {
+                    continue;
+                }
+                let range = p.layer.get(name);
+                let min = range.and_then(|r| r.min).unwrap_or(p.min);
+                let max = range.and_then(|r| r.max).unwrap_or(p.max);
+                let key = if range.is_some() {
+                    format!("pruning.layer.{name:?}")
+                } else {
+                    "pruning".into()
+                };
+                if !(0.0..1.0).contains(&min) || !(0.0..1.0).contains(&max) || min > max {
+                    return Err(err(format!(
+                        "{key}: min = {min}, max = {max}: allowed 0 <= min <= max < 1 (a ratio of 1 removes every filter)"
+                    )));
+                }
+                let levels = ((max - min) / p.step + 1e-9).floor() as usize + 1;
+                knobs.push(Knob {
+                    layer: name.clone(),
+                    kind: KnobKind::Ratio,
+                    lo: min,
+                    step: p.step,
+                    levels,
+                });
+            }
+        }
+        if knobs.is_empty() {
+            return Err(err("the space selects no layer".into()));
+        }
+        Ok(Space { knobs, decomposed })
+    }
+}
+
+/// `"all"` or names checked against `candidates` (with a suggestion for typos).
+fn pick_layers<'a>(
+    layers: &Layers,
+    candidates: impl Iterator<Item = &'a str> + Clone,
+) -> Result<Vec<String>, String> {
+    match layers {
+        Layers::Keyword(k) if k == "all" => Ok(candidates.map(String::from).collect()),
+        Layers::Keyword(k) => Err(format!("{k:?}: allowed \"all\" or a list of layer names")),
+        Layers::Names(names) => {
+            if names.is_empty() {
+                return Err("empty list: name at least one layer or use \"all\"".into());
+            }
+            for n in names {
+                if !candidates.clone().any(|c| c == n) {
+                    let list: Vec<&str> = candidates.clone().collect();
+                    return Err(format!("{n:?} is not one of {}", list.join(", ")));
+                }
+            }
+            Ok(names.clone())
+        }
+    }
+}
+
+/// `[lo, hi]` ranks for one side of a conv.
+fn rank_bounds(
+    kind: RankKind,
+    min: f64,
+    max: f64,
+    full: usize,
+    vbmf: Option<usize>,
+) -> Result<[usize; 2], String> {
+    if !(min.is_finite() && max.is_finite()) || min > max {
+        return Err(format!("min = {min}, max = {max}: need min <= max"));
+    }
+    let [lo, hi] = match kind {
+        RankKind::Absolute => {
+            if min < 1.0 {
+                return Err(format!("min = {min}: absolute ranks are >= 1"));
+            }
+            [min.ceil() as usize, (max.floor() as usize).min(full)]
+        }
+        RankKind::Fraction => {
+            if min < 0.0 || max > 1.0 {
+                return Err(format!(
+                    "min = {min}, max = {max}: fractions of the full rank lie in [0, 1]"
+                ));
+            }
+            [
+                ((min * full as f64).ceil() as usize).max(1),
+                ((max * full as f64).floor() as usize).max(1),
+            ]
+        }
+        RankKind::Vbmf => {
+            if min < -1.0 || max > 1.0 {
+                return Err(format!(
+                    "min = {min}, max = {max}: calibration ratios lie in [-1, 1]"
+                ));
+            }
+            let v = vbmf.ok_or("rank = \"vbmf\" needs the VBMF ranks of the base weights")?;
+            [calibrated_rank(v, full, min), calibrated_rank(v, full, max)]
+        }
+    };
+    if lo > hi {
+        return Err(format!(
+            "min = {min}, max = {max} leave no rank between 1 and the full rank {full}"
+        ));
+    }
+    Ok([lo, hi])
+}
+
+impl Space {
+    pub fn dims(&self) -> usize {
+        self.knobs.len()
+    }
+
+    /// The layer config of a point, for `base`.
+    pub fn config(&self, base: &Arch, point: &[usize]) -> LayerConfig {
+        assert_eq!(point.len(), self.knobs.len(), "point of another space");
+        let mut config = LayerConfig::for_arch(base);
+        let mut ranks: IndexMap<String, [usize; 2]> = IndexMap::new();
+        let mut ratios = IndexMap::new();
+        for (k, &level) in self.knobs.iter().zip(point) {
+            let v = k.value(level);
+            match k.kind {
+                KnobKind::InRank => ranks.entry(k.layer.clone()).or_default()[0] = v as usize,
+                KnobKind::OutRank => ranks.entry(k.layer.clone()).or_default()[1] = v as usize,
+                KnobKind::Ratio => {
+                    ratios.insert(k.layer.clone(), v);
+                }
+            }
+        }
+        if !ranks.is_empty() {
+            config.decomposition = Some(Decomposition {
+                method: DECOMPOSITION_METHOD.into(),
+                ranks,
+            });
+        }
+        if !ratios.is_empty() {
+            config.pruning = Some(Pruning {
+                method: PRUNING_METHOD.into(),
+                ratios,
+            });
+        }
+        config
+    }
+
+    /// The point of a config, if the config is one (same layers, values on the grids).
+    /// Layers the config omits must have 0 in their grid (pruning) to be a point.
+    pub fn point_of(&self, config: &LayerConfig) -> Result<Point, String> {
+        let ranks = config.decomposition.as_ref().map(|d| &d.ranks);
+        let ratios = config.pruning.as_ref().map(|p| &p.ratios);
+        let mut point = Vec::with_capacity(self.knobs.len());
+        for k in &self.knobs {
+            let v = match k.kind {
+                KnobKind::InRank | KnobKind::OutRank => {
+                    let r = ranks
+                        .and_then(|r| r.get(&k.layer))
+                        .ok_or_else(|| format!("{}: no ranks in the config", k.layer))?;
+                    r[usize::from(k.kind == KnobKind::OutRank)] as f64
+                }
+                KnobKind::Ratio => ratios.and_then(|r| r.get(&k.layer)).copied().unwrap_or(0.0),
+            };
+            let level = k.level_of(v).ok_or_else(|| {
+                format!(
+                    "{} {:?} = {v} is off the grid {}..={} step {}",
+                    k.layer,
+                    k.kind,
+                    k.value(0),
+                    k.value(k.levels - 1),
+                    k.step
+                )
+            })?;
+            point.push(level);
+        }
+        if let Some(r) = ranks
+            && let Some(extra) = r.keys().find(|l| !self.decomposed.contains(l))
+        {
+            return Err(format!(
+                "{extra}: decomposed in the config, not in the space"
+            ));
+        }
+        if let Some(r) = ratios
+            && let Some((extra, _)) = r
+                .iter()
+                .find(|(l, v)| **v != 0.0 && !self.knobs.iter().any(|k| &k.layer == *l))
+        {
+            return Err(format!("{extra}: pruned in the config, not in the space"));
+        }
+        Ok(point)
+    }
+
+    /// Coordinates in [0, 1]^d: level `i` of `n` maps to the middle of its cell.
+    pub fn encode(&self, point: &[usize]) -> Vec<f64> {
+        self.knobs
+            .iter()
+            .zip(point)
+            .map(|(k, &l)| (l as f64 + 0.5) / k.levels as f64)
+            .collect()
+    }
+
+    /// The point whose cells hold `x` (clamped into [0, 1]).
+    pub fn decode(&self, x: &[f64]) -> Point {
+        self.knobs
+            .iter()
+            .zip(x)
+            .map(|(k, &v)| ((v.clamp(0.0, 1.0) * k.levels as f64) as usize).min(k.levels - 1))
+            .collect()
+    }
+}

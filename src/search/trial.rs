@@ -1,0 +1,120 @@
+//! One trial on one worker: build the candidate from the base weights (decompose +
+//! prune), proxy fine-tune, score on held-out validation images (never the test set).
+
+use super::budget::Proxy;
+use crate::arch::Arch;
+use crate::compress::compress_model;
+use crate::config::LayerConfig;
+use crate::data::ImageSet;
+use crate::model::Vgg;
+use crate::train::{Control, TrainConfig, evaluate, train};
+use crate::weights::Weights;
+use burn::tensor::Device;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What every trial of a study shares.
+#[derive(Clone)]
+pub struct TrialContext {
+    pub base: Arch,
+    pub weights: Arc<Weights>,
+    pub train: Arc<ImageSet>,
+    pub val: Arc<ImageSet>,
+    pub proxy: Proxy,
+    pub seed: u64,
+}
+
+/// How a trial ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrialEnd {
+    Complete {
+        acc: f64,
+        loss: f64,
+    },
+    /// Stopped by the early-stop rule, with the last validation accuracy.
+    Pruned {
+        acc: f64,
+    },
+    Failed(String),
+    /// Stopped by shutdown; to be run again.
+    Interrupted,
+}
+
+/// The controller's answer to an intermediate report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    Prune,
+}
+
+/// Runs one trial. `on_eval(step, accuracy)` sees each intermediate validation result;
+/// `stop` ends the trial as interrupted at the next step.
+pub fn run_trial(
+    ctx: &TrialContext,
+    config: &LayerConfig,
+    device: &Device,
+    stop: &AtomicBool,
+    mut on_eval: impl FnMut(usize, f64) -> Verdict,
+) -> TrialEnd {
+    let (arch, weights) = match compress_model(&ctx.base, &ctx.weights, config, "<trial>", |_| {}) {
+        Ok(x) => x,
+        Err(e) => return TrialEnd::Failed(format!("building the candidate: {e}")),
+    };
+    if stop.load(Ordering::Relaxed) {
+        return TrialEnd::Interrupted;
+    }
+    let p = &ctx.proxy;
+    let cfg = TrainConfig {
+        // Upper bound: the step limit ends the run.
+        epochs: p.steps,
+        batch_size: p.batch_size,
+        lr: p.lr,
+        max_steps: Some(p.steps),
+        eval_every: p.early_stop_step,
+        eval_limit: Some(p.eval_samples),
+        seed: ctx.seed,
+        ..TrainConfig::default()
+    };
+    let mut pruned_at = None;
+    let outcome = train(
+        &arch,
+        weights,
+        ctx.train.clone(),
+        ctx.val.clone(),
+        &cfg,
+        device,
+        |r| {
+            if stop.load(Ordering::Relaxed) {
+                return Control::Stop;
+            }
+            if let Some(v) = &r.val
+                && on_eval(r.step, v.top1) == Verdict::Prune
+            {
+                pruned_at = Some(v.top1);
+                return Control::Stop;
+            }
+            Control::Continue
+        },
+    );
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => return TrialEnd::Failed(e.to_string()),
+    };
+    if let Some(acc) = pruned_at {
+        return TrialEnd::Pruned { acc };
+    }
+    if stop.load(Ordering::Relaxed) {
+        return TrialEnd::Interrupted;
+    }
+    let scored = Vgg::from_weights(&arch, outcome.weights, "<trial>", device)
+        .map_err(crate::Error::from)
+        .and_then(|m| evaluate(&m, &ctx.val, p.batch_size, Some(p.eval_samples), device));
+    match scored {
+        Ok(v) if v.loss.is_finite() => TrialEnd::Complete {
+            acc: v.top1,
+            loss: v.loss,
+        },
+        Ok(v) => TrialEnd::Failed(format!("validation loss is {} after fine-tuning", v.loss)),
+        Err(e) => TrialEnd::Failed(e.to_string()),
+    }
+}
