@@ -4,41 +4,11 @@
 mod common;
 
 use burn::tensor::Device;
+use common::stripes;
 use rankprune::arch::ArchSpec;
-use rankprune::data::{IMAGE_BYTES, ImageSet};
 use rankprune::train::{Control, TrainConfig, evaluate, train};
 use rankprune::weights::Weights;
 use std::sync::Arc;
-
-/// Class c = a bright horizontal stripe in band c of the image, plus pixel noise.
-fn stripes(n: usize, classes: usize, seed: u64) -> ImageSet {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let mut noise = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 58) as u8
-    };
-    let mut set = ImageSet::default();
-    for i in 0..n {
-        let label = (i % classes) as u32;
-        let band = 32 / classes;
-        for c in 0..3 {
-            for y in 0..32 {
-                for _x in 0..32 {
-                    let on = (y / band) as u32 == label;
-                    set.pixels
-                        .push(if on { 180 } else { 40 } + noise() + c as u8);
-                }
-            }
-        }
-        set.labels.push(label);
-    }
-    assert_eq!(set.pixels.len(), n * IMAGE_BYTES);
-    set
-}
 
 fn tiny_config(epochs: usize) -> TrainConfig {
     TrainConfig {

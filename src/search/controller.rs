@@ -394,6 +394,13 @@ async fn search(budget: Budget, budget_text: String, progress: bool) -> Result<S
     }
     let mut store = TrialStore::open(&budget.study.db)?;
     let study = store.study(&budget.study.name, &budget_text)?;
+    let stored = super::export::pick_study(&store, "", Some(&budget.study.name))?;
+    if stored.budget != budget_text {
+        tracing::warn!(
+            study = %budget.study.name,
+            "the budget file changed since the study began; continuing with the new one"
+        );
+    }
     let requeued = store.requeue_unfinished(study)?;
     let mut ctl = Controller {
         store,

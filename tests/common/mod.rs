@@ -3,6 +3,7 @@
 
 use rankprune::arch::{Arch, ArchSpec};
 use rankprune::config::LayerConfig;
+use rankprune::data::{IMAGE_BYTES, ImageSet};
 use std::path::PathBuf;
 
 pub fn repo_path(rel: &str) -> PathBuf {
@@ -46,4 +47,45 @@ pub fn assert_counter_matches_model(model: &rankprune::model::Vgg, arch: &Arch) 
         "{}",
         arch.model
     );
+}
+
+/// Class c = a bright horizontal stripe in band c of the image, plus pixel noise.
+pub fn stripes(n: usize, classes: usize, seed: u64) -> ImageSet {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut noise = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 58) as u8
+    };
+    let mut set = ImageSet::default();
+    for i in 0..n {
+        let label = (i % classes) as u32;
+        let band = 32 / classes;
+        for c in 0..3 {
+            for y in 0..32 {
+                for _x in 0..32 {
+                    let on = (y / band) as u32 == label;
+                    set.pixels
+                        .push(if on { 180 } else { 40 } + noise() + c as u8);
+                }
+            }
+        }
+        set.labels.push(label);
+    }
+    assert_eq!(set.pixels.len(), n * IMAGE_BYTES);
+    set
+}
+
+/// Writes `set` in the CIFAR-100 binary layout (coarse label 0, fine label, pixels).
+pub fn write_cifar100(set: &ImageSet, path: &std::path::Path) {
+    let mut bytes = Vec::with_capacity(set.len() * (IMAGE_BYTES + 2));
+    for i in 0..set.len() {
+        bytes.push(0);
+        bytes.push(set.labels[i] as u8);
+        bytes.extend_from_slice(set.image(i));
+    }
+    std::fs::write(path, bytes).unwrap();
 }

@@ -1,0 +1,364 @@
+//! The search daemon end to end on tiny generated data and a tiny VGG, through the
+//! binary: complete trials, Pareto list and an export `compress` accepts; a diverging
+//! fine-tune recorded as failed; SIGKILL mid-trial then restart loses and repeats
+//! nothing; SIGTERM marks running trials interrupted; `trials` never hits a lock error.
+
+mod common;
+
+use common::{stripes, write_cifar100};
+use rankprune::store::{TrialState, TrialStore};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rankprune"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+struct Study {
+    dir: tempfile::TempDir,
+}
+
+impl Study {
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn budget(&self) -> PathBuf {
+        self.path("budget.toml")
+    }
+
+    fn db(&self) -> PathBuf {
+        self.path("runs/study.sqlite")
+    }
+
+    fn store(&self) -> TrialStore {
+        TrialStore::open(&self.db()).unwrap()
+    }
+}
+
+/// A study on 4-class stripes with `cfg_bn:8,M,16,M`. `proxy` replaces the proxy
+/// section's body; `extra` is appended.
+fn study(max_trials: usize, proxy: &str, extra: &str) -> Study {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_cifar100(&stripes(96, 4, 11), &data.join("train.bin"));
+    write_cifar100(&stripes(32, 4, 12), &data.join("test.bin"));
+    std::fs::write(
+        dir.path().join("space.toml"),
+        r#"
+[decomposition]
+layers = "all"
+rank = "fraction"
+min = 0.0
+max = 1.0
+
+[pruning]
+layers = "all"
+min = 0.0
+max = 0.5
+step = 0.25
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("budget.toml"),
+        format!(
+            r#"
+[study]
+name = "tiny"
+db = "runs/study.sqlite"
+
+[model]
+arch = "cfg_bn:8,M,16,M"
+num_classes = 4
+weights = "runs/base.safetensors"
+train_epochs = 2
+
+[data]
+dataset = "cifar100"
+dir = "data"
+val_split = 32
+
+[search]
+space = "space.toml"
+strategy = "random"
+seed = 1
+
+[objective]
+kind = "constrained"
+target_flops_reduction = 1.2
+
+[limits]
+max_trials = {max_trials}
+
+[proxy]
+{proxy}
+
+[workers]
+cpu = 1
+{extra}
+"#
+        ),
+    )
+    .unwrap();
+    Study { dir }
+}
+
+const FAST_PROXY: &str = "steps = 4\nbatch_size = 16\neval_samples = 32\nearly_stop_step = 2";
+
+#[test]
+fn search_end_to_end_then_export_then_compress() {
+    let s = study(5, FAST_PROXY, "[final]\ntop_k = 1\nepochs = 1");
+    let budget = s.budget();
+    let o = run(&["search", budget.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(out["stopped"], "budget", "{out}");
+    let store = s.store();
+    let trials = store.trials(1).unwrap();
+    assert_eq!(trials.len(), 5);
+    assert!(trials.iter().all(|t| t.finished_at.is_some()));
+    let complete: Vec<_> = trials
+        .iter()
+        .filter(|t| t.state == TrialState::Complete)
+        .collect();
+    assert!(!complete.is_empty(), "{trials:?}");
+    let o = run(&[
+        "metrics",
+        "--arch",
+        "cfg_bn:8,M,16,M",
+        "--num-classes",
+        "4",
+        "--json",
+    ]);
+    let base: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let base_flops = base["flops"].as_u64().unwrap() as f64;
+    for t in &trials {
+        // Every trial meets the target (1.2x fewer FLOPs than the base).
+        assert!(t.cost.flops as f64 <= base_flops / 1.2, "{t:?}");
+        assert!(t.proxy_acc.is_some() || t.state == TrialState::Failed);
+        let reports = store.reports(t.id).unwrap();
+        assert!(
+            !reports.is_empty(),
+            "trial {} has no intermediate report",
+            t.number
+        );
+    }
+    // The best trial was re-trained and scored on the test set.
+    let best = out["best"]["id"].as_i64().unwrap();
+    let f = store.final_result(best).unwrap().expect("final result");
+    assert!((0.0..=1.0).contains(&f.top1) && f.epochs == 1);
+    assert!(Path::new(f.weights_path.as_deref().unwrap()).exists());
+
+    let db = s.db();
+    let o = run(&["trials", "--db", db.to_str().unwrap(), "--pareto", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let front: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let front = front.as_array().unwrap();
+    assert!(!front.is_empty() && front.len() <= complete.len());
+    let o = run(&["trials", "--db", db.to_str().unwrap(), "--top", "2"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("complete"));
+
+    let winner = s.path("winner.json");
+    let o = run(&[
+        "export",
+        "--db",
+        db.to_str().unwrap(),
+        "--best",
+        "--out",
+        winner.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let w: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&winner).unwrap()).unwrap();
+    assert_eq!(w["provenance"]["study"], "tiny");
+    assert_eq!(w["provenance"]["trial_id"].as_i64(), Some(best));
+    assert!(w["metrics"]["proxy_acc"].is_number() && w["metrics"]["final_top1"].is_number());
+    assert!(w["decomposition"]["ranks"]["features.4"].is_array());
+    // The search's own export is the same choice.
+    let own = s.path("runs/tiny.best.json");
+    let own: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(own).unwrap()).unwrap();
+    assert_eq!(own["provenance"], w["provenance"]);
+
+    let compressed = s.path("winner.safetensors");
+    let base = s.path("runs/base.safetensors");
+    let o = run(&[
+        "compress",
+        "--arch",
+        "cfg_bn:8,M,16,M",
+        "--num-classes",
+        "4",
+        "--weights",
+        base.to_str().unwrap(),
+        "--config",
+        winner.to_str().unwrap(),
+        "--out",
+        compressed.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let c: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(c["after"]["flops"], w["metrics"]["flops"]);
+    assert_eq!(c["after"]["params"], w["metrics"]["params"]);
+
+    // Re-running a finished study does no new trial.
+    let o = run(&["search", budget.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(s.store().trials(1).unwrap(), trials);
+}
+
+#[test]
+fn a_diverging_fine_tune_fails_the_trial_and_the_search_goes_on() {
+    let s = study(
+        3,
+        "steps = 4\nbatch_size = 16\neval_samples = 32\nlr = 1e30",
+        "[final]\ntop_k = 0",
+    );
+    let o = run(&["search", s.budget().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let trials = s.store().trials(1).unwrap();
+    assert_eq!(trials.len(), 3);
+    for t in &trials {
+        assert_eq!(t.state, TrialState::Failed, "{t:?}");
+        let e = t.error.as_deref().unwrap();
+        assert!(e.contains("non-finite"), "{e}");
+    }
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no completed trial"));
+}
+
+fn spawn(budget: &Path) -> Child {
+    bin()
+        .args(["search", budget.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Polls the store until `done` holds (the store may not exist yet at first).
+fn wait_for(s: &Study, what: &str, mut done: impl FnMut(&TrialStore) -> bool) {
+    let t0 = Instant::now();
+    loop {
+        if s.db().exists()
+            && let Ok(store) = TrialStore::open(&s.db())
+            && done(&store)
+        {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn state_count(store: &TrialStore, state: TrialState) -> usize {
+    store
+        .trials(1)
+        .map(|t| t.iter().filter(|t| t.state == state).count())
+        .unwrap_or(0)
+}
+
+/// About a second per trial: SIGKILL lands mid-trial.
+const SLOW_PROXY: &str = "steps = 200\nbatch_size = 16\neval_samples = 32\nearly_stop_step = 100\nearly_stop_median = false";
+/// Far longer than the test: SIGTERM always finds the trial running.
+const ENDLESS_PROXY: &str = "steps = 1000000\nbatch_size = 16\neval_samples = 32";
+
+#[test]
+fn sigkill_mid_trial_then_restart_loses_and_repeats_nothing() {
+    let s = study(4, SLOW_PROXY, "[final]\ntop_k = 0");
+    let mut child = spawn(&s.budget());
+    wait_for(&s, "a completed and a running trial", |st| {
+        state_count(st, TrialState::Complete) >= 1 && state_count(st, TrialState::Running) == 1
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = s.store().trials(1).unwrap();
+    let done_before: Vec<_> = before
+        .iter()
+        .filter(|t| t.finished_at.is_some())
+        .cloned()
+        .collect();
+    assert!(before.iter().any(|t| t.state == TrialState::Running));
+
+    let o = run(&["search", s.budget().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let after = s.store().trials(1).unwrap();
+    assert_eq!(after.len(), 4, "exactly the trial budget");
+    assert!(after.iter().all(|t| t.finished_at.is_some()));
+    for t in &done_before {
+        assert_eq!(
+            after.iter().find(|a| a.id == t.id),
+            Some(t),
+            "finished trial changed"
+        );
+    }
+    let mut configs: Vec<&str> = after.iter().map(|t| t.config.as_str()).collect();
+    configs.sort();
+    configs.dedup();
+    assert_eq!(configs.len(), 4, "a config was trained twice");
+}
+
+#[test]
+fn sigterm_interrupts_cleanly_and_trials_reads_never_lock() {
+    let s = study(3, ENDLESS_PROXY, "[final]\ntop_k = 0");
+    let mut child = spawn(&s.budget());
+    wait_for(&s, "a running trial", |st| {
+        state_count(st, TrialState::Running) == 1
+    });
+    // Readers during the search: every call succeeds.
+    for _ in 0..15 {
+        let o = run(&["trials", "--db", s.db().to_str().unwrap(), "--json"]);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap();
+    }
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit code of an interrupted search"
+    );
+    let store = s.store();
+    assert_eq!(state_count(&store, TrialState::Running), 0);
+    assert_eq!(state_count(&store, TrialState::Interrupted), 1);
+    assert_eq!(
+        store.trials(1).unwrap().len(),
+        1,
+        "nothing new after the signal"
+    );
+    drop(store);
+    // Resume the same study with a shorter proxy (a changed budget is allowed).
+    let budget = std::fs::read_to_string(s.budget()).unwrap();
+    std::fs::write(s.budget(), budget.replace(ENDLESS_PROXY, FAST_PROXY)).unwrap();
+    let o = run(&["search", s.budget().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let trials = s.store().trials(1).unwrap();
+    assert_eq!(trials.len(), 3);
+    assert!(trials.iter().all(|t| t.finished_at.is_some()), "{trials:?}");
+}
