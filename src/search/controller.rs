@@ -510,7 +510,7 @@ async fn search(budget: Budget, budget_text: String, progress: bool) -> Result<S
                     }
                 };
                 slot.busy = Some(trial.id);
-                tracing::info!(trial = trial.number, worker = %slot.name, "trial starts");
+                tracing::debug!(trial = trial.number, worker = %slot.name, "trial starts");
                 let (ctx, tx, stop, device) = (
                     ctx.clone(),
                     tx.clone(),
