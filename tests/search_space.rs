@@ -106,7 +106,7 @@ fn vbmf_ranges_follow_the_calibration_ratios() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("needs the VBMF ranks"), "{e}");
-    // VBMF rank 8 of full 32 on the input side of features.4 (16 -> 32 channels ...).
+    // Pretend VBMF kept half of each input side and a quarter of each output side.
     let recs: Vec<RankRecommendation> = base
         .conv_units()
         .filter(|u| u.body.in_channels() > 3)
@@ -123,14 +123,14 @@ fn vbmf_ranges_follow_the_calibration_ratios() {
     let space = file.resolve(&base, Some(&recs), "demo-vgg.toml").unwrap();
     let k = &space.knobs[0];
     assert_eq!((k.layer.as_str(), k.kind), ("features.4", KnobKind::InRank));
-    // features.4 has 16 inputs, VBMF 8: calibration -0.5 gives 4, +0.5 gives 12.
-    assert_eq!((k.value(0), k.value(k.levels - 1)), (4.0, 12.0));
+    // features.4 has 16 inputs, VBMF 8: calibration -0.25 gives 6, +0.75 gives 14.
+    assert_eq!((k.value(0), k.value(k.levels - 1)), (6.0, 14.0));
     let first = space
         .knobs
         .iter()
         .find(|k| k.layer == "features.0")
         .unwrap();
-    assert_eq!(first.value(first.levels - 1), 0.5);
+    assert_eq!(first.value(first.levels - 1), 0.3);
 }
 
 #[test]

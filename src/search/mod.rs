@@ -9,3 +9,4 @@ pub mod problem;
 pub mod space;
 pub mod strategy;
 pub mod trial;
+pub mod warm;

@@ -7,6 +7,7 @@ use super::space::{Point, Space};
 use crate::arch::Arch;
 use crate::config::LayerConfig;
 use crate::cost::{self, Cost};
+use rand::{Rng, RngExt};
 
 /// Upper bounds on a candidate's cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,6 +38,8 @@ pub struct Problem {
     pub base_cost: Cost,
     pub space: Space,
     pub target: Target,
+    /// Warm-start points (feasible) that model-aware strategies propose first.
+    pub seeds: Vec<Point>,
 }
 
 impl Problem {
@@ -47,6 +50,7 @@ impl Problem {
             base_cost,
             space,
             target,
+            seeds: Vec::new(),
         }
     }
 
@@ -66,6 +70,68 @@ impl Problem {
     pub fn feasible(&self, p: &[usize]) -> bool {
         let c = self.cost(p);
         self.target.admits(c.flops, c.params)
+    }
+
+    /// The conv a knob acts on most directly: the sub-conv or plain conv a ratio prunes,
+    /// or the core (`_tucker_1`) whose size a rank sets.
+    fn knob_conv(&self, i: usize) -> String {
+        let k = &self.space.knobs[i];
+        match k.kind {
+            super::space::KnobKind::Ratio => k.layer.clone(),
+            _ => format!("{}_tucker_1", k.layer),
+        }
+    }
+
+    /// Moves `p` toward cheaper models until it meets the target: one step at a time
+    /// (a ratio up or a rank down by one level), on a knob drawn in proportion to the
+    /// FLOPs (or params, when only those are over) of the conv it acts on. `None` when no
+    /// cheaper step is left.
+    pub fn repair(&self, mut p: Point, rng: &mut impl Rng) -> Option<Point> {
+        loop {
+            let c = self.cost(&p);
+            if self.target.admits(c.flops, c.params) {
+                return Some(p);
+            }
+            let by_flops = self.target.max_flops.is_some_and(|m| c.flops > m);
+            let weight = |name: &str| {
+                c.layers
+                    .iter()
+                    .find(|l| l.name == name)
+                    .map_or(0.0, |l| if by_flops { l.flops } else { l.params } as f64)
+            };
+            let moves: Vec<(usize, f64)> = self
+                .space
+                .knobs
+                .iter()
+                .enumerate()
+                .filter(|(i, k)| {
+                    if k.cheaper_up() {
+                        p[*i] + 1 < k.levels
+                    } else {
+                        p[*i] > 0
+                    }
+                })
+                .map(|(i, _)| (i, weight(&self.knob_conv(i)).max(1.0)))
+                .collect();
+            let total: f64 = moves.iter().map(|m| m.1).sum();
+            if moves.is_empty() {
+                return None;
+            }
+            let mut u = rng.random::<f64>() * total;
+            let mut pick = moves[moves.len() - 1].0;
+            for &(i, w) in &moves {
+                if u < w {
+                    pick = i;
+                    break;
+                }
+                u -= w;
+            }
+            if self.space.knobs[pick].cheaper_up() {
+                p[pick] += 1;
+            } else {
+                p[pick] -= 1;
+            }
+        }
     }
 
     /// FLOPs reduction factor of a cost relative to the base.

@@ -132,6 +132,17 @@ impl Knob {
         ((self.lo + level as f64 * self.step) * 1e6).round() / 1e6
     }
 
+    /// The level whose value is nearest `v` (clamped to the grid).
+    pub fn nearest_level(&self, v: f64) -> usize {
+        let l = ((v - self.lo) / self.step).round();
+        (l.max(0.0) as usize).min(self.levels - 1)
+    }
+
+    /// Whether a higher level makes the model cheaper (ratios) or dearer (ranks).
+    pub fn cheaper_up(&self) -> bool {
+        self.kind == KnobKind::Ratio
+    }
+
     /// The level whose value is `v`, if `v` is on the grid.
     pub fn level_of(&self, v: f64) -> Option<usize> {
         let l = ((v - self.lo) / self.step).round();
