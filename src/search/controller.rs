@@ -5,7 +5,7 @@
 //! SIGTERM stop proposing, mark running trials interrupted and return; re-running the
 //! same budget resumes the study.
 
-use super::budget::{Budget, Proxy};
+use super::budget::{Budget, ObjectiveKind, Proxy, StrategyName};
 use super::export::{best_trial, export_config};
 use super::problem::{Observation, Problem, Target};
 use super::space::{Point, SpaceFile};
@@ -373,7 +373,8 @@ async fn search(budget: Budget, budget_text: String, progress: bool) -> Result<S
             "interrupted while training the base model; nothing was written".into(),
         ));
     };
-    let vbmf = if space_file.needs_vbmf() {
+    let warm = budget.search.strategy != StrategyName::Random;
+    let vbmf = if space_file.needs_vbmf() || warm {
         Some(recommend_ranks(&base, &weights, 0.0, |_| {})?)
     } else {
         None
@@ -384,9 +385,16 @@ async fn search(budget: Budget, budget_text: String, progress: bool) -> Result<S
         &budget.search.space.display().to_string(),
     )?;
     let target = Target::from_objective(&cost::count(&base), &budget.objective);
-    let problem = Problem::new(base.clone(), space, target);
-    let strategy = strategy::make(budget.search.strategy, budget.search.seed)
-        .map_err(|e| Error::BadInput(format!("{}: {e}", budget.study.name)))?;
+    let mut problem = Problem::new(base.clone(), space, target);
+    if let Some(v) = vbmf.as_deref().filter(|_| warm) {
+        problem.seeds = super::warm::warm_start(&problem, &weights, v)?;
+        tracing::info!(points = problem.seeds.len(), "warm-start points");
+    }
+    let strategy = strategy::make(
+        budget.search.strategy,
+        budget.search.seed,
+        budget.objective.kind == ObjectiveKind::Pareto,
+    );
 
     if let Some(dir) = budget.study.db.parent() {
         std::fs::create_dir_all(dir)

@@ -4,9 +4,11 @@
 pub mod budget;
 pub mod controller;
 pub mod export;
+pub mod gp;
 pub mod pareto;
 pub mod problem;
 pub mod space;
 pub mod strategy;
+pub mod synthetic;
 pub mod trial;
 pub mod warm;

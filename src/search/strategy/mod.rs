@@ -1,6 +1,8 @@
 //! Proposal strategies. The interface is two calls, `propose` and `observe`, over plain
 //! points of a [`Problem`]; strategies know nothing of SQLite or burn.
 
+pub mod bayes;
+pub mod evolution;
 pub mod random;
 
 use super::budget::StrategyName;
@@ -15,12 +17,19 @@ pub trait Strategy: Send {
     fn observe(&mut self, obs: &Observation);
 }
 
-/// The strategy a budget file names.
-pub fn make(name: StrategyName, seed: u64) -> Result<Box<dyn Strategy>, String> {
+/// The strategy a budget file names; `pareto` selects the accuracy-vs-FLOPs variant.
+pub fn make(name: StrategyName, seed: u64, pareto: bool) -> Box<dyn Strategy> {
+    use evolution::{Evolution, Mode};
     match name {
-        StrategyName::Random => Ok(Box::new(random::RandomSearch::new(seed))),
-        other => Err(format!(
-            "search.strategy = {other:?}: not built yet; allowed now: \"random\""
+        StrategyName::Random => Box::new(random::RandomSearch::new(seed)),
+        StrategyName::Evolution => Box::new(Evolution::new(
+            seed,
+            if pareto {
+                Mode::Pareto
+            } else {
+                Mode::Constrained
+            },
         )),
+        StrategyName::Bayes => Box::new(bayes::Bayes::new(seed, pareto)),
     }
 }

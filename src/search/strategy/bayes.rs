@@ -1,0 +1,342 @@
+//! Bayesian optimisation: a GP surrogate of proxy accuracy over the encoded box
+//! [0, 1]^d (see `search::gp`), log expected improvement as acquisition, maximised
+//! inside a trust region around the incumbent that doubles after 3 successes and halves
+//! after a run of failures (TuRBO-1, Eriksson et al., NeurIPS 2019, Sec. 2).
+//!
+//! The acquisition is maximised the TuRBO way, over a candidate set drawn in the trust
+//! region by perturbing a few coordinates of the incumbent, followed by a discrete
+//! hill climb on the knob grids; every candidate's cost is exact, so infeasible ones are
+//! never scored. Several proposals at once use the kriging believer: each chosen point
+//! joins the data with its posterior mean before the next is chosen. In Pareto mode the
+//! GP models accuracy and each proposal scalarises accuracy - w log2(FLOPs / base) with
+//! a random w (ParEGO-style, Knowles 2006), the FLOPs term being exact.
+
+use super::Strategy;
+use crate::search::gp::{Gp, Hyper, log_ei};
+use crate::search::problem::{Observation, Problem};
+use crate::search::space::Point;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use std::collections::HashSet;
+
+/// Observations the GP sees at most: the best quarter and the most recent rest.
+const MAX_GP_POINTS: usize = 160;
+/// Candidates drawn per proposal.
+const CANDIDATES: usize = 256;
+/// Hyperparameters are refitted after this many new observations.
+const REFIT_EVERY: usize = 5;
+/// L-BFGS iterations per refit.
+const REFIT_ITERS: u64 = 12;
+
+/// TuRBO trust-region state (side length in encoded units).
+#[derive(Debug, Clone)]
+struct TrustRegion {
+    length: f64,
+    successes: usize,
+    failures: usize,
+    fail_tol: usize,
+}
+
+impl TrustRegion {
+    const INIT: f64 = 0.8;
+    const MIN: f64 = 0.5f64 * 0.5 * 0.5 * 0.5 * 0.5 * 0.5 * 0.5;
+    const MAX: f64 = 1.6;
+
+    fn update(&mut self, improved: bool) {
+        if improved {
+            self.successes += 1;
+            self.failures = 0;
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+        }
+        if self.successes >= 3 {
+            self.length = (self.length * 2.0).min(Self::MAX);
+            self.successes = 0;
+        }
+        if self.failures >= self.fail_tol {
+            self.length /= 2.0;
+            self.failures = 0;
+        }
+        if self.length < Self::MIN {
+            // Restart the region (the data are kept).
+            self.length = Self::INIT;
+        }
+    }
+}
+
+pub struct Bayes {
+    rng: StdRng,
+    pareto: bool,
+    /// Successful observations: encoded point, accuracy, FLOPs.
+    data: Vec<(Point, Vec<f64>, f64, u64)>,
+    seen: HashSet<Point>,
+    hyper: Option<Hyper>,
+    fitted_at: usize,
+    tr: Option<TrustRegion>,
+    proposed: usize,
+    best: f64,
+}
+
+impl Bayes {
+    pub fn new(seed: u64, pareto: bool) -> Self {
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+            pareto,
+            data: Vec::new(),
+            seen: HashSet::new(),
+            hyper: None,
+            fitted_at: 0,
+            tr: None,
+            proposed: 0,
+            best: f64::NEG_INFINITY,
+        }
+    }
+
+    /// Trust-region side length now (for tests and logs).
+    pub fn trust_length(&self) -> Option<f64> {
+        self.tr.as_ref().map(|t| t.length)
+    }
+
+    fn initial_design(problem: &Problem) -> usize {
+        (problem.space.dims() / 4).clamp(6, 12)
+    }
+
+    fn random_feasible(&mut self, problem: &Problem) -> Option<Point> {
+        for _ in 0..50 {
+            let p: Point = problem
+                .space
+                .knobs
+                .iter()
+                .map(|k| self.rng.random_range(0..k.levels))
+                .collect();
+            if let Some(p) = problem.repair(p, &mut self.rng)
+                && !self.seen.contains(&p)
+            {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// Indices of the observations the GP uses.
+    fn gp_subset(&self) -> Vec<usize> {
+        let n = self.data.len();
+        if n <= MAX_GP_POINTS {
+            return (0..n).collect();
+        }
+        let mut by_acc: Vec<usize> = (0..n).collect();
+        by_acc.sort_by(|&a, &b| self.data[b].2.total_cmp(&self.data[a].2));
+        let mut keep: HashSet<usize> = by_acc[..MAX_GP_POINTS / 4].iter().copied().collect();
+        for i in (0..n).rev() {
+            if keep.len() >= MAX_GP_POINTS {
+                break;
+            }
+            keep.insert(i);
+        }
+        let mut v: Vec<usize> = keep.into_iter().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The exact part of the scalarised objective (0 outside Pareto mode).
+    fn cost_term(&self, w: f64, flops: u64, problem: &Problem) -> f64 {
+        if self.pareto {
+            -w * (flops.max(1) as f64 / problem.base_cost.flops.max(1) as f64).log2()
+        } else {
+            0.0
+        }
+    }
+}
+
+impl Strategy for Bayes {
+    fn propose(&mut self, n: usize, problem: &Problem) -> Vec<Point> {
+        let mut out: Vec<Point> = Vec::with_capacity(n);
+        for o in self.data.iter_mut().filter(|o| o.1.is_empty()) {
+            o.1 = problem.space.encode(&o.0);
+        }
+        for seed in &problem.seeds {
+            if out.len() < n && !self.seen.contains(seed) && problem.feasible(seed) {
+                self.seen.insert(seed.clone());
+                out.push(seed.clone());
+            }
+        }
+        let d = problem.space.dims();
+        if self.tr.is_none() {
+            self.tr = Some(TrustRegion {
+                length: TrustRegion::INIT,
+                successes: 0,
+                failures: 0,
+                fail_tol: (d / 8).clamp(4, 10),
+            });
+        }
+        while out.len() < n
+            && (self.data.len() < 3 || self.proposed < Self::initial_design(problem))
+        {
+            let Some(p) = self.random_feasible(problem) else {
+                break;
+            };
+            self.seen.insert(p.clone());
+            self.proposed += 1;
+            out.push(p);
+        }
+        if out.len() >= n || self.data.len() < 3 {
+            return out;
+        }
+
+        // Fit the surrogate on accuracy.
+        let idx = self.gp_subset();
+        let mut xs: Vec<Vec<f64>> = idx.iter().map(|&i| self.data[i].1.clone()).collect();
+        let mut ys: Vec<f64> = idx.iter().map(|&i| self.data[i].2).collect();
+        let hyper = match &self.hyper {
+            Some(h) if self.data.len() - self.fitted_at < REFIT_EVERY => h.clone(),
+            prev => {
+                let start = prev.clone().unwrap_or_else(|| Hyper::initial(d));
+                let h = Gp::fit_hyper(&xs, &ys, &start, REFIT_ITERS);
+                self.fitted_at = self.data.len();
+                self.hyper = Some(h.clone());
+                h
+            }
+        };
+        let Some(mut gp) = Gp::fit(&xs, &ys, hyper.clone()) else {
+            tracing::warn!("GP fit failed; proposing random points");
+            while out.len() < n {
+                let Some(p) = self.random_feasible(problem) else {
+                    break;
+                };
+                self.seen.insert(p.clone());
+                out.push(p);
+            }
+            return out;
+        };
+        let w = if self.pareto {
+            self.rng.random_range(0.0..0.1)
+        } else {
+            0.0
+        };
+        // Incumbent: best (scalarised) observation.
+        let score = |s: &Self, i: usize| s.data[i].2 + s.cost_term(w, s.data[i].3, problem);
+        let inc = (0..self.data.len())
+            .max_by(|&a, &b| score(self, a).total_cmp(&score(self, b)))
+            .expect("data present");
+        let best = score(self, inc);
+        let center = self.data[inc].1.clone();
+        // Length scales shape the region (TuRBO: l_i / geometric mean, clipped).
+        let ls: Vec<f64> = hyper.log_ls.iter().map(|l| l.exp()).collect();
+        let gmean = (ls.iter().map(|l| l.ln()).sum::<f64>() / d as f64).exp();
+        let weights: Vec<f64> = ls.iter().map(|l| (l / gmean).clamp(0.25, 4.0)).collect();
+        let length = self.tr.as_ref().expect("set above").length;
+        let prob = (20.0 / d as f64).min(1.0);
+
+        while out.len() < n {
+            let acq = |gp: &Gp, p: &Point, s: &Self| -> Option<f64> {
+                if s.seen.contains(p) {
+                    return None;
+                }
+                let c = problem.cost(p);
+                if !problem.target.admits(c.flops, c.params) {
+                    return None;
+                }
+                let (m, v) = gp.predict(&problem.space.encode(p));
+                let shift = s.cost_term(w, c.flops, problem);
+                Some(log_ei(m + shift, v.sqrt(), best))
+            };
+            let mut best_cand: Option<(f64, Point)> = None;
+            for _ in 0..CANDIDATES {
+                let mut x = center.clone();
+                let mut moved = false;
+                for j in 0..d {
+                    if self.rng.random_bool(prob) {
+                        let half = 0.5 * length * weights[j];
+                        let (lo, hi) = ((center[j] - half).max(0.0), (center[j] + half).min(1.0));
+                        x[j] = self.rng.random_range(lo..=hi);
+                        moved = true;
+                    }
+                }
+                if !moved {
+                    let j = self.rng.random_range(0..d);
+                    x[j] = self.rng.random_range(0.0..=1.0);
+                }
+                let p = problem.space.decode(&x);
+                if let Some(a) = acq(&gp, &p, self)
+                    && best_cand.as_ref().is_none_or(|b| a > b.0)
+                {
+                    best_cand = Some((a, p));
+                }
+            }
+            // Discrete hill climb: one level up or down per knob while it helps.
+            if let Some((mut a, mut p)) = best_cand.take() {
+                for _ in 0..2 {
+                    let mut improved = false;
+                    for j in 0..d {
+                        for up in [true, false] {
+                            let mut q = p.clone();
+                            if up && q[j] + 1 < problem.space.knobs[j].levels {
+                                q[j] += 1;
+                            } else if !up && q[j] > 0 {
+                                q[j] -= 1;
+                            } else {
+                                continue;
+                            }
+                            if let Some(b) = acq(&gp, &q, self)
+                                && b > a
+                            {
+                                (a, p) = (b, q);
+                                improved = true;
+                            }
+                        }
+                    }
+                    if !improved {
+                        break;
+                    }
+                }
+                best_cand = Some((a, p));
+            }
+            let Some((_, p)) = best_cand else {
+                // Nothing feasible and new in the region: fall back to a random point.
+                match self.random_feasible(problem) {
+                    Some(p) => {
+                        self.seen.insert(p.clone());
+                        out.push(p);
+                        continue;
+                    }
+                    None => break,
+                }
+            };
+            self.seen.insert(p.clone());
+            self.proposed += 1;
+            // Kriging believer: the point joins the data at its posterior mean.
+            if out.len() + 1 < n {
+                let x = problem.space.encode(&p);
+                xs.push(x.clone());
+                ys.push(gp.predict(&x).0);
+                if let Some(g) = Gp::fit(&xs, &ys, hyper.clone()) {
+                    gp = g;
+                }
+            }
+            out.push(p);
+        }
+        out
+    }
+
+    fn observe(&mut self, obs: &Observation) {
+        self.seen.insert(obs.point.clone());
+        let Some(acc) = obs.acc else { return };
+        let improved = if self.pareto {
+            // A success adds a point no earlier observation dominates.
+            !self
+                .data
+                .iter()
+                .any(|o| o.2 >= acc && o.3 <= obs.flops && (o.2 > acc || o.3 < obs.flops))
+        } else {
+            acc > self.best + 1e-3 * self.best.abs().max(1e-3)
+        };
+        self.best = self.best.max(acc);
+        if let Some(tr) = &mut self.tr {
+            tr.update(improved);
+        }
+        // Encoded at the next proposal, where the space is at hand.
+        self.data
+            .push((obs.point.clone(), Vec::new(), acc, obs.flops));
+    }
+}
