@@ -60,7 +60,7 @@ pub fn crowding_distance(front: &[usize], objs: &[Objectives]) -> Vec<f64> {
     if m <= 2 {
         return vec![f64::INFINITY; m];
     }
-    for k in 0..2 {
+    for k in [0, 1] {
         let value = |i: usize| objs[front[i]][k];
         let mut order: Vec<usize> = (0..m).collect();
         order.sort_by(|&a, &b| value(a).total_cmp(&value(b)));
