@@ -67,6 +67,11 @@ impl Problem {
         cost::count(&arch)
     }
 
+    /// Whether any cost bound applies.
+    pub fn has_target(&self) -> bool {
+        self.target != Target::default()
+    }
+
     pub fn feasible(&self, p: &[usize]) -> bool {
         let c = self.cost(p);
         self.target.admits(c.flops, c.params)
@@ -132,6 +137,34 @@ impl Problem {
                 p[pick] -= 1;
             }
         }
+    }
+
+    /// Spends unused budget: moves random knobs one level dearer (a ratio down, a rank
+    /// up) while the point stays feasible, until `2 d` moves in a row fail. Accuracy
+    /// grows with capacity, so the best points lie on the budget's boundary.
+    pub fn fill(&self, mut p: Point, rng: &mut impl Rng) -> Point {
+        let d = self.space.dims();
+        let mut misses = 0;
+        while misses < 2 * d {
+            let i = rng.random_range(0..d);
+            let k = &self.space.knobs[i];
+            let old = p[i];
+            if k.cheaper_up() && p[i] > 0 {
+                p[i] -= 1;
+            } else if !k.cheaper_up() && p[i] + 1 < k.levels {
+                p[i] += 1;
+            } else {
+                misses += 1;
+                continue;
+            }
+            if self.feasible(&p) {
+                misses = 0;
+            } else {
+                p[i] = old;
+                misses += 1;
+            }
+        }
+        p
     }
 
     /// FLOPs reduction factor of a cost relative to the base.

@@ -22,11 +22,13 @@ use std::collections::HashSet;
 /// Observations the GP sees at most: the best quarter and the most recent rest.
 const MAX_GP_POINTS: usize = 160;
 /// Candidates drawn per proposal.
-const CANDIDATES: usize = 256;
+const CANDIDATES: usize = 200;
 /// Hyperparameters are refitted after this many new observations.
 const REFIT_EVERY: usize = 5;
 /// L-BFGS iterations per refit.
-const REFIT_ITERS: u64 = 12;
+const REFIT_ITERS: u64 = 10;
+/// Observations used to fit hyperparameters (the best quarter and the most recent).
+const REFIT_POINTS: usize = 48;
 
 /// TuRBO trust-region state (side length in encoded units).
 #[derive(Debug, Clone)]
@@ -113,23 +115,30 @@ impl Bayes {
             if let Some(p) = problem.repair(p, &mut self.rng)
                 && !self.seen.contains(&p)
             {
+                // Initial points use the budget fully (half of them, for spread).
+                if !self.pareto && problem.has_target() && self.rng.random_bool(0.5) {
+                    let q = problem.fill(p.clone(), &mut self.rng);
+                    if !self.seen.contains(&q) {
+                        return Some(q);
+                    }
+                }
                 return Some(p);
             }
         }
         None
     }
 
-    /// Indices of the observations the GP uses.
-    fn gp_subset(&self) -> Vec<usize> {
+    /// Indices of at most `max` observations: the best quarter and the most recent.
+    fn gp_subset(&self, max: usize) -> Vec<usize> {
         let n = self.data.len();
-        if n <= MAX_GP_POINTS {
+        if n <= max {
             return (0..n).collect();
         }
         let mut by_acc: Vec<usize> = (0..n).collect();
         by_acc.sort_by(|&a, &b| self.data[b].2.total_cmp(&self.data[a].2));
-        let mut keep: HashSet<usize> = by_acc[..MAX_GP_POINTS / 4].iter().copied().collect();
+        let mut keep: HashSet<usize> = by_acc[..max / 4].iter().copied().collect();
         for i in (0..n).rev() {
-            if keep.len() >= MAX_GP_POINTS {
+            if keep.len() >= max {
                 break;
             }
             keep.insert(i);
@@ -185,14 +194,17 @@ impl Strategy for Bayes {
         }
 
         // Fit the surrogate on accuracy.
-        let idx = self.gp_subset();
+        let idx = self.gp_subset(MAX_GP_POINTS);
         let mut xs: Vec<Vec<f64>> = idx.iter().map(|&i| self.data[i].1.clone()).collect();
         let mut ys: Vec<f64> = idx.iter().map(|&i| self.data[i].2).collect();
         let hyper = match &self.hyper {
             Some(h) if self.data.len() - self.fitted_at < REFIT_EVERY => h.clone(),
             prev => {
                 let start = prev.clone().unwrap_or_else(|| Hyper::initial(d));
-                let h = Gp::fit_hyper(&xs, &ys, &start, REFIT_ITERS);
+                let fit = self.gp_subset(REFIT_POINTS);
+                let fx: Vec<Vec<f64>> = fit.iter().map(|&i| self.data[i].1.clone()).collect();
+                let fy: Vec<f64> = fit.iter().map(|&i| self.data[i].2).collect();
+                let h = Gp::fit_hyper(&fx, &fy, &start, REFIT_ITERS);
                 self.fitted_at = self.data.len();
                 self.hyper = Some(h.clone());
                 h

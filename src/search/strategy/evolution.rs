@@ -123,15 +123,40 @@ impl Evolution {
             .collect()
     }
 
-    /// One structure-aware mutation (sometimes two).
+    /// A uniform point of the feasible set by rejection; repaired after 200 misses.
+    fn random_feasible(&mut self, problem: &Problem) -> Option<Point> {
+        let mut p = self.random_point(problem);
+        for _ in 0..200 {
+            if !self.seen.contains(&p) && problem.feasible(&p) {
+                return Some(p);
+            }
+            p = self.random_point(problem);
+        }
+        problem.repair(p, &mut self.rng)
+    }
+
+    /// A new feasible mutant of `parent`: mutations are redrawn (up to 30 times) rather
+    /// than repaired, so the child stays next to its parent; the last is repaired.
+    fn feasible_mutant(&mut self, parent: Point, problem: &Problem) -> Option<Point> {
+        let mut child = parent.clone();
+        for _ in 0..30 {
+            child = self.mutate(parent.clone(), problem);
+            if !self.seen.contains(&child) && problem.feasible(&child) {
+                return Some(child);
+            }
+        }
+        problem.repair(child, &mut self.rng)
+    }
+
+    /// One to four structure-aware mutations.
     fn mutate(&mut self, mut p: Point, problem: &Problem) -> Point {
         let knobs = &problem.space.knobs;
-        let rounds = if self.rng.random_bool(0.2) { 2 } else { 1 };
+        let rounds = self.rng.random_range(1..=4);
         for _ in 0..rounds {
             let i = self.rng.random_range(0..knobs.len());
             let k = &knobs[i];
-            // Step size: about a tenth of the grid, at least one level.
-            let max_step = (k.levels / 10).max(1);
+            // Step size: up to a fifth of the grid, at least one level.
+            let max_step = (k.levels / 5).max(1);
             let step = self.rng.random_range(1..=max_step);
             let up = self.rng.random_bool(0.5);
             let neighbour = [i.wrapping_sub(1), i + 1]
@@ -233,15 +258,11 @@ impl Strategy for Evolution {
             Vec::new()
         };
         let mut tries = 0;
-        while out.len() < n && tries < 2000 {
+        while out.len() < n && tries < 200 {
             tries += 1;
-            // Random (repaired) members until the population can breed.
-            let child = if !self.ready() && self.proposed < self.population_size {
-                self.random_point(problem)
-            } else if !self.ready() {
-                // Waiting on results: mutate a pending proposal to keep workers busy.
-                let p = self.random_point(problem);
-                self.mutate(p, problem)
+            // Random feasible members first (P of them); breed once results are in.
+            let child = if self.proposed < self.population_size || !self.ready() {
+                self.random_feasible(problem)
             } else {
                 let a = self.parent(&survivors);
                 let a = if self.mode == Mode::Pareto && self.rng.random_bool(0.5) {
@@ -250,11 +271,13 @@ impl Strategy for Evolution {
                 } else {
                     a
                 };
-                self.mutate(a, problem)
+                self.feasible_mutant(a, problem)
             };
-            let Some(child) = problem.repair(child, &mut self.rng) else {
-                continue;
-            };
+            let Some(mut child) = child else { continue };
+            // Half the children spend the budget they leave unused.
+            if self.mode == Mode::Constrained && problem.has_target() && self.rng.random_bool(0.5) {
+                child = problem.fill(child, &mut self.rng);
+            }
             if self.seen.insert(child.clone()) {
                 self.proposed += 1;
                 out.push(child);
