@@ -15,6 +15,9 @@ use rankprune::search::synthetic::{CompressionModel, hypervolume, neg_ackley, ra
 use std::path::Path;
 use std::time::Instant;
 
+/// Per trial of one run: observed value, true value, FLOPs fraction.
+type Run = Vec<(f64, f64, f64)>;
+
 const BUDGETS: [usize; 3] = [50, 100, 200];
 const STRATEGIES: [StrategyName; 3] = [
     StrategyName::Random,
@@ -151,7 +154,7 @@ fn all_runs(
         .collect()
 }
 
-fn best_table(title: &str, runs: &[Vec<Vec<(f64, f64, f64)>>]) {
+fn best_table(title: &str, runs: &[Vec<Run>]) {
     println!("\n{title}\n");
     println!("| strategy | 50 trials | 100 trials | 200 trials |");
     println!("|---|---|---|---|");
@@ -178,7 +181,7 @@ fn best_table(title: &str, runs: &[Vec<Vec<(f64, f64, f64)>>]) {
     }
 }
 
-fn hv_table(title: &str, runs: &[Vec<Vec<(f64, f64, f64)>>]) {
+fn hv_table(title: &str, runs: &[Vec<Run>]) {
     println!("\n{title}\n");
     println!("| strategy | 50 trials | 100 trials | 200 trials |");
     println!("|---|---|---|---|");

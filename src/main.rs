@@ -236,6 +236,7 @@ fn main() {
                 .unwrap_or_else(|_| "rankprune=info,warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(Cli::parse()) {
         Ok(0) => {}

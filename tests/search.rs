@@ -362,3 +362,42 @@ fn sigterm_interrupts_cleanly_and_trials_reads_never_lock() {
     assert_eq!(trials.len(), 3);
     assert!(trials.iter().all(|t| t.finished_at.is_some()), "{trials:?}");
 }
+
+#[test]
+fn model_aware_strategies_start_from_warm_points_and_finish() {
+    for (strategy, objective) in [
+        (
+            "evolution",
+            "kind = \"constrained\"\ntarget_flops_reduction = 1.2",
+        ),
+        ("bayes", "kind = \"pareto\""),
+    ] {
+        let s = study(8, FAST_PROXY, "[final]\ntop_k = 0");
+        let budget = std::fs::read_to_string(s.budget())
+            .unwrap()
+            .replace(
+                "strategy = \"random\"",
+                &format!("strategy = \"{strategy}\""),
+            )
+            .replace(
+                "kind = \"constrained\"\ntarget_flops_reduction = 1.2",
+                objective,
+            );
+        std::fs::write(s.budget(), budget).unwrap();
+        let o = bin()
+            .env("RUST_LOG", "rankprune=info")
+            .args(["search", s.budget().to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{strategy}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let warm = err
+            .lines()
+            .find(|l| l.contains("warm-start points"))
+            .unwrap_or_else(|| panic!("{strategy}: no warm start in {err}"));
+        assert!(!warm.contains("points=0"), "{strategy}: {warm}");
+        let trials = s.store().trials(1).unwrap();
+        assert_eq!(trials.len(), 8, "{strategy}");
+        assert!(trials.iter().all(|t| t.finished_at.is_some()));
+    }
+}
