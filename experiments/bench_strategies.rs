@@ -11,7 +11,7 @@ use rankprune::search::budget::StrategyName;
 use rankprune::search::problem::{Observation, Problem, Target};
 use rankprune::search::space::{Point, SpaceFile};
 use rankprune::search::strategy::make;
-use rankprune::search::synthetic::{CompressionModel, hypervolume, neg_ackley, random_point};
+use rankprune::search::synthetic::{CompressionModel, hypervolume, neg_ackley};
 use std::path::Path;
 use std::time::Instant;
 
@@ -154,7 +154,8 @@ fn all_runs(
         .collect()
 }
 
-fn best_table(title: &str, runs: &[Vec<Run>]) {
+/// One row per strategy: `metric(run, budget)` as mean ± sd over the seeds.
+fn table(title: &str, runs: &[Vec<Run>], metric: impl Fn(&Run, usize) -> f64) {
     println!("\n{title}\n");
     println!("| strategy | 50 trials | 100 trials | 200 trials |");
     println!("|---|---|---|---|");
@@ -162,18 +163,7 @@ fn best_table(title: &str, runs: &[Vec<Run>]) {
         let cells: Vec<String> = BUDGETS
             .iter()
             .map(|&b| {
-                // True value of the trial that looked best (what a user would pick).
-                let v: Vec<f64> = r
-                    .iter()
-                    .map(|run| {
-                        run[..b]
-                            .iter()
-                            .max_by(|x, y| x.0.total_cmp(&y.0))
-                            .unwrap()
-                            .1
-                    })
-                    .collect();
-                let (m, sd) = mean_sd(&v);
+                let (m, sd) = mean_sd(&r.iter().map(|run| metric(run, b)).collect::<Vec<_>>());
                 format!("{m:.4} ± {sd:.4}")
             })
             .collect();
@@ -181,26 +171,17 @@ fn best_table(title: &str, runs: &[Vec<Run>]) {
     }
 }
 
-fn hv_table(title: &str, runs: &[Vec<Run>]) {
-    println!("\n{title}\n");
-    println!("| strategy | 50 trials | 100 trials | 200 trials |");
-    println!("|---|---|---|---|");
-    for (name, r) in STRATEGIES.iter().zip(runs) {
-        let cells: Vec<String> = BUDGETS
-            .iter()
-            .map(|&b| {
-                let v: Vec<f64> = r
-                    .iter()
-                    .map(|run| {
-                        hypervolume(&run[..b].iter().map(|t| (t.1, t.2)).collect::<Vec<_>>())
-                    })
-                    .collect();
-                let (m, sd) = mean_sd(&v);
-                format!("{m:.4} ± {sd:.4}")
-            })
-            .collect();
-        println!("| {name:?} | {} |", cells.join(" | "));
-    }
+/// True value of the trial that looked best within the budget (what a user would pick).
+fn best_true(run: &Run, budget: usize) -> f64 {
+    run[..budget]
+        .iter()
+        .max_by(|x, y| x.0.total_cmp(&y.0))
+        .unwrap()
+        .1
+}
+
+fn run_hypervolume(run: &Run, budget: usize) -> f64 {
+    hypervolume(&run[..budget].iter().map(|t| (t.1, t.2)).collect::<Vec<_>>())
 }
 
 fn latency(p: &Problem, obj: &Objective) {
@@ -212,7 +193,7 @@ fn latency(p: &Problem, obj: &Objective) {
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(9);
     let mut history = Vec::new();
     while history.len() < 500 {
-        let q = random_point(&p.space, &mut rng);
+        let q = p.space.random_point(&mut rng);
         if let Some(q) = p.repair(q, &mut rng) {
             let (obs, _) = obj.eval(p, &q, history.len() as u64);
             history.push((q, obs));
@@ -266,21 +247,24 @@ fn main() {
     let obj = Objective::Compression(model.clone());
     println!("# Strategy benchmark ({seeds} seeds, sequential proposals)");
     let runs = all_runs(false, seeds, &constrained, &obj);
-    best_table(
+    table(
         "Compression model, vgg19_bn space (76 knobs), FLOPs <= 1/8 of the base: true accuracy of the best-looking trial (noise sd 0.002)",
         &runs,
+        best_true,
     );
     let ackley = ackley_problem();
     let runs = all_runs(false, seeds, &ackley, &Objective::Ackley);
-    best_table(
+    table(
         "Ackley, 46 dimensions x 21 levels: best -f (optimum 0)",
         &runs,
+        best_true,
     );
     let free = vgg19_problem(None);
     let runs = all_runs(true, seeds, &free, &obj);
-    hv_table(
+    table(
         "Pareto mode, compression model without a target: hypervolume of (true accuracy, FLOPs fraction) against (0, 1)",
         &runs,
+        run_hypervolume,
     );
     latency(&constrained, &obj);
 }

@@ -50,9 +50,10 @@ pub enum RankKind {
     Vbmf,
 }
 
+/// A per-layer range replacing a section's `min`/`max`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RankRange {
+pub struct LayerRange {
     pub min: Option<f64>,
     pub max: Option<f64>,
 }
@@ -70,18 +71,11 @@ pub struct RankSection {
     pub step: usize,
     /// Per-layer ranges replacing `min`/`max` (same kind).
     #[serde(default)]
-    pub layer: IndexMap<String, RankRange>,
+    pub layer: IndexMap<String, LayerRange>,
 }
 
 fn one() -> usize {
     1
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RatioRange {
-    pub min: Option<f64>,
-    pub max: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -97,7 +91,7 @@ pub struct RatioSection {
     #[serde(default = "default_ratio_step")]
     pub step: f64,
     #[serde(default)]
-    pub layer: IndexMap<String, RatioRange>,
+    pub layer: IndexMap<String, LayerRange>,
 }
 
 fn default_ratio_max() -> f64 {
@@ -392,6 +386,15 @@ fn rank_bounds(
 impl Space {
     pub fn dims(&self) -> usize {
         self.knobs.len()
+    }
+
+    /// A point with uniform levels.
+    pub fn random_point(&self, rng: &mut impl rand::Rng) -> Point {
+        use rand::RngExt;
+        self.knobs
+            .iter()
+            .map(|k| rng.random_range(0..k.levels))
+            .collect()
     }
 
     /// The layer config of a point, for `base`.

@@ -2,7 +2,7 @@
 //! an accuracy model shaped like compression, Ackley's function on a knob grid, and the
 //! 2-D hypervolume of an accuracy-vs-FLOPs front.
 
-use super::space::{KnobKind, Point, Space};
+use super::space::{KnobKind, Space};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -114,15 +114,6 @@ pub fn hypervolume(points: &[(f64, f64)]) -> f64 {
         hv += best_acc * (next - f);
     }
     hv
-}
-
-/// Encodes nothing new: a helper so benchmarks can make random points of a space.
-pub fn random_point(space: &Space, rng: &mut impl rand::Rng) -> Point {
-    space
-        .knobs
-        .iter()
-        .map(|k| rng.random_range(0..k.levels))
-        .collect()
 }
 
 #[cfg(test)]

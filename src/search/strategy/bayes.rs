@@ -106,12 +106,7 @@ impl Bayes {
 
     fn random_feasible(&mut self, problem: &Problem) -> Option<Point> {
         for _ in 0..50 {
-            let p: Point = problem
-                .space
-                .knobs
-                .iter()
-                .map(|k| self.rng.random_range(0..k.levels))
-                .collect();
+            let p: Point = problem.space.random_point(&mut self.rng);
             if let Some(p) = problem.repair(p, &mut self.rng)
                 && !self.seen.contains(&p)
             {

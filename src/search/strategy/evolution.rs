@@ -115,12 +115,7 @@ impl Evolution {
     }
 
     fn random_point(&mut self, problem: &Problem) -> Point {
-        problem
-            .space
-            .knobs
-            .iter()
-            .map(|k| self.rng.random_range(0..k.levels))
-            .collect()
+        problem.space.random_point(&mut self.rng)
     }
 
     /// A uniform point of the feasible set by rejection; repaired after 200 misses.

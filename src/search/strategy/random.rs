@@ -3,8 +3,8 @@
 use super::Strategy;
 use crate::search::problem::{Observation, Problem};
 use crate::search::space::Point;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 use std::collections::HashSet;
 
 /// Tries per proposal before giving up (the target is then out of reach of sampling).
@@ -29,12 +29,7 @@ impl Strategy for RandomSearch {
         let mut out = Vec::with_capacity(n);
         'points: for _ in 0..n {
             for _ in 0..MAX_TRIES {
-                let p: Point = problem
-                    .space
-                    .knobs
-                    .iter()
-                    .map(|k| self.rng.random_range(0..k.levels))
-                    .collect();
+                let p: Point = problem.space.random_point(&mut self.rng);
                 if !self.seen.contains(&p) && problem.feasible(&p) {
                     self.seen.insert(p.clone());
                     out.push(p);
