@@ -246,19 +246,27 @@ fn a_diverging_fine_tune_fails_the_trial_and_the_search_goes_on() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("no completed trial"));
 }
 
+/// Starts a search in the background, its stderr going to `search.log` beside the budget
+/// (a file, so a chatty child never blocks on a full pipe).
 fn spawn(budget: &Path) -> Child {
+    let log = std::fs::File::create(budget.with_file_name("search.log")).unwrap();
     bin()
         .args(["search", budget.to_str().unwrap()])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::from(log))
         .spawn()
         .unwrap()
 }
 
-/// Polls the store until `done` holds (the store may not exist yet at first).
-fn wait_for(s: &Study, what: &str, mut done: impl FnMut(&TrialStore) -> bool) {
+/// Polls the store until `done` holds (the store may not exist yet at first); fails
+/// with the child's stderr if it exits meanwhile.
+fn wait_for(s: &Study, child: &mut Child, what: &str, mut done: impl FnMut(&TrialStore) -> bool) {
     let t0 = Instant::now();
     loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let err = std::fs::read_to_string(s.path("search.log")).unwrap_or_default();
+            panic!("search exited ({status}) while waiting for {what}:\n{err}");
+        }
         if s.db().exists()
             && let Ok(store) = TrialStore::open(&s.db())
             && done(&store)
@@ -289,7 +297,7 @@ const ENDLESS_PROXY: &str = "steps = 1000000\nbatch_size = 16\neval_samples = 32
 fn sigkill_mid_trial_then_restart_loses_and_repeats_nothing() {
     let s = study(4, SLOW_PROXY, "[final]\ntop_k = 0");
     let mut child = spawn(&s.budget());
-    wait_for(&s, "a completed and a running trial", |st| {
+    wait_for(&s, &mut child, "a completed and a running trial", |st| {
         state_count(st, TrialState::Complete) >= 1 && state_count(st, TrialState::Running) == 1
     });
     child.kill().unwrap();
@@ -324,7 +332,7 @@ fn sigkill_mid_trial_then_restart_loses_and_repeats_nothing() {
 fn sigterm_interrupts_cleanly_and_trials_reads_never_lock() {
     let s = study(3, ENDLESS_PROXY, "[final]\ntop_k = 0");
     let mut child = spawn(&s.budget());
-    wait_for(&s, "a running trial", |st| {
+    wait_for(&s, &mut child, "a running trial", |st| {
         state_count(st, TrialState::Running) == 1
     });
     // Readers during the search: every call succeeds.

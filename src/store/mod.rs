@@ -184,15 +184,33 @@ impl TrialStore {
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
-        let mut store = Self { conn, path: name };
-        schema::migrate(&mut store.conn, &store.path)?;
-        Ok(store)
+        let mut store = Self {
+            conn,
+            path: name.clone(),
+        };
+        // Switching a new file to WAL and migrating it can meet another process doing
+        // the same; SQLite then answers "busy" without waiting, so retry for a while.
+        let started = std::time::Instant::now();
+        loop {
+            let attempt = store
+                .conn
+                .pragma_update(None, "journal_mode", "WAL")
+                .map_err(err)
+                .and_then(|_| schema::migrate(&mut store.conn, &store.path));
+            match attempt {
+                Err(StoreError::Sqlite { source, .. })
+                    if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                        && started.elapsed() < std::time::Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other.map(|_| store),
+            }
+        }
     }
 
     /// Schema version of the open file.

@@ -52,13 +52,24 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// Brings the file up to [`VERSION`], each migration in its own transaction.
+/// Brings the file up to [`VERSION`] in one immediate transaction: the version is read
+/// under the write lock, so processes opening a new file at the same time (a search and
+/// a `trials` reader) migrate it once, the others waiting on the busy timeout.
 pub fn migrate(conn: &mut Connection, path: &str) -> StoreResult<()> {
     let err = |source| StoreError::Sqlite {
         path: path.to_string(),
         source,
     };
     let found: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(err)?;
+    if found == VERSION {
+        return Ok(());
+    }
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(err)?;
+    let found: i64 = tx
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(err)?;
     if found > VERSION {
@@ -68,12 +79,10 @@ pub fn migrate(conn: &mut Connection, path: &str) -> StoreResult<()> {
             known: VERSION,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        let tx = conn.transaction().map_err(err)?;
+    for sql in MIGRATIONS.iter().skip(found as usize) {
         tx.execute_batch(sql).map_err(err)?;
-        tx.pragma_update(None, "user_version", i as i64 + 1)
-            .map_err(err)?;
-        tx.commit().map_err(err)?;
     }
-    Ok(())
+    tx.pragma_update(None, "user_version", VERSION)
+        .map_err(err)?;
+    tx.commit().map_err(err)
 }

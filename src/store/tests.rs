@@ -142,3 +142,22 @@ fn readers_see_the_writers_commits() {
     writer.enqueue(study, "1", COST).unwrap();
     assert_eq!(reader.trials(study).unwrap().len(), 1);
 }
+
+#[test]
+fn concurrent_first_opens_migrate_once() {
+    // A search and a reader opening a new file at the same instant both succeed.
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || TrialStore::open(&path).map(|s| s.schema_version()))
+            })
+            .collect();
+        for h in handles {
+            let v = h.join().unwrap().expect("open").expect("version");
+            assert_eq!(v, schema::VERSION);
+        }
+    }
+}
