@@ -374,3 +374,42 @@ fn train_then_eval_on_digits32() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("test_batch.bin"));
 }
+
+#[test]
+fn compress_prunes_already_decomposed_weights_like_base_weights() {
+    // Pruning the decomposed model's file gives the same bytes as decomposing and
+    // pruning the base model's file in one go (filters are chosen on the same weights).
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    std::fs::write(
+        p("ranks.json"),
+        r#"{"decomposition": {"method": "tucker2", "ranks": {"features.4": [3, 5]}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        p("both.json"),
+        r#"{"decomposition": {"method": "tucker2", "ranks": {"features.4": [3, 5]}},
+            "pruning": {"method": "l2_norm", "ratios": {"features.0": 0.5, "features.4_tucker_1": 0.4}}}"#,
+    )
+    .unwrap();
+    let arch = ["--arch", "cfg_bn:8,M,16,M", "--num-classes", "4"];
+    let base = p("base.safetensors");
+    let o = rankprune(&[&["init"][..], &arch, &["--out", &base, "--seed", "5"]].concat());
+    assert!(o.status.success());
+    let compress = |w: &str, c: &str, out: &str| {
+        let args = ["--weights", w, "--config", c, "--out", out];
+        let o = rankprune(&[&["compress"][..], &arch, &args].concat());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    compress(
+        &p("base.safetensors"),
+        &p("ranks.json"),
+        &p("dec.safetensors"),
+    );
+    compress(&p("dec.safetensors"), &p("both.json"), &p("a.safetensors"));
+    compress(&p("base.safetensors"), &p("both.json"), &p("b.safetensors"));
+    assert_eq!(
+        std::fs::read(p("a.safetensors")).unwrap(),
+        std::fs::read(p("b.safetensors")).unwrap()
+    );
+}

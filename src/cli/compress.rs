@@ -66,7 +66,8 @@ pub struct PruningArgs {
 /// `rankprune compress`
 #[derive(Args)]
 pub struct CompressArgs {
-    /// Weights of the base (uncompressed) model: .safetensors, .pt or .pth
+    /// Weights of the base model, or of the model decomposed at the config's ranks
+    /// (.safetensors, .pt or .pth)
     #[arg(long)]
     pub weights: PathBuf,
     /// Layer config JSON (reference format)
@@ -93,6 +94,16 @@ fn decomposed_weights(
     path: &std::path::Path,
     file: &str,
 ) -> Result<(Arch, Weights)> {
+    decomposed_weights_with_report(base, config, path, file).map(|(a, w, _)| (a, w))
+}
+
+/// [`decomposed_weights`] with the per-layer report when the decomposition ran here.
+fn decomposed_weights_with_report(
+    base: &Arch,
+    config: &LayerConfig,
+    path: &std::path::Path,
+    file: &str,
+) -> Result<(Arch, Weights, Vec<LayerDecomposition>)> {
     let ranks_only = LayerConfig {
         pruning: None,
         ..config.clone()
@@ -101,12 +112,9 @@ fn decomposed_weights(
     let raw = Weights::load(path)?;
     let name = path.display().to_string();
     match raw.clone().matched_to(&arch, &name) {
-        Ok(w) => Ok((arch, w)),
+        Ok(w) => Ok((arch, w, Vec::new())),
         Err(fit_err) => match raw.matched_to(base, &name) {
-            Ok(w) if arch != *base => {
-                let (arch, w, _) = decompose_with_progress(base, &w, &ranks_only, file)?;
-                Ok((arch, w))
-            }
+            Ok(w) if arch != *base => decompose_with_progress(base, &w, &ranks_only, file),
             _ => Err(fit_err.into()),
         },
     }
@@ -269,8 +277,10 @@ pub fn run_compress(base: &BaseArgs, args: CompressArgs) -> Result<()> {
     let layer_config = LayerConfig::load(&config)?;
     // Validate the whole config before any slow work.
     layer_config.apply(&base, &file)?;
-    let w = load_weights(&weights, &base)?;
-    let (arch, new_w, layers) = decompose_with_progress(&base, &w, &layer_config, &file)?;
+    // The weights may be the base model's or already decomposed at the config's ranks
+    // (e.g. a fine-tuned decomposed model about to be pruned).
+    let (arch, new_w, layers) =
+        decomposed_weights_with_report(&base, &layer_config, &weights, &file)?;
     let (arch, new_w) = prune_model(&base, &arch, &new_w, &layer_config, &file)?;
     new_w
         .save_safetensors(&out)

@@ -56,6 +56,9 @@ pub struct ExportArgs {
     /// Output layer config (JSON, reference format plus metrics and provenance)
     #[arg(long)]
     pub out: PathBuf,
+    /// Keep only the decomposition ranks (drop the pruning ratios and the metrics)
+    #[arg(long)]
+    pub decomposition_only: bool,
 }
 
 /// Runs the study; returns the process exit code.
@@ -240,7 +243,12 @@ pub fn run_export(args: ExportArgs) -> Result<()> {
             "exporting a trial that did not complete"
         );
     }
-    export_config(&store, &study, &trial, &name)?
+    let mut config = export_config(&store, &study, &trial, &name)?;
+    if args.decomposition_only {
+        config.pruning = None;
+        config.metrics = None;
+    }
+    config
         .save(&args.out)
         .map_err(|e| Error::Failure(format!("{}: cannot write: {e}", args.out.display())))?;
     println!(
