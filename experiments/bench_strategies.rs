@@ -8,7 +8,7 @@
 use rankprune::arch::ArchSpec;
 use rankprune::cost;
 use rankprune::search::budget::StrategyName;
-use rankprune::search::problem::{Observation, Problem, Target};
+use rankprune::search::problem::{Problem, Target};
 use rankprune::search::space::{Point, SpaceFile};
 use rankprune::search::strategy::make;
 use rankprune::search::synthetic::{CompressionModel, hypervolume, neg_ackley};
@@ -89,14 +89,9 @@ fn run(
         for q in props {
             assert!(p.feasible(&q));
             let (obs, truth) = obj.eval(p, &q, seed * 100_000 + out.len() as u64);
-            let c = p.cost(&q);
-            s.observe(&Observation {
-                point: q,
-                acc: Some(obs),
-                flops: c.flops,
-                params: c.params,
-            });
-            out.push((obs, truth, c.flops as f64 / p.base_cost.flops as f64));
+            let o = p.observation(q, Some(obs));
+            s.observe(&o);
+            out.push((obs, truth, o.flops as f64 / p.base_cost.flops as f64));
         }
     }
     out
@@ -202,13 +197,7 @@ fn latency(p: &Problem, obj: &Objective) {
     for name in STRATEGIES {
         let mut s = make(name, 0, false);
         for (q, v) in &history {
-            let c = p.cost(q);
-            s.observe(&Observation {
-                point: q.clone(),
-                acc: Some(*v),
-                flops: c.flops,
-                params: c.params,
-            });
+            s.observe(&p.observation(q.clone(), Some(*v)));
         }
         let mut times = Vec::new();
         for i in 0..40 {
@@ -217,13 +206,7 @@ fn latency(p: &Problem, obj: &Objective) {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
             for q in props {
                 let (obs, _) = obj.eval(p, &q, 10_000 + i);
-                let c = p.cost(&q);
-                s.observe(&Observation {
-                    point: q,
-                    acc: Some(obs),
-                    flops: c.flops,
-                    params: c.params,
-                });
+                s.observe(&p.observation(q, Some(obs)));
             }
         }
         let (m, _) = mean_sd(&times);

@@ -4,7 +4,7 @@
 use rankprune::arch::ArchSpec;
 use rankprune::cost;
 use rankprune::search::budget::StrategyName;
-use rankprune::search::problem::{Observation, Problem, Target};
+use rankprune::search::problem::{Problem, Target};
 use rankprune::search::space::{Point, SpaceFile};
 use rankprune::search::strategy::make;
 use rankprune::search::synthetic::CompressionModel;
@@ -48,13 +48,7 @@ fn run(
         );
         for q in props {
             let acc = model.sample(&p.space, &q, all.len() as u64);
-            let c = p.cost(&q);
-            s.observe(&Observation {
-                point: q.clone(),
-                acc: Some(acc),
-                flops: c.flops,
-                params: c.params,
-            });
+            s.observe(&p.observation(q.clone(), Some(acc)));
             all.push(q);
         }
     }

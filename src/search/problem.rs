@@ -67,6 +67,17 @@ impl Problem {
         cost::count(&arch)
     }
 
+    /// An observation of `point` with its exact cost.
+    pub fn observation(&self, point: Point, acc: Option<f64>) -> Observation {
+        let c = self.cost(&point);
+        Observation {
+            point,
+            acc,
+            flops: c.flops,
+            params: c.params,
+        }
+    }
+
     /// Whether any cost bound applies.
     pub fn has_target(&self) -> bool {
         self.target != Target::default()
