@@ -87,18 +87,8 @@ pub fn load_weights(path: &std::path::Path, arch: &Arch) -> Result<Weights> {
 }
 
 /// Weights for the model `config` decomposes from `base`: given as such, or given for
-/// `base` and decomposed here.
+/// `base` and decomposed here (then with the per-layer report).
 fn decomposed_weights(
-    base: &Arch,
-    config: &LayerConfig,
-    path: &std::path::Path,
-    file: &str,
-) -> Result<(Arch, Weights)> {
-    decomposed_weights_with_report(base, config, path, file).map(|(a, w, _)| (a, w))
-}
-
-/// [`decomposed_weights`] with the per-layer report when the decomposition ran here.
-fn decomposed_weights_with_report(
     base: &Arch,
     config: &LayerConfig,
     path: &std::path::Path,
@@ -223,7 +213,7 @@ pub fn run_recommend_pruning(base: &BaseArgs, args: PruningArgs) -> Result<()> {
         None => (LayerConfig::for_arch(&base), "<no config>".to_string()),
     };
     layer_config.pruning = None;
-    let (decomposed, w) = decomposed_weights(&base, &layer_config, &weights, &file)?;
+    let (decomposed, w, _) = decomposed_weights(&base, &layer_config, &weights, &file)?;
     let target = match (ratio, flops_reduction, params_reduction) {
         (Some(r), _, _) => PruneTarget::Ratio(r),
         (_, Some(x), _) => PruneTarget::FlopsReduction(x),
@@ -279,8 +269,7 @@ pub fn run_compress(base: &BaseArgs, args: CompressArgs) -> Result<()> {
     layer_config.apply(&base, &file)?;
     // The weights may be the base model's or already decomposed at the config's ranks
     // (e.g. a fine-tuned decomposed model about to be pruned).
-    let (arch, new_w, layers) =
-        decomposed_weights_with_report(&base, &layer_config, &weights, &file)?;
+    let (arch, new_w, layers) = decomposed_weights(&base, &layer_config, &weights, &file)?;
     let (arch, new_w) = prune_model(&base, &arch, &new_w, &layer_config, &file)?;
     new_w
         .save_safetensors(&out)

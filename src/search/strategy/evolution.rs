@@ -114,18 +114,14 @@ impl Evolution {
         }
     }
 
-    fn random_point(&mut self, problem: &Problem) -> Point {
-        problem.space.random_point(&mut self.rng)
-    }
-
     /// A uniform point of the feasible set by rejection; repaired after 200 misses.
     fn random_feasible(&mut self, problem: &Problem) -> Option<Point> {
-        let mut p = self.random_point(problem);
+        let mut p = problem.space.random_point(&mut self.rng);
         for _ in 0..200 {
             if !self.seen.contains(&p) && problem.feasible(&p) {
                 return Some(p);
             }
-            p = self.random_point(problem);
+            p = problem.space.random_point(&mut self.rng);
         }
         problem.repair(p, &mut self.rng)
     }
