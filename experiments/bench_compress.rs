@@ -37,7 +37,7 @@ fn main() {
     config.pruning = None;
     let t = Instant::now();
     let (decomposed, dw, layers) =
-        decompose_model(&arch, &weights, &config, "ref", |_| {}).unwrap();
+        decompose_model(&arch, &weights, &config, "ref", None, |_| {}).unwrap();
     let sweeps: usize = layers.iter().map(|l| l.hooi_iterations).sum();
     println!(
         "| Tucker-2 HOSVD+HOOI at the reference ranks ({sweeps} HOOI sweeps) | {} | {:.3} |",
@@ -55,7 +55,7 @@ fn main() {
 
     let full = rankprune::config::LayerConfig::from_json(&reference, "ref").unwrap();
     let t = Instant::now();
-    let (_, _, _) = decompose_model(&arch, &weights, &full, "ref", |_| {}).unwrap();
+    let (_, _, _) = decompose_model(&arch, &weights, &full, "ref", None, |_| {}).unwrap();
     let (pruned, _) = prune_model(&arch, &decomposed, &dw, &full, "ref").unwrap();
     println!(
         "| full reference config (Tucker-2 then pruning) to {:.2}M params | {} | {:.3} |",
@@ -73,7 +73,8 @@ fn main() {
 
     let ranks_at_vbmf = ranks_config(&arch, &recs);
     let t = Instant::now();
-    let (_, _, layers) = decompose_model(&arch, &weights, &ranks_at_vbmf, "vbmf", |_| {}).unwrap();
+    let (_, _, layers) =
+        decompose_model(&arch, &weights, &ranks_at_vbmf, "vbmf", None, |_| {}).unwrap();
     println!(
         "| Tucker-2 HOSVD+HOOI at the VBMF ranks | {} | {:.3} |",
         layers.len(),

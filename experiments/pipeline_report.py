@@ -26,7 +26,7 @@ ROW_STEPS = {
     "FD": ["vbmf ranks", "decompose", "fine-tune FD"],
     "FD + pruning": ["slamp ratios", "prune", "fine-tune FD+pruning"],
     "search FD": ["search", "export", "compress search FD", "fine-tune search FD"],
-    "search FD + pruning": ["compress search FD+pruning", "fine-tune search FD+pruning"],
+    "search FD + pruning": ["prune search FD+pruning", "fine-tune search FD+pruning"],
 }
 
 rows = []

@@ -162,10 +162,11 @@ fn search_end_to_end_then_export_then_compress() {
             t.number
         );
     }
-    // The best trial was re-trained and scored on the test set.
+    // The best trial was re-trained, chosen by validation and scored on the test set.
     let best = out["best"]["id"].as_i64().unwrap();
     let f = store.final_result(best).unwrap().expect("final result");
     assert!((0.0..=1.0).contains(&f.top1) && f.epochs == 1);
+    assert!(f.val_top1.is_some_and(|v| (0.0..=1.0).contains(&v)));
     assert!(Path::new(f.weights_path.as_deref().unwrap()).exists());
 
     let db = s.db();

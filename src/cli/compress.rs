@@ -119,7 +119,7 @@ fn decompose_with_progress(
 ) -> Result<(Arch, Weights, Vec<LayerDecomposition>)> {
     let n = config.decomposition.as_ref().map_or(0, |d| d.ranks.len());
     let bar = layer_bar(n, "Tucker-2");
-    let out = decompose_model(base, weights, config, file, |name| {
+    let out = decompose_model(base, weights, config, file, None, |name| {
         bar.set_message(name.to_string());
         bar.inc(1);
     })?;

@@ -47,7 +47,7 @@ pub struct ExportArgs {
     pub db: PathBuf,
     #[arg(long)]
     pub study: Option<String>,
-    /// The best trial (final test accuracy if re-trained, else proxy accuracy)
+    /// The best trial (validation accuracy after the final re-training if any, else proxy accuracy)
     #[arg(long)]
     pub best: bool,
     /// Trial number (as listed by `trials`)
@@ -86,8 +86,11 @@ pub fn run(args: SearchArgs) -> Result<i32> {
         match &o.best {
             Some(t) => {
                 let fin = o.best_final.as_ref().map_or(String::new(), |f| {
+                    let val = f
+                        .val_top1
+                        .map_or(String::new(), |v| format!("validation {:.2}%, ", 100.0 * v));
                     format!(
-                        ", test top-1 {:.2}% after {} epochs",
+                        ", {val}test top-1 {:.2}% after {} epochs",
                         100.0 * f.top1,
                         f.epochs
                     )
@@ -183,7 +186,7 @@ fn trials_table(
     let _ = writeln!(
         s,
         "{:>5}  {:<11}  {:>8}  {:>9}  {:>7}  {:>8}  {:>7}  {:>7}  {:>9}",
-        "trial", "state", "proxy %", "MFLOPs", "FLOPs÷", "params M", "worker", "secs", "final %"
+        "trial", "state", "proxy %", "MFLOPs", "FLOPs÷", "params M", "worker", "secs", "test %"
     );
     for (t, f) in trials.iter().zip(finals) {
         let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}", 100.0 * v));

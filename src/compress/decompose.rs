@@ -7,6 +7,8 @@ use crate::arch::{Arch, ConvBody, Unit};
 use crate::config::{DECOMPOSITION_METHOD, Decomposition, LayerConfig};
 use crate::weights::{TensorF32, Weights};
 use crate::{Error, Result};
+use indexmap::IndexMap;
+use std::sync::{Arc, Mutex};
 
 /// Ranks for one conv: `[in_rank, out_rank]` as in configs.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -94,13 +96,108 @@ pub struct LayerDecomposition {
     pub hooi_iterations: usize,
 }
 
+/// One conv's Tucker-2 replacement: the three conv weights and how well they fit.
+#[derive(Debug)]
+struct Factors {
+    convs: [TensorF32; 3],
+    rel_error: f64,
+    iterations: usize,
+}
+
+impl Factors {
+    fn bytes(&self) -> usize {
+        self.convs.iter().map(|t| 4 * t.data.len()).sum()
+    }
+}
+
+/// Tucker-2 results of one set of base weights, keyed by (layer, in_rank, out_rank), so
+/// that search trials sharing a layer's ranks decompose it once. Holds at most
+/// `max_bytes` of factors; the oldest entries go first. Shared between threads.
+pub struct TuckerCache {
+    max_bytes: usize,
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    entries: IndexMap<(String, usize, usize), Arc<Factors>>,
+    bytes: usize,
+    hits: u64,
+    misses: u64,
+}
+
+impl TuckerCache {
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            inner: Mutex::default(),
+        }
+    }
+
+    /// (hits, misses) so far.
+    pub fn stats(&self) -> (u64, u64) {
+        let g = self.inner.lock().expect("cache lock");
+        (g.hits, g.misses)
+    }
+
+    fn get(&self, key: &(String, usize, usize)) -> Option<Arc<Factors>> {
+        let mut g = self.inner.lock().expect("cache lock");
+        let hit = g.entries.get(key).cloned();
+        if hit.is_some() {
+            g.hits += 1;
+        } else {
+            g.misses += 1;
+        }
+        hit
+    }
+
+    fn put(&self, key: (String, usize, usize), f: Arc<Factors>) {
+        let size = f.bytes();
+        if size > self.max_bytes {
+            return;
+        }
+        let mut g = self.inner.lock().expect("cache lock");
+        if g.entries.contains_key(&key) {
+            return;
+        }
+        while g.bytes + size > self.max_bytes {
+            let Some((_, old)) = g.entries.shift_remove_index(0) else {
+                break;
+            };
+            g.bytes -= old.bytes();
+        }
+        g.bytes += size;
+        g.entries.insert(key, f);
+    }
+}
+
+fn factors(w: &TensorF32, name: &str, in_rank: usize, out_rank: usize) -> Result<Factors> {
+    let shape: [usize; 4] = w.shape.as_slice().try_into().map_err(|_| {
+        Error::BadInput(format!(
+            "{name}.weight has shape {:?}, expected 4 dimensions",
+            w.shape
+        ))
+    })?;
+    let tk = tucker2(&w.data, shape, in_rank, out_rank, HOOI_MAX_ITERS);
+    Ok(Factors {
+        convs: tk
+            .conv_weights()
+            .map(|(shape, data)| TensorF32::new(shape, data)),
+        rel_error: tk.rel_error,
+        iterations: tk.iterations,
+    })
+}
+
 /// Decomposes the convs named in `config.decomposition` (pruning is not applied here).
-/// Returns the decomposed architecture and its weights, in architecture order.
+/// Returns the decomposed architecture and its weights, in architecture order. With a
+/// `cache` (which must belong to these `weights`), layers already decomposed at the same
+/// ranks are taken from it, and new ones are added.
 pub fn decompose_model(
     base: &Arch,
     weights: &Weights,
     config: &LayerConfig,
     file: &str,
+    cache: Option<&TuckerCache>,
     mut on_layer: impl FnMut(&str),
 ) -> Result<(Arch, Weights, Vec<LayerDecomposition>)> {
     let ranks_only = LayerConfig {
@@ -116,20 +213,22 @@ pub fn decompose_model(
     for (name, &[in_rank, out_rank]) in &dec.ranks {
         on_layer(name);
         let w = conv_weight(weights, name)?;
-        let shape: [usize; 4] = w.shape.as_slice().try_into().map_err(|_| {
-            Error::BadInput(format!(
-                "{name}.weight has shape {:?}, expected 4 dimensions",
-                w.shape
-            ))
-        })?;
-        let tk = tucker2(&w.data, shape, in_rank, out_rank, HOOI_MAX_ITERS);
+        let key = (name.clone(), in_rank, out_rank);
+        let f = match cache.and_then(|c| c.get(&key)) {
+            Some(f) => f,
+            None => {
+                let f = Arc::new(factors(w, name, in_rank, out_rank)?);
+                if let Some(c) = cache {
+                    c.put(key, f.clone());
+                }
+                f
+            }
+        };
         out.tensors.shift_remove(&format!("{name}.weight"));
         let bias = out.tensors.shift_remove(&format!("{name}.bias"));
-        for (i, (shape, data)) in tk.conv_weights().into_iter().enumerate() {
-            out.tensors.insert(
-                format!("{name}_tucker_{i}.weight"),
-                TensorF32::new(shape, data),
-            );
+        for (i, t) in f.convs.iter().enumerate() {
+            out.tensors
+                .insert(format!("{name}_tucker_{i}.weight"), t.clone());
         }
         if let Some(b) = bias {
             out.tensors.insert(format!("{name}_tucker_2.bias"), b);
@@ -137,8 +236,8 @@ pub fn decompose_model(
         report.push(LayerDecomposition {
             layer: name.clone(),
             ranks: [in_rank, out_rank],
-            rel_error: tk.rel_error,
-            hooi_iterations: tk.iterations,
+            rel_error: f.rel_error,
+            hooi_iterations: f.iterations,
         });
     }
     debug_assert!(arch.units.iter().any(|u| matches!(u, Unit::Linear(_))));

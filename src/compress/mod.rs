@@ -18,14 +18,15 @@ use crate::config::LayerConfig;
 use crate::weights::Weights;
 
 /// The compressed model a config describes: Tucker-2 at its ranks, then L2-norm pruning
-/// at its ratios, applied to `weights` of the undecomposed `base`.
+/// at its ratios, applied to `weights` of the undecomposed `base` (Tucker factors come
+/// from `cache` when it has them; see [`decompose::decompose_model`]).
 pub fn compress_model(
     base: &Arch,
     weights: &Weights,
     config: &LayerConfig,
     file: &str,
-    on_layer: impl FnMut(&str),
+    cache: Option<&decompose::TuckerCache>,
 ) -> Result<(Arch, Weights)> {
-    let (arch, w, _) = decompose::decompose_model(base, weights, config, file, on_layer)?;
+    let (arch, w, _) = decompose::decompose_model(base, weights, config, file, cache, |_| {})?;
     prune::prune_model(base, &arch, &w, config, file)
 }

@@ -13,6 +13,7 @@ use super::strategy::{self, Strategy};
 use super::trial::{TrialContext, TrialEnd, Verdict, run_trial};
 use crate::arch::{Arch, ArchSpec};
 use crate::compress::compress_model;
+use crate::compress::decompose::TuckerCache;
 use crate::compress::decompose::recommend_ranks;
 use crate::config::LayerConfig;
 use crate::cost;
@@ -32,6 +33,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
+
+/// Memory for Tucker factors shared by the trials (see [`TuckerCache`]).
+const TUCKER_CACHE_BYTES: usize = 1 << 30;
 
 /// Why the search loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -458,6 +462,7 @@ async fn search(budget: Budget, budget_text: String, progress: bool) -> Result<S
         val: val_set.clone(),
         proxy: budget.proxy.clone(),
         seed: budget.search.seed,
+        cache: Arc::new(TuckerCache::new(TUCKER_CACHE_BYTES)),
     };
     let pb = bar(
         budget.limits.max_trials as u64,
@@ -622,6 +627,8 @@ async fn search(budget: Budget, budget_text: String, progress: bool) -> Result<S
     }
     pb.finish_and_clear();
     let stopped = stopping.unwrap_or(StopReason::Budget);
+    let (hits, misses) = ctx.cache.stats();
+    tracing::info!(hits, misses, "Tucker factors reused across trials");
 
     if stopped != StopReason::Signal && budget.final_stage.top_k > 0 {
         final_stage(&mut ctl, &ctx, &budget, &mut signals, progress).await?;
@@ -663,7 +670,8 @@ async fn search(budget: Budget, budget_text: String, progress: bool) -> Result<S
 }
 
 /// Re-trains the top-k completed trials (by proxy accuracy, meeting the target) with
-/// the full recipe and scores them on the test set. Trials already re-trained are
+/// the full recipe; records their best validation accuracy (which picks the winner) and
+/// the test accuracy of those weights (reported only). Trials already re-trained are
 /// skipped; an interrupted re-training resumes from its checkpoint.
 async fn final_stage(
     ctl: &mut Controller,
@@ -720,7 +728,13 @@ async fn final_stage(
         let (config, out2, seed) = (t.config.clone(), out.clone(), budget.search.seed);
         let (res, signalled) = blocking(signals, &ctl.stop, move || -> Result<FinalResult> {
             let config = LayerConfig::from_json(&config, "<stored trial>")?;
-            let (arch, w) = compress_model(&ctx2.base, &ctx2.weights, &config, "<trial>", |_| {})?;
+            let (arch, w) = compress_model(
+                &ctx2.base,
+                &ctx2.weights,
+                &config,
+                "<trial>",
+                Some(&ctx2.cache),
+            )?;
             let resume = ckpt.join(crate::train::checkpoint::STATE_FILE).exists();
             let cfg = TrainConfig {
                 epochs,
@@ -753,6 +767,7 @@ async fn final_stage(
             let m = Vgg::from_weights(&arch, o.best_weights, "<final>", &device)?;
             let e = evaluate(&m, &test2, 256, None, &device)?;
             Ok(FinalResult {
+                val_top1: o.best_val.map(|v| v.top1),
                 top1: e.top1,
                 top5: e.top5,
                 loss: e.loss,

@@ -47,19 +47,20 @@ pub fn study_base(study: &StudyRow) -> Option<(Cost, Target)> {
     Some((c, target))
 }
 
-/// The best trial: highest final test accuracy among re-trained trials if any, else the
-/// highest proxy accuracy among completed trials that meet the target.
+/// The best trial: highest validation accuracy after the final re-training among
+/// re-trained trials if any, else the highest proxy accuracy among completed trials that
+/// meet the target.
 pub fn best_trial(
     store: &TrialStore,
     study: &StudyRow,
 ) -> Result<Option<(Trial, Option<FinalResult>)>> {
     let target = study_base(study).map(|(_, t)| t).unwrap_or_default();
     let mut best: Option<(Trial, Option<FinalResult>)> = None;
-    let key = |t: &Trial, f: &Option<FinalResult>| {
-        (
-            f.is_some(),
-            f.as_ref().map_or(t.proxy_acc.unwrap_or(0.0), |f| f.top1),
-        )
+    // Re-trained trials first, by validation accuracy; then the rest by proxy accuracy.
+    // The test accuracy never chooses.
+    let key = |t: &Trial, f: &Option<FinalResult>| match f.as_ref().and_then(|f| f.val_top1) {
+        Some(v) => (true, v),
+        None => (false, t.proxy_acc.unwrap_or(0.0)),
     };
     for t in store.trials(study.id)? {
         if t.state != TrialState::Complete || !target.admits(t.cost.flops, t.cost.params) {
@@ -103,6 +104,7 @@ pub fn export_config(
         "state": trial.state,
         "proxy_acc": trial.proxy_acc,
         "proxy_loss": trial.proxy_loss,
+        "final_val_top1": f.as_ref().and_then(|f| f.val_top1),
         "final_top1": f.as_ref().map(|f| f.top1),
         "final_top5": f.as_ref().map(|f| f.top5),
         "final_epochs": f.as_ref().map(|f| f.epochs),
@@ -122,4 +124,48 @@ pub fn export_config(
         "rankprune": env!("CARGO_PKG_VERSION"),
     }));
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::CandidateCost;
+
+    #[test]
+    fn the_winner_is_chosen_by_validation_never_by_test_accuracy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = TrialStore::open(&dir.path().join("s.sqlite")).unwrap();
+        // Not a budget: no target, every trial is admitted.
+        let study = store.study("s", "free text").unwrap();
+        let cost = CandidateCost {
+            flops: 1,
+            params: 1,
+            size_bytes: 4,
+        };
+        let mut ids = Vec::new();
+        for (i, proxy) in [0.9, 0.5, 0.7].into_iter().enumerate() {
+            store
+                .enqueue(study, &format!("{{\"n\":{i}}}"), cost)
+                .unwrap();
+            let t = store.claim(study, "cpu0").unwrap().unwrap();
+            store.complete(t.id, proxy, 0.1).unwrap();
+            ids.push(t.id);
+        }
+        let row = pick_study(&store, "s.sqlite", Some("s")).unwrap();
+        // Without re-training: the best proxy.
+        assert_eq!(best_trial(&store, &row).unwrap().unwrap().0.id, ids[0]);
+        let result = |val: f64, test: f64| FinalResult {
+            val_top1: Some(val),
+            top1: test,
+            top5: 1.0,
+            loss: 0.1,
+            epochs: 3,
+            weights_path: None,
+        };
+        store.record_final(ids[1], &result(0.80, 0.99)).unwrap();
+        store.record_final(ids[2], &result(0.85, 0.60)).unwrap();
+        let (t, f) = best_trial(&store, &row).unwrap().unwrap();
+        assert_eq!(t.id, ids[2]);
+        assert_eq!(f, Some(result(0.85, 0.60)));
+    }
 }

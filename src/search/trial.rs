@@ -4,6 +4,7 @@
 use super::budget::Proxy;
 use crate::arch::Arch;
 use crate::compress::compress_model;
+use crate::compress::decompose::TuckerCache;
 use crate::config::LayerConfig;
 use crate::data::ImageSet;
 use crate::model::Vgg;
@@ -22,6 +23,8 @@ pub struct TrialContext {
     pub val: Arc<ImageSet>,
     pub proxy: Proxy,
     pub seed: u64,
+    /// Tucker factors of `weights`, shared by the trials.
+    pub cache: Arc<TuckerCache>,
 }
 
 /// How a trial ended.
@@ -56,10 +59,11 @@ pub fn run_trial(
     stop: &AtomicBool,
     mut on_eval: impl FnMut(usize, f64) -> Verdict,
 ) -> TrialEnd {
-    let (arch, weights) = match compress_model(&ctx.base, &ctx.weights, config, "<trial>", |_| {}) {
-        Ok(x) => x,
-        Err(e) => return TrialEnd::Failed(format!("building the candidate: {e}")),
-    };
+    let (arch, weights) =
+        match compress_model(&ctx.base, &ctx.weights, config, "<trial>", Some(&ctx.cache)) {
+            Ok(x) => x,
+            Err(e) => return TrialEnd::Failed(format!("building the candidate: {e}")),
+        };
     if stop.load(Ordering::Relaxed) {
         return TrialEnd::Interrupted;
     }

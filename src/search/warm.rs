@@ -56,8 +56,14 @@ pub fn warm_start(
             cfg.pruning = None;
             cfg
         };
-        let (arch, w, _) =
-            decompose_model(&problem.base, weights, &ranks_only, "<warm start>", |_| {})?;
+        let (arch, w, _) = decompose_model(
+            &problem.base,
+            weights,
+            &ranks_only,
+            "<warm start>",
+            None,
+            |_| {},
+        )?;
         let targets: Vec<PruneTarget> = match problem.target.max_flops {
             Some(m) => {
                 let flops = cost::count(&arch).flops as f64;

@@ -121,6 +121,9 @@ pub struct StudyRow {
 /// A trial re-trained with the full recipe and scored on the test set.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FinalResult {
+    /// Best validation top-1 of the re-training (absent in stores from schema v1).
+    pub val_top1: Option<f64>,
+    /// Test-set scores of the best-by-validation weights.
     pub top1: f64,
     pub top5: f64,
     pub loss: f64,
@@ -488,8 +491,8 @@ impl TrialStore {
         self.conn
             .execute(
                 "INSERT OR REPLACE INTO final_results \
-                 (trial_id, top1, top5, loss, epochs, weights_path, finished_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 (trial_id, top1, top5, loss, epochs, weights_path, finished_at, val_top1) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     trial,
                     result.top1,
@@ -497,7 +500,8 @@ impl TrialStore {
                     result.loss,
                     result.epochs as i64,
                     result.weights_path,
-                    now()
+                    now(),
+                    result.val_top1
                 ],
             )
             .map_err(&err)?;
@@ -510,7 +514,8 @@ impl TrialStore {
         let err = sql_err(&path);
         self.conn
             .query_row(
-                "SELECT top1, top5, loss, epochs, weights_path FROM final_results WHERE trial_id = ?1",
+                "SELECT top1, top5, loss, epochs, weights_path, val_top1 FROM final_results \
+                 WHERE trial_id = ?1",
                 [trial],
                 |r| {
                     Ok(FinalResult {
@@ -519,6 +524,7 @@ impl TrialStore {
                         loss: r.get(2)?,
                         epochs: r.get::<_, i64>(3)? as usize,
                         weights_path: r.get(4)?,
+                        val_top1: r.get(5)?,
                     })
                 },
             )

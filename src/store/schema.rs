@@ -4,7 +4,7 @@ use super::{StoreError, StoreResult};
 use rusqlite::Connection;
 
 /// Migrations in order; migration i takes the schema from version i to i + 1.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // v1: studies, trials, per-step reports, final re-training results.
     "CREATE TABLE studies (
         id INTEGER PRIMARY KEY,
@@ -47,6 +47,9 @@ const MIGRATIONS: &[&str] = &[
         weights_path TEXT,
         finished_at REAL NOT NULL
     );",
+    // v2: the validation accuracy of a final re-training, which chooses the winner (the
+    // test accuracy is reported, never used to choose).
+    "ALTER TABLE final_results ADD COLUMN val_top1 REAL;",
 ];
 
 /// The schema version this build writes.

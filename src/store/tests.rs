@@ -161,3 +161,31 @@ fn concurrent_first_opens_migrate_once() {
         }
     }
 }
+
+#[test]
+fn a_v1_store_gains_the_validation_column_and_keeps_its_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("study.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO studies VALUES (1, 's', 'b', 0);
+             INSERT INTO trials (id, study_id, number, state, config, flops, params,
+                 size_bytes, queued_at) VALUES (1, 1, 0, 'complete', '{}', 1, 2, 3, 0);
+             INSERT INTO final_results VALUES (1, 0.5, 0.9, 1.2, 4, NULL, 0);",
+        )
+        .unwrap();
+    }
+    let mut store = TrialStore::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), schema::VERSION);
+    let f = store.final_result(1).unwrap().unwrap();
+    assert_eq!((f.val_top1, f.top1, f.epochs), (None, 0.5, 4));
+    let newer = FinalResult {
+        val_top1: Some(0.7),
+        ..f
+    };
+    store.record_final(1, &newer).unwrap();
+    assert_eq!(store.final_result(1).unwrap(), Some(newer));
+}
