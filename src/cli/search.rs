@@ -254,8 +254,14 @@ pub fn run_export(args: ExportArgs) -> Result<()> {
     config
         .save(&args.out)
         .map_err(|e| Error::Failure(format!("{}: cannot write: {e}", args.out.display())))?;
+    let retrained = store
+        .final_result(trial.id)?
+        .and_then(|f| f.val_top1)
+        .map_or(String::new(), |v| {
+            format!(", validation {:.2}% after re-training", 100.0 * v)
+        });
     println!(
-        "wrote {} (study {}, trial {}, proxy accuracy {})",
+        "wrote {} (study {}, trial {}, proxy accuracy {}{retrained})",
         args.out.display(),
         study.name,
         trial.number,
