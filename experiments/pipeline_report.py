@@ -151,8 +151,8 @@ if front:
 # Trials of the final stage: validation accuracy after the full re-training.
 retrained = [
     (t["cost"]["flops"] / 1e6, t["final"]["val_top1"])
-    for t in trials
-    if t.get("final") and t["final"].get("val_top1") is not None
+    for t in finals
+    if t["final"].get("val_top1") is not None
 ]
 for f, a in retrained:
     x, y = sx(f), sy(a)
