@@ -2,9 +2,7 @@
 //! vgg19_bn space, encoding round-trips, and random search only proposes feasible, new
 //! points, reproducibly.
 
-mod common;
-
-use common::{reference_config, repo_path, vgg19_bn};
+use crate::common::{reference_config, repo_path, vgg19_bn};
 use rankprune::arch::ArchSpec;
 use rankprune::compress::decompose::RankRecommendation;
 use rankprune::cost;

@@ -1,12 +1,10 @@
 //! Filter pruning against masking: the physically smaller model computes exactly what
 //! the original computes with the removed filters' outputs forced to zero.
 
-mod common;
+use crate::common::{assert_counter_matches_model, random_weights};
 
-use common::{assert_counter_matches_model, random_weights};
-
+use crate::common::{reference_config, vgg19_bn};
 use burn::tensor::{Device, Distribution, Tensor};
-use common::{reference_config, vgg19_bn};
 use rankprune::arch::{Arch, ArchSpec};
 use rankprune::compress::prune::{filter_norms, kept_indices, prune_model};
 use rankprune::compress::slamp::{PruneTarget, recommend_ratios};

@@ -1,5 +1,4 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code)]
 
 use rankprune::arch::{Arch, ArchSpec};
 use rankprune::config::LayerConfig;

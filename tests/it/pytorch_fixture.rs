@@ -1,10 +1,8 @@
 //! Weights saved by PyTorch give PyTorch's logits (fixture made by
 //! tests/fixtures/make_torch_fixture.py).
 
-mod common;
-
+use crate::common::repo_path;
 use burn::tensor::{Device, Tensor, TensorData};
-use common::repo_path;
 use rankprune::arch::ArchSpec;
 use rankprune::config::LayerConfig;
 use rankprune::model::Vgg;

@@ -1,9 +1,7 @@
 //! Reference counts, and every architecture form built as a burn model.
 
-mod common;
-
+use crate::common::{assert_counter_matches_model, reference_config, vgg19_bn};
 use burn::tensor::{Device, Tensor};
-use common::{assert_counter_matches_model, reference_config, vgg19_bn};
 use rankprune::cost;
 use rankprune::model::Vgg;
 use rankprune::weights::Weights;

@@ -1,9 +1,7 @@
 //! Every way a layer config can be wrong gives an error naming the file, the key and
 //! what is allowed; none panics.
 
-mod common;
-
-use common::vgg19_bn;
+use crate::common::vgg19_bn;
 use rankprune::config::LayerConfig;
 
 /// Parses and applies `json` to vgg19_bn/100; returns the error text.
@@ -182,7 +180,7 @@ fn missing_file_is_named() {
 
 #[test]
 fn reference_config_round_trips_equal() {
-    let path = common::repo_path("experiments/reference-search-config.json");
+    let path = crate::common::repo_path("experiments/reference-search-config.json");
     let text = std::fs::read_to_string(&path).unwrap();
     let config = LayerConfig::from_json(&text, "ref").unwrap();
     let again = LayerConfig::from_json(&config.to_json(), "again").unwrap();

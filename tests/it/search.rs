@@ -3,9 +3,7 @@
 //! fine-tune recorded as failed; SIGKILL mid-trial then restart loses and repeats
 //! nothing; SIGTERM marks running trials interrupted; `trials` never hits a lock error.
 
-mod common;
-
-use common::{stripes, write_cifar100};
+use crate::common::{stripes, write_cifar100};
 use rankprune::store::{TrialState, TrialStore};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

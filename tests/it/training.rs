@@ -1,10 +1,8 @@
 //! Training end to end on synthetic data whose label is learnable, exact resume, and
 //! the typed failure on a diverging loss.
 
-mod common;
-
+use crate::common::stripes;
 use burn::tensor::Device;
-use common::stripes;
 use rankprune::arch::ArchSpec;
 use rankprune::train::{Control, TrainConfig, evaluate, train};
 use rankprune::weights::Weights;

@@ -2,9 +2,7 @@
 //! decomposed network computes the same function; at any ranks its weights fit the
 //! architecture the config describes and the cost counter's parameter count.
 
-mod common;
-
-use common::{assert_counter_matches_model, random_weights};
+use crate::common::{assert_counter_matches_model, random_weights};
 
 use burn::tensor::{Device, Distribution, Tensor};
 use rankprune::arch::ArchSpec;

@@ -1,9 +1,7 @@
 //! Bad budget and search-space files: each gives an error naming the file and the key
 //! (and the line for syntax and type errors), never a panic; `search` exits with 2.
 
-mod common;
-
-use common::vgg19_bn;
+use crate::common::vgg19_bn;
 use rankprune::search::budget::Budget;
 use rankprune::search::space::SpaceFile;
 
@@ -205,7 +203,7 @@ fn search_rejects_bad_input_with_exit_code_2() {
     // Missing base weights without train_epochs.
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    common::write_cifar100(&common::stripes(20, 4, 1), &data.join("train.bin"));
+    crate::common::write_cifar100(&crate::common::stripes(20, 4, 1), &data.join("train.bin"));
     std::fs::write(dir.path().join("space.toml"), SPACE).unwrap();
     let o = run(&BUDGET.replace("[data]\n", "[data]\nval_split = 4\n"));
     assert_eq!(o.status.code(), Some(2));

@@ -1,8 +1,6 @@
 //! The `rankprune` binary end to end: metrics, init, check, exit codes.
 
-mod common;
-
-use common::repo_path;
+use crate::common::repo_path;
 use std::process::{Command, Output};
 
 fn rankprune(args: &[&str]) -> Output {

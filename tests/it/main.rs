@@ -1,0 +1,15 @@
+//! Integration tests, linked into one binary: each test file used to be its own binary
+//! of about 550 MB with debug info, and twelve of them filled CI's disk.
+
+mod architectures;
+mod bad_configs;
+mod bad_search_files;
+mod cli;
+mod common;
+mod decomposition;
+mod pruning;
+mod pytorch_fixture;
+mod search;
+mod search_space;
+mod strategies;
+mod training;
