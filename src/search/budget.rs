@@ -151,6 +151,8 @@ impl Default for Workers {
 pub struct FinalStage {
     /// Best trials re-trained with the full recipe.
     pub top_k: usize,
+    /// Warm-start seeds re-trained as well, whatever their proxy (see `finalists`).
+    pub seeds: usize,
     pub epochs: usize,
 }
 
@@ -158,6 +160,7 @@ impl Default for FinalStage {
     fn default() -> Self {
         Self {
             top_k: 1,
+            seeds: 1,
             epochs: 100,
         }
     }

@@ -7,6 +7,7 @@
 
 use super::budget::{Budget, ObjectiveKind, Proxy, StrategyName};
 use super::export::{best_trial, export_config};
+use super::finalists::finalists;
 use super::problem::{Observation, Problem, Target};
 use super::space::{Point, SpaceFile};
 use super::strategy::{self, Strategy};
@@ -629,7 +630,9 @@ async fn search(budget: Budget, budget_text: String, progress: bool) -> Result<S
     let (hits, misses) = ctx.cache.stats();
     tracing::info!(hits, misses, "Tucker factors reused across trials");
 
-    if stopped != StopReason::Signal && budget.final_stage.top_k > 0 {
+    if stopped != StopReason::Signal
+        && (budget.final_stage.top_k > 0 || budget.final_stage.seeds > 0)
+    {
         final_stage(&mut ctl, &ctx, &budget, &mut signals, progress).await?;
     }
 
@@ -668,9 +671,10 @@ async fn search(budget: Budget, budget_text: String, progress: bool) -> Result<S
     })
 }
 
-/// Re-trains the top-k completed trials (by proxy accuracy, meeting the target) with
-/// the full recipe; records their best validation accuracy (which picks the winner) and
-/// the test accuracy of those weights (reported only). Trials already re-trained are
+/// Re-trains the finalists (top-k completed trials by proxy accuracy, then the first
+/// warm-start seeds; see `finalists`) with the full recipe; records their best
+/// validation accuracy (which picks the winner) and the test accuracy of those weights
+/// (reported only). Trials already re-trained are
 /// skipped; an interrupted re-training resumes from its checkpoint.
 async fn final_stage(
     ctl: &mut Controller,
@@ -679,21 +683,32 @@ async fn final_stage(
     signals: &mut Signals,
     progress: bool,
 ) -> Result<()> {
-    let mut top: Vec<Trial> = ctl
-        .store
-        .trials(ctl.study)?
-        .into_iter()
-        .filter(|t| {
-            t.state == TrialState::Complete
-                && ctl.problem.target.admits(t.cost.flops, t.cost.params)
+    let trials = ctl.store.trials(ctl.study)?;
+    let seeds: Vec<Point> = ctl
+        .problem
+        .seeds
+        .iter()
+        .take(budget.final_stage.seeds)
+        .cloned()
+        .collect();
+    let seed_ids: Vec<i64> = seeds
+        .iter()
+        .filter_map(|s| {
+            let t = trials
+                .iter()
+                .find(|t| ctl.point_of(t).as_ref() == Some(s))?;
+            Some(t.id)
         })
         .collect();
-    top.sort_by(|a, b| {
-        b.proxy_acc
-            .unwrap_or(0.0)
-            .total_cmp(&a.proxy_acc.unwrap_or(0.0))
-    });
-    top.truncate(budget.final_stage.top_k);
+    let top: Vec<Trial> = finalists(
+        &trials,
+        &ctl.problem.target,
+        budget.final_stage.top_k,
+        &seed_ids,
+    )
+    .into_iter()
+    .cloned()
+    .collect();
     let test = Arc::new(
         ImageSet::load(
             &budget.data.dir,

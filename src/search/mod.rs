@@ -4,6 +4,7 @@
 pub mod budget;
 pub mod controller;
 pub mod export;
+pub mod finalists;
 pub mod gp;
 pub mod pareto;
 pub mod problem;

@@ -371,7 +371,7 @@ fn sigterm_interrupts_cleanly_and_trials_reads_never_lock() {
 }
 
 #[test]
-fn model_aware_strategies_start_from_warm_points_and_finish() {
+fn model_aware_strategies_start_from_warm_points_and_retrain_the_first_seed() {
     for (strategy, objective) in [
         (
             "evolution",
@@ -379,7 +379,8 @@ fn model_aware_strategies_start_from_warm_points_and_finish() {
         ),
         ("bayes", "kind = \"pareto\""),
     ] {
-        let s = study(8, FAST_PROXY, "[final]\ntop_k = 0");
+        // No top-k: the final stage re-trains only the first warm-start seed.
+        let s = study(8, FAST_PROXY, "[final]\ntop_k = 0\nseeds = 1\nepochs = 1");
         let budget = std::fs::read_to_string(s.budget())
             .unwrap()
             .replace(
@@ -406,5 +407,13 @@ fn model_aware_strategies_start_from_warm_points_and_finish() {
         let trials = s.store().trials(1).unwrap();
         assert_eq!(trials.len(), 8, "{strategy}");
         assert!(trials.iter().all(|t| t.finished_at.is_some()));
+        // Seeds are proposed first, so the first seed is trial 0.
+        let store = s.store();
+        let retrained: Vec<i64> = trials
+            .iter()
+            .filter(|t| store.final_result(t.id).unwrap().is_some())
+            .map(|t| t.number)
+            .collect();
+        assert_eq!(retrained, vec![0], "{strategy}: {trials:?}");
     }
 }
