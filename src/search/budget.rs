@@ -151,7 +151,8 @@ impl Default for Workers {
 pub struct FinalStage {
     /// Best trials re-trained with the full recipe.
     pub top_k: usize,
-    /// Warm-start seeds re-trained as well, whatever their proxy (see `finalists`).
+    /// Best warm-start seeds by proxy re-trained as well, however they rank among all
+    /// trials (see `finalists`).
     pub seeds: usize,
     pub epochs: usize,
 }

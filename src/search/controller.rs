@@ -671,8 +671,8 @@ async fn search(budget: Budget, budget_text: String, progress: bool) -> Result<S
     })
 }
 
-/// Re-trains the finalists (top-k completed trials by proxy accuracy, then the first
-/// warm-start seeds; see `finalists`) with the full recipe; records their best
+/// Re-trains the finalists (top-k completed trials by proxy accuracy, then the best
+/// warm-start seeds by proxy; see `finalists`) with the full recipe; records their best
 /// validation accuracy (which picks the winner) and the test accuracy of those weights
 /// (reported only). Trials already re-trained are
 /// skipped; an interrupted re-training resumes from its checkpoint.
@@ -684,27 +684,18 @@ async fn final_stage(
     progress: bool,
 ) -> Result<()> {
     let trials = ctl.store.trials(ctl.study)?;
-    let seeds: Vec<Point> = ctl
-        .problem
-        .seeds
+    let seeds = ctl.problem.seeds.clone();
+    let seed_ids: Vec<i64> = trials
         .iter()
-        .take(budget.final_stage.seeds)
-        .cloned()
-        .collect();
-    let seed_ids: Vec<i64> = seeds
-        .iter()
-        .filter_map(|s| {
-            let t = trials
-                .iter()
-                .find(|t| ctl.point_of(t).as_ref() == Some(s))?;
-            Some(t.id)
-        })
+        .filter(|t| ctl.point_of(t).is_some_and(|p| seeds.contains(&p)))
+        .map(|t| t.id)
         .collect();
     let top: Vec<Trial> = finalists(
         &trials,
         &ctl.problem.target,
         budget.final_stage.top_k,
         &seed_ids,
+        budget.final_stage.seeds,
     )
     .into_iter()
     .cloned()

@@ -1,39 +1,47 @@
 //! Which trials the final stage re-trains: the top-k completed trials by proxy accuracy,
-//! then the first warm-start seeds. A short proxy fine-tune can rank a seed built like the
-//! simple flow (VBMF ranks, SLAMP ratios) far below where full training puts it; re-training
-//! it too means the search's winner is chosen, by validation, from a set that holds the
-//! simple flow's candidate.
+//! and the best warm-start seeds by proxy. A short proxy fine-tune can rank a seed built
+//! like the simple flow (VBMF ranks, SLAMP ratios) far below where full training puts it;
+//! giving the seeds their own bracket means the search's winner is chosen, by validation,
+//! from a set that holds the simple flow's candidate. Within the bracket the proxy still
+//! ranks, so a degenerate seed (VBMF rank 1 everywhere on a barely trained base) does not
+//! take the place.
 
 use super::problem::Target;
 use crate::store::{Trial, TrialState};
 
-/// The trials to re-train, in order: top-k by proxy accuracy (completed, meeting the
-/// target), then each trial of `seed_ids` not already listed that meets the target and was
-/// completed or stopped early by the median rule (its config is sound; only its proxy was
-/// short). `seed_ids` are trial ids in seed order.
+/// The trials to re-train, in order: the `top_k` best by proxy accuracy (completed,
+/// meeting the target), then the `seeds` best by proxy among the trials of `seed_ids`
+/// that meet the target and were completed or stopped early by the median rule (the
+/// config is sound; only its proxy was short). A trial is listed once.
 pub fn finalists<'a>(
     trials: &'a [Trial],
     target: &Target,
     top_k: usize,
     seed_ids: &[i64],
+    seeds: usize,
 ) -> Vec<&'a Trial> {
-    let admitted = |t: &Trial| target.admits(t.cost.flops, t.cost.params);
-    let mut out: Vec<&Trial> = trials
-        .iter()
-        .filter(|t| t.state == TrialState::Complete && admitted(t))
-        .collect();
-    out.sort_by(|a, b| {
+    let admitted = |t: &&Trial| target.admits(t.cost.flops, t.cost.params);
+    let by_proxy = |a: &&Trial, b: &&Trial| {
         b.proxy_acc
             .unwrap_or(0.0)
             .total_cmp(&a.proxy_acc.unwrap_or(0.0))
-    });
+    };
+    let mut out: Vec<&Trial> = trials
+        .iter()
+        .filter(|t| t.state == TrialState::Complete)
+        .filter(admitted)
+        .collect();
+    out.sort_by(by_proxy);
     out.truncate(top_k);
-    for id in seed_ids {
-        let Some(t) = trials.iter().find(|t| t.id == *id) else {
-            continue;
-        };
-        let sound = matches!(t.state, TrialState::Complete | TrialState::Pruned);
-        if sound && admitted(t) && !out.iter().any(|o| o.id == t.id) {
+    let mut seeded: Vec<&Trial> = trials
+        .iter()
+        .filter(|t| seed_ids.contains(&t.id))
+        .filter(|t| matches!(t.state, TrialState::Complete | TrialState::Pruned))
+        .filter(admitted)
+        .collect();
+    seeded.sort_by(by_proxy);
+    for t in seeded.into_iter().take(seeds) {
+        if !out.iter().any(|o| o.id == t.id) {
             out.push(t);
         }
     }
@@ -72,32 +80,44 @@ mod tests {
     }
 
     #[test]
-    fn top_k_by_proxy_then_sound_seeds_in_seed_order() {
+    fn top_k_by_proxy_then_the_best_sound_seeds_by_proxy() {
         use TrialState::*;
         let trials = vec![
-            trial(1, Complete, Some(0.53), 80),  // seed 0, low proxy
-            trial(2, Complete, Some(0.67), 80),  // seed 1, also in the top-k
-            trial(3, Pruned, Some(0.09), 80),    // seed 2, stopped early
-            trial(4, Failed, None, 80),          // seed 3, diverged
-            trial(5, Complete, Some(0.30), 200), // seed 4, over the target
+            trial(1, Complete, Some(0.12), 80),  // seed, degenerate
+            trial(2, Complete, Some(0.53), 80),  // seed
+            trial(3, Pruned, Some(0.40), 80),    // seed, stopped early
+            trial(4, Failed, None, 80),          // seed, diverged
+            trial(5, Complete, Some(0.90), 200), // seed, over the target
             trial(6, Complete, Some(0.75), 80),
             trial(7, Complete, Some(0.72), 80),
             trial(8, Complete, Some(0.99), 200), // best proxy, over the target
             trial(9, Pruned, Some(0.98), 80),    // pruned, not a seed
+            trial(10, Complete, Some(0.67), 80), // seed, in the top-3
         ];
         let target = Target {
             max_flops: Some(100),
             max_params: None,
         };
-        // Top-3 by proxy among completed trials meeting the target: 6, 7, 2.
-        assert_eq!(ids(&finalists(&trials, &target, 3, &[])), vec![6, 7, 2]);
-        // Seeds follow, in seed order, once each; failed and over-target ones never.
+        let seeds = [1, 2, 3, 4, 5, 10];
+        // Top-3 by proxy among completed trials meeting the target: 6, 7, 10.
         assert_eq!(
-            ids(&finalists(&trials, &target, 3, &[1, 2, 3, 4, 5])),
-            vec![6, 7, 2, 1, 3]
+            ids(&finalists(&trials, &target, 3, &seeds, 0)),
+            vec![6, 7, 10]
         );
-        assert_eq!(ids(&finalists(&trials, &target, 0, &[3, 1])), vec![3, 1]);
-        // An id that is not a trial (a seed never run) is skipped.
-        assert_eq!(ids(&finalists(&trials, &target, 1, &[42, 1])), vec![6, 1]);
+        // The best sound seeds meeting the target: 10 (listed already), 2, 3; never 4 or 5.
+        assert_eq!(
+            ids(&finalists(&trials, &target, 3, &seeds, 2)),
+            vec![6, 7, 10, 2]
+        );
+        assert_eq!(
+            ids(&finalists(&trials, &target, 3, &seeds, 9)),
+            vec![6, 7, 10, 2, 3, 1]
+        );
+        assert_eq!(ids(&finalists(&trials, &target, 0, &seeds, 2)), vec![10, 2]);
+        // Ids that are no trial (a seed never run) are ignored.
+        assert_eq!(
+            ids(&finalists(&trials, &target, 1, &[42, 3], 1)),
+            vec![6, 3]
+        );
     }
 }

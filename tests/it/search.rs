@@ -371,7 +371,7 @@ fn sigterm_interrupts_cleanly_and_trials_reads_never_lock() {
 }
 
 #[test]
-fn model_aware_strategies_start_from_warm_points_and_retrain_the_first_seed() {
+fn model_aware_strategies_start_from_warm_points_and_retrain_the_best_seed() {
     for (strategy, objective) in [
         (
             "evolution",
@@ -379,7 +379,7 @@ fn model_aware_strategies_start_from_warm_points_and_retrain_the_first_seed() {
         ),
         ("bayes", "kind = \"pareto\""),
     ] {
-        // No top-k: the final stage re-trains only the first warm-start seed.
+        // No top-k: the final stage re-trains only the best warm-start seed by proxy.
         let s = study(8, FAST_PROXY, "[final]\ntop_k = 0\nseeds = 1\nepochs = 1");
         let budget = std::fs::read_to_string(s.budget())
             .unwrap()
@@ -407,13 +407,31 @@ fn model_aware_strategies_start_from_warm_points_and_retrain_the_first_seed() {
         let trials = s.store().trials(1).unwrap();
         assert_eq!(trials.len(), 8, "{strategy}");
         assert!(trials.iter().all(|t| t.finished_at.is_some()));
-        // Seeds are proposed first, so the first seed is trial 0.
+        // Seeds are proposed first: trials 0 .. points-1. The best sound one by proxy
+        // (the first on ties) is the only one re-trained.
+        let points: i64 = warm
+            .split("points=")
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{strategy}: {warm}"));
+        let mut best: Option<&rankprune::store::Trial> = None;
+        for t in trials.iter().filter(|t| t.number < points) {
+            let sound = matches!(t.state, TrialState::Complete | TrialState::Pruned);
+            if sound && best.is_none_or(|b| t.proxy_acc > b.proxy_acc) {
+                best = Some(t);
+            }
+        }
         let store = s.store();
         let retrained: Vec<i64> = trials
             .iter()
             .filter(|t| store.final_result(t.id).unwrap().is_some())
             .map(|t| t.number)
             .collect();
-        assert_eq!(retrained, vec![0], "{strategy}: {trials:?}");
+        assert_eq!(
+            retrained,
+            vec![best.unwrap().number],
+            "{strategy}: {trials:?}"
+        );
     }
 }
