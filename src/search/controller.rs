@@ -674,8 +674,8 @@ async fn search(budget: Budget, budget_text: String, progress: bool) -> Result<S
 /// Re-trains the finalists (top-k completed trials by proxy accuracy, then the best
 /// warm-start seeds by proxy; see `finalists`) with the full recipe; records their best
 /// validation accuracy (which picks the winner) and the test accuracy of those weights
-/// (reported only). Trials already re-trained are
-/// skipped; an interrupted re-training resumes from its checkpoint.
+/// (reported only). Trials already re-trained are skipped; an interrupted re-training
+/// resumes from its checkpoint.
 async fn final_stage(
     ctl: &mut Controller,
     ctx: &TrialContext,
