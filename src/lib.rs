@@ -7,12 +7,16 @@
 //! - [`compress`]: Tucker-2 decomposition, VBMF ranks, whole-model weight surgery.
 //! - [`config`]: the per-layer JSON config (ranks, ratios): parse, validate, apply.
 //! - [`cost`]: exact params / MACs / FLOPs / size counter.
-//! - [`data`]: CIFAR binary readers, augmentation, background batches.
+//! - [`data`]: CIFAR binary and IDX (Fashion-MNIST) readers, augmentation, background
+//!   batches.
+//! - [`ladder`]: cheap candidate scores (BN recalibration, layer-wise CKA, short plain or
+//!   distilled fine-tunes) and their measured fidelity to the final accuracy.
 //! - [`weights`]: named f32 tensors; safetensors and PyTorch state_dict files.
 //! - [`model`]: the burn `Vgg` module built from an architecture and weights.
 //! - [`device`]: the one place that turns `--device` into a burn device.
 //! - [`report`]: human tables for the CLI.
-//! - [`search`]: search budget files (strategies and the controller to come).
+//! - [`search`]: budget and space files, strategies, the trial runner, the controller,
+//!   export.
 //! - [`store`]: the SQLite trial store of searches.
 //! - [`train`]: the reference training recipe, evaluation, checkpoints.
 
@@ -23,6 +27,7 @@ pub mod cost;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod ladder;
 pub mod model;
 pub mod report;
 pub mod search;

@@ -136,6 +136,16 @@ enum Command {
         #[command(flatten)]
         args: cli::search::ExportArgs,
     },
+    /// Measure how well cheap candidate scores rank candidates like the final re-training
+    Fidelity {
+        #[command(flatten)]
+        args: cli::fidelity::FidelityArgs,
+    },
+    /// Score one layer config with the cheap signals (one JSON line per signal)
+    Score {
+        #[command(flatten)]
+        args: cli::fidelity::ScoreArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -162,6 +172,8 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Search { args } => return cli::search::run(args),
         Command::Trials { args } => cli::search::run_trials(args)?,
         Command::Export { args } => cli::search::run_export(args)?,
+        Command::Fidelity { args } => cli::fidelity::run_fidelity(args)?,
+        Command::Score { args } => cli::fidelity::run_score(args)?,
         Command::Train { model, args } => cli::train::run_train(&model.resolve()?.1, args)?,
         Command::Eval { model, args } => cli::train::run_eval(&model.resolve()?.1, args)?,
         Command::Metrics { model, json } => {

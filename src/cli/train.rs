@@ -20,7 +20,8 @@ pub struct DataArgs {
     /// Binary layout of the data directory
     #[arg(long, value_enum, default_value = "cifar100")]
     pub dataset: DatasetKind,
-    /// Directory with train.bin/test.bin (cifar100) or data_batch_*.bin/test_batch.bin (cifar10)
+    /// Directory with train.bin/test.bin (cifar100), data_batch_*.bin/test_batch.bin (cifar10)
+    /// or the IDX files train-images-idx3-ubyte[.gz] etc. (fashion-mnist)
     #[arg(long)]
     pub data: PathBuf,
     /// Training images held out for validation (the test set is never used to choose)

@@ -43,8 +43,8 @@ pub fn batch_at(set: &ImageSet, order: &[usize], rng: Option<&mut StdRng>) -> Ba
     for (slot, &i) in order.iter().enumerate() {
         let out = &mut images[slot * IMAGE_BYTES..(slot + 1) * IMAGE_BYTES];
         match rng.as_deref_mut() {
-            Some(r) => augment(set.image(i), r, out),
-            None => normalize(set.image(i), out),
+            Some(r) => augment(set.image(i), &set.norm, r, out),
+            None => normalize(set.image(i), &set.norm, out),
         }
     }
     Batch {
@@ -91,6 +91,7 @@ mod tests {
                 .flat_map(|i| std::iter::repeat_n(i as u8, IMAGE_BYTES))
                 .collect(),
             labels: (0..n as u32).collect(),
+            ..ImageSet::default()
         }
     }
 

@@ -1,8 +1,11 @@
-//! Image data: CIFAR binary readers, normalisation and augmentation, and batches
-//! prepared on a background thread.
+//! Image data: CIFAR binary and IDX (Fashion-MNIST) readers, normalisation and
+//! augmentation, and batches prepared on a background thread.
 
 pub mod augment;
 pub mod batches;
+pub mod idx;
+
+use augment::Normalization;
 
 use std::path::{Path, PathBuf};
 
@@ -13,12 +16,15 @@ pub const IMAGE_BYTES: usize = 3 * 32 * 32;
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
 )]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum DatasetKind {
     /// `train.bin`, `test.bin`; records of coarse label, fine label, 3,072 pixel bytes.
     Cifar100,
     /// `data_batch_1..5.bin`, `test_batch.bin`; records of label, 3,072 pixel bytes.
     Cifar10,
+    /// IDX files `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, `t10k-*` (each
+    /// plain or `.gz`): 28x28 grey images, zero-padded to 32x32 and copied to 3 planes.
+    FashionMnist,
 }
 
 /// Training or test files.
@@ -32,7 +38,15 @@ impl DatasetKind {
     fn label_bytes(self) -> usize {
         match self {
             DatasetKind::Cifar100 => 2,
-            DatasetKind::Cifar10 => 1,
+            DatasetKind::Cifar10 | DatasetKind::FashionMnist => 1,
+        }
+    }
+
+    /// The statistics images of this data set are normalised with.
+    pub fn normalization(self) -> Normalization {
+        match self {
+            DatasetKind::Cifar100 | DatasetKind::Cifar10 => augment::CIFAR,
+            DatasetKind::FashionMnist => augment::FASHION_MNIST,
         }
     }
 
@@ -49,6 +63,7 @@ impl DatasetKind {
                 .map(|i| dir.join(format!("data_batch_{i}.bin")))
                 .collect(),
             (DatasetKind::Cifar10, Split::Test) => vec![dir.join("test_batch.bin")],
+            (DatasetKind::FashionMnist, _) => unreachable!("IDX files are found by idx::load"),
         }
     }
 }
@@ -64,11 +79,13 @@ pub struct DataError {
 /// Seed of the validation hold-out shared by every command.
 pub const SPLIT_SEED: u64 = 0;
 
-/// Images (uint8, CHW) and labels held in memory.
+/// Images (uint8, CHW, 3x32x32) and labels held in memory, with the statistics they
+/// are normalised with.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ImageSet {
     pub pixels: Vec<u8>,
     pub labels: Vec<u32>,
+    pub norm: Normalization,
 }
 
 impl ImageSet {
@@ -107,6 +124,7 @@ impl ImageSet {
         let mut set = ImageSet {
             pixels: Vec::with_capacity(n * IMAGE_BYTES),
             labels: Vec::with_capacity(n),
+            norm: kind.normalization(),
         };
         for (i, r) in bytes.chunks_exact(rec).enumerate() {
             let label = u32::from(r[kind.label_bytes() - 1]);
@@ -128,7 +146,13 @@ impl ImageSet {
         split: Split,
         num_classes: usize,
     ) -> Result<Self, DataError> {
-        let mut set = ImageSet::default();
+        if kind == DatasetKind::FashionMnist {
+            return idx::load(dir, split, num_classes);
+        }
+        let mut set = ImageSet {
+            norm: kind.normalization(),
+            ..ImageSet::default()
+        };
         for path in kind.files(dir, split) {
             let file = path.display().to_string();
             let bytes = std::fs::read(&path).map_err(|e| DataError {
@@ -174,6 +198,7 @@ impl ImageSet {
                 .flat_map(|&i| self.image(i).iter().copied())
                 .collect(),
             labels: idx.iter().map(|&i| self.labels[i]).collect(),
+            norm: self.norm,
         };
         let cut = self.len() - n;
         (pick(&order[..cut]), pick(&order[cut..]))

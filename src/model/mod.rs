@@ -184,18 +184,35 @@ impl Vgg {
 
     /// Logits `[batch, classes]` for images `[batch, 3, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.forward_with(x, |_, bn, x| match bn {
+            Some((_, bn)) => bn.forward(x),
+            None => x,
+        })
+    }
+
+    /// [`Self::forward`] with `unit(u, bn, x)` in place of conv unit `u`'s BatchNorm:
+    /// `x` is the unit's conv output, `bn` its BatchNorm with its index among the BNs
+    /// (`None` without one); what it returns goes through the ReLU.
+    pub fn forward_with(
+        &self,
+        x: Tensor<4>,
+        mut unit: impl FnMut(usize, Option<(usize, &BatchNorm)>, Tensor<4>) -> Tensor<4>,
+    ) -> Tensor<2> {
         let mut x = x;
         let mut convs = self.convs.iter();
-        let mut bns = self.bns.iter();
-        for unit in &self.arch.units {
-            match unit {
+        let mut bns = self.bns.iter().enumerate();
+        let mut units = 0;
+        for u in &self.arch.units {
+            match u {
                 Unit::Conv(c) => {
                     for _ in c.body.convs() {
                         x = convs.next().expect("one Conv2d per spec").forward(x);
                     }
-                    if c.bn.is_some() {
-                        x = bns.next().expect("one BatchNorm per bn name").forward(x);
-                    }
+                    let bn =
+                        c.bn.as_ref()
+                            .map(|_| bns.next().expect("one BatchNorm per bn name"));
+                    x = unit(units, bn, x);
+                    units += 1;
                     x = relu(x);
                 }
                 Unit::MaxPool { .. } => x = self.pool.forward(x),

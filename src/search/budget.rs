@@ -113,6 +113,9 @@ pub struct Proxy {
     /// Also prune a trial below the median of completed trials at `early_stop_step`
     /// (once three trials have completed).
     pub early_stop_median: bool,
+    /// Distil from the base model during the proxy fine-tune (`[proxy.distill]`, with
+    /// `temperature` and `alpha`; defaults 4 and 0.9).
+    pub distill: Option<crate::train::distill::Distill>,
 }
 
 impl Default for Proxy {
@@ -125,6 +128,7 @@ impl Default for Proxy {
             early_stop_step: None,
             early_stop_min_acc: 0.0,
             early_stop_median: true,
+            distill: None,
         }
     }
 }
@@ -287,6 +291,17 @@ impl Budget {
                 "proxy.early_stop_min_acc = {}: allowed [0, 1]",
                 self.proxy.early_stop_min_acc
             ));
+        }
+        if let Some(d) = &self.proxy.distill {
+            if !(d.temperature.is_finite() && d.temperature > 0.0) {
+                return Err(format!(
+                    "proxy.distill.temperature = {}: allowed > 0",
+                    d.temperature
+                ));
+            }
+            if !(0.0..=1.0).contains(&d.alpha) {
+                return Err(format!("proxy.distill.alpha = {}: allowed [0, 1]", d.alpha));
+            }
         }
         if self.workers.cpu == 0 && self.workers.wgpu.is_empty() {
             return Err(

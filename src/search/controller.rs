@@ -347,6 +347,34 @@ impl Controller {
     }
 }
 
+/// The study's problem: its space (VBMF ranks of `weights` filled in where the space or
+/// the warm start needs them), its cost target, and with `warm` the warm-start points.
+pub fn study_problem(
+    budget: &Budget,
+    space_file: &SpaceFile,
+    base: &Arch,
+    weights: &Weights,
+    warm: bool,
+) -> Result<Problem> {
+    let vbmf = if space_file.needs_vbmf() || warm {
+        Some(recommend_ranks(base, weights, 0.0, |_| {})?)
+    } else {
+        None
+    };
+    let space = space_file.resolve(
+        base,
+        vbmf.as_deref(),
+        &budget.search.space.display().to_string(),
+    )?;
+    let target = Target::from_objective(&cost::count(base), &budget.objective);
+    let mut problem = Problem::new(base.clone(), space, target);
+    if let Some(v) = vbmf.as_deref().filter(|_| warm) {
+        problem.seeds = super::warm::warm_start(&problem, weights, v)?;
+        tracing::info!(points = problem.seeds.len(), "warm-start points");
+    }
+    Ok(problem)
+}
+
 async fn search(budget: Budget, budget_text: String, progress: bool) -> Result<SearchOutcome> {
     let started = Instant::now();
     let mut signals = Signals::new()?;
@@ -378,22 +406,7 @@ async fn search(budget: Budget, budget_text: String, progress: bool) -> Result<S
         ));
     };
     let warm = budget.search.strategy != StrategyName::Random;
-    let vbmf = if space_file.needs_vbmf() || warm {
-        Some(recommend_ranks(&base, &weights, 0.0, |_| {})?)
-    } else {
-        None
-    };
-    let space = space_file.resolve(
-        &base,
-        vbmf.as_deref(),
-        &budget.search.space.display().to_string(),
-    )?;
-    let target = Target::from_objective(&cost::count(&base), &budget.objective);
-    let mut problem = Problem::new(base.clone(), space, target);
-    if let Some(v) = vbmf.as_deref().filter(|_| warm) {
-        problem.seeds = super::warm::warm_start(&problem, &weights, v)?;
-        tracing::info!(points = problem.seeds.len(), "warm-start points");
-    }
+    let problem = study_problem(&budget, &space_file, &base, &weights, warm)?;
     let strategy = strategy::make(
         budget.search.strategy,
         budget.search.seed,

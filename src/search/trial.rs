@@ -8,7 +8,8 @@ use crate::compress::decompose::TuckerCache;
 use crate::config::LayerConfig;
 use crate::data::ImageSet;
 use crate::model::Vgg;
-use crate::train::{Control, TrainConfig, evaluate, train};
+use crate::train::distill::Teacher;
+use crate::train::{Control, TrainConfig, evaluate, train_with};
 use crate::weights::Weights;
 use burn::tensor::Device;
 use std::sync::Arc;
@@ -79,13 +80,23 @@ pub fn run_trial(
         seed: ctx.seed,
         ..TrainConfig::default()
     };
+    let teacher = match p.distill {
+        Some(distill) => {
+            match Vgg::from_weights(&ctx.base, (*ctx.weights).clone(), "<base>", device) {
+                Ok(model) => Some(Teacher { model, distill }),
+                Err(e) => return TrialEnd::Failed(format!("building the teacher: {e}")),
+            }
+        }
+        None => None,
+    };
     let mut pruned_at = None;
-    let outcome = train(
+    let outcome = train_with(
         &arch,
         weights,
         ctx.train.clone(),
         ctx.val.clone(),
         &cfg,
+        teacher.as_ref(),
         device,
         |r| {
             if stop.load(Ordering::Relaxed) {

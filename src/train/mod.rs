@@ -3,8 +3,10 @@
 //! crop+flip augmentation; checkpoints at every epoch end and exact resume.
 
 pub mod checkpoint;
+pub mod distill;
 pub mod metrics;
 pub mod plateau;
+pub mod recalibrate;
 
 use crate::arch::Arch;
 use crate::data::ImageSet;
@@ -18,6 +20,7 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig, decay::WeightDecayConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use checkpoint::{Checkpoint, TrainState};
+use distill::Teacher;
 pub use metrics::{EvalResult, evaluate};
 use plateau::PlateauConfig;
 use serde::{Deserialize, Serialize};
@@ -127,6 +130,12 @@ fn batch_tensors(b: &Batch, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
     (images_tensor(b, device), y)
 }
 
+/// The teacher's logits for `batch` (inference, no gradient), on the training device.
+fn teacher_logits(t: &Teacher, batch: &Batch, device: &Device, ad: &Device) -> Tensor<2> {
+    let logits = t.model.forward(images_tensor(batch, device));
+    Tensor::from_data(logits.into_data(), ad)
+}
+
 /// Trains `weights` (of `arch`) on `train`, validating on `val`. With `cfg.resume`, the
 /// checkpoint in `cfg.checkpoint_dir` replaces `weights` and the counters.
 /// `on_report` sees every training and validation report and may stop the run.
@@ -136,6 +145,21 @@ pub fn train(
     train: Arc<ImageSet>,
     val: Arc<ImageSet>,
     cfg: &TrainConfig,
+    device: &Device,
+    on_report: impl FnMut(&Report) -> Control,
+) -> Result<TrainOutcome> {
+    train_with(arch, weights, train, val, cfg, None, device, on_report)
+}
+
+/// [`train`], learning from `teacher` as well as the labels when one is given.
+#[allow(clippy::too_many_arguments)]
+pub fn train_with(
+    arch: &Arch,
+    weights: Weights,
+    train: Arc<ImageSet>,
+    val: Arc<ImageSet>,
+    cfg: &TrainConfig,
+    teacher: Option<&Teacher>,
     device: &Device,
     mut on_report: impl FnMut(&Report) -> Control,
 ) -> Result<TrainOutcome> {
@@ -198,7 +222,13 @@ pub fn train(
             }
             let (x, y) = batch_tensors(&batch, &ad);
             let logits = model.forward(x);
-            let loss = loss_fn.forward(logits.clone(), y);
+            let loss = match teacher {
+                None => loss_fn.forward(logits.clone(), y),
+                Some(t) => {
+                    let taught = teacher_logits(t, &batch, device, &ad);
+                    distill::kd_loss(logits.clone(), taught, y, &t.distill, &loss_fn)
+                }
+            };
             // Read values from detached copies: the graph belongs to backward alone.
             let (loss_host, logits_host) = (loss.clone().detach(), logits.detach());
             let grads = GradientsParams::from_grads(loss.backward(), &model);

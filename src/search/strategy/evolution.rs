@@ -115,7 +115,7 @@ impl Evolution {
     }
 
     /// A uniform point of the feasible set by rejection; repaired after 200 misses.
-    fn random_feasible(&mut self, problem: &Problem) -> Option<Point> {
+    pub fn random_feasible(&mut self, problem: &Problem) -> Option<Point> {
         let mut p = problem.space.random_point(&mut self.rng);
         for _ in 0..200 {
             if !self.seen.contains(&p) && problem.feasible(&p) {
@@ -128,7 +128,7 @@ impl Evolution {
 
     /// A new feasible mutant of `parent`: mutations are redrawn (up to 30 times) rather
     /// than repaired, so the child stays next to its parent; the last is repaired.
-    fn feasible_mutant(&mut self, parent: Point, problem: &Problem) -> Option<Point> {
+    pub fn feasible_mutant(&mut self, parent: Point, problem: &Problem) -> Option<Point> {
         let mut child = parent.clone();
         for _ in 0..30 {
             child = self.mutate(parent.clone(), problem);

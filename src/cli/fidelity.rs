@@ -1,0 +1,192 @@
+//! `rankprune fidelity` (how well each cheap signal ranks candidates like the final
+//! recipe) and `rankprune score` (one config through the signals).
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use rankprune::arch::{Arch, ArchSpec};
+use rankprune::compress::compress_model;
+use rankprune::config::LayerConfig;
+use rankprune::data::ImageSet;
+use rankprune::device::parse_device;
+use rankprune::ladder::fidelity::{self, RunFiles};
+use rankprune::ladder::{LadderContext, Signal, score};
+use rankprune::search::budget::Budget;
+use rankprune::search::controller::study_problem;
+use rankprune::search::space::SpaceFile;
+use rankprune::weights::Weights;
+use rankprune::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const DEFAULT_SIGNALS: &str = "compressed,bn:8,recon:2,ft:60,ft:200,kd:200";
+
+#[derive(Args)]
+pub struct FidelityArgs {
+    /// Budget file of a study: its data, base weights (must exist), space, target and
+    /// proxy settings (batch size, lr, validation images) are used
+    pub budget: PathBuf,
+    /// Candidates drawn at the study's target (half near the warm-start points, half random)
+    #[arg(long, default_value_t = 16)]
+    pub candidates: usize,
+    /// Cheap signals to measure, comma separated: compressed, bn:K (BN recalibration from
+    /// K batches), recon:K (layer-wise CKA and logit KL after it), ft:S (S fine-tune
+    /// steps), kd:S (S distilled steps)
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_SIGNALS)]
+    pub signals: Vec<Signal>,
+    /// Epochs of the final recipe every candidate is re-trained with (default: the
+    /// budget's final.epochs)
+    #[arg(long)]
+    pub final_epochs: Option<usize>,
+    /// Output folder (default: next to the store, STUDY.fidelity/); a run resumes there
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// cpu, or wgpu:N with the wgpu feature
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Print the rows as JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ScoreArgs {
+    /// Budget file of a study (data, base weights, proxy settings)
+    pub budget: PathBuf,
+    /// Layer config to score (reference format, as `export` writes)
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Signals, comma separated (see `fidelity --help`); final:E re-trains E epochs
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_SIGNALS)]
+    pub signals: Vec<Signal>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// The budget's base model, data and scoring settings.
+fn context(budget: &Budget) -> Result<(LadderContext, Weights)> {
+    let base: Arch = ArchSpec::parse(&budget.model.arch)?.build(budget.model.num_classes);
+    let path = &budget.model.weights;
+    if !path.exists() {
+        return Err(Error::BadInput(format!(
+            "model.weights = {}: no such file (train the base model first, e.g. with `rankprune search`)",
+            path.display()
+        )));
+    }
+    let weights = Weights::load(path)?.matched_to(&base, &path.display().to_string())?;
+    let (train, val) = ImageSet::train_val(
+        &budget.data.dir,
+        budget.data.dataset,
+        budget.model.num_classes,
+        budget.data.val_split,
+    )
+    .map_err(|e| Error::BadInput(format!("data: {e}")))?;
+    let p = &budget.proxy;
+    let ctx = LadderContext {
+        base,
+        base_weights: Arc::new(weights.clone()),
+        train: Arc::new(train),
+        val: Arc::new(val),
+        eval_samples: p.eval_samples,
+        batch_size: p.batch_size,
+        lr: p.lr,
+        distill: p.distill.unwrap_or_default(),
+        seed: budget.search.seed,
+    };
+    Ok((ctx, weights))
+}
+
+fn default_out(budget: &Budget) -> PathBuf {
+    let db = &budget.study.db;
+    db.with_file_name(format!("{}.fidelity", budget.study.name))
+}
+
+pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
+    let budget = Budget::load(&args.budget)?;
+    let device = parse_device(&args.device)?;
+    let (ctx, weights) = context(&budget)?;
+    let space = SpaceFile::load(&budget.search.space)?;
+    let problem = study_problem(&budget, &space, &ctx.base, &weights, true)?;
+    let out = args.out.clone().unwrap_or_else(|| default_out(&budget));
+    let files = RunFiles::new(&out);
+    let candidates = files
+        .candidates(|| fidelity::draw_candidates(&problem, args.candidates, budget.search.seed))?;
+    let final_signal = Signal::Final {
+        epochs: args.final_epochs.unwrap_or(budget.final_stage.epochs),
+    };
+    let mut signals = args.signals.clone();
+    signals.push(final_signal);
+    tracing::info!(
+        candidates = candidates.len(),
+        out = %out.display(),
+        "fidelity run"
+    );
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}<{eta}]")
+            .expect("valid template"),
+    );
+    if args.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let records = fidelity::run(
+        &ctx,
+        &candidates,
+        &signals,
+        &files,
+        &device,
+        |done, total, what| {
+            pb.set_length(total as u64);
+            pb.set_position(done as u64);
+            pb.set_message(what.to_string());
+            tracing::debug!(done, total, "{what}");
+        },
+    )?;
+    pb.finish_and_clear();
+    let rows = fidelity::summarize(&records, final_signal);
+    let json = serde_json::json!({
+        "candidates": candidates,
+        "final": final_signal,
+        "rows": rows,
+    });
+    write(
+        &out.join("fidelity.json"),
+        &serde_json::to_string_pretty(&json).expect("json"),
+    )?;
+    let table = fidelity::table(&rows);
+    write(&out.join("fidelity.md"), &table)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&rows).expect("rows serialize"));
+    } else {
+        println!(
+            "{} candidates; reference: {final_signal} validation accuracy; results in {}",
+            candidates.len(),
+            out.display()
+        );
+        print!("{table}");
+    }
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|e| Error::Failure(format!("{}: {e}", path.display())))
+}
+
+pub fn run_score(args: ScoreArgs) -> Result<()> {
+    let budget = Budget::load(&args.budget)?;
+    let device = parse_device(&args.device)?;
+    let (ctx, weights) = context(&budget)?;
+    let file = args.config.display().to_string();
+    let config = LayerConfig::load(&args.config)?;
+    for &signal in &args.signals {
+        let (arch, w) = compress_model(&ctx.base, &weights, &config, &file, None)?;
+        let s = score(signal, &ctx, &arch, w, &device)?;
+        let line = serde_json::json!({
+            "signal": signal,
+            "scores": s.scores,
+            "cpu_s": s.cpu_s,
+            "wall_s": s.wall_s,
+        });
+        println!("{line}");
+    }
+    Ok(())
+}

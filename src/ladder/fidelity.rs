@@ -1,0 +1,355 @@
+//! Fidelity of cheap signals: draw feasible candidates at a study's target, score each
+//! with every signal and with the final recipe, and report how well each signal's
+//! ranking of the candidates agrees with the final validation accuracy (Kendall's tau
+//! with a 95% bootstrap interval, Spearman's rho) and what it costs.
+//!
+//! Results are appended to a JSON-lines file as they come, so a run that is stopped
+//! resumes where it was.
+
+use super::rank::{bootstrap_95, kendall_tau, spearman_rho};
+use super::{LadderContext, Scored, Signal, higher_is_better, score};
+use crate::compress::compress_model;
+use crate::compress::decompose::TuckerCache;
+use crate::search::problem::Problem;
+use crate::search::space::Point;
+use crate::search::strategy::evolution::{Evolution, Mode};
+use crate::{Error, Result};
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// One candidate of a fidelity run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub index: usize,
+    /// `warm` (a warm-start point), `mutant` (one to four mutations of one) or `random`.
+    pub origin: String,
+    pub config: serde_json::Value,
+    pub flops: u64,
+    pub params: u64,
+}
+
+/// Half the candidates are strategy proposals around the warm-start points (the points
+/// themselves, then mutants of them in turn), the rest uniform random feasible points;
+/// all distinct, all feasible, seeded.
+pub fn draw_candidates(problem: &Problem, n: usize, seed: u64) -> Vec<Candidate> {
+    let mut evo = Evolution::new(seed, Mode::Constrained);
+    let mut seen = HashSet::new();
+    let mut points: Vec<(Point, &str)> = Vec::new();
+    let near = if problem.seeds.is_empty() { 0 } else { n / 2 };
+    for p in problem.seeds.iter().filter(|p| problem.feasible(p)) {
+        if points.len() < near && seen.insert(p.clone()) {
+            points.push((p.clone(), "warm"));
+        }
+    }
+    let mut tries = 0;
+    while points.len() < near && tries < 50 * n {
+        let parent = problem.seeds[tries % problem.seeds.len()].clone();
+        tries += 1;
+        if let Some(c) = evo.feasible_mutant(parent, problem)
+            && problem.feasible(&c)
+            && seen.insert(c.clone())
+        {
+            points.push((c, "mutant"));
+        }
+    }
+    tries = 0;
+    while points.len() < n && tries < 50 * n {
+        tries += 1;
+        if let Some(c) = evo.random_feasible(problem)
+            && problem.feasible(&c)
+            && seen.insert(c.clone())
+        {
+            points.push((c, "random"));
+        }
+    }
+    points
+        .into_iter()
+        .enumerate()
+        .map(|(index, (p, origin))| {
+            let cost = problem.cost(&p);
+            Candidate {
+                index,
+                origin: origin.to_string(),
+                config: serde_json::to_value(problem.config(&p)).expect("configs serialize"),
+                flops: cost.flops,
+                params: cost.params,
+            }
+        })
+        .collect()
+}
+
+/// One line of the results file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub candidate: usize,
+    pub signal: Signal,
+    #[serde(flatten)]
+    pub scored: Scored,
+}
+
+/// The files of a fidelity run in its output folder.
+pub struct RunFiles {
+    pub candidates: PathBuf,
+    pub results: PathBuf,
+}
+
+impl RunFiles {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            candidates: dir.join("candidates.json"),
+            results: dir.join("results.jsonl"),
+        }
+    }
+
+    /// The stored candidates, or `draw()` written down.
+    pub fn candidates(&self, draw: impl FnOnce() -> Vec<Candidate>) -> Result<Vec<Candidate>> {
+        let file = self.candidates.display().to_string();
+        if self.candidates.exists() {
+            let text = std::fs::read_to_string(&self.candidates)
+                .map_err(|e| Error::Failure(format!("{file}: {e}")))?;
+            return serde_json::from_str(&text)
+                .map_err(|e| Error::BadInput(format!("{file}: {e}")));
+        }
+        let c = draw();
+        if let Some(dir) = self.candidates.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::Failure(format!("{file}: {e}")))?;
+        }
+        let text = serde_json::to_string_pretty(&c).expect("candidates serialize");
+        std::fs::write(&self.candidates, text)
+            .map_err(|e| Error::Failure(format!("{file}: {e}")))?;
+        Ok(c)
+    }
+
+    /// Every record written so far (a torn last line, from a kill mid-write, is dropped).
+    pub fn records(&self) -> Result<Vec<Record>> {
+        let Ok(text) = std::fs::read_to_string(&self.results) else {
+            return Ok(Vec::new());
+        };
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+
+    /// Ends a torn last line (a kill mid-write), so the next record starts on its own.
+    pub fn end_torn_line(&self) -> Result<()> {
+        let Ok(bytes) = std::fs::read(&self.results) else {
+            return Ok(());
+        };
+        if bytes.last().is_some_and(|&b| b != b'\n') {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&self.results)
+                .map_err(|e| Error::Failure(format!("{}: {e}", self.results.display())))?;
+            f.write_all(b"\n")
+                .map_err(|e| Error::Failure(format!("{}: {e}", self.results.display())))?;
+        }
+        Ok(())
+    }
+
+    pub fn append(&self, r: &Record) -> Result<()> {
+        let file = self.results.display().to_string();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.results)
+            .map_err(|e| Error::Failure(format!("{file}: {e}")))?;
+        let line = serde_json::to_string(r).expect("records serialize");
+        writeln!(f, "{line}")
+            .and_then(|_| f.sync_data())
+            .map_err(|e| Error::Failure(format!("{file}: {e}")))
+    }
+}
+
+/// Scores every (candidate, signal) pair not yet in the results file, cheap signals for
+/// all candidates before the final ones; `progress(done, total, what)` after each.
+pub fn run(
+    ctx: &LadderContext,
+    candidates: &[Candidate],
+    signals: &[Signal],
+    files: &RunFiles,
+    device: &Device,
+    mut progress: impl FnMut(usize, usize, &str),
+) -> Result<Vec<Record>> {
+    files.end_torn_line()?;
+    let mut records = files.records()?;
+    let done: HashSet<(usize, Signal)> = records.iter().map(|r| (r.candidate, r.signal)).collect();
+    let mut order: Vec<Signal> = signals.to_vec();
+    order.sort_by_key(|s| matches!(s, Signal::Final { .. }));
+    let total = order.len() * candidates.len();
+    let cache = TuckerCache::new(1 << 30);
+    let mut count = done.len();
+    for &signal in &order {
+        for c in candidates {
+            if done.contains(&(c.index, signal)) {
+                continue;
+            }
+            let config =
+                crate::config::LayerConfig::from_json(&c.config.to_string(), "<candidate>")?;
+            let (arch, weights) = compress_model(
+                &ctx.base,
+                &ctx.base_weights,
+                &config,
+                "<candidate>",
+                Some(&cache),
+            )?;
+            let scored = score(signal, ctx, &arch, weights, device)?;
+            let r = Record {
+                candidate: c.index,
+                signal,
+                scored,
+            };
+            files.append(&r)?;
+            records.push(r);
+            count += 1;
+            progress(count, total, &format!("candidate {} {signal}", c.index));
+        }
+    }
+    Ok(records)
+}
+
+/// How well one score of one signal ranks the candidates.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fidelity {
+    pub signal: String,
+    pub score: String,
+    /// Candidates with both this score and a final accuracy.
+    pub n: usize,
+    pub kendall_tau: f64,
+    pub tau_95: (f64, f64),
+    pub spearman_rho: f64,
+    /// Mean seconds per candidate.
+    pub cpu_s: f64,
+    pub wall_s: f64,
+}
+
+/// Kendall's tau and Spearman's rho of every signal's scores (oriented so that higher
+/// means better) against the final validation accuracy, with 2,000 bootstrap draws.
+pub fn summarize(records: &[Record], final_signal: Signal) -> Vec<Fidelity> {
+    let finals: BTreeMap<usize, f64> = records
+        .iter()
+        .filter(|r| r.signal == final_signal)
+        .filter_map(|r| Some((r.candidate, *r.scored.scores.get("acc")?)))
+        .collect();
+    let mut by: BTreeMap<(Signal, String), Vec<(f64, f64, &Scored)>> = BTreeMap::new();
+    for r in records {
+        for (name, &v) in &r.scored.scores {
+            if let Some(&y) = finals.get(&r.candidate) {
+                let x = if higher_is_better(name) { v } else { -v };
+                by.entry((r.signal, name.clone()))
+                    .or_default()
+                    .push((x, y, &r.scored));
+            }
+        }
+    }
+    by.into_iter()
+        .map(|((signal, score), rows)| {
+            let x: Vec<f64> = rows.iter().map(|r| r.0).collect();
+            let y: Vec<f64> = rows.iter().map(|r| r.1).collect();
+            let n = rows.len();
+            let mean = |f: fn(&Scored) -> f64| rows.iter().map(|r| f(r.2)).sum::<f64>() / n as f64;
+            Fidelity {
+                signal: signal.to_string(),
+                score,
+                n,
+                kendall_tau: kendall_tau(&x, &y),
+                tau_95: bootstrap_95(&x, &y, kendall_tau, 2000, 0),
+                spearman_rho: spearman_rho(&x, &y),
+                cpu_s: mean(|s| s.cpu_s),
+                wall_s: mean(|s| s.wall_s),
+            }
+        })
+        .collect()
+}
+
+/// The fidelity table as Markdown.
+pub fn table(rows: &[Fidelity]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::from(
+        "| signal | score | n | Kendall tau | 95% interval | Spearman rho | CPU s / candidate | wall s / candidate |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {}{} | {} | {:+.2} | [{:+.2}, {:+.2}] | {:+.2} | {:.1} | {:.1} |",
+            r.signal,
+            if higher_is_better(&r.score) { "" } else { "-" },
+            r.score,
+            r.n,
+            r.kendall_tau,
+            r.tau_95.0,
+            r.tau_95.1,
+            r.spearman_rho,
+            r.cpu_s,
+            r.wall_s
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(candidate: usize, signal: Signal, pairs: &[(&str, f64)]) -> Record {
+        Record {
+            candidate,
+            signal,
+            scored: Scored {
+                scores: pairs.iter().map(|&(k, v)| (k.to_string(), v)).collect(),
+                wall_s: 2.0,
+                cpu_s: 3.0,
+            },
+        }
+    }
+
+    #[test]
+    fn summary_orients_losses_and_pairs_by_candidate() {
+        let fin = Signal::Final { epochs: 1 };
+        let bn = Signal::BnRecal { batches: 2 };
+        let mut rs = Vec::new();
+        for (i, acc) in [0.5, 0.7, 0.6, 0.9].into_iter().enumerate() {
+            rs.push(record(i, fin, &[("acc", acc), ("loss", 1.0 - acc)]));
+            // Loss falls as the final accuracy rises: a perfect signal once negated.
+            rs.push(record(i, bn, &[("acc", 0.1), ("loss", 2.0 - acc)]));
+        }
+        // A candidate without a final result is left out.
+        rs.push(record(9, bn, &[("acc", 0.2), ("loss", 0.0)]));
+        let rows = summarize(&rs, fin);
+        let loss = rows
+            .iter()
+            .find(|r| r.signal == "bn:2" && r.score == "loss")
+            .unwrap();
+        assert_eq!((loss.n, loss.kendall_tau, loss.spearman_rho), (4, 1.0, 1.0));
+        assert_eq!((loss.cpu_s, loss.wall_s), (3.0, 2.0));
+        let acc = rows
+            .iter()
+            .find(|r| r.signal == "bn:2" && r.score == "acc")
+            .unwrap();
+        assert!(acc.kendall_tau.is_nan(), "a constant score ranks nothing");
+        assert!(table(&rows).contains("| bn:2 | -loss | 4 | +1.00 |"));
+    }
+
+    #[test]
+    fn records_survive_a_torn_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = RunFiles::new(dir.path());
+        let r = record(0, Signal::Compressed, &[("acc", 0.25)]);
+        files.append(&r).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&files.results)
+            .unwrap();
+        f.write_all(b"{\"candidate\": 1, \"sig").unwrap();
+        assert_eq!(files.records().unwrap(), vec![r.clone()]);
+        files.end_torn_line().unwrap();
+        let r2 = record(1, Signal::FineTune { steps: 5 }, &[("acc", 0.5)]);
+        files.append(&r2).unwrap();
+        assert_eq!(files.records().unwrap(), vec![r, r2]);
+        let line = std::fs::read_to_string(&files.results).unwrap();
+        assert!(line.contains("\"signal\":\"ft:5\""), "{line}");
+    }
+}

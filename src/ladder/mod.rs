@@ -1,0 +1,351 @@
+//! Scoring a compressed candidate cheaply, and measuring how well each cheap score
+//! ranks candidates like the full re-training does (fidelity).
+//!
+//! A [`Signal`] is one way to score a candidate built from the base weights: as it is,
+//! after BatchNorm recalibration, by layer-wise similarity to the base model, after a
+//! short plain or distilled fine-tune, or after the final recipe. Every candidate scored
+//! with the same signal sees the same training batches and validation images.
+
+pub mod cka;
+pub mod fidelity;
+pub mod rank;
+
+use crate::arch::Arch;
+use crate::data::ImageSet;
+use crate::data::batches::{Batch, EpochPlan, batch_at, epoch_order};
+use crate::model::Vgg;
+use crate::train::distill::{Distill, Teacher};
+use crate::train::recalibrate::recalibrate_bn;
+use crate::train::{Control, TrainConfig, evaluate, train_with};
+use crate::weights::Weights;
+use crate::{Error, Result};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One way to score a candidate. Written `compressed`, `bn:K`, `recon:K`, `ft:S`,
+/// `kd:S` or `final:E` on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Signal {
+    /// Validation accuracy and loss straight after compression.
+    Compressed,
+    /// The same after recalibrating every BN from K training batches.
+    BnRecal { batches: usize },
+    /// After BN recalibration from K batches: mean linear CKA of every conv unit's output
+    /// against the base model's, and the mean KL divergence of the base model's softmax
+    /// from the candidate's, on those batches' images (no labels used).
+    Reconstruction { batches: usize },
+    /// Validation accuracy and loss after S fine-tune steps with cross-entropy.
+    FineTune { steps: usize },
+    /// The same with logit distillation from the base model.
+    Distilled { steps: usize },
+    /// Best validation accuracy of E epochs of the full recipe (the reference).
+    Final { epochs: usize },
+}
+
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Signal::Compressed => write!(f, "compressed"),
+            Signal::BnRecal { batches } => write!(f, "bn:{batches}"),
+            Signal::Reconstruction { batches } => write!(f, "recon:{batches}"),
+            Signal::FineTune { steps } => write!(f, "ft:{steps}"),
+            Signal::Distilled { steps } => write!(f, "kd:{steps}"),
+            Signal::Final { epochs } => write!(f, "final:{epochs}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Signal {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (name, n) = match s.split_once(':') {
+            Some((name, n)) => {
+                let n: usize = n
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("signal {s:?}: {n:?} is not a count >= 1"))?;
+                (name, Some(n))
+            }
+            None => (s, None),
+        };
+        match (name, n) {
+            ("compressed", None) => Ok(Signal::Compressed),
+            ("bn", Some(batches)) => Ok(Signal::BnRecal { batches }),
+            ("recon", Some(batches)) => Ok(Signal::Reconstruction { batches }),
+            ("ft", Some(steps)) => Ok(Signal::FineTune { steps }),
+            ("kd", Some(steps)) => Ok(Signal::Distilled { steps }),
+            ("final", Some(epochs)) => Ok(Signal::Final { epochs }),
+            _ => Err(format!(
+                "signal {s:?}: allowed compressed, bn:K, recon:K, ft:S, kd:S, final:E (K batches, S steps, E epochs)"
+            )),
+        }
+    }
+}
+
+impl From<Signal> for String {
+    fn from(s: Signal) -> String {
+        s.to_string()
+    }
+}
+
+impl TryFrom<String> for Signal {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+/// Whether a larger value of the named score means a better candidate.
+pub fn higher_is_better(score: &str) -> bool {
+    !matches!(score, "loss" | "kl")
+}
+
+/// What every candidate is scored against.
+#[derive(Clone)]
+pub struct LadderContext {
+    pub base: Arch,
+    pub base_weights: Arc<Weights>,
+    pub train: Arc<ImageSet>,
+    pub val: Arc<ImageSet>,
+    /// Validation images used by the cheap signals (the final one uses all).
+    pub eval_samples: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub distill: Distill,
+    pub seed: u64,
+}
+
+/// A signal's scores for one candidate, with what they cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    /// `acc`, `loss`, `cka`, `kl` as the signal gives them.
+    pub scores: BTreeMap<String, f64>,
+    /// Wall and process CPU seconds.
+    pub wall_s: f64,
+    pub cpu_s: f64,
+}
+
+/// CPU seconds this process has used (user + system), from /proc/self/stat.
+pub fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|r| r.1).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(u), Some(s)) => (u + s) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
+/// The first `batches` batches of a seeded shuffle of the training images, without
+/// augmentation: the same for every candidate.
+pub fn calibration_batches(ctx: &LadderContext, batches: usize) -> Vec<Batch> {
+    let plan = EpochPlan {
+        batch_size: ctx.batch_size,
+        seed: Some(ctx.seed),
+        limit: Some(batches * ctx.batch_size),
+    };
+    epoch_order(ctx.train.len(), &plan)
+        .chunks(ctx.batch_size.max(1))
+        .map(|c| batch_at(&ctx.train, c, None))
+        .collect()
+}
+
+fn scores(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    pairs.iter().map(|&(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Scores the candidate `(arch, weights)` with `signal` on `device`.
+pub fn score(
+    signal: Signal,
+    ctx: &LadderContext,
+    arch: &Arch,
+    weights: Weights,
+    device: &Device,
+) -> Result<Scored> {
+    let (wall, cpu) = (Instant::now(), process_cpu_seconds());
+    let model = |w: Weights| Vgg::from_weights(arch, w, "<candidate>", device);
+    let eval = |m: &Vgg, limit| evaluate(m, &ctx.val, ctx.batch_size, limit, device);
+    let scores = match signal {
+        Signal::Compressed => {
+            let v = eval(&model(weights)?, Some(ctx.eval_samples))?;
+            scores(&[("acc", v.top1), ("loss", v.loss)])
+        }
+        Signal::BnRecal { batches } => {
+            let m = recalibrate_bn(
+                model(weights)?,
+                &ctx.train,
+                batches,
+                ctx.batch_size,
+                ctx.seed,
+                device,
+            );
+            let v = eval(&m, Some(ctx.eval_samples))?;
+            scores(&[("acc", v.top1), ("loss", v.loss)])
+        }
+        Signal::Reconstruction { batches } => {
+            let m = recalibrate_bn(
+                model(weights)?,
+                &ctx.train,
+                batches,
+                ctx.batch_size,
+                ctx.seed,
+                device,
+            );
+            let base = Vgg::from_weights(&ctx.base, (*ctx.base_weights).clone(), "<base>", device)?;
+            let (cka, kl) = similarity(&base, &m, &calibration_batches(ctx, batches), device);
+            scores(&[("cka", cka), ("kl", kl)])
+        }
+        Signal::FineTune { steps } | Signal::Distilled { steps } => {
+            let teacher = match signal {
+                Signal::Distilled { .. } => Some(Teacher {
+                    model: Vgg::from_weights(
+                        &ctx.base,
+                        (*ctx.base_weights).clone(),
+                        "<base>",
+                        device,
+                    )?,
+                    distill: ctx.distill,
+                }),
+                _ => None,
+            };
+            let cfg = TrainConfig {
+                epochs: steps,
+                max_steps: Some(steps),
+                batch_size: ctx.batch_size,
+                lr: ctx.lr,
+                eval_limit: Some(ctx.eval_samples),
+                seed: ctx.seed,
+                ..TrainConfig::default()
+            };
+            let out = fine_tune(ctx, arch, weights, &cfg, teacher.as_ref(), device)?;
+            let v = eval(&model(out)?, Some(ctx.eval_samples))?;
+            scores(&[("acc", v.top1), ("loss", v.loss)])
+        }
+        Signal::Final { epochs } => {
+            let cfg = TrainConfig {
+                epochs,
+                seed: ctx.seed,
+                ..TrainConfig::default()
+            };
+            let out = train_with(
+                arch,
+                weights,
+                ctx.train.clone(),
+                ctx.val.clone(),
+                &cfg,
+                None,
+                device,
+                |_| Control::Continue,
+            )?;
+            let v = out
+                .best_val
+                .ok_or_else(|| Error::Failure("the final training ran no epoch".into()))?;
+            scores(&[("acc", v.top1), ("loss", v.loss)])
+        }
+    };
+    Ok(Scored {
+        scores,
+        wall_s: wall.elapsed().as_secs_f64(),
+        cpu_s: process_cpu_seconds() - cpu,
+    })
+}
+
+/// A short fine-tune that never validates on the way (the caller scores the result).
+fn fine_tune(
+    ctx: &LadderContext,
+    arch: &Arch,
+    weights: Weights,
+    cfg: &TrainConfig,
+    teacher: Option<&Teacher>,
+    device: &Device,
+) -> Result<Weights> {
+    // The end-of-epoch validation never runs: max_steps ends the run inside the epoch
+    // when the training set holds more than `steps` batches; a smaller set validates
+    // at each epoch end, which only costs time.
+    let out = train_with(
+        arch,
+        weights,
+        ctx.train.clone(),
+        ctx.val.clone(),
+        cfg,
+        teacher,
+        device,
+        |_| Control::Continue,
+    )?;
+    Ok(out.weights)
+}
+
+/// Logits of `m`, pushing the Gram matrix of every conv unit's output (after its BN,
+/// before the ReLU) to `grams`.
+fn forward_grams(m: &Vgg, x: Tensor<4>, grams: &mut Vec<(usize, Vec<f64>)>) -> Tensor<2> {
+    m.forward_with(x, |_, bn, x| {
+        let y = match bn {
+            Some((_, bn)) => bn.forward(x),
+            None => x,
+        };
+        grams.push(cka::gram(y.clone()));
+        y
+    })
+}
+
+/// Mean linear CKA over conv units and batches, and mean KL(base || candidate) of the
+/// softmax outputs per image.
+fn similarity(base: &Vgg, candidate: &Vgg, batches: &[Batch], device: &Device) -> (f64, f64) {
+    let (mut cka_sum, mut cka_n, mut kl_sum, mut images) = (0.0, 0usize, 0.0, 0usize);
+    for b in batches {
+        let x = Tensor::<4>::from_data(
+            TensorData::new(b.images.clone(), [b.len(), 3, 32, 32]),
+            device,
+        );
+        let (mut kb, mut kc) = (Vec::new(), Vec::new());
+        let p = log_softmax(forward_grams(base, x.clone(), &mut kb), 1);
+        let q = log_softmax(forward_grams(candidate, x, &mut kc), 1);
+        for ((n, k), (_, l)) in kb.iter().zip(&kc) {
+            let v = cka::linear_cka(*n, k, l);
+            if v.is_finite() {
+                cka_sum += v;
+                cka_n += 1;
+            }
+        }
+        kl_sum += f64::from((p.clone().exp() * (p - q)).sum().into_scalar::<f32>());
+        images += b.len();
+    }
+    (cka_sum / cka_n.max(1) as f64, kl_sum / images.max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_and_print_alike() {
+        for s in [
+            "compressed",
+            "bn:8",
+            "recon:2",
+            "ft:60",
+            "kd:200",
+            "final:3",
+        ] {
+            assert_eq!(s.parse::<Signal>().unwrap().to_string(), s);
+        }
+        let e = "bn".parse::<Signal>().unwrap_err();
+        assert!(e.contains("allowed compressed, bn:K"), "{e}");
+        let e = "ft:0".parse::<Signal>().unwrap_err();
+        assert!(e.contains("\"0\" is not a count >= 1"), "{e}");
+        assert!(higher_is_better("acc") && higher_is_better("cka"));
+        assert!(!higher_is_better("loss") && !higher_is_better("kl"));
+    }
+}
