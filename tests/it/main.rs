@@ -7,6 +7,7 @@ mod bad_search_files;
 mod cli;
 mod common;
 mod decomposition;
+mod fidelity;
 mod pruning;
 mod pytorch_fixture;
 mod search;

@@ -9,17 +9,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
+pub(crate) fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rankprune"));
     c.env("RUST_LOG", "warn");
     c
 }
 
-fn run(args: &[&str]) -> Output {
+pub(crate) fn run(args: &[&str]) -> Output {
     bin().args(args).output().unwrap()
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
         o.status,
@@ -28,16 +28,16 @@ fn text(o: &Output) -> String {
     )
 }
 
-struct Study {
-    dir: tempfile::TempDir,
+pub(crate) struct Study {
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Study {
-    fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
 
-    fn budget(&self) -> PathBuf {
+    pub(crate) fn budget(&self) -> PathBuf {
         self.path("budget.toml")
     }
 
@@ -52,7 +52,7 @@ impl Study {
 
 /// A study on 4-class stripes with `cfg_bn:8,M,16,M`. `proxy` replaces the proxy
 /// section's body; `extra` is appended.
-fn study(max_trials: usize, proxy: &str, extra: &str) -> Study {
+pub(crate) fn study(max_trials: usize, proxy: &str, extra: &str) -> Study {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();

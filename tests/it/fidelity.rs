@@ -1,0 +1,144 @@
+//! `rankprune fidelity` and `rankprune score` end to end on tiny generated data: every
+//! candidate is feasible and distinct, every (candidate, signal) pair is scored once and
+//! a re-run resumes without scoring again; `score` prints one JSON line per signal.
+
+use crate::search::{run, study, text};
+
+const SIGNALS: &str = "compressed,bn:1,recon:1,ft:2,kd:2";
+
+#[test]
+fn fidelity_scores_every_candidate_once_and_resumes() {
+    let s = study(1, "batch_size = 16\neval_samples = 32", "");
+    let budget = s.budget().display().to_string();
+    let out = s.path("fidelity").display().to_string();
+    let args = [
+        "fidelity",
+        &budget,
+        "--candidates",
+        "4",
+        "--signals",
+        SIGNALS,
+        "--final-epochs",
+        "1",
+        "--out",
+        &out,
+        "--json",
+    ];
+
+    // No base weights yet: a clear input error.
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("no such file"), "{}", text(&o));
+
+    let weights = s.path("runs/base.safetensors").display().to_string();
+    std::fs::create_dir_all(s.path("runs")).unwrap();
+    let o = run(&[
+        "init",
+        "--arch",
+        "cfg_bn:8,M,16,M",
+        "--num-classes",
+        "4",
+        "--out",
+        &weights,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let o = run(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    // Every cheap signal's scores, and the final one against itself.
+    for (signal, score) in [
+        ("compressed", "acc"),
+        ("bn:1", "loss"),
+        ("recon:1", "cka"),
+        ("recon:1", "kl"),
+        ("ft:2", "acc"),
+        ("kd:2", "loss"),
+        ("final:1", "acc"),
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["signal"] == signal && r["score"] == score)
+            .unwrap_or_else(|| panic!("no row {signal} {score}: {rows:?}"));
+        assert_eq!(row["n"], 4, "{row}");
+        assert!(row["cpu_s"].as_f64().unwrap() >= 0.0);
+    }
+
+    let dir = s.path("fidelity");
+    let candidates: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("candidates.json")).unwrap())
+            .unwrap();
+    assert_eq!(candidates.len(), 4);
+    let configs: std::collections::HashSet<String> =
+        candidates.iter().map(|c| c["config"].to_string()).collect();
+    assert_eq!(configs.len(), 4, "candidates are distinct");
+    // The target is 1.2x fewer FLOPs than the base model.
+    let base_flops = {
+        let o = run(&[
+            "metrics",
+            "--arch",
+            "cfg_bn:8,M,16,M",
+            "--num-classes",
+            "4",
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["flops"].as_f64().unwrap()
+    };
+    for c in &candidates {
+        assert!(c["flops"].as_f64().unwrap() * 1.2 <= base_flops, "{c}");
+    }
+    let lines = || {
+        std::fs::read_to_string(dir.join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!(lines(), 4 * 6);
+    assert!(dir.join("fidelity.md").exists());
+
+    // A re-run scores nothing again and reports the same rows.
+    let again = run(&args);
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(lines(), 4 * 6);
+    assert_eq!(again.stdout, o.stdout);
+
+    // `score` runs one candidate's config through the signals.
+    let config = s.path("c0.json");
+    std::fs::write(&config, candidates[0]["config"].to_string()).unwrap();
+    let o = run(&[
+        "score",
+        &budget,
+        "--config",
+        &config.display().to_string(),
+        "--signals",
+        "bn:1,recon:1",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["signal"], "bn:1");
+    let cka = lines[1]["scores"]["cka"].as_f64().unwrap();
+    assert!(cka > 0.0 && cka <= 1.0 + 1e-6, "{cka}");
+    // The same config and signal give the score the fidelity run recorded.
+    let recorded: serde_json::Value = std::fs::read_to_string(dir.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["candidate"] == 0 && r["signal"] == "bn:1")
+        .unwrap();
+    assert_eq!(recorded["scores"], lines[0]["scores"]);
+
+    let o = run(&["fidelity", &budget, "--signals", "bn"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("allowed compressed, bn:K"),
+        "{}",
+        text(&o)
+    );
+}
