@@ -143,6 +143,7 @@ pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
         max_steps: args.max_steps,
         subset: args.subset,
         eval_every: args.eval_every,
+        eval_at: Vec::new(),
         eval_limit: None,
         seed: args.seed,
         checkpoint_dir: args.checkpoint_dir.clone(),

@@ -107,15 +107,33 @@ pub struct Proxy {
     pub lr: f64,
     /// Validation images used to score a trial.
     pub eval_samples: usize,
-    /// Early stop: at this step, a trial below `early_stop_min_acc` is pruned.
+    /// Rungs: steps at which a trial is scored on the validation images and may be
+    /// stopped (0 = after building the candidate and recalibrating its BNs, before any
+    /// fine-tuning). `early_stop_step = s` is shorthand for `rungs = [s]`.
+    pub rungs: Vec<usize>,
     pub early_stop_step: Option<usize>,
+    /// At a rung, a trial below this accuracy is stopped.
     pub early_stop_min_acc: f64,
-    /// Also prune a trial below the median of completed trials at `early_stop_step`
-    /// (once three trials have completed).
+    /// At a rung, a trial is also stopped unless it is in the top 1/`eta` of all trials
+    /// scored there so far (asynchronous successive halving; eta = 2 is the median rule),
+    /// once three trials have been scored there.
     pub early_stop_median: bool,
+    pub eta: f64,
+    /// Re-estimate every BN's statistics from this many training batches after building
+    /// the candidate (0 = off; EagleEye's adaptive BN).
+    pub bn_recalibration: usize,
     /// Distil from the base model during the proxy fine-tune (`[proxy.distill]`, with
     /// `temperature` and `alpha`; defaults 4 and 0.9).
     pub distill: Option<crate::train::distill::Distill>,
+}
+
+impl Proxy {
+    /// Folds `early_stop_step` into `rungs` (sorted, without repeats).
+    pub fn resolve_rungs(&mut self) {
+        self.rungs.extend(self.early_stop_step.take());
+        self.rungs.sort_unstable();
+        self.rungs.dedup();
+    }
 }
 
 impl Default for Proxy {
@@ -125,9 +143,12 @@ impl Default for Proxy {
             batch_size: 128,
             lr: 0.01,
             eval_samples: 1000,
+            rungs: Vec::new(),
             early_stop_step: None,
             early_stop_min_acc: 0.0,
             early_stop_median: true,
+            eta: 2.0,
+            bn_recalibration: 0,
             distill: None,
         }
     }
@@ -191,7 +212,7 @@ pub struct BudgetError {
 impl Budget {
     /// Parses TOML text; `file` names the source in errors.
     pub fn from_toml(text: &str, file: &str) -> Result<Self, BudgetError> {
-        let budget: Budget = toml::from_str(text).map_err(|e| BudgetError {
+        let mut budget: Budget = toml::from_str(text).map_err(|e| BudgetError {
             file: file.to_string(),
             message: toml_message(text, &e),
         })?;
@@ -199,6 +220,7 @@ impl Budget {
             file: file.to_string(),
             message,
         })?;
+        budget.proxy.resolve_rungs();
         Ok(budget)
     }
 
@@ -252,6 +274,15 @@ impl Budget {
                 "proxy.early_stop_step = {s}: allowed 1 ..= proxy.steps ({})",
                 self.proxy.steps
             ));
+        }
+        if let Some(&s) = self.proxy.rungs.iter().find(|&&s| s > self.proxy.steps) {
+            return Err(format!(
+                "proxy.rungs: {s} is past the last step: allowed 0 ..= proxy.steps ({})",
+                self.proxy.steps
+            ));
+        }
+        if !(self.proxy.eta.is_finite() && self.proxy.eta > 1.0) {
+            return Err(format!("proxy.eta = {}: allowed > 1", self.proxy.eta));
         }
         crate::arch::ArchSpec::parse(&self.model.arch).map_err(|e| format!("model.arch: {e}"))?;
         for (key, v) in [
@@ -364,6 +395,40 @@ early_stop_min_acc = 0.3
         assert_eq!(b.proxy.batch_size, 128);
         assert_eq!(b.workers, Workers::default());
         assert_eq!(b.final_stage, FinalStage::default());
+        // early_stop_step is shorthand for one rung.
+        assert_eq!(
+            (b.proxy.rungs.clone(), b.proxy.early_stop_step),
+            (vec![40], None)
+        );
+        assert_eq!(
+            (b.proxy.eta, b.proxy.bn_recalibration, b.proxy.distill),
+            (2.0, 0, None)
+        );
+    }
+
+    #[test]
+    fn ladder_keys_parse_and_are_checked() {
+        let text = GOOD.replace(
+            "early_stop_step = 40",
+            "rungs = [50, 0]\neta = 3\nbn_recalibration = 8",
+        ) + "\n[proxy.distill]\ntemperature = 2.0\n";
+        let b = Budget::from_toml(&text, "b.toml").unwrap();
+        assert_eq!(b.proxy.rungs, vec![0, 50]);
+        assert_eq!((b.proxy.eta, b.proxy.bn_recalibration), (3.0, 8));
+        let d = b.proxy.distill.unwrap();
+        assert_eq!((d.temperature, d.alpha), (2.0, 0.9));
+        let e = error_of(&GOOD.replace("early_stop_step = 40", "rungs = [0, 101]"));
+        assert!(
+            e.contains("proxy.rungs: 101 is past the last step: allowed 0 ..= proxy.steps (100)"),
+            "{e}"
+        );
+        let e = error_of(&GOOD.replace("early_stop_step = 40", "eta = 1"));
+        assert!(e.contains("proxy.eta = 1: allowed > 1"), "{e}");
+        let e = error_of(&text.replace("temperature = 2.0", "alpha = 1.5"));
+        assert!(
+            e.contains("proxy.distill.alpha = 1.5: allowed [0, 1]"),
+            "{e}"
+        );
     }
 
     #[test]

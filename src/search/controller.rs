@@ -5,7 +5,7 @@
 //! SIGTERM stop proposing, mark running trials interrupted and return; re-running the
 //! same budget resumes the study.
 
-use super::budget::{Budget, ObjectiveKind, Proxy, StrategyName};
+use super::budget::{Budget, ObjectiveKind, StrategyName};
 use super::export::{best_trial, export_config};
 use super::finalists::finalists;
 use super::problem::{Observation, Problem, Target};
@@ -226,38 +226,6 @@ enum Msg {
         end: TrialEnd,
         seconds: f64,
     },
-}
-
-/// The early-stop rule at one report.
-fn verdict(
-    store: &TrialStore,
-    study: i64,
-    proxy: &Proxy,
-    step: usize,
-    acc: f64,
-) -> Result<Verdict> {
-    if proxy.early_stop_step != Some(step) {
-        return Ok(Verdict::Continue);
-    }
-    if acc < proxy.early_stop_min_acc {
-        return Ok(Verdict::Prune);
-    }
-    if proxy.early_stop_median {
-        let mut seen = store.completed_values_at(study, step as i64)?;
-        if seen.len() >= 3 {
-            seen.sort_by(f64::total_cmp);
-            let n = seen.len();
-            let median = if n % 2 == 1 {
-                seen[n / 2]
-            } else {
-                0.5 * (seen[n / 2 - 1] + seen[n / 2])
-            };
-            if acc < median {
-                return Ok(Verdict::Prune);
-            }
-        }
-    }
-    Ok(Verdict::Continue)
 }
 
 struct Controller {
@@ -604,7 +572,12 @@ async fn search(budget: Budget, budget_text: String, progress: bool) -> Result<S
                     let v = if stopping == Some(StopReason::Signal) {
                         Verdict::Continue
                     } else {
-                        verdict(&ctl.store, study, &budget.proxy, step, acc)?
+                        super::promotion::verdict(
+                            &budget.proxy,
+                            step,
+                            acc,
+                            &ctl.store.values_at(study, step as i64, trial)?,
+                        )
                     };
                     let _ = reply.send(v);
                 }

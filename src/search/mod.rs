@@ -8,6 +8,7 @@ pub mod finalists;
 pub mod gp;
 pub mod pareto;
 pub mod problem;
+pub mod promotion;
 pub mod space;
 pub mod strategy;
 pub mod synthetic;

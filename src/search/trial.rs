@@ -9,6 +9,7 @@ use crate::config::LayerConfig;
 use crate::data::ImageSet;
 use crate::model::Vgg;
 use crate::train::distill::Teacher;
+use crate::train::recalibrate::recalibrate_bn;
 use crate::train::{Control, TrainConfig, evaluate, train_with};
 use crate::weights::Weights;
 use burn::tensor::Device;
@@ -51,6 +52,37 @@ pub enum Verdict {
     Prune,
 }
 
+/// The candidate's weights after BN recalibration (when the proxy asks for it) and, when
+/// step 0 is a rung, its validation accuracy then.
+fn first_rung(
+    ctx: &TrialContext,
+    arch: &crate::arch::Arch,
+    weights: Weights,
+    device: &Device,
+) -> crate::Result<(Weights, Option<f64>)> {
+    let p = &ctx.proxy;
+    if p.bn_recalibration == 0 && !p.rungs.contains(&0) {
+        return Ok((weights, None));
+    }
+    let mut model = Vgg::from_weights(arch, weights, "<trial>", device)?;
+    if p.bn_recalibration > 0 {
+        model = recalibrate_bn(
+            model,
+            &ctx.train,
+            p.bn_recalibration,
+            p.batch_size,
+            ctx.seed,
+            device,
+        );
+    }
+    let acc = if p.rungs.contains(&0) {
+        Some(evaluate(&model, &ctx.val, p.batch_size, Some(p.eval_samples), device)?.top1)
+    } else {
+        None
+    };
+    Ok((model.to_weights(), acc))
+}
+
 /// Runs one trial. `on_eval(step, accuracy)` sees each intermediate validation result;
 /// `stop` ends the trial as interrupted at the next step.
 pub fn run_trial(
@@ -69,13 +101,22 @@ pub fn run_trial(
         return TrialEnd::Interrupted;
     }
     let p = &ctx.proxy;
+    let (weights, rung0) = match first_rung(ctx, &arch, weights, device) {
+        Ok(x) => x,
+        Err(e) => return TrialEnd::Failed(format!("scoring the candidate at step 0: {e}")),
+    };
+    if let Some(acc) = rung0
+        && on_eval(0, acc) == Verdict::Prune
+    {
+        return TrialEnd::Pruned { acc };
+    }
     let cfg = TrainConfig {
         // Upper bound: the step limit ends the run.
         epochs: p.steps,
         batch_size: p.batch_size,
         lr: p.lr,
         max_steps: Some(p.steps),
-        eval_every: p.early_stop_step,
+        eval_at: p.rungs.iter().copied().filter(|&s| s > 0).collect(),
         eval_limit: Some(p.eval_samples),
         seed: ctx.seed,
         ..TrainConfig::default()

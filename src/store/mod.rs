@@ -467,19 +467,20 @@ impl TrialStore {
         rows.collect::<Result<_, _>>().map_err(&err)
     }
 
-    /// Validation values reported at `step` by the study's completed trials.
-    pub fn completed_values_at(&self, study: i64, step: i64) -> StoreResult<Vec<f64>> {
+    /// Validation values reported at `step` by the study's trials other than `except_trial`,
+    /// whatever became of them (a rung compares a trial with all that reached it).
+    pub fn values_at(&self, study: i64, step: i64, except_trial: i64) -> StoreResult<Vec<f64>> {
         let path = self.path.clone();
         let err = sql_err(&path);
         let mut st = self
             .conn
             .prepare(
                 "SELECT r.value FROM reports r JOIN trials t ON t.id = r.trial_id \
-                 WHERE t.study_id = ?1 AND t.state = 'complete' AND r.step = ?2",
+                 WHERE t.study_id = ?1 AND r.step = ?2 AND t.id != ?3",
             )
             .map_err(&err)?;
         let rows = st
-            .query_map(params![study, step], |r| r.get(0))
+            .query_map(params![study, step, except_trial], |r| r.get(0))
             .map_err(&err)?;
         rows.collect::<Result<_, _>>().map_err(&err)
     }

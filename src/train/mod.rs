@@ -42,6 +42,9 @@ pub struct TrainConfig {
     pub subset: Option<usize>,
     /// Evaluate on the validation set every this many steps (besides each epoch end).
     pub eval_every: Option<usize>,
+    /// And after these steps.
+    #[serde(default)]
+    pub eval_at: Vec<usize>,
     /// Validation images used by evaluations (all when `None`).
     pub eval_limit: Option<usize>,
     pub seed: u64,
@@ -63,6 +66,7 @@ impl Default for TrainConfig {
             max_steps: None,
             subset: None,
             eval_every: None,
+            eval_at: Vec::new(),
             eval_limit: None,
             seed: 0,
             checkpoint_dir: None,
@@ -259,7 +263,9 @@ pub fn train_with(
                 val: None,
                 images_per_s: seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
             };
-            if cfg.eval_every.is_some_and(|e| state.step.is_multiple_of(e)) {
+            if cfg.eval_every.is_some_and(|e| state.step.is_multiple_of(e))
+                || cfg.eval_at.contains(&state.step)
+            {
                 report.val = Some(validate(&model)?);
             }
             if on_report(&report) == Control::Stop {

@@ -435,3 +435,43 @@ fn model_aware_strategies_start_from_warm_points_and_retrain_the_best_seed() {
         );
     }
 }
+
+/// Rungs at step 0 (after BN recalibration, before any fine-tuning) and step 2 with
+/// eta = 100: past three scores at a rung, a trial goes on only if it reaches the 99%
+/// quantile of the others there; the stopped ones end early-stopped with that score.
+/// The fine-tune distils from the base model.
+#[test]
+fn successive_halving_stops_trials_at_the_recalibrated_rung() {
+    let s = study(
+        8,
+        "steps = 4\nbatch_size = 16\neval_samples = 32\nrungs = [0, 2]\neta = 100\nbn_recalibration = 1\n[proxy.distill]\ntemperature = 3.0",
+        "[final]\ntop_k = 0\nseeds = 0",
+    );
+    let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let store = s.store();
+    let trials = store.trials(1).unwrap();
+    assert_eq!(trials.len(), 8);
+    let mut seen: Vec<f64> = Vec::new();
+    let mut stopped_at_0 = 0;
+    for t in &trials {
+        assert_ne!(t.state, TrialState::Failed, "{t:?}");
+        let reports = store.reports(t.id).unwrap();
+        let at = |step| reports.iter().find(|r| r.0 == step).map(|r| r.1);
+        let first = at(0).unwrap_or_else(|| panic!("trial {} has no step-0 score", t.number));
+        let stop = seen.len() >= 3
+            && first < rankprune::search::promotion::quantile(&seen, 1.0 - 1.0 / 100.0);
+        if stop {
+            stopped_at_0 += 1;
+            assert_eq!(t.state, TrialState::Pruned, "{t:?} {reports:?}");
+            assert_eq!(t.proxy_acc, Some(first));
+            assert_eq!(at(2), None, "a stopped trial trains no further");
+        } else {
+            assert!(at(2).is_some(), "trial {} went on: {reports:?}", t.number);
+        }
+        seen.push(first);
+    }
+    eprintln!("step-0 scores {seen:?}, stopped {stopped_at_0}");
+    let all_equal = seen.iter().all(|&v| v == seen[0]);
+    assert!(stopped_at_0 > 0 || all_equal, "{seen:?}");
+}

@@ -1,0 +1,99 @@
+//! The rule that stops trials at a rung: below the minimum accuracy, or outside the top
+//! 1/eta of the trials scored at that rung so far (asynchronous successive halving, Li et
+//! al., MLSys 2020, in its stopping form; eta = 2 is the median stopping rule).
+
+use super::budget::Proxy;
+use super::trial::Verdict;
+
+/// Scores needed at a rung before trials are compared there.
+pub const MIN_COMPARED: usize = 3;
+
+/// The `q` quantile of `v` with linear interpolation between order statistics (numpy's
+/// default); `v` non-empty.
+pub fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let pos = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    s[lo] + (pos - lo as f64) * (s[hi] - s[lo])
+}
+
+/// The verdict for a trial scoring `acc` at `step`, where `others` are the scores of the
+/// other trials at that step.
+pub fn verdict(proxy: &Proxy, step: usize, acc: f64, others: &[f64]) -> Verdict {
+    if !proxy.rungs.contains(&step) {
+        return Verdict::Continue;
+    }
+    if acc < proxy.early_stop_min_acc {
+        return Verdict::Prune;
+    }
+    if proxy.early_stop_median
+        && others.len() >= MIN_COMPARED
+        && acc < quantile(others, 1.0 - 1.0 / proxy.eta)
+    {
+        return Verdict::Prune;
+    }
+    Verdict::Continue
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxy(rungs: &[usize], eta: f64, min_acc: f64) -> Proxy {
+        Proxy {
+            rungs: rungs.to_vec(),
+            eta,
+            early_stop_min_acc: min_acc,
+            ..Proxy::default()
+        }
+    }
+
+    #[test]
+    fn quantiles_interpolate_like_numpy() {
+        assert_eq!(quantile(&[3.0, 1.0, 2.0, 4.0], 0.5), 2.5);
+        assert_eq!(quantile(&[5.0], 0.9), 5.0);
+        // numpy.quantile([1, 2, 3, 4, 10], 2/3) = 3.6666...
+        assert!((quantile(&[10.0, 1.0, 2.0, 3.0, 4.0], 2.0 / 3.0) - 11.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn only_rungs_judge() {
+        let p = proxy(&[0, 50], 2.0, 0.5);
+        assert_eq!(verdict(&p, 10, 0.0, &[0.9; 5]), Verdict::Continue);
+        assert_eq!(
+            verdict(&p, 0, 0.4, &[]),
+            Verdict::Prune,
+            "below the minimum"
+        );
+        assert_eq!(verdict(&p, 50, 0.6, &[]), Verdict::Continue);
+    }
+
+    #[test]
+    fn median_rule_is_eta_two_and_waits_for_three_scores() {
+        let p = proxy(&[20], 2.0, 0.0);
+        assert_eq!(
+            verdict(&p, 20, 0.1, &[0.8, 0.9]),
+            Verdict::Continue,
+            "too few to compare"
+        );
+        let others = [0.2, 0.4, 0.6, 0.8];
+        // Median 0.5: below stops, at or above continues.
+        assert_eq!(verdict(&p, 20, 0.49, &others), Verdict::Prune);
+        assert_eq!(verdict(&p, 20, 0.5, &others), Verdict::Continue);
+        let off = Proxy {
+            early_stop_median: false,
+            ..p
+        };
+        assert_eq!(verdict(&off, 20, 0.0, &others), Verdict::Continue);
+    }
+
+    #[test]
+    fn eta_three_keeps_the_top_third() {
+        let p = proxy(&[0], 3.0, 0.0);
+        let others = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7];
+        // The 2/3 quantile of the others is 0.5.
+        assert_eq!(verdict(&p, 0, 0.45, &others), Verdict::Prune);
+        assert_eq!(verdict(&p, 0, 0.55, &others), Verdict::Continue);
+    }
+}
