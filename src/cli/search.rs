@@ -167,13 +167,22 @@ pub fn run_trials(args: TrialsArgs) -> Result<()> {
             .map(|(t, f)| {
                 let mut v = serde_json::to_value(t).expect("a trial serializes");
                 v["final"] = serde_json::to_value(f).expect("a result serializes");
-                v
+                v["rung_scores"] = serde_json::to_value(store.reports(t.id)?).expect("pairs");
+                Ok(v)
             })
-            .collect();
+            .collect::<Result<_>>()?;
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
     print!("{}", trials_table(&trials, &finals, base.map(|c| c.flops)));
+    let fidelity = store.rung_fidelity(study.id)?;
+    if !fidelity.is_empty() {
+        println!("Kendall tau of each rung against validation accuracy after re-training:");
+        for r in fidelity {
+            let tau = r.kendall_tau.map_or("-".into(), |t| format!("{t:+.2}"));
+            println!("  step {:>5}: {tau} over {} re-trained trials", r.step, r.n);
+        }
+    }
     Ok(())
 }
 

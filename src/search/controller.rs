@@ -783,5 +783,25 @@ async fn final_stage(
             Err(e) => tracing::warn!(trial = t.number, "final re-training failed: {e}"),
         }
     }
+    record_rung_fidelity(ctl, budget)
+}
+
+/// Stores how well each rung ranked the re-trained trials (see `promotion::rung_fidelity`).
+fn record_rung_fidelity(ctl: &mut Controller, budget: &Budget) -> Result<()> {
+    let mut retrained = Vec::new();
+    for t in ctl.store.trials(ctl.study)? {
+        if let Some(val) = ctl.store.final_result(t.id)?.and_then(|f| f.val_top1) {
+            retrained.push(super::promotion::Retrained {
+                reports: ctl.store.reports(t.id)?,
+                proxy_acc: t.proxy_acc,
+                val,
+            });
+        }
+    }
+    let rows = super::promotion::rung_fidelity(&budget.proxy, &retrained);
+    for r in &rows {
+        tracing::info!(step = r.step, n = r.n, tau = r.kendall_tau, "rung fidelity");
+    }
+    ctl.store.record_rung_fidelity(ctl.study, &rows)?;
     Ok(())
 }

@@ -112,6 +112,7 @@ pub fn export_config(
         "flops": trial.cost.flops,
         "params": trial.cost.params,
         "size_bytes": trial.cost.size_bytes,
+        "rung_scores": store.reports(trial.id)?,
         "flops_reduction": base.map(|b| b.flops as f64 / trial.cost.flops.max(1) as f64),
         "params_reduction": base.map(|b| b.params as f64 / trial.cost.params.max(1) as f64),
     }));
@@ -121,6 +122,7 @@ pub fn export_config(
         "trial": trial.number,
         "trial_id": trial.id,
         "budget_fnv1a64": fnv1a64(&study.budget),
+        "rung_fidelity": store.rung_fidelity(study.id)?,
         "rankprune": env!("CARGO_PKG_VERSION"),
     }));
     Ok(config)

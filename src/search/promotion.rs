@@ -4,6 +4,8 @@
 
 use super::budget::Proxy;
 use super::trial::Verdict;
+use crate::ladder::rank::kendall_tau;
+use crate::store::RungFidelity;
 
 /// Scores needed at a rung before trials are compared there.
 pub const MIN_COMPARED: usize = 3;
@@ -36,9 +38,83 @@ pub fn verdict(proxy: &Proxy, step: usize, acc: f64, others: &[f64]) -> Verdict 
     Verdict::Continue
 }
 
+/// One re-trained trial's scores: its reports `(step, accuracy)`, its proxy accuracy and
+/// its validation accuracy after re-training.
+pub struct Retrained {
+    pub reports: Vec<(i64, f64)>,
+    pub proxy_acc: Option<f64>,
+    pub val: f64,
+}
+
+/// Kendall's tau of every rung's scores, and of the proxy accuracy (recorded at step
+/// `proxy.steps`), against validation accuracy after re-training.
+pub fn rung_fidelity(proxy: &Proxy, trials: &[Retrained]) -> Vec<RungFidelity> {
+    let mut steps: Vec<i64> = proxy.rungs.iter().map(|&s| s as i64).collect();
+    steps.push(proxy.steps as i64);
+    steps.dedup();
+    steps
+        .into_iter()
+        .map(|step| {
+            let pairs: Vec<(f64, f64)> = trials
+                .iter()
+                .filter_map(|t| {
+                    let at = t.reports.iter().find(|r| r.0 == step).map(|r| r.1);
+                    let score = if step == proxy.steps as i64 {
+                        t.proxy_acc.or(at)
+                    } else {
+                        at
+                    };
+                    Some((score?, t.val))
+                })
+                .collect();
+            let (x, y): (Vec<f64>, Vec<f64>) = pairs.into_iter().unzip();
+            let tau = kendall_tau(&x, &y);
+            RungFidelity {
+                step,
+                n: x.len() as i64,
+                kendall_tau: tau.is_finite().then_some(tau),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rung_fidelity_pairs_each_rung_with_the_retrained_accuracy() {
+        let p = Proxy {
+            rungs: vec![0, 50],
+            steps: 100,
+            ..Proxy::default()
+        };
+        let t = |reports: &[(i64, f64)], proxy: Option<f64>, val| Retrained {
+            reports: reports.to_vec(),
+            proxy_acc: proxy,
+            val,
+        };
+        let trials = [
+            t(&[(0, 0.1), (50, 0.5)], Some(0.7), 0.90),
+            t(&[(0, 0.3), (50, 0.4)], Some(0.6), 0.92),
+            t(&[(0, 0.2), (50, 0.6)], Some(0.8), 0.94),
+            t(&[(0, 0.4)], None, 0.91), // stopped at step 0, re-trained as a warm start
+        ];
+        let rows = rung_fidelity(&p, &trials);
+        assert_eq!(
+            rows.iter().map(|r| (r.step, r.n)).collect::<Vec<_>>(),
+            vec![(0, 4), (50, 3), (100, 3)]
+        );
+        // Step 0: pairs (0.1, .90) (0.3, .92) (0.2, .94) (0.4, .91): 3 concordant, 3 discordant.
+        assert_eq!(rows[0].kendall_tau, Some(0.0));
+        // Step 50: (0.5, .90) (0.4, .92) (0.6, .94): 2 concordant, 1 discordant: 1/3.
+        assert!((rows[1].kendall_tau.unwrap() - 1.0 / 3.0).abs() < 1e-12);
+        // The proxy accuracy orders the three like their re-training: tau 1/3 too
+        // ((0.7, .90) (0.6, .92) (0.8, .94)).
+        assert!((rows[2].kendall_tau.unwrap() - 1.0 / 3.0).abs() < 1e-12);
+        let one = rung_fidelity(&p, &trials[..1]);
+        assert_eq!(one[0].kendall_tau, None, "undefined with one trial");
+    }
 
     fn proxy(rungs: &[usize], eta: f64, min_acc: f64) -> Proxy {
         Proxy {

@@ -118,6 +118,17 @@ pub struct StudyRow {
     pub created_at: f64,
 }
 
+/// How well one rung's scores ranked a study's re-trained trials.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RungFidelity {
+    /// The rung's step; the proxy's last step stands for the trial's proxy accuracy.
+    pub step: i64,
+    /// Re-trained trials scored at this rung.
+    pub n: i64,
+    /// Kendall's tau-b against validation accuracy after re-training (None when undefined).
+    pub kendall_tau: Option<f64>,
+}
+
 /// A trial re-trained with the full recipe and scored on the test set.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FinalResult {
@@ -481,6 +492,44 @@ impl TrialStore {
             .map_err(&err)?;
         let rows = st
             .query_map(params![study, step, except_trial], |r| r.get(0))
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    /// Replaces the study's rung fidelity rows, in one transaction.
+    pub fn record_rung_fidelity(&mut self, study: i64, rows: &[RungFidelity]) -> StoreResult<()> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        let tx = self.conn.transaction().map_err(&err)?;
+        tx.execute("DELETE FROM rung_fidelity WHERE study_id = ?1", [study])
+            .map_err(&err)?;
+        for r in rows {
+            tx.execute(
+                "INSERT INTO rung_fidelity (study_id, step, n, kendall_tau) VALUES (?1, ?2, ?3, ?4)",
+                params![study, r.step, r.n, r.kendall_tau],
+            )
+            .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)
+    }
+
+    pub fn rung_fidelity(&self, study: i64) -> StoreResult<Vec<RungFidelity>> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT step, n, kendall_tau FROM rung_fidelity WHERE study_id = ?1 ORDER BY step",
+            )
+            .map_err(&err)?;
+        let rows = st
+            .query_map([study], |r| {
+                Ok(RungFidelity {
+                    step: r.get(0)?,
+                    n: r.get(1)?,
+                    kendall_tau: r.get(2)?,
+                })
+            })
             .map_err(&err)?;
         rows.collect::<Result<_, _>>().map_err(&err)
     }

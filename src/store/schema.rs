@@ -50,6 +50,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // v2: the validation accuracy of a final re-training, which chooses the winner (the
     // test accuracy is reported, never used to choose).
     "ALTER TABLE final_results ADD COLUMN val_top1 REAL;",
+    // v3: how well each rung's scores ranked the re-trained trials (Kendall's tau against
+    // their validation accuracy after re-training), written after the final stage.
+    "CREATE TABLE rung_fidelity (
+        study_id INTEGER NOT NULL REFERENCES studies(id),
+        step INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        kendall_tau REAL,
+        PRIMARY KEY (study_id, step)
+    );",
 ];
 
 /// The schema version this build writes.

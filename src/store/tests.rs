@@ -189,3 +189,36 @@ fn a_v1_store_gains_the_validation_column_and_keeps_its_results() {
     store.record_final(1, &newer).unwrap();
     assert_eq!(store.final_result(1).unwrap(), Some(newer));
 }
+
+#[test]
+fn rung_fidelity_is_stored_per_study_and_replaced_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    let (a, b) = (
+        store.study("a", "x").unwrap(),
+        store.study("b", "y").unwrap(),
+    );
+    let row = |step, n, tau| RungFidelity {
+        step,
+        n,
+        kendall_tau: tau,
+    };
+    store
+        .record_rung_fidelity(a, &[row(0, 3, Some(0.5)), row(200, 3, None)])
+        .unwrap();
+    store
+        .record_rung_fidelity(b, &[row(50, 2, Some(-1.0))])
+        .unwrap();
+    assert_eq!(
+        store.rung_fidelity(a).unwrap(),
+        vec![row(0, 3, Some(0.5)), row(200, 3, None)]
+    );
+    store
+        .record_rung_fidelity(a, &[row(0, 4, Some(0.25))])
+        .unwrap();
+    assert_eq!(store.rung_fidelity(a).unwrap(), vec![row(0, 4, Some(0.25))]);
+    assert_eq!(
+        store.rung_fidelity(b).unwrap(),
+        vec![row(50, 2, Some(-1.0))]
+    );
+}

@@ -192,6 +192,22 @@ fn search_end_to_end_then_export_then_compress() {
     assert_eq!(w["provenance"]["trial_id"].as_i64(), Some(best));
     assert!(w["metrics"]["proxy_acc"].is_number() && w["metrics"]["final_top1"].is_number());
     assert!(w["decomposition"]["ranks"]["features.4"].is_array());
+    // The rung scores of the trial and the study's stored rung fidelity: one row per rung
+    // (step 2) and for the proxy accuracy (step 4), over the one re-trained trial.
+    assert_eq!(w["metrics"]["rung_scores"][0][0], 2, "{w}");
+    let fidelity = store.rung_fidelity(1).unwrap();
+    assert_eq!(
+        fidelity.iter().map(|r| (r.step, r.n)).collect::<Vec<_>>(),
+        vec![(2, 1), (4, 1)]
+    );
+    assert!(
+        fidelity.iter().all(|r| r.kendall_tau.is_none()),
+        "one trial ranks nothing"
+    );
+    assert_eq!(w["provenance"]["rung_fidelity"][1]["step"], 4);
+    let o = run(&["trials", "--db", db.to_str().unwrap(), "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(rows[0]["rung_scores"].is_array(), "{rows}");
     // The search's own export is the same choice.
     let own = s.path("runs/tiny.best.json");
     let own: serde_json::Value =
