@@ -46,7 +46,14 @@ fn main() {
     );
 
     let t = Instant::now();
-    let ratios = recommend_ratios(&decomposed, &dw, PruneTarget::FlopsReduction(2.0), 0.9).unwrap();
+    let ratios = recommend_ratios(
+        &decomposed,
+        &dw,
+        PruneTarget::FlopsReduction(2.0),
+        0.9,
+        &rankprune::cost::count(&decomposed),
+    )
+    .unwrap();
     println!(
         "| SLAMP ratios, reference-decomposed model, 2x FLOPs target | {} | {:.4} |",
         ratios.len(),

@@ -60,7 +60,7 @@ pub fn cost_table(cost: &Cost) -> String {
 pub fn reduction_line(base: &Cost, new: &Cost) -> String {
     let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
     format!(
-        "vs base: FLOPs {:.2}M -> {:.2}M ({:.2}x fewer), params {:.2}M -> {:.2}M ({:.2}x fewer), size {:.2} MB -> {:.2} MB",
+        "vs the original: FLOPs {:.2}M -> {:.2}M ({:.2}x fewer), params {:.2}M -> {:.2}M ({:.2}x fewer), size {:.2} MB -> {:.2} MB",
         base.mflops(),
         new.mflops(),
         ratio(base.flops, new.flops),

@@ -46,10 +46,11 @@ pub struct PruningArgs {
     /// Remove this fraction of all filters (e.g. 0.4)
     #[arg(long)]
     pub ratio: Option<f64>,
-    /// Reach base FLOPs / X (e.g. 2.0 halves the FLOPs)
+    /// Reach the original (uncompressed) model's FLOPs / X, decomposition included
+    /// (e.g. 8.0: eight times fewer FLOPs than the original)
     #[arg(long)]
     pub flops_reduction: Option<f64>,
-    /// Reach base params / X
+    /// Reach the original model's params / X, decomposition included
     #[arg(long)]
     pub params_reduction: Option<f64>,
     /// Most of a layer's filters that may go
@@ -220,17 +221,20 @@ pub fn run_recommend_pruning(base: &BaseArgs, args: PruningArgs) -> Result<()> {
         (_, _, Some(x)) => PruneTarget::ParamsReduction(x),
         _ => unreachable!("clap requires one target"),
     };
-    let ratios = recommend_ratios(&decomposed, &w, target, max_ratio)?;
+    let (before, mid) = (cost::count(&base), cost::count(&decomposed));
+    if target.met_by(&mid, &before) {
+        let (want, reached) = target.describe(&mid, &before);
+        return Err(Error::BadInput(format!(
+            "the decomposition alone already reaches {reached}, past the target of {want}: no pruning is needed (ask for a larger reduction, or higher ranks)"
+        )));
+    }
+    let ratios = recommend_ratios(&decomposed, &w, target, max_ratio, &before)?;
     layer_config.pruning = Some(rankprune::config::Pruning {
         method: rankprune::config::PRUNING_METHOD.to_string(),
         ratios: ratios.clone(),
     });
     let pruned = layer_config.apply(&base, &file)?;
-    let (before, mid, after) = (
-        cost::count(&base),
-        cost::count(&decomposed),
-        cost::count(&pruned),
-    );
+    let after = cost::count(&pruned);
     if let Some(path) = &out {
         save_config(&layer_config, path)?;
     }

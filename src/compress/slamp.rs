@@ -9,15 +9,55 @@ use crate::weights::Weights;
 use crate::{Error, Result};
 use indexmap::IndexMap;
 
-/// What the pruned model must reach.
+/// What the pruned model must reach. Reductions are always relative to the original,
+/// uncompressed model, whatever was decomposed before pruning.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum PruneTarget {
     /// Remove at least this fraction of all filters (the reference's "pruning_ratio").
     Ratio(f64),
-    /// FLOPs at most base / X.
+    /// FLOPs at most original / X.
     FlopsReduction(f64),
-    /// Params at most base / X.
+    /// Params at most original / X.
     ParamsReduction(f64),
+}
+
+impl PruneTarget {
+    /// Whether a model costing `c` meets a reduction target against `original` (a ratio
+    /// target is about filters, never met by a cost alone).
+    pub fn met_by(&self, c: &cost::Cost, original: &cost::Cost) -> bool {
+        match *self {
+            PruneTarget::FlopsReduction(x) => {
+                c.flops as f64 * x <= original.flops as f64 * (1.0 + 1e-12)
+            }
+            PruneTarget::ParamsReduction(x) => {
+                c.params as f64 * x <= original.params as f64 * (1.0 + 1e-12)
+            }
+            PruneTarget::Ratio(_) => false,
+        }
+    }
+
+    /// "8.00x fewer FLOPs" style description, and the reduction `c` reaches.
+    pub fn describe(&self, c: &cost::Cost, original: &cost::Cost) -> (String, String) {
+        match *self {
+            PruneTarget::FlopsReduction(x) => (
+                format!("{x:.2}x fewer FLOPs than the original"),
+                format!(
+                    "{:.2}x ({:.2} MFLOPs)",
+                    original.flops as f64 / c.flops.max(1) as f64,
+                    c.flops as f64 / 1e6
+                ),
+            ),
+            PruneTarget::ParamsReduction(x) => (
+                format!("{x:.2}x fewer params than the original"),
+                format!(
+                    "{:.2}x ({:.3}M params)",
+                    original.params as f64 / c.params.max(1) as f64,
+                    c.params as f64 / 1e6
+                ),
+            ),
+            PruneTarget::Ratio(r) => (format!("a filter ratio of {r}"), String::new()),
+        }
+    }
 }
 
 /// s_j = ||F_j||^2 / sum over filters k with ||F_k|| >= ||F_j|| of ||F_k||^2.
@@ -47,12 +87,15 @@ pub fn slamp_scores(norms: &[f64]) -> Vec<f64> {
 }
 
 /// Per-layer ratios from a global SLAMP threshold: the smallest threshold whose pruned
-/// model meets `target`, each layer clamped to `max_ratio` and keeping one filter.
+/// model meets `target` (reductions against `original`, the uncompressed model's cost),
+/// each layer clamped to `max_ratio` and keeping one filter. All zeros when `arch`
+/// already meets it; an error naming the closest reachable figure when it cannot.
 pub fn recommend_ratios(
     arch: &Arch,
     weights: &Weights,
     target: PruneTarget,
     max_ratio: f64,
+    original: &cost::Cost,
 ) -> Result<IndexMap<String, f64>> {
     if !(0.0..1.0).contains(&max_ratio) {
         return Err(Error::BadInput(format!(
@@ -80,7 +123,13 @@ pub fn recommend_ratios(
         })
         .collect();
     let total_filters: usize = layers.iter().map(|(_, s)| s.len()).sum();
-    let base = cost::count(arch);
+    let pruned_cost = |removed: &[usize]| {
+        let mut a = arch.clone();
+        for ((name, s), &k) in layers.iter().zip(removed) {
+            a.set_out_channels(a.find_conv(name).expect("layer of arch"), s.len() - k);
+        }
+        cost::count(&a)
+    };
     // Filters removed from each layer when every score <= t goes (clamped).
     let removed_at = |t: f64| -> Vec<usize> {
         layers
@@ -97,22 +146,7 @@ pub fn recommend_ratios(
             PruneTarget::Ratio(r) => {
                 removed.iter().sum::<usize>() as f64 >= r * total_filters as f64 - 1e-9
             }
-            _ => {
-                let mut a = arch.clone();
-                for ((name, s), &k) in layers.iter().zip(removed) {
-                    a.set_out_channels(a.find_conv(name).expect("layer of arch"), s.len() - k);
-                }
-                let c = cost::count(&a);
-                match target {
-                    PruneTarget::FlopsReduction(x) => {
-                        c.flops as f64 * x <= base.flops as f64 * (1.0 + 1e-12)
-                    }
-                    PruneTarget::ParamsReduction(x) => {
-                        c.params as f64 * x <= base.params as f64 * (1.0 + 1e-12)
-                    }
-                    PruneTarget::Ratio(_) => unreachable!(),
-                }
-            }
+            _ => target.met_by(&pruned_cost(removed), original),
         }
     };
     let mut candidates: Vec<f64> = layers.iter().flat_map(|(_, s)| s.iter().copied()).collect();
@@ -120,9 +154,18 @@ pub fn recommend_ratios(
     candidates.sort_by(f64::total_cmp);
     candidates.dedup();
     let last = *candidates.last().expect("at least one candidate");
-    if !meets(&removed_at(last)) {
+    let most = removed_at(last);
+    if !meets(&most) {
+        let (want, mut reached) = target.describe(&pruned_cost(&most), original);
+        if reached.is_empty() {
+            let removed: usize = most.iter().sum();
+            reached = format!(
+                "{:.3} of all filters",
+                removed as f64 / total_filters as f64
+            );
+        }
         return Err(Error::BadInput(format!(
-            "target {target:?} is out of reach with at most {max_ratio} of each layer's filters removed"
+            "target {want} is out of reach with at most {max_ratio} of each layer's filters removed (--max-ratio): the closest is {reached}"
         )));
     }
     // Smallest candidate threshold that meets the target (monotone: more removed, cheaper).

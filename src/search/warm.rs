@@ -64,9 +64,9 @@ pub fn warm_start(
             None,
             |_| {},
         )?;
+        let original = cost::count(&problem.base);
         let targets: Vec<PruneTarget> = match problem.target.max_flops {
             Some(m) => {
-                let flops = cost::count(&arch).flops as f64;
                 let factors: &[f64] = if ci == 0 {
                     &TARGET_FACTORS
                 } else {
@@ -74,7 +74,7 @@ pub fn warm_start(
                 };
                 factors
                     .iter()
-                    .map(|f| PruneTarget::FlopsReduction((f * flops / m as f64).max(1.0)))
+                    .map(|f| PruneTarget::FlopsReduction(f * original.flops as f64 / m as f64))
                     .collect()
             }
             None => PARETO_RATIOS
@@ -84,7 +84,7 @@ pub fn warm_start(
         };
         for t in targets {
             let ratios = if max_ratio > 0.0 {
-                match recommend_ratios(&arch, &w, t, max_ratio) {
+                match recommend_ratios(&arch, &w, t, max_ratio, &original) {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::debug!("warm start: SLAMP {t:?}: {e}");

@@ -63,7 +63,7 @@ fn metrics_table_with_the_reference_config() {
     let out = stdout(&o);
     assert!(out.contains("features.3_tucker_1"));
     assert!(out.contains("total: 661164 params (0.66M)"), "{out}");
-    assert!(out.contains("vs base: FLOPs 796.79M"), "{out}");
+    assert!(out.contains("vs the original: FLOPs 796.79M"), "{out}");
 }
 
 #[test]
@@ -409,5 +409,83 @@ fn compress_prunes_already_decomposed_weights_like_base_weights() {
     assert_eq!(
         std::fs::read(p("a.safetensors")).unwrap(),
         std::fs::read(p("b.safetensors")).unwrap()
+    );
+}
+
+/// `recommend pruning --flops-reduction X --config ranks.json` means X fewer FLOPs than
+/// the original model, decomposition included; a target the decomposition already
+/// passes, or one out of reach, is an input error naming the reachable figure.
+#[test]
+fn pruning_reductions_are_against_the_original_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let model = ["--arch", "vgg11_bn@0.25", "--num-classes", "10"];
+    let o = rankprune(&[&["init"][..], &model, &["--out", &p("w.safetensors")]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = rankprune(
+        &[
+            &["recommend", "decomposition"][..],
+            &model,
+            &[
+                "--weights",
+                &p("w.safetensors"),
+                "--calibration",
+                "0.5",
+                "--out",
+                &p("r.json"),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let flops = |config: Option<&str>| {
+        let mut args = vec!["metrics", "--json"];
+        if let Some(c) = config {
+            args.extend(["--config", c]);
+        }
+        let o = rankprune(&[&args[..], &model].concat());
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["flops"].as_f64().unwrap()
+    };
+    let (original, decomposed) = (flops(None), flops(Some(&p("r.json"))));
+    assert!(decomposed < original);
+    let prune = |x: f64, out: &str| {
+        rankprune(
+            &[
+                &["recommend", "pruning"][..],
+                &model,
+                &[
+                    "--weights",
+                    &p("w.safetensors"),
+                    "--config",
+                    &p("r.json"),
+                    "--flops-reduction",
+                    &x.to_string(),
+                    "--out",
+                    &p(out),
+                ],
+            ]
+            .concat(),
+        )
+    };
+    // 1.5 times what the decomposition gives, against the original.
+    let x = 1.5 * original / decomposed;
+    let o = prune(x, "c.json");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = flops(Some(&p("c.json")));
+    let want = original / x;
+    assert!(got <= want && got >= 0.99 * want, "{got} vs {want}");
+    assert!(stdout(&o).contains("vs the original"), "{}", stdout(&o));
+
+    let o = prune(1.01, "d.json");
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("the decomposition alone already reaches"), "{e}");
+    let o = prune(1000.0, "e.json");
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("out of reach") && e.contains("the closest is") && e.contains("MFLOPs"),
+        "{e}"
     );
 }
