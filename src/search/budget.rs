@@ -162,6 +162,17 @@ pub struct Workers {
     pub wgpu: Vec<usize>,
 }
 
+impl Workers {
+    /// The device of long runs (base training and the final re-training): the first
+    /// wgpu device when there is one, else the CPU.
+    pub fn long_run_device(&self) -> String {
+        match self.wgpu.first() {
+            Some(id) => format!("wgpu:{id}"),
+            None => "cpu".into(),
+        }
+    }
+}
+
 impl Default for Workers {
     fn default() -> Self {
         Self {
@@ -404,6 +415,16 @@ early_stop_min_acc = 0.3
             (b.proxy.eta, b.proxy.bn_recalibration, b.proxy.distill),
             (2.0, 0, None)
         );
+    }
+
+    #[test]
+    fn long_runs_use_the_first_gpu_worker_else_the_cpu() {
+        assert_eq!(Workers::default().long_run_device(), "cpu");
+        let gpus = Workers {
+            cpu: 0,
+            wgpu: vec![1, 0],
+        };
+        assert_eq!(gpus.long_run_device(), "wgpu:1");
     }
 
     #[test]

@@ -161,6 +161,7 @@ async fn base_weights(
         progress,
     );
     let (stop2, pb2) = (stop.clone(), pb.clone());
+    let device = parse_device(&budget.workers.long_run_device())?;
     let (out, signalled) = blocking(signals, &stop, move || {
         let cfg = TrainConfig {
             epochs,
@@ -173,7 +174,7 @@ async fn base_weights(
             train_set,
             val_set,
             &cfg,
-            &Device::flex(),
+            &device,
             |r| {
                 if let Some(v) = &r.val {
                     pb2.set_position(r.epoch as u64);
@@ -717,6 +718,7 @@ async fn final_stage(
         );
         let (ctx2, pb2, stop, test2) = (ctx.clone(), pb.clone(), ctl.stop.clone(), test.clone());
         let (config, out2, seed) = (t.config.clone(), out.clone(), budget.search.seed);
+        let device = parse_device(&budget.workers.long_run_device())?;
         let (res, signalled) = blocking(signals, &ctl.stop, move || -> Result<FinalResult> {
             let config = LayerConfig::from_json(&config, "<stored trial>")?;
             let (arch, w) = compress_model(
@@ -734,7 +736,6 @@ async fn final_stage(
                 resume,
                 ..TrainConfig::default()
             };
-            let device = Device::flex();
             let o = train(
                 &arch,
                 w,
