@@ -19,6 +19,10 @@ pub struct SearchArgs {
     /// Print one JSON object at the end instead of a summary
     #[arg(long)]
     pub json: bool,
+    /// Continue a study whose budget now sets another cost target (the new target is
+    /// stored and used everywhere from then on)
+    #[arg(long)]
+    pub allow_budget_change: bool,
 }
 
 #[derive(Args)]
@@ -63,7 +67,7 @@ pub struct ExportArgs {
 
 /// Runs the study; returns the process exit code.
 pub fn run(args: SearchArgs) -> Result<i32> {
-    let o = run_search(&args.budget, !args.json)?;
+    let o = run_search(&args.budget, !args.json, args.allow_budget_change)?;
     if args.json {
         println!(
             "{}",

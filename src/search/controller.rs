@@ -65,7 +65,7 @@ pub struct SearchOutcome {
 }
 
 /// Runs (or resumes) the study a budget file describes, in the foreground.
-pub fn run_search(budget_path: &Path, progress: bool) -> Result<SearchOutcome> {
+pub fn run_search(budget_path: &Path, progress: bool, allow_change: bool) -> Result<SearchOutcome> {
     let budget = Budget::load(budget_path)?;
     let text = std::fs::read_to_string(budget_path)
         .map_err(|e| Error::BadInput(format!("{}: cannot read: {e}", budget_path.display())))?;
@@ -74,7 +74,7 @@ pub fn run_search(budget_path: &Path, progress: bool) -> Result<SearchOutcome> {
         .enable_all()
         .build()
         .map_err(|e| Error::Failure(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(search(budget, text, progress))
+    rt.block_on(search(budget, text, progress, allow_change))
 }
 
 /// SIGINT or SIGTERM, whichever comes first.
@@ -316,6 +316,39 @@ impl Controller {
     }
 }
 
+/// Fixes the study's target: stored when the study starts; a budget whose target differs
+/// from the stored one is refused unless `allow_change`, which stores the new one (and
+/// the new budget text) so every reader uses it.
+fn settle_target(
+    store: &mut TrialStore,
+    study: &crate::store::StudyRow,
+    target: &Target,
+    budget_text: &str,
+    allow_change: bool,
+) -> std::result::Result<(), String> {
+    let new = serde_json::to_string(target).expect("a target serializes");
+    let old: Option<Target> = study
+        .target
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok());
+    match old {
+        Some(old) if old == *target => Ok(()),
+        Some(old) if !allow_change => Err(format!(
+            "study {} was started with the target {old}; this budget asks for {target}. Run with --allow-budget-change to continue the study with the new target, or give the study a new name",
+            study.name
+        )),
+        Some(old) => {
+            tracing::warn!(study = %study.name, %old, new = %target, "the study's target changes");
+            store
+                .set_study_target(study.id, &new, budget_text)
+                .map_err(|e| e.to_string())
+        }
+        None => store
+            .set_study_target(study.id, &new, &study.budget)
+            .map_err(|e| e.to_string()),
+    }
+}
+
 /// The study's problem: its space (VBMF ranks of `weights` filled in where the space or
 /// the warm start needs them), its cost target, and with `warm` the warm-start points.
 pub fn study_problem(
@@ -344,7 +377,12 @@ pub fn study_problem(
     Ok(problem)
 }
 
-async fn search(budget: Budget, budget_text: String, progress: bool) -> Result<SearchOutcome> {
+async fn search(
+    budget: Budget,
+    budget_text: String,
+    progress: bool,
+    allow_change: bool,
+) -> Result<SearchOutcome> {
     let started = Instant::now();
     let mut signals = Signals::new()?;
     let base = ArchSpec::parse(&budget.model.arch)?.build(budget.model.num_classes);
@@ -389,6 +427,14 @@ async fn search(budget: Budget, budget_text: String, progress: bool) -> Result<S
     let mut store = TrialStore::open(&budget.study.db)?;
     let study = store.study(&budget.study.name, &budget_text)?;
     let stored = super::export::pick_study(&store, "", Some(&budget.study.name))?;
+    settle_target(
+        &mut store,
+        &stored,
+        &problem.target,
+        &budget_text,
+        allow_change,
+    )
+    .map_err(|e| Error::BadInput(format!("{}: {e}", budget.study.db.display())))?;
     if stored.budget != budget_text {
         tracing::warn!(
             study = %budget.study.name,

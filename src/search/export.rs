@@ -36,14 +36,19 @@ pub fn pick_study(store: &TrialStore, db: &str, name: Option<&str>) -> Result<St
     }
 }
 
-/// The base model's cost and the target, from the budget text stored with the study.
+/// The base model's cost (from the budget text stored with the study) and the study's
+/// stored target (computed from that text for a study that has none stored).
 pub fn study_base(study: &StudyRow) -> Option<(Cost, Target)> {
     let b = Budget::from_toml(&study.budget, "<study budget>").ok()?;
     let arch = ArchSpec::parse(&b.model.arch)
         .ok()?
         .build(b.model.num_classes);
     let c = cost::count(&arch);
-    let target = Target::from_objective(&c, &b.objective);
+    let stored = study
+        .target
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok());
+    let target = stored.unwrap_or_else(|| Target::from_objective(&c, &b.objective));
     Some((c, target))
 }
 

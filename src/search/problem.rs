@@ -10,10 +10,22 @@ use crate::cost::{self, Cost};
 use rand::{Rng, RngExt};
 
 /// Upper bounds on a candidate's cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Target {
     pub max_flops: Option<u64>,
     pub max_params: Option<u64>,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bound = |v: Option<u64>| v.map_or("any".to_string(), |v| format!("<= {v}"));
+        write!(
+            f,
+            "FLOPs {}, params {}",
+            bound(self.max_flops),
+            bound(self.max_params)
+        )
+    }
 }
 
 impl Target {

@@ -113,9 +113,11 @@ pub struct Trial {
 pub struct StudyRow {
     pub id: i64,
     pub name: String,
-    /// The budget file's text when the study was created.
+    /// The budget file's text when the study was created (or last allowed to change).
     pub budget: String,
     pub created_at: f64,
+    /// The study's cost target (JSON), stored when it starts.
+    pub target: Option<String>,
 }
 
 /// How well one rung's scores ranked a study's re-trained trials.
@@ -457,13 +459,26 @@ impl TrialStore {
         Ok(n)
     }
 
+    /// Stores the study's cost target (JSON) and the budget text it comes from.
+    pub fn set_study_target(&mut self, study: i64, target: &str, budget: &str) -> StoreResult<()> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        self.conn
+            .execute(
+                "UPDATE studies SET target = ?2, budget = ?3 WHERE id = ?1",
+                params![study, target, budget],
+            )
+            .map_err(&err)?;
+        Ok(())
+    }
+
     /// Every study in the file, oldest first.
     pub fn studies(&self) -> StoreResult<Vec<StudyRow>> {
         let path = self.path.clone();
         let err = sql_err(&path);
         let mut st = self
             .conn
-            .prepare("SELECT id, name, budget, created_at FROM studies ORDER BY id")
+            .prepare("SELECT id, name, budget, created_at, target FROM studies ORDER BY id")
             .map_err(&err)?;
         let rows = st
             .query_map([], |r| {
@@ -472,6 +487,7 @@ impl TrialStore {
                     name: r.get(1)?,
                     budget: r.get(2)?,
                     created_at: r.get(3)?,
+                    target: r.get(4)?,
                 })
             })
             .map_err(&err)?;

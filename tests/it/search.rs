@@ -491,3 +491,54 @@ fn successive_halving_stops_trials_at_the_recalibrated_rung() {
     let all_equal = seen.iter().all(|&v| v == seen[0]);
     assert!(stopped_at_0 > 0 || all_equal, "{seen:?}");
 }
+
+/// The target is stored when a study starts: a budget that changes it is refused (exit
+/// 2) unless --allow-budget-change, which stores the new target for every reader.
+#[test]
+fn a_changed_target_is_refused_unless_allowed_then_used_everywhere() {
+    let s = study(2, FAST_PROXY, "[final]\ntop_k = 0\nseeds = 0");
+    let budget = s.budget();
+    let o = run(&["search", budget.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stored = |s: &Study| s.store().studies().unwrap()[0].target.clone().unwrap();
+    let first: serde_json::Value = serde_json::from_str(&stored(&s)).unwrap();
+    let text_before = std::fs::read_to_string(&budget).unwrap();
+    std::fs::write(
+        &budget,
+        text_before
+            .replace(
+                "target_flops_reduction = 1.2",
+                "target_flops_reduction = 1.5",
+            )
+            .replace("max_trials = 2", "max_trials = 3"),
+    )
+    .unwrap();
+    let o = run(&["search", budget.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--allow-budget-change"), "{}", text(&o));
+    assert_eq!(s.store().trials(1).unwrap().len(), 2, "nothing ran");
+
+    let o = run(&[
+        "search",
+        budget.to_str().unwrap(),
+        "--json",
+        "--allow-budget-change",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let second: serde_json::Value = serde_json::from_str(&stored(&s)).unwrap();
+    let (a, b) = (
+        first["max_flops"].as_u64().unwrap(),
+        second["max_flops"].as_u64().unwrap(),
+    );
+    assert!(
+        b < a && (a as f64 / b as f64 - 1.5 / 1.2).abs() < 0.01,
+        "{a} {b}"
+    );
+    // The new trial meets the new target; export reads the stored one.
+    let trials = s.store().trials(1).unwrap();
+    assert_eq!(trials.len(), 3);
+    assert!(trials[2].cost.flops <= b);
+    let study = s.store().studies().unwrap().remove(0);
+    let (_, target) = rankprune::search::export::study_base(&study).unwrap();
+    assert_eq!(target.max_flops, Some(b));
+}
