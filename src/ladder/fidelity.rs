@@ -234,7 +234,9 @@ pub fn summarize(records: &[Record], final_signal: Signal) -> Vec<Fidelity> {
         .filter(|r| r.signal == final_signal)
         .filter_map(|r| Some((r.candidate, *r.scored.scores.get("acc")?)))
         .collect();
-    let mut by: BTreeMap<(Signal, String), Vec<(f64, f64, &Scored)>> = BTreeMap::new();
+    // (oriented score, final accuracy, the signal's record) per (signal, score name).
+    type Pairs<'a> = Vec<(f64, f64, &'a Scored)>;
+    let mut by: BTreeMap<(Signal, String), Pairs> = BTreeMap::new();
     for r in records {
         for (name, &v) in &r.scored.scores {
             if let Some(&y) = finals.get(&r.candidate) {
