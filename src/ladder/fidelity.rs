@@ -15,6 +15,8 @@ use crate::search::space::Point;
 use crate::search::strategy::evolution::{Evolution, Mode};
 use crate::{Error, Result};
 use burn::tensor::Device;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -24,7 +26,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
     pub index: usize,
-    /// `warm` (a warm-start point), `mutant` (one to four mutations of one) or `random`.
+    /// `warm` (a warm-start point), `mutant` (one to four mutations of one) or `random`,
+    /// before it was filled up to the budget.
     pub origin: String,
     pub config: serde_json::Value,
     pub flops: u64,
@@ -33,36 +36,38 @@ pub struct Candidate {
 
 /// Half the candidates are strategy proposals around the warm-start points (the points
 /// themselves, then mutants of them in turn), the rest uniform random feasible points;
-/// all distinct, all feasible, seeded.
+/// every one then spends the budget it leaves unused (`Problem::fill`), so all sit at
+/// the target and a signal cannot rank them by size alone. All distinct, feasible, seeded.
 pub fn draw_candidates(problem: &Problem, n: usize, seed: u64) -> Vec<Candidate> {
     let mut evo = Evolution::new(seed, Mode::Constrained);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let mut seen = HashSet::new();
     let mut points: Vec<(Point, &str)> = Vec::new();
+    let mut add = |p: Point, origin, points: &mut Vec<(Point, &str)>| {
+        let p = problem.fill(p, &mut rng);
+        if problem.feasible(&p) && seen.insert(p.clone()) {
+            points.push((p, origin));
+        }
+    };
     let near = if problem.seeds.is_empty() { 0 } else { n / 2 };
     for p in problem.seeds.iter().filter(|p| problem.feasible(p)) {
-        if points.len() < near && seen.insert(p.clone()) {
-            points.push((p.clone(), "warm"));
+        if points.len() < near {
+            add(p.clone(), "warm", &mut points);
         }
     }
     let mut tries = 0;
     while points.len() < near && tries < 50 * n {
         let parent = problem.seeds[tries % problem.seeds.len()].clone();
         tries += 1;
-        if let Some(c) = evo.feasible_mutant(parent, problem)
-            && problem.feasible(&c)
-            && seen.insert(c.clone())
-        {
-            points.push((c, "mutant"));
+        if let Some(c) = evo.feasible_mutant(parent, problem) {
+            add(c, "mutant", &mut points);
         }
     }
     tries = 0;
     while points.len() < n && tries < 50 * n {
         tries += 1;
-        if let Some(c) = evo.random_feasible(problem)
-            && problem.feasible(&c)
-            && seen.insert(c.clone())
-        {
-            points.push((c, "random"));
+        if let Some(c) = evo.random_feasible(problem) {
+            add(c, "random", &mut points);
         }
     }
     points

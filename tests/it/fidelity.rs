@@ -86,8 +86,11 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         v["flops"].as_f64().unwrap()
     };
+    // Every candidate spends its budget: no single knob can move dearer, which on this
+    // tiny space's coarse grids leaves it within 30% of the target.
     for c in &candidates {
-        assert!(c["flops"].as_f64().unwrap() * 1.2 <= base_flops, "{c}");
+        let f = c["flops"].as_f64().unwrap();
+        assert!(f * 1.2 <= base_flops && f * 1.2 >= 0.7 * base_flops, "{c}");
     }
     let lines = || {
         std::fs::read_to_string(dir.join("results.jsonl"))
