@@ -46,6 +46,10 @@ pub struct FidelityArgs {
     /// Print the rows as JSON instead of a table
     #[arg(long)]
     pub json: bool,
+    /// Score nothing: summarise the results recorded so far (while a run goes on, or of
+    /// a run stopped part way)
+    #[arg(long)]
+    pub report_only: bool,
 }
 
 #[derive(Args)]
@@ -128,19 +132,23 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
     if args.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let records = fidelity::run(
-        &ctx,
-        &candidates,
-        &signals,
-        &files,
-        &device,
-        |done, total, what| {
-            pb.set_length(total as u64);
-            pb.set_position(done as u64);
-            pb.set_message(what.to_string());
-            tracing::debug!(done, total, "{what}");
-        },
-    )?;
+    let records = if args.report_only {
+        files.records()?
+    } else {
+        fidelity::run(
+            &ctx,
+            &candidates,
+            &signals,
+            &files,
+            &device,
+            |done, total, what| {
+                pb.set_length(total as u64);
+                pb.set_position(done as u64);
+                pb.set_message(what.to_string());
+                tracing::debug!(done, total, "{what}");
+            },
+        )?
+    };
     pb.finish_and_clear();
     let rows = fidelity::summarize(&records, final_signal);
     let json = serde_json::json!({

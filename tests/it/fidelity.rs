@@ -120,6 +120,16 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
         }
     }
 
+    // --report-only summarises what is recorded and scores nothing, whatever the signals.
+    let mut report = args.to_vec();
+    report[5] = "compressed,ft:3";
+    report.push("--report-only");
+    let o = run(&report);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(lines(), 4 * 6);
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary.as_array().unwrap().len(), rows.len());
+
     // `score` runs one candidate's config through the signals.
     let config = s.path("c0.json");
     std::fs::write(&config, candidates[0]["config"].to_string()).unwrap();
