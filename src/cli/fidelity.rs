@@ -46,6 +46,10 @@ pub struct FidelityArgs {
     /// Print the rows as JSON instead of a table
     #[arg(long)]
     pub json: bool,
+    /// Score only the candidates whose index is K modulo N (run N processes with K = 0
+    /// .. N-1 to share the work; they append to the same results)
+    #[arg(long, value_name = "K/N", value_parser = parse_shard, default_value = "0/1")]
+    pub shard: (usize, usize),
     /// Score nothing: summarise the results recorded so far (while a run goes on, or of
     /// a run stopped part way)
     #[arg(long)]
@@ -64,6 +68,13 @@ pub struct ScoreArgs {
     pub signals: Vec<Signal>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
+    let bad = || format!("{s:?}: expected K/N with 0 <= K < N, e.g. 1/2");
+    let (k, n) = s.split_once('/').ok_or_else(bad)?;
+    let (k, n): (usize, usize) = (k.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+    if k < n { Ok((k, n)) } else { Err(bad()) }
 }
 
 /// The budget's base model, data and scoring settings.
@@ -140,6 +151,7 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
             &candidates,
             &signals,
             &files,
+            args.shard,
             &device,
             |done, total, what| {
                 pb.set_length(total as u64);

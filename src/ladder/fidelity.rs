@@ -162,8 +162,9 @@ impl RunFiles {
             .append(true)
             .open(&self.results)
             .map_err(|e| Error::Failure(format!("{file}: {e}")))?;
-        let line = serde_json::to_string(r).expect("records serialize");
-        writeln!(f, "{line}")
+        // One write of the whole line: appends from concurrent shards never interleave.
+        let line = serde_json::to_string(r).expect("records serialize") + "\n";
+        f.write_all(line.as_bytes())
             .and_then(|_| f.sync_data())
             .map_err(|e| Error::Failure(format!("{file}: {e}")))
     }
@@ -171,14 +172,21 @@ impl RunFiles {
 
 /// Scores every (candidate, signal) pair not yet in the results file, cheap signals for
 /// all candidates before the final ones; `progress(done, total, what)` after each.
+/// `shard = (k, n)` takes only the candidates whose index is k modulo n, so n processes
+/// can share a run (each appends whole lines to the same file).
 pub fn run(
     ctx: &LadderContext,
     candidates: &[Candidate],
     signals: &[Signal],
     files: &RunFiles,
+    shard: (usize, usize),
     device: &Device,
     mut progress: impl FnMut(usize, usize, &str),
 ) -> Result<Vec<Record>> {
+    let candidates: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| c.index % shard.1.max(1) == shard.0)
+        .collect();
     files.end_torn_line()?;
     let mut records = files.records()?;
     let done: HashSet<(usize, Signal)> = records.iter().map(|r| (r.candidate, r.signal)).collect();
@@ -188,7 +196,7 @@ pub fn run(
     let cache = TuckerCache::new(1 << 30);
     let mut count = done.len();
     for &signal in &order {
-        for c in candidates {
+        for &c in &candidates {
             if done.contains(&(c.index, signal)) {
                 continue;
             }
