@@ -43,6 +43,24 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
 
+    // Shard 1 of 2 scores candidates 1 and 3 only; the unsharded run then does the rest.
+    let mut shard = args.to_vec();
+    shard.extend(["--shard", "1/2"]);
+    let o = run(&shard);
+    assert!(o.status.success(), "{}", text(&o));
+    let results = s.path("fidelity/results.jsonl");
+    let scored: Vec<serde_json::Value> = std::fs::read_to_string(&results)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(scored.len(), 2 * 6);
+    assert!(
+        scored
+            .iter()
+            .all(|r| r["candidate"] == 1 || r["candidate"] == 3)
+    );
+
     let o = run(&args);
     assert!(o.status.success(), "{}", text(&o));
     let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
