@@ -12,7 +12,7 @@ pub mod rank;
 
 use crate::arch::Arch;
 use crate::data::ImageSet;
-use crate::data::batches::{Batch, EpochPlan, batch_at, epoch_order};
+use crate::data::batches::Batch;
 use crate::model::Vgg;
 use crate::train::distill::{Distill, Teacher};
 use crate::train::recalibrate::recalibrate_bn;
@@ -148,18 +148,9 @@ pub fn process_cpu_seconds() -> f64 {
     }
 }
 
-/// The first `batches` batches of a seeded shuffle of the training images, without
-/// augmentation: the same for every candidate.
+/// The calibration batches of [`recalibrate_bn`] for this context.
 pub fn calibration_batches(ctx: &LadderContext, batches: usize) -> Vec<Batch> {
-    let plan = EpochPlan {
-        batch_size: ctx.batch_size,
-        seed: Some(ctx.seed),
-        limit: Some(batches * ctx.batch_size),
-    };
-    epoch_order(ctx.train.len(), &plan)
-        .chunks(ctx.batch_size.max(1))
-        .map(|c| batch_at(&ctx.train, c, None))
-        .collect()
+    crate::train::recalibrate::calibration_batches(&ctx.train, batches, ctx.batch_size, ctx.seed)
 }
 
 fn scores(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
@@ -302,7 +293,7 @@ fn forward_grams(m: &Vgg, x: Tensor<4>, grams: &mut Vec<(usize, Vec<f64>)>) -> T
 
 /// Mean linear CKA over conv units and batches, and mean KL(base || candidate) of the
 /// softmax outputs per image.
-fn similarity(base: &Vgg, candidate: &Vgg, batches: &[Batch], device: &Device) -> (f64, f64) {
+pub fn similarity(base: &Vgg, candidate: &Vgg, batches: &[Batch], device: &Device) -> (f64, f64) {
     let (mut cka_sum, mut cka_n, mut kl_sum, mut images) = (0.0, 0usize, 0.0, 0usize);
     for b in batches {
         let x = Tensor::<4>::from_data(

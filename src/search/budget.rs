@@ -122,9 +122,20 @@ pub struct Proxy {
     /// Re-estimate every BN's statistics from this many training batches after building
     /// the candidate (0 = off; EagleEye's adaptive BN).
     pub bn_recalibration: usize,
+    /// The score of a rung at step 0: validation accuracy, or minus the KL divergence of
+    /// the base model's softmax from the candidate's on the recalibration batches.
+    pub rung0_score: Rung0Score,
     /// Distil from the base model during the proxy fine-tune (`[proxy.distill]`, with
     /// `temperature` and `alpha`; defaults 4 and 0.9).
     pub distill: Option<crate::train::distill::Distill>,
+}
+
+/// See [`Proxy::rung0_score`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rung0Score {
+    Accuracy,
+    Kl,
 }
 
 impl Proxy {
@@ -149,6 +160,7 @@ impl Default for Proxy {
             early_stop_median: true,
             eta: 2.0,
             bn_recalibration: 0,
+            rung0_score: Rung0Score::Accuracy,
             distill: None,
         }
     }
@@ -291,6 +303,11 @@ impl Budget {
                 "proxy.rungs: {s} is past the last step: allowed 0 ..= proxy.steps ({})",
                 self.proxy.steps
             ));
+        }
+        if self.proxy.rung0_score == Rung0Score::Kl && self.proxy.bn_recalibration == 0 {
+            return Err(
+                "proxy.rung0_score = \"kl\" is measured on the recalibration batches: set proxy.bn_recalibration >= 1".into(),
+            );
         }
         if !(self.proxy.eta.is_finite() && self.proxy.eta > 1.0) {
             return Err(format!("proxy.eta = {}: allowed > 1", self.proxy.eta));
@@ -442,6 +459,16 @@ early_stop_min_acc = 0.3
         assert!(
             e.contains("proxy.rungs: 101 is past the last step: allowed 0 ..= proxy.steps (100)"),
             "{e}"
+        );
+        let e = error_of(&GOOD.replace("early_stop_step = 40", "rung0_score = \"kl\""));
+        assert!(e.contains("set proxy.bn_recalibration >= 1"), "{e}");
+        let kl = GOOD.replace(
+            "early_stop_step = 40",
+            "rung0_score = \"kl\"\nbn_recalibration = 2",
+        );
+        assert_eq!(
+            Budget::from_toml(&kl, "b.toml").unwrap().proxy.rung0_score,
+            Rung0Score::Kl
         );
         let e = error_of(&GOOD.replace("early_stop_step = 40", "eta = 1"));
         assert!(e.contains("proxy.eta = 1: allowed > 1"), "{e}");

@@ -2,7 +2,7 @@
 //! 1/eta of the trials scored at that rung so far (asynchronous successive halving, Li et
 //! al., MLSys 2020, in its stopping form; eta = 2 is the median stopping rule).
 
-use super::budget::Proxy;
+use super::budget::{Proxy, Rung0Score};
 use super::trial::Verdict;
 use crate::ladder::rank::kendall_tau;
 use crate::store::RungFidelity;
@@ -26,7 +26,8 @@ pub fn verdict(proxy: &Proxy, step: usize, acc: f64, others: &[f64]) -> Verdict 
     if !proxy.rungs.contains(&step) {
         return Verdict::Continue;
     }
-    if acc < proxy.early_stop_min_acc {
+    let is_accuracy = step > 0 || proxy.rung0_score == Rung0Score::Accuracy;
+    if is_accuracy && acc < proxy.early_stop_min_acc {
         return Verdict::Prune;
     }
     if proxy.early_stop_median
@@ -162,6 +163,17 @@ mod tests {
             ..p
         };
         assert_eq!(verdict(&off, 20, 0.0, &others), Verdict::Continue);
+    }
+
+    #[test]
+    fn a_kl_score_at_step_zero_is_not_held_to_the_minimum_accuracy() {
+        let p = Proxy {
+            rung0_score: Rung0Score::Kl,
+            ..proxy(&[0, 10], 2.0, 0.5)
+        };
+        assert_eq!(verdict(&p, 0, -2.3, &[]), Verdict::Continue);
+        assert_eq!(verdict(&p, 0, -2.3, &[-2.0, -2.1, -2.2]), Verdict::Prune);
+        assert_eq!(verdict(&p, 10, 0.4, &[]), Verdict::Prune);
     }
 
     #[test]

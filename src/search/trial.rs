@@ -1,7 +1,7 @@
 //! One trial on one worker: build the candidate from the base weights (decompose +
 //! prune), proxy fine-tune, score on held-out validation images (never the test set).
 
-use super::budget::Proxy;
+use super::budget::{Proxy, Rung0Score};
 use crate::arch::Arch;
 use crate::compress::compress_model;
 use crate::compress::decompose::TuckerCache;
@@ -9,7 +9,7 @@ use crate::config::LayerConfig;
 use crate::data::ImageSet;
 use crate::model::Vgg;
 use crate::train::distill::Teacher;
-use crate::train::recalibrate::recalibrate_bn;
+use crate::train::recalibrate::{calibration_batches, recalibrate_bn};
 use crate::train::{Control, TrainConfig, evaluate, train_with};
 use crate::weights::Weights;
 use burn::tensor::Device;
@@ -75,10 +75,17 @@ fn first_rung(
             device,
         );
     }
-    let acc = if p.rungs.contains(&0) {
-        Some(evaluate(&model, &ctx.val, p.batch_size, Some(p.eval_samples), device)?.top1)
-    } else {
-        None
+    let acc = match (p.rungs.contains(&0), p.rung0_score) {
+        (false, _) => None,
+        (true, Rung0Score::Accuracy) => {
+            Some(evaluate(&model, &ctx.val, p.batch_size, Some(p.eval_samples), device)?.top1)
+        }
+        (true, Rung0Score::Kl) => {
+            let base = Vgg::from_weights(&ctx.base, (*ctx.weights).clone(), "<base>", device)?;
+            let batches =
+                calibration_batches(&ctx.train, p.bn_recalibration, p.batch_size, ctx.seed);
+            Some(-crate::ladder::similarity(&base, &model, &batches, device).1)
+        }
     };
     Ok((model.to_weights(), acc))
 }

@@ -78,6 +78,25 @@ pub fn pooled_bn_stats(
     pooled.iter().map(Pooled::stats).collect()
 }
 
+/// The first `batches` batches of `batch_size` images of a `seed`ed shuffle of `set`,
+/// without augmentation: the calibration images every candidate sees.
+pub fn calibration_batches(
+    set: &ImageSet,
+    batches: usize,
+    batch_size: usize,
+    seed: u64,
+) -> Vec<Batch> {
+    let plan = crate::data::batches::EpochPlan {
+        batch_size,
+        seed: Some(seed),
+        limit: Some(batches * batch_size),
+    };
+    crate::data::batches::epoch_order(set.len(), &plan)
+        .chunks(batch_size.max(1))
+        .map(|chunk| batch_at(set, chunk, None))
+        .collect()
+}
+
 /// `model` with every BN's running statistics re-estimated from `batches` batches of
 /// `batch_size` training images of `set` (the first ones of a `seed`ed shuffle, without
 /// augmentation: the statistics serve evaluation on un-augmented images). Every caller
@@ -90,16 +109,7 @@ pub fn recalibrate_bn(
     seed: u64,
     device: &Device,
 ) -> Vgg {
-    let plan = crate::data::batches::EpochPlan {
-        batch_size,
-        seed: Some(seed),
-        limit: Some(batches * batch_size),
-    };
-    let order = crate::data::batches::epoch_order(set.len(), &plan);
-    let batches: Vec<Batch> = order
-        .chunks(batch_size.max(1))
-        .map(|chunk| batch_at(set, chunk, None))
-        .collect();
+    let batches = calibration_batches(set, batches, batch_size, seed);
     if batches.is_empty() {
         return model;
     }

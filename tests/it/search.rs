@@ -542,3 +542,32 @@ fn a_changed_target_is_refused_unless_allowed_then_used_everywhere() {
     let (_, target) = rankprune::search::export::study_base(&study).unwrap();
     assert_eq!(target.max_flops, Some(b));
 }
+
+/// With `rung0_score = "kl"` the step-0 rung reports minus the KL divergence of the base
+/// model's softmax from the candidate's (at most 0), and the rule ranks trials by it.
+#[test]
+fn the_step_zero_rung_can_score_by_kl_from_the_base_model() {
+    let s = study(
+        5,
+        "steps = 4\nbatch_size = 16\neval_samples = 32\nrungs = [0]\nbn_recalibration = 1\nrung0_score = \"kl\"\nearly_stop_min_acc = 0.9",
+        "[final]\ntop_k = 0\nseeds = 0",
+    );
+    let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let store = s.store();
+    let mut seen = Vec::new();
+    for t in store.trials(1).unwrap() {
+        let first = store.reports(t.id).unwrap()[0];
+        assert_eq!(first.0, 0);
+        assert!(first.1 <= 1e-6, "minus a KL divergence: {first:?}");
+        // The minimum accuracy (0.9) does not apply to a KL score.
+        let stop = seen.len() >= 3 && first.1 < rankprune::search::promotion::quantile(&seen, 0.5);
+        let want = if stop {
+            TrialState::Pruned
+        } else {
+            TrialState::Complete
+        };
+        assert_eq!(t.state, want, "{t:?} after {seen:?}");
+        seen.push(first.1);
+    }
+}
