@@ -164,3 +164,13 @@ fn random_search_proposes_feasible_new_points_reproducibly() {
     });
     assert!(!s.propose(20, &problem).contains(&pa[0]));
 }
+
+/// The budget files shipped under experiments/ parse, and their spaces load.
+#[test]
+fn shipped_budgets_parse() {
+    for name in ["experiments/demo-digits.toml", "experiments/fmnist.toml"] {
+        let b = rankprune::search::budget::Budget::load(&repo_path(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        SpaceFile::load(&b.search.space).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
