@@ -167,6 +167,18 @@ pub fn score(
 ) -> Result<Scored> {
     let (wall, cpu) = (Instant::now(), process_cpu_seconds());
     let model = |w: Weights| Vgg::from_weights(arch, w, "<candidate>", device);
+    let base = || Vgg::from_weights(&ctx.base, (*ctx.base_weights).clone(), "<base>", device);
+    let recalibrated = |w: Weights, batches| -> Result<Vgg> {
+        let m = model(w)?;
+        Ok(recalibrate_bn(
+            m,
+            &ctx.train,
+            batches,
+            ctx.batch_size,
+            ctx.seed,
+            device,
+        ))
+    };
     let eval = |m: &Vgg, limit| evaluate(m, &ctx.val, ctx.batch_size, limit, device);
     let scores = match signal {
         Signal::Compressed => {
@@ -174,39 +186,18 @@ pub fn score(
             scores(&[("acc", v.top1), ("loss", v.loss)])
         }
         Signal::BnRecal { batches } => {
-            let m = recalibrate_bn(
-                model(weights)?,
-                &ctx.train,
-                batches,
-                ctx.batch_size,
-                ctx.seed,
-                device,
-            );
-            let v = eval(&m, Some(ctx.eval_samples))?;
+            let v = eval(&recalibrated(weights, batches)?, Some(ctx.eval_samples))?;
             scores(&[("acc", v.top1), ("loss", v.loss)])
         }
         Signal::Reconstruction { batches } => {
-            let m = recalibrate_bn(
-                model(weights)?,
-                &ctx.train,
-                batches,
-                ctx.batch_size,
-                ctx.seed,
-                device,
-            );
-            let base = Vgg::from_weights(&ctx.base, (*ctx.base_weights).clone(), "<base>", device)?;
-            let (cka, kl) = similarity(&base, &m, &calibration_batches(ctx, batches), device);
+            let m = recalibrated(weights, batches)?;
+            let (cka, kl) = similarity(&base()?, &m, &calibration_batches(ctx, batches), device);
             scores(&[("cka", cka), ("kl", kl)])
         }
         Signal::FineTune { steps } | Signal::Distilled { steps } => {
             let teacher = match signal {
                 Signal::Distilled { .. } => Some(Teacher {
-                    model: Vgg::from_weights(
-                        &ctx.base,
-                        (*ctx.base_weights).clone(),
-                        "<base>",
-                        device,
-                    )?,
+                    model: base()?,
                     distill: ctx.distill,
                 }),
                 _ => None,

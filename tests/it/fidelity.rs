@@ -2,7 +2,7 @@
 //! candidate is feasible and distinct, every (candidate, signal) pair is scored once and
 //! a re-run resumes without scoring again; `score` prints one JSON line per signal.
 
-use crate::search::{run, study, text};
+use crate::search::{run, study, text, tiny_base_flops};
 
 const SIGNALS: &str = "compressed,bn:1,recon:1,ft:2,kd:2";
 
@@ -92,18 +92,7 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
         candidates.iter().map(|c| c["config"].to_string()).collect();
     assert_eq!(configs.len(), 4, "candidates are distinct");
     // The target is 1.2x fewer FLOPs than the base model.
-    let base_flops = {
-        let o = run(&[
-            "metrics",
-            "--arch",
-            "cfg_bn:8,M,16,M",
-            "--num-classes",
-            "4",
-            "--json",
-        ]);
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        v["flops"].as_f64().unwrap()
-    };
+    let base_flops = tiny_base_flops();
     // Every candidate spends its budget: no single knob can move dearer, which on this
     // tiny space's coarse grids leaves it within 30% of the target.
     for c in &candidates {

@@ -13,6 +13,16 @@ use rankprune::cost;
 use rankprune::model::Vgg;
 use rankprune::weights::Weights;
 
+/// SLAMP ratios for a target against `base` itself (nothing decomposed first).
+fn slamp(
+    base: &Arch,
+    w: &Weights,
+    target: PruneTarget,
+    max_ratio: f64,
+) -> rankprune::Result<indexmap::IndexMap<String, f64>> {
+    recommend_ratios(base, w, target, max_ratio, &cost::count(base))
+}
+
 /// Zeroes the removed filters' weights and bias, and the gamma and beta of the BN after
 /// them: each removed channel is then exactly 0 wherever it is read.
 fn masked(arch: &Arch, weights: &Weights, config: &LayerConfig) -> Weights {
@@ -146,55 +156,25 @@ fn slamp_meets_each_kind_of_target_and_clamps() {
         });
         c.apply(&base, "slamp").unwrap()
     };
-    let r = recommend_ratios(&base, &w, PruneTarget::Ratio(0.4), 0.9, &cost::count(&base)).unwrap();
+    let r = slamp(&base, &w, PruneTarget::Ratio(0.4), 0.9).unwrap();
     let pruned = apply(&r);
     let kept: usize = pruned.convs().map(|c| c.out_channels).sum();
     assert!((total - kept) as f64 >= 0.4 * total as f64);
     assert!(r.values().all(|&v| v <= 0.9));
 
-    let r = recommend_ratios(
-        &base,
-        &w,
-        PruneTarget::FlopsReduction(2.0),
-        0.9,
-        &cost::count(&base),
-    )
-    .unwrap();
+    let r = slamp(&base, &w, PruneTarget::FlopsReduction(2.0), 0.9).unwrap();
     assert!(cost::count(&apply(&r)).flops * 2 <= base_cost.flops);
-    let r = recommend_ratios(
-        &base,
-        &w,
-        PruneTarget::ParamsReduction(3.0),
-        0.9,
-        &cost::count(&base),
-    )
-    .unwrap();
+    let r = slamp(&base, &w, PruneTarget::ParamsReduction(3.0), 0.9).unwrap();
     assert!(cost::count(&apply(&r)).params * 3 <= base_cost.params);
     // A lower max ratio cannot reach a huge reduction: a clear error.
-    assert!(
-        recommend_ratios(
-            &base,
-            &w,
-            PruneTarget::FlopsReduction(50.0),
-            0.5,
-            &cost::count(&base)
-        )
-        .is_err()
-    );
+    assert!(slamp(&base, &w, PruneTarget::FlopsReduction(50.0), 0.5).is_err());
 }
 
 #[test]
 fn slamp_flops_target_is_hit_within_one_percent() {
     let base = ArchSpec::parse("vgg16_bn@0.25").unwrap().build(10);
     let w = random_weights(&base, 11);
-    let r = recommend_ratios(
-        &base,
-        &w,
-        PruneTarget::FlopsReduction(2.0),
-        0.9,
-        &cost::count(&base),
-    )
-    .unwrap();
+    let r = slamp(&base, &w, PruneTarget::FlopsReduction(2.0), 0.9).unwrap();
     let mut c = LayerConfig::for_arch(&base);
     c.pruning = Some(rankprune::config::Pruning {
         method: "l2_norm".into(),
@@ -214,7 +194,7 @@ fn slamp_flops_target_is_hit_within_one_percent() {
 fn ratio_zero_changes_nothing() {
     let base = ArchSpec::parse("cfg_bn:8,M,16,M").unwrap().build(3);
     let w = random_weights(&base, 12);
-    let r = recommend_ratios(&base, &w, PruneTarget::Ratio(0.0), 0.9, &cost::count(&base)).unwrap();
+    let r = slamp(&base, &w, PruneTarget::Ratio(0.0), 0.9).unwrap();
     assert!(r.values().all(|&v| v == 0.0), "{r:?}");
     let mut c = LayerConfig::for_arch(&base);
     c.pruning = Some(rankprune::config::Pruning {
@@ -230,30 +210,11 @@ fn ratio_zero_changes_nothing() {
 fn unreachable_and_invalid_targets_are_clear_errors() {
     let base = ArchSpec::parse("cfg_bn:8,M,16,M").unwrap().build(3);
     let w = random_weights(&base, 13);
-    let e = recommend_ratios(
-        &base,
-        &w,
-        PruneTarget::FlopsReduction(1000.0),
-        0.9,
-        &cost::count(&base),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = slamp(&base, &w, PruneTarget::FlopsReduction(1000.0), 0.9)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("out of reach"), "{e}");
-    assert!(
-        recommend_ratios(&base, &w, PruneTarget::Ratio(1.0), 0.9, &cost::count(&base)).is_err()
-    );
-    assert!(
-        recommend_ratios(
-            &base,
-            &w,
-            PruneTarget::ParamsReduction(0.5),
-            0.9,
-            &cost::count(&base)
-        )
-        .is_err()
-    );
-    assert!(
-        recommend_ratios(&base, &w, PruneTarget::Ratio(0.4), 1.0, &cost::count(&base)).is_err()
-    );
+    assert!(slamp(&base, &w, PruneTarget::Ratio(1.0), 0.9).is_err());
+    assert!(slamp(&base, &w, PruneTarget::ParamsReduction(0.5), 0.9).is_err());
+    assert!(slamp(&base, &w, PruneTarget::Ratio(0.4), 1.0).is_err());
 }

@@ -119,6 +119,20 @@ cpu = 1
     Study { dir }
 }
 
+/// FLOPs of the tiny studies' base model, as `metrics --json` counts them.
+pub(crate) fn tiny_base_flops() -> f64 {
+    let o = run(&[
+        "metrics",
+        "--arch",
+        "cfg_bn:8,M,16,M",
+        "--num-classes",
+        "4",
+        "--json",
+    ]);
+    let base: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    base["flops"].as_f64().unwrap()
+}
+
 const FAST_PROXY: &str = "steps = 4\nbatch_size = 16\neval_samples = 32\nearly_stop_step = 2";
 
 #[test]
@@ -139,16 +153,7 @@ fn search_end_to_end_then_export_then_compress() {
         .filter(|t| t.state == TrialState::Complete)
         .collect();
     assert!(!complete.is_empty(), "{trials:?}");
-    let o = run(&[
-        "metrics",
-        "--arch",
-        "cfg_bn:8,M,16,M",
-        "--num-classes",
-        "4",
-        "--json",
-    ]);
-    let base: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let base_flops = base["flops"].as_u64().unwrap() as f64;
+    let base_flops = tiny_base_flops();
     for t in &trials {
         // Every trial meets the target (1.2x fewer FLOPs than the base).
         assert!(t.cost.flops as f64 <= base_flops / 1.2, "{t:?}");
