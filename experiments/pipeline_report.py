@@ -6,7 +6,6 @@ import json
 import math
 import os
 import sys
-import tomllib
 
 out = sys.argv[1]
 os.chdir(out)
@@ -80,18 +79,6 @@ lines += [f"| {k} | {v:.0f} |" for k, v in steps.items()]
 trials = load("trials.json") if os.path.exists("trials.json") else []
 finals = [t for t in trials if t.get("final")]
 if finals:
-    # Why each was re-trained: among the top_k completed trials by proxy (those meeting
-    # the target; the study's FLOPs bound as the controller computes it), or else the
-    # seeds bracket (the best warm-start trials by proxy).
-    budget = tomllib.load(open("search.toml", "rb"))
-    top_k = budget.get("final", {}).get("top_k", 1)
-    reduction = budget.get("objective", {}).get("target_flops_reduction")
-    max_flops = math.floor(base["flops"] / reduction) if reduction else None
-    ranked = sorted(
-        (t for t in trials if t["state"] == "complete" and (max_flops is None or t["cost"]["flops"] <= max_flops)),
-        key=lambda t: -t["proxy_acc"],
-    )
-    top = {t["id"] for t in ranked[:top_k]}
     lines += [
         "",
         "| re-trained trial | chosen as | MFLOPs | FLOPs reduction | proxy (val) | after re-training: val | test |",
@@ -100,7 +87,11 @@ if finals:
     for t in sorted(finals, key=lambda t: -(t["final"].get("val_top1") or 0.0)):
         fin, flops = t["final"], t["cost"]["flops"]
         val = fin.get("val_top1")
-        why = f"top {top_k} by proxy" if t["id"] in top else "best seed by proxy"
+        # Why it was re-trained, as the store recorded it (stores older than schema v3
+        # did not record it).
+        why = {"top_k": "top-k by proxy", "warm_start": "best warm start by proxy"}.get(
+            fin.get("reason"), "-"
+        )
         lines.append(
             f"| {t['number']} | {why} | {flops / 1e6:.2f} | {base['flops'] / flops:.2f}x | {100 * t['proxy_acc']:.1f}% "
             f"| {'-' if val is None else f'{100 * val:.1f}%'} | {100 * fin['top1']:.2f}% |"

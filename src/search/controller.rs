@@ -723,7 +723,7 @@ async fn final_stage(
         .filter(|t| ctl.point_of(t).is_some_and(|p| seeds.contains(&p)))
         .map(|t| t.id)
         .collect();
-    let top: Vec<Trial> = finalists(
+    let top: Vec<(Trial, &str)> = finalists(
         &trials,
         &ctl.problem.target,
         budget.final_stage.top_k,
@@ -731,7 +731,7 @@ async fn final_stage(
         budget.final_stage.seeds,
     )
     .into_iter()
-    .cloned()
+    .map(|(t, why)| (t.clone(), why))
     .collect();
     let test = Arc::new(
         ImageSet::load(
@@ -742,7 +742,7 @@ async fn final_stage(
         )
         .map_err(|e| Error::BadInput(format!("data: {e}")))?,
     );
-    for t in top {
+    for (t, why) in top {
         if ctl.store.final_result(t.id)?.is_some() {
             continue;
         }
@@ -811,6 +811,7 @@ async fn final_stage(
                 loss: e.loss,
                 epochs: o.epochs_run,
                 weights_path: Some(out2.display().to_string()),
+                reason: Some(why.to_string()),
             })
         })
         .await?;

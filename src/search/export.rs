@@ -168,6 +168,7 @@ mod tests {
             loss: 0.1,
             epochs: 3,
             weights_path: None,
+            reason: Some("top_k".into()),
         };
         store.record_final(ids[1], &result(0.80, 0.99)).unwrap();
         store.record_final(ids[2], &result(0.85, 0.60)).unwrap();

@@ -9,17 +9,22 @@
 use super::problem::Target;
 use crate::store::{Trial, TrialState};
 
-/// The trials to re-train, in order: the `top_k` best by proxy accuracy (completed,
-/// meeting the target), then the `seeds` best by proxy among the trials of `seed_ids`
-/// that meet the target and were completed or stopped early by the median rule (the
-/// config is sound; only its proxy was short). A trial is listed once.
+/// Why a trial is re-trained; stored with its final result.
+pub const TOP_K: &str = "top_k";
+pub const WARM_START: &str = "warm_start";
+
+/// The trials to re-train, in order, each with why: the `top_k` best by proxy accuracy
+/// (completed, meeting the target; [`TOP_K`]), then the `seeds` best by proxy among the
+/// warm-start trials of `seed_ids` that meet the target and were completed or stopped
+/// early at a rung (the config is sound; only its proxy was short; [`WARM_START`]). A
+/// trial is listed once.
 pub fn finalists<'a>(
     trials: &'a [Trial],
     target: &Target,
     top_k: usize,
     seed_ids: &[i64],
     seeds: usize,
-) -> Vec<&'a Trial> {
+) -> Vec<(&'a Trial, &'static str)> {
     let admitted = |t: &&Trial| target.admits(t.cost.flops, t.cost.params);
     let by_proxy = |a: &&Trial, b: &&Trial| {
         b.proxy_acc
@@ -33,6 +38,7 @@ pub fn finalists<'a>(
         .collect();
     out.sort_by(by_proxy);
     out.truncate(top_k);
+    let mut out: Vec<(&Trial, &str)> = out.into_iter().map(|t| (t, TOP_K)).collect();
     let mut seeded: Vec<&Trial> = trials
         .iter()
         .filter(|t| seed_ids.contains(&t.id))
@@ -41,8 +47,8 @@ pub fn finalists<'a>(
         .collect();
     seeded.sort_by(by_proxy);
     for t in seeded.into_iter().take(seeds) {
-        if !out.iter().any(|o| o.id == t.id) {
-            out.push(t);
+        if !out.iter().any(|o| o.0.id == t.id) {
+            out.push((t, WARM_START));
         }
     }
     out
@@ -75,8 +81,8 @@ mod tests {
         }
     }
 
-    fn ids(v: &[&Trial]) -> Vec<i64> {
-        v.iter().map(|t| t.id).collect()
+    fn ids(v: &[(&Trial, &str)]) -> Vec<i64> {
+        v.iter().map(|t| t.0.id).collect()
     }
 
     #[test]
@@ -105,10 +111,10 @@ mod tests {
             vec![6, 7, 10]
         );
         // The best sound seeds meeting the target: 10 (listed already), 2, 3; never 4 or 5.
-        assert_eq!(
-            ids(&finalists(&trials, &target, 3, &seeds, 2)),
-            vec![6, 7, 10, 2]
-        );
+        let four = finalists(&trials, &target, 3, &seeds, 2);
+        assert_eq!(ids(&four), vec![6, 7, 10, 2]);
+        let why: Vec<&str> = four.iter().map(|f| f.1).collect();
+        assert_eq!(why, vec![TOP_K, TOP_K, TOP_K, WARM_START]);
         assert_eq!(
             ids(&finalists(&trials, &target, 3, &seeds, 9)),
             vec![6, 7, 10, 2, 3, 1]

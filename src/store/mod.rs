@@ -142,6 +142,8 @@ pub struct FinalResult {
     pub loss: f64,
     pub epochs: usize,
     pub weights_path: Option<String>,
+    /// Why the trial was re-trained (`top_k` or `warm_start`; absent before schema v3).
+    pub reason: Option<String>,
 }
 
 fn sql_err(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -557,8 +559,8 @@ impl TrialStore {
         self.conn
             .execute(
                 "INSERT OR REPLACE INTO final_results \
-                 (trial_id, top1, top5, loss, epochs, weights_path, finished_at, val_top1) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 (trial_id, top1, top5, loss, epochs, weights_path, finished_at, val_top1, reason) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     trial,
                     result.top1,
@@ -567,7 +569,8 @@ impl TrialStore {
                     result.epochs as i64,
                     result.weights_path,
                     now(),
-                    result.val_top1
+                    result.val_top1,
+                    result.reason
                 ],
             )
             .map_err(&err)?;
@@ -580,8 +583,8 @@ impl TrialStore {
         let err = sql_err(&path);
         self.conn
             .query_row(
-                "SELECT top1, top5, loss, epochs, weights_path, val_top1 FROM final_results \
-                 WHERE trial_id = ?1",
+                "SELECT top1, top5, loss, epochs, weights_path, val_top1, reason \
+                 FROM final_results WHERE trial_id = ?1",
                 [trial],
                 |r| {
                     Ok(FinalResult {
@@ -591,6 +594,7 @@ impl TrialStore {
                         epochs: r.get::<_, i64>(3)? as usize,
                         weights_path: r.get(4)?,
                         val_top1: r.get(5)?,
+                        reason: r.get(6)?,
                     })
                 },
             )

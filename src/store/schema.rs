@@ -50,10 +50,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // v2: the validation accuracy of a final re-training, which chooses the winner (the
     // test accuracy is reported, never used to choose).
     "ALTER TABLE final_results ADD COLUMN val_top1 REAL;",
-    // v3: the study's cost target (JSON), fixed when it starts; how well each rung's
+    // v3: the study's cost target (JSON), fixed when it starts; why each trial was
+    // re-trained (`top_k` or `warm_start`); how well each rung's
     // scores ranked the re-trained trials (Kendall's tau against their validation
     // accuracy after re-training), written after the final stage.
     "ALTER TABLE studies ADD COLUMN target TEXT;
+    ALTER TABLE final_results ADD COLUMN reason TEXT;
     CREATE TABLE rung_fidelity (
         study_id INTEGER NOT NULL REFERENCES studies(id),
         step INTEGER NOT NULL,

@@ -181,9 +181,13 @@ fn a_v1_store_gains_the_validation_column_and_keeps_its_results() {
     let mut store = TrialStore::open(&path).unwrap();
     assert_eq!(store.schema_version().unwrap(), schema::VERSION);
     let f = store.final_result(1).unwrap().unwrap();
-    assert_eq!((f.val_top1, f.top1, f.epochs), (None, 0.5, 4));
+    assert_eq!(
+        (f.val_top1, f.top1, f.epochs, f.reason.clone()),
+        (None, 0.5, 4, None)
+    );
     let newer = FinalResult {
         val_top1: Some(0.7),
+        reason: Some("warm_start".into()),
         ..f
     };
     store.record_final(1, &newer).unwrap();

@@ -170,6 +170,7 @@ fn search_end_to_end_then_export_then_compress() {
     let f = store.final_result(best).unwrap().expect("final result");
     assert!((0.0..=1.0).contains(&f.top1) && f.epochs == 1);
     assert!(f.val_top1.is_some_and(|v| (0.0..=1.0).contains(&v)));
+    assert_eq!(f.reason.as_deref(), Some("top_k"));
     assert!(Path::new(f.weights_path.as_deref().unwrap()).exists());
 
     let db = s.db();
@@ -454,6 +455,9 @@ fn model_aware_strategies_start_from_warm_points_and_retrain_the_best_seed() {
             vec![best.unwrap().number],
             "{strategy}: {trials:?}"
         );
+        // The store says why it was re-trained.
+        let f = store.final_result(best.unwrap().id).unwrap().unwrap();
+        assert_eq!(f.reason.as_deref(), Some("warm_start"), "{strategy}");
     }
 }
 
