@@ -580,3 +580,68 @@ fn the_step_zero_rung_can_score_by_kl_from_the_base_model() {
         seen.push(first.1);
     }
 }
+
+/// Replaces `from` by `to` in the study's budget file.
+fn edit_budget(s: &Study, from: &str, to: &str) {
+    let text = std::fs::read_to_string(s.budget()).unwrap();
+    assert!(text.contains(from), "{from}");
+    std::fs::write(s.budget(), text.replace(from, to)).unwrap();
+}
+
+/// A wall-time limit stops the search: no trial starts after it, running ones finish.
+#[test]
+fn the_wall_time_limit_stops_the_search() {
+    // 0.00002 hours = 72 ms: far less than 200 trials take, even in a release build.
+    let s = study(200, FAST_PROXY, "[final]\ntop_k = 0\nseeds = 0");
+    edit_budget(
+        &s,
+        "max_trials = 200",
+        "max_trials = 200\nmax_wall_hours = 0.00002",
+    );
+    let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(out["stopped"], "wall_limit", "{out}");
+    let trials = s.store().trials(1).unwrap();
+    assert!(trials.len() < 200, "{}", trials.len());
+    assert!(
+        trials
+            .iter()
+            .all(|t| t.finished_at.is_some() || t.state == TrialState::Queued)
+    );
+}
+
+/// A space with three points: the search ends, exhausted, after three trials.
+#[test]
+fn an_exhausted_space_stops_the_search() {
+    let s = study(10, FAST_PROXY, "[final]\ntop_k = 0\nseeds = 0");
+    std::fs::write(
+        s.path("space.toml"),
+        r#"
+[decomposition]
+layers = ["features.4"]
+rank = "absolute"
+min = 8
+max = 8
+
+[pruning]
+layers = ["features.0"]
+min = 0.0
+max = 0.5
+step = 0.25
+"#,
+    )
+    .unwrap();
+    edit_budget(
+        &s,
+        "target_flops_reduction = 1.2",
+        "target_flops_reduction = 1.0",
+    );
+    let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(out["stopped"], "exhausted", "{out}");
+    assert_eq!(s.store().trials(1).unwrap().len(), 3);
+}
