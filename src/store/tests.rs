@@ -111,26 +111,55 @@ fn restart_requeues_unfinished_and_keeps_completed() {
     assert_eq!(all[0].proxy_acc, Some(0.9));
 }
 
+/// A failure between the statements of one state change leaves nothing of it: a trigger
+/// makes the second statement fail (as a crash or a full disk would), and the first
+/// statement's effect is rolled back with it.
 #[test]
-fn an_uncommitted_change_is_lost_whole() {
+fn a_change_that_fails_half_way_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let study;
-    {
-        let mut s = open(&dir);
-        study = s.study("s", "b").unwrap();
-        s.enqueue(study, "1", COST).unwrap();
-        // A crash inside a transaction: the insert never becomes visible.
-        let tx = s.conn.transaction().unwrap();
-        tx.execute(
-            "INSERT INTO trials (study_id, number, state, config, flops, params, size_bytes, queued_at) \
-             VALUES (?1, 1, 'queued', '2', 0, 0, 0, 0)",
-            [study],
+    let mut s = open(&dir);
+    let study = s.study("s", "b").unwrap();
+    let id = s.enqueue(study, "1", COST).unwrap();
+    s.claim(study, "w").unwrap().unwrap();
+    s.report(id, 10, 0.5).unwrap();
+    s.interrupt(id).unwrap();
+    // requeue_unfinished deletes the trial's reports, then updates its state.
+    s.conn
+        .execute_batch(
+            "CREATE TRIGGER fail_update BEFORE UPDATE ON trials \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
         )
         .unwrap();
-        std::mem::forget(tx); // no commit, no rollback: as if the process vanished
-    }
-    let s = open(&dir);
-    assert_eq!(s.trials(study).unwrap().len(), 1);
+    let e = s.requeue_unfinished(study).unwrap_err().to_string();
+    assert!(e.contains("injected failure"), "{e}");
+    assert_eq!(
+        s.reports(id).unwrap(),
+        vec![(10, 0.5)],
+        "the delete was rolled back"
+    );
+    assert_eq!(s.trial(id).unwrap().state, TrialState::Interrupted);
+    s.conn.execute_batch("DROP TRIGGER fail_update;").unwrap();
+    assert_eq!(s.requeue_unfinished(study).unwrap(), 1);
+    assert!(s.reports(id).unwrap().is_empty());
+
+    // record_rung_fidelity deletes the study's rows, then inserts the new ones.
+    let row = |step, tau| RungFidelity {
+        step,
+        n: 3,
+        kendall_tau: Some(tau),
+    };
+    s.record_rung_fidelity(study, &[row(0, 0.5)]).unwrap();
+    s.conn
+        .execute_batch(
+            "CREATE TRIGGER fail_insert BEFORE INSERT ON rung_fidelity WHEN NEW.step = 7 \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .unwrap();
+    assert!(
+        s.record_rung_fidelity(study, &[row(1, 0.1), row(7, 0.2)])
+            .is_err()
+    );
+    assert_eq!(s.rung_fidelity(study).unwrap(), vec![row(0, 0.5)]);
 }
 
 #[test]
