@@ -6,7 +6,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rankprune::arch::{Arch, ArchSpec};
 use rankprune::compress::compress_model;
 use rankprune::config::LayerConfig;
-use rankprune::data::ImageSet;
 use rankprune::device::parse_device;
 use rankprune::ladder::fidelity::{self, RunFiles};
 use rankprune::ladder::{LadderContext, Signal, score};
@@ -88,13 +87,7 @@ fn context(budget: &Budget) -> Result<(LadderContext, Weights)> {
         )));
     }
     let weights = Weights::load(path)?.matched_to(&base, &path.display().to_string())?;
-    let (train, val) = ImageSet::train_val(
-        &budget.data.dir,
-        budget.data.dataset,
-        budget.model.num_classes,
-        budget.data.val_split,
-    )
-    .map_err(|e| Error::BadInput(format!("data: {e}")))?;
+    let (train, val) = budget.train_val()?;
     let p = &budget.proxy;
     let ctx = LadderContext {
         base,

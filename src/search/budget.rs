@@ -273,6 +273,17 @@ impl Budget {
         }
     }
 
+    /// The training images and the held-out validation images the study scores on.
+    pub fn train_val(&self) -> crate::Result<(crate::data::ImageSet, crate::data::ImageSet)> {
+        crate::data::ImageSet::train_val(
+            &self.data.dir,
+            self.data.dataset,
+            self.model.num_classes,
+            self.data.val_split,
+        )
+        .map_err(|e| crate::Error::BadInput(format!("data: {e}")))
+    }
+
     fn validate(&self) -> Result<(), String> {
         let positive = |key: &str, v: usize| {
             if v == 0 {

@@ -386,13 +386,7 @@ async fn search(
     let started = Instant::now();
     let mut signals = Signals::new()?;
     let base = ArchSpec::parse(&budget.model.arch)?.build(budget.model.num_classes);
-    let (train_set, val_set) = ImageSet::train_val(
-        &budget.data.dir,
-        budget.data.dataset,
-        budget.model.num_classes,
-        budget.data.val_split,
-    )
-    .map_err(|e| Error::BadInput(format!("data: {e}")))?;
+    let (train_set, val_set) = budget.train_val()?;
     let (train_set, val_set) = (Arc::new(train_set), Arc::new(val_set));
     let space_file = SpaceFile::load(&budget.search.space)?;
     // Check the space before any slow work (VBMF ranks are filled in below).
