@@ -77,7 +77,7 @@ fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
 }
 
 /// The budget's base model, data and scoring settings.
-fn context(budget: &Budget) -> Result<(LadderContext, Weights)> {
+fn context(budget: &Budget) -> Result<LadderContext> {
     let base: Arch = ArchSpec::parse(&budget.model.arch)?.build(budget.model.num_classes);
     let path = &budget.model.weights;
     if !path.exists() {
@@ -89,9 +89,9 @@ fn context(budget: &Budget) -> Result<(LadderContext, Weights)> {
     let weights = Weights::load(path)?.matched_to(&base, &path.display().to_string())?;
     let (train, val) = budget.train_val()?;
     let p = &budget.proxy;
-    let ctx = LadderContext {
+    Ok(LadderContext {
         base,
-        base_weights: Arc::new(weights.clone()),
+        base_weights: Arc::new(weights),
         train: Arc::new(train),
         val: Arc::new(val),
         eval_samples: p.eval_samples,
@@ -99,8 +99,7 @@ fn context(budget: &Budget) -> Result<(LadderContext, Weights)> {
         lr: p.lr,
         distill: p.distill.unwrap_or_default(),
         seed: budget.search.seed,
-    };
-    Ok((ctx, weights))
+    })
 }
 
 fn default_out(budget: &Budget) -> PathBuf {
@@ -111,13 +110,18 @@ fn default_out(budget: &Budget) -> PathBuf {
 pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
     let budget = Budget::load(&args.budget)?;
     let device = parse_device(&args.device)?;
-    let (ctx, weights) = context(&budget)?;
-    let space = SpaceFile::load(&budget.search.space)?;
-    let problem = study_problem(&budget, &space, &ctx.base, &weights, true)?;
+    let ctx = context(&budget)?;
     let out = args.out.clone().unwrap_or_else(|| default_out(&budget));
     let files = RunFiles::new(&out);
-    let candidates = files
-        .candidates(|| fidelity::draw_candidates(&problem, args.candidates, budget.search.seed))?;
+    let candidates = files.candidates(|| {
+        let space = SpaceFile::load(&budget.search.space)?;
+        let problem = study_problem(&budget, &space, &ctx.base, &ctx.base_weights, true)?;
+        Ok(fidelity::draw_candidates(
+            &problem,
+            args.candidates,
+            budget.search.seed,
+        ))
+    })?;
     let final_signal = Signal::Final {
         epochs: args.final_epochs.unwrap_or(budget.final_stage.epochs),
     };
@@ -187,12 +191,13 @@ fn write(path: &Path, text: &str) -> Result<()> {
 pub fn run_score(args: ScoreArgs) -> Result<()> {
     let budget = Budget::load(&args.budget)?;
     let device = parse_device(&args.device)?;
-    let (ctx, weights) = context(&budget)?;
+    let ctx = context(&budget)?;
     let file = args.config.display().to_string();
     let config = LayerConfig::load(&args.config)?;
+    // Built once; every signal starts from its own copy of the compressed weights.
+    let (arch, w) = compress_model(&ctx.base, &ctx.base_weights, &config, &file, None)?;
     for &signal in &args.signals {
-        let (arch, w) = compress_model(&ctx.base, &weights, &config, &file, None)?;
-        let s = score(signal, &ctx, &arch, w, &device)?;
+        let s = score(signal, &ctx, &arch, w.clone(), &device)?;
         let line = serde_json::json!({
             "signal": signal,
             "scores": s.scores,

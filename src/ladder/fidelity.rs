@@ -109,8 +109,12 @@ impl RunFiles {
         }
     }
 
-    /// The stored candidates, or `draw()` written down.
-    pub fn candidates(&self, draw: impl FnOnce() -> Vec<Candidate>) -> Result<Vec<Candidate>> {
+    /// The stored candidates, or `draw()` written down (`draw` runs only when none are
+    /// stored: a resumed run or a second shard does no drawing work).
+    pub fn candidates(
+        &self,
+        draw: impl FnOnce() -> Result<Vec<Candidate>>,
+    ) -> Result<Vec<Candidate>> {
         let file = self.candidates.display().to_string();
         if self.candidates.exists() {
             let text = std::fs::read_to_string(&self.candidates)
@@ -118,7 +122,7 @@ impl RunFiles {
             return serde_json::from_str(&text)
                 .map_err(|e| Error::BadInput(format!("{file}: {e}")));
         }
-        let c = draw();
+        let c = draw()?;
         if let Some(dir) = self.candidates.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::Failure(format!("{file}: {e}")))?;
         }
