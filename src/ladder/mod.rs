@@ -16,11 +16,11 @@ use crate::data::batches::Batch;
 use crate::model::Vgg;
 use crate::train::distill::{Distill, Teacher};
 use crate::train::recalibrate::recalibrate_bn;
-use crate::train::{Control, TrainConfig, evaluate, train_with};
+use crate::train::{Control, TrainConfig, evaluate, images_tensor, train_with};
 use crate::weights::Weights;
 use crate::{Error, Result};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -211,8 +211,8 @@ pub fn score(
                 seed: ctx.seed,
                 ..TrainConfig::default()
             };
-            let out = fine_tune(ctx, arch, weights, &cfg, teacher.as_ref(), device)?;
-            let v = eval(&model(out)?, Some(ctx.eval_samples))?;
+            let out = train_candidate(ctx, arch, weights, &cfg, teacher.as_ref(), device)?;
+            let v = eval(&model(out.weights)?, Some(ctx.eval_samples))?;
             scores(&[("acc", v.top1), ("loss", v.loss)])
         }
         Signal::Final { epochs } => {
@@ -221,16 +221,7 @@ pub fn score(
                 seed: ctx.seed,
                 ..TrainConfig::default()
             };
-            let out = train_with(
-                arch,
-                weights,
-                ctx.train.clone(),
-                ctx.val.clone(),
-                &cfg,
-                None,
-                device,
-                |_| Control::Continue,
-            )?;
+            let out = train_candidate(ctx, arch, weights, &cfg, None, device)?;
             let v = out
                 .best_val
                 .ok_or_else(|| Error::Failure("the final training ran no epoch".into()))?;
@@ -244,19 +235,20 @@ pub fn score(
     })
 }
 
-/// A short fine-tune that never validates on the way (the caller scores the result).
-fn fine_tune(
+/// Trains the candidate on the context's data with `cfg` (and `teacher`), without a
+/// callback: the caller scores the outcome. A short fine-tune never validates on the
+/// way when the training set holds more than `max_steps` batches (the step limit ends
+/// it inside the first epoch); a smaller set validates at each epoch end, which only
+/// costs time.
+fn train_candidate(
     ctx: &LadderContext,
     arch: &Arch,
     weights: Weights,
     cfg: &TrainConfig,
     teacher: Option<&Teacher>,
     device: &Device,
-) -> Result<Weights> {
-    // The end-of-epoch validation never runs: max_steps ends the run inside the epoch
-    // when the training set holds more than `steps` batches; a smaller set validates
-    // at each epoch end, which only costs time.
-    let out = train_with(
+) -> Result<crate::train::TrainOutcome> {
+    train_with(
         arch,
         weights,
         ctx.train.clone(),
@@ -265,8 +257,7 @@ fn fine_tune(
         teacher,
         device,
         |_| Control::Continue,
-    )?;
-    Ok(out.weights)
+    )
 }
 
 /// Logits of `m`, pushing the Gram matrix of every conv unit's output (after its BN,
@@ -287,10 +278,7 @@ fn forward_grams(m: &Vgg, x: Tensor<4>, grams: &mut Vec<(usize, Vec<f64>)>) -> T
 pub fn similarity(base: &Vgg, candidate: &Vgg, batches: &[Batch], device: &Device) -> (f64, f64) {
     let (mut cka_sum, mut cka_n, mut kl_sum, mut images) = (0.0, 0usize, 0.0, 0usize);
     for b in batches {
-        let x = Tensor::<4>::from_data(
-            TensorData::new(b.images.clone(), [b.len(), 3, 32, 32]),
-            device,
-        );
+        let x = images_tensor(b, device);
         let (mut kb, mut kc) = (Vec::new(), Vec::new());
         let p = log_softmax(forward_grams(base, x.clone(), &mut kb), 1);
         let q = log_softmax(forward_grams(candidate, x, &mut kc), 1);

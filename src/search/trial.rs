@@ -29,6 +29,19 @@ pub struct TrialContext {
     pub cache: Arc<TuckerCache>,
 }
 
+impl TrialContext {
+    /// The uncompressed base model on `device` (the distillation teacher, the reference
+    /// of the KL rung).
+    fn base_model(&self, device: &Device) -> crate::Result<Vgg> {
+        Ok(Vgg::from_weights(
+            &self.base,
+            (*self.weights).clone(),
+            "<base>",
+            device,
+        )?)
+    }
+}
+
 /// How a trial ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrialEnd {
@@ -56,7 +69,7 @@ pub enum Verdict {
 /// step 0 is a rung, its validation accuracy then.
 fn first_rung(
     ctx: &TrialContext,
-    arch: &crate::arch::Arch,
+    arch: &Arch,
     weights: Weights,
     device: &Device,
 ) -> crate::Result<(Weights, Option<f64>)> {
@@ -81,10 +94,9 @@ fn first_rung(
             Some(evaluate(&model, &ctx.val, p.batch_size, Some(p.eval_samples), device)?.top1)
         }
         (true, Rung0Score::Kl) => {
-            let base = Vgg::from_weights(&ctx.base, (*ctx.weights).clone(), "<base>", device)?;
             let batches =
                 calibration_batches(&ctx.train, p.bn_recalibration, p.batch_size, ctx.seed);
-            Some(-crate::ladder::similarity(&base, &model, &batches, device).1)
+            Some(-crate::ladder::similarity(&ctx.base_model(device)?, &model, &batches, device).1)
         }
     };
     Ok((model.to_weights(), acc))
@@ -129,12 +141,10 @@ pub fn run_trial(
         ..TrainConfig::default()
     };
     let teacher = match p.distill {
-        Some(distill) => {
-            match Vgg::from_weights(&ctx.base, (*ctx.weights).clone(), "<base>", device) {
-                Ok(model) => Some(Teacher { model, distill }),
-                Err(e) => return TrialEnd::Failed(format!("building the teacher: {e}")),
-            }
-        }
+        Some(distill) => match ctx.base_model(device) {
+            Ok(model) => Some(Teacher { model, distill }),
+            Err(e) => return TrialEnd::Failed(format!("building the teacher: {e}")),
+        },
         None => None,
     };
     let mut pruned_at = None;

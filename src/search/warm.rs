@@ -8,7 +8,6 @@ use crate::Result;
 use crate::compress::decompose::{RankRecommendation, decompose_model};
 use crate::compress::slamp::{PruneTarget, recommend_ratios};
 use crate::compress::vbmf::calibrated_rank;
-use crate::cost;
 use crate::weights::Weights;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -64,7 +63,6 @@ pub fn warm_start(
             None,
             |_| {},
         )?;
-        let original = cost::count(&problem.base);
         let targets: Vec<PruneTarget> = match problem.target.max_flops {
             Some(m) => {
                 let factors: &[f64] = if ci == 0 {
@@ -74,7 +72,9 @@ pub fn warm_start(
                 };
                 factors
                     .iter()
-                    .map(|f| PruneTarget::FlopsReduction(f * original.flops as f64 / m as f64))
+                    .map(|f| {
+                        PruneTarget::FlopsReduction(f * problem.base_cost.flops as f64 / m as f64)
+                    })
                     .collect()
             }
             None => PARETO_RATIOS
@@ -84,7 +84,7 @@ pub fn warm_start(
         };
         for t in targets {
             let ratios = if max_ratio > 0.0 {
-                match recommend_ratios(&arch, &w, t, max_ratio, &original) {
+                match recommend_ratios(&arch, &w, t, max_ratio, &problem.base_cost) {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::debug!("warm start: SLAMP {t:?}: {e}");

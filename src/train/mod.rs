@@ -122,7 +122,7 @@ fn sgd(cfg: &TrainConfig) -> burn::optim::ModuleOptimizer {
 }
 
 /// A batch's images as `[n, 3, 32, 32]` on `device`.
-fn images_tensor(b: &Batch, device: &Device) -> Tensor<4> {
+pub fn images_tensor(b: &Batch, device: &Device) -> Tensor<4> {
     Tensor::from_data(
         TensorData::new(b.images.clone(), [b.len(), 3, 32, 32]),
         device,

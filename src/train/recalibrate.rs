@@ -63,11 +63,7 @@ pub fn pooled_bn_stats(
 ) -> Vec<(Vec<f32>, Vec<f32>)> {
     let mut pooled = vec![Pooled::default(); model.bns.len()];
     for b in batches {
-        let x = Tensor::<4>::from_data(
-            TensorData::new(b.images.clone(), [b.len(), 3, 32, 32]),
-            device,
-        );
-        model.forward_with(x, |_, bn, x| {
+        model.forward_with(super::images_tensor(b, device), |_, bn, x| {
             let Some((i, bn)) = bn else { return x };
             let [n, _, h, w] = x.dims();
             let r = batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
@@ -176,17 +172,8 @@ mod tests {
         for bn in &mut reference.bns {
             bn.momentum = 1.0;
         }
-        let order = crate::data::batches::epoch_order(
-            6,
-            &crate::data::batches::EpochPlan {
-                batch_size: 6,
-                seed: Some(3),
-                limit: Some(6),
-            },
-        );
-        let b = batch_at(&set, &order, None);
-        let x = Tensor::<4>::from_data(TensorData::new(b.images, [6, 3, 32, 32]), &ad);
-        let _ = reference.forward(x);
+        let b = &calibration_batches(&set, 1, 6, 3)[0];
+        let _ = reference.forward(crate::train::images_tensor(b, &ad));
         // Values per channel each BN saw: batch x h x w (32x32, 16x16 after the pool).
         for ((mean, var), (bn, n)) in got
             .iter()
@@ -208,17 +195,13 @@ mod tests {
         let device = Device::flex();
         let set = random_set(10, 2);
         let m = model(&device);
+        // The same two batches, as one batch of 8 images.
         let direct_input = {
-            let order = crate::data::batches::epoch_order(
-                10,
-                &crate::data::batches::EpochPlan {
-                    batch_size: 4,
-                    seed: Some(5),
-                    limit: Some(8),
-                },
-            );
-            let b = batch_at(&set, &order, None);
-            let x = Tensor::<4>::from_data(TensorData::new(b.images, [8, 3, 32, 32]), &device);
+            let images: Vec<f32> = calibration_batches(&set, 2, 4, 5)
+                .into_iter()
+                .flat_map(|b| b.images)
+                .collect();
+            let x = Tensor::<4>::from_data(TensorData::new(images, [8, 3, 32, 32]), &device);
             m.convs[0]
                 .forward(x)
                 .into_data()

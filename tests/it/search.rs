@@ -19,6 +19,11 @@ pub(crate) fn run(args: &[&str]) -> Output {
     bin().args(args).output().unwrap()
 }
 
+/// The JSON object a command prints last with `--json` (`search`, `compress`).
+fn last_json(o: &Output) -> serde_json::Value {
+    serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap()
+}
+
 pub(crate) fn text(o: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -141,8 +146,7 @@ fn search_end_to_end_then_export_then_compress() {
     let budget = s.budget();
     let o = run(&["search", budget.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", text(&o));
-    let out: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
+    let out = last_json(&o);
     assert_eq!(out["stopped"], "budget", "{out}");
     let store = s.store();
     let trials = store.trials(1).unwrap();
@@ -237,8 +241,7 @@ fn search_end_to_end_then_export_then_compress() {
         "--json",
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    let c: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
+    let c = last_json(&o);
     assert_eq!(c["after"]["flops"], w["metrics"]["flops"]);
     assert_eq!(c["after"]["params"], w["metrics"]["params"]);
 
@@ -600,8 +603,7 @@ fn the_wall_time_limit_stops_the_search() {
     );
     let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", text(&o));
-    let out: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
+    let out = last_json(&o);
     assert_eq!(out["stopped"], "wall_limit", "{out}");
     let trials = s.store().trials(1).unwrap();
     assert!(trials.len() < 200, "{}", trials.len());
@@ -640,8 +642,7 @@ step = 0.25
     );
     let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", text(&o));
-    let out: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
+    let out = last_json(&o);
     assert_eq!(out["stopped"], "exhausted", "{out}");
     assert_eq!(s.store().trials(1).unwrap().len(), 3);
 }
