@@ -1,8 +1,10 @@
-//! Benchmark (not a test): training throughput (images/s) of vgg19_bn/CIFAR-100 and of
-//! the reference-config compressed model, batch 128, SGD step included, on the CPU.
-//! Compare with experiments/torch_train_bench.py (same model, same batch).
+//! Benchmark (not a test): training and inference throughput (images/s) on the CPU, batch
+//! 128, SGD momentum step included, of vgg19_bn/CIFAR-100, of the reference-config
+//! compressed model and of the Fashion-MNIST simple flow's model (vgg19_bn@0.25, VBMF
+//! calibration 0.25 + SLAMP 0.4). Compare with experiments/torch_train_bench.py (same
+//! models, same batch).
 //!
-//! Run: cargo bench --bench train [-- STEPS]
+//! Run: cargo bench --bench train [-- STEPS [NAME-FILTER]]
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -14,7 +16,9 @@ use rankprune::config::LayerConfig;
 use rankprune::model::Vgg;
 use std::time::Instant;
 
-fn images_per_s(arch: &Arch, steps: usize, batch: usize) -> f64 {
+const BATCH: usize = 128;
+
+fn train_images_per_s(arch: &Arch, steps: usize, reference: bool) -> f64 {
     let device = Device::flex().autodiff();
     let mut model = Vgg::init(arch, 0, &device);
     let mut optim = SgdConfig::new()
@@ -23,11 +27,17 @@ fn images_per_s(arch: &Arch, steps: usize, batch: usize) -> f64 {
         ))
         .init();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let x = Tensor::<4>::random([batch, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
-    let labels: Vec<i64> = (0..batch as i64).map(|i| i % 100).collect();
-    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch]), &device);
+    let x = Tensor::<4>::random([BATCH, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+    let classes = arch.num_classes() as i64;
+    let labels: Vec<i64> = (0..BATCH as i64).map(|i| i % classes).collect();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [BATCH]), &device);
     let mut step = |model: Vgg| {
-        let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
+        let logits = if reference {
+            model.forward_reference(x.clone())
+        } else {
+            model.forward(x.clone())
+        };
+        let loss = loss_fn.forward(logits, y.clone());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let model = optim.step(0.01, model, grads);
         let _ = model.convs[0].weight.val().into_data(); // sync
@@ -39,33 +49,60 @@ fn images_per_s(arch: &Arch, steps: usize, batch: usize) -> f64 {
         model = step(model);
     }
     let _ = model.num_params();
-    (steps * batch) as f64 / t.elapsed().as_secs_f64()
+    (steps * BATCH) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn inference_images_per_s(arch: &Arch, steps: usize) -> f64 {
+    let device = Device::flex();
+    let model = Vgg::init(arch, 0, &device);
+    let x = Tensor::<4>::random([BATCH, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+    let _ = model.forward(x.clone()).into_data(); // warm-up
+    let t = Instant::now();
+    for _ in 0..steps {
+        let _ = model.forward(x.clone()).into_data();
+    }
+    (steps * BATCH) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn config_arch(base: &Arch, path: &str) -> Arch {
+    let path = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    LayerConfig::from_json(&text, &path)
+        .unwrap()
+        .apply(base, &path)
+        .unwrap()
 }
 
 fn main() {
-    let steps: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    let steps: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let filter = args.next().unwrap_or_default();
     let base = ArchSpec::parse("vgg19_bn").unwrap().build(100);
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/experiments/reference-search-config.json"
-    ))
-    .unwrap();
-    let compressed = LayerConfig::from_json(&text, "ref")
-        .unwrap()
-        .apply(&base, "ref")
-        .unwrap();
-    println!("| model | batch | steps | train images/s (burn flex, CPU) |");
-    println!("|---|---|---|---|");
-    for (name, arch) in [
-        ("vgg19_bn", &base),
-        ("reference-config compressed", &compressed),
-    ] {
-        println!(
-            "| {name} | 128 | {steps} | {:.1} |",
-            images_per_s(arch, steps, 128)
-        );
+    let quarter = ArchSpec::parse("vgg19_bn@0.25").unwrap().build(10);
+    let models = [
+        ("vgg19_bn", base.clone()),
+        (
+            "reference-config compressed",
+            config_arch(&base, "experiments/reference-search-config.json"),
+        ),
+        (
+            "fmnist simple flow (vgg19_bn@0.25, 8.1x)",
+            config_arch(
+                &quarter,
+                "experiments/results/fmnist-vgg19_bn-0.25-fidelity/fd-pruning.json",
+            ),
+        ),
+    ];
+    println!("| model | batch | steps | train images/s | inference images/s |");
+    println!("|---|---|---|---|---|");
+    for (name, arch) in models.iter().filter(|(n, _)| n.contains(&filter)) {
+        let train = train_images_per_s(arch, steps, false);
+        let train_ref = if std::env::var_os("NO_REF").is_some() {
+            0.0
+        } else {
+            train_images_per_s(arch, steps, true)
+        };
+        let infer = inference_images_per_s(arch, steps);
+        println!("| {name} | {BATCH} | {steps} | {train:.1} (ref {train_ref:.1}) | {infer:.1} |");
     }
 }

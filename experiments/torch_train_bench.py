@@ -1,9 +1,14 @@
-"""PyTorch baseline for `cargo bench --bench train`: vgg19_bn (CIFAR variant, 100
-classes) training steps at batch 128 on the CPU, SGD momentum 0.9. Prints images/s.
+"""PyTorch side of `cargo bench --bench train`: training (SGD momentum 0.9 step included)
+and inference throughput at batch 128 on the CPU, of vgg19_bn (CIFAR variant, 100
+classes) and of compressed models rebuilt from `rankprune metrics --json` output (every
+conv's channel counts; kernel and bias follow from its parameter count: Tucker 1x1 ->
+kxk -> 1x1, bias only on the last). Prints a Markdown table.
 
-Run: python3 experiments/torch_train_bench.py [STEPS]   (needs torch)
+Run: python3 experiments/torch_train_bench.py [--steps N] [--threads T] [NAME=METRICS.json ...]
+(needs torch; experiments/throughput runs this and the Rust bench side by side)
 """
-import sys
+import argparse
+import json
 import time
 
 import torch
@@ -20,23 +25,87 @@ def vgg19_bn(classes=100):
         else:
             layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
             c = v
-    return nn.Sequential(nn.Sequential(*layers), nn.Flatten(), nn.Linear(512, classes))
+    return nn.Sequential(nn.Sequential(*layers), nn.Flatten(), nn.Linear(512, classes)), 100
 
 
-steps = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-model = vgg19_bn()
-opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-x, y = torch.randn(128, 3, 32, 32), torch.arange(128) % 100
+def conv_of(layer):
+    cin, cout, params = layer["in"], layer["out"], layer["params"]
+    for k in (1, 3, 5, 7):
+        for bias in (False, True):
+            if cin * cout * k * k + (cout if bias else 0) == params:
+                return nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias)
+    raise ValueError(f"{layer['name']}: no kernel size fits {params} parameters")
 
 
-def step():
-    opt.zero_grad()
-    nn.functional.cross_entropy(model(x), y).backward()
-    opt.step()
+def from_metrics(path):
+    """The model whose layers `rankprune metrics --json` lists, with its parameter count checked."""
+    metrics = json.load(open(path))
+    layers, classifier = [], None
+    for layer in metrics["layers"]:
+        kind = layer["kind"]
+        if kind == "conv":
+            layers.append(conv_of(layer))
+        elif kind == "batch_norm":
+            layers += [nn.BatchNorm2d(layer["out"]), nn.ReLU(inplace=True)]
+        elif kind == "max_pool":
+            layers.append(nn.MaxPool2d(2))
+        elif kind == "linear":
+            classifier = nn.Linear(layer["in"], layer["out"])
+    model = nn.Sequential(nn.Sequential(*layers), nn.Flatten(), classifier)
+    params = sum(p.numel() for p in model.parameters())
+    assert params == metrics["params"], f"{path}: {params} parameters, metrics says {metrics['params']}"
+    return model, classifier.out_features
 
 
-step()
-t = time.time()
-for _ in range(steps):
+def train_rate(model, classes, steps, batch=128):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(batch, 3, 32, 32), torch.arange(batch) % classes
+    model.train()
+
+    def step():
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
     step()
-print(f"| vgg19_bn (PyTorch {torch.__version__}, {torch.get_num_threads()} threads) | 128 | {steps} | {steps * 128 / (time.time() - t):.1f} |")
+    t = time.time()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.time() - t)
+
+
+def inference_rate(model, steps, batch=128):
+    x = torch.randn(batch, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+        t = time.time()
+        for _ in range(steps):
+            model(x)
+    return steps * batch / (time.time() - t)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--filter", default="")
+    ap.add_argument("models", nargs="*", help="NAME=METRICS.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    models = [("vgg19_bn", vgg19_bn)] + [
+        (name, lambda p=path: from_metrics(p)) for name, path in (m.split("=", 1) for m in args.models)
+    ]
+    print(f"| model | batch | steps | train images/s | inference images/s |  (PyTorch {torch.__version__}, {torch.get_num_threads()} threads)")
+    print("|---|---|---|---|---|")
+    for name, build in models:
+        if args.filter not in name:
+            continue
+        model, classes = build()
+        train = train_rate(model, classes, args.steps)
+        infer = inference_rate(model, args.steps)
+        print(f"| {name} | 128 | {args.steps} | {train:.1f} | {infer:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,9 @@
 //! The burn `Vgg` module, built from an [`Arch`] (any mix of plain and Tucker units,
 //! any channel counts) and converted to and from [`Weights`].
 
+mod bn_relu;
+mod cnhw;
+
 use crate::arch::{Arch, ConvSpec, Unit};
 use crate::weights::{TensorF32, Weights, WeightsError};
 use burn::module::{Module, Param, ParamId, RunningState};
@@ -182,8 +185,41 @@ impl Vgg {
         Weights { tensors }
     }
 
-    /// Logits `[batch, classes]` for images `[batch, 3, H, W]`.
+    /// Logits `[batch, classes]` for images `[batch, 3, H, W]`. Runs channel-major, every
+    /// conv one matrix product over the whole batch ([`cnhw`]).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = cnhw::swap_batch_channels(x);
+        let mut convs = self.convs.iter();
+        let mut bns = self.bns.iter();
+        for u in &self.arch.units {
+            match u {
+                Unit::Conv(c) => {
+                    for _ in c.body.convs() {
+                        x = cnhw::conv(convs.next().expect("one Conv2d per spec"), x);
+                    }
+                    x = match c.bn {
+                        Some(_) => {
+                            let bn = bns.next().expect("one BatchNorm per bn name");
+                            cnhw::batch_norm_relu(bn, x)
+                        }
+                        None => relu(x),
+                    };
+                }
+                // Pooling works on each [H, W] plane alone, so the layout does not matter.
+                Unit::MaxPool { .. } => x = self.pool.forward(x),
+                Unit::Linear(_) => {
+                    let [c, b, h, w] = x.dims();
+                    let x = cnhw::swap_batch_channels(x).reshape([b, c * h * w]);
+                    return self.classifier.forward(x);
+                }
+            }
+        }
+        unreachable!("a checked architecture ends with its classifier")
+    }
+
+    /// The same logits as [`Self::forward`], computed batch-major with burn's own conv2d
+    /// (the reference the channel-major path is tested against).
+    pub fn forward_reference(&self, x: Tensor<4>) -> Tensor<2> {
         self.forward_with(x, |_, bn, x| match bn {
             Some((_, bn)) => bn.forward(x),
             None => x,
@@ -241,5 +277,49 @@ mod tests {
         assert_eq!(model.to_weights(), w);
         let y = model.forward(Tensor::zeros([2, 3, 32, 32], &device));
         assert_eq!(y.dims(), [2, 3]);
+    }
+
+    /// The channel-major forward against burn's batch-major layers: logits, an input
+    /// gradient, every conv's weight gradient and the BN running statistics after a step.
+    #[test]
+    fn channel_major_forward_matches_burns_layers() {
+        use burn::tensor::Distribution;
+        let device = Device::flex().autodiff();
+        let mut arch = ArchSpec::parse("cfg_bn:4,M,6,M,5").unwrap().build(3);
+        arch.decompose("features.4", 2, 3).unwrap();
+        arch.decompose("features.8", 3, 1).unwrap();
+        let w = Weights::init(&arch, 3);
+        let x0 = Tensor::<4>::random([3, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+        let run = |reference: bool| {
+            let model = Vgg::from_weights(&arch, w.clone(), "mem", &device).unwrap();
+            let x = x0.clone().require_grad();
+            let y = if reference {
+                model.forward_reference(x.clone())
+            } else {
+                model.forward(x.clone())
+            };
+            let weights = Tensor::<2>::from_floats([[1.0, -2.0, 0.5]], &device);
+            let grads = (y.clone() * weights).sum().backward();
+            let mut all = vec![values(y.inner()).data, values(x.grad(&grads).unwrap()).data];
+            for conv in &model.convs {
+                all.push(values(conv.weight.val().grad(&grads).unwrap()).data);
+            }
+            for bn in &model.bns {
+                all.push(values(bn.running_var.value()).data);
+            }
+            all
+        };
+        let (ours, theirs) = (run(false), run(true));
+        assert_eq!(ours.len(), theirs.len());
+        for (k, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            for (i, (p, q)) in a.iter().zip(b).enumerate() {
+                // 1e-6: float32 rounding of sums of terms near 1, in another order.
+                assert!(
+                    (p - q).abs() <= 1e-4 * scale + 1e-6,
+                    "tensor {k}[{i}]: {p} vs {q}"
+                );
+            }
+        }
     }
 }

@@ -1,0 +1,277 @@
+//! Train-mode BatchNorm followed by ReLU as one op of the flex CPU backend, on
+//! channel-major activations (`[C, N, H, W]`, so each channel's values are contiguous):
+//! two passes over the activation forward (statistics; normalise, scale, ReLU) and two
+//! backward (the two per-channel sums; the input gradient), each parallel over channels.
+//! burn's generic `batch_norm_train`, its backward and the ReLU take about a dozen tensor
+//! passes with layout copies. The maths is burn's (batch mean and biased variance,
+//! `ModuleOps::batch_norm_train[_backward]`), written out per channel: with
+//! `h = (x - mean) / sqrt(var + eps)` and `g = dy` where the output is positive,
+//! `dbeta = sum g`, `dgamma = sum g h`, `dx = gamma / sqrt(var + eps) * (g - dbeta / M - h dgamma / M)`.
+//! `tests` checks output, statistics and all three gradients against burn's own layers.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, AutodiffBackend, Backend, Flex, backend_extension};
+use burn::tensor::{Shape, TensorData};
+use rayon::prelude::*;
+
+#[backend_extension(Flex, Autodiff)]
+pub trait BnReluBackend: Backend {
+    /// `relu(batch_norm(x))` with the batch's statistics: `x` channel-major `[C, ...]`,
+    /// `gamma` and `beta` `[C]`. Returns the output, the batch mean and the biased batch
+    /// variance (`[C]` each; the last two carry no gradient).
+    fn bn_relu_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+type Flat = FloatTensor<Flex>;
+
+/// The tensor's f32 values in row-major order (copied only if it is a strided view).
+fn values(t: &Flat) -> std::borrow::Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(
+            t.to_contiguous()
+                .as_slice::<f32>()
+                .expect("an f32 tensor")
+                .to_vec(),
+        ),
+    }
+}
+
+fn tensor(data: Vec<f32>, shape: Shape) -> Flat {
+    Flat::from_data(TensorData::new(data, shape))
+}
+
+fn inv_std(var: f32, epsilon: f64) -> f32 {
+    (1.0 / (f64::from(var) + epsilon).sqrt()) as f32
+}
+
+/// Per channel: mean and biased variance (two passes, f64 sums), then the output.
+fn forward(x: &Flat, gamma: &Flat, beta: &Flat, epsilon: f64) -> (Flat, Flat, Flat) {
+    let shape = x.layout().shape().clone();
+    let channels = shape[0];
+    let (xs, gs, bs) = (values(x), values(gamma), values(beta));
+    let m = xs.len() / channels;
+    let mut y = vec![0f32; xs.len()];
+    let stats: Vec<(f32, f32)> = y
+        .par_chunks_mut(m)
+        .zip(xs.par_chunks(m))
+        .enumerate()
+        .map(|(c, (y, x))| {
+            let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / m as f64;
+            let var = x
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                / m as f64;
+            let (mean, var) = (mean as f32, var as f32);
+            let scale = gs[c] * inv_std(var, epsilon);
+            let shift = bs[c] - mean * scale;
+            for (o, &v) in y.iter_mut().zip(x) {
+                *o = (v * scale + shift).max(0.0);
+            }
+            (mean, var)
+        })
+        .collect();
+    let (mean, var) = stats.into_iter().unzip();
+    let stat_shape = Shape::new([channels]);
+    (
+        tensor(y, shape),
+        tensor(mean, stat_shape.clone()),
+        tensor(var, stat_shape),
+    )
+}
+
+/// Gradients `(dx, dgamma, dbeta)` for upstream gradient `dy`.
+fn backward(
+    x: &Flat,
+    gamma: &Flat,
+    beta: &Flat,
+    mean: &Flat,
+    var: &Flat,
+    epsilon: f64,
+    dy: &Flat,
+) -> (Flat, Flat, Flat) {
+    let shape = x.layout().shape().clone();
+    let channels = shape[0];
+    let (xs, dys) = (values(x), values(dy));
+    let (gs, bs, ms, vs) = (values(gamma), values(beta), values(mean), values(var));
+    let m = xs.len() / channels;
+    let mut dx = vec![0f32; xs.len()];
+    let sums: Vec<(f32, f32)> = dx
+        .par_chunks_mut(m)
+        .zip(xs.par_chunks(m).zip(dys.par_chunks(m)))
+        .enumerate()
+        .map(|(c, (dx, (x, dy)))| {
+            let inv = inv_std(vs[c], epsilon);
+            let (scale, mu) = (gs[c] * inv, ms[c]);
+            let shift = bs[c] - mu * scale;
+            // Pass 1: the ReLU's mask and the two sums.
+            let (mut dbeta, mut dgamma) = (0f64, 0f64);
+            for (&v, &g) in x.iter().zip(dy) {
+                if v * scale + shift > 0.0 {
+                    dbeta += f64::from(g);
+                    dgamma += f64::from(g * (v - mu) * inv);
+                }
+            }
+            // Pass 2: the input gradient.
+            let (db, dg) = ((dbeta / m as f64) as f32, (dgamma / m as f64) as f32);
+            for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
+                let g = if v * scale + shift > 0.0 { g } else { 0.0 };
+                *o = scale * (g - db - (v - mu) * inv * dg);
+            }
+            (dgamma as f32, dbeta as f32)
+        })
+        .collect();
+    let (dgamma, dbeta) = sums.into_iter().unzip();
+    let stat_shape = Shape::new([channels]);
+    (
+        tensor(dx, shape),
+        tensor(dgamma, stat_shape.clone()),
+        tensor(dbeta, stat_shape),
+    )
+}
+
+impl BnReluBackend for Flex {
+    fn bn_relu_train(x: Flat, gamma: Flat, beta: Flat, epsilon: f64) -> (Flat, Flat, Flat) {
+        forward(&x, &gamma, &beta, epsilon)
+    }
+}
+
+#[derive(Debug)]
+struct BnReluBackward;
+
+impl Backward<Flex, 3> for BnReluBackward {
+    /// Input, gamma, beta, batch mean and variance (shared storage, not copies), epsilon.
+    type State = (Flat, Flat, Flat, Flat, Flat, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (x, gamma, beta, mean, var, epsilon) = ops.state;
+        let (dx, dgamma, dbeta) = backward(&x, &gamma, &beta, &mean, &var, epsilon, &dy);
+        for (node, grad) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, grad);
+            }
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> BnReluBackend for Autodiff<Flex, C> {
+    fn bn_relu_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let nodes = [x.node(), gamma.node(), beta.node()];
+        let (x, gamma, beta) = (
+            x.into_primitive(),
+            gamma.into_primitive(),
+            beta.into_primitive(),
+        );
+        let (y, mean, var) = forward(&x, &gamma, &beta, epsilon);
+        let stats = (
+            Self::from_inner(mean.clone()),
+            Self::from_inner(var.clone()),
+        );
+        let y = match BnReluBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((x, gamma, beta, mean, var, epsilon), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        (y, stats.0, stats.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Dispatch;
+    use burn::module::Param;
+    use burn::nn::BatchNormConfig;
+    use burn::tensor::activation::relu;
+    use burn::tensor::{Device, Distribution, Tensor};
+
+    fn flat<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    fn assert_close(name: &str, ours: Vec<f32>, theirs: Vec<f32>) {
+        assert_eq!(ours.len(), theirs.len(), "{name}: length");
+        let scale = theirs.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * scale + 1e-6,
+                "{name}[{i}]: {a} vs burn {b} (max |burn| {scale})"
+            );
+        }
+    }
+
+    /// Output, batch statistics and the gradients of x, gamma and beta against burn's
+    /// BatchNorm (train mode) and relu on the same input in batch-major layout.
+    fn check(n: usize, c: usize, hw: usize) {
+        let d = Device::flex().autodiff();
+        let x0 = Tensor::<4>::random([n, c, hw, hw], Distribution::Normal(0.5, 2.0), &d);
+        let g = Tensor::<4>::random([n, c, hw, hw], Distribution::Normal(0.0, 1.0), &d);
+        let mut bn = BatchNormConfig::new(c).init(&d);
+        bn.gamma = Param::from_tensor(Tensor::random([c], Distribution::Normal(1.0, 0.5), &d));
+        bn.beta = Param::from_tensor(Tensor::random([c], Distribution::Normal(0.0, 0.5), &d));
+        let gradients = |y: Tensor<4>, x: &Tensor<4>| {
+            let grads = (y * g.clone()).sum().backward();
+            [
+                flat(x.grad(&grads).unwrap()),
+                flat(bn.gamma.val().grad(&grads).unwrap()),
+                flat(bn.beta.val().grad(&grads).unwrap()),
+            ]
+        };
+        let x = x0.clone().require_grad();
+        let theirs_y = relu(bn.forward(x.clone()));
+        let theirs = (flat(theirs_y.clone()), gradients(theirs_y, &x));
+        let theirs_mean = flat(
+            x0.clone()
+                .swap_dims(0, 1)
+                .reshape([c, n * hw * hw])
+                .mean_dim(1),
+        );
+
+        let x = x0.clone().require_grad();
+        let (y, mean, _var) = <Dispatch as BnReluBackend>::bn_relu_train(
+            x.clone().swap_dims(0, 1).into_dispatch(),
+            bn.gamma.val().into_dispatch(),
+            bn.beta.val().into_dispatch(),
+            bn.epsilon,
+        );
+        let y = Tensor::<4>::from_dispatch(y).swap_dims(0, 1);
+        let ours = (flat(y.clone()), gradients(y, &x));
+        let case = format!("n{n} c{c} {hw}x{hw}");
+        assert_close(&format!("{case} output"), ours.0, theirs.0);
+        assert_close(
+            &format!("{case} mean"),
+            flat(Tensor::<1>::from_dispatch(mean)),
+            theirs_mean,
+        );
+        for (k, (a, b)) in ours.1.into_iter().zip(theirs.1).enumerate() {
+            assert_close(&format!("{case} gradient {k}"), a, b);
+        }
+    }
+
+    #[test]
+    fn fused_bn_relu_matches_burns_batch_norm_and_relu() {
+        check(4, 3, 5);
+        check(1, 1, 2); // batch 1, one channel, 2x2 map
+        check(16, 7, 4);
+    }
+}

@@ -1,0 +1,171 @@
+//! Layers on activations kept channel-major (`[C, N, H, W]`): there a 1x1 conv (two of
+//! every Tucker unit) is one matrix product over all the batch's pixels, instead of one
+//! small product per image in burn's `conv2d`. Built from burn's differentiable tensor
+//! ops, so autodiff derives both gradients; `tests` checks outputs and gradients against
+//! burn's own `conv2d` and `BatchNorm`.
+
+use super::bn_relu::BnReluBackend;
+use burn::backend::Dispatch;
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+
+/// `[N, C, H, W]` -> `[C, N, H, W]` (and back: the swap is its own inverse).
+pub fn swap_batch_channels(x: Tensor<4>) -> Tensor<4> {
+    x.swap_dims(0, 1)
+}
+
+fn padding(conv: &Conv2d) -> Option<usize> {
+    match conv.padding {
+        PaddingConfig2d::Explicit(t, l, b, r) if t == l && t == b && t == r => Some(t),
+        PaddingConfig2d::Valid => Some(0),
+        _ => None,
+    }
+}
+
+/// `conv` applied to channel-major `x` (`[C, N, H, W]`), output channel-major. A 1x1
+/// conv (stride 1, no padding, one group) is one matrix product `[out, in] x [in, N*H*W]`
+/// over the whole batch, with no copy; any other conv goes through burn's `conv2d` (an
+/// im2col built from burn's pad, slice and stack ops was 2-4x slower than it on flex:
+/// experiments/README.md, "Training throughput").
+pub fn conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let pointwise = conv.kernel_size == [1, 1]
+        && conv.stride == [1, 1]
+        && conv.dilation == [1, 1]
+        && conv.groups == 1
+        && padding(conv) == Some(0);
+    if !pointwise {
+        let y = conv.forward(swap_batch_channels(x));
+        return swap_batch_channels(y);
+    }
+    let [c, n, h, w] = x.dims();
+    let [out_c, ..] = conv.weight.dims();
+    let weight = conv.weight.val().reshape([out_c, c]);
+    let mut y = weight.matmul(x.reshape([c, n * h * w]));
+    if let Some(b) = &conv.bias {
+        y = y + b.val().reshape([out_c, 1]);
+    }
+    y.reshape([out_c, n, h, w])
+}
+
+/// `bn` applied to channel-major `x` (burn's BatchNorm, train or inference as it decides).
+pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    swap_batch_channels(bn.forward(swap_batch_channels(x)))
+}
+
+/// `relu(bn(x))` on channel-major `x`. Training on the flex CPU backend takes the fused
+/// kernel ([`bn_relu`](super::bn_relu)) and updates the running statistics as burn's
+/// BatchNorm does; anything else goes through burn's layers.
+pub fn batch_norm_relu(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    if !(bn.training.is_enabled() && x.device() == Device::flex().autodiff()) {
+        return relu(batch_norm(bn, x));
+    }
+    let (y, mean, var) = <Dispatch as BnReluBackend>::bn_relu_train(
+        x.into_dispatch(),
+        bn.gamma.val().into_dispatch(),
+        bn.beta.val().into_dispatch(),
+        bn.epsilon,
+    );
+    let m = bn.momentum;
+    for (state, batch) in [(&bn.running_mean, mean), (&bn.running_var, var)] {
+        let batch = Tensor::<1>::from_dispatch(batch);
+        let running = state.value_sync().to_device(&batch.device());
+        let updated = running
+            .mul_scalar(1.0 - m)
+            .add(batch.detach().mul_scalar(m));
+        state.update(updated.detach());
+    }
+    Tensor::from_dispatch(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Param;
+    use burn::tensor::{Device, Distribution};
+
+    fn conv_of(out_c: usize, in_c: usize, k: usize, p: usize, bias: bool, d: &Device) -> Conv2d {
+        let w = Tensor::<4>::random([out_c, in_c, k, k], Distribution::Normal(0.0, 1.0), d);
+        let b = Tensor::<1>::random([out_c], Distribution::Normal(0.0, 1.0), d);
+        Conv2d {
+            weight: Param::from_tensor(w),
+            bias: bias.then(|| Param::from_tensor(b)),
+            stride: [1, 1],
+            kernel_size: [k, k],
+            dilation: [1, 1],
+            groups: 1,
+            padding: PaddingConfig2d::Explicit(p, p, p, p),
+        }
+    }
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    fn assert_close(name: &str, ours: Vec<f32>, theirs: Vec<f32>) {
+        assert_eq!(ours.len(), theirs.len(), "{name}: length");
+        let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * scale,
+                "{name}[{i}]: {a} vs burn {b} (max |burn| {scale})"
+            );
+        }
+    }
+
+    /// Output and both gradients of `conv` against burn's `Conv2d::forward` (NCHW), with
+    /// a random upstream gradient so that every output element is weighted differently.
+    fn check(n: usize, in_c: usize, out_c: usize, hw: usize, k: usize, p: usize, bias: bool) {
+        let d = Device::flex().autodiff();
+        let layer = conv_of(out_c, in_c, k, p, bias, &d);
+        let x0 = Tensor::<4>::random([n, in_c, hw, hw], Distribution::Normal(0.0, 1.0), &d);
+        let o = hw + 2 * p + 1 - k;
+        let g = Tensor::<4>::random([n, out_c, o, o], Distribution::Normal(0.0, 1.0), &d);
+        let run = |ours: bool| {
+            let x = x0.clone().detach().require_grad();
+            let y = if ours {
+                swap_batch_channels(conv(&layer, swap_batch_channels(x.clone())))
+            } else {
+                layer.forward(x.clone())
+            };
+            let grads = (y.clone() * g.clone()).sum().backward();
+            let gx = x.grad(&grads).unwrap();
+            let gw = layer.weight.val().grad(&grads).unwrap();
+            let gb = layer
+                .bias
+                .as_ref()
+                .map(|b| values(b.val().grad(&grads).unwrap()));
+            (values(y), values(gx), values(gw), gb)
+        };
+        let (ours, theirs) = (run(true), run(false));
+        let case = format!("n{n} c{in_c}->{out_c} {hw}x{hw} k{k} p{p}");
+        assert_close(&format!("{case} output"), ours.0, theirs.0);
+        assert_close(&format!("{case} input grad"), ours.1, theirs.1);
+        assert_close(&format!("{case} weight grad"), ours.2, theirs.2);
+        if let (Some(a), Some(b)) = (ours.3, theirs.3) {
+            assert_close(&format!("{case} bias grad"), a, b);
+        }
+    }
+
+    #[test]
+    fn conv_matches_burns_conv2d_with_both_gradients() {
+        check(3, 7, 2, 4, 1, 0, false); // Tucker first 1x1, pruned-looking counts
+        check(2, 4, 6, 5, 1, 0, true); // 1x1 with bias (a Tucker unit's last conv)
+        check(1, 1, 3, 2, 1, 0, true); // batch 1, one channel, 2x2 map
+        // Through burn's conv2d, only the layout swaps differ:
+        check(2, 3, 5, 8, 3, 1, true); // RGB input, odd channel count
+        check(1, 1, 4, 2, 3, 1, false); // batch 1, one channel, 2x2 map
+        check(2, 2, 3, 5, 5, 2, true); // 5x5 same
+    }
+
+    #[test]
+    fn batch_norm_in_either_layout_agrees() {
+        let d = Device::flex().autodiff();
+        let bn = burn::nn::BatchNormConfig::new(3).init(&d);
+        let x = Tensor::<4>::random([4, 3, 2, 2], Distribution::Normal(1.0, 2.0), &d);
+        let ours = swap_batch_channels(batch_norm(&bn, swap_batch_channels(x.clone())));
+        let bn2 = burn::nn::BatchNormConfig::new(3).init(&d);
+        assert_close("bn", values(ours), values(bn2.forward(x)));
+    }
+}
