@@ -5,6 +5,7 @@
 //! burn's own `conv2d` and `BatchNorm`.
 
 use super::bn_relu::BnReluBackend;
+use super::conv_gemm::ConvBackend;
 use burn::backend::Dispatch;
 use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, PaddingConfig2d};
@@ -24,29 +25,41 @@ fn padding(conv: &Conv2d) -> Option<usize> {
     }
 }
 
-/// `conv` applied to channel-major `x` (`[C, N, H, W]`), output channel-major. A 1x1
-/// conv (stride 1, no padding, one group) is one matrix product `[out, in] x [in, N*H*W]`
-/// over the whole batch, with no copy; any other conv goes through burn's `conv2d` (an
-/// im2col built from burn's pad, slice and stack ops was 2-4x slower than it on flex:
-/// experiments/README.md, "Training throughput").
+/// `conv` applied to channel-major `x` (`[C, N, H, W]`), output channel-major. With
+/// stride 1, no dilation, one group and the same zero padding on every side, a 1x1 conv
+/// is one matrix product `[out, in] x [in, N*H*W]` over the whole batch, with no copy,
+/// and a larger kernel on the flex CPU backend is [`conv_gemm`](super::conv_gemm)'s
+/// whole-batch im2col product; anything else goes through burn's `conv2d`.
 pub fn conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let pointwise = conv.kernel_size == [1, 1]
-        && conv.stride == [1, 1]
-        && conv.dilation == [1, 1]
-        && conv.groups == 1
-        && padding(conv) == Some(0);
-    if !pointwise {
-        let y = conv.forward(swap_batch_channels(x));
-        return swap_batch_channels(y);
-    }
-    let [c, n, h, w] = x.dims();
+    let [k, kw] = conv.kernel_size;
+    let padding = padding(conv)
+        .filter(|_| conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1);
     let [out_c, ..] = conv.weight.dims();
-    let weight = conv.weight.val().reshape([out_c, c]);
-    let mut y = weight.matmul(x.reshape([c, n * h * w]));
-    if let Some(b) = &conv.bias {
-        y = y + b.val().reshape([out_c, 1]);
+    let device = x.device();
+    match padding {
+        Some(0) if k == 1 && kw == 1 => {
+            let [c, n, h, w] = x.dims();
+            let weight = conv.weight.val().reshape([out_c, c]);
+            let mut y = weight.matmul(x.reshape([c, n * h * w]));
+            if let Some(b) = &conv.bias {
+                y = y + b.val().reshape([out_c, 1]);
+            }
+            y.reshape([out_c, n, h, w])
+        }
+        Some(p) if k == kw && (device == Device::flex() || device == Device::flex().autodiff()) => {
+            let bias = match &conv.bias {
+                Some(b) => b.val(),
+                None => Tensor::zeros([out_c], &device),
+            };
+            Tensor::from_dispatch(<Dispatch as ConvBackend>::conv_cnhw(
+                x.into_dispatch(),
+                conv.weight.val().into_dispatch(),
+                bias.into_dispatch(),
+                p,
+            ))
+        }
+        _ => swap_batch_channels(conv.forward(swap_batch_channels(x))),
     }
-    y.reshape([out_c, n, h, w])
 }
 
 /// `bn` applied to channel-major `x` (burn's BatchNorm, train or inference as it decides).
@@ -153,10 +166,14 @@ mod tests {
         check(3, 7, 2, 4, 1, 0, false); // Tucker first 1x1, pruned-looking counts
         check(2, 4, 6, 5, 1, 0, true); // 1x1 with bias (a Tucker unit's last conv)
         check(1, 1, 3, 2, 1, 0, true); // batch 1, one channel, 2x2 map
-        // Through burn's conv2d, only the layout swaps differ:
+        // The whole-batch im2col product:
         check(2, 3, 5, 8, 3, 1, true); // RGB input, odd channel count
         check(1, 1, 4, 2, 3, 1, false); // batch 1, one channel, 2x2 map
+        check(3, 4, 3, 4, 3, 1, false); // 4x4 map, pruned-looking counts
+        check(2, 3, 3, 6, 3, 0, true); // valid 3x3
         check(2, 2, 3, 5, 5, 2, true); // 5x5 same
+        check(2, 2, 2, 3, 5, 1, true); // kernel wider than map plus padding on one side
+        check(20, 8, 4, 32, 3, 1, true); // two blocks of images (14 + 6)
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod bn_relu;
 mod cnhw;
+mod conv_gemm;
 
 use crate::arch::{Arch, ConvSpec, Unit};
 use crate::weights::{TensorF32, Weights, WeightsError};

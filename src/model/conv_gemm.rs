@@ -1,0 +1,385 @@
+//! A k x k convolution (stride 1, zero padding) of the flex CPU backend as one matrix
+//! product over the whole batch, on channel-major activations (`[C, N, H, W]`):
+//! `cols = im2col(x)` is `[C k k, N OH OW]` and `y = W cols + b` with `W` the weight as
+//! `[O, C k k]`. Backward recomputes `cols` (cheaper than keeping it) and takes two more
+//! products, `dW = dy cols^T` and `dcols = W^T dy`, then `dx = col2im(dcols)`. The batch
+//! goes through in blocks of images whose columns fit in cache. burn's
+//! flex conv2d instead repacks and multiplies per image (per 512-pixel tile), and
+//! differentiates through a per-image transposed convolution. Products run on the
+//! `gemm` crate (burn-flex's own);
+//! im2col and col2im are parallel over rows and channels. `tests` checks the output and
+//! the three gradients against burn's `conv2d`.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Flex, backend_extension};
+use burn::tensor::{Shape, TensorData};
+use rayon::prelude::*;
+use std::borrow::Cow;
+use std::ops::Range;
+
+#[backend_extension(Flex, Autodiff)]
+pub trait ConvBackend: Backend {
+    /// `conv2d(x, weight, bias)` with stride 1 and `padding` zeros on every side: `x`
+    /// channel-major `[C, N, H, W]`, `weight` `[O, C, k, k]`, `bias` `[O]`; the output is
+    /// channel-major `[O, N, H + 2 padding - k + 1, W + ...]`.
+    fn conv_cnhw(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        padding: usize,
+    ) -> FloatTensor<Self>;
+}
+
+type Flat = FloatTensor<Flex>;
+
+/// The tensor's f32 values in row-major order (copied only if it is a strided view).
+fn values(t: &Flat) -> Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(
+            t.to_contiguous()
+                .as_slice::<f32>()
+                .expect("an f32 tensor")
+                .to_vec(),
+        ),
+    }
+}
+
+fn tensor(data: Vec<f32>, dims: Vec<usize>) -> Flat {
+    Flat::from_data(TensorData::new(data, Shape::from(dims)))
+}
+
+/// Sizes of one convolution.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    c: usize,
+    n: usize,
+    h: usize,
+    w: usize,
+    out: usize,
+    k: usize,
+    p: usize,
+}
+
+impl Geometry {
+    fn of(x: &Flat, weight: &Flat, padding: usize) -> Self {
+        let [c, n, h, w] = x.layout().shape().dims::<4>();
+        let [out, wc, k, kw] = weight.layout().shape().dims::<4>();
+        assert_eq!(
+            (wc, k),
+            (c, kw),
+            "weight [O, C, k, k] for input [C, N, H, W]"
+        );
+        Self {
+            c,
+            n,
+            h,
+            w,
+            out,
+            k,
+            p: padding,
+        }
+    }
+
+    fn oh(&self) -> usize {
+        self.h + 2 * self.p + 1 - self.k
+    }
+
+    fn ow(&self) -> usize {
+        self.w + 2 * self.p + 1 - self.k
+    }
+
+    /// Output pixels over the batch: the products' long dimension.
+    fn pixels(&self) -> usize {
+        self.n * self.oh() * self.ow()
+    }
+
+    /// The columns of row `(ch, i, j)` that read input column `ox + j - p`: `ox` from
+    /// `lo` to `hi`.
+    fn valid_x(&self, j: usize) -> (usize, usize) {
+        let lo = self.p.saturating_sub(j);
+        let hi = (self.w + self.p).saturating_sub(j).min(self.ow());
+        (lo, hi.max(lo))
+    }
+
+    /// Output pixels of one image.
+    fn image_pixels(&self) -> usize {
+        self.oh() * self.ow()
+    }
+
+    /// Images per block: the products run over blocks of images whose im2col columns
+    /// take about [`BLOCK_FLOATS`], so that they stay in cache and no buffer grows with
+    /// the batch.
+    fn block(&self) -> usize {
+        let per_image = self.c * self.k * self.k * self.image_pixels();
+        (BLOCK_FLOATS / per_image.max(1)).clamp(1, self.n)
+    }
+}
+
+/// About 4 MiB of f32 im2col columns per block.
+const BLOCK_FLOATS: usize = 1 << 20;
+
+/// Images `imgs` as `[C k k, imgs.len() OH OW]`: row `(ch, i, j)` holds input channel
+/// `ch` shifted by `(i - p, j - p)`, zero where that falls in the padding.
+fn im2col(x: &[f32], g: Geometry, imgs: Range<usize>) -> Vec<f32> {
+    let (oh, ow, kk) = (g.oh(), g.ow(), g.k * g.k);
+    let len = imgs.len() * g.image_pixels();
+    let mut cols = vec![0f32; g.c * kk * len];
+    cols.par_chunks_mut(len).enumerate().for_each(|(r, row)| {
+        let (ch, i, j) = (r / kk, r % kk / g.k, r % g.k);
+        let (lo, hi) = g.valid_x(j);
+        for (b, img) in imgs.clone().enumerate() {
+            let plane = &x[(ch * g.n + img) * g.h * g.w..][..g.h * g.w];
+            for oy in 0..oh {
+                let Some(iy) = (oy + i).checked_sub(g.p).filter(|&iy| iy < g.h) else {
+                    continue;
+                };
+                let dst = &mut row[(b * oh + oy) * ow..][..ow];
+                let src = &plane[iy * g.w..][..g.w];
+                dst[lo..hi].copy_from_slice(&src[lo + j - g.p..hi + j - g.p]);
+            }
+        }
+    });
+    cols
+}
+
+/// The adjoint of [`im2col`]: adds every column value of images `imgs` back into `dx`
+/// (`[C, N, H, W]`) where it was read from.
+fn col2im(cols: &[f32], g: Geometry, imgs: Range<usize>, dx: &mut [f32]) {
+    let (oh, ow, kk) = (g.oh(), g.ow(), g.k * g.k);
+    let len = imgs.len() * g.image_pixels();
+    dx.par_chunks_mut(g.n * g.h * g.w)
+        .enumerate()
+        .for_each(|(ch, planes)| {
+            for s in 0..kk {
+                let (i, j) = (s / g.k, s % g.k);
+                let (lo, hi) = g.valid_x(j);
+                let row = &cols[(ch * kk + s) * len..][..len];
+                for (b, img) in imgs.clone().enumerate() {
+                    for oy in 0..oh {
+                        let Some(iy) = (oy + i).checked_sub(g.p).filter(|&iy| iy < g.h) else {
+                            continue;
+                        };
+                        let src = &row[(b * oh + oy) * ow..][..ow];
+                        let dst = &mut planes[(img * g.h + iy) * g.w..][..g.w];
+                        let dst = &mut dst[lo + j - g.p..hi + j - g.p];
+                        for (d, s) in dst.iter_mut().zip(&src[lo..hi]) {
+                            *d += s;
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// The blocks of images, in order.
+fn blocks(g: Geometry) -> impl Iterator<Item = Range<usize>> {
+    let b = g.block();
+    (0..g.n.div_ceil(b)).map(move |i| i * b..((i + 1) * b).min(g.n))
+}
+
+/// A matrix over a slice: element `(i, j)` at `i * rs + j * cs`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// Row-major `[rows, cols]`.
+    fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    /// Panics unless every element lies inside the slice.
+    fn check(&self) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
+            assert!(last < self.data.len(), "matrix view past its slice");
+        }
+    }
+}
+
+/// `dst = lhs rhs` (or `dst += lhs rhs` when `accumulate`), `dst` row-major contiguous,
+/// on all of rayon's threads.
+fn matmul(dst: &mut [f32], lhs: View, rhs: View, accumulate: bool) {
+    let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
+    assert_eq!(rhs.rows, k, "inner dimensions");
+    assert_eq!(dst.len(), m * n, "destination size");
+    lhs.check();
+    rhs.check();
+    let s = |v: usize| v as isize;
+    // SAFETY: the three views were checked to lie inside their slices, `dst` is borrowed
+    // mutably and so aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            s(n),
+            accumulate,
+            lhs.data.as_ptr(),
+            s(lhs.cs),
+            s(lhs.rs),
+            rhs.data.as_ptr(),
+            s(rhs.cs),
+            s(rhs.rs),
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
+/// Columns `imgs` of a channel-major `[rows, N, OH, OW]` buffer, as a contiguous
+/// `[rows, imgs.len() OH OW]` copy.
+fn gather(data: &[f32], nrows: usize, g: Geometry, imgs: Range<usize>) -> Vec<f32> {
+    let px = g.image_pixels();
+    (0..nrows)
+        .flat_map(|r| &data[r * g.pixels() + imgs.start * px..r * g.pixels() + imgs.end * px])
+        .copied()
+        .collect()
+}
+
+fn forward(x: &Flat, weight: &Flat, bias: &Flat, padding: usize) -> Flat {
+    let g = Geometry::of(x, weight, padding);
+    let ckk = g.c * g.k * g.k;
+    let (xs, weight, bias) = (values(x), values(weight), values(bias));
+    let mut y: Vec<f32> = Vec::with_capacity(g.out * g.pixels());
+    for &b in bias.iter() {
+        y.extend(std::iter::repeat_n(b, g.pixels()));
+    }
+    for imgs in blocks(g) {
+        let cols = im2col(&xs, g, imgs.clone());
+        let (start, len) = (imgs.start * g.image_pixels(), imgs.len() * g.image_pixels());
+        let (lhs, rhs) = (View::rows(&weight, g.out, ckk), View::rows(&cols, ckk, len));
+        if len == g.pixels() {
+            matmul(&mut y, lhs, rhs, true);
+            continue;
+        }
+        let mut part = vec![0f32; g.out * len];
+        matmul(&mut part, lhs, rhs, false);
+        for (row, part) in y.chunks_mut(g.pixels()).zip(part.chunks(len)) {
+            for (o, p) in row[start..start + len].iter_mut().zip(part) {
+                *o += p;
+            }
+        }
+    }
+    tensor(y, vec![g.out, g.n, g.oh(), g.ow()])
+}
+
+/// `(dx, dweight, dbias)`, each only when asked for.
+fn backward(
+    x: &Flat,
+    weight: &Flat,
+    padding: usize,
+    dy: &Flat,
+    want: [bool; 3],
+) -> [Option<Flat>; 3] {
+    let g = Geometry::of(x, weight, padding);
+    let ckk = g.c * g.k * g.k;
+    let (xs, dys, w) = (values(x), values(dy), values(weight));
+    let mut dx = want[0].then(|| vec![0f32; g.c * g.n * g.h * g.w]);
+    let mut dw = want[1].then(|| vec![0f32; g.out * ckk]);
+    for imgs in blocks(g) {
+        let len = imgs.len() * g.image_pixels();
+        let dy_part = gather(&dys, g.out, g, imgs.clone());
+        let dy_b = View::rows(&dy_part, g.out, len);
+        if let Some(dx) = dx.as_mut() {
+            let mut dcols = vec![0f32; ckk * len];
+            matmul(&mut dcols, View::rows(&w, g.out, ckk).t(), dy_b, false);
+            col2im(&dcols, g, imgs.clone(), dx);
+        }
+        if let Some(dw) = dw.as_mut() {
+            let cols = im2col(&xs, g, imgs.clone());
+            matmul(dw, dy_b, View::rows(&cols, ckk, len).t(), true);
+        }
+    }
+    let dbias = want[2].then(|| {
+        let sums = dys
+            .par_chunks(g.pixels())
+            .map(|row| row.iter().map(|&v| f64::from(v)).sum::<f64>() as f32)
+            .collect();
+        tensor(sums, vec![g.out])
+    });
+    [
+        dx.map(|d| tensor(d, vec![g.c, g.n, g.h, g.w])),
+        dw.map(|d| tensor(d, weight.layout().shape().to_vec())),
+        dbias,
+    ]
+}
+
+impl ConvBackend for Flex {
+    fn conv_cnhw(x: Flat, weight: Flat, bias: Flat, padding: usize) -> Flat {
+        forward(&x, &weight, &bias, padding)
+    }
+}
+
+#[derive(Debug)]
+struct ConvBackward;
+
+impl Backward<Flex, 3> for ConvBackward {
+    /// Input and weight (shared storage, not copies) and the padding.
+    type State = (Flat, Flat, usize);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (x, weight, padding) = ops.state;
+        let want = ops.parents.each_ref().map(Option::is_some);
+        let results = backward(&x, &weight, padding, &dy, want);
+        for (node, grad) in ops.parents.into_iter().zip(results) {
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<Flex>(node.id, grad);
+            }
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> ConvBackend for Autodiff<Flex, C> {
+    fn conv_cnhw(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        let nodes = [x.node(), weight.node(), bias.node()];
+        let (x, weight, bias) = (
+            x.into_primitive(),
+            weight.into_primitive(),
+            bias.into_primitive(),
+        );
+        let y = forward(&x, &weight, &bias, padding);
+        match ConvBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((x, weight, padding), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+}
