@@ -50,6 +50,25 @@ fn tensor(data: Vec<f32>, shape: Shape) -> Flat {
     Flat::from_data(TensorData::new(data, shape))
 }
 
+/// `sum f(a_i, b_i)`, each term in f32, summed in four f64 lanes (so that it vectorises
+/// and cancelling sums such as the gradients' keep their precision).
+fn sum_by(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
+    let mut lanes = [0f64; 4];
+    let (ac, bc) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(&u, &v)| f64::from(f(u, v)))
+        .sum();
+    for (u, v) in ac.zip(bc) {
+        for l in 0..4 {
+            lanes[l] += f64::from(f(u[l], v[l]));
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
 fn inv_std(var: f32, epsilon: f64) -> f32 {
     (1.0 / (f64::from(var) + epsilon).sqrt()) as f32
 }
@@ -66,13 +85,8 @@ fn forward(x: &Flat, gamma: &Flat, beta: &Flat, epsilon: f64) -> (Flat, Flat, Fl
         .zip(xs.par_chunks(m))
         .enumerate()
         .map(|(c, (y, x))| {
-            let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / m as f64;
-            let var = x
-                .iter()
-                .map(|&v| (f64::from(v) - mean).powi(2))
-                .sum::<f64>()
-                / m as f64;
-            let (mean, var) = (mean as f32, var as f32);
+            let mean = (sum_by(x, x, |v, _| v) / m as f64) as f32;
+            let var = (sum_by(x, x, |v, _| (v - mean) * (v - mean)) / m as f64) as f32;
             let scale = gs[c] * inv_std(var, epsilon);
             let shift = bs[c] - mean * scale;
             for (o, &v) in y.iter_mut().zip(x) {
@@ -115,13 +129,9 @@ fn backward(
             let (scale, mu) = (gs[c] * inv, ms[c]);
             let shift = bs[c] - mu * scale;
             // Pass 1: the ReLU's mask and the two sums.
-            let (mut dbeta, mut dgamma) = (0f64, 0f64);
-            for (&v, &g) in x.iter().zip(dy) {
-                if v * scale + shift > 0.0 {
-                    dbeta += f64::from(g);
-                    dgamma += f64::from(g * (v - mu) * inv);
-                }
-            }
+            let live = |v: f32, g: f32| if v * scale + shift > 0.0 { g } else { 0.0 };
+            let dbeta = sum_by(x, dy, live);
+            let dgamma = sum_by(x, dy, |v, g| live(v, g) * (v - mu) * inv);
             // Pass 2: the input gradient.
             let (db, dg) = ((dbeta / m as f64) as f32, (dgamma / m as f64) as f32);
             for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {

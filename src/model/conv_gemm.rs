@@ -223,23 +223,26 @@ impl<'a> View<'a> {
     }
 }
 
-/// `dst = lhs rhs` (or `dst += lhs rhs` when `accumulate`), `dst` row-major contiguous,
-/// on all of rayon's threads.
-fn matmul(dst: &mut [f32], lhs: View, rhs: View, accumulate: bool) {
+/// `dst = lhs rhs` (or `dst += lhs rhs` when `accumulate`), `dst` row-major
+/// contiguous `[lhs.rows, rhs.cols]`, on all of rayon's threads.
+///
+/// # Safety
+/// `dst` must be valid for writes of `lhs.rows * rhs.cols` values (and initialised when
+/// `accumulate`), and alias neither input.
+unsafe fn gemm_raw(dst: *mut f32, lhs: View, rhs: View, accumulate: bool) {
     let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
     assert_eq!(rhs.rows, k, "inner dimensions");
-    assert_eq!(dst.len(), m * n, "destination size");
     lhs.check();
     rhs.check();
     let s = |v: usize| v as isize;
-    // SAFETY: the three views were checked to lie inside their slices, `dst` is borrowed
-    // mutably and so aliases neither input.
+    // SAFETY: the input views were checked to lie inside their slices; the caller vouches
+    // for `dst`.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             s(n),
             accumulate,
@@ -259,14 +262,38 @@ fn matmul(dst: &mut [f32], lhs: View, rhs: View, accumulate: bool) {
     }
 }
 
+/// `dst += lhs rhs`.
+fn matmul_add(dst: &mut [f32], lhs: View, rhs: View) {
+    assert_eq!(dst.len(), lhs.rows * rhs.cols, "destination size");
+    // SAFETY: `dst` is an initialised slice of the right size, borrowed mutably.
+    unsafe { gemm_raw(dst.as_mut_ptr(), lhs, rhs, true) }
+}
+
+/// `lhs rhs` in a new buffer (never zero-filled: the product writes every value).
+fn product(lhs: View, rhs: View) -> Vec<f32> {
+    let len = lhs.rows * rhs.cols;
+    let mut out = Vec::<f32>::with_capacity(len);
+    // SAFETY: the buffer has room for `len` values; `gemm` without `read_dst` writes every
+    // one of them before `set_len` exposes them.
+    unsafe {
+        gemm_raw(out.as_mut_ptr(), lhs, rhs, false);
+        out.set_len(len);
+    }
+    out
+}
+
 /// Columns `imgs` of a channel-major `[rows, N, OH, OW]` buffer, as a contiguous
-/// `[rows, imgs.len() OH OW]` copy.
-fn gather(data: &[f32], nrows: usize, g: Geometry, imgs: Range<usize>) -> Vec<f32> {
-    let px = g.image_pixels();
-    (0..nrows)
-        .flat_map(|r| &data[r * g.pixels() + imgs.start * px..r * g.pixels() + imgs.end * px])
-        .copied()
-        .collect()
+/// `[rows, imgs.len() OH OW]` matrix (a copy unless `imgs` is the whole batch).
+fn gather(data: &[f32], nrows: usize, g: Geometry, imgs: Range<usize>) -> Cow<'_, [f32]> {
+    if imgs.len() == g.n {
+        return Cow::Borrowed(data);
+    }
+    let (px, len) = (g.image_pixels(), imgs.len() * g.image_pixels());
+    let mut out = Vec::with_capacity(nrows * len);
+    for row in data.chunks(g.pixels()) {
+        out.extend_from_slice(&row[imgs.start * px..][..len]);
+    }
+    Cow::Owned(out)
 }
 
 fn forward(x: &Flat, weight: &Flat, bias: &Flat, padding: usize) -> Flat {
@@ -282,11 +309,10 @@ fn forward(x: &Flat, weight: &Flat, bias: &Flat, padding: usize) -> Flat {
         let (start, len) = (imgs.start * g.image_pixels(), imgs.len() * g.image_pixels());
         let (lhs, rhs) = (View::rows(&weight, g.out, ckk), View::rows(&cols, ckk, len));
         if len == g.pixels() {
-            matmul(&mut y, lhs, rhs, true);
+            matmul_add(&mut y, lhs, rhs);
             continue;
         }
-        let mut part = vec![0f32; g.out * len];
-        matmul(&mut part, lhs, rhs, false);
+        let part = product(lhs, rhs);
         for (row, part) in y.chunks_mut(g.pixels()).zip(part.chunks(len)) {
             for (o, p) in row[start..start + len].iter_mut().zip(part) {
                 *o += p;
@@ -314,13 +340,12 @@ fn backward(
         let dy_part = gather(&dys, g.out, g, imgs.clone());
         let dy_b = View::rows(&dy_part, g.out, len);
         if let Some(dx) = dx.as_mut() {
-            let mut dcols = vec![0f32; ckk * len];
-            matmul(&mut dcols, View::rows(&w, g.out, ckk).t(), dy_b, false);
+            let dcols = product(View::rows(&w, g.out, ckk).t(), dy_b);
             col2im(&dcols, g, imgs.clone(), dx);
         }
         if let Some(dw) = dw.as_mut() {
             let cols = im2col(&xs, g, imgs.clone());
-            matmul(dw, dy_b, View::rows(&cols, ckk, len).t(), true);
+            matmul_add(dw, dy_b, View::rows(&cols, ckk, len).t());
         }
     }
     let dbias = want[2].then(|| {
