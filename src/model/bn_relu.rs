@@ -31,6 +31,21 @@ pub trait BnReluBackend: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
+/// Inference: `relu(batch_norm(x))` with given statistics, on channel-major `x` (flex
+/// only; autodiff devices take burn's layers).
+#[backend_extension(Flex)]
+pub trait BnReluEvalBackend: Backend {
+    /// `x` channel-major `[C, ...]`; `gamma`, `beta`, `mean` and `var` `[C]`.
+    fn bn_relu_eval(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+}
+
 type Flat = FloatTensor<Flex>;
 
 /// The tensor's f32 values in row-major order (copied only if it is a strided view).
@@ -148,6 +163,27 @@ fn backward(
         tensor(dgamma, stat_shape.clone()),
         tensor(dbeta, stat_shape),
     )
+}
+
+impl BnReluEvalBackend for Flex {
+    fn bn_relu_eval(x: Flat, gamma: Flat, beta: Flat, mean: Flat, var: Flat, eps: f64) -> Flat {
+        let shape = x.layout().shape().clone();
+        let (xs, gs, bs) = (values(&x), values(&gamma), values(&beta));
+        let (ms, vs) = (values(&mean), values(&var));
+        let m = xs.len() / shape[0];
+        let mut y = vec![0f32; xs.len()];
+        y.par_chunks_mut(m)
+            .zip(xs.par_chunks(m))
+            .enumerate()
+            .for_each(|(c, (y, x))| {
+                let scale = gs[c] * inv_std(vs[c], eps);
+                let shift = bs[c] - ms[c] * scale;
+                for (o, &v) in y.iter_mut().zip(x) {
+                    *o = (v * scale + shift).max(0.0);
+                }
+            });
+        tensor(y, shape)
+    }
 }
 
 impl BnReluBackend for Flex {
@@ -276,6 +312,31 @@ mod tests {
         for (k, (a, b)) in ours.1.into_iter().zip(theirs.1).enumerate() {
             assert_close(&format!("{case} gradient {k}"), a, b);
         }
+    }
+
+    /// Inference with running statistics against burn's BatchNorm on an inference device.
+    #[test]
+    fn fused_inference_matches_burns_batch_norm_and_relu() {
+        let d = Device::flex();
+        let (n, c, hw) = (3, 4, 5);
+        let x = Tensor::<4>::random([n, c, hw, hw], Distribution::Normal(0.5, 2.0), &d);
+        let mut bn = BatchNormConfig::new(c).init(&d);
+        let stat = |mean, std| Tensor::<1>::random([c], Distribution::Normal(mean, std), &d);
+        bn.gamma = Param::from_tensor(stat(1.0, 0.5));
+        bn.beta = Param::from_tensor(stat(0.0, 0.5));
+        bn.running_mean = burn::module::RunningState::new(stat(0.3, 0.5));
+        bn.running_var = burn::module::RunningState::new(stat(2.0, 0.5).abs());
+        let theirs = flat(relu(bn.forward(x.clone())));
+        let y = <Dispatch as BnReluEvalBackend>::bn_relu_eval(
+            x.swap_dims(0, 1).into_dispatch(),
+            bn.gamma.val().into_dispatch(),
+            bn.beta.val().into_dispatch(),
+            bn.running_mean.value().into_dispatch(),
+            bn.running_var.value().into_dispatch(),
+            bn.epsilon,
+        );
+        let ours = flat(Tensor::<4>::from_dispatch(y).swap_dims(0, 1));
+        assert_close("inference", ours, theirs);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! ops, so autodiff derives both gradients; `tests` checks outputs and gradients against
 //! burn's own `conv2d` and `BatchNorm`.
 
-use super::bn_relu::BnReluBackend;
+use super::bn_relu::{BnReluBackend, BnReluEvalBackend};
 use super::conv_gemm::ConvBackend;
 use burn::backend::Dispatch;
 use burn::nn::conv::Conv2d;
@@ -67,11 +67,24 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     swap_batch_channels(bn.forward(swap_batch_channels(x)))
 }
 
-/// `relu(bn(x))` on channel-major `x`. Training on the flex CPU backend takes the fused
-/// kernel ([`bn_relu`](super::bn_relu)) and updates the running statistics as burn's
-/// BatchNorm does; anything else goes through burn's layers.
+/// `relu(bn(x))` on channel-major `x`. On the flex CPU backend this is a fused kernel
+/// ([`bn_relu`](super::bn_relu)): inference with the running statistics, or training,
+/// which updates them as burn's BatchNorm does. Anything else goes through burn's layers.
 pub fn batch_norm_relu(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
-    if !(bn.training.is_enabled() && x.device() == Device::flex().autodiff()) {
+    let device = x.device();
+    let flex = device == Device::flex() || device == Device::flex().autodiff();
+    if flex && !device.is_autodiff() {
+        let y = <Dispatch as BnReluEvalBackend>::bn_relu_eval(
+            x.into_dispatch(),
+            bn.gamma.val().into_dispatch(),
+            bn.beta.val().into_dispatch(),
+            bn.running_mean.value().into_dispatch(),
+            bn.running_var.value().into_dispatch(),
+            bn.epsilon,
+        );
+        return Tensor::from_dispatch(y);
+    }
+    if !(flex && bn.training.is_enabled()) {
         return relu(batch_norm(bn, x));
     }
     let (y, mean, var) = <Dispatch as BnReluBackend>::bn_relu_train(

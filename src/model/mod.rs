@@ -281,7 +281,8 @@ mod tests {
     }
 
     /// The channel-major forward against burn's batch-major layers: logits, an input
-    /// gradient, every conv's weight gradient and the BN running statistics after a step.
+    /// gradient, every conv's weight gradient and the BN running statistics after a step,
+    /// then inference logits.
     #[test]
     fn channel_major_forward_matches_burns_layers() {
         use burn::tensor::Distribution;
@@ -311,13 +312,24 @@ mod tests {
             all
         };
         let (ours, theirs) = (run(false), run(true));
+        // Inference (running statistics, no autodiff) as well.
+        let model = Vgg::from_weights(&arch, w.clone(), "mem", &Device::flex()).unwrap();
+        let x = x0.clone().inner();
+        let inference = [
+            values(model.forward(x.clone())).data,
+            values(model.forward_reference(x)).data,
+        ];
+        let ours: Vec<_> = ours.into_iter().chain([inference[0].clone()]).collect();
+        let theirs: Vec<_> = theirs.into_iter().chain([inference[1].clone()]).collect();
         assert_eq!(ours.len(), theirs.len());
         for (k, (a, b)) in ours.iter().zip(&theirs).enumerate() {
             let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
             for (i, (p, q)) in a.iter().zip(b).enumerate() {
-                // 1e-6: float32 rounding of sums of terms near 1, in another order.
+                // Each kernel matches burn's op within 1e-4 (their own tests); through a
+                // whole network float32 rounding compounds (a weight gradient sums
+                // hundreds of products far larger than the result), hence 1e-3.
                 assert!(
-                    (p - q).abs() <= 1e-4 * scale + 1e-6,
+                    (p - q).abs() <= 1e-3 * scale + 1e-6,
                     "tensor {k}[{i}]: {p} vs {q}"
                 );
             }
