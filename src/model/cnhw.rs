@@ -6,8 +6,10 @@
 
 use super::bn_relu::{BnReluBackend, BnReluEvalBackend};
 use super::conv_gemm::ConvBackend;
+use super::max_pool::MaxPoolBackend;
 use burn::backend::Dispatch;
 use burn::nn::conv::Conv2d;
+use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
@@ -60,6 +62,21 @@ pub fn conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         }
         _ => swap_batch_channels(conv.forward(swap_batch_channels(x))),
     }
+}
+
+/// The model's 2x2, stride-2 max-pooling of `x` (any layout: it works plane by plane):
+/// [`max_pool`](super::max_pool)'s kernel on the flex CPU backend for even maps,
+/// burn's `MaxPool2d` otherwise.
+pub fn max_pool(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
+    let [.., h, w] = x.dims();
+    let device = x.device();
+    let flex = device == Device::flex() || device == Device::flex().autodiff();
+    if !(flex && h % 2 == 0 && w % 2 == 0) {
+        return pool.forward(x);
+    }
+    Tensor::from_dispatch(<Dispatch as MaxPoolBackend>::max_pool_2x2(
+        x.into_dispatch(),
+    ))
 }
 
 /// `bn` applied to channel-major `x` (burn's BatchNorm, train or inference as it decides).

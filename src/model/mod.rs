@@ -4,6 +4,7 @@
 mod bn_relu;
 mod cnhw;
 mod conv_gemm;
+mod max_pool;
 
 use crate::arch::{Arch, ConvSpec, Unit};
 use crate::weights::{TensorF32, Weights, WeightsError};
@@ -207,7 +208,7 @@ impl Vgg {
                     };
                 }
                 // Pooling works on each [H, W] plane alone, so the layout does not matter.
-                Unit::MaxPool { .. } => x = self.pool.forward(x),
+                Unit::MaxPool { .. } => x = cnhw::max_pool(&self.pool, x),
                 Unit::Linear(_) => {
                     let [c, b, h, w] = x.dims();
                     let x = cnhw::swap_batch_channels(x).reshape([b, c * h * w]);

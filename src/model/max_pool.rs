@@ -1,0 +1,173 @@
+//! 2x2 max-pooling with stride 2 as an op of the flex CPU backend: one pass over each
+//! `[H, W]` plane forward, and backward one pass that recomputes each window's maximum
+//! and routes the gradient to it (the first maximum in row-major order, as PyTorch's
+//! `max_pool2d` does). Planes run in parallel. `tests` checks the output and the input
+//! gradient against burn's `MaxPool2d`.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Flex, backend_extension};
+use burn::tensor::{Shape, TensorData};
+use rayon::prelude::*;
+use std::borrow::Cow;
+
+#[backend_extension(Flex, Autodiff)]
+pub trait MaxPoolBackend: Backend {
+    /// `[A, B, H, W]` -> `[A, B, H / 2, W / 2]`, each value the maximum of its 2x2 window
+    /// (`H` and `W` even).
+    fn max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+type Flat = FloatTensor<Flex>;
+
+fn values(t: &Flat) -> Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(
+            t.to_contiguous()
+                .as_slice::<f32>()
+                .expect("an f32 tensor")
+                .to_vec(),
+        ),
+    }
+}
+
+/// Index within the window (0..4, row-major) of its first maximum.
+fn arg_max(x: &[f32], w: usize, oy: usize, ox: usize) -> usize {
+    let at = |dy: usize, dx: usize| x[(2 * oy + dy) * w + 2 * ox + dx];
+    let mut best = 0;
+    for k in 1..4 {
+        if at(k / 2, k % 2) > at(best / 2, best % 2) {
+            best = k;
+        }
+    }
+    best
+}
+
+fn forward(x: &Flat) -> Flat {
+    let [a, b, h, w] = x.layout().shape().dims::<4>();
+    assert!(h % 2 == 0 && w % 2 == 0, "2x2 pooling of an odd map");
+    let xs = values(x);
+    let (oh, ow) = (h / 2, w / 2);
+    let mut y = vec![0f32; a * b * oh * ow];
+    y.par_chunks_mut(oh * ow)
+        .zip(xs.par_chunks(h * w))
+        .for_each(|(y, x)| {
+            for oy in 0..oh {
+                let (r0, r1) = (&x[2 * oy * w..][..w], &x[(2 * oy + 1) * w..][..w]);
+                for (ox, o) in y[oy * ow..][..ow].iter_mut().enumerate() {
+                    *o = r0[2 * ox]
+                        .max(r0[2 * ox + 1])
+                        .max(r1[2 * ox].max(r1[2 * ox + 1]));
+                }
+            }
+        });
+    Flat::from_data(TensorData::new(y, Shape::new([a, b, oh, ow])))
+}
+
+fn backward(x: &Flat, dy: &Flat) -> Flat {
+    let [a, b, h, w] = x.layout().shape().dims::<4>();
+    let (xs, dys) = (values(x), values(dy));
+    let (oh, ow) = (h / 2, w / 2);
+    let mut dx = vec![0f32; a * b * h * w];
+    dx.par_chunks_mut(h * w)
+        .zip(xs.par_chunks(h * w).zip(dys.par_chunks(oh * ow)))
+        .for_each(|(dx, (x, dy))| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let k = arg_max(x, w, oy, ox);
+                    dx[(2 * oy + k / 2) * w + 2 * ox + k % 2] = dy[oy * ow + ox];
+                }
+            }
+        });
+    Flat::from_data(TensorData::new(dx, Shape::new([a, b, h, w])))
+}
+
+impl MaxPoolBackend for Flex {
+    fn max_pool_2x2(x: Flat) -> Flat {
+        forward(&x)
+    }
+}
+
+#[derive(Debug)]
+struct MaxPoolBackward;
+
+impl Backward<Flex, 1> for MaxPoolBackward {
+    /// The input (shared storage, not a copy).
+    type State = Flat;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<Flex>(&ops.node);
+        if let [Some(node)] = ops.parents {
+            grads.register::<Flex>(node.id, backward(&ops.state, &dy));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> MaxPoolBackend for Autodiff<Flex, C> {
+    fn max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let nodes = [x.node()];
+        let x = x.into_primitive();
+        let y = forward(&x);
+        match MaxPoolBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(x, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Dispatch;
+    use burn::nn::pool::MaxPool2dConfig;
+    use burn::tensor::{Device, Distribution, Tensor};
+
+    fn flat<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    fn ours(x: Tensor<4>) -> Tensor<4> {
+        Tensor::from_dispatch(<Dispatch as MaxPoolBackend>::max_pool_2x2(
+            x.into_dispatch(),
+        ))
+    }
+
+    /// Output and input gradient against burn's MaxPool2d, on random values and on a
+    /// ReLU'd input full of tied zeros.
+    #[test]
+    fn pooling_matches_burns_max_pool2d() {
+        let d = Device::flex().autodiff();
+        let pool = MaxPool2dConfig::new([2, 2]).init();
+        for (dims, relu) in [
+            ([2, 3, 4, 6], false),
+            ([1, 1, 2, 2], false),
+            ([3, 2, 8, 8], true),
+        ] {
+            let mut x0 = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &d);
+            if relu {
+                x0 = burn::tensor::activation::relu(x0);
+            }
+            let [a, b, h, w] = dims;
+            let g = Tensor::<4>::random([a, b, h / 2, w / 2], Distribution::Normal(0.0, 1.0), &d);
+            let run = |mine: bool| {
+                let x = x0.clone().detach().require_grad();
+                let y = if mine {
+                    ours(x.clone())
+                } else {
+                    pool.forward(x.clone())
+                };
+                let grads = (y.clone() * g.clone()).sum().backward();
+                (flat(y), flat(x.grad(&grads).unwrap()))
+            };
+            assert_eq!(run(true), run(false), "{dims:?}, relu {relu}");
+        }
+    }
+}
