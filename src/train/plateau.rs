@@ -90,7 +90,8 @@ mod tests {
             1.0, 0.9, 0.89995, 0.9, 0.95, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8,
         ];
         let lrs: Vec<f64> = losses.iter().map(|&l| p.step(l)).collect();
-        // The expected lrs are what PyTorch 2.15 printed for the same sequence.
+        // The expected lrs are what tests/fixtures/plateau_lrs.py prints (PyTorch 2.15's
+        // ReduceLROnPlateau on the same sequence).
         // 0.89995 is not < 0.9 * (1 - 1e-4) = 0.89991: bad epochs 1, 2, 3 -> drop at index 4.
         let want = [
             0.1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.01, 0.001, 0.001, 0.001, 0.0001, 0.0001,
@@ -113,7 +114,8 @@ mod tests {
             .iter()
             .map(|&l| p.step(l))
             .collect();
-        // Drop at epoch 1, two cooldown epochs, drop again at epoch 4.
+        // Drop at epoch 1, two cooldown epochs, drop again at epoch 4; PyTorch prints the
+        // same (tests/fixtures/plateau_lrs.py).
         assert_eq!(lrs, vec![1.0, 0.1, 0.1, 0.1, 0.010000000000000002]);
     }
 }
