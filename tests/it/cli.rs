@@ -62,6 +62,7 @@ fn metrics_table_with_the_reference_config() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = stdout(&o);
     assert!(out.contains("features.3_tucker_1"));
+    // tests/fixtures/reference_params.py counts the 661,164 independently.
     assert!(out.contains("total: 661164 params (0.66M)"), "{out}");
     assert!(out.contains("vs the original: FLOPs 796.79M"), "{out}");
 }

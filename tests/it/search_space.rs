@@ -39,7 +39,8 @@ fn reference_config_is_a_point_of_the_vgg19_space() {
     let back = space.config(&vgg19_bn(), &point);
     assert_eq!(back.decomposition, reference.decomposition);
     assert_eq!(back.pruning, reference.pruning);
-    // Its cost is the reference figure the counter already reproduces.
+    // Its cost is the reference figure (tests/fixtures/reference_params.py counts it
+    // independently).
     let base = vgg19_bn();
     let arch = back.apply(&base, "<point>").unwrap();
     assert_eq!(cost::count(&arch).params, 661_164);
