@@ -20,27 +20,6 @@ pub enum Error {
     Failure(String),
 }
 
-impl From<crate::store::StoreError> for Error {
-    fn from(e: crate::store::StoreError) -> Self {
-        match e {
-            crate::store::StoreError::TooNew { .. } => Error::BadInput(e.to_string()),
-            _ => Error::Failure(e.to_string()),
-        }
-    }
-}
-
-impl From<crate::search::budget::BudgetError> for Error {
-    fn from(e: crate::search::budget::BudgetError) -> Self {
-        Error::BadInput(e.to_string())
-    }
-}
-
-impl From<crate::search::space::SpaceError> for Error {
-    fn from(e: crate::search::space::SpaceError) -> Self {
-        Error::BadInput(e.to_string())
-    }
-}
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {

@@ -176,6 +176,11 @@ impl Weights {
     }
 
     /// Reads `.safetensors`, or `.pt`/`.pth` (PyTorch state_dict), by extension.
+    /// [`Self::load`], then [`Self::matched_to`] `arch`.
+    pub fn load_for(path: &Path, arch: &Arch) -> Result<Self, WeightsError> {
+        Self::load(path)?.matched_to(arch, &path.display().to_string())
+    }
+
     pub fn load(path: &Path) -> Result<Self, WeightsError> {
         match path.extension().and_then(|e| e.to_str()) {
             Some("pt" | "pth") => Self::load_pytorch(path),

@@ -82,11 +82,6 @@ pub struct CompressArgs {
     pub json: bool,
 }
 
-/// Loads weights and checks them against `arch`.
-pub fn load_weights(path: &std::path::Path, arch: &Arch) -> Result<Weights> {
-    Ok(Weights::load(path)?.matched_to(arch, &path.display().to_string())?)
-}
-
 /// Weights for the model `config` decomposes from `base`: given as such, or given for
 /// `base` and decomposed here (then with the per-layer report).
 fn decomposed_weights(
@@ -155,7 +150,7 @@ pub fn run_recommend_decomposition(base: &BaseArgs, args: DecompositionArgs) -> 
         json,
     } = args;
     let arch = base.build()?;
-    let w = load_weights(&weights, &arch)?;
+    let w = Weights::load_for(&weights, &arch)?;
     let bar = layer_bar(
         arch.conv_units()
             .filter(|u| u.body.in_channels() > 3)

@@ -1,6 +1,5 @@
 //! `rankprune train` and `rankprune eval`.
 
-use super::compress::load_weights;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rankprune::arch::Arch;
@@ -125,7 +124,7 @@ pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
     let (train_set, val_set) = args.data.train_val(classes)?;
     let test_set = args.data.test(classes)?;
     let weights = match &args.weights {
-        Some(p) => load_weights(p, arch)?,
+        Some(p) => Weights::load_for(p, arch)?,
         None => Weights::init(arch, args.seed),
     };
     let cfg = TrainConfig {
@@ -249,7 +248,7 @@ pub fn run_eval(arch: &Arch, args: EvalArgs) -> Result<()> {
         EvalSplit::Test => args.data.test(classes)?,
         EvalSplit::Val => args.data.train_val(classes)?.1,
     };
-    let model = Vgg::from_weights(arch, load_weights(&args.weights, arch)?, "<eval>", &device)?;
+    let model = Vgg::from_weights(arch, Weights::load_for(&args.weights, arch)?, "<eval>", &device)?;
     let r = evaluate(
         &model,
         &Arc::new(set),

@@ -382,6 +382,13 @@ impl Budget {
     }
 }
 
+/// A bad budget is bad input (exit code 2).
+impl From<BudgetError> for crate::error::Error {
+    fn from(e: BudgetError) -> Self {
+        crate::error::Error::BadInput(e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -491,3 +491,10 @@ impl Space {
             .collect()
     }
 }
+
+/// A bad search space is bad input (exit code 2).
+impl From<SpaceError> for crate::error::Error {
+    fn from(e: SpaceError) -> Self {
+        crate::error::Error::BadInput(e.to_string())
+    }
+}

@@ -629,5 +629,16 @@ impl TrialStore {
     }
 }
 
+/// A store failure as the crate's error: a store from a newer version is bad input (exit
+/// code 2), anything else a failure (1).
+impl From<StoreError> for crate::error::Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::TooNew { .. } => crate::error::Error::BadInput(e.to_string()),
+            _ => crate::error::Error::Failure(e.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
