@@ -2,8 +2,10 @@
 
 mod cli;
 
+use cli::BaseArgs;
+
 use clap::{Args, Parser, Subcommand};
-use rankprune::arch::{Arch, ArchSpec};
+use rankprune::arch::Arch;
 use rankprune::config::LayerConfig;
 use rankprune::cost;
 use rankprune::device::parse_device;
@@ -22,27 +24,6 @@ use std::path::PathBuf;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-/// The base (uncompressed) architecture a command works on.
-#[derive(Args)]
-struct BaseArgs {
-    /// Architecture: vgg11|vgg13|vgg16|vgg19 with optional _bn and @WIDTH (vgg19_bn@0.25),
-    /// or a custom plan cfg_bn:16,M,32,M
-    #[arg(long, default_value = "vgg19_bn")]
-    arch: String,
-    /// Number of classes of the classifier
-    #[arg(long, default_value_t = 100)]
-    num_classes: usize,
-}
-
-impl BaseArgs {
-    fn build(&self) -> Result<Arch> {
-        if self.num_classes == 0 {
-            return Err(Error::BadInput("--num-classes must be at least 1".into()));
-        }
-        Ok(ArchSpec::parse(&self.arch)?.build(self.num_classes))
-    }
 }
 
 /// A base architecture, optionally compressed by a config.

@@ -1,6 +1,6 @@
 //! `rankprune recommend decomposition|pruning` and `rankprune compress`.
 
-use crate::BaseArgs;
+use super::BaseArgs;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rankprune::arch::Arch;

@@ -248,7 +248,12 @@ pub fn run_eval(arch: &Arch, args: EvalArgs) -> Result<()> {
         EvalSplit::Test => args.data.test(classes)?,
         EvalSplit::Val => args.data.train_val(classes)?.1,
     };
-    let model = Vgg::from_weights(arch, Weights::load_for(&args.weights, arch)?, "<eval>", &device)?;
+    let model = Vgg::from_weights(
+        arch,
+        Weights::load_for(&args.weights, arch)?,
+        "<eval>",
+        &device,
+    )?;
     let r = evaluate(
         &model,
         &Arc::new(set),
