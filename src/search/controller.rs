@@ -123,6 +123,25 @@ async fn blocking<T: Send + 'static>(
     Ok((out, signalled))
 }
 
+/// The per-epoch callback of a long training run: shows the validation accuracy on `bar`
+/// and stops at the next epoch once `stop` is set.
+fn epoch_progress<'a>(
+    bar: &'a ProgressBar,
+    stop: &'a AtomicBool,
+) -> impl FnMut(&crate::train::Report) -> Control + 'a {
+    move |r| {
+        if let Some(v) = &r.val {
+            bar.set_position(r.epoch as u64);
+            bar.set_message(format!("val top-1 {:.1}%", 100.0 * v.top1));
+        }
+        if stop.load(Ordering::Relaxed) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
+}
+
 fn bar(len: u64, template: &str, show: bool) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
@@ -160,7 +179,7 @@ async fn base_weights(
         "base model {bar:30} epoch {pos}/{len} {msg} [{elapsed}<{eta}]",
         progress,
     );
-    let (stop2, pb2) = (stop.clone(), pb.clone());
+    let (stop_flag, bar) = (stop.clone(), pb.clone());
     let device = parse_device(&budget.workers.long_run_device())?;
     let (out, signalled) = blocking(signals, &stop, move || {
         let cfg = TrainConfig {
@@ -175,17 +194,7 @@ async fn base_weights(
             val_set,
             &cfg,
             &device,
-            |r| {
-                if let Some(v) = &r.val {
-                    pb2.set_position(r.epoch as u64);
-                    pb2.set_message(format!("val top-1 {:.1}%", 100.0 * v.top1));
-                }
-                if stop2.load(Ordering::Relaxed) {
-                    Control::Stop
-                } else {
-                    Control::Continue
-                }
-            },
+            epoch_progress(&bar, &stop_flag),
         )
     })
     .await?;
@@ -756,17 +765,18 @@ async fn final_stage(
             ),
             progress,
         );
-        let (ctx2, pb2, stop, test2) = (ctx.clone(), pb.clone(), ctl.stop.clone(), test.clone());
-        let (config, out2, seed) = (t.config.clone(), out.clone(), budget.search.seed);
+        let (context, bar, stop) = (ctx.clone(), pb.clone(), ctl.stop.clone());
+        let (test_set, config, weights_out) = (test.clone(), t.config.clone(), out.clone());
+        let seed = budget.search.seed;
         let device = parse_device(&budget.workers.long_run_device())?;
         let (res, signalled) = blocking(signals, &ctl.stop, move || -> Result<FinalResult> {
             let config = LayerConfig::from_json(&config, "<stored trial>")?;
             let (arch, w) = compress_model(
-                &ctx2.base,
-                &ctx2.weights,
+                &context.base,
+                &context.weights,
                 &config,
                 "<trial>",
-                Some(&ctx2.cache),
+                Some(&context.cache),
             )?;
             let resume = ckpt.join(crate::train::checkpoint::STATE_FILE).exists();
             let cfg = TrainConfig {
@@ -779,32 +789,22 @@ async fn final_stage(
             let o = train(
                 &arch,
                 w,
-                ctx2.train.clone(),
-                ctx2.val.clone(),
+                context.train.clone(),
+                context.val.clone(),
                 &cfg,
                 &device,
-                |r| {
-                    if let Some(v) = &r.val {
-                        pb2.set_position(r.epoch as u64);
-                        pb2.set_message(format!("val top-1 {:.1}%", 100.0 * v.top1));
-                    }
-                    if stop.load(Ordering::Relaxed) {
-                        Control::Stop
-                    } else {
-                        Control::Continue
-                    }
-                },
+                epoch_progress(&bar, &stop),
             )?;
-            o.best_weights.save_safetensors(&out2)?;
+            o.best_weights.save_safetensors(&weights_out)?;
             let m = Vgg::from_weights(&arch, o.best_weights, "<final>", &device)?;
-            let e = evaluate(&m, &test2, 256, None, &device)?;
+            let e = evaluate(&m, &test_set, 256, None, &device)?;
             Ok(FinalResult {
                 val_top1: o.best_val.map(|v| v.top1),
                 top1: e.top1,
                 top5: e.top5,
                 loss: e.loss,
                 epochs: o.epochs_run,
-                weights_path: Some(out2.display().to_string()),
+                weights_path: Some(weights_out.display().to_string()),
                 reason: Some(why.to_string()),
             })
         })
