@@ -67,11 +67,20 @@ impl TrustRegion {
     }
 }
 
+/// One successful observation as the surrogate sees it.
+struct Observed {
+    point: Point,
+    /// `point` in the unit cube; empty until the next proposal (where the space is).
+    encoded: Vec<f64>,
+    accuracy: f64,
+    flops: u64,
+}
+
 pub struct Bayes {
     rng: StdRng,
     pareto: bool,
-    /// Successful observations: encoded point, accuracy, FLOPs.
-    data: Vec<(Point, Vec<f64>, f64, u64)>,
+    /// Successful observations.
+    data: Vec<Observed>,
     seen: HashSet<Point>,
     hyper: Option<Hyper>,
     fitted_at: usize,
@@ -130,7 +139,7 @@ impl Bayes {
             return (0..n).collect();
         }
         let mut by_acc: Vec<usize> = (0..n).collect();
-        by_acc.sort_by(|&a, &b| self.data[b].2.total_cmp(&self.data[a].2));
+        by_acc.sort_by(|&a, &b| self.data[b].accuracy.total_cmp(&self.data[a].accuracy));
         let mut keep: HashSet<usize> = by_acc[..max / 4].iter().copied().collect();
         for i in (0..n).rev() {
             if keep.len() >= max {
@@ -156,8 +165,8 @@ impl Bayes {
 impl Strategy for Bayes {
     fn propose(&mut self, n: usize, problem: &Problem) -> Vec<Point> {
         let mut out: Vec<Point> = Vec::with_capacity(n);
-        for o in self.data.iter_mut().filter(|o| o.1.is_empty()) {
-            o.1 = problem.space.encode(&o.0);
+        for o in self.data.iter_mut().filter(|o| o.encoded.is_empty()) {
+            o.encoded = problem.space.encode(&o.point);
         }
         for seed in &problem.seeds {
             if out.len() < n && !self.seen.contains(seed) && problem.feasible(seed) {
@@ -190,15 +199,15 @@ impl Strategy for Bayes {
 
         // Fit the surrogate on accuracy.
         let idx = self.gp_subset(MAX_GP_POINTS);
-        let mut xs: Vec<Vec<f64>> = idx.iter().map(|&i| self.data[i].1.clone()).collect();
-        let mut ys: Vec<f64> = idx.iter().map(|&i| self.data[i].2).collect();
+        let mut xs: Vec<Vec<f64>> = idx.iter().map(|&i| self.data[i].encoded.clone()).collect();
+        let mut ys: Vec<f64> = idx.iter().map(|&i| self.data[i].accuracy).collect();
         let hyper = match &self.hyper {
             Some(h) if self.data.len() - self.fitted_at < REFIT_EVERY => h.clone(),
             prev => {
                 let start = prev.clone().unwrap_or_else(|| Hyper::initial(d));
                 let fit = self.gp_subset(REFIT_POINTS);
-                let fx: Vec<Vec<f64>> = fit.iter().map(|&i| self.data[i].1.clone()).collect();
-                let fy: Vec<f64> = fit.iter().map(|&i| self.data[i].2).collect();
+                let fx: Vec<Vec<f64>> = fit.iter().map(|&i| self.data[i].encoded.clone()).collect();
+                let fy: Vec<f64> = fit.iter().map(|&i| self.data[i].accuracy).collect();
                 let h = Gp::fit_hyper(&fx, &fy, &start, REFIT_ITERS);
                 self.fitted_at = self.data.len();
                 self.hyper = Some(h.clone());
@@ -222,12 +231,13 @@ impl Strategy for Bayes {
             0.0
         };
         // Incumbent: best (scalarised) observation.
-        let score = |s: &Self, i: usize| s.data[i].2 + s.cost_term(w, s.data[i].3, problem);
+        let score =
+            |s: &Self, i: usize| s.data[i].accuracy + s.cost_term(w, s.data[i].flops, problem);
         let inc = (0..self.data.len())
             .max_by(|&a, &b| score(self, a).total_cmp(&score(self, b)))
             .expect("data present");
         let best = score(self, inc);
-        let center = self.data[inc].1.clone();
+        let center = self.data[inc].encoded.clone();
         // Length scales shape the region (TuRBO: l_i / geometric mean, clipped).
         let ls: Vec<f64> = hyper.log_ls.iter().map(|l| l.exp()).collect();
         let gmean = (ls.iter().map(|l| l.ln()).sum::<f64>() / d as f64).exp();
@@ -331,10 +341,11 @@ impl Strategy for Bayes {
         let Some(acc) = obs.acc else { return };
         let improved = if self.pareto {
             // A success adds a point no earlier observation dominates.
-            !self
-                .data
-                .iter()
-                .any(|o| o.2 >= acc && o.3 <= obs.flops && (o.2 > acc || o.3 < obs.flops))
+            !self.data.iter().any(|o| {
+                o.accuracy >= acc
+                    && o.flops <= obs.flops
+                    && (o.accuracy > acc || o.flops < obs.flops)
+            })
         } else {
             acc > self.best + 1e-3 * self.best.abs().max(1e-3)
         };
@@ -343,7 +354,11 @@ impl Strategy for Bayes {
             tr.update(improved);
         }
         // Encoded at the next proposal, where the space is at hand.
-        self.data
-            .push((obs.point.clone(), Vec::new(), acc, obs.flops));
+        self.data.push(Observed {
+            point: obs.point.clone(),
+            encoded: Vec::new(),
+            accuracy: acc,
+            flops: obs.flops,
+        });
     }
 }
