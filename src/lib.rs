@@ -12,13 +12,17 @@
 //! - [`ladder`]: cheap candidate scores (BN recalibration, layer-wise CKA, short plain or
 //!   distilled fine-tunes) and their measured fidelity to the final accuracy.
 //! - [`weights`]: named f32 tensors; safetensors and PyTorch state_dict files.
-//! - [`model`]: the burn `Vgg` module built from an architecture and weights.
+//! - [`model`]: the burn `Vgg` module built from an architecture and weights, run
+//!   channel-major with our flex CPU kernels (whole-batch conv products, fused
+//!   BatchNorm+ReLU, max-pooling; burn's layers on other devices).
 //! - [`device`]: the one place that turns `--device` into a burn device.
 //! - [`report`]: human tables for the CLI.
 //! - [`search`]: budget and space files, strategies, the trial runner, the controller,
 //!   export.
 //! - [`store`]: the SQLite trial store of searches.
-//! - [`train`]: the reference training recipe, evaluation, checkpoints.
+//! - [`train`]: the reference training recipe, evaluation, checkpoints, BN
+//!   recalibration, distillation.
+//! - [`error`]: the crate's error and exit codes.
 
 pub mod arch;
 pub mod compress;
