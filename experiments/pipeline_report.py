@@ -148,7 +148,7 @@ if target:
     svg.append(f'<line x1="{sx(target):.1f}" y1="{sy(0)}" x2="{sx(target):.1f}" y2="{T}" stroke="#999999" stroke-dasharray="4 3"/>')
     svg.append(f'<text x="{sx(target) + 4:.1f}" y="{T + 10}" fill="#666666">search target</text>')
 for f, a, s in pts:
-    color = {"complete": "#4a7ebb", "pruned": "#bbbbbb"}.get(s, "#dd8888")
+    color = {"complete": "#4a7ebb", "early_stopped": "#bbbbbb", "pruned": "#bbbbbb"}.get(s, "#dd8888")
     svg.append(f'<circle cx="{sx(f):.1f}" cy="{sy(a):.1f}" r="3" fill="{color}"/>')
 if front:
     path = " ".join(f"{sx(f):.1f},{sy(a):.1f}" for f, a in front)

@@ -76,11 +76,11 @@ pub fn run(args: SearchArgs) -> Result<i32> {
     } else {
         let count = |s: &str| o.counts.get(s).copied().unwrap_or(0);
         println!(
-            "study {} ({}): {} complete, {} pruned, {} failed, {} queued, {} interrupted in {:.0} s; stopped: {:?}",
+            "study {} ({}): {} complete, {} early-stopped, {} failed, {} queued, {} interrupted in {:.0} s; stopped: {:?}",
             o.study,
             o.db.display(),
             count("complete"),
-            count("pruned"),
+            count("early_stopped"),
             count("failed"),
             count("queued"),
             count("interrupted"),

@@ -255,7 +255,7 @@ impl Controller {
             return;
         };
         let acc = match t.state {
-            TrialState::Complete | TrialState::Pruned => t.proxy_acc,
+            TrialState::Complete | TrialState::EarlyStopped => t.proxy_acc,
             _ => None,
         };
         self.strategy.observe(&Observation {
@@ -458,7 +458,7 @@ async fn search(
     for t in &history {
         if matches!(
             t.state,
-            TrialState::Complete | TrialState::Pruned | TrialState::Failed
+            TrialState::Complete | TrialState::EarlyStopped | TrialState::Failed
         ) {
             ctl.observe(t);
         }
@@ -510,10 +510,10 @@ async fn search(
             .max_by(|a, b| a.0.total_cmp(&b.0));
         pb.set_position(trials.iter().filter(|t| t.finished_at.is_some()).count() as u64);
         pb.set_message(format!(
-            "running {} · failed {} · pruned {} · best {}",
+            "running {} · failed {} · early-stopped {} · best {}",
             count(TrialState::Running),
             count(TrialState::Failed),
-            count(TrialState::Pruned),
+            count(TrialState::EarlyStopped),
             best.map_or("-".into(), |(a, t)| format!(
                 "{:.1}% (#{}, {:.1}x FLOPs)",
                 100.0 * a,
@@ -635,7 +635,7 @@ async fn search(
                     slots[slot].busy = None;
                     match &end {
                         TrialEnd::Complete { acc, loss } => ctl.store.complete(trial, *acc, *loss)?,
-                        TrialEnd::Pruned { acc } => ctl.store.prune(trial, *acc)?,
+                        TrialEnd::EarlyStopped { acc } => ctl.store.early_stop(trial, *acc)?,
                         TrialEnd::Failed(why) => ctl.store.fail(trial, why)?,
                         TrialEnd::Interrupted => ctl.store.interrupt(trial)?,
                     }

@@ -42,7 +42,7 @@ pub fn finalists<'a>(
     let mut seeded: Vec<&Trial> = trials
         .iter()
         .filter(|t| seed_ids.contains(&t.id))
-        .filter(|t| matches!(t.state, TrialState::Complete | TrialState::Pruned))
+        .filter(|t| matches!(t.state, TrialState::Complete | TrialState::EarlyStopped))
         .filter(admitted)
         .collect();
     seeded.sort_by(by_proxy);
@@ -89,15 +89,15 @@ mod tests {
     fn top_k_by_proxy_then_the_best_sound_seeds_by_proxy() {
         use TrialState::*;
         let trials = vec![
-            trial(1, Complete, Some(0.12), 80),  // seed, degenerate
-            trial(2, Complete, Some(0.53), 80),  // seed
-            trial(3, Pruned, Some(0.40), 80),    // seed, stopped early
-            trial(4, Failed, None, 80),          // seed, diverged
-            trial(5, Complete, Some(0.90), 200), // seed, over the target
+            trial(1, Complete, Some(0.12), 80),     // seed, degenerate
+            trial(2, Complete, Some(0.53), 80),     // seed
+            trial(3, EarlyStopped, Some(0.40), 80), // seed, stopped early
+            trial(4, Failed, None, 80),             // seed, diverged
+            trial(5, Complete, Some(0.90), 200),    // seed, over the target
             trial(6, Complete, Some(0.75), 80),
             trial(7, Complete, Some(0.72), 80),
             trial(8, Complete, Some(0.99), 200), // best proxy, over the target
-            trial(9, Pruned, Some(0.98), 80),    // pruned, not a seed
+            trial(9, EarlyStopped, Some(0.98), 80), // stopped early, not a seed
             trial(10, Complete, Some(0.67), 80), // seed, in the top-3
         ];
         let target = Target {

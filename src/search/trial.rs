@@ -50,7 +50,7 @@ pub enum TrialEnd {
         loss: f64,
     },
     /// Stopped by the early-stop rule, with the last validation accuracy.
-    Pruned {
+    EarlyStopped {
         acc: f64,
     },
     Failed(String),
@@ -127,7 +127,7 @@ pub fn run_trial(
     if let Some(acc) = rung0
         && on_eval(0, acc) == Verdict::Prune
     {
-        return TrialEnd::Pruned { acc };
+        return TrialEnd::EarlyStopped { acc };
     }
     let cfg = TrainConfig {
         // Upper bound: the step limit ends the run.
@@ -147,7 +147,7 @@ pub fn run_trial(
         },
         None => None,
     };
-    let mut pruned_at = None;
+    let mut stopped_at = None;
     let outcome = train_with(
         &arch,
         weights,
@@ -163,7 +163,7 @@ pub fn run_trial(
             if let Some(v) = &r.val
                 && on_eval(r.step, v.top1) == Verdict::Prune
             {
-                pruned_at = Some(v.top1);
+                stopped_at = Some(v.top1);
                 return Control::Stop;
             }
             Control::Continue
@@ -173,8 +173,8 @@ pub fn run_trial(
         Ok(o) => o,
         Err(e) => return TrialEnd::Failed(e.to_string()),
     };
-    if let Some(acc) = pruned_at {
-        return TrialEnd::Pruned { acc };
+    if let Some(acc) = stopped_at {
+        return TrialEnd::EarlyStopped { acc };
     }
     if stop.load(Ordering::Relaxed) {
         return TrialEnd::Interrupted;

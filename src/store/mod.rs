@@ -19,8 +19,8 @@ pub enum TrialState {
     Running,
     Complete,
     Failed,
-    /// Stopped early by the search's early-stop rule.
-    Pruned,
+    /// Stopped early by the search's early-stop rule (stored as "early_stopped").
+    EarlyStopped,
     /// Was running when the controller stopped; queued again on restart.
     Interrupted,
 }
@@ -32,7 +32,7 @@ impl TrialState {
             TrialState::Running => "running",
             TrialState::Complete => "complete",
             TrialState::Failed => "failed",
-            TrialState::Pruned => "pruned",
+            TrialState::EarlyStopped => "early_stopped",
             TrialState::Interrupted => "interrupted",
         }
     }
@@ -43,7 +43,7 @@ impl TrialState {
             "running" => TrialState::Running,
             "complete" => TrialState::Complete,
             "failed" => TrialState::Failed,
-            "pruned" => TrialState::Pruned,
+            "early_stopped" => TrialState::EarlyStopped,
             "interrupted" => TrialState::Interrupted,
             other => {
                 return Err(rusqlite::Error::InvalidColumnType(
@@ -202,7 +202,9 @@ impl TrialStore {
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(err)?;
-        conn.pragma_update(None, "foreign_keys", true)
+        // Off while migrating (a migration may rebuild a table others refer to; the
+        // bundled SQLite enforces foreign keys by default), on once the schema is current.
+        conn.pragma_update(None, "foreign_keys", false)
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
@@ -226,7 +228,14 @@ impl TrialStore {
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                other => return other.map(|_| store),
+                other => {
+                    other?;
+                    store
+                        .conn
+                        .pragma_update(None, "foreign_keys", true)
+                        .map_err(err)?;
+                    return Ok(store);
+                }
             }
         }
     }
@@ -416,12 +425,12 @@ impl TrialStore {
     }
 
     /// Stopped early by the search's rule, with the last accuracy seen.
-    pub fn prune(&mut self, trial: i64, proxy_acc: f64) -> StoreResult<()> {
+    pub fn early_stop(&mut self, trial: i64, proxy_acc: f64) -> StoreResult<()> {
         let t = now();
         self.transition(
             trial,
             &[TrialState::Running],
-            TrialState::Pruned,
+            TrialState::EarlyStopped,
             ", proxy_acc = ?, finished_at = ?",
             &[&proxy_acc, &t],
         )

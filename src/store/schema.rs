@@ -63,6 +63,36 @@ pub(super) const MIGRATIONS: &[&str] = &[
         kendall_tau REAL,
         PRIMARY KEY (study_id, step)
     );",
+    // v4: a trial stopped by the early-stop rule is `early_stopped`, not `pruned` (filter
+    // pruning owns that word). SQLite cannot change a CHECK constraint in place, so the
+    // table is rebuilt (foreign keys are enforced only after migrating).
+    "CREATE TABLE trials_v4 (
+        id INTEGER PRIMARY KEY,
+        study_id INTEGER NOT NULL REFERENCES studies(id),
+        number INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN
+            ('queued', 'running', 'complete', 'failed', 'early_stopped', 'interrupted')),
+        config TEXT NOT NULL,
+        flops INTEGER NOT NULL,
+        params INTEGER NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        proxy_acc REAL,
+        proxy_loss REAL,
+        worker TEXT,
+        error TEXT,
+        queued_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        UNIQUE (study_id, number)
+    );
+    INSERT INTO trials_v4 SELECT id, study_id, number,
+        CASE state WHEN 'pruned' THEN 'early_stopped' ELSE state END,
+        config, flops, params, size_bytes, proxy_acc, proxy_loss, worker, error,
+        queued_at, started_at, finished_at
+        FROM trials;
+    DROP TABLE trials;
+    ALTER TABLE trials_v4 RENAME TO trials;
+    CREATE INDEX trials_by_state ON trials (study_id, state);",
 ];
 
 /// The schema version this build writes.

@@ -223,6 +223,47 @@ fn a_v1_store_gains_the_validation_column_and_keeps_its_results() {
     assert_eq!(store.final_result(1).unwrap(), Some(newer));
 }
 
+/// A v3 store's early-stopped trials (stored as `pruned`) read as `EarlyStopped` after
+/// the v4 migration, with their reports and final results still attached, and foreign
+/// keys enforced afterwards.
+#[test]
+fn a_v3_store_renames_pruned_trials_and_keeps_their_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("study.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for sql in &schema::MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.execute_batch(
+            "INSERT INTO studies (id, name, budget, created_at) VALUES (1, 's', 'b', 0);
+             INSERT INTO trials (id, study_id, number, state, config, flops, params,
+                 size_bytes, proxy_acc, queued_at) VALUES
+                 (1, 1, 0, 'pruned', '{}', 1, 2, 3, 0.25, 0),
+                 (2, 1, 1, 'complete', '{}', 1, 2, 3, 0.75, 0);
+             INSERT INTO reports VALUES (1, 30, 0.25);
+             INSERT INTO final_results (trial_id, top1, top5, loss, epochs, finished_at)
+                 VALUES (1, 0.5, 0.9, 1.2, 4, 0);",
+        )
+        .unwrap();
+    }
+    let store = TrialStore::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), schema::VERSION);
+    let trials = store.trials(1).unwrap();
+    let states: Vec<_> = trials.iter().map(|t| (t.number, t.state)).collect();
+    assert_eq!(
+        states,
+        vec![(0, TrialState::EarlyStopped), (1, TrialState::Complete)]
+    );
+    assert_eq!(trials[0].proxy_acc, Some(0.25));
+    assert!(store.final_result(1).unwrap().is_some());
+    let orphan = store
+        .conn
+        .execute("INSERT INTO reports VALUES (99, 0, 0.5)", []);
+    assert!(orphan.is_err(), "foreign keys are enforced after migrating");
+}
+
 #[test]
 fn rung_fidelity_is_stored_per_study_and_replaced_whole() {
     let dir = tempfile::tempdir().unwrap();

@@ -442,7 +442,7 @@ fn model_aware_strategies_start_from_warm_points_and_retrain_the_best_seed() {
             .unwrap_or_else(|| panic!("{strategy}: {warm}"));
         let mut best: Option<&rankprune::store::Trial> = None;
         for t in trials.iter().filter(|t| t.number < points) {
-            let sound = matches!(t.state, TrialState::Complete | TrialState::Pruned);
+            let sound = matches!(t.state, TrialState::Complete | TrialState::EarlyStopped);
             if sound && best.is_none_or(|b| t.proxy_acc > b.proxy_acc) {
                 best = Some(t);
             }
@@ -491,7 +491,7 @@ fn successive_halving_stops_trials_at_the_recalibrated_rung() {
             && first < rankprune::search::promotion::quantile(&seen, 1.0 - 1.0 / 100.0);
         if stop {
             stopped_at_0 += 1;
-            assert_eq!(t.state, TrialState::Pruned, "{t:?} {reports:?}");
+            assert_eq!(t.state, TrialState::EarlyStopped, "{t:?} {reports:?}");
             assert_eq!(t.proxy_acc, Some(first));
             assert_eq!(at(2), None, "a stopped trial trains no further");
         } else {
@@ -575,7 +575,7 @@ fn the_step_zero_rung_can_score_by_kl_from_the_base_model() {
         // The minimum accuracy (0.9) does not apply to a KL score.
         let stop = seen.len() >= 3 && first.1 < rankprune::search::promotion::quantile(&seen, 0.5);
         let want = if stop {
-            TrialState::Pruned
+            TrialState::EarlyStopped
         } else {
             TrialState::Complete
         };
