@@ -49,15 +49,19 @@ pub fn draw_candidates(problem: &Problem, n: usize, seed: u64) -> Vec<Candidate>
             points.push((p, origin));
         }
     };
-    let near = if problem.seeds.is_empty() { 0 } else { n / 2 };
-    for p in problem.seeds.iter().filter(|p| problem.feasible(p)) {
+    let near = if problem.warm_starts.is_empty() {
+        0
+    } else {
+        n / 2
+    };
+    for p in problem.warm_starts.iter().filter(|p| problem.feasible(p)) {
         if points.len() < near {
             add(p.clone(), "warm", &mut points);
         }
     }
     let mut tries = 0;
     while points.len() < near && tries < 50 * n {
-        let parent = problem.seeds[tries % problem.seeds.len()].clone();
+        let parent = problem.warm_starts[tries % problem.warm_starts.len()].clone();
         tries += 1;
         if let Some(c) = evo.feasible_mutant(parent, problem) {
             add(c, "mutant", &mut points);

@@ -199,9 +199,10 @@ impl Default for Workers {
 pub struct FinalStage {
     /// Best trials re-trained with the full recipe.
     pub top_k: usize,
-    /// Best warm-start seeds by proxy re-trained as well, however they rank among all
-    /// trials (see `finalists`).
-    pub seeds: usize,
+    /// Best warm starts by proxy re-trained as well, however they rank among all
+    /// trials (see `finalists`). `seeds`, its earlier name, is still read.
+    #[serde(alias = "seeds")]
+    pub warm_starts: usize,
     pub epochs: usize,
 }
 
@@ -209,7 +210,7 @@ impl Default for FinalStage {
     fn default() -> Self {
         Self {
             top_k: 1,
-            seeds: 1,
+            warm_starts: 1,
             epochs: 100,
         }
     }
@@ -450,6 +451,15 @@ early_stop_min_acc = 0.3
             (b.proxy.eta, b.proxy.bn_recalibration, b.proxy.distill),
             (2.0, 0, None)
         );
+    }
+
+    #[test]
+    fn final_warm_starts_also_read_under_their_earlier_name() {
+        for key in ["warm_starts", "seeds"] {
+            let text = format!("{GOOD}\n[final]\ntop_k = 2\n{key} = 3\n");
+            let b = Budget::from_toml(&text, "b.toml").unwrap();
+            assert_eq!((b.final_stage.top_k, b.final_stage.warm_starts), (2, 3));
+        }
     }
 
     #[test]

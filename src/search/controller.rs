@@ -380,8 +380,8 @@ pub fn study_problem(
     let target = Target::from_objective(&cost::count(base), &budget.objective);
     let mut problem = Problem::new(base.clone(), space, target);
     if let Some(v) = vbmf.as_deref().filter(|_| warm) {
-        problem.seeds = super::warm::warm_start(&problem, weights, v)?;
-        tracing::info!(points = problem.seeds.len(), "warm-start points");
+        problem.warm_starts = super::warm::warm_start(&problem, weights, v)?;
+        tracing::info!(points = problem.warm_starts.len(), "warm-start points");
     }
     Ok(problem)
 }
@@ -667,7 +667,7 @@ async fn search(
     tracing::info!(hits, misses, "Tucker factors reused across trials");
 
     if stopped != StopReason::Signal
-        && (budget.final_stage.top_k > 0 || budget.final_stage.seeds > 0)
+        && (budget.final_stage.top_k > 0 || budget.final_stage.warm_starts > 0)
     {
         final_stage(&mut ctl, &ctx, &budget, &mut signals, progress).await?;
     }
@@ -708,7 +708,7 @@ async fn search(
 }
 
 /// Re-trains the finalists (top-k completed trials by proxy accuracy, then the best
-/// warm-start seeds by proxy; see `finalists`) with the full recipe; records their best
+/// warm starts by proxy; see `finalists`) with the full recipe; records their best
 /// validation accuracy (which picks the winner) and the test accuracy of those weights
 /// (reported only). Trials already re-trained are skipped; an interrupted re-training
 /// resumes from its checkpoint.
@@ -720,10 +720,10 @@ async fn final_stage(
     progress: bool,
 ) -> Result<()> {
     let trials = ctl.store.trials(ctl.study)?;
-    let seeds = ctl.problem.seeds.clone();
+    let warm_starts = ctl.problem.warm_starts.clone();
     let seed_ids: Vec<i64> = trials
         .iter()
-        .filter(|t| ctl.point_of(t).is_some_and(|p| seeds.contains(&p)))
+        .filter(|t| ctl.point_of(t).is_some_and(|p| warm_starts.contains(&p)))
         .map(|t| t.id)
         .collect();
     let top: Vec<(Trial, &str)> = finalists(
@@ -731,7 +731,7 @@ async fn final_stage(
         &ctl.problem.target,
         budget.final_stage.top_k,
         &seed_ids,
-        budget.final_stage.seeds,
+        budget.final_stage.warm_starts,
     )
     .into_iter()
     .map(|(t, why)| (t.clone(), why))

@@ -1,9 +1,9 @@
 //! Which trials the final stage re-trains: the top-k completed trials by proxy accuracy,
-//! and the best warm-start seeds by proxy. A short proxy fine-tune can rank a seed built
+//! and the best warm starts by proxy. A short proxy fine-tune can rank a warm start built
 //! like the simple flow (VBMF ranks, SLAMP ratios) far below where full training puts it;
-//! giving the seeds their own bracket means the search's winner is chosen, by validation,
+//! giving the warm starts their own bracket means the search's winner is chosen, by validation,
 //! from a set that holds the simple flow's candidate. Within the bracket the proxy still
-//! ranks, so a degenerate seed (VBMF rank 1 everywhere on a barely trained base) does not
+//! ranks, so a degenerate warm start (VBMF rank 1 everywhere on a barely trained base) does not
 //! take the place.
 
 use super::problem::Target;
@@ -14,16 +14,16 @@ pub const TOP_K: &str = "top_k";
 pub const WARM_START: &str = "warm_start";
 
 /// The trials to re-train, in order, each with why: the `top_k` best by proxy accuracy
-/// (completed, meeting the target; [`TOP_K`]), then the `seeds` best by proxy among the
-/// warm-start trials of `seed_ids` that meet the target and were completed or stopped
+/// (completed, meeting the target; [`TOP_K`]), then the `warm_starts` best by proxy among the
+/// warm-start trials of `warm_start_ids` that meet the target and were completed or stopped
 /// early at a rung (the config is sound; only its proxy was short; [`WARM_START`]). A
 /// trial is listed once.
 pub fn finalists<'a>(
     trials: &'a [Trial],
     target: &Target,
     top_k: usize,
-    seed_ids: &[i64],
-    seeds: usize,
+    warm_start_ids: &[i64],
+    warm_starts: usize,
 ) -> Vec<(&'a Trial, &'static str)> {
     let admitted = |t: &&Trial| target.admits(t.cost.flops, t.cost.params);
     let by_proxy = |a: &&Trial, b: &&Trial| {
@@ -39,14 +39,14 @@ pub fn finalists<'a>(
     out.sort_by(by_proxy);
     out.truncate(top_k);
     let mut out: Vec<(&Trial, &str)> = out.into_iter().map(|t| (t, TOP_K)).collect();
-    let mut seeded: Vec<&Trial> = trials
+    let mut warm: Vec<&Trial> = trials
         .iter()
-        .filter(|t| seed_ids.contains(&t.id))
+        .filter(|t| warm_start_ids.contains(&t.id))
         .filter(|t| matches!(t.state, TrialState::Complete | TrialState::EarlyStopped))
         .filter(admitted)
         .collect();
-    seeded.sort_by(by_proxy);
-    for t in seeded.into_iter().take(seeds) {
+    warm.sort_by(by_proxy);
+    for t in warm.into_iter().take(warm_starts) {
         if !out.iter().any(|o| o.0.id == t.id) {
             out.push((t, WARM_START));
         }
@@ -86,41 +86,41 @@ mod tests {
     }
 
     #[test]
-    fn top_k_by_proxy_then_the_best_sound_seeds_by_proxy() {
+    fn top_k_by_proxy_then_the_best_sound_warm_starts_by_proxy() {
         use TrialState::*;
         let trials = vec![
-            trial(1, Complete, Some(0.12), 80),     // seed, degenerate
-            trial(2, Complete, Some(0.53), 80),     // seed
-            trial(3, EarlyStopped, Some(0.40), 80), // seed, stopped early
-            trial(4, Failed, None, 80),             // seed, diverged
-            trial(5, Complete, Some(0.90), 200),    // seed, over the target
+            trial(1, Complete, Some(0.12), 80),     // warm start, degenerate
+            trial(2, Complete, Some(0.53), 80),     // warm start
+            trial(3, EarlyStopped, Some(0.40), 80), // warm start, stopped early
+            trial(4, Failed, None, 80),             // warm start, diverged
+            trial(5, Complete, Some(0.90), 200),    // warm start, over the target
             trial(6, Complete, Some(0.75), 80),
             trial(7, Complete, Some(0.72), 80),
             trial(8, Complete, Some(0.99), 200), // best proxy, over the target
-            trial(9, EarlyStopped, Some(0.98), 80), // stopped early, not a seed
-            trial(10, Complete, Some(0.67), 80), // seed, in the top-3
+            trial(9, EarlyStopped, Some(0.98), 80), // stopped early, not a warm start
+            trial(10, Complete, Some(0.67), 80), // warm start, in the top-3
         ];
         let target = Target {
             max_flops: Some(100),
             max_params: None,
         };
-        let seeds = [1, 2, 3, 4, 5, 10];
+        let warm = [1, 2, 3, 4, 5, 10];
         // Top-3 by proxy among completed trials meeting the target: 6, 7, 10.
         assert_eq!(
-            ids(&finalists(&trials, &target, 3, &seeds, 0)),
+            ids(&finalists(&trials, &target, 3, &warm, 0)),
             vec![6, 7, 10]
         );
-        // The best sound seeds meeting the target: 10 (listed already), 2, 3; never 4 or 5.
-        let four = finalists(&trials, &target, 3, &seeds, 2);
+        // The best sound warm starts meeting the target: 10 (listed already), 2, 3; never 4 or 5.
+        let four = finalists(&trials, &target, 3, &warm, 2);
         assert_eq!(ids(&four), vec![6, 7, 10, 2]);
         let why: Vec<&str> = four.iter().map(|f| f.1).collect();
         assert_eq!(why, vec![TOP_K, TOP_K, TOP_K, WARM_START]);
         assert_eq!(
-            ids(&finalists(&trials, &target, 3, &seeds, 9)),
+            ids(&finalists(&trials, &target, 3, &warm, 9)),
             vec![6, 7, 10, 2, 3, 1]
         );
-        assert_eq!(ids(&finalists(&trials, &target, 0, &seeds, 2)), vec![10, 2]);
-        // Ids that are no trial (a seed never run) are ignored.
+        assert_eq!(ids(&finalists(&trials, &target, 0, &warm, 2)), vec![10, 2]);
+        // Ids that are no trial (a warm start never run) are ignored.
         assert_eq!(
             ids(&finalists(&trials, &target, 1, &[42, 3], 1)),
             vec![6, 3]

@@ -51,10 +51,26 @@ pub struct Problem {
     pub space: Space,
     pub target: Target,
     /// Warm-start points (feasible) that model-aware strategies propose first.
-    pub seeds: Vec<Point>,
+    pub warm_starts: Vec<Point>,
 }
 
 impl Problem {
+    /// Appends to `out`, up to `n` points in all, the feasible warm starts not in `seen`
+    /// (marking them seen): every strategy proposes these first.
+    pub fn propose_warm_starts(
+        &self,
+        n: usize,
+        seen: &mut std::collections::HashSet<Point>,
+        out: &mut Vec<Point>,
+    ) {
+        for p in &self.warm_starts {
+            if out.len() < n && !seen.contains(p) && self.feasible(p) {
+                seen.insert(p.clone());
+                out.push(p.clone());
+            }
+        }
+    }
+
     pub fn new(base: Arch, space: Space, target: Target) -> Self {
         let base_cost = cost::count(&base);
         Self {
@@ -62,7 +78,7 @@ impl Problem {
             base_cost,
             space,
             target,
-            seeds: Vec::new(),
+            warm_starts: Vec::new(),
         }
     }
 

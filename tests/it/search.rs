@@ -405,7 +405,11 @@ fn model_aware_strategies_start_from_warm_points_and_retrain_the_best_seed() {
         ("bayes", "kind = \"pareto\""),
     ] {
         // No top-k: the final stage re-trains only the best warm-start seed by proxy.
-        let s = study(8, FAST_PROXY, "[final]\ntop_k = 0\nseeds = 1\nepochs = 1");
+        let s = study(
+            8,
+            FAST_PROXY,
+            "[final]\ntop_k = 0\nwarm_starts = 1\nepochs = 1",
+        );
         let budget = std::fs::read_to_string(s.budget())
             .unwrap()
             .replace(
@@ -473,7 +477,7 @@ fn successive_halving_stops_trials_at_the_recalibrated_rung() {
     let s = study(
         8,
         "steps = 4\nbatch_size = 16\neval_samples = 32\nrungs = [0, 2]\neta = 100\nbn_recalibration = 1\n[proxy.distill]\ntemperature = 3.0",
-        "[final]\ntop_k = 0\nseeds = 0",
+        "[final]\ntop_k = 0\nwarm_starts = 0",
     );
     let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -508,7 +512,7 @@ fn successive_halving_stops_trials_at_the_recalibrated_rung() {
 /// 2) unless --allow-budget-change, which stores the new target for every reader.
 #[test]
 fn a_changed_target_is_refused_unless_allowed_then_used_everywhere() {
-    let s = study(2, FAST_PROXY, "[final]\ntop_k = 0\nseeds = 0");
+    let s = study(2, FAST_PROXY, "[final]\ntop_k = 0\nwarm_starts = 0");
     let budget = s.budget();
     let o = run(&["search", budget.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -562,7 +566,7 @@ fn the_step_zero_rung_can_score_by_kl_from_the_base_model() {
     let s = study(
         5,
         "steps = 4\nbatch_size = 16\neval_samples = 32\nrungs = [0]\nbn_recalibration = 1\nrung0_score = \"kl\"\nearly_stop_min_acc = 0.9",
-        "[final]\ntop_k = 0\nseeds = 0",
+        "[final]\ntop_k = 0\nwarm_starts = 0",
     );
     let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -595,7 +599,7 @@ fn edit_budget(s: &Study, from: &str, to: &str) {
 #[test]
 fn the_wall_time_limit_stops_the_search() {
     // 0.00002 hours = 72 ms: far less than 200 trials take, even in a release build.
-    let s = study(200, FAST_PROXY, "[final]\ntop_k = 0\nseeds = 0");
+    let s = study(200, FAST_PROXY, "[final]\ntop_k = 0\nwarm_starts = 0");
     edit_budget(
         &s,
         "max_trials = 200",
@@ -617,7 +621,7 @@ fn the_wall_time_limit_stops_the_search() {
 /// A space with three points: the search ends, exhausted, after three trials.
 #[test]
 fn an_exhausted_space_stops_the_search() {
-    let s = study(10, FAST_PROXY, "[final]\ntop_k = 0\nseeds = 0");
+    let s = study(10, FAST_PROXY, "[final]\ntop_k = 0\nwarm_starts = 0");
     std::fs::write(
         s.path("space.toml"),
         r#"

@@ -1,5 +1,5 @@
 //! Strategies on cheap synthetic objectives: every proposal meets the cost target and is
-//! new, runs are reproducible by seed, and warm-start seeds come first.
+//! new, runs are reproducible by seed, and warm starts come first.
 
 use rankprune::arch::ArchSpec;
 use rankprune::cost;
@@ -80,12 +80,12 @@ fn every_proposal_is_feasible_new_and_reproducible() {
 }
 
 #[test]
-fn warm_start_seeds_are_proposed_first() {
+fn warm_starts_are_proposed_first() {
     let mut p = problem(4.0);
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
     let seed = p.repair(vec![0; p.space.dims()], &mut rng).unwrap();
     assert!(p.feasible(&seed));
-    p.seeds = vec![seed.clone()];
+    p.warm_starts = vec![seed.clone()];
     for name in [StrategyName::Evolution, StrategyName::Bayes] {
         let props = make(name, 0, false).propose(2, &p);
         assert_eq!(props[0], seed, "{name:?}");

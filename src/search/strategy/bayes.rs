@@ -168,12 +168,7 @@ impl Strategy for Bayes {
         for o in self.data.iter_mut().filter(|o| o.encoded.is_empty()) {
             o.encoded = problem.space.encode(&o.point);
         }
-        for seed in &problem.seeds {
-            if out.len() < n && !self.seen.contains(seed) && problem.feasible(seed) {
-                self.seen.insert(seed.clone());
-                out.push(seed.clone());
-            }
-        }
+        problem.propose_warm_starts(n, &mut self.seen, &mut out);
         let d = problem.space.dims();
         if self.tr.is_none() {
             self.tr = Some(TrustRegion {

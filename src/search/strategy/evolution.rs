@@ -237,12 +237,7 @@ fn move_level(l: usize, step: usize, up: bool, levels: usize) -> usize {
 impl Strategy for Evolution {
     fn propose(&mut self, n: usize, problem: &Problem) -> Vec<Point> {
         let mut out = Vec::with_capacity(n);
-        for seed in &problem.seeds {
-            if out.len() < n && !self.seen.contains(seed) && problem.feasible(seed) {
-                self.seen.insert(seed.clone());
-                out.push(seed.clone());
-            }
-        }
+        problem.propose_warm_starts(n, &mut self.seen, &mut out);
         let survivors = if self.mode == Mode::Pareto && self.ready() {
             self.survivors()
         } else {
