@@ -35,6 +35,12 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
 /// Memory for Tucker factors shared by the trials (see [`TuckerCache`]).
+mod final_stage;
+mod shutdown;
+
+use final_stage::final_stage;
+use shutdown::{Signals, bar, blocking, epoch_progress};
+
 const TUCKER_CACHE_BYTES: usize = 1 << 30;
 
 /// Why the search loop ended.
@@ -75,80 +81,6 @@ pub fn run_search(budget_path: &Path, progress: bool, allow_change: bool) -> Res
         .build()
         .map_err(|e| Error::Failure(format!("cannot start the runtime: {e}")))?;
     rt.block_on(search(budget, text, progress, allow_change))
-}
-
-/// SIGINT or SIGTERM, whichever comes first.
-struct Signals {
-    int: Signal,
-    term: Signal,
-}
-
-impl Signals {
-    fn new() -> Result<Self> {
-        let make = |k| signal(k).map_err(|e| Error::Failure(format!("signal handler: {e}")));
-        Ok(Self {
-            int: make(SignalKind::interrupt())?,
-            term: make(SignalKind::terminate())?,
-        })
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
-        }
-    }
-}
-
-/// Runs `f` on a blocking thread; a signal meanwhile sets `stop` (which `f` watches)
-/// and is reported with the result.
-async fn blocking<T: Send + 'static>(
-    signals: &mut Signals,
-    stop: &Arc<AtomicBool>,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<(T, bool)> {
-    let mut handle = tokio::task::spawn_blocking(f);
-    let mut signalled = false;
-    let out = loop {
-        tokio::select! {
-            r = &mut handle => break r,
-            _ = signals.recv(), if !signalled => {
-                signalled = true;
-                stop.store(true, Ordering::Relaxed);
-                tracing::warn!("signal received: stopping");
-            }
-        }
-    };
-    let out = out.map_err(|e| Error::Failure(format!("worker thread: {e}")))?;
-    Ok((out, signalled))
-}
-
-/// The per-epoch callback of a long training run: shows the validation accuracy on `bar`
-/// and stops at the next epoch once `stop` is set.
-fn epoch_progress<'a>(
-    bar: &'a ProgressBar,
-    stop: &'a AtomicBool,
-) -> impl FnMut(&crate::train::Report) -> Control + 'a {
-    move |r| {
-        if let Some(v) = &r.val {
-            bar.set_position(r.epoch as u64);
-            bar.set_message(format!("val top-1 {:.1}%", 100.0 * v.top1));
-        }
-        if stop.load(Ordering::Relaxed) {
-            Control::Stop
-        } else {
-            Control::Continue
-        }
-    }
-}
-
-fn bar(len: u64, template: &str, show: bool) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let b = ProgressBar::new(len);
-    b.set_style(ProgressStyle::with_template(template).expect("valid template"));
-    b
 }
 
 /// The base weights: loaded, or trained first when the budget says so.
@@ -705,145 +637,4 @@ async fn search(
         export,
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// Re-trains the finalists (top-k completed trials by proxy accuracy, then the best
-/// warm starts by proxy; see `finalists`) with the full recipe; records their best
-/// validation accuracy (which picks the winner) and the test accuracy of those weights
-/// (reported only). Trials already re-trained are skipped; an interrupted re-training
-/// resumes from its checkpoint.
-async fn final_stage(
-    ctl: &mut Controller,
-    ctx: &TrialContext,
-    budget: &Budget,
-    signals: &mut Signals,
-    progress: bool,
-) -> Result<()> {
-    let trials = ctl.store.trials(ctl.study)?;
-    let warm_starts = ctl.problem.warm_starts.clone();
-    let seed_ids: Vec<i64> = trials
-        .iter()
-        .filter(|t| ctl.point_of(t).is_some_and(|p| warm_starts.contains(&p)))
-        .map(|t| t.id)
-        .collect();
-    let top: Vec<(Trial, &str)> = finalists(
-        &trials,
-        &ctl.problem.target,
-        budget.final_stage.top_k,
-        &seed_ids,
-        budget.final_stage.warm_starts,
-    )
-    .into_iter()
-    .map(|(t, why)| (t.clone(), why))
-    .collect();
-    let test = Arc::new(
-        ImageSet::load(
-            &budget.data.dir,
-            budget.data.dataset,
-            Split::Test,
-            budget.model.num_classes,
-        )
-        .map_err(|e| Error::BadInput(format!("data: {e}")))?,
-    );
-    for (t, why) in top {
-        if ctl.store.final_result(t.id)?.is_some() {
-            continue;
-        }
-        let stem = budget
-            .study
-            .db
-            .with_file_name(format!("{}-trial{}", budget.study.name, t.number));
-        let ckpt = stem.with_extension("ckpt");
-        let out = stem.with_extension("safetensors");
-        let epochs = budget.final_stage.epochs;
-        tracing::info!(trial = t.number, epochs, "final re-training starts");
-        let pb = bar(
-            epochs as u64,
-            &format!(
-                "final #{} {{bar:30}} epoch {{pos}}/{{len}} {{msg}} [{{elapsed}}<{{eta}}]",
-                t.number
-            ),
-            progress,
-        );
-        let (context, bar, stop) = (ctx.clone(), pb.clone(), ctl.stop.clone());
-        let (test_set, config, weights_out) = (test.clone(), t.config.clone(), out.clone());
-        let seed = budget.search.seed;
-        let device = parse_device(&budget.workers.long_run_device())?;
-        let (res, signalled) = blocking(signals, &ctl.stop, move || -> Result<FinalResult> {
-            let config = LayerConfig::from_json(&config, "<stored trial>")?;
-            let (arch, w) = compress_model(
-                &context.base,
-                &context.weights,
-                &config,
-                "<trial>",
-                Some(&context.cache),
-            )?;
-            let resume = ckpt.join(crate::train::checkpoint::STATE_FILE).exists();
-            let cfg = TrainConfig {
-                epochs,
-                seed,
-                checkpoint_dir: Some(ckpt),
-                resume,
-                ..TrainConfig::default()
-            };
-            let o = train(
-                &arch,
-                w,
-                context.train.clone(),
-                context.val.clone(),
-                &cfg,
-                &device,
-                epoch_progress(&bar, &stop),
-            )?;
-            o.best_weights.save_safetensors(&weights_out)?;
-            let m = Vgg::from_weights(&arch, o.best_weights, "<final>", &device)?;
-            let e = evaluate(&m, &test_set, 256, None, &device)?;
-            Ok(FinalResult {
-                val_top1: o.best_val.map(|v| v.top1),
-                top1: e.top1,
-                top5: e.top5,
-                loss: e.loss,
-                epochs: o.epochs_run,
-                weights_path: Some(weights_out.display().to_string()),
-                reason: Some(why.to_string()),
-            })
-        })
-        .await?;
-        pb.finish_and_clear();
-        if signalled {
-            return Ok(());
-        }
-        match res {
-            Ok(f) => {
-                tracing::info!(
-                    trial = t.number,
-                    test_top1 = f.top1,
-                    "final re-training done"
-                );
-                ctl.store.record_final(t.id, &f)?;
-            }
-            Err(e) => tracing::warn!(trial = t.number, "final re-training failed: {e}"),
-        }
-    }
-    record_rung_fidelity(ctl, budget)
-}
-
-/// Stores how well each rung ranked the re-trained trials (see `promotion::rung_fidelity`).
-fn record_rung_fidelity(ctl: &mut Controller, budget: &Budget) -> Result<()> {
-    let mut retrained = Vec::new();
-    for t in ctl.store.trials(ctl.study)? {
-        if let Some(val) = ctl.store.final_result(t.id)?.and_then(|f| f.val_top1) {
-            retrained.push(super::promotion::Retrained {
-                reports: ctl.store.reports(t.id)?,
-                proxy_acc: t.proxy_acc,
-                val,
-            });
-        }
-    }
-    let rows = super::promotion::rung_fidelity(&budget.proxy, &retrained);
-    for r in &rows {
-        tracing::info!(step = r.step, n = r.n, tau = r.kendall_tau, "rung fidelity");
-    }
-    ctl.store.record_rung_fidelity(ctl.study, &rows)?;
-    Ok(())
 }
