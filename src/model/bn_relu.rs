@@ -9,13 +9,14 @@
 //! `dbeta = sum g`, `dgamma = sum g h`, `dx = gamma / sqrt(var + eps) * (g - dbeta / M - h dgamma / M)`.
 //! `tests` checks output, statistics and all three gradients against burn's own layers.
 
+use super::flex::{Flat, tensor, values};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, AutodiffBackend, Backend, Flex, backend_extension};
-use burn::tensor::{Shape, TensorData};
+use burn::tensor::Shape;
 use rayon::prelude::*;
 
 #[backend_extension(Flex, Autodiff)]
@@ -44,25 +45,6 @@ pub trait BnReluEvalBackend: Backend {
         var: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self>;
-}
-
-type Flat = FloatTensor<Flex>;
-
-/// The tensor's f32 values in row-major order (copied only if it is a strided view).
-fn values(t: &Flat) -> std::borrow::Cow<'_, [f32]> {
-    match t.as_slice::<f32>() {
-        Some(s) => std::borrow::Cow::Borrowed(s),
-        None => std::borrow::Cow::Owned(
-            t.to_contiguous()
-                .as_slice::<f32>()
-                .expect("an f32 tensor")
-                .to_vec(),
-        ),
-    }
-}
-
-fn tensor(data: Vec<f32>, shape: Shape) -> Flat {
-    Flat::from_data(TensorData::new(data, shape))
 }
 
 /// `sum f(a_i, b_i)`, each term in f32, summed in four f64 lanes (so that it vectorises

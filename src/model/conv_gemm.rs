@@ -10,13 +10,13 @@
 //! im2col and col2im are parallel over rows and channels. `tests` checks the output and
 //! the three gradients against burn's `conv2d`.
 
+use super::flex::{Flat, tensor, values};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, backend_extension};
-use burn::tensor::{Shape, TensorData};
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::ops::Range;
@@ -32,25 +32,6 @@ pub trait ConvBackend: Backend {
         bias: FloatTensor<Self>,
         padding: usize,
     ) -> FloatTensor<Self>;
-}
-
-type Flat = FloatTensor<Flex>;
-
-/// The tensor's f32 values in row-major order (copied only if it is a strided view).
-fn values(t: &Flat) -> Cow<'_, [f32]> {
-    match t.as_slice::<f32>() {
-        Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(
-            t.to_contiguous()
-                .as_slice::<f32>()
-                .expect("an f32 tensor")
-                .to_vec(),
-        ),
-    }
-}
-
-fn tensor(data: Vec<f32>, dims: Vec<usize>) -> Flat {
-    Flat::from_data(TensorData::new(data, Shape::from(dims)))
 }
 
 /// Sizes of one convolution.

@@ -4,35 +4,20 @@
 //! `max_pool2d` does). Planes run in parallel. `tests` checks the output and the input
 //! gradient against burn's `MaxPool2d`.
 
+use super::flex::{Flat, tensor, values};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, backend_extension};
-use burn::tensor::{Shape, TensorData};
 use rayon::prelude::*;
-use std::borrow::Cow;
 
 #[backend_extension(Flex, Autodiff)]
 pub trait MaxPoolBackend: Backend {
     /// `[A, B, H, W]` -> `[A, B, H / 2, W / 2]`, each value the maximum of its 2x2 window
     /// (`H` and `W` even).
     fn max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self>;
-}
-
-type Flat = FloatTensor<Flex>;
-
-fn values(t: &Flat) -> Cow<'_, [f32]> {
-    match t.as_slice::<f32>() {
-        Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(
-            t.to_contiguous()
-                .as_slice::<f32>()
-                .expect("an f32 tensor")
-                .to_vec(),
-        ),
-    }
 }
 
 /// Index within the window (0..4, row-major) of its first maximum.
@@ -65,7 +50,7 @@ fn forward(x: &Flat) -> Flat {
                 }
             }
         });
-    Flat::from_data(TensorData::new(y, Shape::new([a, b, oh, ow])))
+    tensor(y, [a, b, oh, ow])
 }
 
 fn backward(x: &Flat, dy: &Flat) -> Flat {
@@ -83,7 +68,7 @@ fn backward(x: &Flat, dy: &Flat) -> Flat {
                 }
             }
         });
-    Flat::from_data(TensorData::new(dx, Shape::new([a, b, h, w])))
+    tensor(dx, [a, b, h, w])
 }
 
 impl MaxPoolBackend for Flex {

@@ -4,6 +4,7 @@
 mod bn_relu;
 mod cnhw;
 mod conv_gemm;
+mod flex;
 mod max_pool;
 
 use crate::arch::{Arch, ConvSpec, Unit};
