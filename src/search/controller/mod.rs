@@ -318,6 +318,68 @@ pub fn study_problem(
     Ok(problem)
 }
 
+/// One slot per CPU worker and per wgpu device of the budget.
+fn worker_slots(budget: &Budget) -> Result<Vec<Slot>> {
+    let mut slots: Vec<Slot> = (0..budget.workers.cpu)
+        .map(|i| Slot {
+            name: format!("cpu{i}"),
+            device: Device::flex(),
+            busy: None,
+        })
+        .collect();
+    for &id in &budget.workers.wgpu {
+        slots.push(Slot {
+            name: format!("wgpu:{id}"),
+            device: parse_device(&format!("wgpu:{id}"))?,
+            busy: None,
+        });
+    }
+    Ok(slots)
+}
+
+/// The search's summary once it stops: exports the best trial's config beside the store
+/// and counts the trials by state.
+fn outcome(
+    ctl: &Controller,
+    budget: &Budget,
+    stopped: StopReason,
+    started: Instant,
+) -> Result<SearchOutcome> {
+    let db = budget.study.db.display().to_string();
+    let study_row = super::export::pick_study(&ctl.store, &db, Some(&budget.study.name))?;
+    let best = best_trial(&ctl.store, &study_row)?;
+    let mut export = None;
+    if let Some((t, _)) = &best {
+        let path = budget
+            .study
+            .db
+            .with_file_name(format!("{}.best.json", budget.study.name));
+        export_config(&ctl.store, &study_row, t, &db)?
+            .save(&path)
+            .map_err(|e| Error::Failure(format!("{}: {e}", path.display())))?;
+        export = Some(path);
+    }
+    let trials = ctl.store.trials(ctl.study)?;
+    let mut counts = HashMap::new();
+    for t in &trials {
+        *counts.entry(t.state.as_str()).or_insert(0) += 1;
+    }
+    Ok(SearchOutcome {
+        study: budget.study.name.clone(),
+        db: budget.study.db.clone(),
+        stopped: if ctl.stop.load(Ordering::Relaxed) {
+            StopReason::Signal
+        } else {
+            stopped
+        },
+        counts,
+        best_final: best.as_ref().and_then(|b| b.1.clone()),
+        best: best.map(|b| b.0),
+        export,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
 async fn search(
     budget: Budget,
     budget_text: String,
@@ -404,20 +466,7 @@ async fn search(
         "search starts"
     );
 
-    let mut slots: Vec<Slot> = (0..budget.workers.cpu)
-        .map(|i| Slot {
-            name: format!("cpu{i}"),
-            device: Device::flex(),
-            busy: None,
-        })
-        .collect();
-    for &id in &budget.workers.wgpu {
-        slots.push(Slot {
-            name: format!("wgpu:{id}"),
-            device: parse_device(&format!("wgpu:{id}"))?,
-            busy: None,
-        });
-    }
+    let mut slots = worker_slots(&budget)?;
     let ctx = TrialContext {
         base: base.clone(),
         weights: Arc::new(weights),
@@ -604,37 +653,5 @@ async fn search(
         final_stage(&mut ctl, &ctx, &budget, &mut signals, progress).await?;
     }
 
-    let db = budget.study.db.display().to_string();
-    let study_row = super::export::pick_study(&ctl.store, &db, Some(&budget.study.name))?;
-    let best = best_trial(&ctl.store, &study_row)?;
-    let mut export = None;
-    if let Some((t, _)) = &best {
-        let path = budget
-            .study
-            .db
-            .with_file_name(format!("{}.best.json", budget.study.name));
-        export_config(&ctl.store, &study_row, t, &db)?
-            .save(&path)
-            .map_err(|e| Error::Failure(format!("{}: {e}", path.display())))?;
-        export = Some(path);
-    }
-    let trials = ctl.store.trials(study)?;
-    let mut counts = HashMap::new();
-    for t in &trials {
-        *counts.entry(t.state.as_str()).or_insert(0) += 1;
-    }
-    Ok(SearchOutcome {
-        study: budget.study.name.clone(),
-        db: budget.study.db.clone(),
-        stopped: if ctl.stop.load(Ordering::Relaxed) {
-            StopReason::Signal
-        } else {
-            stopped
-        },
-        counts,
-        best_final: best.as_ref().and_then(|b| b.1.clone()),
-        best: best.map(|b| b.0),
-        export,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    outcome(&ctl, &budget, stopped, started)
 }
