@@ -1,10 +1,13 @@
 //! Non-dominated points of (accuracy up, FLOPs down).
 
-/// Indices of the points no other point dominates (at least as accurate and at most as
-/// many FLOPs, strictly better in one), sorted by FLOPs.
+/// Whether `(accuracy, FLOPs)` point `a` dominates `b`: at least as accurate and at
+/// most as many FLOPs, strictly better in one.
+pub fn dominates(a: (f64, u64), b: (f64, u64)) -> bool {
+    a.0 >= b.0 && a.1 <= b.1 && (a.0 > b.0 || a.1 < b.1)
+}
+
+/// Indices of the points no other point dominates, sorted by FLOPs.
 pub fn pareto_front(points: &[(f64, u64)]) -> Vec<usize> {
-    let dominates =
-        |a: (f64, u64), b: (f64, u64)| a.0 >= b.0 && a.1 <= b.1 && (a.0 > b.0 || a.1 < b.1);
     let mut front: Vec<usize> = (0..points.len())
         .filter(|&i| !points.iter().any(|&q| dominates(q, points[i])))
         .collect();

@@ -13,6 +13,7 @@
 
 use super::Strategy;
 use crate::search::gp::{Gp, Hyper, log_ei};
+use crate::search::pareto::dominates;
 use crate::search::problem::{Observation, Problem};
 use crate::search::space::Point;
 use rand::rngs::StdRng;
@@ -336,11 +337,10 @@ impl Strategy for Bayes {
         let Some(acc) = obs.acc else { return };
         let improved = if self.pareto {
             // A success adds a point no earlier observation dominates.
-            !self.data.iter().any(|o| {
-                o.accuracy >= acc
-                    && o.flops <= obs.flops
-                    && (o.accuracy > acc || o.flops < obs.flops)
-            })
+            !self
+                .data
+                .iter()
+                .any(|o| dominates((o.accuracy, o.flops), (acc, obs.flops)))
         } else {
             acc > self.best + 1e-3 * self.best.abs().max(1e-3)
         };
