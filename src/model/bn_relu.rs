@@ -66,6 +66,19 @@ fn sum_by(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
     lanes.iter().sum::<f64>() + tail
 }
 
+/// BatchNorm of one channel as `x * scale + shift`.
+fn scale_shift(gamma: f32, beta: f32, mean: f32, var: f32, epsilon: f64) -> (f32, f32) {
+    let scale = gamma * inv_std(var, epsilon);
+    (scale, beta - mean * scale)
+}
+
+/// `y = relu(x * scale + shift)`, one channel.
+fn normalize_relu(y: &mut [f32], x: &[f32], scale: f32, shift: f32) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = (v * scale + shift).max(0.0);
+    }
+}
+
 fn inv_std(var: f32, epsilon: f64) -> f32 {
     (1.0 / (f64::from(var) + epsilon).sqrt()) as f32
 }
@@ -84,11 +97,8 @@ fn forward(x: &Flat, gamma: &Flat, beta: &Flat, epsilon: f64) -> (Flat, Flat, Fl
         .map(|(c, (y, x))| {
             let mean = (sum_by(x, x, |v, _| v) / m as f64) as f32;
             let var = (sum_by(x, x, |v, _| (v - mean) * (v - mean)) / m as f64) as f32;
-            let scale = gs[c] * inv_std(var, epsilon);
-            let shift = bs[c] - mean * scale;
-            for (o, &v) in y.iter_mut().zip(x) {
-                *o = (v * scale + shift).max(0.0);
-            }
+            let (scale, shift) = scale_shift(gs[c], bs[c], mean, var, epsilon);
+            normalize_relu(y, x, scale, shift);
             (mean, var)
         })
         .collect();
@@ -122,9 +132,8 @@ fn backward(
         .zip(xs.par_chunks(m).zip(dys.par_chunks(m)))
         .enumerate()
         .map(|(c, (dx, (x, dy)))| {
-            let inv = inv_std(vs[c], epsilon);
-            let (scale, mu) = (gs[c] * inv, ms[c]);
-            let shift = bs[c] - mu * scale;
+            let (inv, mu) = (inv_std(vs[c], epsilon), ms[c]);
+            let (scale, shift) = scale_shift(gs[c], bs[c], mu, vs[c], epsilon);
             // Pass 1: the ReLU's mask and the two sums.
             let live = |v: f32, g: f32| if v * scale + shift > 0.0 { g } else { 0.0 };
             let dbeta = sum_by(x, dy, live);
@@ -132,8 +141,7 @@ fn backward(
             // Pass 2: the input gradient.
             let (db, dg) = ((dbeta / m as f64) as f32, (dgamma / m as f64) as f32);
             for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
-                let g = if v * scale + shift > 0.0 { g } else { 0.0 };
-                *o = scale * (g - db - (v - mu) * inv * dg);
+                *o = scale * (live(v, g) - db - (v - mu) * inv * dg);
             }
             (dgamma as f32, dbeta as f32)
         })
@@ -158,11 +166,8 @@ impl BnReluEvalBackend for Flex {
             .zip(xs.par_chunks(m))
             .enumerate()
             .for_each(|(c, (y, x))| {
-                let scale = gs[c] * inv_std(vs[c], eps);
-                let shift = bs[c] - ms[c] * scale;
-                for (o, &v) in y.iter_mut().zip(x) {
-                    *o = (v * scale + shift).max(0.0);
-                }
+                let (scale, shift) = scale_shift(gs[c], bs[c], ms[c], vs[c], eps);
+                normalize_relu(y, x, scale, shift);
             });
         tensor(y, shape)
     }

@@ -19,6 +19,12 @@ pub fn swap_batch_channels(x: Tensor<4>) -> Tensor<4> {
     x.swap_dims(0, 1)
 }
 
+/// Whether `device` is the flex CPU backend (with or without autodiff), where our
+/// kernels run.
+fn on_flex(device: &Device) -> bool {
+    *device == Device::flex() || *device == Device::flex().autodiff()
+}
+
 fn padding(conv: &Conv2d) -> Option<usize> {
     match conv.padding {
         PaddingConfig2d::Explicit(t, l, b, r) if t == l && t == b && t == r => Some(t),
@@ -48,7 +54,7 @@ pub fn conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
             }
             y.reshape([out_c, n, h, w])
         }
-        Some(p) if k == kw && (device == Device::flex() || device == Device::flex().autodiff()) => {
+        Some(p) if k == kw && on_flex(&device) => {
             let bias = match &conv.bias {
                 Some(b) => b.val(),
                 None => Tensor::zeros([out_c], &device),
@@ -69,9 +75,7 @@ pub fn conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// burn's `MaxPool2d` otherwise.
 pub fn max_pool(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
     let [.., h, w] = x.dims();
-    let device = x.device();
-    let flex = device == Device::flex() || device == Device::flex().autodiff();
-    if !(flex && h % 2 == 0 && w % 2 == 0) {
+    if !(on_flex(&x.device()) && h % 2 == 0 && w % 2 == 0) {
         return pool.forward(x);
     }
     Tensor::from_dispatch(<Dispatch as MaxPoolBackend>::max_pool_2x2(
@@ -89,7 +93,7 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
 /// which updates them as burn's BatchNorm does. Anything else goes through burn's layers.
 pub fn batch_norm_relu(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     let device = x.device();
-    let flex = device == Device::flex() || device == Device::flex().autodiff();
+    let flex = on_flex(&device);
     if flex && !device.is_autodiff() {
         let y = <Dispatch as BnReluEvalBackend>::bn_relu_eval(
             x.into_dispatch(),
