@@ -63,7 +63,7 @@ fn main() {
     let full = rankprune::config::LayerConfig::from_json(&reference, "ref").unwrap();
     let t = Instant::now();
     let (_, _, _) = decompose_model(&arch, &weights, &full, "ref", None, |_| {}).unwrap();
-    let (pruned, _) = prune_model(&arch, &decomposed, &dw, &full, "ref").unwrap();
+    let (pruned, _, _) = prune_model(&arch, &decomposed, &dw, &full, "ref").unwrap();
     println!(
         "| full reference config (Tucker-2 then pruning) to {:.2}M params | {} | {:.3} |",
         rankprune::cost::count(&pruned).mparams(),

@@ -269,7 +269,7 @@ pub fn run_compress(base: &BaseArgs, args: CompressArgs) -> Result<()> {
     // The weights may be the base model's or already decomposed at the config's ranks
     // (e.g. a fine-tuned decomposed model about to be pruned).
     let (arch, new_w, layers) = decomposed_weights(&base, &layer_config, &weights, &file)?;
-    let (arch, new_w) = prune_model(&base, &arch, &new_w, &layer_config, &file)?;
+    let (arch, new_w, _) = prune_model(&base, &arch, &new_w, &layer_config, &file)?;
     new_w
         .save_safetensors(&out)
         .map_err(|e| Error::Failure(e.to_string()))?;

@@ -4,7 +4,6 @@
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rankprune::arch::{Arch, ArchSpec};
-use rankprune::compress::compress_model;
 use rankprune::config::LayerConfig;
 use rankprune::device::parse_device;
 use rankprune::ladder::fidelity::{self, RunFiles};
@@ -99,6 +98,7 @@ fn context(budget: &Budget) -> Result<LadderContext> {
         lr: p.lr,
         distill: p.distill.unwrap_or_default(),
         seed: budget.search.seed,
+        repair: budget.search.repair,
     })
 }
 
@@ -122,6 +122,7 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
             budget.search.seed,
         ))
     })?;
+    files.check_build(ctx.repair)?;
     let final_signal = Signal::Final {
         epochs: args.final_epochs.unwrap_or(budget.final_stage.epochs),
     };
@@ -195,9 +196,9 @@ pub fn run_score(args: ScoreArgs) -> Result<()> {
     let file = args.config.display().to_string();
     let config = LayerConfig::load(&args.config)?;
     // Built once; every signal starts from its own copy of the compressed weights.
-    let (arch, w) = compress_model(&ctx.base, &ctx.base_weights, &config, &file, None)?;
+    let candidate = rankprune::ladder::build(&ctx, &config, &file, None, &device)?;
     for &signal in &args.signals {
-        let s = score(signal, &ctx, &arch, w.clone(), &device)?;
+        let s = score(signal, &ctx, candidate.clone(), &device)?;
         let line = serde_json::json!({
             "signal": signal,
             "scores": s.scores,

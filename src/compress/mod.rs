@@ -17,6 +17,14 @@ use crate::arch::Arch;
 use crate::config::LayerConfig;
 use crate::weights::Weights;
 
+/// A compressed model: its layout, its weights, and which channels its pruned convs kept.
+#[derive(Debug, Clone)]
+pub struct Compressed {
+    pub arch: Arch,
+    pub weights: Weights,
+    pub kept: prune::Kept,
+}
+
 /// The compressed model a config describes: Tucker-2 at its ranks, then L2-norm pruning
 /// at its ratios, applied to `weights` of the undecomposed `base` (Tucker factors come
 /// from `cache` when it has them; see [`decompose::decompose_model`]).
@@ -26,7 +34,12 @@ pub fn compress_model(
     config: &LayerConfig,
     file: &str,
     cache: Option<&decompose::TuckerCache>,
-) -> Result<(Arch, Weights)> {
+) -> Result<Compressed> {
     let (arch, w, _) = decompose::decompose_model(base, weights, config, file, cache, |_| {})?;
-    prune::prune_model(base, &arch, &w, config, file)
+    let (arch, weights, kept) = prune::prune_model(base, &arch, &w, config, file)?;
+    Ok(Compressed {
+        arch,
+        weights,
+        kept,
+    })
 }

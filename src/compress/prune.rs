@@ -6,6 +6,7 @@ use crate::arch::{Arch, Consumer, ConvPos, Unit};
 use crate::config::{LayerConfig, kept_filters};
 use crate::weights::{TensorF32, Weights};
 use crate::{Error, Result};
+use std::collections::BTreeMap;
 
 /// L2 norm of each filter (output channel) of a conv weight `[out, in, k, k]`.
 pub fn filter_norms(w: &TensorF32) -> Vec<f64> {
@@ -96,40 +97,44 @@ pub fn remove_filters(arch: &mut Arch, weights: &mut Weights, pos: ConvPos, keep
     arch.set_out_channels(pos, keep.len());
 }
 
+/// The output channels each pruned layer keeps (ascending), by layer name.
+pub type Kept = BTreeMap<String, Vec<usize>>;
+
 /// Prunes `arch` (already decomposed as the config says) by the config's ratios. Filters
 /// are chosen by L2 norm on the weights as given, before any removal, so the result does
 /// not depend on the order of the ratios. Checks the result against `config.apply(base)`.
+/// Also returns which channels each pruned layer kept.
 pub fn prune_model(
     base: &Arch,
     arch: &Arch,
     weights: &Weights,
     config: &LayerConfig,
     file: &str,
-) -> Result<(Arch, Weights)> {
+) -> Result<(Arch, Weights, Kept)> {
     let target = config.apply(base, file)?;
     let mut out_arch = arch.clone();
     let mut out = weights.clone().matched_to(arch, file)?;
+    let mut kept = Kept::new();
     let Some(pruning) = &config.pruning else {
-        return Ok((out_arch, out));
+        return Ok((out_arch, out, kept));
     };
-    let mut plan = Vec::new();
     for (name, &ratio) in &pruning.ratios {
+        let w = &out.tensors[&format!("{name}.weight")];
+        let keep = kept_indices(&filter_norms(w), kept_filters(w.shape[0], ratio));
+        kept.insert(name.clone(), keep);
+    }
+    for (name, keep) in &kept {
         let pos = arch
             .find_conv(name)
             .ok_or_else(|| Error::BadInput(format!("{file}: no conv {name}")))?;
-        let w = &out.tensors[&format!("{name}.weight")];
-        let keep = kept_indices(&filter_norms(w), kept_filters(w.shape[0], ratio));
-        plan.push((pos, keep));
-    }
-    for (pos, keep) in plan {
-        remove_filters(&mut out_arch, &mut out, pos, &keep);
+        remove_filters(&mut out_arch, &mut out, pos, keep);
     }
     assert_eq!(
         out_arch, target,
         "weight surgery and the config disagree on the pruned architecture"
     );
     let out = out.matched_to(&out_arch, file)?;
-    Ok((out_arch, out))
+    Ok((out_arch, out, kept))
 }
 
 #[cfg(test)]

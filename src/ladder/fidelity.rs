@@ -8,7 +8,6 @@
 
 use super::rank::{bootstrap_95, kendall_tau, spearman_rho};
 use super::{LadderContext, Scored, Signal, higher_is_better, score};
-use crate::compress::compress_model;
 use crate::compress::decompose::TuckerCache;
 use crate::search::problem::Problem;
 use crate::search::space::Point;
@@ -136,6 +135,36 @@ impl RunFiles {
         Ok(c)
     }
 
+    /// Records how this run builds its candidates (`build.json`: the repair batches), or
+    /// checks that a resumed run builds them the same way, so one run's records never mix
+    /// two builds.
+    pub fn check_build(&self, repair: usize) -> Result<()> {
+        let path = self.candidates.with_file_name("build.json");
+        let file = path.display().to_string();
+        let want = serde_json::json!({ "repair": repair });
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let got: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| Error::BadInput(format!("{file}: {e}")))?;
+                if got != want {
+                    return Err(Error::BadInput(format!(
+                        "{file}: this run built its candidates with {got}, the budget asks for {want}: use another --out"
+                    )));
+                }
+                Ok(())
+            }
+            // A run from before build.json existed built without repair.
+            Err(_) if repair == 0 || !self.results.exists() => {
+                std::fs::write(&path, want.to_string())
+                    .map_err(|e| Error::Failure(format!("{file}: {e}")))
+            }
+            Err(_) => Err(Error::BadInput(format!(
+                "{}: records of candidates built without repair; the budget asks for search.repair = {repair}: use another --out",
+                self.results.display()
+            ))),
+        }
+    }
+
     /// Every record written so far (a torn last line, from a kill mid-write, is dropped).
     pub fn records(&self) -> Result<Vec<Record>> {
         let Ok(text) = std::fs::read_to_string(&self.results) else {
@@ -210,14 +239,8 @@ pub fn run(
             }
             let config =
                 crate::config::LayerConfig::from_json(&c.config.to_string(), "<candidate>")?;
-            let (arch, weights) = compress_model(
-                &ctx.base,
-                &ctx.base_weights,
-                &config,
-                "<candidate>",
-                Some(&cache),
-            )?;
-            let scored = score(signal, ctx, &arch, weights, device)?;
+            let candidate = super::build(ctx, &config, "<candidate>", Some(&cache), device)?;
+            let scored = score(signal, ctx, candidate, device)?;
             let r = Record {
                 candidate: c.index,
                 signal,

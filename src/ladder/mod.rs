@@ -11,11 +11,13 @@ pub mod fidelity;
 pub mod rank;
 
 use crate::arch::Arch;
+use crate::compress::Compressed;
 use crate::data::ImageSet;
 use crate::data::batches::Batch;
 use crate::model::Vgg;
 use crate::train::distill::{Distill, Teacher};
 use crate::train::recalibrate::recalibrate_bn;
+use crate::train::repair::repair;
 use crate::train::{Control, TrainConfig, evaluate, images_tensor, train_with};
 use crate::weights::Weights;
 use crate::{Error, Result};
@@ -26,7 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// One way to score a candidate. Written `compressed`, `bn:K`, `recon:K`, `ft:S`,
+/// One way to score a candidate. Written `compressed`, `bn:K`, `recon:K`, `repair:K`, `ft:S`,
 /// `kd:S` or `final:E` on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
@@ -39,6 +41,10 @@ pub enum Signal {
     /// against the base model's, and the mean KL divergence of the base model's softmax
     /// from the candidate's, on those batches' images (no labels used).
     Reconstruction { batches: usize },
+    /// Validation accuracy and loss after least-squares repair of every unit's last conv
+    /// and the classifier from K training batches ([`crate::train::repair`]), and the
+    /// mean KL divergence of the base model's softmax from the candidate's on them.
+    Repair { batches: usize },
     /// Validation accuracy and loss after S fine-tune steps with cross-entropy.
     FineTune { steps: usize },
     /// The same with logit distillation from the base model.
@@ -53,6 +59,7 @@ impl std::fmt::Display for Signal {
             Signal::Compressed => write!(f, "compressed"),
             Signal::BnRecal { batches } => write!(f, "bn:{batches}"),
             Signal::Reconstruction { batches } => write!(f, "recon:{batches}"),
+            Signal::Repair { batches } => write!(f, "repair:{batches}"),
             Signal::FineTune { steps } => write!(f, "ft:{steps}"),
             Signal::Distilled { steps } => write!(f, "kd:{steps}"),
             Signal::Final { epochs } => write!(f, "final:{epochs}"),
@@ -79,11 +86,12 @@ impl std::str::FromStr for Signal {
             ("compressed", None) => Ok(Signal::Compressed),
             ("bn", Some(batches)) => Ok(Signal::BnRecal { batches }),
             ("recon", Some(batches)) => Ok(Signal::Reconstruction { batches }),
+            ("repair", Some(batches)) => Ok(Signal::Repair { batches }),
             ("ft", Some(steps)) => Ok(Signal::FineTune { steps }),
             ("kd", Some(steps)) => Ok(Signal::Distilled { steps }),
             ("final", Some(epochs)) => Ok(Signal::Final { epochs }),
             _ => Err(format!(
-                "signal {s:?}: allowed compressed, bn:K, recon:K, ft:S, kd:S, final:E (K batches, S steps, E epochs)"
+                "signal {s:?}: allowed compressed, bn:K, recon:K, repair:K, ft:S, kd:S, final:E (K batches, S steps, E epochs)"
             )),
         }
     }
@@ -121,6 +129,29 @@ pub struct LadderContext {
     pub lr: f64,
     pub distill: Distill,
     pub seed: u64,
+    /// Calibration batches of the least-squares repair every candidate build gets (0 = none).
+    pub repair: usize,
+}
+
+/// The candidate `config` describes, built as every signal sees it: compressed from the
+/// base weights (Tucker factors from `cache`), then repaired when the context says so.
+pub fn build(
+    ctx: &LadderContext,
+    config: &crate::config::LayerConfig,
+    file: &str,
+    cache: Option<&crate::compress::decompose::TuckerCache>,
+    device: &Device,
+) -> Result<Compressed> {
+    let c = crate::compress::compress_model(&ctx.base, &ctx.base_weights, config, file, cache)?;
+    let calibration = calibration_batches(ctx, ctx.repair);
+    crate::train::repair::repair_compressed(
+        &ctx.base,
+        &ctx.base_weights,
+        c,
+        &calibration,
+        ctx.seed,
+        device,
+    )
 }
 
 /// A signal's scores for one candidate, with what they cost.
@@ -157,14 +188,19 @@ fn scores(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
     pairs.iter().map(|&(k, v)| (k.to_string(), v)).collect()
 }
 
-/// Scores the candidate `(arch, weights)` with `signal` on `device`.
+/// Scores the candidate with `signal` on `device`.
 pub fn score(
     signal: Signal,
     ctx: &LadderContext,
-    arch: &Arch,
-    weights: Weights,
+    candidate: Compressed,
     device: &Device,
 ) -> Result<Scored> {
+    let Compressed {
+        arch,
+        weights,
+        kept,
+    } = candidate;
+    let arch = &arch;
     let (wall, cpu) = (Instant::now(), process_cpu_seconds());
     let model = |w: Weights| Vgg::from_weights(arch, w, "<candidate>", device);
     let base = || Vgg::from_weights(&ctx.base, (*ctx.base_weights).clone(), "<base>", device);
@@ -193,6 +229,15 @@ pub fn score(
             let m = recalibrated(weights, batches)?;
             let (cka, kl) = similarity(&base()?, &m, &calibration_batches(ctx, batches), device);
             scores(&[("cka", cka), ("kl", kl)])
+        }
+        Signal::Repair { batches } => {
+            let calibration = calibration_batches(ctx, batches);
+            let base = base()?;
+            let (w, _) = repair(&base, arch, weights, &kept, &calibration, ctx.seed, device)?;
+            let m = model(w)?;
+            let v = eval(&m, Some(ctx.eval_samples))?;
+            let (_, kl) = similarity(&base, &m, &calibration, device);
+            scores(&[("acc", v.top1), ("loss", v.loss), ("kl", kl)])
         }
         Signal::FineTune { steps } | Signal::Distilled { steps } => {
             let teacher = match signal {
@@ -305,6 +350,7 @@ mod tests {
             "compressed",
             "bn:8",
             "recon:2",
+            "repair:2",
             "ft:60",
             "kd:200",
             "final:3",

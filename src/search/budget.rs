@@ -72,6 +72,11 @@ pub struct Search {
     pub strategy: StrategyName,
     #[serde(default)]
     pub seed: u64,
+    /// Least-squares repair of every candidate build (trials, fidelity runs and the final
+    /// stage alike) from this many training batches of `proxy.batch_size` images; 0 = off.
+    /// See `train::repair`.
+    #[serde(default)]
+    pub repair: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

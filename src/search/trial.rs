@@ -111,7 +111,7 @@ pub fn run_trial(
     stop: &AtomicBool,
     mut on_eval: impl FnMut(usize, f64) -> Verdict,
 ) -> TrialEnd {
-    let (arch, weights) =
+    let crate::compress::Compressed { arch, weights, .. } =
         match compress_model(&ctx.base, &ctx.weights, config, "<trial>", Some(&ctx.cache)) {
             Ok(x) => x,
             Err(e) => return TrialEnd::Failed(format!("building the candidate: {e}")),

@@ -7,6 +7,7 @@ pub mod distill;
 pub mod metrics;
 pub mod plateau;
 pub mod recalibrate;
+pub mod repair;
 
 use crate::arch::Arch;
 use crate::data::ImageSet;

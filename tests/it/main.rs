@@ -10,6 +10,7 @@ mod decomposition;
 mod fidelity;
 mod pruning;
 mod pytorch_fixture;
+mod repair;
 mod search;
 mod search_space;
 mod strategies;

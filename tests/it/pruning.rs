@@ -63,7 +63,7 @@ fn assert_pruned_equals_masked(base: &Arch, json: &str, seed: u64) {
     };
     let arch = ranks_only.apply(base, "inline").unwrap();
     let w = random_weights(&arch, seed);
-    let (pruned_arch, pruned_w) = prune_model(base, &arch, &w, &config, "inline").unwrap();
+    let (pruned_arch, pruned_w, _) = prune_model(base, &arch, &w, &config, "inline").unwrap();
     assert!(cost::count(&pruned_arch).params < cost::count(&arch).params);
 
     let reference =
@@ -125,7 +125,7 @@ fn reference_config_prunes_a_random_vgg19_bn_to_the_counted_size() {
     .apply(&base, "ref")
     .unwrap();
     let w = Weights::init(&decomposed, 4);
-    let (arch, pw) = prune_model(&base, &decomposed, &w, &config, "ref").unwrap();
+    let (arch, pw, _) = prune_model(&base, &decomposed, &w, &config, "ref").unwrap();
     let stored: usize = pw
         .tensors
         .iter()
@@ -201,7 +201,7 @@ fn ratio_zero_changes_nothing() {
         method: "l2_norm".into(),
         ratios: r,
     });
-    let (arch, pw) = prune_model(&base, &base, &w, &c, "zero").unwrap();
+    let (arch, pw, _) = prune_model(&base, &base, &w, &c, "zero").unwrap();
     assert_eq!(arch, base);
     assert_eq!(pw, w);
 }

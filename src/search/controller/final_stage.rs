@@ -67,7 +67,9 @@ pub(super) async fn final_stage(
         let device = parse_device(&budget.workers.long_run_device())?;
         let (res, signalled) = blocking(signals, &ctl.stop, move || -> Result<FinalResult> {
             let config = LayerConfig::from_json(&config, "<stored trial>")?;
-            let (arch, w) = compress_model(
+            let crate::compress::Compressed {
+                arch, weights: w, ..
+            } = compress_model(
                 &context.base,
                 &context.weights,
                 &config,

@@ -1,0 +1,354 @@
+//! Least-squares layer repair: after compression, refit the last conv of every conv unit
+//! (and the classifier) so that on a few calibration batches its output matches the base
+//! model's output for the channels it kept. Units are repaired in order, each fed by the
+//! already repaired candidate's own activations, so a refit also absorbs the error of
+//! the layers before it (ThiNet, Luo et al., ICCV 2017, Sec. 3.2; the reconstruction
+//! step of He et al., "Channel Pruning", ICCV 2017). Each refit is a ridge regression
+//! towards the current weights, in closed form:
+//! `W = argmin ||Z W^T - Y||^2 + lambda ||W - W0||^2 = (Y^T Z + lambda W0)(Z^T Z + lambda I)^-1`,
+//! with `Z` the unit's last-conv input patches (plus a ones column for the bias) and `Y`
+//! the base unit's conv output (before its BatchNorm), so the BatchNorm statistics the
+//! candidate took over from the base stay valid.
+
+use crate::arch::{Arch, ConvSpec, Unit};
+use crate::compress::prune::Kept;
+use crate::data::batches::Batch;
+use crate::model::Vgg;
+use crate::weights::{TensorF32, Weights};
+use burn::module::Param;
+use burn::nn::BatchNorm;
+use burn::nn::pool::MaxPool2dConfig;
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor, TensorData};
+use faer::linalg::solvers::Solve;
+use faer::{Mat, Side};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::Serialize;
+
+/// Ridge strength, relative to the mean diagonal of `Z^T Z`: small enough to leave a
+/// well-determined fit unbiased, large enough to keep an under-determined one (fewer
+/// sampled rows than unknowns) near the decomposed weights.
+const RIDGE: f64 = 1e-3;
+/// Rows of `Z` sampled per refit: this many per unknown of a filter, at least
+/// [`MIN_ROWS`] (all rows when there are fewer).
+const ROWS_PER_UNKNOWN: usize = 8;
+const MIN_ROWS: usize = 4096;
+
+/// One refit: the relative residual `||Z W^T - Y|| / ||Y||` on its sampled rows, before
+/// and after.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Refit {
+    pub layer: String,
+    pub rows: usize,
+    pub before: f64,
+    pub after: f64,
+}
+
+/// An activation on the host, `[n, c, h, w]` row-major.
+struct Act {
+    shape: [usize; 4],
+    data: Vec<f32>,
+}
+
+impl Act {
+    fn of(t: Tensor<4>) -> Self {
+        let shape = t.dims();
+        let data = t
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32 tensor data");
+        Self { shape, data }
+    }
+
+    /// Only `channels` (in that order).
+    fn select(&self, channels: &[usize]) -> Self {
+        let [n, c, h, w] = self.shape;
+        let plane = h * w;
+        let mut data = Vec::with_capacity(n * channels.len() * plane);
+        for ni in 0..n {
+            for &ch in channels {
+                let at = (ni * c + ch) * plane;
+                data.extend_from_slice(&self.data[at..at + plane]);
+            }
+        }
+        Self {
+            shape: [n, channels.len(), h, w],
+            data,
+        }
+    }
+}
+
+/// Inference BatchNorm (running statistics), whatever the device.
+fn bn_eval(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    let c = x.dims()[1];
+    let shape = |t: Tensor<1>| t.reshape([1, c, 1, 1]);
+    let scale = bn.gamma.val() / (bn.running_var.value() + bn.epsilon).sqrt();
+    let shift = bn.beta.val() - bn.running_mean.value() * scale.clone();
+    x * shape(scale) + shape(shift)
+}
+
+fn unit_out(bn: Option<&BatchNorm>, y: Tensor<4>) -> Tensor<4> {
+    relu(match bn {
+        Some(bn) => bn_eval(bn, y),
+        None => y,
+    })
+}
+
+/// The design matrix (input patches of `spec` at the sampled output positions, plus a
+/// ones column when `bias`) and the targets there.
+fn sampled_rows(spec: &ConvSpec, bias: bool, z: &Act, y: &Act, seed: u64) -> (Mat<f64>, Mat<f64>) {
+    let [n, cin, h, w] = z.shape;
+    let [_, cout, ho, wo] = y.shape;
+    let k = spec.kernel;
+    let d = cin * k * k + usize::from(bias);
+    let total = n * ho * wo;
+    let m = total.min(MIN_ROWS.max(ROWS_PER_UNKNOWN * d));
+    let positions: Vec<usize> = if m == total {
+        (0..total).collect()
+    } else {
+        rand::seq::index::sample(&mut StdRng::seed_from_u64(seed), total, m).into_vec()
+    };
+    let pos = |p: usize| (p / (ho * wo), (p / wo) % ho, p % wo);
+    let a = Mat::from_fn(m, d, |row, j| {
+        if j == cin * k * k {
+            return 1.0;
+        }
+        let (ni, oh, ow) = pos(positions[row]);
+        let (c, kh, kw) = (j / (k * k), (j / k) % k, j % k);
+        let ih = (oh * spec.stride + kh) as isize - spec.padding as isize;
+        let iw = (ow * spec.stride + kw) as isize - spec.padding as isize;
+        if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize {
+            return 0.0;
+        }
+        f64::from(z.data[((ni * cin + c) * h + ih as usize) * w + iw as usize])
+    });
+    let b = Mat::from_fn(m, cout, |row, o| {
+        let (ni, oh, ow) = pos(positions[row]);
+        f64::from(y.data[((ni * cout + o) * ho + oh) * wo + ow])
+    });
+    (a, b)
+}
+
+fn rel_residual(a: &Mat<f64>, x: &Mat<f64>, b: &Mat<f64>) -> f64 {
+    let r = a * x - b;
+    r.norm_l2() / b.norm_l2().max(f64::MIN_POSITIVE)
+}
+
+/// The weights (`[out, in, k, k]`) and bias of the conv `spec` refitted so that it maps
+/// `z` to `y`, by ridge regression towards `w0` and `b0`.
+fn refit(
+    spec: &ConvSpec,
+    w0: &TensorF32,
+    b0: Option<&TensorF32>,
+    z: &Act,
+    y: &Act,
+    seed: u64,
+) -> (TensorF32, Option<TensorF32>, Refit) {
+    let (a, b) = sampled_rows(spec, b0.is_some(), z, y, seed);
+    let (d, cout) = (a.ncols(), b.ncols());
+    let per = w0.data.len() / cout;
+    // X0 = [W0 | b0]^T, d x out.
+    let x0 = Mat::from_fn(d, cout, |j, o| match b0 {
+        Some(bias) if j == per => f64::from(bias.data[o]),
+        _ => f64::from(w0.data[o * per + j]),
+    });
+    let mut g = a.transpose() * &a;
+    let trace: f64 = (0..d).map(|j| g[(j, j)]).sum();
+    let lambda = RIDGE * (trace / d as f64).max(f64::MIN_POSITIVE);
+    for j in 0..d {
+        g[(j, j)] += lambda;
+    }
+    let rhs = a.transpose() * &b + &x0 * faer::Scale(lambda);
+    let x = match g.llt(Side::Lower) {
+        Ok(llt) => llt.solve(&rhs),
+        Err(_) => x0.clone(),
+    };
+    let report = Refit {
+        layer: spec.name.clone(),
+        rows: a.nrows(),
+        before: rel_residual(&a, &x0, &b),
+        after: rel_residual(&a, &x, &b),
+    };
+    // Keep the old weights if the solve went wrong (it cannot do worse on its own rows).
+    let x = if report.after.is_finite() && report.after <= report.before {
+        x
+    } else {
+        x0
+    };
+    let w = (0..cout)
+        .flat_map(|o| (0..per).map(move |j| (o, j)))
+        .map(|(o, j)| x[(j, o)] as f32)
+        .collect();
+    let bias =
+        b0.map(|_| TensorF32::new(vec![cout], (0..cout).map(|o| x[(per, o)] as f32).collect()));
+    (TensorF32::new(w0.shape.clone(), w), bias, report)
+}
+
+fn tensor<const D: usize>(t: &TensorF32, device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
+}
+
+/// The calibration images of `batches` as one `[n, 3, H, W]` tensor.
+fn images(batches: &[Batch], device: &Device) -> Tensor<4> {
+    Tensor::cat(
+        batches
+            .iter()
+            .map(|b| super::images_tensor(b, device))
+            .collect(),
+        0,
+    )
+}
+
+/// `weights` of the compressed `arch` (whose pruned convs kept `kept` of the base's
+/// channels) with every conv unit's last conv and the classifier refitted to the `base`
+/// model's outputs on `batches`. Returns the refits in order.
+pub fn repair(
+    base: &Vgg,
+    arch: &Arch,
+    weights: Weights,
+    kept: &Kept,
+    batches: &[Batch],
+    seed: u64,
+    device: &Device,
+) -> crate::Result<(Weights, Vec<Refit>)> {
+    let mut cand = Vgg::from_weights(arch, weights.clone(), "<candidate>", device)?;
+    let mut weights = weights;
+    let mut refits = Vec::new();
+    if batches.is_empty() {
+        return Ok((weights, refits));
+    }
+    let mut xb = images(batches, device);
+    let mut xc = xb.clone();
+    let (mut bi, mut ci, mut bni, mut cni) = (0, 0, 0, 0);
+    for (k, (ub, uc)) in base.arch.units.iter().zip(&arch.units).enumerate() {
+        let seed = seed.wrapping_add(k as u64);
+        match (ub, uc) {
+            (Unit::Conv(ub), Unit::Conv(uc)) => {
+                let mut yb = xb;
+                for conv in &base.convs[bi..bi + ub.body.convs().len()] {
+                    yb = conv.forward(yb);
+                }
+                bi += ub.body.convs().len();
+                let specs = uc.body.convs();
+                let last = ci + specs.len() - 1;
+                let mut z = xc;
+                for conv in &cand.convs[ci..last] {
+                    z = conv.forward(z);
+                }
+                ci += specs.len();
+                let spec = &specs[specs.len() - 1];
+                let target = Act::of(yb.clone());
+                let target = match kept.get(&spec.name) {
+                    Some(channels) => target.select(channels),
+                    None => target,
+                };
+                let (wkey, bkey) = (
+                    format!("{}.weight", spec.name),
+                    format!("{}.bias", spec.name),
+                );
+                let (w, b, r) = refit(
+                    spec,
+                    &weights.tensors[&wkey],
+                    weights.tensors.get(&bkey),
+                    &Act::of(z.clone()),
+                    &target,
+                    seed,
+                );
+                let conv = &mut cand.convs[last];
+                conv.weight = Param::from_tensor(tensor(&w, device));
+                weights.tensors.insert(wkey, w);
+                if let Some(b) = b {
+                    conv.bias = Some(Param::from_tensor(tensor(&b, device)));
+                    weights.tensors.insert(bkey, b);
+                }
+                refits.push(r);
+                let yc = cand.convs[last].forward(z);
+                let bn_b = ub.bn.as_ref().map(|_| &base.bns[bni]);
+                let bn_c = uc.bn.as_ref().map(|_| &cand.bns[cni]);
+                bni += usize::from(bn_b.is_some());
+                cni += usize::from(bn_c.is_some());
+                xb = unit_out(bn_b, yb);
+                xc = unit_out(bn_c, yc);
+            }
+            (Unit::MaxPool { .. }, Unit::MaxPool { .. }) => {
+                let pool = MaxPool2dConfig::new([2, 2]).init();
+                xb = pool.forward(xb);
+                xc = pool.forward(xc);
+            }
+            (Unit::Linear(_), Unit::Linear(l)) => {
+                let flat = |x: Tensor<4>| {
+                    let [n, c, h, w] = x.dims();
+                    x.reshape([n, c * h * w])
+                };
+                let yb = base.classifier.forward(flat(xb));
+                let [n, classes] = yb.dims();
+                let features = flat(xc);
+                let f = features.dims()[1];
+                let spec = ConvSpec {
+                    name: l.name.clone(),
+                    in_channels: f,
+                    out_channels: classes,
+                    kernel: 1,
+                    stride: 1,
+                    padding: 0,
+                    bias: true,
+                };
+                let (wkey, bkey) = (format!("{}.weight", l.name), format!("{}.bias", l.name));
+                let (w, b, r) = refit(
+                    &spec,
+                    &weights.tensors[&wkey],
+                    weights.tensors.get(&bkey),
+                    &Act::of(features.reshape([n, f, 1, 1])),
+                    &Act::of(yb.reshape([n, classes, 1, 1])),
+                    seed,
+                );
+                weights.tensors.insert(wkey, w);
+                if let Some(b) = b {
+                    weights.tensors.insert(bkey, b);
+                }
+                refits.push(r);
+                return Ok((weights, refits));
+            }
+            _ => {
+                return Err(crate::Error::BadInput(format!(
+                    "repair: unit {k} of the candidate does not correspond to the base's"
+                )));
+            }
+        }
+    }
+    Ok((weights, refits))
+}
+
+/// `candidate` (compressed from `base` with `base_weights`) repaired on `calibration`
+/// (unchanged when it is empty).
+pub fn repair_compressed(
+    base: &Arch,
+    base_weights: &Weights,
+    candidate: crate::compress::Compressed,
+    calibration: &[Batch],
+    seed: u64,
+    device: &Device,
+) -> crate::Result<crate::compress::Compressed> {
+    if calibration.is_empty() {
+        return Ok(candidate);
+    }
+    let base = Vgg::from_weights(base, base_weights.clone(), "<base>", device)?;
+    let (weights, refits) = repair(
+        &base,
+        &candidate.arch,
+        candidate.weights,
+        &candidate.kept,
+        calibration,
+        seed,
+        device,
+    )?;
+    for r in &refits {
+        tracing::debug!(layer = %r.layer, rows = r.rows, before = r.before, after = r.after, "repair");
+    }
+    Ok(crate::compress::Compressed {
+        weights,
+        ..candidate
+    })
+}
