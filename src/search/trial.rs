@@ -3,13 +3,14 @@
 
 use super::budget::{Proxy, Rung0Score};
 use crate::arch::Arch;
-use crate::compress::compress_model;
 use crate::compress::decompose::TuckerCache;
+use crate::compress::{Compressed, compress_model};
 use crate::config::LayerConfig;
 use crate::data::ImageSet;
 use crate::model::Vgg;
 use crate::train::distill::Teacher;
 use crate::train::recalibrate::{calibration_batches, recalibrate_bn};
+use crate::train::repair::repair_compressed;
 use crate::train::{Control, TrainConfig, evaluate, train_with};
 use crate::weights::Weights;
 use burn::tensor::Device;
@@ -27,9 +28,26 @@ pub struct TrialContext {
     pub seed: u64,
     /// Tucker factors of `weights`, shared by the trials.
     pub cache: Arc<TuckerCache>,
+    /// Calibration batches of the least-squares repair of every build (0 = none).
+    pub repair: usize,
 }
 
 impl TrialContext {
+    /// The candidate `config` describes: compressed from the base weights, then repaired
+    /// on the first `repair` calibration batches (see [`crate::train::repair`]).
+    pub fn build(&self, config: &LayerConfig, device: &Device) -> crate::Result<Compressed> {
+        let c = compress_model(
+            &self.base,
+            &self.weights,
+            config,
+            "<trial>",
+            Some(&self.cache),
+        )?;
+        let batches =
+            calibration_batches(&self.train, self.repair, self.proxy.batch_size, self.seed);
+        repair_compressed(&self.base, &self.weights, c, &batches, self.seed, device)
+    }
+
     /// The uncompressed base model on `device` (the distillation teacher, the reference
     /// of the KL rung).
     fn base_model(&self, device: &Device) -> crate::Result<Vgg> {
@@ -111,11 +129,10 @@ pub fn run_trial(
     stop: &AtomicBool,
     mut on_eval: impl FnMut(usize, f64) -> Verdict,
 ) -> TrialEnd {
-    let crate::compress::Compressed { arch, weights, .. } =
-        match compress_model(&ctx.base, &ctx.weights, config, "<trial>", Some(&ctx.cache)) {
-            Ok(x) => x,
-            Err(e) => return TrialEnd::Failed(format!("building the candidate: {e}")),
-        };
+    let Compressed { arch, weights, .. } = match ctx.build(config, device) {
+        Ok(x) => x,
+        Err(e) => return TrialEnd::Failed(format!("building the candidate: {e}")),
+    };
     if stop.load(Ordering::Relaxed) {
         return TrialEnd::Interrupted;
     }

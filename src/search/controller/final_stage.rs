@@ -69,13 +69,7 @@ pub(super) async fn final_stage(
             let config = LayerConfig::from_json(&config, "<stored trial>")?;
             let crate::compress::Compressed {
                 arch, weights: w, ..
-            } = compress_model(
-                &context.base,
-                &context.weights,
-                &config,
-                "<trial>",
-                Some(&context.cache),
-            )?;
+            } = context.build(&config, &device)?;
             let resume = ckpt.join(crate::train::checkpoint::STATE_FILE).exists();
             let cfg = TrainConfig {
                 epochs,

@@ -13,7 +13,6 @@ use super::space::{Point, SpaceFile};
 use super::strategy::{self, Strategy};
 use super::trial::{TrialContext, TrialEnd, Verdict, run_trial};
 use crate::arch::{Arch, ArchSpec};
-use crate::compress::compress_model;
 use crate::compress::decompose::{TuckerCache, recommend_ranks};
 use crate::config::LayerConfig;
 use crate::cost;
@@ -475,6 +474,7 @@ async fn search(
         proxy: budget.proxy.clone(),
         seed: budget.search.seed,
         cache: Arc::new(TuckerCache::new(TUCKER_CACHE_BYTES)),
+        repair: budget.search.repair,
     };
     let pb = bar(
         budget.limits.max_trials as u64,
