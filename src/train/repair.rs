@@ -26,23 +26,27 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Serialize;
 
-/// Ridge strength, relative to the mean diagonal of `Z^T Z`: small enough to leave a
-/// well-determined fit unbiased, large enough to keep an under-determined one (fewer
-/// sampled rows than unknowns) near the decomposed weights.
-const RIDGE: f64 = 1e-3;
+/// Ridge strengths tried, relative to the mean diagonal of `Z^T Z`: from nearly plain
+/// least squares (a well-determined fit) to a strong pull towards the compressed weights
+/// (an under-determined one: fewer calibration rows than unknowns).
+const RIDGES: [f64; 5] = [1e-4, 1e-3, 1e-2, 1e-1, 1.0];
 /// Rows of `Z` sampled per refit: this many per unknown of a filter, at least
 /// [`MIN_ROWS`] (all rows when there are fewer).
 const ROWS_PER_UNKNOWN: usize = 8;
 const MIN_ROWS: usize = 4096;
 
-/// One refit: the relative residual `||Z W^T - Y|| / ||Y||` on its sampled rows, before
-/// and after.
+/// One refit: the relative residual `||Z W^T - Y|| / ||Y||` before and after, on the
+/// sampled rows of the images it was fitted on and on those of the held-out images, and
+/// the ridge strength chosen (`None`: the weights stayed).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Refit {
     pub layer: String,
     pub rows: usize,
+    pub ridge: Option<f64>,
     pub before: f64,
     pub after: f64,
+    pub held_out_before: f64,
+    pub held_out_after: f64,
 }
 
 /// An activation on the host, `[n, c, h, w]` row-major.
@@ -89,6 +93,65 @@ fn bn_eval(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     x * shape(scale) + shape(shift)
 }
 
+/// Makes the BatchNorm `name` (now `bn`) keep its inference function while its running
+/// statistics become those of its actual input `y` over the calibration images. A refit
+/// only approximates the base model's conv output, with less variance (the least-squares
+/// residual is what it cannot predict); normalised by the base's statistics that
+/// shrinkage is right, but a BatchNorm in training mode, or recalibrated, would normalise
+/// by the batch's own statistics and blow it up again. With `(m, v)` the new statistics:
+/// `gamma' = gamma sqrt(v + eps) / sqrt(v0 + eps)`,
+/// `beta' = beta + gamma (m - m0) / sqrt(v0 + eps)`.
+fn restate_bn(weights: &mut Weights, name: &str, bn: &BatchNorm, y: Tensor<4>) {
+    let [n, c, h, w] = y.dims();
+    let count = (n * h * w) as f64;
+    let per_channel = y.swap_dims(0, 1).reshape([c, n * h * w]);
+    let mean = per_channel.clone().mean_dim(1);
+    let var = (per_channel - mean.clone()).powi_scalar(2).mean_dim(1);
+    let host = |t: Tensor<2>| -> Vec<f64> {
+        let v = t
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32");
+        v.into_iter().map(f64::from).collect()
+    };
+    let host1 = |t: Tensor<1>| host(t.reshape([c, 1]));
+    // Unbiased, as PyTorch stores it.
+    let (m, v): (Vec<f64>, Vec<f64>) = (
+        host(mean),
+        host(var)
+            .into_iter()
+            .map(|x| x * count / (count - 1.0).max(1.0))
+            .collect(),
+    );
+    let (m0, v0) = (
+        host1(bn.running_mean.value()),
+        host1(bn.running_var.value()),
+    );
+    let (gamma, beta) = (host1(bn.gamma.val()), host1(bn.beta.val()));
+    let eps = bn.epsilon;
+    let key = |field: &str| format!("{name}.{field}");
+    let mut put = |field: &str, values: Vec<f64>| {
+        let t = TensorF32::new(vec![c], values.into_iter().map(|x| x as f32).collect());
+        weights.tensors.insert(key(field), t);
+    };
+    let s0: Vec<f64> = v0.iter().map(|v| (v + eps).sqrt()).collect();
+    put(
+        "weight",
+        (0..c)
+            .map(|i| gamma[i] * (v[i] + eps).sqrt() / s0[i])
+            .collect(),
+    );
+    put(
+        "bias",
+        (0..c)
+            .map(|i| beta[i] + gamma[i] * (m[i] - m0[i]) / s0[i])
+            .collect(),
+    );
+    put("running_mean", m);
+    put("running_var", v);
+}
+
 fn unit_out(bn: Option<&BatchNorm>, y: Tensor<4>) -> Tensor<4> {
     relu(match bn {
         Some(bn) => bn_eval(bn, y),
@@ -96,9 +159,33 @@ fn unit_out(bn: Option<&BatchNorm>, y: Tensor<4>) -> Tensor<4> {
     })
 }
 
-/// The design matrix (input patches of `spec` at the sampled output positions, plus a
-/// ones column when `bias`) and the targets there.
-fn sampled_rows(spec: &ConvSpec, bias: bool, z: &Act, y: &Act, seed: u64) -> (Mat<f64>, Mat<f64>) {
+/// Rows of the least-squares problem: input patches (plus a ones column for the bias)
+/// and their targets.
+struct Rows {
+    a: Mat<f64>,
+    b: Mat<f64>,
+}
+
+impl Rows {
+    fn gram(&self) -> (Mat<f64>, Mat<f64>) {
+        (self.a.transpose() * &self.a, self.a.transpose() * &self.b)
+    }
+
+    /// `||A X - B|| / ||B||` (0 without rows).
+    fn residual(&self, x: &Mat<f64>) -> f64 {
+        if self.a.nrows() == 0 {
+            return 0.0;
+        }
+        (&self.a * x - &self.b).norm_l2() / self.b.norm_l2().max(f64::MIN_POSITIVE)
+    }
+}
+
+/// Every this-many-th calibration image is held out to choose the ridge strength.
+const HOLD_OUT_EVERY: usize = 5;
+
+/// The rows of `spec` mapping `z` to `y` at sampled output positions: those of the
+/// images kept for fitting, and those of the held-out images.
+fn sampled_rows(spec: &ConvSpec, bias: bool, z: &Act, y: &Act, seed: u64) -> (Rows, Rows) {
     let [n, cin, h, w] = z.shape;
     let [_, cout, ho, wo] = y.shape;
     let k = spec.kernel;
@@ -108,36 +195,54 @@ fn sampled_rows(spec: &ConvSpec, bias: bool, z: &Act, y: &Act, seed: u64) -> (Ma
     let positions: Vec<usize> = if m == total {
         (0..total).collect()
     } else {
-        rand::seq::index::sample(&mut StdRng::seed_from_u64(seed), total, m).into_vec()
+        let mut p = rand::seq::index::sample(&mut StdRng::seed_from_u64(seed), total, m).into_vec();
+        p.sort_unstable();
+        p
     };
     let pos = |p: usize| (p / (ho * wo), (p / wo) % ho, p % wo);
-    let a = Mat::from_fn(m, d, |row, j| {
-        if j == cin * k * k {
-            return 1.0;
-        }
-        let (ni, oh, ow) = pos(positions[row]);
-        let (c, kh, kw) = (j / (k * k), (j / k) % k, j % k);
-        let ih = (oh * spec.stride + kh) as isize - spec.padding as isize;
-        let iw = (ow * spec.stride + kw) as isize - spec.padding as isize;
-        if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize {
-            return 0.0;
-        }
-        f64::from(z.data[((ni * cin + c) * h + ih as usize) * w + iw as usize])
-    });
-    let b = Mat::from_fn(m, cout, |row, o| {
-        let (ni, oh, ow) = pos(positions[row]);
-        f64::from(y.data[((ni * cout + o) * ho + oh) * wo + ow])
-    });
-    (a, b)
+    let held = |p: &usize| n >= HOLD_OUT_EVERY && pos(*p).0 % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1;
+    let (val, fit): (Vec<usize>, Vec<usize>) = positions.into_iter().partition(held);
+    let rows = |positions: &[usize]| Rows {
+        a: Mat::from_fn(positions.len(), d, |row, j| {
+            if j == cin * k * k {
+                return 1.0;
+            }
+            let (ni, oh, ow) = pos(positions[row]);
+            let (c, kh, kw) = (j / (k * k), (j / k) % k, j % k);
+            let ih = (oh * spec.stride + kh) as isize - spec.padding as isize;
+            let iw = (ow * spec.stride + kw) as isize - spec.padding as isize;
+            if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize {
+                return 0.0;
+            }
+            f64::from(z.data[((ni * cin + c) * h + ih as usize) * w + iw as usize])
+        }),
+        b: Mat::from_fn(positions.len(), cout, |row, o| {
+            let (ni, oh, ow) = pos(positions[row]);
+            f64::from(y.data[((ni * cout + o) * ho + oh) * wo + ow])
+        }),
+    };
+    (rows(&fit), rows(&val))
 }
 
-fn rel_residual(a: &Mat<f64>, x: &Mat<f64>, b: &Mat<f64>) -> f64 {
-    let r = a * x - b;
-    r.norm_l2() / b.norm_l2().max(f64::MIN_POSITIVE)
+/// `argmin ||A X - B||^2 + lambda ||X - X0||^2` from `G = A^T A` and `R = A^T B`, with
+/// lambda = `factor` times the mean diagonal of `G` (`None` if the solve fails).
+fn ridge(g: &Mat<f64>, r: &Mat<f64>, x0: &Mat<f64>, factor: f64) -> Option<Mat<f64>> {
+    let d = g.nrows();
+    let trace: f64 = (0..d).map(|j| g[(j, j)]).sum();
+    let lambda = factor * (trace / d as f64).max(f64::MIN_POSITIVE);
+    let mut g = g.clone();
+    for j in 0..d {
+        g[(j, j)] += lambda;
+    }
+    let rhs = r + x0 * faer::Scale(lambda);
+    let x = g.llt(Side::Lower).ok()?.solve(&rhs);
+    x.norm_l2().is_finite().then_some(x)
 }
 
 /// The weights (`[out, in, k, k]`) and bias of the conv `spec` refitted so that it maps
-/// `z` to `y`, by ridge regression towards `w0` and `b0`.
+/// `z` to `y`, by ridge regression towards `w0` and `b0`. The ridge strength is the one
+/// of [`RIDGES`] whose fit on the other images best predicts the held-out images; when
+/// none beats the old weights there, they stay.
 fn refit(
     spec: &ConvSpec,
     w0: &TensorF32,
@@ -146,36 +251,44 @@ fn refit(
     y: &Act,
     seed: u64,
 ) -> (TensorF32, Option<TensorF32>, Refit) {
-    let (a, b) = sampled_rows(spec, b0.is_some(), z, y, seed);
-    let (d, cout) = (a.ncols(), b.ncols());
+    let (fit, held) = sampled_rows(spec, b0.is_some(), z, y, seed);
+    let (d, cout) = (fit.a.ncols(), fit.b.ncols());
     let per = w0.data.len() / cout;
     // X0 = [W0 | b0]^T, d x out.
     let x0 = Mat::from_fn(d, cout, |j, o| match b0 {
         Some(bias) if j == per => f64::from(bias.data[o]),
         _ => f64::from(w0.data[o * per + j]),
     });
-    let mut g = a.transpose() * &a;
-    let trace: f64 = (0..d).map(|j| g[(j, j)]).sum();
-    let lambda = RIDGE * (trace / d as f64).max(f64::MIN_POSITIVE);
-    for j in 0..d {
-        g[(j, j)] += lambda;
-    }
-    let rhs = a.transpose() * &b + &x0 * faer::Scale(lambda);
-    let x = match g.llt(Side::Lower) {
-        Ok(llt) => llt.solve(&rhs),
-        Err(_) => x0.clone(),
+    let (g, r) = fit.gram();
+    let chosen = if held.a.nrows() == 0 {
+        Some(RIDGES[1])
+    } else {
+        let mut best = (held.residual(&x0), None);
+        for &factor in &RIDGES {
+            if let Some(x) = ridge(&g, &r, &x0, factor) {
+                let e = held.residual(&x);
+                if e < best.0 {
+                    best = (e, Some(factor));
+                }
+            }
+        }
+        best.1
+    };
+    let x = match chosen {
+        Some(factor) => {
+            let (gh, rh) = held.gram();
+            ridge(&(&g + &gh), &(&r + &rh), &x0, factor).unwrap_or_else(|| x0.clone())
+        }
+        None => x0.clone(),
     };
     let report = Refit {
         layer: spec.name.clone(),
-        rows: a.nrows(),
-        before: rel_residual(&a, &x0, &b),
-        after: rel_residual(&a, &x, &b),
-    };
-    // Keep the old weights if the solve went wrong (it cannot do worse on its own rows).
-    let x = if report.after.is_finite() && report.after <= report.before {
-        x
-    } else {
-        x0
+        rows: fit.a.nrows() + held.a.nrows(),
+        ridge: chosen,
+        before: fit.residual(&x0),
+        after: fit.residual(&x),
+        held_out_before: held.residual(&x0),
+        held_out_after: held.residual(&x),
     };
     let w = (0..cout)
         .flat_map(|o| (0..per).map(move |j| (o, j)))
@@ -269,6 +382,9 @@ pub fn repair(
                 let bn_c = uc.bn.as_ref().map(|_| &cand.bns[cni]);
                 bni += usize::from(bn_b.is_some());
                 cni += usize::from(bn_c.is_some());
+                if let (Some(name), Some(bn)) = (&uc.bn, bn_c) {
+                    restate_bn(&mut weights, name, bn, yc.clone());
+                }
                 xb = unit_out(bn_b, yb);
                 xc = unit_out(bn_c, yc);
             }
@@ -345,7 +461,16 @@ pub fn repair_compressed(
         device,
     )?;
     for r in &refits {
-        tracing::debug!(layer = %r.layer, rows = r.rows, before = r.before, after = r.after, "repair");
+        tracing::debug!(
+            layer = %r.layer,
+            rows = r.rows,
+            ridge = ?r.ridge,
+            before = r.before,
+            after = r.after,
+            held_out_before = r.held_out_before,
+            held_out_after = r.held_out_after,
+            "repair"
+        );
     }
     Ok(crate::compress::Compressed {
         weights,

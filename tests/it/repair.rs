@@ -11,6 +11,7 @@ use rankprune::compress::prune::{filter_norms, kept_indices};
 use rankprune::config::{LayerConfig, kept_filters};
 use rankprune::data::batches::Batch;
 use rankprune::model::Vgg;
+use rankprune::train::recalibrate::pooled_bn_stats;
 use rankprune::train::repair::repair;
 use rankprune::weights::Weights;
 
@@ -163,6 +164,28 @@ fn repair_brings_a_low_rank_candidate_closer_unit_by_unit() {
     assert_eq!(refits.len(), 4);
     for r in &refits {
         assert!(r.after < r.before, "{r:?}");
+    }
+    // Each BN's running statistics are restated as those of its input over the
+    // calibration images, so training-mode BN (batch statistics) computes nearly what
+    // inference does: the statistics a train-mode pass pools over the same images (each
+    // batch normalised by its own) match the stored ones.
+    let model = Vgg::from_weights(&c.arch, repaired.clone(), "repaired", &device).unwrap();
+    let pooled = pooled_bn_stats(&model, &calibration, &device);
+    for (i, (mean, var)) in pooled.iter().enumerate() {
+        let name = format!("features.{}", [1, 5, 9][i]);
+        let stored = |f: &str| repaired.tensors[&format!("{name}.{f}")].data.clone();
+        let (m0, v0) = (stored("running_mean"), stored("running_var"));
+        for ch in 0..mean.len() {
+            let sd = v0[ch].sqrt();
+            assert!(
+                (mean[ch] - m0[ch]).abs() < 0.05 * sd && (var[ch] / v0[ch] - 1.0).abs() < 0.1,
+                "{name}[{ch}]: pooled ({}, {}) vs stored ({}, {})",
+                mean[ch],
+                var[ch],
+                m0[ch],
+                v0[ch]
+            );
+        }
     }
     // Closer on the calibration images and on images it never saw.
     for x in [&calibration[0], &batches(1, 8, 12)[0]] {

@@ -588,6 +588,54 @@ fn the_step_zero_rung_can_score_by_kl_from_the_base_model() {
     }
 }
 
+/// `search.repair` builds every trial repaired: the same proposals (random strategy, same
+/// seed) score closer to the base model at the step-0 KL rung than without it, and the
+/// final stage re-trains a repaired build.
+#[test]
+fn repaired_builds_score_closer_to_the_base_model() {
+    let proxy = "steps = 2\nbatch_size = 16\neval_samples = 32\nrungs = [0]\neta = 1000000\nbn_recalibration = 1\nrung0_score = \"kl\"";
+    let plain = study(4, proxy, "[final]\ntop_k = 0\nwarm_starts = 0");
+    let o = run(&["search", plain.budget().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let repaired = study(4, proxy, "[final]\ntop_k = 1\nwarm_starts = 0\nepochs = 1");
+    std::fs::create_dir_all(repaired.path("runs")).unwrap();
+    std::fs::copy(
+        plain.path("runs/base.safetensors"),
+        repaired.path("runs/base.safetensors"),
+    )
+    .unwrap();
+    edit_budget(&repaired, "seed = 1\n", "seed = 1\nrepair = 2\n");
+    let o = run(&["search", repaired.budget().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let kl = |s: &Study| -> Vec<(String, f64)> {
+        let store = s.store();
+        store
+            .trials(1)
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.config.clone(), -store.reports(t.id).unwrap()[0].1))
+            .collect()
+    };
+    let (before, after) = (kl(&plain), kl(&repaired));
+    assert_eq!(before.len(), 4);
+    let configs = |v: &[(String, f64)]| v.iter().map(|p| p.0.clone()).collect::<Vec<_>>();
+    assert_eq!(configs(&before), configs(&after), "the same proposals");
+    let mean = |v: &[(String, f64)]| v.iter().map(|p| p.1).sum::<f64>() / v.len() as f64;
+    assert!(
+        mean(&after) < mean(&before),
+        "KL from the base: repaired {after:?}, as built {before:?}"
+    );
+    let store = repaired.store();
+    assert!(
+        store
+            .trials(1)
+            .unwrap()
+            .iter()
+            .any(|t| store.final_result(t.id).unwrap().is_some()),
+        "the final stage re-trained a repaired build"
+    );
+}
+
 /// Replaces `from` by `to` in the study's budget file.
 fn edit_budget(s: &Study, from: &str, to: &str) {
     let text = std::fs::read_to_string(s.budget()).unwrap();
