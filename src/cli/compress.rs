@@ -4,6 +4,7 @@ use super::BaseArgs;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rankprune::arch::Arch;
+use rankprune::compress::Compressed;
 use rankprune::compress::decompose::{
     LayerDecomposition, decompose_model, ranks_config, recommend_ranks,
 };
@@ -11,7 +12,10 @@ use rankprune::compress::prune::prune_model;
 use rankprune::compress::slamp::{PruneTarget, recommend_ratios};
 use rankprune::config::LayerConfig;
 use rankprune::cost;
+use rankprune::data::{DatasetKind, ImageSet};
 use rankprune::report;
+use rankprune::train::recalibrate::calibration_batches;
+use rankprune::train::repair::repair_compressed;
 use rankprune::weights::Weights;
 use rankprune::{Error, Result};
 use std::path::PathBuf;
@@ -77,9 +81,62 @@ pub struct CompressArgs {
     /// Output weights (.safetensors)
     #[arg(long)]
     pub out: PathBuf,
+    /// Least-squares repair of the result from this many batches of training images,
+    /// towards the model --weights describes (0 = none; needs --data)
+    #[arg(long, default_value_t = 0)]
+    pub repair: usize,
+    #[command(flatten)]
+    pub repair_data: RepairData,
     /// Print one JSON object instead of tables
     #[arg(long)]
     pub json: bool,
+}
+
+/// The training images a repair calibrates on (the same a search with these settings uses).
+#[derive(Args)]
+pub struct RepairData {
+    /// Binary layout of the data directory (with --repair)
+    #[arg(long, value_enum, default_value = "cifar100")]
+    pub dataset: DatasetKind,
+    /// Data directory (with --repair; see `train --help`)
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Training images held out for validation, never calibrated on
+    #[arg(long, default_value_t = 5000)]
+    pub val_split: usize,
+    /// Images per calibration batch
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Seed of the calibration images' shuffle (a search's search.seed)
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl RepairData {
+    /// `c` repaired on `batches` calibration batches towards `reference`.
+    fn repair(
+        &self,
+        reference: (&Arch, &Weights),
+        c: Compressed,
+        batches: usize,
+        classes: usize,
+    ) -> Result<Compressed> {
+        let data = self.data.as_ref().ok_or_else(|| {
+            Error::BadInput("--repair needs the training data: give --data (and --dataset)".into())
+        })?;
+        let (train, _) = ImageSet::train_val(data, self.dataset, classes, self.val_split)
+            .map_err(|e| Error::BadInput(format!("--val-split: {e}")))?;
+        let calibration = calibration_batches(&train, batches, self.batch_size, self.seed);
+        let device = burn::tensor::Device::flex();
+        repair_compressed(
+            reference.0,
+            reference.1,
+            c,
+            &calibration,
+            self.seed,
+            &device,
+        )
+    }
 }
 
 /// Weights for the model `config` decomposes from `base`: given as such, or given for
@@ -259,6 +316,8 @@ pub fn run_compress(base: &BaseArgs, args: CompressArgs) -> Result<()> {
         weights,
         config,
         out,
+        repair,
+        repair_data,
         json,
     } = args;
     let base = base.build()?;
@@ -269,7 +328,32 @@ pub fn run_compress(base: &BaseArgs, args: CompressArgs) -> Result<()> {
     // The weights may be the base model's or already decomposed at the config's ranks
     // (e.g. a fine-tuned decomposed model about to be pruned).
     let (arch, new_w, layers) = decomposed_weights(&base, &layer_config, &weights, &file)?;
-    let (arch, new_w, _) = prune_model(&base, &arch, &new_w, &layer_config, &file)?;
+    // The model the weights describe, which a repair matches.
+    let reference = if layers.is_empty() {
+        (arch.clone(), new_w.clone())
+    } else {
+        let name = weights.display().to_string();
+        (
+            base.clone(),
+            Weights::load(&weights)?.matched_to(&base, &name)?,
+        )
+    };
+    let (arch, new_w, kept) = prune_model(&base, &arch, &new_w, &layer_config, &file)?;
+    let c = Compressed {
+        arch,
+        weights: new_w,
+        kept,
+    };
+    let Compressed {
+        arch,
+        weights: new_w,
+        ..
+    } = if repair > 0 {
+        let classes = base.num_classes();
+        repair_data.repair((&reference.0, &reference.1), c, repair, classes)?
+    } else {
+        c
+    };
     new_w
         .save_safetensors(&out)
         .map_err(|e| Error::Failure(e.to_string()))?;

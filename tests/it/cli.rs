@@ -490,3 +490,88 @@ fn pruning_reductions_are_against_the_original_model() {
         "{e}"
     );
 }
+
+/// `compress --repair K` refits the compressed model on K batches of training images:
+/// it needs the data, and its result keeps every tensor's shape but not its values.
+#[test]
+fn compress_repairs_on_training_batches_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    std::fs::create_dir_all(p("data")).unwrap();
+    crate::common::write_cifar100(
+        &crate::common::stripes(40, 4, 3),
+        &dir.path().join("data/train.bin"),
+    );
+    std::fs::write(
+        p("both.json"),
+        r#"{"decomposition": {"method": "tucker2", "ranks": {"features.4": [3, 5]}},
+            "pruning": {"method": "l2_norm", "ratios": {"features.0": 0.5}}}"#,
+    )
+    .unwrap();
+    let arch = ["--arch", "cfg_bn:8,M,16,M", "--num-classes", "4"];
+    let base = p("base.safetensors");
+    let o = rankprune(&[&["init"][..], &arch, &["--out", &base, "--seed", "5"]].concat());
+    assert!(o.status.success());
+    let compress = |out: &str, extra: &[&str]| {
+        let args = [
+            "--weights",
+            &base,
+            "--config",
+            &p("both.json"),
+            "--out",
+            out,
+        ];
+        rankprune(&[&["compress"][..], &arch, &args, extra].concat())
+    };
+    let o = compress(&p("no-data.safetensors"), &["--repair", "1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--repair needs the training data"));
+    let o = compress(&p("plain.safetensors"), &[]);
+    assert!(o.status.success());
+    let data = p("data");
+    let o = compress(
+        &p("repaired.safetensors"),
+        &[
+            "--repair",
+            "2",
+            "--data",
+            &data,
+            "--val-split",
+            "8",
+            "--batch-size",
+            "16",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let load = |n: &str| rankprune::weights::Weights::load(std::path::Path::new(&p(n))).unwrap();
+    let (plain, repaired) = (load("plain.safetensors"), load("repaired.safetensors"));
+    assert_eq!(
+        plain.tensors.keys().collect::<Vec<_>>(),
+        repaired.tensors.keys().collect::<Vec<_>>()
+    );
+    let changed: Vec<&String> = plain
+        .tensors
+        .iter()
+        .filter(|(k, t)| {
+            assert_eq!(t.shape, repaired.tensors[*k].shape, "{k}");
+            t.data != repaired.tensors[*k].data
+        })
+        .map(|(k, _)| k)
+        .collect();
+    // The refitted Tucker unit, the classifier and the restated BatchNorms changed; the
+    // pruned first conv already gives the base's kept channels exactly, and the Tucker
+    // unit's first 1x1 conv is never refitted.
+    for k in [
+        "features.4_tucker_2.weight",
+        "classifier.weight",
+        "features.5.running_var",
+    ] {
+        assert!(
+            changed.contains(&&k.to_string()),
+            "{k} unchanged: {changed:?}"
+        );
+    }
+    for k in ["features.0.weight", "features.4_tucker_0.weight"] {
+        assert!(!changed.contains(&&k.to_string()), "{k} changed");
+    }
+}
