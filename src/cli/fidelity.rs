@@ -27,8 +27,10 @@ pub struct FidelityArgs {
     #[arg(long, default_value_t = 16)]
     pub candidates: usize,
     /// Cheap signals to measure, comma separated: compressed, bn:K (BN recalibration from
-    /// K batches), recon:K (layer-wise CKA and logit KL after it), ft:S (S fine-tune
-    /// steps), kd:S (S distilled steps)
+    /// K batches), recon:K (layer-wise CKA and logit KL after it), repair:K (least-squares
+    /// repair from K batches), ft:S (S fine-tune steps), kd:S (S distilled steps). With
+    /// search.repair in the budget every candidate is built repaired first
+    /// (recorded in OUT/build.json)
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_SIGNALS)]
     pub signals: Vec<Signal>,
     /// Epochs of the final recipe every candidate is re-trained with (default: the
