@@ -1,6 +1,6 @@
 //! Least-squares layer repair: after compression, refit the last conv of every conv unit
-//! (and the classifier) so that on a few calibration batches its output matches the base
-//! model's output for the channels it kept. Units are repaired in order, each fed by the
+//! so that on a few calibration batches its output matches the base model's output for
+//! the channels it kept. Units are repaired in order, each fed by the
 //! already repaired candidate's own activations, so a refit also absorbs the error of
 //! the layers before it (ThiNet, Luo et al., ICCV 2017, Sec. 3.2; the reconstruction
 //! step of He et al., "Channel Pruning", ICCV 2017). Each refit is a ridge regression
@@ -315,8 +315,8 @@ fn images(batches: &[Batch], device: &Device) -> Tensor<4> {
 }
 
 /// `weights` of the compressed `arch` (whose pruned convs kept `kept` of the base's
-/// channels) with every conv unit's last conv and the classifier refitted to the `base`
-/// model's outputs on `batches`. Returns the refits in order.
+/// channels) with every conv unit's last conv refitted to the `base` model's outputs on
+/// `batches`, and each BatchNorm restated for its new input. Returns the refits in order.
 pub fn repair(
     base: &Vgg,
     arch: &Arch,
@@ -393,40 +393,12 @@ pub fn repair(
                 xb = pool.forward(xb);
                 xc = pool.forward(xc);
             }
-            (Unit::Linear(_), Unit::Linear(l)) => {
-                let flat = |x: Tensor<4>| {
-                    let [n, c, h, w] = x.dims();
-                    x.reshape([n, c * h * w])
-                };
-                let yb = base.classifier.forward(flat(xb));
-                let [n, classes] = yb.dims();
-                let features = flat(xc);
-                let f = features.dims()[1];
-                let spec = ConvSpec {
-                    name: l.name.clone(),
-                    in_channels: f,
-                    out_channels: classes,
-                    kernel: 1,
-                    stride: 1,
-                    padding: 0,
-                    bias: true,
-                };
-                let (wkey, bkey) = (format!("{}.weight", l.name), format!("{}.bias", l.name));
-                let (w, b, r) = refit(
-                    &spec,
-                    &weights.tensors[&wkey],
-                    weights.tensors.get(&bkey),
-                    &Act::of(features.reshape([n, f, 1, 1])),
-                    &Act::of(yb.reshape([n, classes, 1, 1])),
-                    seed,
-                );
-                weights.tensors.insert(wkey, w);
-                if let Some(b) = b {
-                    weights.tensors.insert(bkey, b);
-                }
-                refits.push(r);
-                return Ok((weights, refits));
-            }
+            // The classifier keeps the base's weights for the features it still reads.
+            // Refitted by least squares it matches the base's logits better (Fashion-MNIST
+            // candidates: 65% validation accuracy straight after repair instead of 37%),
+            // but with about 20 times the base's weight norm, and a fine-tune from there
+            // collapses (41% after 60 steps instead of 71%).
+            (Unit::Linear(_), Unit::Linear(_)) => return Ok((weights, refits)),
             _ => {
                 return Err(crate::Error::BadInput(format!(
                     "repair: unit {k} of the candidate does not correspond to the base's"
