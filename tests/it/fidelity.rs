@@ -167,6 +167,28 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
         .unwrap();
     assert_eq!(recorded["scores"], lines[0]["scores"]);
 
+    // A budget that builds candidates differently (repaired) cannot add to this run.
+    let text_before = std::fs::read_to_string(s.budget()).unwrap();
+    std::fs::write(
+        s.budget(),
+        text_before.replace("seed = 1\n", "seed = 1\nrepair = 1\n"),
+    )
+    .unwrap();
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("use another --out"), "{}", text(&o));
+    // `score` builds it repaired: the repair:1 signal on a repaired build runs too.
+    let o = run(&[
+        "score",
+        &budget,
+        "--config",
+        &config.display().to_string(),
+        "--signals",
+        "compressed,repair:1",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::write(s.budget(), text_before).unwrap();
+
     let o = run(&["fidelity", &budget, "--signals", "bn"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
