@@ -10,7 +10,7 @@
 //! the base unit's conv output (before its BatchNorm), so the BatchNorm statistics the
 //! candidate took over from the base stay valid.
 
-use crate::arch::{Arch, ConvSpec, Unit};
+use crate::arch::{Arch, ConvSpec, ConvUnit, Unit};
 use crate::compress::prune::Kept;
 use crate::data::batches::Batch;
 use crate::model::Vgg;
@@ -25,6 +25,7 @@ use faer::{Mat, Side};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Serialize;
+use std::ops::Range;
 
 /// Ridge strengths tried, relative to the mean diagonal of `Z^T Z`: from nearly plain
 /// least squares (a well-determined fit) to a strong pull towards the compressed weights
@@ -314,6 +315,83 @@ fn images(batches: &[Batch], device: &Device) -> Tensor<4> {
     )
 }
 
+/// Where a walk over a model's units stands in its flat conv and BatchNorm lists.
+#[derive(Default)]
+struct Cursor {
+    conv: usize,
+    bn: usize,
+}
+
+impl Cursor {
+    /// The indices of conv unit `u`'s convs and of its BatchNorm; steps past them.
+    fn take(&mut self, u: &ConvUnit) -> (Range<usize>, Option<usize>) {
+        let convs = self.conv..self.conv + u.body.convs().len();
+        self.conv = convs.end;
+        let bn = u.bn.as_ref().map(|_| {
+            self.bn += 1;
+            self.bn - 1
+        });
+        (convs, bn)
+    }
+}
+
+/// A candidate being repaired: its model (refitted convs swapped in as it goes), its
+/// weights (refits and restated BatchNorms written in) and the refits so far.
+struct Repairing<'a> {
+    model: Vgg,
+    weights: Weights,
+    kept: &'a Kept,
+    refits: Vec<Refit>,
+    cursor: Cursor,
+    device: &'a Device,
+}
+
+impl Repairing<'_> {
+    /// Refits the last conv of candidate unit `u` so that, fed `x`, it gives the base
+    /// unit's conv output `target` (for the channels it kept), restates its BatchNorm and
+    /// returns the unit's output.
+    fn unit(&mut self, u: &ConvUnit, x: Tensor<4>, target: &Tensor<4>, seed: u64) -> Tensor<4> {
+        let (convs, bn) = self.cursor.take(u);
+        let last = convs.end - 1;
+        let mut z = x;
+        for conv in &self.model.convs[convs.start..last] {
+            z = conv.forward(z);
+        }
+        let spec = u.body.convs().last().expect("a body has a conv");
+        let target = Act::of(target.clone());
+        let target = match self.kept.get(&spec.name) {
+            Some(channels) => target.select(channels),
+            None => target,
+        };
+        let (wkey, bkey) = (
+            format!("{}.weight", spec.name),
+            format!("{}.bias", spec.name),
+        );
+        let (w, b, r) = refit(
+            spec,
+            &self.weights.tensors[&wkey],
+            self.weights.tensors.get(&bkey),
+            &Act::of(z.clone()),
+            &target,
+            seed,
+        );
+        let conv = &mut self.model.convs[last];
+        conv.weight = Param::from_tensor(tensor(&w, self.device));
+        self.weights.tensors.insert(wkey, w);
+        if let Some(b) = b {
+            conv.bias = Some(Param::from_tensor(tensor(&b, self.device)));
+            self.weights.tensors.insert(bkey, b);
+        }
+        self.refits.push(r);
+        let y = self.model.convs[last].forward(z);
+        let bn = bn.map(|i| &self.model.bns[i]);
+        if let (Some(name), Some(bn)) = (&u.bn, bn) {
+            restate_bn(&mut self.weights, name, bn, y.clone());
+        }
+        unit_out(bn, y)
+    }
+}
+
 /// `weights` of the compressed `arch` (whose pruned convs kept `kept` of the base's
 /// channels) with every conv unit's last conv refitted to the `base` model's outputs on
 /// `batches`, and each BatchNorm restated for its new input. Returns the refits in order.
@@ -326,67 +404,30 @@ pub fn repair(
     seed: u64,
     device: &Device,
 ) -> crate::Result<(Weights, Vec<Refit>)> {
-    let mut cand = Vgg::from_weights(arch, weights.clone(), "<candidate>", device)?;
-    let mut weights = weights;
-    let mut refits = Vec::new();
     if batches.is_empty() {
-        return Ok((weights, refits));
+        return Ok((weights, Vec::new()));
     }
+    let mut cand = Repairing {
+        model: Vgg::from_weights(arch, weights.clone(), "<candidate>", device)?,
+        weights,
+        kept,
+        refits: Vec::new(),
+        cursor: Cursor::default(),
+        device,
+    };
+    let mut base_cursor = Cursor::default();
     let mut xb = images(batches, device);
     let mut xc = xb.clone();
-    let (mut bi, mut ci, mut bni, mut cni) = (0, 0, 0, 0);
     for (k, (ub, uc)) in base.arch.units.iter().zip(&arch.units).enumerate() {
-        let seed = seed.wrapping_add(k as u64);
         match (ub, uc) {
             (Unit::Conv(ub), Unit::Conv(uc)) => {
+                let (convs, bn) = base_cursor.take(ub);
                 let mut yb = xb;
-                for conv in &base.convs[bi..bi + ub.body.convs().len()] {
+                for conv in &base.convs[convs] {
                     yb = conv.forward(yb);
                 }
-                bi += ub.body.convs().len();
-                let specs = uc.body.convs();
-                let last = ci + specs.len() - 1;
-                let mut z = xc;
-                for conv in &cand.convs[ci..last] {
-                    z = conv.forward(z);
-                }
-                ci += specs.len();
-                let spec = &specs[specs.len() - 1];
-                let target = Act::of(yb.clone());
-                let target = match kept.get(&spec.name) {
-                    Some(channels) => target.select(channels),
-                    None => target,
-                };
-                let (wkey, bkey) = (
-                    format!("{}.weight", spec.name),
-                    format!("{}.bias", spec.name),
-                );
-                let (w, b, r) = refit(
-                    spec,
-                    &weights.tensors[&wkey],
-                    weights.tensors.get(&bkey),
-                    &Act::of(z.clone()),
-                    &target,
-                    seed,
-                );
-                let conv = &mut cand.convs[last];
-                conv.weight = Param::from_tensor(tensor(&w, device));
-                weights.tensors.insert(wkey, w);
-                if let Some(b) = b {
-                    conv.bias = Some(Param::from_tensor(tensor(&b, device)));
-                    weights.tensors.insert(bkey, b);
-                }
-                refits.push(r);
-                let yc = cand.convs[last].forward(z);
-                let bn_b = ub.bn.as_ref().map(|_| &base.bns[bni]);
-                let bn_c = uc.bn.as_ref().map(|_| &cand.bns[cni]);
-                bni += usize::from(bn_b.is_some());
-                cni += usize::from(bn_c.is_some());
-                if let (Some(name), Some(bn)) = (&uc.bn, bn_c) {
-                    restate_bn(&mut weights, name, bn, yc.clone());
-                }
-                xb = unit_out(bn_b, yb);
-                xc = unit_out(bn_c, yc);
+                xc = cand.unit(uc, xc, &yb, seed.wrapping_add(k as u64));
+                xb = unit_out(bn.map(|i| &base.bns[i]), yb);
             }
             (Unit::MaxPool { .. }, Unit::MaxPool { .. }) => {
                 let pool = MaxPool2dConfig::new([2, 2]).init();
@@ -398,7 +439,7 @@ pub fn repair(
             // candidates: 65% validation accuracy straight after repair instead of 37%),
             // but with about 20 times the base's weight norm, and a fine-tune from there
             // collapses (41% after 60 steps instead of 71%).
-            (Unit::Linear(_), Unit::Linear(_)) => return Ok((weights, refits)),
+            (Unit::Linear(_), Unit::Linear(_)) => break,
             _ => {
                 return Err(crate::Error::BadInput(format!(
                     "repair: unit {k} of the candidate does not correspond to the base's"
@@ -406,7 +447,7 @@ pub fn repair(
             }
         }
     }
-    Ok((weights, refits))
+    Ok((cand.weights, cand.refits))
 }
 
 /// `candidate` (compressed from `base` with `base_weights`) repaired on `calibration`
