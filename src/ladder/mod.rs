@@ -42,8 +42,8 @@ pub enum Signal {
     /// from the candidate's, on those batches' images (no labels used).
     Reconstruction { batches: usize },
     /// Validation accuracy and loss after least-squares repair of every unit's last conv
-    /// and the classifier from K training batches ([`crate::train::repair`]), and the
-    /// mean KL divergence of the base model's softmax from the candidate's on them.
+    /// from K training batches ([`crate::train::repair`]), and the mean KL divergence of
+    /// the base model's softmax from the candidate's on them.
     Repair { batches: usize },
     /// Validation accuracy and loss after S fine-tune steps with cross-entropy.
     FineTune { steps: usize },

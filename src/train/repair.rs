@@ -7,8 +7,10 @@
 //! towards the current weights, in closed form:
 //! `W = argmin ||Z W^T - Y||^2 + lambda ||W - W0||^2 = (Y^T Z + lambda W0)(Z^T Z + lambda I)^-1`,
 //! with `Z` the unit's last-conv input patches (plus a ones column for the bias) and `Y`
-//! the base unit's conv output (before its BatchNorm), so the BatchNorm statistics the
-//! candidate took over from the base stay valid.
+//! the base unit's conv output (before its BatchNorm, whose statistics the candidate took
+//! over from the base). Each BatchNorm is then restated for its refitted input (same
+//! inference function, its input's own statistics), so that training-mode BatchNorm
+//! computes what inference does. The classifier is left as it is.
 
 use crate::arch::{Arch, ConvSpec, ConvUnit, Unit};
 use crate::compress::prune::Kept;
