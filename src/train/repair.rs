@@ -17,7 +17,7 @@ use crate::compress::prune::Kept;
 use crate::data::batches::Batch;
 use crate::model::Vgg;
 use crate::weights::{TensorF32, Weights};
-use burn::module::Param;
+use burn::module::{Param, RunningState};
 use burn::nn::BatchNorm;
 use burn::nn::pool::MaxPool2dConfig;
 use burn::tensor::activation::relu;
@@ -317,6 +317,42 @@ fn images(batches: &[Batch], device: &Device) -> Tensor<4> {
     )
 }
 
+/// Scales each refitted filter (and its bias) back to the norm the filter had before.
+/// A BatchNorm follows, which makes the unit's output blind to a filter's scale (its
+/// restated statistics absorb it), but training is not: a filter's effective learning
+/// rate falls with the square of its norm, and a refit can grow norms tenfold (a
+/// repaired Tucker unit's output 1x1 reached norm 24 where the factor had 3-4) and then
+/// stall fine-tuning.
+/// Returns the scale of each filter.
+fn keep_filter_norms(w0: &TensorF32, w: &mut TensorF32, b: Option<&mut TensorF32>) -> Vec<f64> {
+    let out = w.shape[0];
+    let per = w.data.len() / out;
+    let norm = |f: &[f32]| f.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+    let scales: Vec<f64> = (0..out)
+        .map(|o| {
+            let (old, new) = (
+                norm(&w0.data[o * per..(o + 1) * per]),
+                norm(&w.data[o * per..(o + 1) * per]),
+            );
+            if new > 0.0 && old > 0.0 {
+                old / new
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    for (o, f) in w.data.chunks_mut(per).enumerate() {
+        f.iter_mut()
+            .for_each(|v| *v = (f64::from(*v) * scales[o]) as f32);
+    }
+    if let Some(b) = b {
+        for (o, v) in b.data.iter_mut().enumerate() {
+            *v = (f64::from(*v) * scales[o]) as f32;
+        }
+    }
+    scales
+}
+
 /// Where a walk over a model's units stands in its flat conv and BatchNorm lists.
 #[derive(Default)]
 struct Cursor {
@@ -349,6 +385,15 @@ struct Repairing<'a> {
 }
 
 impl Repairing<'_> {
+    /// Puts weights (and bias) into the model's conv `i`.
+    fn set_conv(&mut self, i: usize, w: &TensorF32, b: Option<&TensorF32>) {
+        let conv = &mut self.model.convs[i];
+        conv.weight = Param::from_tensor(tensor(w, self.device));
+        if let Some(b) = b {
+            conv.bias = Some(Param::from_tensor(tensor(b, self.device)));
+        }
+    }
+
     /// Refits the last conv of candidate unit `u` so that, fed `x`, it gives the base
     /// unit's conv output `target` (for the channels it kept), restates its BatchNorm and
     /// returns the unit's output.
@@ -369,28 +414,49 @@ impl Repairing<'_> {
             format!("{}.weight", spec.name),
             format!("{}.bias", spec.name),
         );
-        let (w, b, r) = refit(
+        let w0 = self.weights.tensors[&wkey].clone();
+        let (mut w, mut b, r) = refit(
             spec,
-            &self.weights.tensors[&wkey],
+            &w0,
             self.weights.tensors.get(&bkey),
             &Act::of(z.clone()),
             &target,
             seed,
         );
-        let conv = &mut self.model.convs[last];
-        conv.weight = Param::from_tensor(tensor(&w, self.device));
+        self.refits.push(r);
+        self.set_conv(last, &w, b.as_ref());
+        if let (Some(name), Some(i)) = (&u.bn, bn) {
+            let y = self.model.convs[last].forward(z.clone());
+            restate_bn(&mut self.weights, name, &self.model.bns[i], y);
+            // Filters back to their old norms; the BatchNorm's statistics scale with them
+            // (up to its epsilon, the same function).
+            let scales = keep_filter_norms(&w0, &mut w, b.as_mut());
+            for (field, power) in [("running_mean", 1), ("running_var", 2)] {
+                let t = self.weights.tensors.get_mut(&format!("{name}.{field}"));
+                let t = t.expect("a restated BatchNorm");
+                for (v, s) in t.data.iter_mut().zip(&scales) {
+                    *v = (f64::from(*v) * s.powi(power)) as f32;
+                }
+            }
+            self.set_conv(last, &w, b.as_ref());
+            let t = |field: &str| {
+                tensor::<1>(
+                    &self.weights.tensors[&format!("{name}.{field}")],
+                    self.device,
+                )
+            };
+            let m = &mut self.model.bns[i];
+            m.gamma = Param::from_tensor(t("weight"));
+            m.beta = Param::from_tensor(t("bias"));
+            m.running_mean = RunningState::new(t("running_mean"));
+            m.running_var = RunningState::new(t("running_var"));
+        }
         self.weights.tensors.insert(wkey, w);
         if let Some(b) = b {
-            conv.bias = Some(Param::from_tensor(tensor(&b, self.device)));
             self.weights.tensors.insert(bkey, b);
         }
-        self.refits.push(r);
         let y = self.model.convs[last].forward(z);
-        let bn = bn.map(|i| &self.model.bns[i]);
-        if let (Some(name), Some(bn)) = (&u.bn, bn) {
-            restate_bn(&mut self.weights, name, bn, y.clone());
-        }
-        unit_out(bn, y)
+        unit_out(bn.map(|i| &self.model.bns[i]), y)
     }
 }
 

@@ -164,6 +164,22 @@ fn repair_brings_a_low_rank_candidate_closer_unit_by_unit() {
     for r in &refits {
         assert!(r.after < r.before, "{r:?}");
     }
+    // Refitted filters keep the norms they had (the BN after them absorbs the scale).
+    for key in ["features.4_tucker_2.weight", "features.8_tucker_2.weight"] {
+        let norms = |w: &Weights| {
+            let t = &w.tensors[key];
+            let per = t.data.len() / t.shape[0];
+            t.data
+                .chunks(per)
+                .map(|f| f.iter().map(|v| v * v).sum::<f32>().sqrt())
+                .collect::<Vec<_>>()
+        };
+        let (old, new) = (norms(&c.weights), norms(&repaired));
+        assert_ne!(c.weights.tensors[key].data, repaired.tensors[key].data);
+        for (a, b) in old.iter().zip(&new) {
+            assert!((a - b).abs() <= 1e-4 * a, "{key}: {old:?} vs {new:?}");
+        }
+    }
     // Each BN's running statistics are restated as those of its input over the
     // calibration images, so training-mode BN (batch statistics) computes nearly what
     // inference does: the statistics a train-mode pass pools over the same images (each
