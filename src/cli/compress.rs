@@ -141,12 +141,13 @@ impl RepairData {
 
 /// Weights for the model `config` decomposes from `base`: given as such, or given for
 /// `base` and decomposed here (then with the per-layer report).
+/// With the base model's weights when they were given (and decomposed here).
 fn decomposed_weights(
     base: &Arch,
     config: &LayerConfig,
     path: &std::path::Path,
     file: &str,
-) -> Result<(Arch, Weights, Vec<LayerDecomposition>)> {
+) -> Result<(Arch, Weights, Vec<LayerDecomposition>, Option<Weights>)> {
     let ranks_only = LayerConfig {
         pruning: None,
         ..config.clone()
@@ -155,9 +156,12 @@ fn decomposed_weights(
     let raw = Weights::load(path)?;
     let name = path.display().to_string();
     match raw.clone().matched_to(&arch, &name) {
-        Ok(w) => Ok((arch, w, Vec::new())),
+        Ok(w) => Ok((arch, w, Vec::new(), None)),
         Err(fit_err) => match raw.matched_to(base, &name) {
-            Ok(w) if arch != *base => decompose_with_progress(base, &w, &ranks_only, file),
+            Ok(w) if arch != *base => {
+                let (arch, dw, layers) = decompose_with_progress(base, &w, &ranks_only, file)?;
+                Ok((arch, dw, layers, Some(w)))
+            }
             _ => Err(fit_err.into()),
         },
     }
@@ -266,7 +270,7 @@ pub fn run_recommend_pruning(base: &BaseArgs, args: PruningArgs) -> Result<()> {
         None => (LayerConfig::for_arch(&base), "<no config>".to_string()),
     };
     layer_config.pruning = None;
-    let (decomposed, w, _) = decomposed_weights(&base, &layer_config, &weights, &file)?;
+    let (decomposed, w, _, _) = decomposed_weights(&base, &layer_config, &weights, &file)?;
     let target = match (ratio, flops_reduction, params_reduction) {
         (Some(r), _, _) => PruneTarget::Ratio(r),
         (_, Some(x), _) => PruneTarget::FlopsReduction(x),
@@ -327,33 +331,29 @@ pub fn run_compress(base: &BaseArgs, args: CompressArgs) -> Result<()> {
     layer_config.apply(&base, &file)?;
     // The weights may be the base model's or already decomposed at the config's ranks
     // (e.g. a fine-tuned decomposed model about to be pruned).
-    let (arch, new_w, layers) = decomposed_weights(&base, &layer_config, &weights, &file)?;
-    // The model the weights describe, which a repair matches.
-    let reference = if layers.is_empty() {
-        (arch.clone(), new_w.clone())
-    } else {
-        let name = weights.display().to_string();
-        (
-            base.clone(),
-            Weights::load(&weights)?.matched_to(&base, &name)?,
-        )
-    };
-    let (arch, new_w, kept) = prune_model(&base, &arch, &new_w, &layer_config, &file)?;
+    let (dec_arch, dec_w, layers, base_w) =
+        decomposed_weights(&base, &layer_config, &weights, &file)?;
+    let (arch, new_w, kept) = prune_model(&base, &dec_arch, &dec_w, &layer_config, &file)?;
     let c = Compressed {
         arch,
         weights: new_w,
         kept,
     };
+    let c = if repair > 0 {
+        // The model the weights file describes, which the repair matches.
+        let reference = match &base_w {
+            Some(w) => (&base, w),
+            None => (&dec_arch, &dec_w),
+        };
+        repair_data.repair(reference, c, repair, base.num_classes())?
+    } else {
+        c
+    };
     let Compressed {
         arch,
         weights: new_w,
         ..
-    } = if repair > 0 {
-        let classes = base.num_classes();
-        repair_data.repair((&reference.0, &reference.1), c, repair, classes)?
-    } else {
-        c
-    };
+    } = c;
     new_w
         .save_safetensors(&out)
         .map_err(|e| Error::Failure(e.to_string()))?;

@@ -29,7 +29,8 @@ pub struct Vgg {
     pub arch: Arch,
 }
 
-fn tensor<const D: usize>(t: &TensorF32, device: &Device) -> Tensor<D> {
+/// A tensor on `device` with `t`'s values and shape.
+pub(crate) fn tensor<const D: usize>(t: &TensorF32, device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
 }
 
@@ -48,7 +49,8 @@ fn param_of<const D: usize>(t: &TensorF32, key: &str, device: &Device) -> Param<
     p
 }
 
-fn values<const D: usize>(t: Tensor<D>) -> TensorF32 {
+/// The tensor's values on the host, with its shape.
+pub(crate) fn values<const D: usize>(t: Tensor<D>) -> TensorF32 {
     let shape = t.dims().to_vec();
     let data = t
         .into_data()
@@ -58,7 +60,8 @@ fn values<const D: usize>(t: Tensor<D>) -> TensorF32 {
     TensorF32::new(shape, data)
 }
 
-fn conv_from(spec: &ConvSpec, w: &Weights, device: &Device) -> Conv2d {
+/// The conv `spec` with its weights (and bias) from `w`.
+pub(crate) fn conv_from(spec: &ConvSpec, w: &Weights, device: &Device) -> Conv2d {
     let p = spec.padding;
     Conv2d {
         weight: param(w, &format!("{}.weight", spec.name), device),
@@ -73,7 +76,8 @@ fn conv_from(spec: &ConvSpec, w: &Weights, device: &Device) -> Conv2d {
     }
 }
 
-fn bn_from(name: &str, w: &Weights, device: &Device) -> BatchNorm {
+/// The BatchNorm `name` with its parameters and running statistics from `w`.
+pub(crate) fn bn_from(name: &str, w: &Weights, device: &Device) -> BatchNorm {
     let get = |field: &str| tensor::<1>(&w.tensors[&format!("{name}.{field}")], device);
     BatchNorm {
         gamma: param(w, &format!("{name}.weight"), device),

@@ -6,14 +6,14 @@
 
 use crate::data::ImageSet;
 use crate::data::batches::{Batch, batch_at};
-use crate::model::Vgg;
+use crate::model::{Vgg, values};
 use burn::module::RunningState;
 use burn::tensor::module::batch_norm_train;
 use burn::tensor::{Device, Tensor, TensorData};
 
 /// Per-channel sums over every value a BN saw: count, sum and sum of squares (f64).
 #[derive(Debug, Clone, Default)]
-struct Pooled {
+pub(crate) struct Pooled {
     count: f64,
     sum: Vec<f64>,
     squares: Vec<f64>,
@@ -21,7 +21,7 @@ struct Pooled {
 
 impl Pooled {
     /// Adds one batch's per-channel mean and biased variance over `count` values each.
-    fn add(&mut self, count: f64, mean: &[f32], var: &[f32]) {
+    pub(crate) fn add(&mut self, count: f64, mean: &[f32], var: &[f32]) {
         if self.sum.is_empty() {
             self.sum = vec![0.0; mean.len()];
             self.squares = vec![0.0; mean.len()];
@@ -35,7 +35,7 @@ impl Pooled {
     }
 
     /// `(mean, unbiased variance)` per channel.
-    fn stats(&self) -> (Vec<f32>, Vec<f32>) {
+    pub(crate) fn stats(&self) -> (Vec<f32>, Vec<f32>) {
         let n = self.count;
         let mean: Vec<f64> = self.sum.iter().map(|s| s / n).collect();
         let var = self
@@ -46,13 +46,6 @@ impl Pooled {
             .collect();
         (mean.into_iter().map(|m| m as f32).collect(), var)
     }
-}
-
-fn host(t: Tensor<1>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 tensor data")
 }
 
 /// The BN statistics pooled over `batches` (one forward pass each, BN in train mode).
@@ -67,7 +60,11 @@ pub fn pooled_bn_stats(
             let Some((i, bn)) = bn else { return x };
             let [n, _, h, w] = x.dims();
             let r = batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
-            pooled[i].add((n * h * w) as f64, &host(r.mean), &host(r.variance));
+            pooled[i].add(
+                (n * h * w) as f64,
+                &values(r.mean).data,
+                &values(r.variance).data,
+            );
             r.output
         });
     }
@@ -148,7 +145,12 @@ mod tests {
     fn running(m: &Vgg) -> Vec<(Vec<f32>, Vec<f32>)> {
         m.bns
             .iter()
-            .map(|b| (host(b.running_mean.value()), host(b.running_var.value())))
+            .map(|b| {
+                (
+                    values(b.running_mean.value()).data,
+                    values(b.running_var.value()).data,
+                )
+            })
             .collect()
     }
 
@@ -179,8 +181,9 @@ mod tests {
             .iter()
             .zip(reference.bns.iter().zip([6144.0, 1536.0, 1536.0]))
         {
-            close(mean, &host(bn.running_mean.value_sync()), 1e-4);
-            let unbiased: Vec<f32> = host(bn.running_var.value_sync())
+            close(mean, &values(bn.running_mean.value_sync()).data, 1e-4);
+            let unbiased: Vec<f32> = values(bn.running_var.value_sync())
+                .data
                 .iter()
                 .map(|v| v * n / (n - 1.0))
                 .collect();

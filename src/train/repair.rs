@@ -13,11 +13,11 @@
 //! computes what inference does. The classifier is left as it is.
 
 use crate::arch::{Arch, ConvSpec, ConvUnit, Unit};
-use crate::compress::prune::Kept;
+use crate::compress::prune::{Kept, filter_norms, select};
 use crate::data::batches::Batch;
-use crate::model::Vgg;
+use crate::model::{Vgg, bn_from, conv_from, values};
+use crate::train::recalibrate::Pooled;
 use crate::weights::{TensorF32, Weights};
-use burn::module::{Param, RunningState};
 use burn::nn::BatchNorm;
 use burn::nn::pool::MaxPool2dConfig;
 use burn::tensor::activation::relu;
@@ -52,39 +52,9 @@ pub struct Refit {
     pub held_out_after: f64,
 }
 
-/// An activation on the host, `[n, c, h, w]` row-major.
-struct Act {
-    shape: [usize; 4],
-    data: Vec<f32>,
-}
-
-impl Act {
-    fn of(t: Tensor<4>) -> Self {
-        let shape = t.dims();
-        let data = t
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .expect("f32 tensor data");
-        Self { shape, data }
-    }
-
-    /// Only `channels` (in that order).
-    fn select(&self, channels: &[usize]) -> Self {
-        let [n, c, h, w] = self.shape;
-        let plane = h * w;
-        let mut data = Vec::with_capacity(n * channels.len() * plane);
-        for ni in 0..n {
-            for &ch in channels {
-                let at = (ni * c + ch) * plane;
-                data.extend_from_slice(&self.data[at..at + plane]);
-            }
-        }
-        Self {
-            shape: [n, channels.len(), h, w],
-            data,
-        }
-    }
+/// The four dimensions of an activation on the host, `[n, c, h, w]` row-major.
+fn dims4(t: &TensorF32) -> [usize; 4] {
+    t.shape[..].try_into().expect("a 4-D activation")
 }
 
 /// Inference BatchNorm (running statistics), whatever the device.
@@ -106,32 +76,18 @@ fn bn_eval(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
 /// `beta' = beta + gamma (m - m0) / sqrt(v0 + eps)`.
 fn restate_bn(weights: &mut Weights, name: &str, bn: &BatchNorm, y: Tensor<4>) {
     let [n, c, h, w] = y.dims();
-    let count = (n * h * w) as f64;
     let per_channel = y.swap_dims(0, 1).reshape([c, n * h * w]);
     let mean = per_channel.clone().mean_dim(1);
     let var = (per_channel - mean.clone()).powi_scalar(2).mean_dim(1);
-    let host = |t: Tensor<2>| -> Vec<f64> {
-        let v = t
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .expect("f32");
-        v.into_iter().map(f64::from).collect()
-    };
-    let host1 = |t: Tensor<1>| host(t.reshape([c, 1]));
     // Unbiased, as PyTorch stores it.
-    let (m, v): (Vec<f64>, Vec<f64>) = (
-        host(mean),
-        host(var)
-            .into_iter()
-            .map(|x| x * count / (count - 1.0).max(1.0))
-            .collect(),
-    );
-    let (m0, v0) = (
-        host1(bn.running_mean.value()),
-        host1(bn.running_var.value()),
-    );
-    let (gamma, beta) = (host1(bn.gamma.val()), host1(bn.beta.val()));
+    let mut pooled = Pooled::default();
+    pooled.add((n * h * w) as f64, &values(mean).data, &values(var).data);
+    let f64s = |v: Vec<f32>| -> Vec<f64> { v.into_iter().map(f64::from).collect() };
+    let (m, v) = pooled.stats();
+    let (m, v) = (f64s(m), f64s(v));
+    let host = |t: Tensor<1>| f64s(values(t).data);
+    let (m0, v0) = (host(bn.running_mean.value()), host(bn.running_var.value()));
+    let (gamma, beta) = (host(bn.gamma.val()), host(bn.beta.val()));
     let eps = bn.epsilon;
     let key = |field: &str| format!("{name}.{field}");
     let mut put = |field: &str, values: Vec<f64>| {
@@ -188,9 +144,15 @@ const HOLD_OUT_EVERY: usize = 5;
 
 /// The rows of `spec` mapping `z` to `y` at sampled output positions: those of the
 /// images kept for fitting, and those of the held-out images.
-fn sampled_rows(spec: &ConvSpec, bias: bool, z: &Act, y: &Act, seed: u64) -> (Rows, Rows) {
-    let [n, cin, h, w] = z.shape;
-    let [_, cout, ho, wo] = y.shape;
+fn sampled_rows(
+    spec: &ConvSpec,
+    bias: bool,
+    z: &TensorF32,
+    y: &TensorF32,
+    seed: u64,
+) -> (Rows, Rows) {
+    let [n, cin, h, w] = dims4(z);
+    let [_, cout, ho, wo] = dims4(y);
     let k = spec.kernel;
     let d = cin * k * k + usize::from(bias);
     let total = n * ho * wo;
@@ -250,8 +212,8 @@ fn refit(
     spec: &ConvSpec,
     w0: &TensorF32,
     b0: Option<&TensorF32>,
-    z: &Act,
-    y: &Act,
+    z: &TensorF32,
+    y: &TensorF32,
     seed: u64,
 ) -> (TensorF32, Option<TensorF32>, Refit) {
     let (fit, held) = sampled_rows(spec, b0.is_some(), z, y, seed);
@@ -302,10 +264,6 @@ fn refit(
     (TensorF32::new(w0.shape.clone(), w), bias, report)
 }
 
-fn tensor<const D: usize>(t: &TensorF32, device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
-}
-
 /// The calibration images of `batches` as one `[n, 3, H, W]` tensor.
 fn images(batches: &[Batch], device: &Device) -> Tensor<4> {
     Tensor::cat(
@@ -325,15 +283,11 @@ fn images(batches: &[Batch], device: &Device) -> Tensor<4> {
 /// stall fine-tuning.
 /// Returns the scale of each filter.
 fn keep_filter_norms(w0: &TensorF32, w: &mut TensorF32, b: Option<&mut TensorF32>) -> Vec<f64> {
-    let out = w.shape[0];
-    let per = w.data.len() / out;
-    let norm = |f: &[f32]| f.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
-    let scales: Vec<f64> = (0..out)
-        .map(|o| {
-            let (old, new) = (
-                norm(&w0.data[o * per..(o + 1) * per]),
-                norm(&w.data[o * per..(o + 1) * per]),
-            );
+    let per = w.data.len() / w.shape[0];
+    let scales: Vec<f64> = filter_norms(w0)
+        .into_iter()
+        .zip(filter_norms(w))
+        .map(|(old, new)| {
             if new > 0.0 && old > 0.0 {
                 old / new
             } else {
@@ -385,15 +339,6 @@ struct Repairing<'a> {
 }
 
 impl Repairing<'_> {
-    /// Puts weights (and bias) into the model's conv `i`.
-    fn set_conv(&mut self, i: usize, w: &TensorF32, b: Option<&TensorF32>) {
-        let conv = &mut self.model.convs[i];
-        conv.weight = Param::from_tensor(tensor(w, self.device));
-        if let Some(b) = b {
-            conv.bias = Some(Param::from_tensor(tensor(b, self.device)));
-        }
-    }
-
     /// Refits the last conv of candidate unit `u` so that, fed `x`, it gives the base
     /// unit's conv output `target` (for the channels it kept), restates its BatchNorm and
     /// returns the unit's output.
@@ -405,9 +350,9 @@ impl Repairing<'_> {
             z = conv.forward(z);
         }
         let spec = u.body.convs().last().expect("a body has a conv");
-        let target = Act::of(target.clone());
+        let target = values(target.clone());
         let target = match self.kept.get(&spec.name) {
-            Some(channels) => target.select(channels),
+            Some(channels) => select(&target, 1, channels),
             None => target,
         };
         let (wkey, bkey) = (
@@ -419,18 +364,31 @@ impl Repairing<'_> {
             spec,
             &w0,
             self.weights.tensors.get(&bkey),
-            &Act::of(z.clone()),
+            &values(z.clone()),
             &target,
             seed,
         );
         self.refits.push(r);
-        self.set_conv(last, &w, b.as_ref());
-        if let (Some(name), Some(i)) = (&u.bn, bn) {
-            let y = self.model.convs[last].forward(z.clone());
-            restate_bn(&mut self.weights, name, &self.model.bns[i], y);
-            // Filters back to their old norms; the BatchNorm's statistics scale with them
-            // (up to its epsilon, the same function).
-            let scales = keep_filter_norms(&w0, &mut w, b.as_mut());
+        // Filters back to their old norms when a BatchNorm follows (it absorbs the scale).
+        let scales =
+            u.bn.is_some()
+                .then(|| keep_filter_norms(&w0, &mut w, b.as_mut()));
+        self.weights.tensors.insert(wkey, w);
+        if let Some(b) = b {
+            self.weights.tensors.insert(bkey, b);
+        }
+        self.model.convs[last] = conv_from(spec, &self.weights, self.device);
+        let y = self.model.convs[last].forward(z);
+        if let (Some(name), Some(i), Some(scales)) = (&u.bn, bn, scales) {
+            // Restated for the refit as fitted, then its statistics scale with the
+            // filters (up to its epsilon, the same function).
+            let c = scales.len();
+            let per_channel = Tensor::<1>::from_data(
+                TensorData::new(scales.iter().map(|&s| s as f32).collect(), [c]),
+                self.device,
+            );
+            let unscaled = y.clone() / per_channel.reshape([1, c, 1, 1]);
+            restate_bn(&mut self.weights, name, &self.model.bns[i], unscaled);
             for (field, power) in [("running_mean", 1), ("running_var", 2)] {
                 let t = self.weights.tensors.get_mut(&format!("{name}.{field}"));
                 let t = t.expect("a restated BatchNorm");
@@ -438,24 +396,8 @@ impl Repairing<'_> {
                     *v = (f64::from(*v) * s.powi(power)) as f32;
                 }
             }
-            self.set_conv(last, &w, b.as_ref());
-            let t = |field: &str| {
-                tensor::<1>(
-                    &self.weights.tensors[&format!("{name}.{field}")],
-                    self.device,
-                )
-            };
-            let m = &mut self.model.bns[i];
-            m.gamma = Param::from_tensor(t("weight"));
-            m.beta = Param::from_tensor(t("bias"));
-            m.running_mean = RunningState::new(t("running_mean"));
-            m.running_var = RunningState::new(t("running_var"));
+            self.model.bns[i] = bn_from(name, &self.weights, self.device);
         }
-        self.weights.tensors.insert(wkey, w);
-        if let Some(b) = b {
-            self.weights.tensors.insert(bkey, b);
-        }
-        let y = self.model.convs[last].forward(z);
         unit_out(bn.map(|i| &self.model.bns[i]), y)
     }
 }
