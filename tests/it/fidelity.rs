@@ -2,7 +2,7 @@
 //! candidate is feasible and distinct, every (candidate, signal) pair is scored once and
 //! a re-run resumes without scoring again; `score` prints one JSON line per signal.
 
-use crate::search::{run, study, text, tiny_base_flops};
+use crate::search::{edit_budget, run, study, text, tiny_base_flops};
 
 const SIGNALS: &str = "compressed,bn:1,recon:1,ft:2,kd:2";
 
@@ -140,14 +140,9 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
     // `score` runs one candidate's config through the signals.
     let config = s.path("c0.json");
     std::fs::write(&config, candidates[0]["config"].to_string()).unwrap();
-    let o = run(&[
-        "score",
-        &budget,
-        "--config",
-        &config.display().to_string(),
-        "--signals",
-        "bn:1,recon:1",
-    ]);
+    let config = config.display().to_string();
+    let score = |signals: &str| run(&["score", &budget, "--config", &config, "--signals", signals]);
+    let o = score("bn:1,recon:1");
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8(o.stdout).unwrap();
     let lines: Vec<serde_json::Value> = out
@@ -168,26 +163,14 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
     assert_eq!(recorded["scores"], lines[0]["scores"]);
 
     // A budget that builds candidates differently (repaired) cannot add to this run.
-    let text_before = std::fs::read_to_string(s.budget()).unwrap();
-    std::fs::write(
-        s.budget(),
-        text_before.replace("seed = 1\n", "seed = 1\nrepair = 1\n"),
-    )
-    .unwrap();
+    edit_budget(&s, "seed = 1\n", "seed = 1\nrepair = 1\n");
     let o = run(&args);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("use another --out"), "{}", text(&o));
     // `score` builds it repaired: the repair:1 signal on a repaired build runs too.
-    let o = run(&[
-        "score",
-        &budget,
-        "--config",
-        &config.display().to_string(),
-        "--signals",
-        "compressed,repair:1",
-    ]);
+    let o = score("compressed,repair:1");
     assert!(o.status.success(), "{}", text(&o));
-    std::fs::write(s.budget(), text_before).unwrap();
+    edit_budget(&s, "seed = 1\nrepair = 1\n", "seed = 1\n");
 
     let o = run(&["fidelity", &budget, "--signals", "bn"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));

@@ -639,7 +639,7 @@ fn search_repair_builds_every_trial_repaired() {
 }
 
 /// Replaces `from` by `to` in the study's budget file.
-fn edit_budget(s: &Study, from: &str, to: &str) {
+pub(crate) fn edit_budget(s: &Study, from: &str, to: &str) {
     let text = std::fs::read_to_string(s.budget()).unwrap();
     assert!(text.contains(from), "{from}");
     std::fs::write(s.budget(), text.replace(from, to)).unwrap();
