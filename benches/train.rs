@@ -7,8 +7,14 @@
 //! The last column trains through `Vgg::forward_reference` (burn's own conv2d, BatchNorm
 //! and relu, batch-major), which is what training ran before our kernels.
 //!
-//! Run: cargo bench --bench train [-- STEPS [NAME-FILTER]]; experiments/throughput runs
+//! Run: cargo bench --bench train [-- STEPS [NAME-FILTER [train|inference]]];
+//! experiments/throughput runs
 //! it beside the PyTorch script and prints the ratios.
+//!
+//! `cargo bench --bench train -- profile [STEPS [NAME-FILTER]]` prints instead a per-op
+//! profile of one training step and one inference batch: the wall time of each kind of
+//! our kernels ([`rankprune::model::profile`]), of the optimizer step, and what is left
+//! of the forward and backward passes (burn's ops: classifier, loss, autodiff).
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -18,6 +24,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use rankprune::arch::{Arch, ArchSpec};
 use rankprune::config::LayerConfig;
 use rankprune::model::Vgg;
+use rankprune::model::profile::{self, Op};
 use std::time::Instant;
 
 const BATCH: usize = 128;
@@ -77,8 +84,117 @@ fn config_arch(base: &Arch, path: &str) -> Arch {
         .unwrap()
 }
 
+/// Milliseconds per step of each part of training (`steps` steps) and of inference.
+fn profile_rows(arch: &Arch, steps: usize) -> Vec<(String, f64, f64)> {
+    let device = Device::flex().autodiff();
+    let mut model = Vgg::init(arch, 0, &device);
+    let mut optim = SgdConfig::new()
+        .with_momentum(Some(
+            MomentumConfig::new().with_momentum(0.9).with_dampening(0.0),
+        ))
+        .init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let x = Tensor::<4>::random([BATCH, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+    let classes = arch.num_classes() as i64;
+    let labels: Vec<i64> = (0..BATCH as i64).map(|i| i % classes).collect();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [BATCH]), &device);
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3 / steps as f64;
+    let (mut fwd, mut bwd, mut opt) = (0.0, 0.0, 0.0);
+    for step in 0..=steps {
+        profile::enable(step > 0); // step 0 warms up
+        let t = Instant::now();
+        let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
+        let f = ms(t);
+        let t = Instant::now();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let b = ms(t);
+        let t = Instant::now();
+        model = optim.step(0.01, model, grads);
+        let _ = model.convs[0].weight.val().into_data(); // sync
+        if step > 0 {
+            (fwd, bwd, opt) = (fwd + f, bwd + b, opt + ms(t));
+        }
+    }
+    profile::enable(false);
+    let train = profile::take();
+    let inference_model = Vgg::from_weights(arch, model.to_weights(), "mem", &Device::flex())
+        .expect("the trained weights fit their arch");
+    let xi = x.inner();
+    let _ = inference_model.forward(xi.clone()).into_data(); // warm-up
+    profile::enable(true);
+    let t = Instant::now();
+    for _ in 0..steps {
+        let _ = inference_model.forward(xi.clone()).into_data();
+    }
+    let infer = ms(t);
+    profile::enable(false);
+    let inference = profile::take();
+    let per_step = |d: std::time::Duration| d.as_secs_f64() * 1e3 / steps as f64;
+    let backward_op = |op: Op| {
+        matches!(
+            op,
+            Op::ConvInputGrad
+                | Op::ConvWeightGrad
+                | Op::PointwiseInputGrad
+                | Op::PointwiseWeightGrad
+                | Op::BnReluBackward
+                | Op::PoolBackward
+        )
+    };
+    let mut rows = Vec::new();
+    let (mut in_fwd, mut in_bwd, mut in_inf) = (0.0, 0.0, 0.0);
+    for ((op, d), (_, di)) in train.into_iter().zip(inference) {
+        let (t, i) = (per_step(d), per_step(di));
+        if op.nested() {
+        } else if backward_op(op) {
+            in_bwd += t;
+        } else {
+            in_fwd += t;
+        }
+        if !op.nested() {
+            in_inf += i;
+        }
+        rows.push((op.name().to_string(), t, i));
+    }
+    rows.push((
+        "rest of forward (burn: classifier, loss, ...)".into(),
+        fwd - in_fwd,
+        infer - in_inf,
+    ));
+    rows.push((
+        "rest of backward (burn: autodiff, classifier, ...)".into(),
+        bwd - in_bwd,
+        0.0,
+    ));
+    rows.push(("optimizer step".into(), opt, 0.0));
+    rows.push(("whole step".into(), fwd + bwd + opt, infer));
+    rows
+}
+
+fn print_profile(models: &[(&str, Arch)], steps: usize) {
+    for (name, arch) in models {
+        let rows = profile_rows(arch, steps);
+        let (train, infer) = rows.last().map(|r| (r.1, r.2)).unwrap_or((1.0, 1.0));
+        println!("\n{name}, batch {BATCH}, mean of {steps} steps:\n");
+        println!("| op | train ms/step | share | inference ms/batch | share |");
+        println!("|---|---|---|---|---|");
+        for (op, t, i) in rows {
+            println!(
+                "| {op} | {t:.1} | {:.0}% | {i:.1} | {:.0}% |",
+                100.0 * t / train,
+                100.0 * i / infer
+            );
+        }
+    }
+}
+
 fn main() {
-    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    rankprune::model::keep_freed_memory(); // as the `rankprune` binary does
+    let mut args = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .peekable();
+    let profile = args.next_if(|a| a == "profile").is_some();
     let steps: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
     let filter = args.next().unwrap_or_default();
     let base = ArchSpec::parse("vgg19_bn").unwrap().build(100);
@@ -97,14 +213,27 @@ fn main() {
             ),
         ),
     ];
+    if profile {
+        let models: Vec<_> = models
+            .into_iter()
+            .filter(|(n, _)| n.contains(&filter))
+            .collect();
+        print_profile(&models, steps);
+        return;
+    }
     println!(
         "| model | batch | steps | train images/s | inference images/s | train images/s, burn's layers (before) |"
     );
     println!("|---|---|---|---|---|---|");
+    // A third argument, `train` or `inference`, measures only that (for timing the
+    // whole process from outside); the other columns then read 0.
+    let part = args.next().unwrap_or_default();
+    let (train, infer) = (part != "inference", part != "train");
     for (name, arch) in models.iter().filter(|(n, _)| n.contains(&filter)) {
-        let train = train_images_per_s(arch, steps, false);
-        let before = train_images_per_s(arch, steps, true);
-        let infer = inference_images_per_s(arch, steps);
-        println!("| {name} | {BATCH} | {steps} | {train:.1} | {infer:.1} | {before:.1} |");
+        let rate = |on: bool, f: &dyn Fn() -> f64| if on { f() } else { 0.0 };
+        let train_rate = rate(train, &|| train_images_per_s(arch, steps, false));
+        let before = rate(train && infer, &|| train_images_per_s(arch, steps, true));
+        let infer = rate(infer, &|| inference_images_per_s(arch, steps));
+        println!("| {name} | {BATCH} | {steps} | {train_rate:.1} | {infer:.1} | {before:.1} |");
     }
 }

@@ -223,6 +223,7 @@ fn run(cli: Cli) -> Result<i32> {
 }
 
 fn main() {
+    rankprune::model::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

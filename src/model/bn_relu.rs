@@ -10,6 +10,7 @@
 //! `tests` checks output, statistics and all three gradients against burn's own layers.
 
 use super::flex::{Flat, tensor, values};
+use super::profile::{Op, timed};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -157,25 +158,47 @@ fn backward(
 
 impl BnReluEvalBackend for Flex {
     fn bn_relu_eval(x: Flat, gamma: Flat, beta: Flat, mean: Flat, var: Flat, eps: f64) -> Flat {
-        let shape = x.layout().shape().clone();
-        let (xs, gs, bs) = (values(&x), values(&gamma), values(&beta));
-        let (ms, vs) = (values(&mean), values(&var));
-        let m = xs.len() / shape[0];
-        let mut y = vec![0f32; xs.len()];
-        y.par_chunks_mut(m)
-            .zip(xs.par_chunks(m))
-            .enumerate()
-            .for_each(|(c, (y, x))| {
-                let (scale, shift) = scale_shift(gs[c], bs[c], ms[c], vs[c], eps);
-                normalize_relu(y, x, scale, shift);
-            });
-        tensor(y, shape)
+        timed(Op::BnReluInference, || {
+            inference(x, gamma, beta, mean, var, eps)
+        })
     }
+}
+
+/// Inference: `relu(x * scale + shift)` per channel, in `x`'s own buffer when nothing
+/// else holds it (as a conv's fresh output).
+fn inference(mut x: Flat, gamma: Flat, beta: Flat, mean: Flat, var: Flat, eps: f64) -> Flat {
+    let shape = x.layout().shape().clone();
+    let (gs, bs) = (values(&gamma), values(&beta));
+    let (ms, vs) = (values(&mean), values(&var));
+    let affine: Vec<(f32, f32)> = (0..shape[0])
+        .map(|c| scale_shift(gs[c], bs[c], ms[c], vs[c], eps))
+        .collect();
+    let m = shape.num_elements() / shape[0];
+    if let Some((start, end)) = x.layout().contiguous_offsets()
+        && let Some(storage) = x.try_storage_mut::<f32>()
+    {
+        storage[start..end]
+            .par_chunks_mut(m)
+            .zip(&affine)
+            .for_each(|(y, &(scale, shift))| {
+                for v in y {
+                    *v = (*v * scale + shift).max(0.0);
+                }
+            });
+        return x;
+    }
+    let xs = values(&x);
+    let mut y = vec![0f32; xs.len()];
+    y.par_chunks_mut(m)
+        .zip(xs.par_chunks(m))
+        .zip(&affine)
+        .for_each(|((y, x), &(scale, shift))| normalize_relu(y, x, scale, shift));
+    tensor(y, shape)
 }
 
 impl BnReluBackend for Flex {
     fn bn_relu_train(x: Flat, gamma: Flat, beta: Flat, epsilon: f64) -> (Flat, Flat, Flat) {
-        forward(&x, &gamma, &beta, epsilon)
+        timed(Op::BnReluForward, || forward(&x, &gamma, &beta, epsilon))
     }
 }
 
@@ -190,7 +213,9 @@ impl Backward<Flex, 3> for BnReluBackward {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
         let (x, gamma, beta, mean, var, epsilon) = ops.state;
-        let (dx, dgamma, dbeta) = backward(&x, &gamma, &beta, &mean, &var, epsilon, &dy);
+        let (dx, dgamma, dbeta) = timed(Op::BnReluBackward, || {
+            backward(&x, &gamma, &beta, &mean, &var, epsilon, &dy)
+        });
         for (node, grad) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
             if let Some(node) = node {
                 grads.register::<Flex>(node.id, grad);
@@ -212,7 +237,7 @@ impl<C: CheckpointStrategy> BnReluBackend for Autodiff<Flex, C> {
             gamma.into_primitive(),
             beta.into_primitive(),
         );
-        let (y, mean, var) = forward(&x, &gamma, &beta, epsilon);
+        let (y, mean, var) = timed(Op::BnReluForward, || forward(&x, &gamma, &beta, epsilon));
         let stats = (
             Self::from_inner(mean.clone()),
             Self::from_inner(var.clone()),
@@ -314,16 +339,23 @@ mod tests {
         bn.running_mean = burn::module::RunningState::new(stat(0.3, 0.5));
         bn.running_var = burn::module::RunningState::new(stat(2.0, 0.5).abs());
         let theirs = flat(relu(bn.forward(x.clone())));
-        let y = <Dispatch as BnReluEvalBackend>::bn_relu_eval(
-            x.swap_dims(0, 1).into_dispatch(),
-            bn.gamma.val().into_dispatch(),
-            bn.beta.val().into_dispatch(),
-            bn.running_mean.value().into_dispatch(),
-            bn.running_var.value().into_dispatch(),
-            bn.epsilon,
-        );
-        let ours = flat(Tensor::<4>::from_dispatch(y).swap_dims(0, 1));
-        assert_close("inference", ours, theirs);
+        let run = |x: Tensor<4>| {
+            let y = <Dispatch as BnReluEvalBackend>::bn_relu_eval(
+                x.into_dispatch(),
+                bn.gamma.val().into_dispatch(),
+                bn.beta.val().into_dispatch(),
+                bn.running_mean.value().into_dispatch(),
+                bn.running_var.value().into_dispatch(),
+                bn.epsilon,
+            );
+            flat(Tensor::<4>::from_dispatch(y).swap_dims(0, 1))
+        };
+        // A strided view of a shared buffer (written to a new one), and a contiguous
+        // tensor nothing else holds (normalised in place).
+        let view = x.clone().swap_dims(0, 1);
+        let own = Tensor::<4>::from_data(view.to_data(), &d);
+        assert_close("inference, view", run(view), theirs.clone());
+        assert_close("inference, in place", run(own), theirs);
     }
 
     #[test]

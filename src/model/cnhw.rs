@@ -34,10 +34,11 @@ fn padding(conv: &Conv2d) -> Option<usize> {
 }
 
 /// `conv` applied to channel-major `x` (`[C, N, H, W]`), output channel-major. With
-/// stride 1, no dilation, one group and the same zero padding on every side, a 1x1 conv
-/// is one matrix product `[out, in] x [in, N*H*W]` over the whole batch, with no copy,
-/// and a larger kernel on the flex CPU backend is [`conv_gemm`](super::conv_gemm)'s
-/// whole-batch im2col product; anything else goes through burn's `conv2d`.
+/// stride 1, no dilation, one group and the same zero padding on every side, it is one
+/// matrix product over the whole batch: on the flex CPU backend
+/// [`conv_gemm`](super::conv_gemm)'s kernel (a 1x1 conv's columns are the input itself,
+/// a larger kernel's come from im2col), elsewhere, for a 1x1 conv, burn's
+/// `[out, in] x [in, N*H*W]` matmul. Anything else goes through burn's `conv2d`.
 pub fn conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let [k, kw] = conv.kernel_size;
     let padding = padding(conv)
@@ -45,7 +46,7 @@ pub fn conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let [out_c, ..] = conv.weight.dims();
     let device = x.device();
     match padding {
-        Some(0) if k == 1 && kw == 1 => {
+        Some(0) if k == 1 && kw == 1 && !on_flex(&device) => {
             let [c, n, h, w] = x.dims();
             let weight = conv.weight.val().reshape([out_c, c]);
             let mut y = weight.matmul(x.reshape([c, n * h * w]));

@@ -1,5 +1,6 @@
 //! A k x k convolution (stride 1, zero padding) of the flex CPU backend as one matrix
-//! product over the whole batch, on channel-major activations (`[C, N, H, W]`):
+//! product over the whole batch, on channel-major activations (`[C, N, H, W]`; a 1x1
+//! conv's columns are the input itself, so it is one product with no copy):
 //! `cols = im2col(x)` is `[C k k, N OH OW]` and `y = W cols + b` with `W` the weight as
 //! `[O, C k k]`. Backward recomputes `cols` (cheaper than keeping it) and takes two more
 //! products, `dW = dy cols^T` and `dcols = W^T dy`, then `dx = col2im(dcols)`. The batch
@@ -11,6 +12,7 @@
 //! the three gradients against burn's `conv2d`.
 
 use super::flex::{Flat, tensor, values};
+use super::profile::{Op, timed};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -87,6 +89,24 @@ impl Geometry {
         (lo, hi.max(lo))
     }
 
+    /// A 1x1 conv without padding, whose im2col is the input itself.
+    fn pointwise(&self) -> bool {
+        self.k == 1 && self.p == 0
+    }
+
+    /// The profile's ops for this conv's forward, input and weight gradient.
+    fn ops(&self) -> [Op; 3] {
+        if self.pointwise() {
+            [
+                Op::PointwiseForward,
+                Op::PointwiseInputGrad,
+                Op::PointwiseWeightGrad,
+            ]
+        } else {
+            [Op::ConvForward, Op::ConvInputGrad, Op::ConvWeightGrad]
+        }
+    }
+
     /// Output pixels of one image.
     fn image_pixels(&self) -> usize {
         self.oh() * self.ow()
@@ -96,6 +116,9 @@ impl Geometry {
     /// take about [`BLOCK_FLOATS`], so that they stay in cache and no buffer grows with
     /// the batch.
     fn block(&self) -> usize {
+        if self.pointwise() {
+            return self.n;
+        }
         let per_image = self.c * self.k * self.k * self.image_pixels();
         (BLOCK_FLOATS / per_image.max(1)).clamp(1, self.n)
     }
@@ -104,27 +127,56 @@ impl Geometry {
 /// About 4 MiB of f32 im2col columns per block.
 const BLOCK_FLOATS: usize = 1 << 20;
 
+/// Images `imgs` as `[C k k, imgs.len() OH OW]` (borrowed when the conv is pointwise:
+/// then they are the whole batch, see [`Geometry::block`]).
+fn columns(x: &[f32], g: Geometry, imgs: Range<usize>) -> Cow<'_, [f32]> {
+    if g.pointwise() {
+        debug_assert_eq!(imgs.len(), g.n, "a pointwise conv runs as one block");
+        return Cow::Borrowed(x);
+    }
+    Cow::Owned(timed(Op::Im2col, || im2col(x, g, imgs)))
+}
+
 /// Images `imgs` as `[C k k, imgs.len() OH OW]`: row `(ch, i, j)` holds input channel
-/// `ch` shifted by `(i - p, j - p)`, zero where that falls in the padding.
+/// `ch` shifted by `(i - p, j - p)`, zero where that falls in the padding. Every value
+/// is written once (no zero-fill first), and the rows' short runs are copied by plain
+/// loops rather than `memcpy` calls.
 fn im2col(x: &[f32], g: Geometry, imgs: Range<usize>) -> Vec<f32> {
     let (oh, ow, kk) = (g.oh(), g.ow(), g.k * g.k);
     let len = imgs.len() * g.image_pixels();
-    let mut cols = vec![0f32; g.c * kk * len];
-    cols.par_chunks_mut(len).enumerate().for_each(|(r, row)| {
+    let total = g.c * kk * len;
+    let mut cols = Vec::<f32>::with_capacity(total);
+    let spare = &mut cols.spare_capacity_mut()[..total];
+    spare.par_chunks_mut(len).enumerate().for_each(|(r, row)| {
         let (ch, i, j) = (r / kk, r % kk / g.k, r % g.k);
         let (lo, hi) = g.valid_x(j);
         for (b, img) in imgs.clone().enumerate() {
             let plane = &x[(ch * g.n + img) * g.h * g.w..][..g.h * g.w];
             for oy in 0..oh {
-                let Some(iy) = (oy + i).checked_sub(g.p).filter(|&iy| iy < g.h) else {
-                    continue;
-                };
                 let dst = &mut row[(b * oh + oy) * ow..][..ow];
-                let src = &plane[iy * g.w..][..g.w];
-                dst[lo..hi].copy_from_slice(&src[lo + j - g.p..hi + j - g.p]);
+                match (oy + i).checked_sub(g.p).filter(|&iy| iy < g.h) {
+                    Some(iy) => {
+                        let src = &plane[iy * g.w..][lo + j - g.p..hi + j - g.p];
+                        let (head, rest) = dst.split_at_mut(lo);
+                        let (mid, tail) = rest.split_at_mut(hi - lo);
+                        head.iter_mut().chain(tail).for_each(|d| {
+                            d.write(0.0);
+                        });
+                        for (d, &v) in mid.iter_mut().zip(src) {
+                            d.write(v);
+                        }
+                    }
+                    None => dst.iter_mut().for_each(|d| {
+                        d.write(0.0);
+                    }),
+                }
             }
         }
     });
+    // SAFETY: the rows (`C k k` of `len` values) cover the first `total` values, and
+    // every row wrote each of its values above: each output row's `lo` values before the
+    // valid run, the `hi - lo` of the run and the rest after it, or all `ow` as zeros.
+    unsafe { cols.set_len(total) };
     cols
 }
 
@@ -279,14 +331,18 @@ fn gather(data: &[f32], nrows: usize, g: Geometry, imgs: Range<usize>) -> Cow<'_
 
 fn forward(x: &Flat, weight: &Flat, bias: &Flat, padding: usize) -> Flat {
     let g = Geometry::of(x, weight, padding);
+    timed(g.ops()[0], || forward_of(g, x, weight, bias))
+}
+
+fn forward_of(g: Geometry, x: &Flat, weight: &Flat, bias: &Flat) -> Flat {
     let ckk = g.c * g.k * g.k;
     let (xs, weight, bias) = (values(x), values(weight), values(bias));
     let mut y: Vec<f32> = Vec::with_capacity(g.out * g.pixels());
     for &b in bias.iter() {
-        y.extend(std::iter::repeat_n(b, g.pixels()));
+        y.resize(y.len() + g.pixels(), b);
     }
     for imgs in blocks(g) {
-        let cols = im2col(&xs, g, imgs.clone());
+        let cols = columns(&xs, g, imgs.clone());
         let (start, len) = (imgs.start * g.image_pixels(), imgs.len() * g.image_pixels());
         let (lhs, rhs) = (View::rows(&weight, g.out, ckk), View::rows(&cols, ckk, len));
         if len == g.pixels() {
@@ -314,27 +370,41 @@ fn backward(
     let g = Geometry::of(x, weight, padding);
     let ckk = g.c * g.k * g.k;
     let (xs, dys, w) = (values(x), values(dy), values(weight));
-    let mut dx = want[0].then(|| vec![0f32; g.c * g.n * g.h * g.w]);
+    let [_, dx_op, dw_op] = g.ops();
+    // A pointwise conv's input gradient is its column gradient, written by the product.
+    let mut dx = want[0].then(|| match g.pointwise() {
+        true => Vec::new(),
+        false => vec![0f32; g.c * g.n * g.h * g.w],
+    });
     let mut dw = want[1].then(|| vec![0f32; g.out * ckk]);
     for imgs in blocks(g) {
         let len = imgs.len() * g.image_pixels();
         let dy_part = gather(&dys, g.out, g, imgs.clone());
         let dy_b = View::rows(&dy_part, g.out, len);
         if let Some(dx) = dx.as_mut() {
-            let dcols = product(View::rows(&w, g.out, ckk).t(), dy_b);
-            col2im(&dcols, g, imgs.clone(), dx);
+            timed(dx_op, || {
+                let dcols = product(View::rows(&w, g.out, ckk).t(), dy_b);
+                match g.pointwise() {
+                    true => *dx = dcols,
+                    false => timed(Op::Col2im, || col2im(&dcols, g, imgs.clone(), dx)),
+                }
+            });
         }
         if let Some(dw) = dw.as_mut() {
-            let cols = im2col(&xs, g, imgs.clone());
-            matmul_add(dw, dy_b, View::rows(&cols, ckk, len).t());
+            timed(dw_op, || {
+                let cols = columns(&xs, g, imgs.clone());
+                matmul_add(dw, dy_b, View::rows(&cols, ckk, len).t());
+            });
         }
     }
     let dbias = want[2].then(|| {
-        let sums = dys
-            .par_chunks(g.pixels())
-            .map(|row| row.iter().map(|&v| f64::from(v)).sum::<f64>() as f32)
-            .collect();
-        tensor(sums, vec![g.out])
+        timed(Op::ConvWeightGrad, || {
+            let sums = dys
+                .par_chunks(g.pixels())
+                .map(|row| row.iter().map(|&v| f64::from(v)).sum::<f64>() as f32)
+                .collect();
+            tensor(sums, vec![g.out])
+        })
     });
     [
         dx.map(|d| tensor(d, vec![g.c, g.n, g.h, g.w])),

@@ -5,6 +5,7 @@
 //! gradient against burn's `MaxPool2d`.
 
 use super::flex::{Flat, tensor, values};
+use super::profile::{Op, timed};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -20,12 +21,11 @@ pub trait MaxPoolBackend: Backend {
     fn max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
-/// Index within the window (0..4, row-major) of its first maximum.
-fn arg_max(x: &[f32], w: usize, oy: usize, ox: usize) -> usize {
-    let at = |dy: usize, dx: usize| x[(2 * oy + dy) * w + 2 * ox + dx];
+/// Index within the window `[a, b, c, d]` (row-major) of its first maximum.
+fn arg_max(window: [f32; 4]) -> usize {
     let mut best = 0;
     for k in 1..4 {
-        if at(k / 2, k % 2) > at(best / 2, best % 2) {
+        if window[k] > window[best] {
             best = k;
         }
     }
@@ -53,27 +53,41 @@ fn forward(x: &Flat) -> Flat {
     tensor(y, [a, b, oh, ow])
 }
 
+/// Each window's gradient goes to its first maximum, zero to the other three; the
+/// windows tile each plane, so every value of `dx` is written once.
 fn backward(x: &Flat, dy: &Flat) -> Flat {
     let [a, b, h, w] = x.layout().shape().dims::<4>();
     let (xs, dys) = (values(x), values(dy));
     let (oh, ow) = (h / 2, w / 2);
-    let mut dx = vec![0f32; a * b * h * w];
-    dx.par_chunks_mut(h * w)
+    let total = a * b * h * w;
+    let mut dx = Vec::<f32>::with_capacity(total);
+    dx.spare_capacity_mut()[..total]
+        .par_chunks_mut(h * w)
         .zip(xs.par_chunks(h * w).zip(dys.par_chunks(oh * ow)))
         .for_each(|(dx, (x, dy))| {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let k = arg_max(x, w, oy, ox);
-                    dx[(2 * oy + k / 2) * w + 2 * ox + k % 2] = dy[oy * ow + ox];
+            for (oy, (rows, dy)) in dx.chunks_mut(2 * w).zip(dy.chunks(ow)).enumerate() {
+                let (d0, d1) = rows.split_at_mut(w);
+                let (r0, r1) = (&x[2 * oy * w..][..w], &x[(2 * oy + 1) * w..][..w]);
+                for (ox, &g) in dy.iter().enumerate() {
+                    let (u, v) = (2 * ox, 2 * ox + 1);
+                    let k = arg_max([r0[u], r0[v], r1[u], r1[v]]);
+                    let at = |q: usize| if q == k { g } else { 0.0 };
+                    d0[u].write(at(0));
+                    d0[v].write(at(1));
+                    d1[u].write(at(2));
+                    d1[v].write(at(3));
                 }
             }
         });
+    // SAFETY: each plane's `oh` row pairs hold `ow` windows of 2x2, which cover its
+    // `h x w` values (h and w even, checked by the forward pass), each written above.
+    unsafe { dx.set_len(total) };
     tensor(dx, [a, b, h, w])
 }
 
 impl MaxPoolBackend for Flex {
     fn max_pool_2x2(x: Flat) -> Flat {
-        forward(&x)
+        timed(Op::PoolForward, || forward(&x))
     }
 }
 
@@ -87,7 +101,8 @@ impl Backward<Flex, 1> for MaxPoolBackward {
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dy = grads.consume::<Flex>(&ops.node);
         if let [Some(node)] = ops.parents {
-            grads.register::<Flex>(node.id, backward(&ops.state, &dy));
+            let dx = timed(Op::PoolBackward, || backward(&ops.state, &dy));
+            grads.register::<Flex>(node.id, dx);
         }
     }
 }
@@ -96,7 +111,7 @@ impl<C: CheckpointStrategy> MaxPoolBackend for Autodiff<Flex, C> {
     fn max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let nodes = [x.node()];
         let x = x.into_primitive();
-        let y = forward(&x);
+        let y = timed(Op::PoolForward, || forward(&x));
         match MaxPoolBackward
             .prepare::<C>(nodes)
             .compute_bound()

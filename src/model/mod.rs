@@ -6,6 +6,10 @@ mod cnhw;
 mod conv_gemm;
 mod flex;
 mod max_pool;
+mod memory;
+pub mod profile;
+
+pub use memory::keep_freed_memory;
 
 use crate::arch::{Arch, ConvSpec, Unit};
 use crate::weights::{TensorF32, Weights, WeightsError};
