@@ -201,6 +201,7 @@ mod tests {
         check(3, 7, 2, 4, 1, 0, false); // Tucker first 1x1, pruned-looking counts
         check(2, 4, 6, 5, 1, 0, true); // 1x1 with bias (a Tucker unit's last conv)
         check(1, 1, 3, 2, 1, 0, true); // batch 1, one channel, 2x2 map
+        check(4, 5, 3, 16, 1, 0, true); // weight gradient split over threads
         // The whole-batch im2col product:
         check(2, 3, 5, 8, 3, 1, true); // RGB input, odd channel count
         check(1, 1, 4, 2, 3, 1, false); // batch 1, one channel, 2x2 map

@@ -247,6 +247,21 @@ impl<'a> View<'a> {
         }
     }
 
+    /// Columns `r` only.
+    fn columns(self, r: Range<usize>) -> Self {
+        assert!(r.end <= self.cols, "columns past the matrix");
+        Self {
+            data: &self.data[(r.start * self.cs).min(self.data.len())..],
+            cols: r.len(),
+            ..self
+        }
+    }
+
+    /// Rows `r` only.
+    fn rows_of(self, r: Range<usize>) -> Self {
+        self.t().columns(r).t()
+    }
+
     /// Panics unless every element lies inside the slice.
     fn check(&self) {
         if self.rows > 0 && self.cols > 0 {
@@ -257,12 +272,12 @@ impl<'a> View<'a> {
 }
 
 /// `dst = lhs rhs` (or `dst += lhs rhs` when `accumulate`), `dst` row-major
-/// contiguous `[lhs.rows, rhs.cols]`, on all of rayon's threads.
+/// contiguous `[lhs.rows, rhs.cols]`, on all of rayon's threads or on this one.
 ///
 /// # Safety
 /// `dst` must be valid for writes of `lhs.rows * rhs.cols` values (and initialised when
 /// `accumulate`), and alias neither input.
-unsafe fn gemm_raw(dst: *mut f32, lhs: View, rhs: View, accumulate: bool) {
+unsafe fn gemm_raw(dst: *mut f32, lhs: View, rhs: View, accumulate: bool, threads: bool) {
     let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
     assert_eq!(rhs.rows, k, "inner dimensions");
     lhs.check();
@@ -290,7 +305,10 @@ unsafe fn gemm_raw(dst: *mut f32, lhs: View, rhs: View, accumulate: bool) {
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(0),
+            match threads {
+                true => gemm::Parallelism::Rayon(0),
+                false => gemm::Parallelism::None,
+            },
         );
     }
 }
@@ -299,17 +317,51 @@ unsafe fn gemm_raw(dst: *mut f32, lhs: View, rhs: View, accumulate: bool) {
 fn matmul_add(dst: &mut [f32], lhs: View, rhs: View) {
     assert_eq!(dst.len(), lhs.rows * rhs.cols, "destination size");
     // SAFETY: `dst` is an initialised slice of the right size, borrowed mutably.
-    unsafe { gemm_raw(dst.as_mut_ptr(), lhs, rhs, true) }
+    unsafe { gemm_raw(dst.as_mut_ptr(), lhs, rhs, true, true) }
 }
+
+/// `dst += lhs rhs` for a small `dst` and a long inner dimension (a weight gradient sums
+/// over every pixel of the batch). The `gemm` crate shares a product among threads by
+/// blocks of its result, which a result of a few thousand values does not have, so the
+/// inner dimension is split instead: one single-threaded product per rayon thread, then
+/// their sum. Measured 1.1-3.5x faster than one threaded product for the weight
+/// gradients of the Tucker units' 1x1 and 3x3 convs, and never slower for VGG's.
+fn matmul_add_long(dst: &mut [f32], lhs: View, rhs: View) {
+    let k = lhs.cols;
+    let parts = rayon::current_num_threads().min(k / MIN_PART).max(1);
+    if parts == 1 {
+        return matmul_add(dst, lhs, rhs);
+    }
+    let partials: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let inner = k * p / parts..k * (p + 1) / parts;
+            product_on(lhs.columns(inner.clone()), rhs.rows_of(inner), false)
+        })
+        .collect();
+    for part in partials {
+        for (d, v) in dst.iter_mut().zip(part) {
+            *d += v;
+        }
+    }
+}
+
+/// The least inner length a thread of [`matmul_add_long`] is given.
+const MIN_PART: usize = 256;
 
 /// `lhs rhs` in a new buffer (never zero-filled: the product writes every value).
 fn product(lhs: View, rhs: View) -> Vec<f32> {
+    product_on(lhs, rhs, true)
+}
+
+/// [`product`] on all of rayon's threads or on this one.
+fn product_on(lhs: View, rhs: View, threads: bool) -> Vec<f32> {
     let len = lhs.rows * rhs.cols;
     let mut out = Vec::<f32>::with_capacity(len);
     // SAFETY: the buffer has room for `len` values; `gemm` without `read_dst` writes every
     // one of them before `set_len` exposes them.
     unsafe {
-        gemm_raw(out.as_mut_ptr(), lhs, rhs, false);
+        gemm_raw(out.as_mut_ptr(), lhs, rhs, false, threads);
         out.set_len(len);
     }
     out
@@ -393,7 +445,7 @@ fn backward(
         if let Some(dw) = dw.as_mut() {
             timed(dw_op, || {
                 let cols = columns(&xs, g, imgs.clone());
-                matmul_add(dw, dy_b, View::rows(&cols, ckk, len).t());
+                matmul_add_long(dw, dy_b, View::rows(&cols, ckk, len).t());
             });
         }
     }
