@@ -7,7 +7,7 @@
 //! The last column trains through `Vgg::forward_reference` (burn's own conv2d, BatchNorm
 //! and relu, batch-major), which is what training ran before our kernels.
 //!
-//! Run: cargo bench --bench train [-- STEPS [NAME-FILTER [train|inference]]];
+//! Run: cargo bench --bench train [-- STEPS [NAME-FILTER [train|inference|ours]]];
 //! experiments/throughput runs
 //! it beside the PyTorch script and prints the ratios.
 //!
@@ -225,14 +225,17 @@ fn main() {
         "| model | batch | steps | train images/s | inference images/s | train images/s, burn's layers (before) |"
     );
     println!("|---|---|---|---|---|---|");
-    // A third argument, `train` or `inference`, measures only that (for timing the
-    // whole process from outside); the other columns then read 0.
+    // A third argument measures only part: `train` or `inference` (for timing the whole
+    // process from outside), or `ours` (both, without burn's layers); the other columns
+    // then read 0.
     let part = args.next().unwrap_or_default();
-    let (train, infer) = (part != "inference", part != "train");
+    let train = matches!(part.as_str(), "" | "train" | "ours");
+    let infer = matches!(part.as_str(), "" | "inference" | "ours");
+    let before_too = part.is_empty();
     for (name, arch) in models.iter().filter(|(n, _)| n.contains(&filter)) {
         let rate = |on: bool, f: &dyn Fn() -> f64| if on { f() } else { 0.0 };
         let train_rate = rate(train, &|| train_images_per_s(arch, steps, false));
-        let before = rate(train && infer, &|| train_images_per_s(arch, steps, true));
+        let before = rate(before_too, &|| train_images_per_s(arch, steps, true));
         let infer = rate(infer, &|| inference_images_per_s(arch, steps));
         println!("| {name} | {BATCH} | {steps} | {train_rate:.1} | {infer:.1} | {before:.1} |");
     }

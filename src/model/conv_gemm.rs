@@ -272,12 +272,20 @@ impl<'a> View<'a> {
 }
 
 /// `dst = lhs rhs` (or `dst += lhs rhs` when `accumulate`), `dst` row-major
-/// contiguous `[lhs.rows, rhs.cols]`, on all of rayon's threads or on this one.
+/// `[lhs.rows, rhs.cols]` with rows `dst_rs` apart, on all of rayon's threads or on this
+/// one.
 ///
 /// # Safety
-/// `dst` must be valid for writes of `lhs.rows * rhs.cols` values (and initialised when
-/// `accumulate`), and alias neither input.
-unsafe fn gemm_raw(dst: *mut f32, lhs: View, rhs: View, accumulate: bool, threads: bool) {
+/// `dst` must be valid for writes of those `lhs.rows * rhs.cols` values (and
+/// initialised when `accumulate`), and alias neither input.
+unsafe fn gemm_raw(
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: View,
+    rhs: View,
+    accumulate: bool,
+    threads: bool,
+) {
     let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
     assert_eq!(rhs.rows, k, "inner dimensions");
     lhs.check();
@@ -292,7 +300,7 @@ unsafe fn gemm_raw(dst: *mut f32, lhs: View, rhs: View, accumulate: bool, thread
             k,
             dst,
             1,
-            s(n),
+            s(dst_rs),
             accumulate,
             lhs.data.as_ptr(),
             s(lhs.cs),
@@ -313,11 +321,22 @@ unsafe fn gemm_raw(dst: *mut f32, lhs: View, rhs: View, accumulate: bool, thread
     }
 }
 
-/// `dst += lhs rhs`.
+/// `dst += lhs rhs`, `dst` contiguous.
 fn matmul_add(dst: &mut [f32], lhs: View, rhs: View) {
     assert_eq!(dst.len(), lhs.rows * rhs.cols, "destination size");
-    // SAFETY: `dst` is an initialised slice of the right size, borrowed mutably.
-    unsafe { gemm_raw(dst.as_mut_ptr(), lhs, rhs, true, true) }
+    matmul_add_rows(dst, rhs.cols, lhs, rhs);
+}
+
+/// `dst += lhs rhs`, the rows of `dst` `dst_rs` apart (columns of a wider matrix).
+fn matmul_add_rows(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View) {
+    let (m, n) = (lhs.rows, rhs.cols);
+    assert!(n <= dst_rs, "destination rows overlap");
+    assert!(
+        m == 0 || (m - 1) * dst_rs + n <= dst.len(),
+        "destination size"
+    );
+    // SAFETY: every written value lies in `dst`, initialised and borrowed mutably.
+    unsafe { gemm_raw(dst.as_mut_ptr(), dst_rs, lhs, rhs, true, true) }
 }
 
 /// `dst += lhs rhs` for a small `dst` and a long inner dimension (a weight gradient sums
@@ -361,24 +380,10 @@ fn product_on(lhs: View, rhs: View, threads: bool) -> Vec<f32> {
     // SAFETY: the buffer has room for `len` values; `gemm` without `read_dst` writes every
     // one of them before `set_len` exposes them.
     unsafe {
-        gemm_raw(out.as_mut_ptr(), lhs, rhs, false, threads);
+        gemm_raw(out.as_mut_ptr(), rhs.cols, lhs, rhs, false, threads);
         out.set_len(len);
     }
     out
-}
-
-/// Columns `imgs` of a channel-major `[rows, N, OH, OW]` buffer, as a contiguous
-/// `[rows, imgs.len() OH OW]` matrix (a copy unless `imgs` is the whole batch).
-fn gather(data: &[f32], nrows: usize, g: Geometry, imgs: Range<usize>) -> Cow<'_, [f32]> {
-    if imgs.len() == g.n {
-        return Cow::Borrowed(data);
-    }
-    let (px, len) = (g.image_pixels(), imgs.len() * g.image_pixels());
-    let mut out = Vec::with_capacity(nrows * len);
-    for row in data.chunks(g.pixels()) {
-        out.extend_from_slice(&row[imgs.start * px..][..len]);
-    }
-    Cow::Owned(out)
 }
 
 fn forward(x: &Flat, weight: &Flat, bias: &Flat, padding: usize) -> Flat {
@@ -397,16 +402,7 @@ fn forward_of(g: Geometry, x: &Flat, weight: &Flat, bias: &Flat) -> Flat {
         let cols = columns(&xs, g, imgs.clone());
         let (start, len) = (imgs.start * g.image_pixels(), imgs.len() * g.image_pixels());
         let (lhs, rhs) = (View::rows(&weight, g.out, ckk), View::rows(&cols, ckk, len));
-        if len == g.pixels() {
-            matmul_add(&mut y, lhs, rhs);
-            continue;
-        }
-        let part = product(lhs, rhs);
-        for (row, part) in y.chunks_mut(g.pixels()).zip(part.chunks(len)) {
-            for (o, p) in row[start..start + len].iter_mut().zip(part) {
-                *o += p;
-            }
-        }
+        matmul_add_rows(&mut y[start..], g.pixels(), lhs, rhs);
     }
     tensor(y, vec![g.out, g.n, g.oh(), g.ow()])
 }
@@ -430,9 +426,12 @@ fn backward(
     });
     let mut dw = want[1].then(|| vec![0f32; g.out * ckk]);
     for imgs in blocks(g) {
-        let len = imgs.len() * g.image_pixels();
-        let dy_part = gather(&dys, g.out, g, imgs.clone());
-        let dy_b = View::rows(&dy_part, g.out, len);
+        let (start, len) = (imgs.start * g.image_pixels(), imgs.len() * g.image_pixels());
+        // The block's columns of `dy`, rows `pixels` apart.
+        let dy_b = View {
+            rs: g.pixels(),
+            ..View::rows(&dys[start..], g.out, len)
+        };
         if let Some(dx) = dx.as_mut() {
             timed(dx_op, || {
                 let dcols = product(View::rows(&w, g.out, ckk).t(), dy_b);
