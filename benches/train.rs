@@ -7,7 +7,7 @@
 //! The last column trains through `Vgg::forward_reference` (burn's own conv2d, BatchNorm
 //! and relu, batch-major), which is what training ran before our kernels.
 //!
-//! Run: cargo bench --bench train [-- STEPS [NAME-FILTER [train|inference|ours]]];
+//! Run: cargo bench --bench train [-- STEPS [NAME-FILTER|=NAME [train|inference|ours]]];
 //! experiments/throughput runs
 //! it beside the PyTorch script and prints the ratios.
 //!
@@ -188,6 +188,15 @@ fn print_profile(models: &[(&str, Arch)], steps: usize) {
     }
 }
 
+/// Whether model `name` is run: `=NAME` selects it alone, anything else any name
+/// containing it.
+fn selected(name: &str, filter: &str) -> bool {
+    match filter.strip_prefix('=') {
+        Some(exact) => name == exact,
+        None => name.contains(filter),
+    }
+}
+
 fn main() {
     rankprune::model::keep_freed_memory(); // as the `rankprune` binary does
     let mut args = std::env::args()
@@ -216,7 +225,7 @@ fn main() {
     if profile {
         let models: Vec<_> = models
             .into_iter()
-            .filter(|(n, _)| n.contains(&filter))
+            .filter(|(n, _)| selected(n, &filter))
             .collect();
         print_profile(&models, steps);
         return;
@@ -232,7 +241,7 @@ fn main() {
     let train = matches!(part.as_str(), "" | "train" | "ours");
     let infer = matches!(part.as_str(), "" | "inference" | "ours");
     let before_too = part.is_empty();
-    for (name, arch) in models.iter().filter(|(n, _)| n.contains(&filter)) {
+    for (name, arch) in models.iter().filter(|(n, _)| selected(n, &filter)) {
         let rate = |on: bool, f: &dyn Fn() -> f64| if on { f() } else { 0.0 };
         let train_rate = rate(train, &|| train_images_per_s(arch, steps, false));
         let before = rate(before_too, &|| train_images_per_s(arch, steps, true));

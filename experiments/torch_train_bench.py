@@ -89,7 +89,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--filter", default="")
+    ap.add_argument("--filter", default="", help="run models whose name contains it (=NAME: that one)")
     ap.add_argument("models", nargs="*", help="NAME=METRICS.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -99,7 +99,8 @@ def main():
     print(f"| model | batch | steps | train images/s | inference images/s |  (PyTorch {torch.__version__}, {torch.get_num_threads()} threads)")
     print("|---|---|---|---|---|")
     for name, build in models:
-        if args.filter not in name:
+        exact = args.filter.startswith("=")
+        if (name != args.filter[1:]) if exact else (args.filter not in name):
             continue
         model, classes = build()
         train = train_rate(model, classes, args.steps)
