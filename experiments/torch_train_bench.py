@@ -104,7 +104,7 @@ def main():
             continue
         model, classes = build()
         train = train_rate(model, classes, args.steps)
-        infer = inference_rate(model, args.steps)
+        infer = inference_rate(model, 4 * args.steps)  # as many batches as cargo bench --bench train
         print(f"| {name} | 128 | {args.steps} | {train:.1f} | {infer:.1f} |", flush=True)
 
 

@@ -210,6 +210,7 @@ mod tests {
         check(2, 2, 3, 5, 5, 2, true); // 5x5 same
         check(2, 2, 2, 3, 5, 1, true); // kernel wider than map plus padding on one side
         check(20, 8, 4, 32, 3, 1, true); // two blocks of images (14 + 6)
+        check(20, 8, 4, 32, 3, 1, false); // the same without a bias (products write y)
     }
 
     #[test]

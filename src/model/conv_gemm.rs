@@ -391,18 +391,40 @@ fn forward(x: &Flat, weight: &Flat, bias: &Flat, padding: usize) -> Flat {
     timed(g.ops()[0], || forward_of(g, x, weight, bias))
 }
 
+/// `y = W cols + b`, block by block. Without a bias (all zeros: a Tucker unit's first
+/// 1x1 and core), the products write `y` directly instead of adding to a filled one.
 fn forward_of(g: Geometry, x: &Flat, weight: &Flat, bias: &Flat) -> Flat {
     let ckk = g.c * g.k * g.k;
     let (xs, weight, bias) = (values(x), values(weight), values(bias));
-    let mut y: Vec<f32> = Vec::with_capacity(g.out * g.pixels());
-    for &b in bias.iter() {
-        y.resize(y.len() + g.pixels(), b);
+    let total = g.out * g.pixels();
+    let mut y: Vec<f32> = Vec::with_capacity(total);
+    let biased = bias.iter().any(|&b| b != 0.0);
+    if biased {
+        for &b in bias.iter() {
+            y.resize(y.len() + g.pixels(), b);
+        }
     }
     for imgs in blocks(g) {
         let cols = columns(&xs, g, imgs.clone());
         let (start, len) = (imgs.start * g.image_pixels(), imgs.len() * g.image_pixels());
         let (lhs, rhs) = (View::rows(&weight, g.out, ckk), View::rows(&cols, ckk, len));
-        matmul_add_rows(&mut y[start..], g.pixels(), lhs, rhs);
+        if biased {
+            matmul_add_rows(&mut y[start..], g.pixels(), lhs, rhs);
+            continue;
+        }
+        let spare = &mut y.spare_capacity_mut()[..total];
+        assert!(g.out == 0 || (g.out - 1) * g.pixels() + start + len <= total);
+        // SAFETY: the product writes (never reads) `out` rows of `len` values, `pixels`
+        // apart from `start`: inside `spare`, checked above, and borrowed mutably.
+        unsafe {
+            let dst = spare[start..].as_mut_ptr().cast::<f32>();
+            gemm_raw(dst, g.pixels(), lhs, rhs, false, true);
+        }
+    }
+    if !biased {
+        // SAFETY: the blocks' columns `start..start + len` tile `0..pixels`, so the
+        // products above wrote all `out x pixels` values.
+        unsafe { y.set_len(total) };
     }
     tensor(y, vec![g.out, g.n, g.oh(), g.ow()])
 }
