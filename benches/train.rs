@@ -34,19 +34,30 @@ const BATCH: usize = 128;
 /// measures as many.
 const INFERENCE_BATCHES: usize = 4;
 
+/// The recipe's optimizer: SGD with momentum 0.9, no dampening.
+fn sgd() -> SgdConfig {
+    SgdConfig::new().with_momentum(Some(
+        MomentumConfig::new().with_momentum(0.9).with_dampening(0.0),
+    ))
+}
+
+/// One batch of random images and labels cycling through `arch`'s classes.
+fn batch(arch: &Arch, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+    let x = Tensor::<4>::random([BATCH, 3, 32, 32], Distribution::Normal(0.0, 1.0), device);
+    let classes = arch.num_classes() as i64;
+    let labels: Vec<i64> = (0..BATCH as i64).map(|i| i % classes).collect();
+    (
+        x,
+        Tensor::from_data(TensorData::new(labels, [BATCH]), device),
+    )
+}
+
 fn train_images_per_s(arch: &Arch, steps: usize, reference: bool) -> f64 {
     let device = Device::flex().autodiff();
     let mut model = Vgg::init(arch, 0, &device);
-    let mut optim = SgdConfig::new()
-        .with_momentum(Some(
-            MomentumConfig::new().with_momentum(0.9).with_dampening(0.0),
-        ))
-        .init();
+    let mut optim = sgd().init();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let x = Tensor::<4>::random([BATCH, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
-    let classes = arch.num_classes() as i64;
-    let labels: Vec<i64> = (0..BATCH as i64).map(|i| i % classes).collect();
-    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [BATCH]), &device);
+    let (x, y) = batch(arch, &device);
     let mut step = |model: Vgg| {
         let logits = if reference {
             model.forward_reference(x.clone())
@@ -93,16 +104,9 @@ fn config_arch(base: &Arch, path: &str) -> Arch {
 fn profile_rows(arch: &Arch, steps: usize) -> Vec<(String, f64, f64)> {
     let device = Device::flex().autodiff();
     let mut model = Vgg::init(arch, 0, &device);
-    let mut optim = SgdConfig::new()
-        .with_momentum(Some(
-            MomentumConfig::new().with_momentum(0.9).with_dampening(0.0),
-        ))
-        .init();
+    let mut optim = sgd().init();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let x = Tensor::<4>::random([BATCH, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
-    let classes = arch.num_classes() as i64;
-    let labels: Vec<i64> = (0..BATCH as i64).map(|i| i % classes).collect();
-    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [BATCH]), &device);
+    let (x, y) = batch(arch, &device);
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3 / steps as f64;
     let (mut fwd, mut bwd, mut opt) = (0.0, 0.0, 0.0);
     for step in 0..=steps {
