@@ -329,14 +329,17 @@ fn matmul_add(dst: &mut [f32], lhs: View, rhs: View) {
 
 /// `dst += lhs rhs`, the rows of `dst` `dst_rs` apart (columns of a wider matrix).
 fn matmul_add_rows(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View) {
-    let (m, n) = (lhs.rows, rhs.cols);
-    assert!(n <= dst_rs, "destination rows overlap");
-    assert!(
-        m == 0 || (m - 1) * dst_rs + n <= dst.len(),
-        "destination size"
-    );
+    check_rows(dst.len(), dst_rs, lhs, rhs);
     // SAFETY: every written value lies in `dst`, initialised and borrowed mutably.
     unsafe { gemm_raw(dst.as_mut_ptr(), dst_rs, lhs, rhs, true, true) }
+}
+
+/// Panics unless the `[lhs.rows, rhs.cols]` product, its rows `dst_rs` apart, fits in
+/// `len` values without its rows overlapping.
+fn check_rows(len: usize, dst_rs: usize, lhs: View, rhs: View) {
+    let (m, n) = (lhs.rows, rhs.cols);
+    assert!(n <= dst_rs, "destination rows overlap");
+    assert!(m == 0 || (m - 1) * dst_rs + n <= len, "destination size");
 }
 
 /// `dst += lhs rhs` for a small `dst` and a long inner dimension (a weight gradient sums
@@ -412,12 +415,12 @@ fn forward_of(g: Geometry, x: &Flat, weight: &Flat, bias: &Flat) -> Flat {
             matmul_add_rows(&mut y[start..], g.pixels(), lhs, rhs);
             continue;
         }
-        let spare = &mut y.spare_capacity_mut()[..total];
-        assert!(g.out == 0 || (g.out - 1) * g.pixels() + start + len <= total);
+        let spare = &mut y.spare_capacity_mut()[start..total];
+        check_rows(spare.len(), g.pixels(), lhs, rhs);
         // SAFETY: the product writes (never reads) `out` rows of `len` values, `pixels`
         // apart from `start`: inside `spare`, checked above, and borrowed mutably.
         unsafe {
-            let dst = spare[start..].as_mut_ptr().cast::<f32>();
+            let dst = spare.as_mut_ptr().cast::<f32>();
             gemm_raw(dst, g.pixels(), lhs, rhs, false, true);
         }
     }
