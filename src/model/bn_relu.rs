@@ -84,8 +84,15 @@ fn inv_std(var: f32, epsilon: f64) -> f32 {
     (1.0 / (f64::from(var) + epsilon).sqrt()) as f32
 }
 
-/// Per channel: mean and biased variance (two passes, f64 sums), then the output.
+/// [`statistics_and_output`], timed for the profile.
 fn forward(x: &Flat, gamma: &Flat, beta: &Flat, epsilon: f64) -> (Flat, Flat, Flat) {
+    timed(Op::BnReluForward, || {
+        statistics_and_output(x, gamma, beta, epsilon)
+    })
+}
+
+/// Per channel: mean and biased variance (two passes, f64 sums), then the output.
+fn statistics_and_output(x: &Flat, gamma: &Flat, beta: &Flat, epsilon: f64) -> (Flat, Flat, Flat) {
     let shape = x.layout().shape().clone();
     let channels = shape[0];
     let (xs, gs, bs) = (values(x), values(gamma), values(beta));
@@ -198,7 +205,7 @@ fn inference(mut x: Flat, gamma: Flat, beta: Flat, mean: Flat, var: Flat, eps: f
 
 impl BnReluBackend for Flex {
     fn bn_relu_train(x: Flat, gamma: Flat, beta: Flat, epsilon: f64) -> (Flat, Flat, Flat) {
-        timed(Op::BnReluForward, || forward(&x, &gamma, &beta, epsilon))
+        forward(&x, &gamma, &beta, epsilon)
     }
 }
 
@@ -237,7 +244,7 @@ impl<C: CheckpointStrategy> BnReluBackend for Autodiff<Flex, C> {
             gamma.into_primitive(),
             beta.into_primitive(),
         );
-        let (y, mean, var) = timed(Op::BnReluForward, || forward(&x, &gamma, &beta, epsilon));
+        let (y, mean, var) = forward(&x, &gamma, &beta, epsilon);
         let stats = (
             Self::from_inner(mean.clone()),
             Self::from_inner(var.clone()),

@@ -32,7 +32,13 @@ fn arg_max(window: [f32; 4]) -> usize {
     best
 }
 
+/// [`pool`], timed for the profile.
 fn forward(x: &Flat) -> Flat {
+    timed(Op::PoolForward, || pool(x))
+}
+
+/// Each 2x2 window's maximum, plane by plane.
+fn pool(x: &Flat) -> Flat {
     let [a, b, h, w] = x.layout().shape().dims::<4>();
     assert!(h % 2 == 0 && w % 2 == 0, "2x2 pooling of an odd map");
     let xs = values(x);
@@ -87,7 +93,7 @@ fn backward(x: &Flat, dy: &Flat) -> Flat {
 
 impl MaxPoolBackend for Flex {
     fn max_pool_2x2(x: Flat) -> Flat {
-        timed(Op::PoolForward, || forward(&x))
+        forward(&x)
     }
 }
 
@@ -111,7 +117,7 @@ impl<C: CheckpointStrategy> MaxPoolBackend for Autodiff<Flex, C> {
     fn max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let nodes = [x.node()];
         let x = x.into_primitive();
-        let y = timed(Op::PoolForward, || forward(&x));
+        let y = forward(&x);
         match MaxPoolBackward
             .prepare::<C>(nodes)
             .compute_bound()
