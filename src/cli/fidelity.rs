@@ -28,13 +28,14 @@ pub struct FidelityArgs {
     pub candidates: usize,
     /// Cheap signals to measure, comma separated: compressed, bn:K (BN recalibration from
     /// K batches), recon:K (layer-wise CKA and logit KL after it), repair:K (least-squares
-    /// repair from K batches), ft:S (S fine-tune steps), kd:S (S distilled steps). With
+    /// repair from K batches), ft:S (S fine-tune steps), ftd:S (S steps, learning rate
+    /// decayed linearly to zero), kd:S (S distilled steps). With
     /// search.repair in the budget every candidate is built repaired first
     /// (recorded in OUT/build.json)
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_SIGNALS)]
     pub signals: Vec<Signal>,
-    /// Epochs of the final recipe every candidate is re-trained with (default: the
-    /// budget's final.epochs)
+    /// Epochs of the final recipe every candidate is re-trained with, on the budget's
+    /// final.schedule (default: the budget's final.epochs)
     #[arg(long)]
     pub final_epochs: Option<usize>,
     /// Output folder (default: next to the store, STUDY.fidelity/); a run resumes there
@@ -101,6 +102,7 @@ fn context(budget: &Budget) -> Result<LadderContext> {
         distill: p.distill.unwrap_or_default(),
         seed: budget.search.seed,
         repair: budget.search.repair,
+        final_schedule: budget.final_stage.schedule,
     })
 }
 

@@ -7,7 +7,7 @@ use rankprune::data::{DatasetKind, ImageSet, Split};
 use rankprune::device::parse_device;
 use rankprune::model::Vgg;
 use rankprune::train::plateau::PlateauConfig;
-use rankprune::train::{Control, TrainConfig, evaluate, train};
+use rankprune::train::{Control, LrSchedule, TrainConfig, evaluate, train};
 use rankprune::weights::Weights;
 use rankprune::{Error, Result};
 use std::path::PathBuf;
@@ -61,6 +61,11 @@ pub struct TrainArgs {
     pub momentum: f64,
     #[arg(long, default_value_t = 5e-4)]
     pub weight_decay: f64,
+    /// Learning-rate schedule: plateau (ReduceLROnPlateau on validation loss, the
+    /// recipe) or linear (from --lr down to zero over the run's steps, for runs cut far
+    /// shorter than the recipe)
+    #[arg(long, default_value = "plateau")]
+    pub lr_schedule: LrSchedule,
     /// ReduceLROnPlateau: factor, patience (epochs), minimum lr
     #[arg(long, default_value_t = 0.1)]
     pub plateau_factor: f64,
@@ -133,6 +138,7 @@ pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
         lr: args.lr,
         momentum: args.momentum,
         weight_decay: args.weight_decay,
+        schedule: args.lr_schedule,
         plateau: PlateauConfig {
             factor: args.plateau_factor,
             patience: args.plateau_patience,
@@ -148,15 +154,7 @@ pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
         checkpoint_dir: args.checkpoint_dir.clone(),
         resume: args.resume,
     };
-    let per_epoch = args
-        .subset
-        .unwrap_or(train_set.len())
-        .min(train_set.len())
-        .div_ceil(args.batch_size.max(1));
-    let total = args
-        .max_steps
-        .unwrap_or(usize::MAX)
-        .min(per_epoch * args.epochs);
+    let total = cfg.planned_steps(train_set.len());
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed} < {eta}]")

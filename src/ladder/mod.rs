@@ -18,7 +18,7 @@ use crate::model::Vgg;
 use crate::train::distill::{Distill, Teacher};
 use crate::train::recalibrate::recalibrate_bn;
 use crate::train::repair::repair;
-use crate::train::{Control, TrainConfig, evaluate, images_tensor, train_with};
+use crate::train::{Control, LrSchedule, TrainConfig, evaluate, images_tensor, train_with};
 use crate::weights::Weights;
 use crate::{Error, Result};
 use burn::tensor::activation::log_softmax;
@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// One way to score a candidate. Written `compressed`, `bn:K`, `recon:K`, `repair:K`, `ft:S`,
-/// `kd:S` or `final:E` on the command line.
+/// `ftd:S`, `kd:S` or `final:E` on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub enum Signal {
@@ -47,9 +47,13 @@ pub enum Signal {
     Repair { batches: usize },
     /// Validation accuracy and loss after S fine-tune steps with cross-entropy.
     FineTune { steps: usize },
-    /// The same with logit distillation from the base model.
+    /// The same with the learning rate decayed linearly to zero over the S steps
+    /// ([`LrSchedule::Linear`]), so the score is read from an annealed network.
+    FineTuneDecayed { steps: usize },
+    /// The same as `FineTune` with logit distillation from the base model.
     Distilled { steps: usize },
-    /// Best validation accuracy of E epochs of the full recipe (the reference).
+    /// Best validation accuracy of E epochs of the full recipe, on the context's final
+    /// schedule (the reference).
     Final { epochs: usize },
 }
 
@@ -61,6 +65,7 @@ impl std::fmt::Display for Signal {
             Signal::Reconstruction { batches } => write!(f, "recon:{batches}"),
             Signal::Repair { batches } => write!(f, "repair:{batches}"),
             Signal::FineTune { steps } => write!(f, "ft:{steps}"),
+            Signal::FineTuneDecayed { steps } => write!(f, "ftd:{steps}"),
             Signal::Distilled { steps } => write!(f, "kd:{steps}"),
             Signal::Final { epochs } => write!(f, "final:{epochs}"),
         }
@@ -88,10 +93,11 @@ impl std::str::FromStr for Signal {
             ("recon", Some(batches)) => Ok(Signal::Reconstruction { batches }),
             ("repair", Some(batches)) => Ok(Signal::Repair { batches }),
             ("ft", Some(steps)) => Ok(Signal::FineTune { steps }),
+            ("ftd", Some(steps)) => Ok(Signal::FineTuneDecayed { steps }),
             ("kd", Some(steps)) => Ok(Signal::Distilled { steps }),
             ("final", Some(epochs)) => Ok(Signal::Final { epochs }),
             _ => Err(format!(
-                "signal {s:?}: allowed compressed, bn:K, recon:K, repair:K, ft:S, kd:S, final:E (K batches, S steps, E epochs)"
+                "signal {s:?}: allowed compressed, bn:K, recon:K, repair:K, ft:S, ftd:S, kd:S, final:E (K batches, S steps, E epochs)"
             )),
         }
     }
@@ -113,7 +119,7 @@ impl TryFrom<String> for Signal {
 
 /// Whether a larger value of the named score means a better candidate.
 pub fn higher_is_better(score: &str) -> bool {
-    !matches!(score, "loss" | "kl")
+    !matches!(score, "loss" | "kl" | "tse")
 }
 
 /// What every candidate is scored against.
@@ -131,6 +137,8 @@ pub struct LadderContext {
     pub seed: u64,
     /// Calibration batches of the least-squares repair every candidate build gets (0 = none).
     pub repair: usize,
+    /// The learning-rate schedule of the final recipe (`final:E`).
+    pub final_schedule: LrSchedule,
 }
 
 /// The candidate `config` describes, built as every signal sees it: compressed from the
@@ -157,7 +165,7 @@ pub fn build(
 /// A signal's scores for one candidate, with what they cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scored {
-    /// `acc`, `loss`, `cka`, `kl` as the signal gives them.
+    /// `acc`, `loss`, `cka`, `kl`, `tse` as the signal gives them.
     pub scores: BTreeMap<String, f64>,
     /// Wall and process CPU seconds.
     pub wall_s: f64,
@@ -239,7 +247,9 @@ pub fn score(
             let (_, kl) = similarity(&base, &m, &calibration, device);
             scores(&[("acc", v.top1), ("loss", v.loss), ("kl", kl)])
         }
-        Signal::FineTune { steps } | Signal::Distilled { steps } => {
+        Signal::FineTune { steps }
+        | Signal::FineTuneDecayed { steps }
+        | Signal::Distilled { steps } => {
             let teacher = match signal {
                 Signal::Distilled { .. } => Some(Teacher {
                     model: base()?,
@@ -254,19 +264,24 @@ pub fn score(
                 lr: ctx.lr,
                 eval_limit: Some(ctx.eval_samples),
                 seed: ctx.seed,
+                schedule: match signal {
+                    Signal::FineTuneDecayed { .. } => LrSchedule::Linear,
+                    _ => LrSchedule::Plateau,
+                },
                 ..TrainConfig::default()
             };
-            let out = train_candidate(ctx, arch, weights, &cfg, teacher.as_ref(), device)?;
+            let (out, tse) = train_candidate(ctx, arch, weights, &cfg, teacher.as_ref(), device)?;
             let v = eval(&model(out.weights)?, Some(ctx.eval_samples))?;
-            scores(&[("acc", v.top1), ("loss", v.loss)])
+            scores(&[("acc", v.top1), ("loss", v.loss), ("tse", tse)])
         }
         Signal::Final { epochs } => {
             let cfg = TrainConfig {
                 epochs,
                 seed: ctx.seed,
+                schedule: ctx.final_schedule,
                 ..TrainConfig::default()
             };
-            let out = train_candidate(ctx, arch, weights, &cfg, None, device)?;
+            let (out, _) = train_candidate(ctx, arch, weights, &cfg, None, device)?;
             let v = out
                 .best_val
                 .ok_or_else(|| Error::Failure("the final training ran no epoch".into()))?;
@@ -280,10 +295,13 @@ pub fn score(
     })
 }
 
-/// Trains the candidate on the context's data with `cfg` (and `teacher`), without a
-/// callback: the caller scores the outcome. A short fine-tune never validates on the
-/// way when the training set holds more than `max_steps` batches (the step limit ends
-/// it inside the first epoch); a smaller set validates at each epoch end, which only
+/// Trains the candidate on the context's data with `cfg` (and `teacher`); the caller
+/// scores the outcome. Also returns the mean training loss over the run's steps (of
+/// its last epoch, for a run longer than one): the training-speed estimate of Ru et al.
+/// ("Speedy Performance Estimation for Neural Architecture Search", NeurIPS 2021), which
+/// costs nothing beyond the fine-tune. A short fine-tune never validates on the way
+/// when the training set holds more than `max_steps` batches (the step limit ends it
+/// inside the first epoch); a smaller set validates at each epoch end, which only
 /// costs time.
 fn train_candidate(
     ctx: &LadderContext,
@@ -292,8 +310,9 @@ fn train_candidate(
     cfg: &TrainConfig,
     teacher: Option<&Teacher>,
     device: &Device,
-) -> Result<crate::train::TrainOutcome> {
-    train_with(
+) -> Result<(crate::train::TrainOutcome, f64)> {
+    let mut tse = f64::NAN;
+    let out = train_with(
         arch,
         weights,
         ctx.train.clone(),
@@ -301,8 +320,12 @@ fn train_candidate(
         cfg,
         teacher,
         device,
-        |_| Control::Continue,
-    )
+        |r| {
+            tse = r.train_loss;
+            Control::Continue
+        },
+    )?;
+    Ok((out, tse))
 }
 
 /// Logits of `m`, pushing the Gram matrix of every conv unit's output (after its BN,
@@ -352,6 +375,7 @@ mod tests {
             "recon:2",
             "repair:2",
             "ft:60",
+            "ftd:100",
             "kd:200",
             "final:3",
         ] {
@@ -362,6 +386,6 @@ mod tests {
         let e = "ft:0".parse::<Signal>().unwrap_err();
         assert!(e.contains("\"0\" is not a count >= 1"), "{e}");
         assert!(higher_is_better("acc") && higher_is_better("cka"));
-        assert!(!higher_is_better("loss") && !higher_is_better("kl"));
+        assert!(!higher_is_better("loss") && !higher_is_better("kl") && !higher_is_better("tse"));
     }
 }

@@ -133,6 +133,9 @@ pub struct Proxy {
     /// Distil from the base model during the proxy fine-tune (`[proxy.distill]`, with
     /// `temperature` and `alpha`; defaults 4 and 0.9).
     pub distill: Option<crate::train::distill::Distill>,
+    /// The proxy fine-tune's learning-rate schedule: constant (`plateau`, which never
+    /// acts within one epoch) or decayed linearly to zero over `steps` (`linear`).
+    pub schedule: crate::train::LrSchedule,
 }
 
 /// See [`Proxy::rung0_score`].
@@ -166,6 +169,7 @@ impl Default for Proxy {
             eta: 2.0,
             bn_recalibration: 0,
             rung0_score: Rung0Score::Accuracy,
+            schedule: crate::train::LrSchedule::Plateau,
             distill: None,
         }
     }
@@ -209,6 +213,9 @@ pub struct FinalStage {
     #[serde(alias = "seeds")]
     pub warm_starts: usize,
     pub epochs: usize,
+    /// The re-training's learning-rate schedule: ReduceLROnPlateau (the recipe) or a
+    /// linear decay to zero over `epochs`.
+    pub schedule: crate::train::LrSchedule,
 }
 
 impl Default for FinalStage {
@@ -217,6 +224,7 @@ impl Default for FinalStage {
             top_k: 1,
             warm_starts: 1,
             epochs: 100,
+            schedule: crate::train::LrSchedule::Plateau,
         }
     }
 }
@@ -455,6 +463,30 @@ early_stop_min_acc = 0.3
         assert_eq!(
             (b.proxy.eta, b.proxy.bn_recalibration, b.proxy.distill),
             (2.0, 0, None)
+        );
+    }
+
+    #[test]
+    fn schedules_parse_and_a_wrong_one_names_its_line() {
+        use crate::train::LrSchedule;
+        let b = Budget::from_toml(GOOD, "b.toml").unwrap();
+        assert_eq!(
+            (b.proxy.schedule, b.final_stage.schedule),
+            (LrSchedule::Plateau, LrSchedule::Plateau)
+        );
+        let text = GOOD.replace("[proxy]", "[proxy]\nschedule = \"linear\"")
+            + "\n[final]\nschedule = \"linear\"\n";
+        let b = Budget::from_toml(&text, "b.toml").unwrap();
+        assert_eq!(
+            (b.proxy.schedule, b.final_stage.schedule),
+            (LrSchedule::Linear, LrSchedule::Linear)
+        );
+        let bad = format!("{GOOD}\n[final]\nschedule = \"cosine\"\n");
+        let e = error_of(&bad);
+        let line = bad.lines().position(|l| l.starts_with("schedule")).unwrap() + 1;
+        assert!(
+            e.contains(&format!("line {line}")) && e.contains("cosine"),
+            "{e}"
         );
     }
 

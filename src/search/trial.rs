@@ -155,6 +155,7 @@ pub fn run_trial(
         eval_at: p.rungs.iter().copied().filter(|&s| s > 0).collect(),
         eval_limit: Some(p.eval_samples),
         seed: ctx.seed,
+        schedule: p.schedule,
         ..TrainConfig::default()
     };
     let teacher = match p.distill {

@@ -1,6 +1,8 @@
 //! Training and evaluation with the reference recipe: SGD (momentum 0.9, dampening 0,
 //! weight decay 5e-4), lr 0.01, batch 128, ReduceLROnPlateau on validation loss,
-//! crop+flip augmentation; checkpoints at every epoch end and exact resume.
+//! crop+flip augmentation; checkpoints at every epoch end and exact resume. A run cut far
+//! shorter than the recipe's 100 epochs may decay its learning rate linearly to zero
+//! instead ([`LrSchedule::Linear`]).
 
 pub mod checkpoint;
 pub mod distill;
@@ -36,6 +38,9 @@ pub struct TrainConfig {
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
+    /// How the learning rate moves: ReduceLROnPlateau (the recipe) or a linear decay.
+    #[serde(default)]
+    pub schedule: LrSchedule,
     pub plateau: PlateauConfig,
     /// Stop after this many optimizer steps in total (proxy runs).
     pub max_steps: Option<usize>,
@@ -63,6 +68,7 @@ impl Default for TrainConfig {
             lr: 0.01,
             momentum: 0.9,
             weight_decay: 5e-4,
+            schedule: LrSchedule::Plateau,
             plateau: PlateauConfig::default(),
             max_steps: None,
             subset: None,
@@ -72,6 +78,53 @@ impl Default for TrainConfig {
             seed: 0,
             checkpoint_dir: None,
             resume: false,
+        }
+    }
+}
+
+/// How the learning rate moves during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// ReduceLROnPlateau on the validation loss at every epoch end (the reference recipe).
+    #[default]
+    Plateau,
+    /// From `lr` linearly down to zero over the run's planned steps, the schedule that
+    /// serves a fixed step budget best (Li, Yumer and Ramanan, "Budgeted Training",
+    /// ICLR 2020): a run cut short still ends annealed.
+    Linear,
+}
+
+impl std::str::FromStr for LrSchedule {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "plateau" => Ok(Self::Plateau),
+            "linear" => Ok(Self::Linear),
+            _ => Err(format!(
+                "learning-rate schedule {s:?}: allowed plateau, linear"
+            )),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Optimizer steps the run will take on a training set of `train_len` images: every
+    /// epoch's batches (the last one may be short), capped by `max_steps`.
+    pub fn planned_steps(&self, train_len: usize) -> usize {
+        let images = self.subset.unwrap_or(train_len).min(train_len);
+        let per_epoch = images.div_ceil(self.batch_size.max(1));
+        let all = per_epoch.saturating_mul(self.epochs);
+        self.max_steps.map_or(all, |m| m.min(all))
+    }
+
+    /// The learning rate of optimizer step `step` (counted from 0) of a run of `planned`
+    /// steps, where ReduceLROnPlateau now stands at `plateau_lr`.
+    pub fn lr_at(&self, step: usize, planned: usize, plateau_lr: f64) -> f64 {
+        match self.schedule {
+            LrSchedule::Plateau => plateau_lr,
+            LrSchedule::Linear => self.lr * (1.0 - step as f64 / planned.max(1) as f64).max(0.0),
         }
     }
 }
@@ -207,6 +260,7 @@ pub fn train_with(
     let started = std::time::Instant::now();
     let mut seen = 0usize;
     let validate = |m: &Vgg| evaluate(&m.valid(), &val, cfg.batch_size, cfg.eval_limit, device);
+    let planned = cfg.planned_steps(train.len());
 
     'epochs: while state.epoch < cfg.epochs {
         let plan = EpochPlan {
@@ -244,7 +298,8 @@ pub fn train_with(
                     state.epoch, state.step
                 )));
             }
-            model = optim.step(state.plateau.lr, model, grads);
+            let lr = cfg.lr_at(state.step, planned, state.plateau.lr);
+            model = optim.step(lr, model, grads);
             let host = logits_host
                 .into_data()
                 .convert::<f32>()
@@ -258,7 +313,7 @@ pub fn train_with(
             let mut report = Report {
                 epoch: state.epoch,
                 step: state.step,
-                lr: state.plateau.lr,
+                lr,
                 train_loss: loss_sum / count as f64,
                 train_acc: correct as f64 / count as f64,
                 val: None,
@@ -275,6 +330,8 @@ pub fn train_with(
             }
         }
         let v = validate(&model)?;
+        // Tracked under either schedule, so a checkpoint's state always has a finite
+        // best loss (JSON has no infinity); only `Plateau` runs at its lr.
         state.plateau.step(v.loss);
         state.epoch += 1;
         if best_val
@@ -288,7 +345,7 @@ pub fn train_with(
         let report = Report {
             epoch: state.epoch,
             step: state.step,
-            lr: state.plateau.lr,
+            lr: cfg.lr_at(state.step, planned, state.plateau.lr),
             train_loss: loss_sum / count.max(1) as f64,
             train_acc: correct as f64 / count.max(1) as f64,
             val: Some(v.clone()),
@@ -319,4 +376,49 @@ pub fn train_with(
         steps: state.step,
         stopped_early,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planned_steps_count_short_last_batches_and_the_step_cap() {
+        let cfg = TrainConfig {
+            epochs: 3,
+            batch_size: 4,
+            ..TrainConfig::default()
+        };
+        // 10 images in batches of 4: 3 batches an epoch, the last of 2.
+        assert_eq!(cfg.planned_steps(10), 9);
+        let capped = TrainConfig {
+            max_steps: Some(5),
+            ..cfg.clone()
+        };
+        assert_eq!(capped.planned_steps(10), 5);
+        let subset = TrainConfig {
+            subset: Some(4),
+            ..cfg
+        };
+        assert_eq!(subset.planned_steps(10), 3);
+    }
+
+    #[test]
+    fn linear_schedule_falls_from_lr_to_zero_and_plateau_passes_through() {
+        let linear = TrainConfig {
+            lr: 0.1,
+            schedule: LrSchedule::Linear,
+            ..TrainConfig::default()
+        };
+        // lr * (1 - t / T) at step t of T = 4, by definition.
+        let lrs: Vec<f64> = (0..5).map(|t| linear.lr_at(t, 4, 0.5)).collect();
+        for (got, want) in lrs.iter().zip([0.1, 0.075, 0.05, 0.025, 0.0]) {
+            assert!((got - want).abs() < 1e-12, "{lrs:?}");
+        }
+        let plateau = TrainConfig::default();
+        assert_eq!(plateau.lr_at(3, 4, 0.5), 0.5);
+        assert_eq!("linear".parse::<LrSchedule>(), Ok(LrSchedule::Linear));
+        let e = "cosine".parse::<LrSchedule>().unwrap_err();
+        assert!(e.contains("allowed plateau, linear"), "{e}");
+    }
 }

@@ -4,7 +4,7 @@
 
 use crate::search::{edit_budget, run, study, text, tiny_base_flops};
 
-const SIGNALS: &str = "compressed,bn:1,recon:1,ft:2,kd:2";
+const SIGNALS: &str = "compressed,bn:1,recon:1,ft:2,ftd:2,kd:2";
 
 #[test]
 fn fidelity_scores_every_candidate_once_and_resumes() {
@@ -54,7 +54,7 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(scored.len(), 2 * 6);
+    assert_eq!(scored.len(), 2 * 7);
     assert!(
         scored
             .iter()
@@ -72,6 +72,9 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
         ("recon:1", "cka"),
         ("recon:1", "kl"),
         ("ft:2", "acc"),
+        ("ft:2", "tse"),
+        ("ftd:2", "acc"),
+        ("ftd:2", "tse"),
         ("kd:2", "loss"),
         ("final:1", "acc"),
     ] {
@@ -105,13 +108,13 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
             .lines()
             .count()
     };
-    assert_eq!(lines(), 4 * 6);
+    assert_eq!(lines(), 4 * 7);
     assert!(dir.join("fidelity.md").exists());
 
     // A re-run scores nothing again and reports the same rows.
     let again = run(&args);
     assert!(again.status.success(), "{}", text(&again));
-    assert_eq!(lines(), 4 * 6);
+    assert_eq!(lines(), 4 * 7);
     // The same rows, up to the last bit of floats read back from results.jsonl.
     let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     let again = again.as_array().unwrap();
@@ -133,7 +136,7 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
     report.push("--report-only");
     let o = run(&report);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(lines(), 4 * 6);
+    assert_eq!(lines(), 4 * 7);
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(summary.as_array().unwrap().len(), rows.len());
 

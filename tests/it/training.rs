@@ -4,7 +4,7 @@
 use crate::common::stripes;
 use burn::tensor::Device;
 use rankprune::arch::ArchSpec;
-use rankprune::train::{Control, TrainConfig, evaluate, train};
+use rankprune::train::{Control, LrSchedule, TrainConfig, evaluate, train};
 use rankprune::weights::Weights;
 use std::sync::Arc;
 
@@ -169,4 +169,82 @@ fn max_steps_and_stop_callback_end_early() {
     )
     .unwrap();
     assert_eq!(out.steps, 1);
+}
+
+#[test]
+fn linear_schedule_reaches_the_optimizer_and_resumes_exactly() {
+    let device = Device::flex();
+    let arch = ArchSpec::parse("cfg_bn:4,M").unwrap().build(3);
+    let data = Arc::new(stripes(96, 3, 9));
+    // 2 epochs of 3 batches: 6 planned steps.
+    let linear = TrainConfig {
+        schedule: LrSchedule::Linear,
+        ..tiny_config(2)
+    };
+    let run = |cfg: &TrainConfig, lrs: &mut Vec<f64>| {
+        train(
+            &arch,
+            Weights::init(&arch, 0),
+            data.clone(),
+            data.clone(),
+            cfg,
+            &device,
+            |r| {
+                if r.val.is_none() {
+                    lrs.push(r.lr);
+                }
+                Control::Continue
+            },
+        )
+        .unwrap()
+    };
+    let mut lrs = Vec::new();
+    let decayed = run(&linear, &mut lrs);
+    // Step t of T = 6 runs at lr * (1 - t / T), by definition.
+    let want: Vec<f64> = (0..6).map(|t| 0.02 * (1.0 - t as f64 / 6.0)).collect();
+    assert_eq!(lrs.len(), 6);
+    for (got, want) in lrs.iter().zip(&want) {
+        assert!((got - want).abs() < 1e-12, "{lrs:?}");
+    }
+    let constant = run(&tiny_config(2), &mut Vec::new());
+    let key = "features.0.weight";
+    let gap = decayed.weights.tensors[key]
+        .data
+        .iter()
+        .zip(&constant.weights.tensors[key].data)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(gap > 1e-6, "the decayed run trained like the constant one");
+
+    // Stopped after the first epoch's checkpoint, then resumed: the same decay.
+    let dir = tempfile::tempdir().unwrap();
+    let first = TrainConfig {
+        checkpoint_dir: Some(dir.path().to_path_buf()),
+        ..linear
+    };
+    train(
+        &arch,
+        Weights::init(&arch, 0),
+        data.clone(),
+        data.clone(),
+        &first,
+        &device,
+        |r| match r.val {
+            Some(_) => Control::Stop,
+            None => Control::Continue,
+        },
+    )
+    .unwrap();
+    let rest = TrainConfig {
+        resume: true,
+        ..first
+    };
+    let mut rest_lrs = Vec::new();
+    let resumed = run(&rest, &mut rest_lrs);
+    assert_eq!(rest_lrs, lrs[3..].to_vec());
+    let diff = decayed.weights.tensors[key]
+        .data
+        .iter()
+        .zip(&resumed.weights.tensors[key].data)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff <= 1e-5, "resumed weights differ by {diff}");
 }

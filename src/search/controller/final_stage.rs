@@ -51,7 +51,7 @@ pub(super) async fn final_stage(
             .with_file_name(format!("{}-trial{}", budget.study.name, t.number));
         let ckpt = stem.with_extension("ckpt");
         let out = stem.with_extension("safetensors");
-        let epochs = budget.final_stage.epochs;
+        let (epochs, schedule) = (budget.final_stage.epochs, budget.final_stage.schedule);
         tracing::info!(trial = t.number, epochs, "final re-training starts");
         let pb = bar(
             epochs as u64,
@@ -76,6 +76,7 @@ pub(super) async fn final_stage(
                 seed,
                 checkpoint_dir: Some(ckpt),
                 resume,
+                schedule,
                 ..TrainConfig::default()
             };
             let o = train(
