@@ -638,6 +638,56 @@ fn search_repair_builds_every_trial_repaired() {
     );
 }
 
+/// `[proxy] schedule = "linear"` reaches every trial's fine-tune (the same proposals end
+/// with other losses than at the constant rate), and the final stage re-trains on
+/// `[final] schedule`.
+#[test]
+fn the_proxy_and_final_schedules_reach_the_trials_and_the_final_stage() {
+    let proxy = "steps = 3\nbatch_size = 16\neval_samples = 32";
+    let constant = study(3, proxy, "[final]\ntop_k = 0\nwarm_starts = 0");
+    let o = run(&["search", constant.budget().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let decayed = study(
+        3,
+        &format!("{proxy}\nschedule = \"linear\""),
+        "[final]\ntop_k = 1\nwarm_starts = 0\nepochs = 1\nschedule = \"linear\"",
+    );
+    std::fs::create_dir_all(decayed.path("runs")).unwrap();
+    std::fs::copy(
+        constant.path("runs/base.safetensors"),
+        decayed.path("runs/base.safetensors"),
+    )
+    .unwrap();
+    let o = run(&["search", decayed.budget().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let losses = |s: &Study| -> Vec<(String, f64)> {
+        s.store()
+            .trials(1)
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.config, t.proxy_loss.unwrap()))
+            .collect()
+    };
+    let (before, after) = (losses(&constant), losses(&decayed));
+    assert_eq!(before.len(), 3);
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b.0, a.0, "the same proposals");
+        assert!(
+            (b.1 - a.1).abs() > 1e-6,
+            "a decayed fine-tune ends as a constant one: {a:?}"
+        );
+    }
+    let store = decayed.store();
+    assert!(
+        store
+            .trials(1)
+            .unwrap()
+            .iter()
+            .any(|t| store.final_result(t.id).unwrap().is_some()),
+        "the final stage re-trained on the linear schedule"
+    );
+}
+
 /// Replaces `from` by `to` in the study's budget file.
 pub(crate) fn edit_budget(s: &Study, from: &str, to: &str) {
     let text = std::fs::read_to_string(s.budget()).unwrap();
