@@ -26,6 +26,10 @@ ROW_STEPS = {
     "original": ["train original"],
     "FD": ["vbmf ranks", "decompose", "fine-tune FD"],
     "FD + pruning": ["slamp ratios", "prune", "fine-tune FD+pruning"],
+    "FD + pruning, one stage": [
+        "compress FD+pruning, one stage",
+        "fine-tune FD+pruning, one stage",
+    ],
     "search FD": ["search", "export", "compress search FD", "fine-tune search FD"],
     "search FD + pruning": ["prune search FD+pruning", "fine-tune search FD+pruning"],
     "search FD + pruning, one stage": [
