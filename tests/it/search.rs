@@ -600,12 +600,7 @@ fn search_repair_builds_every_trial_repaired() {
     let o = run(&["search", plain.budget().to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     let repaired = study(4, proxy, "[final]\ntop_k = 1\nwarm_starts = 0\nepochs = 1");
-    std::fs::create_dir_all(repaired.path("runs")).unwrap();
-    std::fs::copy(
-        plain.path("runs/base.safetensors"),
-        repaired.path("runs/base.safetensors"),
-    )
-    .unwrap();
+    share_base(&plain, &repaired);
     edit_budget(&repaired, "seed = 1\n", "seed = 1\nrepair = 2\n");
     let o = run(&["search", repaired.budget().to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -618,22 +613,10 @@ fn search_repair_builds_every_trial_repaired() {
             .map(|t| (t.config.clone(), -store.reports(t.id).unwrap()[0].1))
             .collect()
     };
-    let (before, after) = (kl(&plain), kl(&repaired));
-    assert_eq!(before.len(), 4);
-    for (b, a) in before.iter().zip(&after) {
-        assert_eq!(b.0, a.0, "the same proposals");
-        assert!(
-            (b.1 - a.1).abs() > 1e-6,
-            "a repaired build scores as built: {a:?}"
-        );
-    }
-    let store = repaired.store();
+    let what = "a repaired build scores as built";
+    assert_same_proposals_scored_apart(&kl(&plain), &kl(&repaired), 4, what);
     assert!(
-        store
-            .trials(1)
-            .unwrap()
-            .iter()
-            .any(|t| store.final_result(t.id).unwrap().is_some()),
+        retrained_any(&repaired),
         "the final stage re-trained a repaired build"
     );
 }
@@ -652,12 +635,7 @@ fn the_proxy_and_final_schedules_reach_the_trials_and_the_final_stage() {
         &format!("{proxy}\nschedule = \"linear\""),
         "[final]\ntop_k = 1\nwarm_starts = 0\nepochs = 1\nschedule = \"linear\"",
     );
-    std::fs::create_dir_all(decayed.path("runs")).unwrap();
-    std::fs::copy(
-        constant.path("runs/base.safetensors"),
-        decayed.path("runs/base.safetensors"),
-    )
-    .unwrap();
+    share_base(&constant, &decayed);
     let o = run(&["search", decayed.budget().to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     let losses = |s: &Study| -> Vec<(String, f64)> {
@@ -668,24 +646,47 @@ fn the_proxy_and_final_schedules_reach_the_trials_and_the_final_stage() {
             .map(|t| (t.config, t.proxy_loss.unwrap()))
             .collect()
     };
-    let (before, after) = (losses(&constant), losses(&decayed));
-    assert_eq!(before.len(), 3);
-    for (b, a) in before.iter().zip(&after) {
-        assert_eq!(b.0, a.0, "the same proposals");
-        assert!(
-            (b.1 - a.1).abs() > 1e-6,
-            "a decayed fine-tune ends as a constant one: {a:?}"
-        );
-    }
-    let store = decayed.store();
+    let what = "a decayed fine-tune ends as a constant one";
+    assert_same_proposals_scored_apart(&losses(&constant), &losses(&decayed), 3, what);
     assert!(
-        store
-            .trials(1)
-            .unwrap()
-            .iter()
-            .any(|t| store.final_result(t.id).unwrap().is_some()),
+        retrained_any(&decayed),
         "the final stage re-trained on the linear schedule"
     );
+}
+
+/// Gives study `to` the base weights that `from`'s search trained, so both start alike.
+fn share_base(from: &Study, to: &Study) {
+    std::fs::create_dir_all(to.path("runs")).unwrap();
+    std::fs::copy(
+        from.path("runs/base.safetensors"),
+        to.path("runs/base.safetensors"),
+    )
+    .unwrap();
+}
+
+/// Whether the study's final stage re-trained any trial.
+fn retrained_any(s: &Study) -> bool {
+    let store = s.store();
+    store
+        .trials(1)
+        .unwrap()
+        .iter()
+        .any(|t| store.final_result(t.id).unwrap().is_some())
+}
+
+/// Two studies' (config, score) per trial: the same `n` proposals in the same order,
+/// each scored differently (else `what` happened).
+fn assert_same_proposals_scored_apart(
+    before: &[(String, f64)],
+    after: &[(String, f64)],
+    n: usize,
+    what: &str,
+) {
+    assert_eq!((before.len(), after.len()), (n, n));
+    for (b, a) in before.iter().zip(after) {
+        assert_eq!(b.0, a.0, "the same proposals");
+        assert!((b.1 - a.1).abs() > 1e-6, "{what}: {a:?}");
+    }
 }
 
 /// Replaces `from` by `to` in the study's budget file.

@@ -18,6 +18,12 @@ fn tiny_config(epochs: usize) -> TrainConfig {
     }
 }
 
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
 #[test]
 fn learns_a_learnable_label_well_above_chance() {
     let device = Device::flex();
@@ -99,11 +105,7 @@ fn resume_continues_exactly() {
     );
     for (k, a) in &straight.weights.tensors {
         let b = &resumed.weights.tensors[k];
-        let diff = a
-            .data
-            .iter()
-            .zip(&b.data)
-            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        let diff = max_abs_diff(&a.data, &b.data);
         assert!(diff <= 1e-5, "{k} differs by {diff} after resume");
     }
 }
@@ -208,11 +210,10 @@ fn linear_schedule_reaches_the_optimizer_and_resumes_exactly() {
     }
     let constant = run(&tiny_config(2), &mut Vec::new());
     let key = "features.0.weight";
-    let gap = decayed.weights.tensors[key]
-        .data
-        .iter()
-        .zip(&constant.weights.tensors[key].data)
-        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    let gap = max_abs_diff(
+        &decayed.weights.tensors[key].data,
+        &constant.weights.tensors[key].data,
+    );
     assert!(gap > 1e-6, "the decayed run trained like the constant one");
 
     // Stopped after the first epoch's checkpoint, then resumed: the same decay.
@@ -241,10 +242,9 @@ fn linear_schedule_reaches_the_optimizer_and_resumes_exactly() {
     let mut rest_lrs = Vec::new();
     let resumed = run(&rest, &mut rest_lrs);
     assert_eq!(rest_lrs, lrs[3..].to_vec());
-    let diff = decayed.weights.tensors[key]
-        .data
-        .iter()
-        .zip(&resumed.weights.tensors[key].data)
-        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    let diff = max_abs_diff(
+        &decayed.weights.tensors[key].data,
+        &resumed.weights.tensors[key].data,
+    );
     assert!(diff <= 1e-5, "resumed weights differ by {diff}");
 }
