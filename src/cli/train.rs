@@ -64,7 +64,7 @@ pub struct TrainArgs {
     /// Learning-rate schedule: plateau (ReduceLROnPlateau on validation loss, the
     /// recipe) or linear (from --lr down to zero over the run's steps, for runs cut far
     /// shorter than the recipe)
-    #[arg(long, default_value = "plateau")]
+    #[arg(long, value_enum, default_value = "plateau")]
     pub lr_schedule: LrSchedule,
     /// ReduceLROnPlateau: factor, patience (epochs), minimum lr
     #[arg(long, default_value_t = 0.1)]

@@ -87,6 +87,11 @@ fn bad_input_exits_2_with_the_reason_on_stderr() {
 
     let o = rankprune(&["metrics", "--arch", "resnet50"]);
     assert_eq!(o.status.code(), Some(2));
+    // An unknown learning-rate schedule names the allowed ones.
+    let o = rankprune(&["train", "--lr-schedule", "cosine"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("possible values: plateau, linear"), "{err}");
     let o = rankprune(&[
         "check",
         "--arch",
