@@ -209,8 +209,17 @@ mod tests {
         check(2, 3, 3, 6, 3, 0, true); // valid 3x3
         check(2, 2, 3, 5, 5, 2, true); // 5x5 same
         check(2, 2, 2, 3, 5, 1, true); // kernel wider than map plus padding on one side
-        check(20, 8, 4, 32, 3, 1, true); // two blocks of images (14 + 6)
-        check(20, 8, 4, 32, 3, 1, false); // the same without a bias (products write y)
+        // Blocks of images one after the other, every thread on each (two of 1 + 1 on
+        // two threads), and in parallel, one per thread (20 of one image each).
+        let two_threads = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        two_threads.install(|| {
+            check(3, 16, 4, 64, 3, 1, true);
+            check(20, 8, 4, 32, 3, 1, true);
+            check(20, 8, 4, 32, 3, 1, false); // without a bias (products write y)
+        });
     }
 
     #[test]
