@@ -15,6 +15,7 @@
 
 use super::flex::{Flat, tensor, values};
 use super::profile::{Op, timed};
+use super::winograd;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -89,6 +90,18 @@ impl Geometry {
         let lo = self.p.saturating_sub(j);
         let hi = (self.w + self.p).saturating_sub(j).min(self.ow());
         (lo, hi.max(lo))
+    }
+
+    /// The conv's sizes for [`winograd`], where it applies (3x3, padding 1) and pays.
+    fn winograd(&self) -> Option<winograd::Sizes> {
+        let s = winograd::Sizes {
+            c: self.c,
+            n: self.n,
+            h: self.h,
+            w: self.w,
+            out: self.out,
+        };
+        (self.k == 3 && self.p == 1 && s.worth_it()).then_some(s)
     }
 
     /// A 1x1 conv without padding, whose im2col is the input itself.
@@ -258,7 +271,7 @@ fn blocks(g: Geometry) -> impl Iterator<Item = Range<usize>> {
 
 /// A matrix over a slice: element `(i, j)` at `i * rs + j * cs`.
 #[derive(Clone, Copy)]
-struct View<'a> {
+pub(super) struct View<'a> {
     data: &'a [f32],
     rows: usize,
     cols: usize,
@@ -268,7 +281,7 @@ struct View<'a> {
 
 impl<'a> View<'a> {
     /// Row-major `[rows, cols]`.
-    fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+    pub(super) fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
         Self {
             data,
             rows,
@@ -319,7 +332,7 @@ impl<'a> View<'a> {
 /// # Safety
 /// `dst` must be valid for writes of those `lhs.rows * rhs.cols` values (and
 /// initialised when `accumulate`), and alias neither input.
-unsafe fn gemm_raw(
+pub(super) unsafe fn gemm_raw(
     dst: *mut f32,
     dst_rs: usize,
     lhs: View,
@@ -432,6 +445,12 @@ fn product_on(lhs: View, rhs: View, threads: bool) -> Vec<f32> {
 
 fn forward(x: &Flat, weight: &Flat, bias: &Flat, padding: usize) -> Flat {
     let g = Geometry::of(x, weight, padding);
+    if let Some(s) = g.winograd() {
+        return timed(Op::WinogradForward, || {
+            let y = winograd::forward(&values(x), &values(weight), &values(bias), s);
+            tensor(y, vec![g.out, g.n, g.h, g.w])
+        });
+    }
     timed(g.ops()[0], || forward_of(g, x, weight, bias))
 }
 
@@ -482,7 +501,7 @@ fn forward_of(g: Geometry, x: &Flat, weight: &Flat, bias: &Flat) -> Flat {
 /// A pointer that blocks running on several threads write through, each to its own
 /// values.
 #[derive(Clone, Copy)]
-struct Shared(*mut f32);
+pub(super) struct Shared(pub(super) *mut f32);
 
 // SAFETY: only used where every thread writes a disjoint set of values (see the users).
 unsafe impl Send for Shared {}
@@ -490,7 +509,7 @@ unsafe impl Sync for Shared {}
 
 impl Shared {
     /// The pointer (a method, so that closures capture the whole `Shared`).
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -557,20 +576,23 @@ fn backward(
             list.par_iter().for_each(|imgs| dx_block(imgs.clone(), dx));
         }
         if let Some(dw) = dw.as_mut() {
-            let sum = list
-                .par_iter()
-                .fold(
-                    || vec![0f32; g.out * ckk],
-                    |mut part, imgs| {
+            // One partial sum per thread over a fixed run of blocks, added in order, so
+            // that the result does not depend on which thread ran what.
+            let parts = rayon::current_num_threads().min(list.len());
+            let partials: Vec<Vec<f32>> = (0..parts)
+                .into_par_iter()
+                .map(|p| {
+                    let mut part = vec![0f32; g.out * ckk];
+                    let run = list.len() * p / parts..list.len() * (p + 1) / parts;
+                    for imgs in &list[run] {
                         dw_block(&mut part, imgs.clone());
-                        part
-                    },
-                )
-                .reduce_with(|mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                    a
-                });
-            *dw = sum.expect("a batch has a block");
+                    }
+                    part
+                })
+                .collect();
+            for part in partials {
+                dw.iter_mut().zip(part).for_each(|(d, v)| *d += v);
+            }
         }
     } else {
         for imgs in list {

@@ -8,6 +8,7 @@ mod flex;
 mod max_pool;
 mod memory;
 pub mod profile;
+mod winograd;
 
 pub use memory::keep_freed_memory;
 

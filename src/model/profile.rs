@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     ConvForward,
+    /// A 3x3 conv's forward by Winograd's F(2x2, 3x3).
+    WinogradForward,
     ConvInputGrad,
     ConvWeightGrad,
     PointwiseForward,
@@ -31,8 +33,9 @@ impl Op {
         matches!(self, Op::Im2col | Op::Col2im)
     }
 
-    pub const ALL: [Op; 13] = [
+    pub const ALL: [Op; 14] = [
         Op::ConvForward,
+        Op::WinogradForward,
         Op::ConvInputGrad,
         Op::ConvWeightGrad,
         Op::PointwiseForward,
@@ -49,7 +52,8 @@ impl Op {
 
     pub fn name(self) -> &'static str {
         match self {
-            Op::ConvForward => "kxk conv forward",
+            Op::ConvForward => "kxk conv forward (im2col)",
+            Op::WinogradForward => "3x3 conv forward (Winograd)",
             Op::ConvInputGrad => "kxk conv input gradient",
             Op::ConvWeightGrad => "kxk conv weight (+bias) gradient",
             Op::PointwiseForward => "1x1 conv forward",

@@ -1,0 +1,296 @@
+//! The forward pass of a 3x3 convolution (stride 1, one zero of padding) by Winograd's
+//! minimal filtering F(2x2, 3x3) ("Fast Algorithms for Convolutional Neural Networks",
+//! Lavin and Gray, CVPR 2016): each 2x2 output tile is `A^T [(G g G^T) . (B^T d B)] A`
+//! for its 4x4 input tile `d`, so the channel sums become 16 matrix products
+//! `M_e = U_e V_e` (`U_e`: `[O, C]` transformed weights, `V_e`: `[C, tiles]` transformed
+//! inputs) with 16 multiplies per tile and channel pair instead of 36. On channel-major
+//! activations (`[C, N, H, W]`), the batch's tiles go through in chunks of images, one
+//! chunk per thread when there are chunks enough. The input and output transforms run
+//! along a whole row of tiles at a time (contiguous, so they vectorise). `cnhw`'s tests
+//! check the output against burn's `conv2d`; the gradients stay the im2col kernel's.
+
+use super::conv_gemm::{Shared, View, gemm_raw};
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// Sizes of one 3x3, padding-1 convolution: `c` input channels, `n` images of `h x w`,
+/// `out` output channels (the output is `h x w` too).
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    pub c: usize,
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub out: usize,
+}
+
+impl Sizes {
+    /// Whether Winograd pays here: enough channels on both sides that the products, not
+    /// the transforms, take the time.
+    pub fn worth_it(&self) -> bool {
+        self.c >= MIN_CHANNELS && self.out >= MIN_CHANNELS
+    }
+
+    fn tiles_y(&self) -> usize {
+        self.h.div_ceil(2)
+    }
+
+    fn tiles_x(&self) -> usize {
+        self.w.div_ceil(2)
+    }
+
+    fn image_tiles(&self) -> usize {
+        self.tiles_y() * self.tiles_x()
+    }
+
+    /// Images per chunk, and whether chunks run one per thread (each single-threaded)
+    /// or one after the other (each with its 16 products shared among the threads).
+    fn chunking(&self) -> (usize, bool) {
+        let per_image = 16 * (self.c + self.out) * self.image_tiles();
+        let small = (CHUNK_FLOATS / per_image).clamp(1, self.n);
+        let weights = 16 * self.out * self.c;
+        // Per thread, each chunk streams all of `U`: only where that is small next to
+        // the chunk's own data.
+        if self.n.div_ceil(small) >= 2 * rayon::current_num_threads()
+            && weights <= small * per_image
+        {
+            (small, true)
+        } else {
+            ((BIG_CHUNK_FLOATS / per_image).clamp(1, self.n), false)
+        }
+    }
+}
+
+/// Fewer channels than this on either side: im2col's product is as quick.
+const MIN_CHANNELS: usize = 16;
+
+/// About 1 MiB of transformed inputs and products per chunk, when chunks run one per
+/// thread.
+const CHUNK_FLOATS: usize = 1 << 18;
+
+/// About 16 MiB per chunk when chunks run one after the other.
+const BIG_CHUNK_FLOATS: usize = 1 << 22;
+
+/// `U = G g G^T` for every `(o, c)`, laid out `[16, O, C]`, with
+/// `G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]`.
+fn transform_weights(weight: &[f32], s: Sizes) -> Vec<f32> {
+    let oc = s.out * s.c;
+    let mut u = vec![0f32; 16 * oc];
+    for (k, g) in weight.chunks_exact(9).enumerate() {
+        let gg = |v: [f32; 3]| {
+            [
+                v[0],
+                0.5 * (v[0] + v[1] + v[2]),
+                0.5 * (v[0] - v[1] + v[2]),
+                v[2],
+            ]
+        };
+        // G g: rows of the 3x3 kernel combined; then (G g) G^T: columns.
+        let cols: [[f32; 4]; 3] = std::array::from_fn(|j| gg([g[j], g[3 + j], g[6 + j]]));
+        for i in 0..4 {
+            let row = gg([cols[0][i], cols[1][i], cols[2][i]]);
+            for (j, v) in row.into_iter().enumerate() {
+                u[(i * 4 + j) * oc + k] = v;
+            }
+        }
+    }
+    u
+}
+
+/// `y = conv3x3(x, weight) + bias`, `x` channel-major `[C, N, H, W]`, `weight`
+/// `[O, C, 3, 3]`, `bias` `[O]`; `y` channel-major `[O, N, H, W]`.
+pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], s: Sizes) -> Vec<f32> {
+    let u = transform_weights(weight, s);
+    let total = s.out * s.n * s.h * s.w;
+    let mut y = Vec::<f32>::with_capacity(total);
+    let dst = Shared(y.as_mut_ptr());
+    let (per_chunk, per_thread) = s.chunking();
+    let chunks: Vec<Range<usize>> = (0..s.n.div_ceil(per_chunk))
+        .map(|i| i * per_chunk..((i + 1) * per_chunk).min(s.n))
+        .collect();
+    let run = |imgs: Range<usize>| {
+        let v = transform_inputs(x, s, imgs.clone(), per_thread);
+        let m = products(&u, &v, s, imgs.len() * s.image_tiles(), per_thread);
+        // SAFETY: `y` has room for `total` values; each chunk writes the output pixels of
+        // its own images only, every one of them (see `transform_outputs`).
+        unsafe { transform_outputs(&m, bias, s, imgs, per_thread, dst) };
+    };
+    match per_thread {
+        true => chunks.into_par_iter().for_each(run),
+        false => chunks.into_iter().for_each(run),
+    }
+    // SAFETY: the chunks' images tile `0..n`, and each wrote all its output pixels.
+    unsafe { y.set_len(total) };
+    y
+}
+
+/// Rayon's least items per task: everything on this thread when the chunks themselves
+/// run one per thread.
+fn min_len(per_thread: bool) -> usize {
+    if per_thread { usize::MAX } else { 1 }
+}
+
+/// `V = B^T d B` of every tile of images `imgs`, laid out `[16, C, tiles]` (tiles in
+/// image, tile-row, tile-column order), with
+/// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+fn transform_inputs(x: &[f32], s: Sizes, imgs: Range<usize>, per_thread: bool) -> Vec<f32> {
+    let (ty_n, tx_n) = (s.tiles_y(), s.tiles_x());
+    let tiles = imgs.len() * s.image_tiles();
+    let mut v = vec![0f32; 16 * s.c * tiles];
+    let out = Shared(v.as_mut_ptr());
+    (0..s.c)
+        .into_par_iter()
+        .with_min_len(min_len(per_thread))
+        .for_each(|ch| {
+            // One input row padded by a zero on the left (and right, to even length),
+            // split into its even and odd columns: tile t reads padded columns 2t..2t+4.
+            let mut even = vec![0f32; tx_n + 1];
+            let mut odd = vec![0f32; tx_n + 1];
+            // The row transform `d B` of the tile row's four input rows: [row][part][t].
+            let mut r4: [[Vec<f32>; 4]; 4] =
+                std::array::from_fn(|_| std::array::from_fn(|_| vec![0f32; tx_n]));
+            for (b, img) in imgs.clone().enumerate() {
+                let plane = &x[(ch * s.n + img) * s.h * s.w..][..s.h * s.w];
+                for ty in 0..ty_n {
+                    for (i, r) in r4.iter_mut().enumerate() {
+                        let iy = (2 * ty + i).checked_sub(1).filter(|&iy| iy < s.h);
+                        split_row(iy.map(|iy| &plane[iy * s.w..][..s.w]), &mut even, &mut odd);
+                        for t in 0..tx_n {
+                            let (a, bb, c, d) = (even[t], odd[t], even[t + 1], odd[t + 1]);
+                            r[0][t] = a - c;
+                            r[1][t] = bb + c;
+                            r[2][t] = c - bb;
+                            r[3][t] = bb - d;
+                        }
+                    }
+                    let first = (b * ty_n + ty) * tx_n;
+                    let [p0, p1, p2, p3] = &r4;
+                    let parts = p0.iter().zip(p1).zip(p2).zip(p3);
+                    for (j, (((r0, r1), r2), r3)) in parts.enumerate() {
+                        // SAFETY: rows `(i 4 + j, ch)` of `V`, tiles `first..first + tx_n`:
+                        // inside `v`, disjoint, and channel `ch` is this task's alone.
+                        let [d0, d1, d2, d3] = std::array::from_fn(|i| unsafe {
+                            let at = ((i * 4 + j) * s.c + ch) * tiles + first;
+                            std::slice::from_raw_parts_mut(out.get().add(at), tx_n)
+                        });
+                        for t in 0..tx_n {
+                            d0[t] = r0[t] - r2[t];
+                            d1[t] = r1[t] + r2[t];
+                            d2[t] = r2[t] - r1[t];
+                            d3[t] = r1[t] - r3[t];
+                        }
+                    }
+                }
+            }
+        });
+    v
+}
+
+/// Input row `row` (zeros when `None`: padding) with one zero before it, as its even
+/// and odd columns (`even[t]` is padded column `2t`, `odd[t]` column `2t + 1`).
+fn split_row(row: Option<&[f32]>, even: &mut [f32], odd: &mut [f32]) {
+    even.fill(0.0);
+    odd.fill(0.0);
+    let Some(row) = row else { return };
+    for (x, &v) in row.iter().enumerate() {
+        // Padded column x + 1.
+        let p = x + 1;
+        match p % 2 {
+            0 => even[p / 2] = v,
+            _ => odd[p / 2] = v,
+        }
+    }
+}
+
+/// `M_e = U_e V_e` for the 16 `e`, laid out `[16, O, tiles]`.
+fn products(u: &[f32], v: &[f32], s: Sizes, tiles: usize, per_thread: bool) -> Vec<f32> {
+    let mut m = Vec::<f32>::with_capacity(16 * s.out * tiles);
+    let dst = Shared(m.as_mut_ptr());
+    (0..16)
+        .into_par_iter()
+        .with_min_len(min_len(per_thread))
+        .for_each(|e| {
+            let lhs = View::rows(&u[e * s.out * s.c..][..s.out * s.c], s.out, s.c);
+            let rhs = View::rows(&v[e * s.c * tiles..][..s.c * tiles], s.c, tiles);
+            // SAFETY: product `e` writes (never reads) its own `[O, tiles]` block of `m`.
+            unsafe {
+                gemm_raw(
+                    dst.get().add(e * s.out * tiles),
+                    tiles,
+                    lhs,
+                    rhs,
+                    false,
+                    false,
+                )
+            };
+        });
+    // SAFETY: the 16 products wrote all `16 O tiles` values.
+    unsafe { m.set_len(16 * s.out * tiles) };
+    m
+}
+
+/// `y = A^T M A + bias` for every tile of images `imgs`, written into `y`
+/// (`[O, N, H, W]`), with `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`. A tile past an odd
+/// map's edge writes only its pixels inside the map.
+///
+/// # Safety
+/// `y` must have room for `O N H W` values, and no other thread may write the pixels
+/// of images `imgs` meanwhile.
+unsafe fn transform_outputs(
+    m: &[f32],
+    bias: &[f32],
+    s: Sizes,
+    imgs: Range<usize>,
+    per_thread: bool,
+    y: Shared,
+) {
+    let (ty_n, tx_n) = (s.tiles_y(), s.tiles_x());
+    let tiles = imgs.len() * s.image_tiles();
+    (0..s.out)
+        .into_par_iter()
+        .with_min_len(min_len(per_thread))
+        .for_each(|o| {
+            // The column transform `M A` of a tile row: [tile row i][output column][t].
+            let mut half: [[Vec<f32>; 2]; 4] =
+                std::array::from_fn(|_| std::array::from_fn(|_| vec![0f32; tx_n]));
+            let mut line = vec![0f32; 2 * tx_n];
+            for (b, img) in imgs.clone().enumerate() {
+                // SAFETY: the planes of output channel `o`, image `img`: inside `y`, and
+                // written by this task alone (the caller vouches for other threads).
+                let plane = unsafe {
+                    let at = (o * s.n + img) * s.h * s.w;
+                    std::slice::from_raw_parts_mut(y.get().add(at), s.h * s.w)
+                };
+                for ty in 0..ty_n {
+                    let first = (b * ty_n + ty) * tx_n;
+                    let row = |e: usize| &m[(e * s.out + o) * tiles + first..][..tx_n];
+                    for (i, h) in half.iter_mut().enumerate() {
+                        let (m0, m1, m2, m3) =
+                            (row(i * 4), row(i * 4 + 1), row(i * 4 + 2), row(i * 4 + 3));
+                        for t in 0..tx_n {
+                            h[0][t] = m0[t] + m1[t] + m2[t];
+                            h[1][t] = m1[t] - m2[t] - m3[t];
+                        }
+                    }
+                    for oy in 0..2 {
+                        let py = 2 * ty + oy;
+                        if py >= s.h {
+                            break;
+                        }
+                        for ox in 0..2 {
+                            let [h0, h1, h2, h3] =
+                                [&half[0][ox], &half[1][ox], &half[2][ox], &half[3][ox]];
+                            for t in 0..tx_n {
+                                line[2 * t + ox] = bias[o]
+                                    + match oy {
+                                        0 => h0[t] + h1[t] + h2[t],
+                                        _ => h1[t] - h2[t] - h3[t],
+                                    };
+                            }
+                        }
+                        plane[py * s.w..][..s.w].copy_from_slice(&line[..s.w]);
+                    }
+                }
+            }
+        });
+}
