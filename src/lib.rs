@@ -29,6 +29,7 @@ pub mod compress;
 pub mod config;
 pub mod cost;
 pub mod data;
+pub mod deploy;
 pub mod device;
 pub mod error;
 pub mod ladder;

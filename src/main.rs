@@ -102,6 +102,20 @@ enum Command {
         #[command(flatten)]
         args: cli::compress::CompressArgs,
     },
+    /// Write a model (arch, optional config, weights) for another engine: ONNX
+    ExportModel {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        args: cli::deploy::ExportModelArgs,
+    },
+    /// Logits of the first test images, with the images, as JSON (to check other engines)
+    Predict {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        args: cli::deploy::PredictArgs,
+    },
     /// Run (or resume) the search a budget file describes, in the foreground
     Search {
         #[command(flatten)]
@@ -218,6 +232,10 @@ fn run(cli: Cli) -> Result<i32> {
             cli::compress::run_recommend_pruning(&base, args)?
         }
         Command::Compress { base, args } => cli::compress::run_compress(&base, args)?,
+        Command::Predict { model, args } => cli::deploy::run_predict(&model.resolve()?.1, args)?,
+        Command::ExportModel { model, args } => {
+            cli::deploy::run_export_model(&model.resolve()?.1, args)?
+        }
     }
     Ok(0)
 }

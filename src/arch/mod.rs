@@ -62,7 +62,7 @@ impl ConvBody {
         }
     }
 
-    fn convs_mut(&mut self) -> &mut [ConvSpec] {
+    pub(crate) fn convs_mut(&mut self) -> &mut [ConvSpec] {
         match self {
             ConvBody::Plain(c) => std::slice::from_mut(c),
             ConvBody::Tucker(t) => &mut t.convs,

@@ -35,7 +35,7 @@ impl DataArgs {
             .map_err(|e| Error::BadInput(format!("--val-split: {e}")))
     }
 
-    fn test(&self, classes: usize) -> Result<ImageSet> {
+    pub fn test(&self, classes: usize) -> Result<ImageSet> {
         ImageSet::load(&self.data, self.dataset, Split::Test, classes)
             .map_err(|e| Error::BadInput(e.to_string()))
     }

@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod decomposition;
 mod fidelity;
+mod onnx_export;
 mod pruning;
 mod pytorch_fixture;
 mod repair;

@@ -1,0 +1,119 @@
+//! `rankprune export-model`: a model as a file another engine runs.
+
+use clap::{Args, ValueEnum};
+use rankprune::arch::Arch;
+use rankprune::deploy::{fold, onnx};
+use rankprune::weights::Weights;
+use rankprune::{Error, Result};
+use std::path::PathBuf;
+
+/// A format `export-model` writes.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ModelFormat {
+    /// ONNX, opset 13 (onnxruntime, TensorRT, OpenVINO, ...)
+    Onnx,
+}
+
+#[derive(Args)]
+pub struct ExportModelArgs {
+    /// Weights (.safetensors, .pt, .pth) of the model `--arch` and `--config` describe
+    #[arg(long)]
+    pub weights: PathBuf,
+    #[arg(long, value_enum, default_value = "onnx")]
+    pub format: ModelFormat,
+    /// Output file (its folder must exist)
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Keep BatchNormalization nodes instead of folding them into the convs
+    #[arg(long)]
+    pub keep_bn: bool,
+}
+
+pub fn run_export_model(arch: &Arch, args: ExportModelArgs) -> Result<()> {
+    let ExportModelArgs {
+        weights,
+        format: ModelFormat::Onnx,
+        out,
+        keep_bn,
+    } = args;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        return Err(Error::BadInput(format!(
+            "--out {}: folder {} does not exist",
+            out.display(),
+            dir.display()
+        )));
+    }
+    let file = weights.display().to_string();
+    let w = Weights::load_for(&weights, arch)?;
+    let (arch, w) = match keep_bn {
+        true => (arch.clone(), w),
+        false => fold::fold_batch_norms(arch, w, &file)?,
+    };
+    let bytes = onnx::to_bytes(&arch, &w);
+    std::fs::write(&out, &bytes)
+        .map_err(|e| Error::Failure(format!("writing {}: {e}", out.display())))?;
+    let [c, h, wd] = arch.input;
+    println!(
+        "wrote {} ({:.1} MB, ONNX opset {}, BatchNorm {}): input \"{}\" [batch, {c}, {h}, {wd}], output \"{}\" [batch, {}]",
+        out.display(),
+        bytes.len() as f64 / 1e6,
+        onnx::OPSET,
+        if keep_bn {
+            "kept"
+        } else {
+            "folded into the convs"
+        },
+        onnx::INPUT,
+        onnx::OUTPUT,
+        arch.num_classes()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub data: super::train::DataArgs,
+    /// Weights (.safetensors, .pt, .pth) of the model `--arch` and `--config` describe
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// How many test images, from the first
+    #[arg(long, default_value_t = 16)]
+    pub limit: usize,
+    /// Output JSON: the normalised images (`shape`, flat `images`), `labels`, `logits`
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Writes the logits of the first `limit` test images with the images themselves, as
+/// the model sees them (normalised): what other engines' outputs are checked against.
+pub fn run_predict(arch: &Arch, args: PredictArgs) -> Result<()> {
+    let set = args.data.test(arch.num_classes())?;
+    let n = args.limit.min(set.len());
+    if n == 0 {
+        return Err(Error::BadInput("--limit: no test images to predict".into()));
+    }
+    let device = burn::tensor::Device::flex();
+    let w = Weights::load_for(&args.weights, arch)?;
+    let model = rankprune::model::Vgg::from_weights(arch, w, "<predict>", &device)?;
+    let order: Vec<usize> = (0..n).collect();
+    let batch = rankprune::data::batches::batch_at(&set, &order, None);
+    let logits = model
+        .forward(rankprune::train::images_tensor(&batch, &device))
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::Failure(format!("{e:?}")))?;
+    let classes = arch.num_classes();
+    let v = serde_json::json!({
+        "shape": [n, 3, 32, 32],
+        "images": batch.images,
+        "labels": batch.labels,
+        "logits": logits.chunks(classes).collect::<Vec<_>>(),
+    });
+    std::fs::write(&args.out, v.to_string())
+        .map_err(|e| Error::Failure(format!("writing {}: {e}", args.out.display())))?;
+    println!("wrote {}: logits of {n} test images", args.out.display());
+    Ok(())
+}
