@@ -220,13 +220,14 @@ mod tests {
             check(20, 8, 4, 32, 3, 1, true);
             check(20, 8, 4, 32, 3, 1, false); // without a bias (products write y)
         });
-        // Winograd's F(2x2, 3x3) forward (16 channels or more on both sides): odd maps
-        // whose last tiles hang over the edge, a 1x1 and a 2x2 map, one chunk after the
-        // other with the products shared, and chunks one per thread (8 images, 2 each).
-        check(2, 16, 16, 5, 3, 1, true);
-        check(3, 17, 20, 2, 3, 1, false);
-        check(1, 16, 16, 1, 3, 1, true);
-        check(2, 24, 16, 7, 3, 1, false);
+        // Winograd's F(2x2, 3x3) forward (16 channels or more on both sides, 64 tiles or
+        // more): odd maps whose last tiles hang over the edge, 1x1 and 2x2 maps, one
+        // chunk after the other with the products shared, and chunks one per thread (8
+        // images, 2 each).
+        check(8, 16, 16, 5, 3, 1, true);
+        check(64, 17, 20, 2, 3, 1, false);
+        check(64, 16, 16, 1, 3, 1, true);
+        check(4, 24, 16, 7, 3, 1, false);
         two_threads.install(|| {
             check(8, 16, 16, 32, 3, 1, true);
             check(8, 16, 17, 31, 3, 1, false);

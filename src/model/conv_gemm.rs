@@ -161,6 +161,12 @@ const BLOCK_FLOATS: usize = 1 << 20;
 /// About 256 KiB of f32 im2col columns per block when blocks run one per thread.
 const THREAD_BLOCK_FLOATS: usize = 1 << 16;
 
+/// [`timed`] when `on`, else just `f()` (inside blocks that run one per thread, whose
+/// op is timed around them all).
+fn timed_if<T>(on: bool, op: Op, f: impl FnOnce() -> T) -> T {
+    if on { timed(op, f) } else { f() }
+}
+
 /// Images `imgs` as `[C k k, imgs.len() OH OW]` (borrowed when the conv is pointwise:
 /// then they are the whole batch, see [`Geometry::block`]).
 fn columns(x: &[f32], g: Geometry, imgs: Range<usize>) -> Cow<'_, [f32]> {
@@ -168,7 +174,10 @@ fn columns(x: &[f32], g: Geometry, imgs: Range<usize>) -> Cow<'_, [f32]> {
         debug_assert_eq!(imgs.len(), g.n, "a pointwise conv runs as one block");
         return Cow::Borrowed(x);
     }
-    Cow::Owned(timed(Op::Im2col, || im2col(x, g, imgs)))
+    // Blocks one per thread: their wall time is their op's, not the threads' sum.
+    Cow::Owned(timed_if(!g.blocks_per_thread(), Op::Im2col, || {
+        im2col(x, g, imgs)
+    }))
 }
 
 /// Images `imgs` as `[C k k, imgs.len() OH OW]`: row `(ch, i, j)` holds input channel
@@ -542,15 +551,17 @@ fn backward(
         }
     };
     let dx_block = |imgs: Range<usize>, dx: Shared| {
-        timed(dx_op, || {
+        timed_if(!per_thread, dx_op, || {
             let dcols = product_on(View::rows(&w, g.out, ckk).t(), dy_of(&imgs), !per_thread);
             // SAFETY: `dx` holds `C N H W` zeros, and the blocks' images are disjoint.
-            timed(Op::Col2im, || unsafe { col2im(&dcols, g, imgs, dx) });
+            timed_if(!per_thread, Op::Col2im, || unsafe {
+                col2im(&dcols, g, imgs, dx)
+            });
         })
     };
     // `dw += dy cols^T` for the block.
     let dw_block = |dw: &mut [f32], imgs: Range<usize>| {
-        timed(dw_op, || {
+        timed_if(!per_thread, dw_op, || {
             let cols = columns(&xs, g, imgs.clone());
             let dcols = View::rows(&cols, ckk, imgs.len() * g.image_pixels()).t();
             match per_thread {
@@ -573,23 +584,27 @@ fn backward(
         }
     } else if per_thread {
         if let Some(dx) = dx_ptr {
-            list.par_iter().for_each(|imgs| dx_block(imgs.clone(), dx));
+            timed(dx_op, || {
+                list.par_iter().for_each(|imgs| dx_block(imgs.clone(), dx))
+            });
         }
         if let Some(dw) = dw.as_mut() {
             // One partial sum per thread over a fixed run of blocks, added in order, so
             // that the result does not depend on which thread ran what.
             let parts = rayon::current_num_threads().min(list.len());
-            let partials: Vec<Vec<f32>> = (0..parts)
-                .into_par_iter()
-                .map(|p| {
-                    let mut part = vec![0f32; g.out * ckk];
-                    let run = list.len() * p / parts..list.len() * (p + 1) / parts;
-                    for imgs in &list[run] {
-                        dw_block(&mut part, imgs.clone());
-                    }
-                    part
-                })
-                .collect();
+            let partials: Vec<Vec<f32>> = timed(dw_op, || {
+                (0..parts)
+                    .into_par_iter()
+                    .map(|p| {
+                        let mut part = vec![0f32; g.out * ckk];
+                        let run = list.len() * p / parts..list.len() * (p + 1) / parts;
+                        for imgs in &list[run] {
+                            dw_block(&mut part, imgs.clone());
+                        }
+                        part
+                    })
+                    .collect()
+            });
             for part in partials {
                 dw.iter_mut().zip(part).for_each(|(d, v)| *d += v);
             }

@@ -26,9 +26,12 @@ pub struct Sizes {
 
 impl Sizes {
     /// Whether Winograd pays here: enough channels on both sides that the products, not
-    /// the transforms, take the time.
+    /// the transforms, take the time, and tiles enough to repay transforming the weights
+    /// (16 values per weight pair, written on every call).
     pub fn worth_it(&self) -> bool {
-        self.c >= MIN_CHANNELS && self.out >= MIN_CHANNELS
+        self.c >= MIN_CHANNELS
+            && self.out >= MIN_CHANNELS
+            && self.n * self.image_tiles() >= MIN_TILES
     }
 
     fn tiles_y(&self) -> usize {
@@ -64,6 +67,10 @@ impl Sizes {
 /// Fewer channels than this on either side: im2col's product is as quick.
 const MIN_CHANNELS: usize = 16;
 
+/// Fewer output tiles than this over the batch (one image of a small map): the weight
+/// transform costs more than the multiplies saved.
+const MIN_TILES: usize = 64;
+
 /// About 1 MiB of transformed inputs and products per chunk, when chunks run one per
 /// thread.
 const CHUNK_FLOATS: usize = 1 << 18;
@@ -76,24 +83,28 @@ const BIG_CHUNK_FLOATS: usize = 1 << 22;
 fn transform_weights(weight: &[f32], s: Sizes) -> Vec<f32> {
     let oc = s.out * s.c;
     let mut u = vec![0f32; 16 * oc];
-    for (k, g) in weight.chunks_exact(9).enumerate() {
-        let gg = |v: [f32; 3]| {
-            [
-                v[0],
-                0.5 * (v[0] + v[1] + v[2]),
-                0.5 * (v[0] - v[1] + v[2]),
-                v[2],
-            ]
-        };
+    let dst = Shared(u.as_mut_ptr());
+    let gg = |v: [f32; 3]| {
+        [
+            v[0],
+            0.5 * (v[0] + v[1] + v[2]),
+            0.5 * (v[0] - v[1] + v[2]),
+            v[2],
+        ]
+    };
+    weight.par_chunks_exact(9).enumerate().for_each(|(k, g)| {
         // G g: rows of the 3x3 kernel combined; then (G g) G^T: columns.
         let cols: [[f32; 4]; 3] = std::array::from_fn(|j| gg([g[j], g[3 + j], g[6 + j]]));
-        for i in 0..4 {
-            let row = gg([cols[0][i], cols[1][i], cols[2][i]]);
+        let [c0, c1, c2] = cols;
+        for (i, ((&a, &b), &c)) in c0.iter().zip(&c1).zip(&c2).enumerate() {
+            let row = gg([a, b, c]);
             for (j, v) in row.into_iter().enumerate() {
-                u[(i * 4 + j) * oc + k] = v;
+                // SAFETY: `(i 4 + j) oc + k` is inside `u` (k < oc) and only weight
+                // pair `k` writes it.
+                unsafe { *dst.get().add((i * 4 + j) * oc + k) = v };
             }
         }
-    }
+    });
     u
 }
 
@@ -293,4 +304,48 @@ unsafe fn transform_outputs(
                 }
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(c: usize, out: usize, n: usize, hw: usize) -> Sizes {
+        Sizes {
+            c,
+            n,
+            h: hw,
+            w: hw,
+            out,
+        }
+    }
+
+    /// `cnhw`'s Winograd cases do take this path; small channel counts and single small
+    /// maps do not.
+    #[test]
+    fn winograd_applies_where_it_pays() {
+        for s in [
+            sizes(16, 16, 8, 5),
+            sizes(17, 20, 64, 2),
+            sizes(16, 16, 64, 1),
+            sizes(24, 16, 4, 7),
+        ] {
+            assert!(s.worth_it(), "{s:?}");
+        }
+        for s in [
+            sizes(15, 64, 128, 32),
+            sizes(64, 8, 128, 32),
+            sizes(512, 512, 1, 2),
+        ] {
+            assert!(!s.worth_it(), "{s:?}");
+        }
+        let two_threads = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        two_threads.install(|| {
+            assert_eq!(sizes(16, 16, 8, 32).chunking(), (2, true));
+            assert!(!sizes(16, 16, 8, 5).chunking().1);
+        });
+    }
 }
