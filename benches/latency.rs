@@ -6,20 +6,13 @@
 //! Run: cargo bench --bench latency [-- RUNS_BATCH_1 [RUNS_BATCH_128]]
 //! Prints `| model | batch | median ms | min ms | runs |` rows.
 
+mod common;
+
 use burn::tensor::{Device, Distribution, Tensor};
+use common::config_arch;
 use rankprune::arch::{Arch, ArchSpec};
-use rankprune::config::LayerConfig;
 use rankprune::model::Vgg;
 use std::time::Instant;
-
-fn config_arch(base: &Arch, path: &str) -> Arch {
-    let path = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap();
-    LayerConfig::from_json(&text, &path)
-        .unwrap()
-        .apply(base, &path)
-        .unwrap()
-}
 
 /// (median, min) milliseconds of `runs` forward passes of a `batch`, after two warm-ups.
 fn latency(arch: &Arch, batch: usize, runs: usize) -> (f64, f64) {

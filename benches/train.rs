@@ -16,13 +16,15 @@
 //! our kernels ([`rankprune::model::profile`]), of the optimizer step, and what is left
 //! of the forward and backward passes (burn's ops: classifier, loss, autodiff).
 
+mod common;
+
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use common::config_arch;
 use rankprune::arch::{Arch, ArchSpec};
-use rankprune::config::LayerConfig;
 use rankprune::model::Vgg;
 use rankprune::model::profile::{self, Op};
 use std::time::Instant;
@@ -89,15 +91,6 @@ fn inference_images_per_s(arch: &Arch, steps: usize) -> f64 {
         let _ = model.forward(x.clone()).into_data();
     }
     (steps * BATCH) as f64 / t.elapsed().as_secs_f64()
-}
-
-fn config_arch(base: &Arch, path: &str) -> Arch {
-    let path = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap();
-    LayerConfig::from_json(&text, &path)
-        .unwrap()
-        .apply(base, &path)
-        .unwrap()
 }
 
 /// Milliseconds per step of each part of training (`steps` steps) and of inference.
