@@ -134,11 +134,16 @@ impl Geometry {
         if self.pointwise() {
             return self.n;
         }
-        let per_image = (self.c * self.k * self.k * self.image_pixels()).max(1);
         match self.blocks_per_thread() {
-            true => (THREAD_BLOCK_FLOATS / per_image).clamp(1, self.n),
-            false => (BLOCK_FLOATS / per_image).clamp(1, self.n),
+            true => self.images_per(THREAD_BLOCK_FLOATS),
+            false => self.images_per(BLOCK_FLOATS),
         }
+    }
+
+    /// Images whose im2col columns take about `floats` (at least one).
+    fn images_per(&self, floats: usize) -> usize {
+        let per_image = (self.c * self.k * self.k * self.image_pixels()).max(1);
+        (floats / per_image).clamp(1, self.n)
     }
 
     /// Whether the blocks run in parallel, each on one thread (its im2col and product
@@ -147,10 +152,7 @@ impl Geometry {
     /// serial blocks on this project's 2-core machine (`cargo bench --bench train`):
     /// inference 1.2-1.5x faster for vgg19_bn and the Tucker models.
     fn blocks_per_thread(&self) -> bool {
-        let per_image = (self.c * self.k * self.k * self.image_pixels()).max(1);
-        let blocks = self
-            .n
-            .div_ceil((THREAD_BLOCK_FLOATS / per_image).clamp(1, self.n));
+        let blocks = self.n.div_ceil(self.images_per(THREAD_BLOCK_FLOATS));
         !self.pointwise() && blocks >= 2 * rayon::current_num_threads()
     }
 }
@@ -190,11 +192,9 @@ fn im2col(x: &[f32], g: Geometry, imgs: Range<usize>) -> Vec<f32> {
     let total = g.c * kk * len;
     let mut cols = Vec::<f32>::with_capacity(total);
     let spare = &mut cols.spare_capacity_mut()[..total];
-    // Serial when the blocks themselves run one per thread.
-    let min_rows = if g.blocks_per_thread() { usize::MAX } else { 1 };
     spare
         .par_chunks_mut(len)
-        .with_min_len(min_rows)
+        .with_min_len(min_len(g.blocks_per_thread()))
         .enumerate()
         .for_each(|(r, row)| {
             let (ch, i, j) = (r / kk, r % kk / g.k, r % g.k);
@@ -240,10 +240,9 @@ unsafe fn col2im(cols: &[f32], g: Geometry, imgs: Range<usize>, dx: Shared) {
     let (oh, ow, kk) = (g.oh(), g.ow(), g.k * g.k);
     let len = imgs.len() * g.image_pixels();
     let plane = g.h * g.w;
-    let min_channels = if g.blocks_per_thread() { usize::MAX } else { 1 };
     (0..g.c)
         .into_par_iter()
-        .with_min_len(min_channels)
+        .with_min_len(min_len(g.blocks_per_thread()))
         .for_each(|ch| {
             // SAFETY: channel `ch`'s planes of images `imgs` are contiguous, inside `dx`
             // and touched by this call alone (the caller vouches for other threads).
@@ -274,8 +273,18 @@ unsafe fn col2im(cols: &[f32], g: Geometry, imgs: Range<usize>, dx: Shared) {
 
 /// The blocks of images, in order.
 fn blocks(g: Geometry) -> impl Iterator<Item = Range<usize>> {
-    let b = g.block();
-    (0..g.n.div_ceil(b)).map(move |i| i * b..((i + 1) * b).min(g.n))
+    image_runs(g.n, g.block())
+}
+
+/// `0..n` in consecutive runs of `per` (the last one shorter).
+pub(super) fn image_runs(n: usize, per: usize) -> impl Iterator<Item = Range<usize>> {
+    (0..n.div_ceil(per)).map(move |i| i * per..((i + 1) * per).min(n))
+}
+
+/// Rayon's least items per task for a loop inside one block: everything on this
+/// thread when the blocks themselves run one per thread.
+pub(super) fn min_len(per_thread: bool) -> usize {
+    if per_thread { usize::MAX } else { 1 }
 }
 
 /// A matrix over a slice: element `(i, j)` at `i * rs + j * cs`.
@@ -417,17 +426,26 @@ fn matmul_add_long(dst: &mut [f32], lhs: View, rhs: View) {
     if parts == 1 {
         return matmul_add(dst, lhs, rhs);
     }
+    add_parts(dst, k, parts, |inner| {
+        product_on(lhs.columns(inner.clone()), rhs.rows_of(inner), false)
+    });
+}
+
+/// `dst += sum of part(run)` over `parts` consecutive runs of `0..len`, the parts
+/// computed in parallel and added in order, so that the sum does not depend on which
+/// thread ran what.
+fn add_parts(
+    dst: &mut [f32],
+    len: usize,
+    parts: usize,
+    part: impl Fn(Range<usize>) -> Vec<f32> + Sync,
+) {
     let partials: Vec<Vec<f32>> = (0..parts)
         .into_par_iter()
-        .map(|p| {
-            let inner = k * p / parts..k * (p + 1) / parts;
-            product_on(lhs.columns(inner.clone()), rhs.rows_of(inner), false)
-        })
+        .map(|p| part(len * p / parts..len * (p + 1) / parts))
         .collect();
-    for part in partials {
-        for (d, v) in dst.iter_mut().zip(part) {
-            *d += v;
-        }
+    for partial in partials {
+        dst.iter_mut().zip(partial).for_each(|(d, v)| *d += v);
     }
 }
 
@@ -589,25 +607,17 @@ fn backward(
             });
         }
         if let Some(dw) = dw.as_mut() {
-            // One partial sum per thread over a fixed run of blocks, added in order, so
-            // that the result does not depend on which thread ran what.
+            // One partial sum per thread over a fixed run of blocks.
             let parts = rayon::current_num_threads().min(list.len());
-            let partials: Vec<Vec<f32>> = timed(dw_op, || {
-                (0..parts)
-                    .into_par_iter()
-                    .map(|p| {
-                        let mut part = vec![0f32; g.out * ckk];
-                        let run = list.len() * p / parts..list.len() * (p + 1) / parts;
-                        for imgs in &list[run] {
-                            dw_block(&mut part, imgs.clone());
-                        }
-                        part
-                    })
-                    .collect()
+            timed(dw_op, || {
+                add_parts(dw, list.len(), parts, |run| {
+                    let mut part = vec![0f32; g.out * ckk];
+                    for imgs in &list[run] {
+                        dw_block(&mut part, imgs.clone());
+                    }
+                    part
+                })
             });
-            for part in partials {
-                dw.iter_mut().zip(part).for_each(|(d, v)| *d += v);
-            }
         }
     } else {
         for imgs in list {

@@ -9,8 +9,9 @@
 //! along a whole row of tiles at a time (contiguous, so they vectorise). `cnhw`'s tests
 //! check the output against burn's `conv2d`; the gradients stay the im2col kernel's.
 
-use super::conv_gemm::{Shared, View, gemm_raw};
+use super::conv_gemm::{Shared, View, gemm_raw, image_runs, min_len};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Sizes of one 3x3, padding-1 convolution: `c` input channels, `n` images of `h x w`,
@@ -82,7 +83,7 @@ const BIG_CHUNK_FLOATS: usize = 1 << 22;
 /// `G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]`.
 fn transform_weights(weight: &[f32], s: Sizes) -> Vec<f32> {
     let oc = s.out * s.c;
-    let mut u = vec![0f32; 16 * oc];
+    let mut u = Vec::<f32>::with_capacity(16 * oc);
     let dst = Shared(u.as_mut_ptr());
     let gg = |v: [f32; 3]| {
         [
@@ -99,12 +100,14 @@ fn transform_weights(weight: &[f32], s: Sizes) -> Vec<f32> {
         for (i, ((&a, &b), &c)) in c0.iter().zip(&c1).zip(&c2).enumerate() {
             let row = gg([a, b, c]);
             for (j, v) in row.into_iter().enumerate() {
-                // SAFETY: `(i 4 + j) oc + k` is inside `u` (k < oc) and only weight
-                // pair `k` writes it.
-                unsafe { *dst.get().add((i * 4 + j) * oc + k) = v };
+                // SAFETY: `(i 4 + j) oc + k` is inside `u`'s capacity (k < oc) and only
+                // weight pair `k` writes it.
+                unsafe { dst.get().add((i * 4 + j) * oc + k).write(v) };
             }
         }
     });
+    // SAFETY: the `oc` weight pairs wrote all 16 of their values each.
+    unsafe { u.set_len(16 * oc) };
     u
 }
 
@@ -116,9 +119,7 @@ pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], s: Sizes) -> Vec<f32> {
     let mut y = Vec::<f32>::with_capacity(total);
     let dst = Shared(y.as_mut_ptr());
     let (per_chunk, per_thread) = s.chunking();
-    let chunks: Vec<Range<usize>> = (0..s.n.div_ceil(per_chunk))
-        .map(|i| i * per_chunk..((i + 1) * per_chunk).min(s.n))
-        .collect();
+    let chunks: Vec<Range<usize>> = image_runs(s.n, per_chunk).collect();
     let run = |imgs: Range<usize>| {
         let v = transform_inputs(x, s, imgs.clone(), per_thread);
         let m = products(&u, &v, s, imgs.len() * s.image_tiles(), per_thread);
@@ -135,19 +136,13 @@ pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], s: Sizes) -> Vec<f32> {
     y
 }
 
-/// Rayon's least items per task: everything on this thread when the chunks themselves
-/// run one per thread.
-fn min_len(per_thread: bool) -> usize {
-    if per_thread { usize::MAX } else { 1 }
-}
-
 /// `V = B^T d B` of every tile of images `imgs`, laid out `[16, C, tiles]` (tiles in
 /// image, tile-row, tile-column order), with
 /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
 fn transform_inputs(x: &[f32], s: Sizes, imgs: Range<usize>, per_thread: bool) -> Vec<f32> {
     let (ty_n, tx_n) = (s.tiles_y(), s.tiles_x());
     let tiles = imgs.len() * s.image_tiles();
-    let mut v = vec![0f32; 16 * s.c * tiles];
+    let mut v = Vec::<f32>::with_capacity(16 * s.c * tiles);
     let out = Shared(v.as_mut_ptr());
     (0..s.c)
         .into_par_iter()
@@ -179,21 +174,26 @@ fn transform_inputs(x: &[f32], s: Sizes, imgs: Range<usize>, per_thread: bool) -
                     let parts = p0.iter().zip(p1).zip(p2).zip(p3);
                     for (j, (((r0, r1), r2), r3)) in parts.enumerate() {
                         // SAFETY: rows `(i 4 + j, ch)` of `V`, tiles `first..first + tx_n`:
-                        // inside `v`, disjoint, and channel `ch` is this task's alone.
+                        // inside `v`'s capacity, disjoint, and channel `ch` is this task's
+                        // alone.
                         let [d0, d1, d2, d3] = std::array::from_fn(|i| unsafe {
                             let at = ((i * 4 + j) * s.c + ch) * tiles + first;
-                            std::slice::from_raw_parts_mut(out.get().add(at), tx_n)
+                            let at = out.get().add(at).cast::<MaybeUninit<f32>>();
+                            std::slice::from_raw_parts_mut(at, tx_n)
                         });
                         for t in 0..tx_n {
-                            d0[t] = r0[t] - r2[t];
-                            d1[t] = r1[t] + r2[t];
-                            d2[t] = r2[t] - r1[t];
-                            d3[t] = r1[t] - r3[t];
+                            d0[t].write(r0[t] - r2[t]);
+                            d1[t].write(r1[t] + r2[t]);
+                            d2[t].write(r2[t] - r1[t]);
+                            d3[t].write(r1[t] - r3[t]);
                         }
                     }
                 }
             }
         });
+    // SAFETY: every channel wrote its 16 rows of `tiles` values: each image, tile row and
+    // part `(i, j)` one run of `tx_n`, and the runs tile the row.
+    unsafe { v.set_len(16 * s.c * tiles) };
     v
 }
 
@@ -269,8 +269,8 @@ unsafe fn transform_outputs(
                 // SAFETY: the planes of output channel `o`, image `img`: inside `y`, and
                 // written by this task alone (the caller vouches for other threads).
                 let plane = unsafe {
-                    let at = (o * s.n + img) * s.h * s.w;
-                    std::slice::from_raw_parts_mut(y.get().add(at), s.h * s.w)
+                    let at = y.get().add((o * s.n + img) * s.h * s.w);
+                    std::slice::from_raw_parts_mut(at.cast::<MaybeUninit<f32>>(), s.h * s.w)
                 };
                 for ty in 0..ty_n {
                     let first = (b * ty_n + ty) * tx_n;
@@ -299,7 +299,7 @@ unsafe fn transform_outputs(
                                     };
                             }
                         }
-                        plane[py * s.w..][..s.w].copy_from_slice(&line[..s.w]);
+                        plane[py * s.w..][..s.w].write_copy_of_slice(&line[..s.w]);
                     }
                 }
             }
