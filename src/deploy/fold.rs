@@ -75,7 +75,7 @@ mod tests {
     use burn::tensor::{Device, Distribution, Tensor};
 
     /// Weights with BatchNorm statistics and affine parameters far from the identity.
-    pub(crate) fn with_batch_norm_spread(arch: &Arch, seed: u64) -> Weights {
+    fn with_batch_norm_spread(arch: &Arch, seed: u64) -> Weights {
         let mut w = Weights::init(arch, seed);
         for (k, (key, t)) in w.tensors.iter_mut().enumerate() {
             let field = key.rsplit('.').next().unwrap_or("");

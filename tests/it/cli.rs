@@ -1,14 +1,7 @@
 //! The `rankprune` binary end to end: metrics, init, check, exit codes.
 
-use crate::common::repo_path;
-use std::process::{Command, Output};
-
-fn rankprune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rankprune"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use crate::common::{rankprune, repo_path};
+use std::process::Output;
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -5,6 +5,14 @@ use rankprune::config::LayerConfig;
 use rankprune::data::{IMAGE_BYTES, ImageSet};
 use std::path::PathBuf;
 
+/// Runs the `rankprune` binary with `args` and waits for it.
+pub fn rankprune(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_rankprune"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 pub fn repo_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
 }

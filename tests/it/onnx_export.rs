@@ -2,14 +2,14 @@
 //! decomposed+pruned models pass onnx.checker and give rankprune's logits in onnxruntime
 //! (a Python venv under target/, made once), BatchNorm folded or kept; bad input exits 2.
 
-use crate::common::repo_path;
+use crate::common::{rankprune, repo_path};
 use burn::tensor::{Device, Distribution, Tensor};
 use rankprune::arch::{Arch, ArchSpec, Unit};
 use rankprune::config::LayerConfig;
 use rankprune::model::Vgg;
 use rankprune::weights::Weights;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 const ARCH: &str = "cfg_bn:8,M,16,M,16";
 const CLASSES: usize = 5;
@@ -19,13 +19,6 @@ const FD_PRUNED: &str = r#"{"decomposition": {"method": "tucker2",
     "ranks": {"features.4": [4, 6], "features.8": [6, 5]}},
     "pruning": {"method": "l2_norm", "ratios": {"features.0": 0.25,
     "features.4_tucker_0": 0.25, "features.4_tucker_1": 0.5, "features.4_tucker_2": 0.25}}}"#;
-
-fn rankprune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rankprune"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 /// Python with onnxruntime, onnx and numpy: a venv under target/, made on first use.
 /// `None` (and a printed line) when the machine has no python3; a panic when it has one
