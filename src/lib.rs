@@ -28,6 +28,7 @@ pub mod arch;
 pub mod compress;
 pub mod config;
 pub mod cost;
+pub mod dashboard;
 pub mod data;
 pub mod deploy;
 pub mod device;

@@ -131,6 +131,16 @@ enum Command {
         #[command(flatten)]
         args: cli::search::ExportArgs,
     },
+    /// Serve a live, read-only web dashboard of a trial store
+    Dashboard {
+        #[command(flatten)]
+        args: cli::dashboard::DashboardArgs,
+    },
+    /// Write a study's accuracy-vs-FLOPs chart (the dashboard's) as an SVG file
+    Plot {
+        #[command(flatten)]
+        args: cli::dashboard::PlotArgs,
+    },
     /// Measure how well cheap candidate scores rank candidates like the final re-training
     Fidelity {
         #[command(flatten)]
@@ -167,6 +177,8 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Search { args } => return cli::search::run(args),
         Command::Trials { args } => cli::search::run_trials(args)?,
         Command::Export { args } => cli::search::run_export(args)?,
+        Command::Dashboard { args } => cli::dashboard::run_dashboard(args)?,
+        Command::Plot { args } => cli::dashboard::run_plot(args)?,
         Command::Fidelity { args } => cli::fidelity::run_fidelity(args)?,
         Command::Score { args } => cli::fidelity::run_score(args)?,
         Command::Train { model, args } => cli::train::run_train(&model.resolve()?.1, args)?,

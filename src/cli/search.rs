@@ -2,7 +2,7 @@
 
 use clap::Args;
 use rankprune::search::controller::{StopReason, run_search};
-use rankprune::search::export::{best_trial, export_config, pick_study, study_base};
+use rankprune::search::export::{best_trial, export_config, pick_study, study_base, trials_json};
 use rankprune::search::pareto::pareto_front;
 use rankprune::store::{Trial, TrialState, TrialStore};
 use rankprune::{Error, Result};
@@ -160,24 +160,14 @@ pub fn run_trials(args: TrialsArgs) -> Result<()> {
         });
         trials.truncate(n);
     }
+    if args.json {
+        println!("{}", trials_json(&store, &trials)?);
+        return Ok(());
+    }
     let finals = trials
         .iter()
         .map(|t| store.final_result(t.id))
         .collect::<Result<Vec<_>, _>>()?;
-    if args.json {
-        let rows: Vec<_> = trials
-            .iter()
-            .zip(&finals)
-            .map(|(t, f)| {
-                let mut v = serde_json::to_value(t).expect("a trial serializes");
-                v["final"] = serde_json::to_value(f).expect("a result serializes");
-                v["rung_scores"] = serde_json::to_value(store.reports(t.id)?).expect("pairs");
-                Ok(v)
-            })
-            .collect::<Result<_>>()?;
-        println!("{}", serde_json::Value::Array(rows));
-        return Ok(());
-    }
     print!("{}", trials_table(&trials, &finals, base.map(|c| c.flops)));
     let fidelity = store.rung_fidelity(study.id)?;
     if !fidelity.is_empty() {

@@ -83,6 +83,21 @@ pub fn best_trial(
     Ok(best)
 }
 
+/// Trials as `rankprune trials --json` prints them: each trial's stored fields plus its
+/// final re-training (`final`, null if none) and its rung scores (`rung_scores`).
+pub fn trials_json(store: &TrialStore, trials: &[Trial]) -> Result<serde_json::Value> {
+    let rows = trials
+        .iter()
+        .map(|t| {
+            let mut v = serde_json::to_value(t).expect("a trial serializes");
+            v["final"] = serde_json::to_value(store.final_result(t.id)?).expect("a result");
+            v["rung_scores"] = serde_json::to_value(store.reports(t.id)?).expect("pairs");
+            Ok(v)
+        })
+        .collect::<Result<_>>()?;
+    Ok(serde_json::Value::Array(rows))
+}
+
 /// FNV-1a (64 bit) of the budget text, as provenance.
 pub fn fnv1a64(text: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

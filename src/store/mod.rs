@@ -70,6 +70,15 @@ pub enum StoreError {
         from: String,
         to: &'static str,
     },
+    #[error(
+        "{path}: schema version {found} is older than this rankprune's ({known}) and the store \
+         is open read-only; open it once with `rankprune trials --db {path}` to upgrade it"
+    )]
+    TooOld {
+        path: String,
+        found: i64,
+        known: i64,
+    },
     #[error("{path}: schema version {found} is newer than this rankprune understands ({known})")]
     TooNew {
         path: String,
@@ -118,6 +127,45 @@ pub struct StudyRow {
     pub created_at: f64,
     /// The study's cost target (JSON), stored when it starts.
     pub target: Option<String>,
+    /// Where the study stands (None for studies run before schema v5).
+    pub state: Option<StudyState>,
+    /// Why its search loop last ended (`budget`, `wall_limit`, `signal`, `exhausted`).
+    pub stop_reason: Option<String>,
+    /// When `state` last changed (Unix seconds).
+    pub state_at: Option<f64>,
+}
+
+/// Where a study stands, as its controller last wrote it. A controller that was killed
+/// leaves `Running` behind; readers judge liveness by the trials' timestamps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StudyState {
+    Running,
+    FinalStage,
+    Finished,
+    Interrupted,
+}
+
+impl StudyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StudyState::Running => "running",
+            StudyState::FinalStage => "final_stage",
+            StudyState::Finished => "finished",
+            StudyState::Interrupted => "interrupted",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [
+            StudyState::Running,
+            StudyState::FinalStage,
+            StudyState::Finished,
+            StudyState::Interrupted,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
 }
 
 /// How well one rung's scores ranked a study's re-trained trials.
@@ -153,7 +201,8 @@ fn sql_err(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     }
 }
 
-fn now() -> f64 {
+/// Unix time in seconds.
+pub fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -238,6 +287,32 @@ impl TrialStore {
                 }
             }
         }
+    }
+
+    /// Opens an existing store for reading only: SQLite refuses every write on this
+    /// connection, and nothing is migrated (a store of another schema version is refused).
+    pub fn open_read_only(path: &Path) -> StoreResult<Self> {
+        use rusqlite::OpenFlags;
+        let name = path.display().to_string();
+        let err = sql_err(&name);
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(&err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(&err)?;
+        let store = Self {
+            conn,
+            path: name.clone(),
+        };
+        let found = store.schema_version()?;
+        if found != schema::VERSION {
+            let (path, known) = (name.clone(), schema::VERSION);
+            return Err(if found > known {
+                StoreError::TooNew { path, found, known }
+            } else {
+                StoreError::TooOld { path, found, known }
+            });
+        }
+        Ok(store)
     }
 
     /// Schema version of the open file.
@@ -483,13 +558,35 @@ impl TrialStore {
         Ok(())
     }
 
+    /// Records where the study stands (and, when its search loop ended, why).
+    pub fn set_study_state(
+        &mut self,
+        study: i64,
+        state: StudyState,
+        stop_reason: Option<&str>,
+    ) -> StoreResult<()> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        self.conn
+            .execute(
+                "UPDATE studies SET state = ?2, stop_reason = COALESCE(?3, stop_reason), \
+                 state_at = ?4 WHERE id = ?1",
+                params![study, state.as_str(), stop_reason, now()],
+            )
+            .map_err(&err)?;
+        Ok(())
+    }
+
     /// Every study in the file, oldest first.
     pub fn studies(&self) -> StoreResult<Vec<StudyRow>> {
         let path = self.path.clone();
         let err = sql_err(&path);
         let mut st = self
             .conn
-            .prepare("SELECT id, name, budget, created_at, target FROM studies ORDER BY id")
+            .prepare(
+                "SELECT id, name, budget, created_at, target, state, stop_reason, state_at \
+                 FROM studies ORDER BY id",
+            )
             .map_err(&err)?;
         let rows = st
             .query_map([], |r| {
@@ -499,6 +596,11 @@ impl TrialStore {
                     budget: r.get(2)?,
                     created_at: r.get(3)?,
                     target: r.get(4)?,
+                    state: r
+                        .get::<_, Option<String>>(5)?
+                        .and_then(|s| StudyState::parse(&s)),
+                    stop_reason: r.get(6)?,
+                    state_at: r.get(7)?,
                 })
             })
             .map_err(&err)?;
@@ -643,7 +745,9 @@ impl TrialStore {
 impl From<StoreError> for crate::error::Error {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::TooNew { .. } => crate::error::Error::BadInput(e.to_string()),
+            StoreError::TooNew { .. } | StoreError::TooOld { .. } => {
+                crate::error::Error::BadInput(e.to_string())
+            }
             _ => crate::error::Error::Failure(e.to_string()),
         }
     }

@@ -93,6 +93,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     DROP TABLE trials;
     ALTER TABLE trials_v4 RENAME TO trials;
     CREATE INDEX trials_by_state ON trials (study_id, state);",
+    // v5: where each study stands (`running`, `final_stage`, `finished`, `interrupted`),
+    // why its search loop ended, and when the state last changed; NULL in studies run
+    // before v5.
+    "ALTER TABLE studies ADD COLUMN state TEXT;
+    ALTER TABLE studies ADD COLUMN stop_reason TEXT;
+    ALTER TABLE studies ADD COLUMN state_at REAL;",
 ];
 
 /// The schema version this build writes.

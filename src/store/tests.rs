@@ -296,3 +296,47 @@ fn rung_fidelity_is_stored_per_study_and_replaced_whole() {
         vec![row(50, 2, Some(-1.0))]
     );
 }
+
+#[test]
+fn a_read_only_store_reads_what_a_writer_commits_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = open(&dir);
+    let study = writer.study("s", "budget").unwrap();
+    writer
+        .set_study_state(study, StudyState::Running, None)
+        .unwrap();
+    let path = dir.path().join("study.sqlite");
+    let mut reader = TrialStore::open_read_only(&path).unwrap();
+    assert_eq!(
+        reader.studies().unwrap()[0].state,
+        Some(StudyState::Running)
+    );
+    writer.enqueue(study, "{}", COST).unwrap();
+    writer
+        .set_study_state(study, StudyState::Finished, Some("budget"))
+        .unwrap();
+    assert_eq!(reader.trials(study).unwrap().len(), 1);
+    let row = &reader.studies().unwrap()[0];
+    assert_eq!(row.state, Some(StudyState::Finished));
+    assert_eq!(row.stop_reason.as_deref(), Some("budget"));
+    let e = reader.enqueue(study, "{\"x\":1}", COST).err().unwrap();
+    assert!(e.to_string().contains("readonly"), "{e}");
+    assert_eq!(writer.trials(study).unwrap().len(), 1);
+}
+
+#[test]
+fn a_read_only_open_refuses_an_older_schema_and_names_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.conn.pragma_update(None, "user_version", 4).unwrap();
+    drop(store);
+    let path = dir.path().join("study.sqlite");
+    let e = TrialStore::open_read_only(&path).err().unwrap().to_string();
+    assert!(e.contains("rankprune trials --db"), "{e}");
+    // Nothing was migrated.
+    let conn = Connection::open(&path).unwrap();
+    let v: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 4);
+}

@@ -6,6 +6,7 @@ mod bad_configs;
 mod bad_search_files;
 mod cli;
 mod common;
+mod dashboard;
 mod decomposition;
 mod fidelity;
 mod onnx_export;

@@ -138,7 +138,8 @@ pub(crate) fn tiny_base_flops() -> f64 {
     base["flops"].as_f64().unwrap()
 }
 
-const FAST_PROXY: &str = "steps = 4\nbatch_size = 16\neval_samples = 32\nearly_stop_step = 2";
+pub(crate) const FAST_PROXY: &str =
+    "steps = 4\nbatch_size = 16\neval_samples = 32\nearly_stop_step = 2";
 
 #[test]
 fn search_end_to_end_then_export_then_compress() {
@@ -272,7 +273,7 @@ fn a_diverging_fine_tune_fails_the_trial_and_the_search_goes_on() {
 
 /// Starts a search in the background, its stderr going to `search.log` beside the budget
 /// (a file, so a chatty child never blocks on a full pipe).
-fn spawn(budget: &Path) -> Child {
+pub(crate) fn spawn(budget: &Path) -> Child {
     let log = std::fs::File::create(budget.with_file_name("search.log")).unwrap();
     bin()
         .args(["search", budget.to_str().unwrap()])
@@ -313,7 +314,7 @@ fn state_count(store: &TrialStore, state: TrialState) -> usize {
 }
 
 /// About a second per trial: SIGKILL lands mid-trial.
-const SLOW_PROXY: &str = "steps = 200\nbatch_size = 16\neval_samples = 32\nearly_stop_step = 100\nearly_stop_median = false";
+pub(crate) const SLOW_PROXY: &str = "steps = 200\nbatch_size = 16\neval_samples = 32\nearly_stop_step = 100\nearly_stop_median = false";
 /// Far longer than the test: SIGTERM always finds the trial running.
 const ENDLESS_PROXY: &str = "steps = 1000000\nbatch_size = 16\neval_samples = 32";
 

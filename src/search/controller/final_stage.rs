@@ -7,14 +7,14 @@ use super::*;
 /// warm starts by proxy; see `finalists`) with the full recipe; records their best
 /// validation accuracy (which picks the winner) and the test accuracy of those weights
 /// (reported only). Trials already re-trained are skipped; an interrupted re-training
-/// resumes from its checkpoint.
+/// resumes from its checkpoint. Returns false when a signal interrupted it.
 pub(super) async fn final_stage(
     ctl: &mut Controller,
     ctx: &TrialContext,
     budget: &Budget,
     signals: &mut Signals,
     progress: bool,
-) -> Result<()> {
+) -> Result<bool> {
     let trials = ctl.store.trials(ctl.study)?;
     let warm_starts = ctl.problem.warm_starts.clone();
     let seed_ids: Vec<i64> = trials
@@ -104,7 +104,7 @@ pub(super) async fn final_stage(
         .await?;
         pb.finish_and_clear();
         if signalled {
-            return Ok(());
+            return Ok(false);
         }
         match res {
             Ok(f) => {
@@ -118,7 +118,8 @@ pub(super) async fn final_stage(
             Err(e) => tracing::warn!(trial = t.number, "final re-training failed: {e}"),
         }
     }
-    record_rung_fidelity(ctl, budget)
+    record_rung_fidelity(ctl, budget)?;
+    Ok(true)
 }
 
 /// Stores how well each rung ranked the re-trained trials (see `promotion::rung_fidelity`).

@@ -19,7 +19,7 @@ use crate::cost;
 use crate::data::{ImageSet, Split};
 use crate::device::parse_device;
 use crate::model::Vgg;
-use crate::store::{CandidateCost, FinalResult, Trial, TrialState, TrialStore};
+use crate::store::{CandidateCost, FinalResult, StudyState, Trial, TrialState, TrialStore};
 use crate::train::{Control, TrainConfig, evaluate, train};
 use crate::weights::Weights;
 use crate::{Error, Result};
@@ -438,6 +438,7 @@ async fn search(
         );
     }
     let requeued = store.requeue_unfinished(study)?;
+    store.set_study_state(study, StudyState::Running, None)?;
     let mut ctl = Controller {
         store,
         study,
@@ -647,11 +648,20 @@ async fn search(
     let (hits, misses) = ctx.cache.stats();
     tracing::info!(hits, misses, "Tucker factors reused across trials");
 
-    if stopped != StopReason::Signal
-        && (budget.final_stage.top_k > 0 || budget.final_stage.warm_starts > 0)
-    {
-        final_stage(&mut ctl, &ctx, &budget, &mut signals, progress).await?;
+    let reason = serde_json::to_value(stopped).expect("a stop reason serializes");
+    let reason = reason.as_str();
+    let mut finished = stopped != StopReason::Signal;
+    if finished && (budget.final_stage.top_k > 0 || budget.final_stage.warm_starts > 0) {
+        ctl.store
+            .set_study_state(study, StudyState::FinalStage, reason)?;
+        finished = final_stage(&mut ctl, &ctx, &budget, &mut signals, progress).await?;
     }
+    let done = if !finished {
+        StudyState::Interrupted
+    } else {
+        StudyState::Finished
+    };
+    ctl.store.set_study_state(study, done, reason)?;
 
     outcome(&ctl, &budget, stopped, started)
 }

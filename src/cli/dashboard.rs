@@ -1,0 +1,78 @@
+//! `rankprune dashboard` (the web view of a store) and `rankprune plot` (its
+//! accuracy-vs-FLOPs chart as an SVG file, for reports).
+
+use clap::Args;
+use rankprune::dashboard::{self, charts::Mark};
+use rankprune::search::export::pick_study;
+use rankprune::store::TrialStore;
+use rankprune::{Error, Result};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct DashboardArgs {
+    /// Trial store (SQLite) to show; opened read-only, a search may be writing it
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Address to listen on (port 0 picks a free port); other hosts can reach it only if
+    /// this is not a loopback address
+    #[arg(long, default_value = "127.0.0.1:8765")]
+    pub listen: SocketAddr,
+}
+
+#[derive(Args)]
+pub struct PlotArgs {
+    /// Trial store (SQLite)
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Study name (needed when the store holds several)
+    #[arg(long)]
+    pub study: Option<String>,
+    /// Extra labelled points: a JSON array of {"name", "flops", "acc"} (e.g. a pipeline's
+    /// compressed models, by test accuracy)
+    #[arg(long)]
+    pub marks: Option<PathBuf>,
+    /// Output SVG file
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run_dashboard(args: DashboardArgs) -> Result<()> {
+    dashboard::serve(&args.db, args.listen, |addr| {
+        println!(
+            "dashboard of {} on http://{addr}/ (read-only; Ctrl-C stops it)",
+            args.db.display()
+        );
+        let _ = std::io::stdout().flush();
+    })
+}
+
+pub fn run_plot(args: PlotArgs) -> Result<()> {
+    let name = args.db.display().to_string();
+    if !args.db.exists() {
+        return Err(Error::BadInput(format!("{name}: no such trial store")));
+    }
+    let store = TrialStore::open_read_only(&args.db)?;
+    let row = pick_study(&store, &name, args.study.as_deref())?;
+    let marks: Vec<Mark> = match &args.marks {
+        None => Vec::new(),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| Error::BadInput(format!("{}: {e}", p.display())))?;
+            serde_json::from_str(&text).map_err(|e| {
+                Error::BadInput(format!(
+                    "{}: line {}, column {}: {e} (expected [{{\"name\", \"flops\", \"acc\"}}, ...])",
+                    p.display(),
+                    e.line(),
+                    e.column()
+                ))
+            })?
+        }
+    };
+    let view = dashboard::view::study(&store, row)?;
+    std::fs::write(&args.out, dashboard::charts::scatter(&view, &marks))
+        .map_err(|e| Error::Failure(format!("{}: cannot write: {e}", args.out.display())))?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}

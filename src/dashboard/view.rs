@@ -1,0 +1,236 @@
+//! What the dashboard's pages show, read from the store: plain data, no HTML.
+
+use crate::arch::ArchSpec;
+use crate::config::LayerConfig;
+use crate::cost::Cost;
+use crate::search::budget::Budget;
+use crate::search::export::{best_trial, study_base};
+use crate::search::pareto::pareto_front;
+use crate::search::problem::Target;
+use crate::store::{FinalResult, RungFidelity, StudyRow, Trial, TrialState, TrialStore};
+use crate::{Error, Result};
+
+/// One line of the studies page.
+#[derive(Debug, Clone)]
+pub struct StudySummary {
+    pub row: StudyRow,
+    /// The stored state, or for studies from before schema v5 one read off the trials.
+    pub state: String,
+    /// Trials that ended (complete, early-stopped or failed).
+    pub done: usize,
+    pub total: usize,
+    /// `limits.max_trials` of the study's budget.
+    pub limit: Option<usize>,
+    pub best: Option<(Trial, Option<FinalResult>)>,
+    pub base: Option<Cost>,
+    pub target: Option<Target>,
+    /// From the study's creation to its last recorded event (now, while it runs).
+    pub wall_s: f64,
+}
+
+impl StudySummary {
+    /// Validation accuracy of the best trial: after re-training if it was, else its proxy's.
+    pub fn best_val(&self) -> Option<f64> {
+        let (t, f) = self.best.as_ref()?;
+        f.as_ref().and_then(|f| f.val_top1).or(t.proxy_acc)
+    }
+
+    pub fn best_test(&self) -> Option<f64> {
+        self.best.as_ref()?.1.as_ref().map(|f| f.top1)
+    }
+
+    /// Base FLOPs over `flops`.
+    pub fn reduction(&self, flops: u64) -> Option<f64> {
+        self.base
+            .as_ref()
+            .map(|b| b.flops as f64 / flops.max(1) as f64)
+    }
+
+    pub fn is_live(&self) -> bool {
+        matches!(self.state.as_str(), "running" | "final_stage")
+    }
+}
+
+/// A trial with what was recorded about it.
+#[derive(Debug, Clone)]
+pub struct TrialRow {
+    pub trial: Trial,
+    pub fin: Option<FinalResult>,
+    /// Rung scores: (step, validation value).
+    pub reports: Vec<(i64, f64)>,
+}
+
+/// One layer of the best trial against the base model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerBar {
+    pub name: String,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// Tucker-2 ranks (input, output), if decomposed.
+    pub ranks: Option<[usize; 2]>,
+    /// Fraction of filters pruned, if pruned.
+    pub ratio: Option<f64>,
+}
+
+/// Everything the study page draws.
+#[derive(Debug, Clone)]
+pub struct StudyView {
+    pub summary: StudySummary,
+    pub trials: Vec<TrialRow>,
+    /// Indices into `trials` of the completed trials on the accuracy-vs-FLOPs front.
+    pub front: Vec<usize>,
+    pub fidelity: Vec<RungFidelity>,
+    pub layers: Vec<LayerBar>,
+}
+
+fn budget_of(row: &StudyRow) -> Option<Budget> {
+    Budget::from_toml(&row.budget, "<study budget>").ok()
+}
+
+fn summary(store: &TrialStore, row: StudyRow) -> Result<StudySummary> {
+    let trials = store.trials(row.id)?;
+    let ended = |s: TrialState| {
+        matches!(
+            s,
+            TrialState::Complete | TrialState::EarlyStopped | TrialState::Failed
+        )
+    };
+    let done = trials.iter().filter(|t| ended(t.state)).count();
+    let state = match row.state {
+        Some(s) => s.as_str().to_string(),
+        None if trials.iter().any(|t| t.state == TrialState::Running) => "running".into(),
+        None => "ended".into(),
+    };
+    let last = trials
+        .iter()
+        .flat_map(|t| [Some(t.queued_at), t.started_at, t.finished_at])
+        .flatten()
+        .chain(row.state_at)
+        .fold(row.created_at, f64::max);
+    let (base, target) = study_base(&row).unzip();
+    let mut s = StudySummary {
+        best: best_trial(store, &row)?,
+        limit: budget_of(&row).map(|b| b.limits.max_trials),
+        done,
+        total: trials.len(),
+        base,
+        target,
+        wall_s: last - row.created_at,
+        state,
+        row,
+    };
+    if s.is_live() {
+        s.wall_s = s.wall_s.max(crate::store::now() - s.row.created_at);
+    }
+    Ok(s)
+}
+
+/// Every study of the store, oldest first.
+pub fn studies(store: &TrialStore) -> Result<Vec<StudySummary>> {
+    store
+        .studies()?
+        .into_iter()
+        .map(|row| summary(store, row))
+        .collect()
+}
+
+/// The study with id `id`, or None.
+pub fn find_study(store: &TrialStore, id: i64) -> Result<Option<StudyRow>> {
+    Ok(store.studies()?.into_iter().find(|s| s.id == id))
+}
+
+pub fn trial_row(store: &TrialStore, trial: Trial) -> Result<TrialRow> {
+    Ok(TrialRow {
+        fin: store.final_result(trial.id)?,
+        reports: store.reports(trial.id)?,
+        trial,
+    })
+}
+
+/// The study page's data.
+pub fn study(store: &TrialStore, row: StudyRow) -> Result<StudyView> {
+    let summary = summary(store, row)?;
+    let trials = store
+        .trials(summary.row.id)?
+        .into_iter()
+        .map(|t| trial_row(store, t))
+        .collect::<Result<Vec<_>>>()?;
+    let complete: Vec<usize> = (0..trials.len())
+        .filter(|&i| trials[i].trial.state == TrialState::Complete)
+        .collect();
+    let points: Vec<(f64, u64)> = complete
+        .iter()
+        .map(|&i| {
+            let t = &trials[i].trial;
+            (t.proxy_acc.unwrap_or(0.0), t.cost.flops)
+        })
+        .collect();
+    let front = pareto_front(&points)
+        .into_iter()
+        .map(|j| complete[j])
+        .collect();
+    let layers = match (&summary.best, budget_of(&summary.row)) {
+        (Some((t, _)), Some(b)) => layer_bars(&b, &t.config)?,
+        _ => Vec::new(),
+    };
+    Ok(StudyView {
+        fidelity: store.rung_fidelity(summary.row.id)?,
+        summary,
+        trials,
+        front,
+        layers,
+    })
+}
+
+/// The best trial's ranks and ratios beside the base model's channel counts.
+fn layer_bars(budget: &Budget, config: &str) -> Result<Vec<LayerBar>> {
+    let base = ArchSpec::parse(&budget.model.arch)?.build(budget.model.num_classes);
+    let config = LayerConfig::from_json(config, "best trial").map_err(Error::from)?;
+    Ok(base
+        .convs()
+        .map(|c| LayerBar {
+            name: c.name.clone(),
+            in_channels: c.in_channels,
+            out_channels: c.out_channels,
+            ranks: config
+                .decomposition
+                .as_ref()
+                .and_then(|d| d.ranks.get(&c.name).copied()),
+            ratio: config
+                .pruning
+                .as_ref()
+                .and_then(|p| p.ratios.get(&c.name).copied()),
+        })
+        .collect())
+}
+
+/// The proxy accuracy and the validation accuracy after re-training of each re-trained
+/// trial, with the trial number.
+pub fn retrained(view: &StudyView) -> Vec<(i64, f64, f64)> {
+    view.trials
+        .iter()
+        .filter_map(|r| {
+            let val = r.fin.as_ref()?.val_top1?;
+            Some((r.trial.number, r.trial.proxy_acc?, val))
+        })
+        .collect()
+}
+
+/// Best proxy accuracy so far among completed trials that meet the target, after each
+/// trial number.
+pub fn best_so_far(view: &StudyView) -> Vec<(i64, f64)> {
+    let target = view.summary.target.unwrap_or_default();
+    let mut best: Option<f64> = None;
+    let mut out = Vec::new();
+    for r in &view.trials {
+        let t = &r.trial;
+        if t.state == TrialState::Complete && target.admits(t.cost.flops, t.cost.params) {
+            let a = t.proxy_acc.unwrap_or(0.0);
+            best = Some(best.map_or(a, |b: f64| b.max(a)));
+        }
+        if let Some(b) = best {
+            out.push((t.number, b));
+        }
+    }
+    out
+}
