@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Results of experiments/reference-pipeline: results.md, results.json and plot.svg in
-the output folder (standard library only)."""
+the output folder (standard library only; the plot is `rankprune plot`'s, found through
+$RANKPRUNE or on PATH)."""
 
 import json
-import math
 import os
+import subprocess
 import sys
 
 out = sys.argv[1]
@@ -104,86 +105,15 @@ with open("results.md", "w") as f:
     f.write("\n".join(lines) + "\n")
 print("\n".join(lines))
 
-# Plot: every search trial (proxy accuracy vs MFLOPs), the Pareto front of completed
-# trials, and the test accuracy of the table's models.
-pts = [(t["cost"]["flops"] / 1e6, t["proxy_acc"], t["state"]) for t in trials if t.get("proxy_acc") is not None]
-done = sorted((f, a) for f, a, s in pts if s == "complete")
-front, best = [], -1.0
-for f, a in done:
-    if a > best:
-        front.append((f, a))
-        best = a
-marks = [(r["flops"] / 1e6, r["top1"], r["name"]) for r in rows]
-xs = [p[0] for p in pts] + [m[0] for m in marks]
-# Log-scale FLOPs axis: the trials sit near the target, the original far to the right.
-x_lo = min(xs) / 1.3 if xs else 1.0
-x_hi = max(xs) * 1.3 if xs else 10.0
-W, H, L, B, T, R = 720, 460, 70, 50, 30, 190
-
-
-def sx(v):
-    return L + (W - L - R) * math.log(v / x_lo) / math.log(x_hi / x_lo)
-
-
-def sy(v):
-    return T + (H - T - B) * (1.0 - v)
-
-
-svg = [
-    f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
-    f'<rect width="{W}" height="{H}" fill="white"/>',
-    f'<line x1="{L}" y1="{sy(0)}" x2="{W - R}" y2="{sy(0)}" stroke="black"/>',
-    f'<line x1="{L}" y1="{sy(0)}" x2="{L}" y2="{T}" stroke="black"/>',
-]
-for i in range(6):
-    v = i / 5
-    svg.append(f'<text x="{L - 8}" y="{sy(v) + 4}" text-anchor="end">{100 * v:.0f}%</text>')
-    svg.append(f'<line x1="{L}" y1="{sy(v)}" x2="{W - R}" y2="{sy(v)}" stroke="#eeeeee"/>')
-for k in range(math.floor(math.log10(x_lo)), math.ceil(math.log10(x_hi)) + 1):
-    for m in (1, 2, 5):
-        xv = m * 10.0**k
-        if x_lo <= xv <= x_hi:
-            svg.append(f'<line x1="{sx(xv):.1f}" y1="{sy(0)}" x2="{sx(xv):.1f}" y2="{sy(0) + 4}" stroke="black"/>')
-            svg.append(f'<text x="{sx(xv):.1f}" y="{sy(0) + 18}" text-anchor="middle">{xv:g}</text>')
-svg.append(f'<text x="{(L + W - R) / 2}" y="{H - 10}" text-anchor="middle">MFLOPs (log scale)</text>')
-svg.append(f'<text x="16" y="{(T + H - B) / 2}" transform="rotate(-90 16 {(T + H - B) / 2})" text-anchor="middle">top-1 accuracy</text>')
-target = next((r["flops"] / 1e6 for r in rows if r["name"] == "FD + pruning"), None)
-if target:
-    svg.append(f'<line x1="{sx(target):.1f}" y1="{sy(0)}" x2="{sx(target):.1f}" y2="{T}" stroke="#999999" stroke-dasharray="4 3"/>')
-    svg.append(f'<text x="{sx(target) + 4:.1f}" y="{T + 10}" fill="#666666">search target</text>')
-for f, a, s in pts:
-    color = {"complete": "#4a7ebb", "early_stopped": "#bbbbbb", "pruned": "#bbbbbb"}.get(s, "#dd8888")
-    svg.append(f'<circle cx="{sx(f):.1f}" cy="{sy(a):.1f}" r="3" fill="{color}"/>')
-if front:
-    path = " ".join(f"{sx(f):.1f},{sy(a):.1f}" for f, a in front)
-    svg.append(f'<polyline points="{path}" fill="none" stroke="#4a7ebb" stroke-width="1.5"/>')
-# Trials of the final stage: validation accuracy after the full re-training.
-retrained = [
-    (t["cost"]["flops"] / 1e6, t["final"]["val_top1"])
-    for t in finals
-    if t["final"].get("val_top1") is not None
-]
-for f, a in retrained:
-    x, y = sx(f), sy(a)
-    svg.append(f'<polygon points="{x:.1f},{y - 5:.1f} {x + 5:.1f},{y:.1f} {x:.1f},{y + 5:.1f} {x - 5:.1f},{y:.1f}" fill="#8c564b"/>')
-colors = ["black", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#17becf"]
-for i, (f, a, name) in enumerate(marks):
-    c = colors[i % len(colors)]
-    svg.append(f'<rect x="{sx(f) - 5:.1f}" y="{sy(a) - 5:.1f}" width="10" height="10" fill="none" stroke="{c}" stroke-width="2"/>')
-    svg.append(f'<rect x="{W - R + 12}" y="{T + 18 * i}" width="10" height="10" fill="none" stroke="{c}" stroke-width="2"/>')
-    svg.append(f'<text x="{W - R + 28}" y="{T + 18 * i + 10}">{name} (test)</text>')
-n = len(marks)
-svg.append(f'<circle cx="{W - R + 17}" cy="{T + 18 * n + 5}" r="3" fill="#4a7ebb"/>')
-svg.append(f'<text x="{W - R + 28}" y="{T + 18 * n + 10}">trial (proxy, val)</text>')
-svg.append(f'<circle cx="{W - R + 17}" cy="{T + 18 * (n + 1) + 5}" r="3" fill="#bbbbbb"/>')
-svg.append(f'<text x="{W - R + 28}" y="{T + 18 * (n + 1) + 10}">pruned trial</text>')
-svg.append(f'<line x1="{W - R + 10}" y1="{T + 18 * (n + 2) + 5}" x2="{W - R + 24}" y2="{T + 18 * (n + 2) + 5}" stroke="#4a7ebb" stroke-width="1.5"/>')
-svg.append(f'<text x="{W - R + 28}" y="{T + 18 * (n + 2) + 10}">Pareto front</text>')
-if retrained:
-    x, y = W - R + 17, T + 18 * (n + 3) + 5
-    svg.append(f'<polygon points="{x},{y - 5} {x + 5},{y} {x},{y + 5} {x - 5},{y}" fill="#8c564b"/>')
-    svg.append(f'<text x="{W - R + 28}" y="{y + 5}">re-trained trial (val)</text>')
-svg.append("</svg>")
-with open("plot.svg", "w") as f:
-    f.write("\n".join(svg) + "\n")
+# Plot: rankprune's own accuracy-vs-FLOPs chart of the search (the dashboard's), with
+# the table's models marked by their test accuracy.
+if os.path.exists("search.sqlite"):
+    marks = [{"name": f"{r['name']} (test)", "flops": r["flops"], "acc": r["top1"]} for r in rows]
+    with open("marks.json", "w") as f:
+        json.dump(marks, f, indent=2)
+    rankprune = os.environ.get("RANKPRUNE", "rankprune")
+    subprocess.run(
+        [rankprune, "plot", "--db", "search.sqlite", "--marks", "marks.json", "--out", "plot.svg"],
+        check=True,
+    )
 print(f"wrote {out}/results.md, results.json, plot.svg")

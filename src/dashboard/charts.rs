@@ -66,9 +66,20 @@ pub fn is_acc(v: f64) -> bool {
     (0.0..=1.0).contains(&v)
 }
 
+/// A log axis's label: only at 1, 2 and 5 times a power of ten, so labels never crowd.
+fn one_two_five(v: &f64) -> String {
+    let lead = (v / 10f64.powf(v.log10().floor())).round();
+    if [1.0, 2.0, 5.0].contains(&lead) {
+        format!("{}", (v * 100.0).round() / 100.0)
+    } else {
+        String::new()
+    }
+}
+
 /// Accuracy against MFLOPs (log scale): completed trials (circles), early-stopped ones
 /// (grey crosses), the Pareto front of the completed ones, the FLOPs target (dashed),
-/// the validation accuracy after re-training (brown triangles) and `marks` (squares).
+/// the validation accuracy after re-training (brown triangles) and `marks` (squares, with
+/// a legend).
 pub fn scatter(view: &StudyView, marks: &[Mark]) -> String {
     let rows = &view.trials;
     let mflops = |f: u64| f as f64 / 1e6;
@@ -110,6 +121,9 @@ pub fn scatter(view: &StudyView, marks: &[Mark]) -> String {
             .build_cartesian_2d((x0..x1).log_scale(), y0..y1)?;
         chart
             .configure_mesh()
+            .light_line_style(WHITE)
+            .x_labels(20)
+            .x_label_formatter(&one_two_five)
             .x_desc("MFLOPs (log scale)")
             .y_desc("validation accuracy")
             .y_label_formatter(&|v| format!("{:.0}%", 100.0 * v))
@@ -145,11 +159,25 @@ pub fn scatter(view: &StudyView, marks: &[Mark]) -> String {
                 .iter()
                 .map(|&p| TriangleMarker::new(p, 7, BROWN.filled())),
         )?;
-        chart.draw_series(marks.iter().map(|m| {
-            EmptyElement::at((mflops(m.flops), m.acc))
-                + Rectangle::new([(-5, -5), (5, 5)], ORANGE.stroke_width(2))
-                + Text::new(m.name.clone(), (8, -6), FONT)
-        }))?;
+        // Marks (only `rankprune plot` has them) get a legend, since their labels would
+        // overlap where models sit close together.
+        for (i, m) in marks.iter().enumerate() {
+            let c = Palette99::pick(i + 1).stroke_width(2);
+            chart
+                .draw_series([EmptyElement::at((mflops(m.flops), m.acc))
+                    + Rectangle::new([(-5, -5), (5, 5)], c)])?
+                .label(m.name.clone())
+                .legend(move |(x, y)| Rectangle::new([(x - 5, y - 5), (x + 5, y + 5)], c));
+        }
+        if !marks.is_empty() {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.9))
+                .border_style(GREY)
+                .label_font(FONT)
+                .draw()?;
+        }
         Ok(())
     })
 }
@@ -283,8 +311,9 @@ pub fn agreement(view: &StudyView) -> String {
 /// A trial's rung scores (validation value by step).
 pub fn curve(reports: &[(i64, f64)]) -> String {
     let pts: Vec<(f64, f64)> = reports.iter().map(|&(s, v)| (s as f64, v)).collect();
+    // Scores need not be accuracies (a KL-scored rung records -KL).
     let (x0, x1) = span(pts.iter().map(|p| p.0), 0.05, 0.0, f64::MAX);
-    let (y0, y1) = span(pts.iter().map(|p| p.1), 0.1, 0.0, 1.0);
+    let (y0, y1) = span(pts.iter().map(|p| p.1), 0.1, f64::MIN, f64::MAX);
     let (x0, x1) = if x1 - x0 < 1.0 {
         (x0 - 1.0, x1 + 1.0)
     } else {

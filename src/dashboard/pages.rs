@@ -295,15 +295,9 @@ fn trial_table(view: &StudyView, sort: SortKey, desc: bool, best: Option<i64>) -
 
 pub fn trial(study: &StudyRow, row: &TrialRow, base: Option<&crate::cost::Cost>) -> Markup {
     let t = &row.trial;
+    let layers = super::view::layer_bars(study, &t.config).unwrap_or_default();
     let config = LayerConfig::from_json(&t.config, "trial config").ok();
-    let ranks = config.as_ref().and_then(|c| c.decomposition.as_ref());
     let ratios = config.as_ref().and_then(|c| c.pruning.as_ref());
-    let mut layers: Vec<&String> = ranks.map(|d| d.ranks.keys().collect()).unwrap_or_default();
-    for k in ratios.iter().flat_map(|p| p.ratios.keys()) {
-        if !layers.contains(&k) {
-            layers.push(k);
-        }
-    }
     let reduction = |b: Option<u64>, v: u64| times(b.map(|b| b as f64 / v.max(1) as f64));
     let export = format!("/api/studies/{}/trials/{}/export", study.id, t.number);
     html! {
@@ -335,18 +329,33 @@ pub fn trial(study: &StudyRow, row: &TrialRow, base: Option<&crate::cost::Cost>)
             h2 { "Rung scores" }
             @if row.reports.is_empty() { p { "None reported." } } @else {
                 figure #curve { (PreEscaped(charts::curve(&row.reports))) }
+                table #reports {
+                    tr { th { "step" } th { "value" } }
+                    @for (step, v) in &row.reports { tr { td { (step) } td { (format!("{v:.4}")) } } }
+                }
             }
             h2 { "Config per layer" }
             table #config {
-                tr { th.l { "layer" } th { "input rank" } th { "output rank" } th { "pruned ratio" } }
+                tr {
+                    th.l { "layer" } th { "input channels" } th { "input rank" }
+                    th { "output channels" } th { "output rank" } th { "output filters pruned" }
+                }
                 @for l in &layers {
-                    @let r = ranks.and_then(|d| d.ranks.get(*l));
                     tr {
-                        td.l { (l) }
-                        td { (r.map_or("-".into(), |r| r[0].to_string())) }
-                        td { (r.map_or("-".into(), |r| r[1].to_string())) }
-                        td { (ratios.and_then(|p| p.ratios.get(*l)).map_or("-".into(), |v| format!("{v:.3}"))) }
+                        td.l { (l.name) }
+                        td { (l.in_channels) }
+                        td { (l.ranks.map_or("-".into(), |r| r[0].to_string())) }
+                        td { (l.out_channels) }
+                        td { (l.ranks.map_or("-".into(), |r| r[1].to_string())) }
+                        td { (l.ratio.map_or("-".into(), |v| format!("{v:.3}"))) }
                     }
+                }
+            }
+            @if let Some(p) = ratios {
+                h3 { "Pruning ratios per conv (" (p.method) ")" }
+                table #ratios {
+                    tr { th.l { "conv" } th { "ratio" } }
+                    @for (k, v) in &p.ratios { tr { td.l { (k) } td { (format!("{v:.3}")) } } }
                 }
             }
         }))

@@ -68,7 +68,8 @@ pub struct LayerBar {
     pub out_channels: usize,
     /// Tucker-2 ranks (input, output), if decomposed.
     pub ranks: Option<[usize; 2]>,
-    /// Fraction of filters pruned, if pruned.
+    /// Fraction of the layer's output filters pruned (of its last Tucker conv if
+    /// decomposed), if pruned.
     pub ratio: Option<f64>,
 }
 
@@ -169,9 +170,9 @@ pub fn study(store: &TrialStore, row: StudyRow) -> Result<StudyView> {
         .into_iter()
         .map(|j| complete[j])
         .collect();
-    let layers = match (&summary.best, budget_of(&summary.row)) {
-        (Some((t, _)), Some(b)) => layer_bars(&b, &t.config)?,
-        _ => Vec::new(),
+    let layers = match &summary.best {
+        Some((t, _)) => layer_bars(&summary.row, &t.config)?,
+        None => Vec::new(),
     };
     Ok(StudyView {
         fidelity: store.rung_fidelity(summary.row.id)?,
@@ -182,8 +183,12 @@ pub fn study(store: &TrialStore, row: StudyRow) -> Result<StudyView> {
     })
 }
 
-/// The best trial's ranks and ratios beside the base model's channel counts.
-fn layer_bars(budget: &Budget, config: &str) -> Result<Vec<LayerBar>> {
+/// A trial's ranks and output-filter ratios beside the base model's channel counts
+/// (empty when the study's budget cannot be read).
+pub fn layer_bars(study: &StudyRow, config: &str) -> Result<Vec<LayerBar>> {
+    let Some(budget) = budget_of(study) else {
+        return Ok(Vec::new());
+    };
     let base = ArchSpec::parse(&budget.model.arch)?.build(budget.model.num_classes);
     let config = LayerConfig::from_json(config, "best trial").map_err(Error::from)?;
     Ok(base
@@ -196,10 +201,10 @@ fn layer_bars(budget: &Budget, config: &str) -> Result<Vec<LayerBar>> {
                 .decomposition
                 .as_ref()
                 .and_then(|d| d.ranks.get(&c.name).copied()),
-            ratio: config
-                .pruning
-                .as_ref()
-                .and_then(|p| p.ratios.get(&c.name).copied()),
+            ratio: config.pruning.as_ref().and_then(|p| {
+                let last = format!("{}_tucker_2", c.name);
+                p.ratios.get(&c.name).or(p.ratios.get(&last)).copied()
+            }),
         })
         .collect())
 }
