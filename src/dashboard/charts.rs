@@ -336,3 +336,18 @@ pub fn curve(reports: &[(i64, f64)]) -> String {
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_axis_labels_only_one_two_five() {
+        let label = |v: f64| one_two_five(&v);
+        assert_eq!(label(1.0), "1");
+        assert_eq!(label(20.0), "20");
+        assert_eq!(label(0.5), "0.5");
+        assert_eq!(label(3.0), "");
+        assert_eq!(label(9.0), "");
+    }
+}

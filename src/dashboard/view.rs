@@ -239,3 +239,79 @@ pub fn best_so_far(view: &StudyView) -> Vec<(i64, f64)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::CandidateCost;
+
+    fn row(number: i64, state: TrialState, acc: f64, flops: u64) -> TrialRow {
+        TrialRow {
+            trial: Trial {
+                id: number + 1,
+                study_id: 1,
+                number,
+                state,
+                config: "{}".into(),
+                cost: CandidateCost {
+                    flops,
+                    params: 1,
+                    size_bytes: 4,
+                },
+                proxy_acc: Some(acc),
+                proxy_loss: None,
+                worker: None,
+                error: None,
+                queued_at: 0.0,
+                started_at: None,
+                finished_at: None,
+            },
+            fin: None,
+            reports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn best_so_far_counts_only_completed_trials_that_meet_the_target() {
+        let study = StudyRow {
+            id: 1,
+            name: "s".into(),
+            budget: String::new(),
+            created_at: 0.0,
+            target: None,
+            state: None,
+            stop_reason: None,
+            state_at: None,
+        };
+        let view = StudyView {
+            summary: StudySummary {
+                row: study,
+                state: "ended".into(),
+                done: 5,
+                total: 5,
+                limit: None,
+                best: None,
+                base: None,
+                target: Some(Target {
+                    max_flops: Some(100),
+                    max_params: None,
+                }),
+                wall_s: 0.0,
+            },
+            trials: vec![
+                row(0, TrialState::EarlyStopped, 0.9, 50),
+                row(1, TrialState::Complete, 0.5, 50),
+                row(2, TrialState::Complete, 0.8, 500),
+                row(3, TrialState::Complete, 0.4, 50),
+                row(4, TrialState::Complete, 0.7, 100),
+            ],
+            front: Vec::new(),
+            fidelity: Vec::new(),
+            layers: Vec::new(),
+        };
+        assert_eq!(
+            best_so_far(&view),
+            vec![(1, 0.5), (2, 0.5), (3, 0.5), (4, 0.7)]
+        );
+    }
+}

@@ -234,10 +234,19 @@ fn dashboard_pages_in_headless_chromium_follow_a_running_search() {
     let listed = json(&String::from_utf8_lossy(&o.stdout));
     assert_eq!(json(&get(&format!("{url}/api/studies/1/trials")).1), listed);
 
-    // The live study: a reload later shows more trials.
+    // The live study: the page refreshes itself from its fragment (the finished one does
+    // not), and a reload later shows more trials.
     let first = page("/study/2");
     let before: usize = text_of(&first, "#trial-count").parse().unwrap();
     assert!(text_of(&first, "h1").contains(LIVE_NAME));
+    let src = select(&first, "#live")[0]
+        .attr("data-src")
+        .expect("a live page refreshes");
+    let (status, fragment) = get(&format!("{url}{src}"));
+    assert_eq!(status, 200);
+    let fragment = Html::parse_fragment(&fragment);
+    assert!(text_of(&fragment, "#trial-count").parse::<usize>().unwrap() >= before);
+    assert!(select(&done, "#live")[0].attr("data-src").is_none());
     let t0 = Instant::now();
     loop {
         std::thread::sleep(Duration::from_secs(2));
