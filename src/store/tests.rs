@@ -6,8 +6,8 @@ const COST: CandidateCost = CandidateCost {
     size_bytes: 30,
 };
 
-fn open(dir: &tempfile::TempDir) -> TrialStore {
-    TrialStore::open(&dir.path().join("study.sqlite")).unwrap()
+fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("study.sqlite")).unwrap()
 }
 
 #[test]
@@ -248,7 +248,7 @@ fn a_v3_store_renames_pruned_trials_and_keeps_their_rows() {
         )
         .unwrap();
     }
-    let store = TrialStore::open(&path).unwrap();
+    let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.schema_version().unwrap(), schema::VERSION);
     let trials = store.trials(1).unwrap();
     let states: Vec<_> = trials.iter().map(|t| (t.number, t.state)).collect();
@@ -334,7 +334,7 @@ fn a_read_only_open_refuses_an_older_schema_and_names_the_upgrade() {
     let e = TrialStore::open_read_only(&path).err().unwrap().to_string();
     assert!(e.contains("rankprune trials --db"), "{e}");
     // Nothing was migrated.
-    let conn = Connection::open(&path).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
     let v: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
