@@ -50,7 +50,7 @@ pub fn run_dashboard(args: DashboardArgs) -> Result<()> {
 
 pub fn run_plot(args: PlotArgs) -> Result<()> {
     let name = args.db.display().to_string();
-    if !args.db.exists() {
+    if !args.db.exists() && !rankprune::store::is_postgres(&args.db) {
         return Err(Error::BadInput(format!("{name}: no such trial store")));
     }
     let store = TrialStore::open_read_only(&args.db)?;

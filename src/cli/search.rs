@@ -4,7 +4,7 @@ use clap::Args;
 use rankprune::search::controller::{StopReason, run_search};
 use rankprune::search::export::{best_trial, export_config, pick_study, study_base, trials_json};
 use rankprune::search::pareto::pareto_front;
-use rankprune::store::{Trial, TrialState, TrialStore};
+use rankprune::store::{Trial, TrialState, TrialStore, is_postgres};
 use rankprune::{Error, Result};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -124,7 +124,7 @@ pub fn run(args: SearchArgs) -> Result<i32> {
 }
 
 fn open(db: &Path) -> Result<TrialStore> {
-    if !db.exists() {
+    if !db.exists() && !is_postgres(db) {
         return Err(Error::BadInput(format!(
             "{}: no such trial store",
             db.display()

@@ -261,7 +261,7 @@ async fn no_store(mut r: Response) -> Response {
 /// address actually bound (port 0 picks a free one).
 pub fn serve(db: &Path, listen: SocketAddr, on_bound: impl FnOnce(SocketAddr)) -> Result<()> {
     // Refuse a missing or unreadable store before listening.
-    if !db.exists() {
+    if !db.exists() && !crate::store::is_postgres(db) {
         return Err(Error::BadInput(format!(
             "{}: no such trial store",
             db.display()

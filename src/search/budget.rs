@@ -21,6 +21,9 @@ pub struct Budget {
     pub workers: Workers,
     #[serde(default, rename = "final")]
     pub final_stage: FinalStage,
+    /// The budget file's folder (set by `resolve_paths`; not a key of the file).
+    #[serde(skip)]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -273,10 +276,17 @@ impl Budget {
     }
 
     /// Makes relative paths (store, weights, data, space) relative to `dir`, the budget
-    /// file's folder, so a study runs the same from any working directory.
+    /// file's folder, so a study runs the same from any working directory. A PostgreSQL
+    /// store's URL is left as it is.
     pub fn resolve_paths(&mut self, dir: &Path) {
+        self.dir = dir.to_path_buf();
+        let db = std::mem::take(&mut self.study.db);
+        self.study.db = if crate::store::is_postgres(&db) {
+            db
+        } else {
+            dir.join(db)
+        };
         for p in [
-            &mut self.study.db,
             &mut self.model.weights,
             &mut self.data.dir,
             &mut self.search.space,
@@ -284,6 +294,16 @@ impl Budget {
             if p.is_relative() {
                 *p = dir.join(&*p);
             }
+        }
+    }
+
+    /// Where the search writes `file` (the winner's config, re-trained weights): beside
+    /// a SQLite store, or in the budget file's folder for a PostgreSQL store.
+    pub fn output_path(&self, file: &str) -> PathBuf {
+        if crate::store::is_postgres(&self.study.db) {
+            self.dir.join(file)
+        } else {
+            self.study.db.with_file_name(file)
         }
     }
 

@@ -5,9 +5,12 @@
 //! restart, `running` and `interrupted` trials are queued again and completed trials are
 //! never repeated.
 
+mod pg_schema;
+mod postgres;
 mod schema;
 mod sqlite;
 
+pub use postgres::{PgStore, create_database};
 pub use sqlite::SqliteStore;
 
 use serde::Serialize;
@@ -61,6 +64,8 @@ pub enum StoreError {
         path: String,
         source: rusqlite::Error,
     },
+    #[error("{location}: {message}")]
+    Postgres { location: String, message: String },
     #[error("trial {trial}: cannot go from {from} to {to}")]
     Transition {
         trial: i64,
@@ -296,13 +301,21 @@ impl TrialStore {
     /// Opens (creating and migrating as needed) the store at `location`: a SQLite file,
     /// or a PostgreSQL URL.
     pub fn open(location: &Path) -> StoreResult<Self> {
-        Ok(Self(Box::new(SqliteStore::open(location)?)))
+        Ok(Self(if is_postgres(location) {
+            Box::new(PgStore::open(&location.to_string_lossy(), false)?)
+        } else {
+            Box::new(SqliteStore::open(location)?)
+        }))
     }
 
     /// Opens an existing store for reading only: every write is refused, and nothing is
     /// migrated (a store of another schema version is refused).
     pub fn open_read_only(location: &Path) -> StoreResult<Self> {
-        Ok(Self(Box::new(SqliteStore::open_read_only(location)?)))
+        Ok(Self(if is_postgres(location) {
+            Box::new(PgStore::open(&location.to_string_lossy(), true)?)
+        } else {
+            Box::new(SqliteStore::open_read_only(location)?)
+        }))
     }
 }
 

@@ -235,25 +235,26 @@ impl Store for SqliteStore {
     fn claim(&mut self, study: i64, worker: &str) -> StoreResult<Option<Trial>> {
         let path = self.path.clone();
         let err = sql_err(&path);
-        let next: Option<i64> = self
+        // One immediate transaction: the write lock is taken before the choice, so two
+        // processes claiming at once never choose the same trial.
+        let tx = self
             .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let claimed = tx
             .query_row(
-                "SELECT id FROM trials WHERE study_id = ?1 AND state = 'queued' ORDER BY number LIMIT 1",
-                [study],
-                |r| r.get(0),
+                &format!(
+                    "UPDATE trials SET state = 'running', worker = ?2, started_at = ?3 \
+                     WHERE id = (SELECT id FROM trials WHERE study_id = ?1 AND state = 'queued' \
+                     ORDER BY number LIMIT 1) RETURNING {TRIAL_COLUMNS}"
+                ),
+                params![study, worker, now()],
+                trial_from_row,
             )
             .optional()
             .map_err(&err)?;
-        let Some(id) = next else { return Ok(None) };
-        let t = now();
-        self.transition(
-            id,
-            &[TrialState::Queued],
-            TrialState::Running,
-            ", worker = ?, started_at = ?",
-            &[&worker, &t],
-        )?;
-        self.trial(id).map(Some)
+        tx.commit().map_err(&err)?;
+        Ok(claimed)
     }
 
     fn report(&mut self, trial: i64, step: i64, value: f64) -> StoreResult<()> {

@@ -6,6 +6,27 @@ const COST: CandidateCost = CandidateCost {
     size_bytes: 30,
 };
 
+/// Runs `test` on a fresh store of each kind: a SQLite file, and a PostgreSQL database
+/// when RANKPRUNE_TEST_POSTGRES holds a server URL (CI starts one); `test` gets the
+/// store's location, to open (and reopen) it.
+fn each_store(test: impl Fn(&Path)) {
+    let dir = tempfile::tempdir().unwrap();
+    test(&dir.path().join("study.sqlite"));
+    match std::env::var("RANKPRUNE_TEST_POSTGRES") {
+        Ok(server) => {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!(
+                "rp_unit_{}_{n}_{}",
+                std::process::id(),
+                now() as u64 % 100_000
+            );
+            test(Path::new(&create_database(&server, &name).unwrap()));
+        }
+        Err(_) => println!("skipping the PostgreSQL store: RANKPRUNE_TEST_POSTGRES is not set"),
+    }
+}
+
 fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&dir.path().join("study.sqlite")).unwrap()
 }
@@ -43,8 +64,11 @@ fn a_newer_schema_is_refused() {
 
 #[test]
 fn trial_lifecycle_and_guarded_transitions() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = open(&dir);
+    each_store(lifecycle);
+}
+
+fn lifecycle(at: &Path) {
+    let mut s = TrialStore::open(at).unwrap();
     let study = s.study("s", "budget").unwrap();
     assert_eq!(s.study("s", "ignored").unwrap(), study);
     let a = s.enqueue(study, "{\"a\":1}", COST).unwrap();
@@ -83,10 +107,13 @@ fn trial_lifecycle_and_guarded_transitions() {
 
 #[test]
 fn restart_requeues_unfinished_and_keeps_completed() {
-    let dir = tempfile::tempdir().unwrap();
+    each_store(restart);
+}
+
+fn restart(at: &Path) {
     let (study, done, running, interrupted);
     {
-        let mut s = open(&dir);
+        let mut s = TrialStore::open(at).unwrap();
         study = s.study("s", "b").unwrap();
         done = s.enqueue(study, "1", COST).unwrap();
         running = s.enqueue(study, "2", COST).unwrap();
@@ -99,7 +126,7 @@ fn restart_requeues_unfinished_and_keeps_completed() {
         s.interrupt(interrupted).unwrap();
         // The process dies here with `running` still running.
     }
-    let mut s = open(&dir);
+    let mut s = TrialStore::open(at).unwrap();
     assert_eq!(s.requeue_unfinished(study).unwrap(), 2);
     let all = s.trials(study).unwrap();
     assert_eq!(
@@ -266,8 +293,11 @@ fn a_v3_store_renames_pruned_trials_and_keeps_their_rows() {
 
 #[test]
 fn rung_fidelity_is_stored_per_study_and_replaced_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(&dir);
+    each_store(rung_fidelity);
+}
+
+fn rung_fidelity(at: &Path) {
+    let mut store = TrialStore::open(at).unwrap();
     let (a, b) = (
         store.study("a", "x").unwrap(),
         store.study("b", "y").unwrap(),
@@ -299,14 +329,16 @@ fn rung_fidelity_is_stored_per_study_and_replaced_whole() {
 
 #[test]
 fn a_read_only_store_reads_what_a_writer_commits_and_refuses_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut writer = open(&dir);
+    each_store(read_only);
+}
+
+fn read_only(path: &Path) {
+    let mut writer = TrialStore::open(path).unwrap();
     let study = writer.study("s", "budget").unwrap();
     writer
         .set_study_state(study, StudyState::Running, None)
         .unwrap();
-    let path = dir.path().join("study.sqlite");
-    let mut reader = TrialStore::open_read_only(&path).unwrap();
+    let mut reader = TrialStore::open_read_only(path).unwrap();
     assert_eq!(
         reader.studies().unwrap()[0].state,
         Some(StudyState::Running)
@@ -320,7 +352,7 @@ fn a_read_only_store_reads_what_a_writer_commits_and_refuses_writes() {
     assert_eq!(row.state, Some(StudyState::Finished));
     assert_eq!(row.stop_reason.as_deref(), Some("budget"));
     let e = reader.enqueue(study, "{\"x\":1}", COST).err().unwrap();
-    assert!(e.to_string().contains("readonly"), "{e}");
+    assert!(e.to_string().contains("read"), "{e}");
     assert_eq!(writer.trials(study).unwrap().len(), 1);
 }
 
@@ -339,4 +371,46 @@ fn a_read_only_open_refuses_an_older_schema_and_names_the_upgrade() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(v, 4);
+}
+
+#[test]
+fn concurrent_claimers_take_every_trial_exactly_once() {
+    each_store(concurrent_claims);
+}
+
+/// Four connections claim 40 trials at once (as worker processes would): each trial is
+/// claimed once, none is lost, and no claim fails.
+fn concurrent_claims(at: &Path) {
+    let mut s = TrialStore::open(at).unwrap();
+    let study = s.study("s", "b").unwrap();
+    for i in 0..40 {
+        s.enqueue(study, &i.to_string(), COST).unwrap();
+    }
+    let claimed: Vec<Vec<i64>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                scope.spawn(move || {
+                    let mut s = TrialStore::open(at).unwrap();
+                    let mut mine = Vec::new();
+                    while let Some(t) = s.claim(study, &format!("w{w}")).unwrap() {
+                        assert_eq!(t.worker.as_deref(), Some(format!("w{w}").as_str()));
+                        mine.push(t.id);
+                    }
+                    mine
+                })
+            })
+            .collect();
+        workers.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut all: Vec<i64> = claimed.concat();
+    all.sort();
+    let mut expected: Vec<i64> = s.trials(study).unwrap().iter().map(|t| t.id).collect();
+    expected.sort();
+    assert_eq!(all, expected);
+    assert!(
+        s.trials(study)
+            .unwrap()
+            .iter()
+            .all(|t| t.state == TrialState::Running)
+    );
 }

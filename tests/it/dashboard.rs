@@ -55,7 +55,7 @@ fn text_of(doc: &Html, css: &str) -> String {
     found[0].text().collect::<String>().trim().to_string()
 }
 
-struct Killed(Child);
+pub(crate) struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -65,7 +65,7 @@ impl Drop for Killed {
 }
 
 /// Starts the dashboard on a free port; returns it and its base URL.
-fn start_dashboard(db: &Path) -> (Killed, String) {
+pub(crate) fn start_dashboard(db: &Path) -> (Killed, String) {
     let mut child = bin()
         .args([
             "dashboard",
@@ -90,7 +90,7 @@ fn start_dashboard(db: &Path) -> (Killed, String) {
     (Killed(child), url)
 }
 
-fn get(url: &str) -> (u16, String) {
+pub(crate) fn get(url: &str) -> (u16, String) {
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()

@@ -35,6 +35,8 @@ pub(crate) fn text(o: &Output) -> String {
 
 pub(crate) struct Study {
     pub(crate) dir: tempfile::TempDir,
+    /// The store: `runs/study.sqlite` in `dir`, or a PostgreSQL URL.
+    db: PathBuf,
 }
 
 impl Study {
@@ -46,8 +48,8 @@ impl Study {
         self.path("budget.toml")
     }
 
-    fn db(&self) -> PathBuf {
-        self.path("runs/study.sqlite")
+    pub(crate) fn db(&self) -> PathBuf {
+        self.db.clone()
     }
 
     fn store(&self) -> TrialStore {
@@ -121,7 +123,25 @@ cpu = 1
         ),
     )
     .unwrap();
-    Study { dir }
+    let db = dir.path().join("runs/study.sqlite");
+    Study { dir, db }
+}
+
+/// The study moved to a fresh PostgreSQL database on the server RANKPRUNE_TEST_POSTGRES
+/// names (CI starts one); None, with a printed line, when it is not set.
+pub(crate) fn on_postgres(mut s: Study, test: &str) -> Option<Study> {
+    let Ok(server) = std::env::var("RANKPRUNE_TEST_POSTGRES") else {
+        println!("skipping {test}: RANKPRUNE_TEST_POSTGRES is not set");
+        return None;
+    };
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let secs = rankprune::store::now() as u64 % 100_000;
+    let name = format!("rp_it_{}_{n}_{secs}", std::process::id());
+    let url = rankprune::store::create_database(&server, &name).unwrap();
+    edit_budget(&s, "db = \"runs/study.sqlite\"", &format!("db = {url:?}"));
+    s.db = PathBuf::from(url);
+    Some(s)
 }
 
 /// FLOPs of the tiny studies' base model, as `metrics --json` counts them.
@@ -292,7 +312,7 @@ fn wait_for(s: &Study, child: &mut Child, what: &str, mut done: impl FnMut(&Tria
             let err = std::fs::read_to_string(s.path("search.log")).unwrap_or_default();
             panic!("search exited ({status}) while waiting for {what}:\n{err}");
         }
-        if s.db().exists()
+        if (s.db().exists() || rankprune::store::is_postgres(&s.db()))
             && let Ok(store) = TrialStore::open(&s.db())
             && done(&store)
         {
@@ -320,9 +340,20 @@ const ENDLESS_PROXY: &str = "steps = 1000000\nbatch_size = 16\neval_samples = 32
 
 #[test]
 fn sigkill_mid_trial_then_restart_loses_and_repeats_nothing() {
+    sigkill_then_restart(&study(4, SLOW_PROXY, "[final]\ntop_k = 0"));
+}
+
+#[test]
+fn on_postgres_sigkill_mid_trial_then_restart_loses_and_repeats_nothing() {
     let s = study(4, SLOW_PROXY, "[final]\ntop_k = 0");
+    if let Some(s) = on_postgres(s, "the PostgreSQL SIGKILL test") {
+        sigkill_then_restart(&s);
+    }
+}
+
+fn sigkill_then_restart(s: &Study) {
     let mut child = spawn(&s.budget());
-    wait_for(&s, &mut child, "a completed and a running trial", |st| {
+    wait_for(s, &mut child, "a completed and a running trial", |st| {
         state_count(st, TrialState::Complete) >= 1 && state_count(st, TrialState::Running) == 1
     });
     child.kill().unwrap();
@@ -355,9 +386,27 @@ fn sigkill_mid_trial_then_restart_loses_and_repeats_nothing() {
 
 #[test]
 fn sigterm_interrupts_cleanly_and_trials_reads_never_lock() {
+    sigterm_then_resume(&study(3, ENDLESS_PROXY, "[final]\ntop_k = 0"));
+}
+
+#[test]
+fn on_postgres_sigterm_interrupts_cleanly_and_trials_reads_never_fail() {
     let s = study(3, ENDLESS_PROXY, "[final]\ntop_k = 0");
+    if let Some(s) = on_postgres(s, "the PostgreSQL SIGTERM test") {
+        sigterm_then_resume(&s);
+        // The dashboard reads the PostgreSQL store too.
+        let (_dash, url) = crate::dashboard::start_dashboard(&s.db());
+        let studies = crate::dashboard::get(&format!("{url}/api/studies"));
+        assert_eq!(studies.0, 200, "{}", studies.1);
+        let studies: serde_json::Value = serde_json::from_str(&studies.1).unwrap();
+        assert_eq!(studies[0]["trials"], 3, "{studies}");
+        assert_eq!(studies[0]["state"], "finished", "{studies}");
+    }
+}
+
+fn sigterm_then_resume(s: &Study) {
     let mut child = spawn(&s.budget());
-    wait_for(&s, &mut child, "a running trial", |st| {
+    wait_for(s, &mut child, "a running trial", |st| {
         state_count(st, TrialState::Running) == 1
     });
     // Readers during the search: every call succeeds.

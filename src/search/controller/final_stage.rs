@@ -45,10 +45,7 @@ pub(super) async fn final_stage(
         if ctl.store.final_result(t.id)?.is_some() {
             continue;
         }
-        let stem = budget
-            .study
-            .db
-            .with_file_name(format!("{}-trial{}", budget.study.name, t.number));
+        let stem = budget.output_path(&format!("{}-trial{}", budget.study.name, t.number));
         let ckpt = stem.with_extension("ckpt");
         let out = stem.with_extension("safetensors");
         let (epochs, schedule) = (budget.final_stage.epochs, budget.final_stage.schedule);

@@ -19,7 +19,9 @@ use crate::cost;
 use crate::data::{ImageSet, Split};
 use crate::device::parse_device;
 use crate::model::Vgg;
-use crate::store::{CandidateCost, FinalResult, StudyState, Trial, TrialState, TrialStore};
+use crate::store::{
+    CandidateCost, FinalResult, StudyState, Trial, TrialState, TrialStore, is_postgres,
+};
 use crate::train::{Control, TrainConfig, evaluate, train};
 use crate::weights::Weights;
 use crate::{Error, Result};
@@ -336,8 +338,8 @@ fn worker_slots(budget: &Budget) -> Result<Vec<Slot>> {
     Ok(slots)
 }
 
-/// The search's summary once it stops: exports the best trial's config beside the store
-/// and counts the trials by state.
+/// The search's summary once it stops: exports the best trial's config (beside a SQLite
+/// store) and counts the trials by state.
 fn outcome(
     ctl: &Controller,
     budget: &Budget,
@@ -349,10 +351,7 @@ fn outcome(
     let best = best_trial(&ctl.store, &study_row)?;
     let mut export = None;
     if let Some((t, _)) = &best {
-        let path = budget
-            .study
-            .db
-            .with_file_name(format!("{}.best.json", budget.study.name));
+        let path = budget.output_path(&format!("{}.best.json", budget.study.name));
         export_config(&ctl.store, &study_row, t, &db)?
             .save(&path)
             .map_err(|e| Error::Failure(format!("{}: {e}", path.display())))?;
@@ -416,7 +415,12 @@ async fn search(
         budget.objective.kind == ObjectiveKind::Pareto,
     );
 
-    if let Some(dir) = budget.study.db.parent() {
+    if let Some(dir) = budget
+        .study
+        .db
+        .parent()
+        .filter(|_| !is_postgres(&budget.study.db))
+    {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Failure(format!("{}: {e}", dir.display())))?;
     }

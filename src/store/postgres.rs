@@ -1,0 +1,627 @@
+//! The PostgreSQL store (`postgres://user@host/db`), for studies whose workers and
+//! readers sit on several machines. Same tables and migrations as the SQLite store; every
+//! state change is one transaction, and claims take rows with `FOR UPDATE SKIP LOCKED`, so
+//! concurrent claimers never wait on each other or take the same trial.
+//!
+//! The client is the `postgres` crate (the synchronous face of `tokio-postgres`, by the
+//! same authors): the store interface is synchronous, like rusqlite's. That client runs
+//! its own small runtime and must not block inside another one, so a call made from a
+//! tokio thread (the controller's loop) runs on a scoped helper thread.
+
+use super::*;
+use ::postgres::types::ToSql;
+use ::postgres::{Client, NoTls, Row};
+use std::sync::Mutex;
+
+/// A connection to one PostgreSQL database.
+pub struct PgStore {
+    /// Always Some but while dropping (the client closes on a helper thread).
+    client: Mutex<Option<Client>>,
+    /// The URL with any password masked, for messages.
+    location: String,
+}
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// `url` with the password (if any) replaced by `***`.
+fn masked(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or("");
+            format!("{scheme}://{name}:***@{host}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Runs `f` where the synchronous client may block: on a scoped thread when called from
+/// inside a tokio runtime, else right here.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| s.spawn(f).join().expect("a store call panicked"))
+    } else {
+        f()
+    }
+}
+
+const TRIAL_COLUMNS: &str = "id, study_id, number, state, config, flops, params, size_bytes, proxy_acc, \
+     proxy_loss, worker, error, queued_at, started_at, finished_at";
+
+fn trial_from_row(r: &Row) -> Result<Trial, String> {
+    let state: String = r.get(3);
+    Ok(Trial {
+        id: r.get(0),
+        study_id: r.get(1),
+        number: r.get(2),
+        state: TrialState::parse(&state).ok_or_else(|| format!("unknown trial state {state:?}"))?,
+        config: r.get(4),
+        cost: CandidateCost {
+            flops: r.get::<_, i64>(5) as u64,
+            params: r.get::<_, i64>(6) as u64,
+            size_bytes: r.get::<_, i64>(7) as u64,
+        },
+        proxy_acc: r.get(8),
+        proxy_loss: r.get(9),
+        worker: r.get(10),
+        error: r.get(11),
+        queued_at: r.get(12),
+        started_at: r.get(13),
+        finished_at: r.get(14),
+    })
+}
+
+/// An advisory lock key of rankprune's migrations ("rankprun" in ASCII).
+const MIGRATION_LOCK: i64 = 0x72616e6b7072756e;
+
+impl PgStore {
+    /// Connects to `url`, migrating the schema unless `read_only` (then the session
+    /// refuses every write, and a schema of another version is refused).
+    pub fn open(url: &str, read_only: bool) -> StoreResult<Self> {
+        let location = masked(url);
+        let client =
+            off_runtime(|| Client::connect(url, NoTls)).map_err(|e| StoreError::Postgres {
+                location: location.clone(),
+                message: message(&e),
+            })?;
+        let store = Self {
+            client: Mutex::new(Some(client)),
+            location,
+        };
+        if read_only {
+            store.run(|c| c.batch_execute("SET default_transaction_read_only = on"))?;
+            let found = store.schema_version()?;
+            let (path, known) = (store.location.clone(), schema::VERSION);
+            if found > known {
+                return Err(StoreError::TooNew { path, found, known });
+            }
+            if found < known {
+                return Err(StoreError::TooOld { path, found, known });
+            }
+        } else {
+            store.migrate()?;
+        }
+        Ok(store)
+    }
+
+    /// Brings the database to the current version in one transaction, under an advisory
+    /// lock, so that processes connecting at once migrate it once.
+    fn migrate(&self) -> StoreResult<()> {
+        let (location, known) = (self.location.clone(), schema::VERSION);
+        let found = self.run(|c| {
+            let mut tx = c.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS rankprune_schema (version BIGINT NOT NULL);",
+            )?;
+            let found: i64 = match tx.query_opt("SELECT version FROM rankprune_schema", &[])? {
+                Some(r) => r.get(0),
+                None => {
+                    tx.execute("INSERT INTO rankprune_schema VALUES (0)", &[])?;
+                    0
+                }
+            };
+            if found <= known {
+                for sql in pg_schema::MIGRATIONS.iter().skip(found as usize) {
+                    tx.batch_execute(sql)?;
+                }
+                tx.execute("UPDATE rankprune_schema SET version = $1", &[&known])?;
+            }
+            tx.commit()?;
+            Ok(found)
+        })?;
+        if found > known {
+            return Err(StoreError::TooNew {
+                path: location,
+                found,
+                known,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the connection, mapping its error to the store's.
+    fn run<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, ::postgres::Error> + Send,
+    ) -> StoreResult<T> {
+        let mut guard = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        let client = guard.as_mut().expect("the client is open until drop");
+        off_runtime(|| f(client)).map_err(|e| StoreError::Postgres {
+            location: self.location.clone(),
+            message: message(&e),
+        })
+    }
+
+    fn rows_to_trials(&self, rows: Vec<Row>) -> StoreResult<Vec<Trial>> {
+        rows.iter()
+            .map(|r| {
+                trial_from_row(r).map_err(|message| StoreError::Postgres {
+                    location: self.location.clone(),
+                    message,
+                })
+            })
+            .collect()
+    }
+
+    /// One guarded state change: applies only if the trial is in one of `from`. `set`
+    /// assigns more columns with placeholders $1..$k for `values`.
+    fn transition(
+        &mut self,
+        trial: i64,
+        from: &[TrialState],
+        to: TrialState,
+        set: &str,
+        values: Params<'_>,
+    ) -> StoreResult<()> {
+        let allowed = from
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let id_arg = values.len() + 1;
+        let sql = format!(
+            "UPDATE trials SET state = '{}'{set} WHERE id = ${id_arg} AND state IN ({allowed})",
+            to.as_str()
+        );
+        let mut args: Vec<&(dyn ToSql + Sync)> = values.to_vec();
+        args.push(&trial);
+        let from = self.run(|c| {
+            let mut tx = c.transaction()?;
+            let changed = tx.execute(sql.as_str(), &args)?;
+            if changed == 1 {
+                tx.commit()?;
+                return Ok(None);
+            }
+            let state = tx
+                .query_opt("SELECT state FROM trials WHERE id = $1", &[&trial])?
+                .map(|r| r.get::<_, String>(0));
+            Ok(Some(state))
+        })?;
+        match from {
+            None => Ok(()),
+            Some(from) => Err(StoreError::Transition {
+                trial,
+                from: from.unwrap_or_else(|| "nowhere (no such trial)".into()),
+                to: to.as_str(),
+            }),
+        }
+    }
+}
+
+/// Creates the database `name` (lowercase letters, digits and `_`) on the server of
+/// `server_url` (any database there the user may connect to) and returns its URL.
+pub fn create_database(server_url: &str, name: &str) -> StoreResult<String> {
+    let location = masked(server_url);
+    let fail = |message: String| StoreError::Postgres {
+        location: location.clone(),
+        message,
+    };
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(fail(format!("{name:?} is not a plain database name")));
+    }
+    off_runtime(|| {
+        let mut c = Client::connect(server_url, NoTls)?;
+        c.batch_execute(&format!("CREATE DATABASE {name}"))
+    })
+    .map_err(|e| fail(message(&e)))?;
+    // The URL's path is the database: replace it (keeping any ?options).
+    let (base, options) = server_url.split_once('?').unwrap_or((server_url, ""));
+    let after_scheme = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[after_scheme..].find('/') {
+        Some(i) => &base[..after_scheme + i],
+        None => base,
+    };
+    let options = if options.is_empty() {
+        String::new()
+    } else {
+        format!("?{options}")
+    };
+    Ok(format!("{base}/{name}{options}"))
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        let client = self.client.get_mut().ok().and_then(|c| c.take());
+        if let Some(client) = client {
+            off_runtime(move || drop(client));
+        }
+    }
+}
+
+/// The server's message where there is one (::postgres::Error's own text is terse).
+fn message(e: &::postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+fn study_row(r: &Row) -> StudyRow {
+    StudyRow {
+        id: r.get(0),
+        name: r.get(1),
+        budget: r.get(2),
+        created_at: r.get(3),
+        target: r.get(4),
+        state: r
+            .get::<_, Option<String>>(5)
+            .and_then(|s| StudyState::parse(&s)),
+        stop_reason: r.get(6),
+        state_at: r.get(7),
+    }
+}
+
+impl Store for PgStore {
+    fn schema_version(&self) -> StoreResult<i64> {
+        self.run(|c| {
+            let exists: bool = c
+                .query_one("SELECT to_regclass('rankprune_schema') IS NOT NULL", &[])?
+                .get(0);
+            if !exists {
+                return Ok(0);
+            }
+            Ok(c.query_opt("SELECT version FROM rankprune_schema", &[])?
+                .map_or(0, |r| r.get(0)))
+        })
+    }
+
+    fn study(&mut self, name: &str, budget: &str) -> StoreResult<i64> {
+        let t = now();
+        self.run(|c| {
+            let mut tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO studies (name, budget, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO NOTHING",
+                &[&name, &budget, &t],
+            )?;
+            let id = tx
+                .query_one("SELECT id FROM studies WHERE name = $1", &[&name])?
+                .get(0);
+            tx.commit()?;
+            Ok(id)
+        })
+    }
+
+    fn enqueue(&mut self, study: i64, config: &str, cost: CandidateCost) -> StoreResult<i64> {
+        let (flops, params, size) = (
+            cost.flops as i64,
+            cost.params as i64,
+            cost.size_bytes as i64,
+        );
+        let t = now();
+        self.run(|c| {
+            let mut tx = c.transaction()?;
+            // The study row's lock orders concurrent enqueues, so numbers never clash.
+            tx.execute("SELECT id FROM studies WHERE id = $1 FOR UPDATE", &[&study])?;
+            let id = tx
+                .query_one(
+                    "INSERT INTO trials (study_id, number, state, config, flops, params, size_bytes, queued_at) \
+                     SELECT $1, COALESCE(MAX(number) + 1, 0), 'queued', $2, $3, $4, $5, $6 \
+                     FROM trials WHERE study_id = $1 RETURNING id",
+                    &[&study, &config, &flops, &params, &size, &t],
+                )?
+                .get(0);
+            tx.commit()?;
+            Ok(id)
+        })
+    }
+
+    fn has_config(&self, study: i64, config: &str) -> StoreResult<bool> {
+        self.run(|c| {
+            Ok(c.query_one(
+                "SELECT EXISTS(SELECT 1 FROM trials WHERE study_id = $1 AND config = $2 AND state != 'failed')",
+                &[&study, &config],
+            )?
+            .get(0))
+        })
+    }
+
+    fn claim(&mut self, study: i64, worker: &str) -> StoreResult<Option<Trial>> {
+        let t = now();
+        let rows = self.run(|c| {
+            let mut tx = c.transaction()?;
+            let next = tx.query_opt(
+                "SELECT id FROM trials WHERE study_id = $1 AND state = 'queued' \
+                 ORDER BY number LIMIT 1 FOR UPDATE SKIP LOCKED",
+                &[&study],
+            )?;
+            let Some(next) = next else {
+                return Ok(Vec::new());
+            };
+            let id: i64 = next.get(0);
+            let rows = tx.query(
+                &format!(
+                    "UPDATE trials SET state = 'running', worker = $2, started_at = $3 \
+                     WHERE id = $1 RETURNING {TRIAL_COLUMNS}"
+                ),
+                &[&id, &worker, &t],
+            )?;
+            tx.commit()?;
+            Ok(rows)
+        })?;
+        Ok(self.rows_to_trials(rows)?.into_iter().next())
+    }
+
+    fn report(&mut self, trial: i64, step: i64, value: f64) -> StoreResult<()> {
+        self.run(|c| {
+            c.execute(
+                "INSERT INTO reports (trial_id, step, value) VALUES ($1, $2, $3) \
+                 ON CONFLICT (trial_id, step) DO UPDATE SET value = EXCLUDED.value",
+                &[&trial, &step, &value],
+            )
+            .map(drop)
+        })
+    }
+
+    fn reports(&self, trial: i64) -> StoreResult<Vec<(i64, f64)>> {
+        self.run(|c| {
+            let rows = c.query(
+                "SELECT step, value FROM reports WHERE trial_id = $1 ORDER BY step",
+                &[&trial],
+            )?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    fn complete(&mut self, trial: i64, proxy_acc: f64, proxy_loss: f64) -> StoreResult<()> {
+        let t = now();
+        self.transition(
+            trial,
+            &[TrialState::Running],
+            TrialState::Complete,
+            ", proxy_acc = $1, proxy_loss = $2, finished_at = $3",
+            &[&proxy_acc, &proxy_loss, &t],
+        )
+    }
+
+    fn fail(&mut self, trial: i64, error: &str) -> StoreResult<()> {
+        let t = now();
+        self.transition(
+            trial,
+            &[TrialState::Running],
+            TrialState::Failed,
+            ", error = $1, finished_at = $2",
+            &[&error, &t],
+        )
+    }
+
+    fn early_stop(&mut self, trial: i64, proxy_acc: f64) -> StoreResult<()> {
+        let t = now();
+        self.transition(
+            trial,
+            &[TrialState::Running],
+            TrialState::EarlyStopped,
+            ", proxy_acc = $1, finished_at = $2",
+            &[&proxy_acc, &t],
+        )
+    }
+
+    fn interrupt(&mut self, trial: i64) -> StoreResult<()> {
+        self.transition(
+            trial,
+            &[TrialState::Running],
+            TrialState::Interrupted,
+            "",
+            &[],
+        )
+    }
+
+    fn requeue_unfinished(&mut self, study: i64) -> StoreResult<usize> {
+        self.run(|c| {
+            let mut tx = c.transaction()?;
+            tx.execute(
+                "DELETE FROM reports WHERE trial_id IN \
+                 (SELECT id FROM trials WHERE study_id = $1 AND state IN ('running', 'interrupted'))",
+                &[&study],
+            )?;
+            let n = tx.execute(
+                "UPDATE trials SET state = 'queued', worker = NULL, started_at = NULL \
+                 WHERE study_id = $1 AND state IN ('running', 'interrupted')",
+                &[&study],
+            )?;
+            tx.commit()?;
+            Ok(n as usize)
+        })
+    }
+
+    fn set_study_target(&mut self, study: i64, target: &str, budget: &str) -> StoreResult<()> {
+        self.run(|c| {
+            c.execute(
+                "UPDATE studies SET target = $2, budget = $3 WHERE id = $1",
+                &[&study, &target, &budget],
+            )
+            .map(drop)
+        })
+    }
+
+    fn set_study_state(
+        &mut self,
+        study: i64,
+        state: StudyState,
+        stop_reason: Option<&str>,
+    ) -> StoreResult<()> {
+        let t = now();
+        self.run(|c| {
+            c.execute(
+                "UPDATE studies SET state = $2, stop_reason = COALESCE($3, stop_reason), \
+                 state_at = $4 WHERE id = $1",
+                &[&study, &state.as_str(), &stop_reason, &t],
+            )
+            .map(drop)
+        })
+    }
+
+    fn studies(&self) -> StoreResult<Vec<StudyRow>> {
+        self.run(|c| {
+            let rows = c.query(
+                "SELECT id, name, budget, created_at, target, state, stop_reason, state_at \
+                 FROM studies ORDER BY id",
+                &[],
+            )?;
+            Ok(rows.iter().map(study_row).collect())
+        })
+    }
+
+    fn values_at(&self, study: i64, step: i64, except_trial: i64) -> StoreResult<Vec<f64>> {
+        self.run(|c| {
+            let rows = c.query(
+                "SELECT r.value FROM reports r JOIN trials t ON t.id = r.trial_id \
+                 WHERE t.study_id = $1 AND r.step = $2 AND t.id != $3",
+                &[&study, &step, &except_trial],
+            )?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn record_rung_fidelity(&mut self, study: i64, rows: &[RungFidelity]) -> StoreResult<()> {
+        self.run(|c| {
+            let mut tx = c.transaction()?;
+            tx.execute("DELETE FROM rung_fidelity WHERE study_id = $1", &[&study])?;
+            for r in rows {
+                tx.execute(
+                    "INSERT INTO rung_fidelity (study_id, step, n, kendall_tau) VALUES ($1, $2, $3, $4)",
+                    &[&study, &r.step, &r.n, &r.kendall_tau],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    fn rung_fidelity(&self, study: i64) -> StoreResult<Vec<RungFidelity>> {
+        self.run(|c| {
+            let rows = c.query(
+                "SELECT step, n, kendall_tau FROM rung_fidelity WHERE study_id = $1 ORDER BY step",
+                &[&study],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| RungFidelity {
+                    step: r.get(0),
+                    n: r.get(1),
+                    kendall_tau: r.get(2),
+                })
+                .collect())
+        })
+    }
+
+    fn record_final(&mut self, trial: i64, result: &FinalResult) -> StoreResult<()> {
+        let (t, epochs) = (now(), result.epochs as i64);
+        self.run(|c| {
+            c.execute(
+                "INSERT INTO final_results \
+                 (trial_id, top1, top5, loss, epochs, weights_path, finished_at, val_top1, reason) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (trial_id) DO UPDATE SET top1 = EXCLUDED.top1, top5 = EXCLUDED.top5, \
+                 loss = EXCLUDED.loss, epochs = EXCLUDED.epochs, weights_path = EXCLUDED.weights_path, \
+                 finished_at = EXCLUDED.finished_at, val_top1 = EXCLUDED.val_top1, reason = EXCLUDED.reason",
+                &[
+                    &trial,
+                    &result.top1,
+                    &result.top5,
+                    &result.loss,
+                    &epochs,
+                    &result.weights_path,
+                    &t,
+                    &result.val_top1,
+                    &result.reason,
+                ],
+            )
+            .map(drop)
+        })
+    }
+
+    fn final_result(&self, trial: i64) -> StoreResult<Option<FinalResult>> {
+        self.run(|c| {
+            let row = c.query_opt(
+                "SELECT top1, top5, loss, epochs, weights_path, val_top1, reason \
+                 FROM final_results WHERE trial_id = $1",
+                &[&trial],
+            )?;
+            Ok(row.map(|r| FinalResult {
+                top1: r.get(0),
+                top5: r.get(1),
+                loss: r.get(2),
+                epochs: r.get::<_, i64>(3) as usize,
+                weights_path: r.get(4),
+                val_top1: r.get(5),
+                reason: r.get(6),
+            }))
+        })
+    }
+
+    fn trial(&self, id: i64) -> StoreResult<Trial> {
+        let rows = self.run(|c| {
+            c.query(
+                &format!("SELECT {TRIAL_COLUMNS} FROM trials WHERE id = $1"),
+                &[&id],
+            )
+        })?;
+        self.rows_to_trials(rows)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Postgres {
+                location: self.location.clone(),
+                message: format!("no trial with id {id}"),
+            })
+    }
+
+    fn trials(&self, study: i64) -> StoreResult<Vec<Trial>> {
+        let rows = self.run(|c| {
+            c.query(
+                &format!("SELECT {TRIAL_COLUMNS} FROM trials WHERE study_id = $1 ORDER BY number"),
+                &[&study],
+            )
+        })?;
+        self.rows_to_trials(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_password_never_reaches_a_message() {
+        assert_eq!(
+            super::masked("postgres://me:secret@db.example:5432/rp"),
+            "postgres://me:***@db.example:5432/rp"
+        );
+        assert_eq!(
+            super::masked("postgres://me@127.0.0.1/rp"),
+            "postgres://me@127.0.0.1/rp"
+        );
+    }
+
+    #[test]
+    fn both_stores_have_the_same_migrations() {
+        assert_eq!(
+            super::pg_schema::MIGRATIONS.len(),
+            super::schema::MIGRATIONS.len()
+        );
+    }
+}
