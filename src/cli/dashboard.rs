@@ -12,7 +12,8 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct DashboardArgs {
-    /// Trial store (SQLite) to show; opened read-only, a search may be writing it
+    /// Trial store to show (a SQLite file or a postgres:// URL); opened read-only, a search
+    /// may be writing it
     #[arg(long)]
     pub db: PathBuf,
     /// Address to listen on (port 0 picks a free port); other hosts can reach it only if
@@ -23,7 +24,7 @@ pub struct DashboardArgs {
 
 #[derive(Args)]
 pub struct PlotArgs {
-    /// Trial store (SQLite)
+    /// Trial store: a SQLite file or a postgres:// URL
     #[arg(long)]
     pub db: PathBuf,
     /// Study name (needed when the store holds several)

@@ -27,7 +27,7 @@ pub struct SearchArgs {
 
 #[derive(Args)]
 pub struct TrialsArgs {
-    /// Trial store (SQLite) of a search
+    /// Trial store of a search: a SQLite file or a postgres:// URL
     #[arg(long)]
     pub db: PathBuf,
     /// Study name (needed when the file holds several)
@@ -47,6 +47,7 @@ pub struct TrialsArgs {
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("which").required(true).args(["best", "trial"])))]
 pub struct ExportArgs {
+    /// Trial store of a search: a SQLite file or a postgres:// URL
     #[arg(long)]
     pub db: PathBuf,
     #[arg(long)]

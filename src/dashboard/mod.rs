@@ -146,26 +146,7 @@ async fn trial(State(app): State<Arc<App>>, UrlPath((id, number)): UrlPath<(i64,
 
 async fn api_studies(State(app): State<Arc<App>>) -> Reply {
     with_store(&app, |s| {
-        let list: Vec<_> = view::studies(s)?
-            .iter()
-            .map(|v| {
-                serde_json::json!({
-                    "id": v.row.id,
-                    "name": v.row.name,
-                    "state": v.state,
-                    "stop_reason": v.row.stop_reason,
-                    "trials": v.total,
-                    "done": v.done,
-                    "max_trials": v.limit,
-                    "best_trial": v.best.as_ref().map(|(t, _)| t.number),
-                    "best_val": v.best_val(),
-                    "best_test": v.best_test(),
-                    "flops_reduction": v.best.as_ref().and_then(|(t, _)| v.reduction(t.cost.flops)),
-                    "created_at": v.row.created_at,
-                    "wall_seconds": v.wall_s,
-                })
-            })
-            .collect();
+        let list: Vec<_> = view::studies(s)?.iter().map(|v| v.to_json()).collect();
         Ok(Answer::Json(serde_json::Value::Array(list)))
     })
     .await

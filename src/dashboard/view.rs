@@ -4,52 +4,12 @@ use crate::arch::ArchSpec;
 use crate::config::LayerConfig;
 use crate::cost::Cost;
 use crate::search::budget::Budget;
-use crate::search::export::{best_trial, study_base};
 use crate::search::pareto::pareto_front;
-use crate::search::problem::Target;
+use crate::search::summary::{budget_of, summary};
 use crate::store::{FinalResult, RungFidelity, StudyRow, Trial, TrialState, TrialStore};
+
+pub use crate::search::summary::{StudySummary, studies};
 use crate::{Error, Result};
-
-/// One line of the studies page.
-#[derive(Debug, Clone)]
-pub struct StudySummary {
-    pub row: StudyRow,
-    /// The stored state, or for studies from before schema v5 one read off the trials.
-    pub state: String,
-    /// Trials that ended (complete, early-stopped or failed).
-    pub done: usize,
-    pub total: usize,
-    /// `limits.max_trials` of the study's budget.
-    pub limit: Option<usize>,
-    pub best: Option<(Trial, Option<FinalResult>)>,
-    pub base: Option<Cost>,
-    pub target: Option<Target>,
-    /// From the study's creation to its last recorded event (now, while it runs).
-    pub wall_s: f64,
-}
-
-impl StudySummary {
-    /// Validation accuracy of the best trial: after re-training if it was, else its proxy's.
-    pub fn best_val(&self) -> Option<f64> {
-        let (t, f) = self.best.as_ref()?;
-        f.as_ref().and_then(|f| f.val_top1).or(t.proxy_acc)
-    }
-
-    pub fn best_test(&self) -> Option<f64> {
-        self.best.as_ref()?.1.as_ref().map(|f| f.top1)
-    }
-
-    /// Base FLOPs over `flops`.
-    pub fn reduction(&self, flops: u64) -> Option<f64> {
-        self.base
-            .as_ref()
-            .map(|b| b.flops as f64 / flops.max(1) as f64)
-    }
-
-    pub fn is_live(&self) -> bool {
-        matches!(self.state.as_str(), "running" | "final_stage")
-    }
-}
 
 /// A trial with what was recorded about it.
 #[derive(Debug, Clone)]
@@ -82,57 +42,6 @@ pub struct StudyView {
     pub front: Vec<usize>,
     pub fidelity: Vec<RungFidelity>,
     pub layers: Vec<LayerBar>,
-}
-
-fn budget_of(row: &StudyRow) -> Option<Budget> {
-    Budget::from_toml(&row.budget, "<study budget>").ok()
-}
-
-fn summary(store: &TrialStore, row: StudyRow) -> Result<StudySummary> {
-    let trials = store.trials(row.id)?;
-    let ended = |s: TrialState| {
-        matches!(
-            s,
-            TrialState::Complete | TrialState::EarlyStopped | TrialState::Failed
-        )
-    };
-    let done = trials.iter().filter(|t| ended(t.state)).count();
-    let state = match row.state {
-        Some(s) => s.as_str().to_string(),
-        None if trials.iter().any(|t| t.state == TrialState::Running) => "running".into(),
-        None => "ended".into(),
-    };
-    let last = trials
-        .iter()
-        .flat_map(|t| [Some(t.queued_at), t.started_at, t.finished_at])
-        .flatten()
-        .chain(row.state_at)
-        .fold(row.created_at, f64::max);
-    let (base, target) = study_base(&row).unzip();
-    let mut s = StudySummary {
-        best: best_trial(store, &row)?,
-        limit: budget_of(&row).map(|b| b.limits.max_trials),
-        done,
-        total: trials.len(),
-        base,
-        target,
-        wall_s: last - row.created_at,
-        state,
-        row,
-    };
-    if s.is_live() {
-        s.wall_s = s.wall_s.max(crate::store::now() - s.row.created_at);
-    }
-    Ok(s)
-}
-
-/// Every study of the store, oldest first.
-pub fn studies(store: &TrialStore) -> Result<Vec<StudySummary>> {
-    store
-        .studies()?
-        .into_iter()
-        .map(|row| summary(store, row))
-        .collect()
 }
 
 /// The study with id `id`, or None.

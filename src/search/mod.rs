@@ -11,6 +11,7 @@ pub mod problem;
 pub mod promotion;
 pub mod space;
 pub mod strategy;
+pub mod summary;
 pub mod synthetic;
 pub mod trial;
 pub mod warm;
