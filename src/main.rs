@@ -131,6 +131,11 @@ enum Command {
         #[command(flatten)]
         args: cli::search::ExportArgs,
     },
+    /// List the studies of a trial store with their state and best trial
+    Studies {
+        #[command(flatten)]
+        args: cli::search::StudiesArgs,
+    },
     /// Serve a live, read-only web dashboard of a trial store
     Dashboard {
         #[command(flatten)]
@@ -177,6 +182,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Search { args } => return cli::search::run(args),
         Command::Trials { args } => cli::search::run_trials(args)?,
         Command::Export { args } => cli::search::run_export(args)?,
+        Command::Studies { args } => cli::search::run_studies(args)?,
         Command::Dashboard { args } => cli::dashboard::run_dashboard(args)?,
         Command::Plot { args } => cli::dashboard::run_plot(args)?,
         Command::Fidelity { args } => cli::fidelity::run_fidelity(args)?,

@@ -45,6 +45,16 @@ pub struct TrialsArgs {
 }
 
 #[derive(Args)]
+pub struct StudiesArgs {
+    /// Trial store: a SQLite file or a postgres:// URL
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Print a JSON array instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
 #[command(group(clap::ArgGroup::new("which").required(true).args(["best", "trial"])))]
 pub struct ExportArgs {
     /// Trial store of a search: a SQLite file or a postgres:// URL
@@ -273,5 +283,41 @@ pub fn run_export(args: ExportArgs) -> Result<()> {
             .proxy_acc
             .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a))
     );
+    Ok(())
+}
+
+/// `rankprune studies`: every study of the store with its state and best trial.
+pub fn run_studies(args: StudiesArgs) -> Result<()> {
+    let store = open(&args.db)?;
+    let list = rankprune::search::summary::studies(&store)?;
+    if args.json {
+        let rows: Vec<_> = list.iter().map(|s| s.to_json()).collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}", 100.0 * v));
+    println!(
+        "{:<20}  {:<11}  {:>11}  {:>6}  {:>7}  {:>7}  {:>7}  {:>9}",
+        "study", "state", "done/limit", "best", "val %", "test %", "FLOPs÷", "wall s"
+    );
+    for s in &list {
+        let limit = s.limit.map_or("-".to_string(), |l| l.to_string());
+        let best = s.best.as_ref().map(|(t, _)| t);
+        println!(
+            "{:<20}  {:<11}  {:>11}  {:>6}  {:>7}  {:>7}  {:>7}  {:>9.0}",
+            s.row.name,
+            s.state,
+            format!("{}/{limit}", s.done),
+            best.map_or("-".into(), |t| t.number.to_string()),
+            pct(s.best_val()),
+            pct(s.best_test()),
+            best.and_then(|t| s.reduction(t.cost.flops))
+                .map_or("-".into(), |r| format!("{r:.2}x")),
+            s.wall_s
+        );
+    }
+    if list.is_empty() {
+        println!("(no studies)");
+    }
     Ok(())
 }

@@ -2,8 +2,6 @@
 
 use crate::arch::ArchSpec;
 use crate::config::LayerConfig;
-use crate::cost::Cost;
-use crate::search::budget::Budget;
 use crate::search::pareto::pareto_front;
 use crate::search::summary::{budget_of, summary};
 use crate::store::{FinalResult, RungFidelity, StudyRow, Trial, TrialState, TrialStore};
@@ -152,6 +150,7 @@ pub fn best_so_far(view: &StudyView) -> Vec<(i64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::search::problem::Target;
     use crate::store::CandidateCost;
 
     fn row(number: i64, state: TrialState, acc: f64, flops: u64) -> TrialRow {

@@ -3,8 +3,8 @@
 use super::budget::Budget;
 use super::export::{best_trial, study_base};
 use super::problem::Target;
-use crate::cost::Cost;
 use crate::Result;
+use crate::cost::Cost;
 use crate::store::{FinalResult, StudyRow, Trial, TrialState, TrialStore};
 
 /// One study at a glance: what `rankprune studies` and the dashboard's studies page show.
@@ -119,4 +119,3 @@ pub fn studies(store: &TrialStore) -> Result<Vec<StudySummary>> {
         .map(|row| summary(store, row))
         .collect()
 }
-

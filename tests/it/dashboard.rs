@@ -260,6 +260,22 @@ fn dashboard_pages_in_headless_chromium_follow_a_running_search() {
         );
     }
 
+    // `rankprune studies` lists what /api/studies gives (the finished study exactly; the
+    // running one's wall time moves).
+    let o = run(&["studies", "--db", db.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let listed = json(&String::from_utf8_lossy(&o.stdout));
+    let served = json(&get(&format!("{url}/api/studies")).1);
+    assert_eq!(listed[0], served[0]);
+    assert_eq!(listed[1]["state"], "running");
+    assert_eq!(listed[0]["best_trial"], best);
+    let o = run(&["studies", "--db", db.to_str().unwrap()]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("tiny") && table.contains("finished"),
+        "{table}"
+    );
+
     // Wrong ids: 404 pages, and the server still answers.
     for path in [
         "/study/99",
