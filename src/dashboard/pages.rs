@@ -156,9 +156,18 @@ fn sort_name(k: SortKey) -> &'static str {
 
 /// The part of the study page that live updates replace.
 pub fn study_body(view: &StudyView, sort: SortKey, desc: bool) -> Markup {
+    let best = view.summary.best.as_ref().map(|(t, _)| t.number);
+    html! {
+        (progress(view))
+        (figures(view))
+        (trial_table(view, sort, desc, best))
+    }
+}
+
+/// The progress line and the best trial.
+fn progress(view: &StudyView) -> Markup {
     let s = &view.summary;
     let count = |st: TrialState| view.trials.iter().filter(|r| r.trial.state == st).count();
-    let best = s.best.as_ref().map(|(t, _)| t.number);
     html! {
         p #progress {
             "State: " strong #state { (s.state) } ". "
@@ -182,6 +191,12 @@ pub fn study_body(view: &StudyView, sort: SortKey, desc: bool) -> Markup {
         } @else {
             p #best { "No completed trial meets the target yet." }
         }
+    }
+}
+
+/// The study's charts, each with its legend.
+fn figures(view: &StudyView) -> Markup {
+    html! {
         figure #scatter {
             (PreEscaped(charts::scatter(view, &[])))
             figcaption {
@@ -223,7 +238,6 @@ pub fn study_body(view: &StudyView, sort: SortKey, desc: bool) -> Markup {
                 }
             }
         }
-        (trial_table(view, sort, desc, best))
     }
 }
 
@@ -295,36 +309,13 @@ fn trial_table(view: &StudyView, sort: SortKey, desc: bool, best: Option<i64>) -
 
 pub fn trial(study: &StudyRow, row: &TrialRow, base: Option<&crate::cost::Cost>) -> Markup {
     let t = &row.trial;
-    let layers = super::view::layer_bars(study, &t.config).unwrap_or_default();
-    let config = LayerConfig::from_json(&t.config, "trial config").ok();
-    let ratios = config.as_ref().and_then(|c| c.pruning.as_ref());
-    let reduction = |b: Option<u64>, v: u64| times(b.map(|b| b as f64 / v.max(1) as f64));
     let export = format!("/api/studies/{}/trials/{}/export", study.id, t.number);
-    html! {
-        (page(&format!("trial {}", t.number), html! {
+    page(
+        &format!("trial {}", t.number),
+        html! {
             p { a href=(format!("/study/{}", study.id)) { "study " (study.name) } }
             h1 { "Trial " (t.number) }
-            table #facts {
-                tr { th.l { "state" } td.l #trial-state { (t.state.as_str()) } }
-                tr { th.l { "proxy accuracy" } td.l { (proxy(t.proxy_acc)) } }
-                tr { th.l { "proxy loss" } td.l { (t.proxy_loss.map_or("-".into(), |v| format!("{v:.4}"))) } }
-                @if let Some(f) = &row.fin {
-                    tr { th.l { "after re-training" } td.l {
-                        "validation " (pct(f.val_top1)) ", test top-1 " (pct(Some(f.top1)))
-                        ", top-5 " (pct(Some(f.top5))) " after " (f.epochs) " epochs"
-                        (f.reason.as_deref().map_or(String::new(), |r| format!(" (chosen by {r})")))
-                    } }
-                }
-                tr { th.l { "FLOPs" } td.l { (format!("{:.2} M", t.cost.flops as f64 / 1e6)) ", reduction " (reduction(base.map(|b| b.flops), t.cost.flops)) } }
-                tr { th.l { "params" } td.l { (format!("{:.3} M", t.cost.params as f64 / 1e6)) ", reduction " (reduction(base.map(|b| b.params), t.cost.params)) } }
-                tr { th.l { "size" } td.l { (format!("{:.2} MB", t.cost.size_bytes as f64 / 1e6)) } }
-                tr { th.l { "worker" } td.l { (t.worker.as_deref().unwrap_or("-")) } }
-                tr { th.l { "queued" } td.l { (when(t.queued_at)) } }
-                tr { th.l { "started" } td.l { (t.started_at.map_or("-".into(), when)) } }
-                tr { th.l { "finished" } td.l { (t.finished_at.map_or("-".into(), when)) } }
-                tr { th.l { "run time" } td.l { (match (t.started_at, t.finished_at) { (Some(a), Some(b)) => duration(b - a), _ => "-".into() }) } }
-                @if let Some(e) = &t.error { tr { th.l { "error" } td.l #error { (e) } } }
-            }
+            (trial_facts(row, base))
             p { a #download href=(export) download=(format!("trial-{}.json", t.number)) { "Download the config (reference JSON)" } }
             h2 { "Rung scores" }
             @if row.reports.is_empty() { p { "None reported." } } @else {
@@ -334,30 +325,69 @@ pub fn trial(study: &StudyRow, row: &TrialRow, base: Option<&crate::cost::Cost>)
                     @for (step, v) in &row.reports { tr { td { (step) } td { (format!("{v:.4}")) } } }
                 }
             }
-            h2 { "Config per layer" }
-            table #config {
+            (trial_config(study, t))
+        },
+    )
+}
+
+/// State, scores, cost, worker and timings of a trial.
+fn trial_facts(row: &TrialRow, base: Option<&crate::cost::Cost>) -> Markup {
+    let t = &row.trial;
+    let reduction = |b: Option<u64>, v: u64| times(b.map(|b| b as f64 / v.max(1) as f64));
+    html! {
+        table #facts {
+            tr { th.l { "state" } td.l #trial-state { (t.state.as_str()) } }
+            tr { th.l { "proxy accuracy" } td.l { (proxy(t.proxy_acc)) } }
+            tr { th.l { "proxy loss" } td.l { (t.proxy_loss.map_or("-".into(), |v| format!("{v:.4}"))) } }
+            @if let Some(f) = &row.fin {
+                tr { th.l { "after re-training" } td.l {
+                    "validation " (pct(f.val_top1)) ", test top-1 " (pct(Some(f.top1)))
+                    ", top-5 " (pct(Some(f.top5))) " after " (f.epochs) " epochs"
+                    (f.reason.as_deref().map_or(String::new(), |r| format!(" (chosen by {r})")))
+                } }
+            }
+            tr { th.l { "FLOPs" } td.l { (format!("{:.2} M", t.cost.flops as f64 / 1e6)) ", reduction " (reduction(base.map(|b| b.flops), t.cost.flops)) } }
+            tr { th.l { "params" } td.l { (format!("{:.3} M", t.cost.params as f64 / 1e6)) ", reduction " (reduction(base.map(|b| b.params), t.cost.params)) } }
+            tr { th.l { "size" } td.l { (format!("{:.2} MB", t.cost.size_bytes as f64 / 1e6)) } }
+            tr { th.l { "worker" } td.l { (t.worker.as_deref().unwrap_or("-")) } }
+            tr { th.l { "queued" } td.l { (when(t.queued_at)) } }
+            tr { th.l { "started" } td.l { (t.started_at.map_or("-".into(), when)) } }
+            tr { th.l { "finished" } td.l { (t.finished_at.map_or("-".into(), when)) } }
+            tr { th.l { "run time" } td.l { (match (t.started_at, t.finished_at) { (Some(a), Some(b)) => duration(b - a), _ => "-".into() }) } }
+            @if let Some(e) = &t.error { tr { th.l { "error" } td.l #error { (e) } } }
+        }
+    }
+}
+
+/// A trial's ranks and output ratios by base layer, and its ratio of every conv.
+fn trial_config(study: &StudyRow, t: &crate::store::Trial) -> Markup {
+    let layers = super::view::layer_bars(study, &t.config).unwrap_or_default();
+    let config = LayerConfig::from_json(&t.config, "trial config").ok();
+    let ratios = config.as_ref().and_then(|c| c.pruning.as_ref());
+    html! {
+        h2 { "Config per layer" }
+        table #config {
+            tr {
+                th.l { "layer" } th { "input channels" } th { "input rank" }
+                th { "output channels" } th { "output rank" } th { "output filters pruned" }
+            }
+            @for l in &layers {
                 tr {
-                    th.l { "layer" } th { "input channels" } th { "input rank" }
-                    th { "output channels" } th { "output rank" } th { "output filters pruned" }
-                }
-                @for l in &layers {
-                    tr {
-                        td.l { (l.name) }
-                        td { (l.in_channels) }
-                        td { (l.ranks.map_or("-".into(), |r| r[0].to_string())) }
-                        td { (l.out_channels) }
-                        td { (l.ranks.map_or("-".into(), |r| r[1].to_string())) }
-                        td { (l.ratio.map_or("-".into(), |v| format!("{v:.3}"))) }
-                    }
+                    td.l { (l.name) }
+                    td { (l.in_channels) }
+                    td { (l.ranks.map_or("-".into(), |r| r[0].to_string())) }
+                    td { (l.out_channels) }
+                    td { (l.ranks.map_or("-".into(), |r| r[1].to_string())) }
+                    td { (l.ratio.map_or("-".into(), |v| format!("{v:.3}"))) }
                 }
             }
-            @if let Some(p) = ratios {
-                h3 { "Pruning ratios per conv (" (p.method) ")" }
-                table #ratios {
-                    tr { th.l { "conv" } th { "ratio" } }
-                    @for (k, v) in &p.ratios { tr { td.l { (k) } td { (format!("{v:.3}")) } } }
-                }
+        }
+        @if let Some(p) = ratios {
+            h3 { "Pruning ratios per conv (" (p.method) ")" }
+            table #ratios {
+                tr { th.l { "conv" } th { "ratio" } }
+                @for (k, v) in &p.ratios { tr { td.l { (k) } td { (format!("{v:.3}")) } } }
             }
-        }))
+        }
     }
 }
