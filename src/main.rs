@@ -68,6 +68,13 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// List the devices a worker can run on: the CPU and, in a wgpu build, every graphics
+    /// adapter (`--device wgpu:N` or `wgpu:KIND:N`)
+    Devices {
+        /// Print one JSON object instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Load weights (.safetensors, .pt, .pth) into the architecture and run one forward pass
     Check {
         #[command(flatten)]
@@ -131,6 +138,11 @@ enum Command {
         #[command(flatten)]
         args: cli::search::ExportArgs,
     },
+    /// Claim and run queued trials of the store's running studies (a worker process)
+    Worker {
+        #[command(flatten)]
+        args: cli::search::WorkerArgs,
+    },
     /// List the studies of a trial store with their state and best trial
     Studies {
         #[command(flatten)]
@@ -183,6 +195,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Trials { args } => cli::search::run_trials(args)?,
         Command::Export { args } => cli::search::run_export(args)?,
         Command::Studies { args } => cli::search::run_studies(args)?,
+        Command::Worker { args } => cli::search::run_worker(args)?,
         Command::Dashboard { args } => cli::dashboard::run_dashboard(args)?,
         Command::Plot { args } => cli::dashboard::run_plot(args)?,
         Command::Fidelity { args } => cli::fidelity::run_fidelity(args)?,
@@ -214,6 +227,7 @@ fn run(cli: Cli) -> Result<i32> {
                 c.mflops()
             );
         }
+        Command::Devices { json } => devices(json),
         Command::Check {
             model,
             weights,
@@ -256,6 +270,30 @@ fn run(cli: Cli) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `rankprune devices`.
+fn devices(json: bool) {
+    let list = rankprune::device::adapters();
+    let threads = rayon::current_num_threads();
+    let wgpu = cfg!(feature = "wgpu");
+    if json {
+        let v = serde_json::json!({"cpu": {"threads": threads}, "wgpu_build": wgpu, "wgpu": list});
+        println!("{v}");
+        return;
+    }
+    println!("cpu        burn-flex, {threads} threads");
+    if !wgpu {
+        println!("wgpu       not in this build (cargo build --release --features wgpu)");
+    } else if list.is_empty() {
+        println!("wgpu       no graphics adapter found (Vulkan, Metal, DirectX 12, OpenGL)");
+    }
+    for a in &list {
+        println!(
+            "wgpu:{:<5}  wgpu:{}:{:<3} {} ({}, {} {})",
+            a.index, a.kind, a.kind_index, a.name, a.kind, a.backend, a.driver
+        );
+    }
 }
 
 fn main() {

@@ -45,6 +45,29 @@ pub struct TrialsArgs {
 }
 
 #[derive(Args)]
+pub struct WorkerArgs {
+    /// Trial store: a SQLite file or a postgres:// URL (the studies' budget paths must
+    /// reach this machine too)
+    #[arg(long)]
+    pub db: PathBuf,
+    /// cpu, or wgpu:N / wgpu:KIND:N with the wgpu feature (see `rankprune devices`)
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Name recorded with each trial (default HOST-PID)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Seconds a claim lasts without a heartbeat (heartbeats come every third of it)
+    #[arg(long, default_value_t = 30.0)]
+    pub lease: f64,
+    /// Stop after this many trials (default: run until SIGINT/SIGTERM)
+    #[arg(long)]
+    pub max_trials: Option<usize>,
+    /// Print one JSON object at the end instead of a line
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
 pub struct StudiesArgs {
     /// Trial store: a SQLite file or a postgres:// URL
     #[arg(long)]
@@ -318,6 +341,51 @@ pub fn run_studies(args: StudiesArgs) -> Result<()> {
     }
     if list.is_empty() {
         println!("(no studies)");
+    }
+    Ok(())
+}
+
+/// This machine's host name (for worker names).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into())
+}
+
+/// `rankprune worker`: claims and runs trials of the store's running studies.
+pub fn run_worker(args: WorkerArgs) -> Result<()> {
+    if !(args.lease.is_finite() && args.lease >= 0.3) {
+        return Err(Error::BadInput(format!(
+            "--lease {}: allowed 0.3 seconds or more",
+            args.lease
+        )));
+    }
+    if !args.db.exists() && !is_postgres(&args.db) {
+        tracing::warn!(db = %args.db.display(), "no such store yet: it is created, and the worker waits for studies");
+    }
+    let name = args
+        .name
+        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let opts = rankprune::search::worker::WorkerOptions {
+        db: args.db,
+        device: args.device,
+        name: name.clone(),
+        lease_s: args.lease,
+        max_trials: args.max_trials,
+    };
+    let out = rankprune::search::worker::run_worker(&opts)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&out).expect("an outcome serializes")
+        );
+    } else {
+        println!(
+            "worker {name}: {} trials run, {} handed back, {} leases lost",
+            out.trials, out.handed_back, out.lost_leases
+        );
     }
     Ok(())
 }

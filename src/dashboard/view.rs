@@ -190,6 +190,7 @@ mod tests {
             state: None,
             stop_reason: None,
             state_at: None,
+            budget_dir: None,
         };
         let view = StudyView {
             summary: StudySummary {

@@ -184,6 +184,9 @@ pub struct Workers {
     pub cpu: usize,
     /// wgpu device ids (needs a build with `--features wgpu`).
     pub wgpu: Vec<usize>,
+    /// Worker processes (`rankprune worker --db STORE`) run trials too: the controller
+    /// keeps trials queued for them and re-queues those whose lease expires.
+    pub processes: bool,
 }
 
 impl Workers {
@@ -202,6 +205,7 @@ impl Default for Workers {
         Self {
             cpu: 1,
             wgpu: Vec::new(),
+            processes: false,
         }
     }
 }
@@ -407,9 +411,11 @@ impl Budget {
                 return Err(format!("proxy.distill.alpha = {}: allowed [0, 1]", d.alpha));
             }
         }
-        if self.workers.cpu == 0 && self.workers.wgpu.is_empty() {
+        if self.workers.cpu == 0 && self.workers.wgpu.is_empty() && !self.workers.processes {
             return Err(
-                "workers: cpu = 0 and no wgpu devices: at least one worker is needed".into(),
+                "workers: cpu = 0 and no wgpu devices: at least one worker is needed \
+                 (or processes = true, for `rankprune worker` processes)"
+                    .into(),
             );
         }
         Ok(())
@@ -525,6 +531,7 @@ early_stop_min_acc = 0.3
         let gpus = Workers {
             cpu: 0,
             wgpu: vec![1, 0],
+            processes: false,
         };
         assert_eq!(gpus.long_run_device(), "wgpu:1");
     }

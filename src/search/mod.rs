@@ -15,3 +15,4 @@ pub mod summary;
 pub mod synthetic;
 pub mod trial;
 pub mod warm;
+pub mod worker;

@@ -135,6 +135,8 @@ pub struct StudyRow {
     pub stop_reason: Option<String>,
     /// When `state` last changed (Unix seconds).
     pub state_at: Option<f64>,
+    /// The folder the budget's relative paths resolve against (None before schema v6).
+    pub budget_dir: Option<String>,
 }
 
 /// Where a study stands, as its controller last wrote it. A controller that was killed
@@ -273,6 +275,25 @@ pub trait Store: Send {
 
     /// All trials of a study in order.
     fn trials(&self, study: i64) -> StoreResult<Vec<Trial>>;
+
+    /// Takes the oldest queued trial of any running study for the worker process
+    /// `worker`, with a lease of `lease_s` seconds (queued -> running).
+    fn claim_any(&mut self, worker: &str, lease_s: f64) -> StoreResult<Option<Trial>>;
+
+    /// Renews the lease of `trial` for `lease_s` seconds; false when `worker` no longer
+    /// holds it (it expired and the trial was queued again, or the trial ended).
+    fn heartbeat(&mut self, trial: i64, worker: &str, lease_s: f64) -> StoreResult<bool>;
+
+    /// Queues again the study's running trials whose lease expired, dropping their
+    /// partial reports; returns how many.
+    fn requeue_expired(&mut self, study: i64) -> StoreResult<usize>;
+
+    /// A running trial handed back by its worker (shutdown): queued again, its partial
+    /// reports dropped.
+    fn hand_back(&mut self, trial: i64) -> StoreResult<()>;
+
+    /// Records the folder the study's budget paths resolve against.
+    fn set_budget_dir(&mut self, study: i64, dir: &str) -> StoreResult<()>;
 }
 
 /// An open store of either kind; it derefs to [`Store`].

@@ -67,4 +67,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE studies ADD COLUMN state TEXT;
     ALTER TABLE studies ADD COLUMN stop_reason TEXT;
     ALTER TABLE studies ADD COLUMN state_at DOUBLE PRECISION;",
+    // v6: worker leases and the budget's folder.
+    "ALTER TABLE trials ADD COLUMN lease_until DOUBLE PRECISION;
+    ALTER TABLE studies ADD COLUMN budget_dir TEXT;",
 ];

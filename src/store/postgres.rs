@@ -275,6 +275,7 @@ fn study_row(r: &Row) -> StudyRow {
             .and_then(|s| StudyState::parse(&s)),
         stop_reason: r.get(6),
         state_at: r.get(7),
+        budget_dir: r.get(8),
     }
 }
 
@@ -442,7 +443,7 @@ impl Store for PgStore {
                 &[&study],
             )?;
             let n = tx.execute(
-                "UPDATE trials SET state = 'queued', worker = NULL, started_at = NULL \
+                "UPDATE trials SET state = 'queued', worker = NULL, started_at = NULL, lease_until = NULL \
                  WHERE study_id = $1 AND state IN ('running', 'interrupted')",
                 &[&study],
             )?;
@@ -481,7 +482,7 @@ impl Store for PgStore {
     fn studies(&self) -> StoreResult<Vec<StudyRow>> {
         self.run(|c| {
             let rows = c.query(
-                "SELECT id, name, budget, created_at, target, state, stop_reason, state_at \
+                "SELECT id, name, budget, created_at, target, state, stop_reason, state_at, budget_dir \
                  FROM studies ORDER BY id",
                 &[],
             )?;
@@ -600,6 +601,93 @@ impl Store for PgStore {
             )
         })?;
         self.rows_to_trials(rows)
+    }
+
+    fn claim_any(&mut self, worker: &str, lease_s: f64) -> StoreResult<Option<Trial>> {
+        let t = now();
+        let until = t + lease_s;
+        let rows = self.run(|c| {
+            let mut tx = c.transaction()?;
+            let next = tx.query_opt(
+                "SELECT t.id FROM trials t JOIN studies s ON s.id = t.study_id \
+                 WHERE t.state = 'queued' AND s.state = 'running' \
+                 ORDER BY t.study_id, t.number LIMIT 1 FOR UPDATE OF t SKIP LOCKED",
+                &[],
+            )?;
+            let Some(next) = next else {
+                return Ok(Vec::new());
+            };
+            let id: i64 = next.get(0);
+            let rows = tx.query(
+                &format!(
+                    "UPDATE trials SET state = 'running', worker = $2, started_at = $3, \
+                     lease_until = $4 WHERE id = $1 RETURNING {TRIAL_COLUMNS}"
+                ),
+                &[&id, &worker, &t, &until],
+            )?;
+            tx.commit()?;
+            Ok(rows)
+        })?;
+        Ok(self.rows_to_trials(rows)?.into_iter().next())
+    }
+
+    fn heartbeat(&mut self, trial: i64, worker: &str, lease_s: f64) -> StoreResult<bool> {
+        let until = now() + lease_s;
+        self.run(|c| {
+            let n = c.execute(
+                "UPDATE trials SET lease_until = $3 \
+                 WHERE id = $1 AND worker = $2 AND state = 'running' AND lease_until IS NOT NULL",
+                &[&trial, &worker, &until],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn requeue_expired(&mut self, study: i64) -> StoreResult<usize> {
+        let t = now();
+        self.run(|c| {
+            let mut tx = c.transaction()?;
+            let expired = "SELECT id FROM trials WHERE study_id = $1 AND state = 'running' \
+                           AND lease_until IS NOT NULL AND lease_until < $2";
+            tx.execute(
+                &format!("DELETE FROM reports WHERE trial_id IN ({expired})"),
+                &[&study, &t],
+            )?;
+            let n = tx.execute(
+                &format!(
+                    "UPDATE trials SET state = 'queued', worker = NULL, started_at = NULL, \
+                     lease_until = NULL WHERE id IN ({expired})"
+                ),
+                &[&study, &t],
+            )?;
+            tx.commit()?;
+            Ok(n as usize)
+        })
+    }
+
+    fn hand_back(&mut self, trial: i64) -> StoreResult<()> {
+        self.run(|c| {
+            let mut tx = c.transaction()?;
+            let n = tx.execute(
+                "UPDATE trials SET state = 'queued', worker = NULL, started_at = NULL, \
+                 lease_until = NULL WHERE id = $1 AND state = 'running'",
+                &[&trial],
+            )?;
+            if n == 1 {
+                tx.execute("DELETE FROM reports WHERE trial_id = $1", &[&trial])?;
+            }
+            tx.commit()
+        })
+    }
+
+    fn set_budget_dir(&mut self, study: i64, dir: &str) -> StoreResult<()> {
+        self.run(|c| {
+            c.execute(
+                "UPDATE studies SET budget_dir = $2 WHERE id = $1",
+                &[&study, &dir],
+            )
+            .map(drop)
+        })
     }
 }
 

@@ -99,6 +99,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE studies ADD COLUMN state TEXT;
     ALTER TABLE studies ADD COLUMN stop_reason TEXT;
     ALTER TABLE studies ADD COLUMN state_at REAL;",
+    // v6: worker processes. A trial claimed by one holds a lease until `lease_until`
+    // (renewed by its heartbeats; NULL for trials run by the controller's own workers),
+    // and a study records the folder its budget's relative paths resolve against.
+    "ALTER TABLE trials ADD COLUMN lease_until REAL;
+    ALTER TABLE studies ADD COLUMN budget_dir TEXT;",
 ];
 
 /// The schema version this build writes.

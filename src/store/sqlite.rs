@@ -337,7 +337,7 @@ impl Store for SqliteStore {
         .map_err(&err)?;
         let n = tx
             .execute(
-                "UPDATE trials SET state = 'queued', worker = NULL, started_at = NULL \
+                "UPDATE trials SET state = 'queued', worker = NULL, started_at = NULL, lease_until = NULL \
                  WHERE study_id = ?1 AND state IN ('running', 'interrupted')",
                 [study],
             )
@@ -382,7 +382,7 @@ impl Store for SqliteStore {
         let mut st = self
             .conn
             .prepare(
-                "SELECT id, name, budget, created_at, target, state, stop_reason, state_at \
+                "SELECT id, name, budget, created_at, target, state, stop_reason, state_at, budget_dir \
                  FROM studies ORDER BY id",
             )
             .map_err(&err)?;
@@ -399,6 +399,7 @@ impl Store for SqliteStore {
                         .and_then(|s| StudyState::parse(&s)),
                     stop_reason: r.get(6)?,
                     state_at: r.get(7)?,
+                    budget_dir: r.get(8)?,
                 })
             })
             .map_err(&err)?;
@@ -529,5 +530,97 @@ impl Store for SqliteStore {
             .map_err(&err)?;
         let rows = st.query_map([study], trial_from_row).map_err(&err)?;
         rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    fn claim_any(&mut self, worker: &str, lease_s: f64) -> StoreResult<Option<Trial>> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let t = now();
+        let claimed = tx
+            .query_row(
+                &format!(
+                    "UPDATE trials SET state = 'running', worker = ?1, started_at = ?2, lease_until = ?3 \
+                     WHERE id = (SELECT t.id FROM trials t JOIN studies s ON s.id = t.study_id \
+                     WHERE t.state = 'queued' AND s.state = 'running' \
+                     ORDER BY t.study_id, t.number LIMIT 1) RETURNING {TRIAL_COLUMNS}"
+                ),
+                params![worker, t, t + lease_s],
+                trial_from_row,
+            )
+            .optional()
+            .map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        Ok(claimed)
+    }
+
+    fn heartbeat(&mut self, trial: i64, worker: &str, lease_s: f64) -> StoreResult<bool> {
+        let path = self.path.clone();
+        let n = self
+            .conn
+            .execute(
+                "UPDATE trials SET lease_until = ?3 \
+                 WHERE id = ?1 AND worker = ?2 AND state = 'running' AND lease_until IS NOT NULL",
+                params![trial, worker, now() + lease_s],
+            )
+            .map_err(sql_err(&path))?;
+        Ok(n == 1)
+    }
+
+    fn requeue_expired(&mut self, study: i64) -> StoreResult<usize> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        let tx = self.conn.transaction().map_err(&err)?;
+        let expired = "SELECT id FROM trials WHERE study_id = ?1 AND state = 'running' \
+                       AND lease_until IS NOT NULL AND lease_until < ?2";
+        let t = now();
+        tx.execute(
+            &format!("DELETE FROM reports WHERE trial_id IN ({expired})"),
+            params![study, t],
+        )
+        .map_err(&err)?;
+        let n = tx
+            .execute(
+                &format!(
+                    "UPDATE trials SET state = 'queued', worker = NULL, started_at = NULL, \
+                     lease_until = NULL WHERE id IN ({expired})"
+                ),
+                params![study, t],
+            )
+            .map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        Ok(n)
+    }
+
+    fn hand_back(&mut self, trial: i64) -> StoreResult<()> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        let tx = self.conn.transaction().map_err(&err)?;
+        let n = tx
+            .execute(
+                "UPDATE trials SET state = 'queued', worker = NULL, started_at = NULL, \
+                 lease_until = NULL WHERE id = ?1 AND state = 'running'",
+                [trial],
+            )
+            .map_err(&err)?;
+        if n == 1 {
+            tx.execute("DELETE FROM reports WHERE trial_id = ?1", [trial])
+                .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)
+    }
+
+    fn set_budget_dir(&mut self, study: i64, dir: &str) -> StoreResult<()> {
+        let path = self.path.clone();
+        self.conn
+            .execute(
+                "UPDATE studies SET budget_dir = ?2 WHERE id = ?1",
+                params![study, dir],
+            )
+            .map_err(sql_err(&path))?;
+        Ok(())
     }
 }

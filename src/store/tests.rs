@@ -414,3 +414,47 @@ fn concurrent_claims(at: &Path) {
             .all(|t| t.state == TrialState::Running)
     );
 }
+
+#[test]
+fn leases_expire_back_to_the_queue_and_heartbeats_keep_them() {
+    each_store(leases);
+}
+
+fn leases(at: &Path) {
+    let mut s = TrialStore::open(at).unwrap();
+    let idle = s.study("idle", "b").unwrap();
+    let live = s.study("live", "b").unwrap();
+    s.enqueue(idle, "0", COST).unwrap();
+    let a = s.enqueue(live, "1", COST).unwrap();
+    let b = s.enqueue(live, "2", COST).unwrap();
+    // Only running studies hand out trials to worker processes.
+    assert!(s.claim_any("w", 60.0).unwrap().is_none());
+    s.set_study_state(live, StudyState::Running, None).unwrap();
+    let t = s.claim_any("w1", 0.2).unwrap().unwrap();
+    assert_eq!((t.id, t.worker.as_deref()), (a, Some("w1")));
+    s.report(a, 5, 0.5).unwrap();
+    let u = s.claim_any("w2", 60.0).unwrap().unwrap();
+    assert_eq!(u.id, b);
+    assert!(s.heartbeat(a, "w1", 0.2).unwrap());
+    assert!(
+        !s.heartbeat(a, "w2", 0.2).unwrap(),
+        "only the holder renews"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // a's lease ran out; b's did not.
+    assert_eq!(s.requeue_expired(live).unwrap(), 1);
+    assert!(
+        !s.heartbeat(a, "w1", 60.0).unwrap(),
+        "a lost lease stays lost"
+    );
+    assert!(s.reports(a).unwrap().is_empty());
+    let again = s.claim_any("w3", 60.0).unwrap().unwrap();
+    assert_eq!((again.id, again.worker.as_deref()), (a, Some("w3")));
+    s.hand_back(b).unwrap();
+    assert_eq!(s.trial(b).unwrap().state, TrialState::Queued);
+    // The controller's own claims carry no lease and never expire.
+    let own = s.claim(live, "cpu0").unwrap().unwrap();
+    assert_eq!(own.id, b);
+    assert_eq!(s.requeue_expired(live).unwrap(), 0);
+    assert!(!s.heartbeat(b, "cpu0", 1.0).unwrap());
+}

@@ -96,3 +96,13 @@ pub fn write_cifar100(set: &ImageSet, path: &std::path::Path) {
     }
     std::fs::write(path, bytes).unwrap();
 }
+
+/// A child process killed (and reaped) when dropped, so a failing test leaves none behind.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

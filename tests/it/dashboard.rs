@@ -6,12 +6,13 @@
 //! Without chromium the test prints a line and passes, unless RANKPRUNE_REQUIRE_CHROMIUM
 //! is set (CI sets it, after installing chromium).
 
+use crate::common::Killed;
 use crate::search::{FAST_PROXY, SLOW_PROXY, Study, bin, run, spawn, study, text};
 use rankprune::store::{TrialState, TrialStore};
 use scraper::{Html, Selector};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const LIVE_NAME: &str = "live <b>&</b>";
@@ -53,15 +54,6 @@ fn text_of(doc: &Html, css: &str) -> String {
     let found = select(doc, css);
     assert_eq!(found.len(), 1, "one {css} in\n{}", doc.html());
     found[0].text().collect::<String>().trim().to_string()
-}
-
-pub(crate) struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Starts the dashboard on a free port; returns it and its base URL.

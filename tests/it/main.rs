@@ -17,3 +17,4 @@ mod search;
 mod search_space;
 mod strategies;
 mod training;
+mod workers;

@@ -27,7 +27,7 @@ use crate::weights::Weights;
 use crate::{Error, Result};
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +43,10 @@ use final_stage::final_stage;
 use shutdown::{Signals, bar, blocking, epoch_progress};
 
 const TUCKER_CACHE_BYTES: usize = 1 << 30;
+/// Trials kept queued for worker processes when the controller has no workers of its own.
+const EXTERNAL_QUEUE: usize = 4;
+/// How often such a controller looks at the store.
+const EXTERNAL_TICK: Duration = Duration::from_millis(250);
 
 /// Why the search loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -442,6 +446,8 @@ async fn search(
         );
     }
     let requeued = store.requeue_unfinished(study)?;
+    let dir = std::fs::canonicalize(&budget.dir).unwrap_or_else(|_| budget.dir.clone());
+    store.set_budget_dir(study, &dir.display().to_string())?;
     store.set_study_state(study, StudyState::Running, None)?;
     let mut ctl = Controller {
         store,
@@ -518,9 +524,26 @@ async fn search(
         .map(|h| tokio::time::Instant::now() + Duration::from_secs_f64(h * 3600.0));
     let mut stopping: Option<StopReason> = None;
     let mut exhausted = false;
+    // With worker processes the controller keeps a few more trials queued for them and
+    // looks at the store on a tick: their results, their expired leases.
+    let external = budget.workers.processes;
+    let mut observed: HashSet<i64> = history
+        .iter()
+        .filter(|t| t.finished_at.is_some())
+        .map(|t| t.id)
+        .collect();
     loop {
+        if external {
+            ctl.store.requeue_expired(study)?;
+            for t in ctl.store.trials(study)? {
+                if t.finished_at.is_some() && observed.insert(t.id) {
+                    ctl.observe(&t);
+                }
+            }
+        }
         if stopping.is_none() {
-            let idle = slots.iter().filter(|s| s.busy.is_none()).count();
+            let local = slots.iter().filter(|s| s.busy.is_none()).count();
+            let idle = local + if external { EXTERNAL_QUEUE } else { 0 };
             if idle > 0 && !exhausted {
                 exhausted = ctl.fill(idle)?;
             }
@@ -584,7 +607,15 @@ async fn search(
             }
             refresh(&ctl, &pb)?;
         }
-        let running = slots.iter().filter(|s| s.busy.is_some()).count();
+        let running = if external {
+            let trials = ctl.store.trials(study)?;
+            trials
+                .iter()
+                .filter(|t| t.state == TrialState::Running)
+                .count()
+        } else {
+            slots.iter().filter(|s| s.busy.is_some()).count()
+        };
         if running == 0 {
             if stopping.is_some() {
                 break;
@@ -626,7 +657,7 @@ async fn search(
                         TrialEnd::Interrupted => ctl.store.interrupt(trial)?,
                     }
                     let t = ctl.store.trial(trial)?;
-                    if end != TrialEnd::Interrupted {
+                    if end != TrialEnd::Interrupted && observed.insert(t.id) {
                         ctl.observe(&t);
                     }
                     match &end {
@@ -636,6 +667,9 @@ async fn search(
                     refresh(&ctl, &pb)?;
                 }
             },
+            _ = tokio::time::sleep(EXTERNAL_TICK), if external => {
+                refresh(&ctl, &pb)?;
+            }
             _ = signals.recv(), if stopping != Some(StopReason::Signal) => {
                 tracing::warn!("signal received: stopping; running trials are marked interrupted");
                 stopping = Some(StopReason::Signal);

@@ -1,0 +1,269 @@
+//! `rankprune worker`: a process that claims queued trials of any running study in a
+//! store, runs them and writes their reports and results. A claim is a lease that the
+//! worker's heartbeats renew; a worker that dies stops renewing it, and the study's
+//! controller queues the trial again for another worker. SIGINT/SIGTERM hand the running
+//! trial back.
+//!
+//! The early-stop rule is the study's own (`promotion::verdict`, the rule the controller
+//! applies to its local workers), evaluated against every report in the store.
+
+use super::budget::Budget;
+use super::promotion::verdict;
+use super::trial::{TrialContext, TrialEnd, Verdict, run_trial};
+use crate::arch::ArchSpec;
+use crate::compress::decompose::TuckerCache;
+use crate::config::LayerConfig;
+use crate::device::parse_device;
+use crate::store::{StudyRow, Trial, TrialStore};
+use crate::weights::Weights;
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub db: PathBuf,
+    pub device: String,
+    /// Recorded with each trial it runs.
+    pub name: String,
+    /// Seconds a claim lasts without a heartbeat; heartbeats come every third of it.
+    pub lease_s: f64,
+    /// Stop after this many trials (None: until signalled).
+    pub max_trials: Option<usize>,
+}
+
+/// What a worker did before it stopped.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct WorkerOutcome {
+    pub trials: usize,
+    pub handed_back: usize,
+    pub lost_leases: usize,
+}
+
+/// Tucker factors kept per study, shared by the trials this worker runs.
+const CACHE_BYTES: usize = 512 << 20;
+
+/// The study's trial context: its budget (paths resolved against the folder the
+/// controller recorded), base weights and data.
+fn context(row: &StudyRow) -> Result<TrialContext> {
+    let mut budget = Budget::from_toml(&row.budget, &format!("study {}", row.name))?;
+    let Some(dir) = &row.budget_dir else {
+        return Err(Error::BadInput(format!(
+            "study {}: the store does not record its budget's folder (it was started before worker processes existed)",
+            row.name
+        )));
+    };
+    budget.resolve_paths(Path::new(dir));
+    let base = ArchSpec::parse(&budget.model.arch)?.build(budget.model.num_classes);
+    let path = &budget.model.weights;
+    let weights = Weights::load(path)
+        .map_err(|e| {
+            Error::BadInput(format!(
+                "study {}: base weights {}: {e} (workers read the files the budget names: \
+                 the same paths must reach them, e.g. on a shared filesystem)",
+                row.name,
+                path.display()
+            ))
+        })?
+        .matched_to(&base, &path.display().to_string())?;
+    let (train, val) = budget.train_val()?;
+    Ok(TrialContext {
+        base,
+        weights: Arc::new(weights),
+        train: Arc::new(train),
+        val: Arc::new(val),
+        proxy: budget.proxy.clone(),
+        seed: budget.search.seed,
+        cache: Arc::new(TuckerCache::new(CACHE_BYTES)),
+        repair: budget.search.repair,
+    })
+}
+
+/// SIGINT or SIGTERM sets the returned flag (a signal thread with its own runtime).
+fn stop_on_signal() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Failure(format!("signal runtime: {e}")))?;
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                let _ = ready_tx.send(false);
+                return;
+            };
+            let _ = ready_tx.send(true);
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            tracing::warn!("signal received: the running trial is handed back");
+            flag.store(true, Ordering::Relaxed);
+        })
+    });
+    match ready.recv() {
+        Ok(true) => Ok(stop),
+        _ => Err(Error::Failure("cannot install the signal handlers".into())),
+    }
+}
+
+/// Renews `trial`'s lease every third of the lease on its own connection until `done`;
+/// sets `lost` (and `stop`) when the lease was taken away.
+fn heartbeats(
+    opts: &WorkerOptions,
+    trial: i64,
+    done: Arc<AtomicBool>,
+    lost: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let (db, name, lease) = (opts.db.clone(), opts.name.clone(), opts.lease_s);
+    std::thread::spawn(move || {
+        let Ok(mut store) = TrialStore::open(&db) else {
+            return;
+        };
+        let every = Duration::from_secs_f64(lease / 3.0);
+        let tick = Duration::from_millis(50).min(every);
+        let mut waited = Duration::ZERO;
+        while !done.load(Ordering::Relaxed) {
+            std::thread::sleep(tick);
+            waited += tick;
+            if waited < every {
+                continue;
+            }
+            waited = Duration::ZERO;
+            match store.heartbeat(trial, &name, lease) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(trial, "the lease was lost: the trial is dropped here");
+                    lost.store(true, Ordering::Relaxed);
+                    stop.store(true, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) => tracing::warn!(trial, "heartbeat failed: {e}"),
+            }
+        }
+    })
+}
+
+/// Runs one claimed trial and records how it ended.
+fn run_one(
+    opts: &WorkerOptions,
+    store: &mut TrialStore,
+    ctx: &TrialContext,
+    device: &burn::tensor::Device,
+    t: &Trial,
+    signal: &Arc<AtomicBool>,
+    out: &mut WorkerOutcome,
+) -> Result<()> {
+    let config = match LayerConfig::from_json(&t.config, "<stored trial>") {
+        Ok(c) => c,
+        Err(e) => return Ok(store.fail(t.id, &format!("stored config unreadable: {e}"))?),
+    };
+    let (done, lost) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    // The trial stops on a signal or when its lease is lost.
+    let stop = Arc::new(AtomicBool::new(false));
+    let beat = heartbeats(opts, t.id, done.clone(), lost.clone(), stop.clone());
+    let mut report_err = None;
+    let end = run_trial(ctx, &config, device, &stop, |step, acc| {
+        if signal.load(Ordering::Relaxed) {
+            stop.store(true, Ordering::Relaxed);
+        }
+        let step = step as i64;
+        let v = store
+            .report(t.id, step, acc)
+            .and_then(|_| store.values_at(t.study_id, step, t.id));
+        match v {
+            Ok(others) => verdict(&ctx.proxy, step as usize, acc, &others),
+            Err(e) => {
+                report_err = Some(e);
+                stop.store(true, Ordering::Relaxed);
+                Verdict::Continue
+            }
+        }
+    });
+    done.store(true, Ordering::Relaxed);
+    let _ = beat.join();
+    if let Some(e) = report_err {
+        return Err(e.into());
+    }
+    if lost.load(Ordering::Relaxed) {
+        out.lost_leases += 1;
+        return Ok(());
+    }
+    match end {
+        TrialEnd::Complete { acc, loss } => store.complete(t.id, acc, loss)?,
+        TrialEnd::EarlyStopped { acc } => store.early_stop(t.id, acc)?,
+        TrialEnd::Failed(why) => store.fail(t.id, &why)?,
+        TrialEnd::Interrupted => {
+            store.hand_back(t.id)?;
+            out.handed_back += 1;
+            return Ok(());
+        }
+    }
+    out.trials += 1;
+    tracing::info!(trial = t.number, study = t.study_id, worker = %opts.name, "trial ends");
+    Ok(())
+}
+
+/// Claims and runs trials until signalled (or `max_trials` ran); waits while no study
+/// has a queued trial.
+pub fn run_worker(opts: &WorkerOptions) -> Result<WorkerOutcome> {
+    let device = parse_device(&opts.device)?;
+    let signal = stop_on_signal()?;
+    let mut store = TrialStore::open(&opts.db)?;
+    let mut contexts: HashMap<i64, TrialContext> = HashMap::new();
+    let mut out = WorkerOutcome::default();
+    let mut waiting = false;
+    while !signal.load(Ordering::Relaxed) && opts.max_trials.is_none_or(|m| out.trials < m) {
+        let Some(t) = store.claim_any(&opts.name, opts.lease_s)? else {
+            if !waiting {
+                tracing::info!(worker = %opts.name, "waiting for queued trials");
+                waiting = true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        waiting = false;
+        if let std::collections::hash_map::Entry::Vacant(slot) = contexts.entry(t.study_id) {
+            let row = store
+                .studies()?
+                .into_iter()
+                .find(|s| s.id == t.study_id)
+                .ok_or_else(|| Error::Failure(format!("trial {} has no study", t.id)))?;
+            match context(&row) {
+                Ok(c) => {
+                    slot.insert(c);
+                }
+                Err(e) => {
+                    // Hand the trial back for a worker that can read the study's files.
+                    store.hand_back(t.id)?;
+                    return Err(e);
+                }
+            }
+        }
+        tracing::info!(trial = t.number, study = t.study_id, worker = %opts.name, "trial starts");
+        run_one(
+            opts,
+            &mut store,
+            &contexts[&t.study_id],
+            &device,
+            &t,
+            &signal,
+            &mut out,
+        )?;
+    }
+    Ok(out)
+}

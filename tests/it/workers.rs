@@ -1,0 +1,141 @@
+//! Worker processes (`rankprune worker`) with a controller that has no workers of its
+//! own (`workers.processes = true`), on both stores: three workers started before the
+//! study exists wait, then run it to exactly `max_trials`; one is SIGKILLed mid-trial and
+//! its trial, once the lease expires, is run by another; nothing finished is lost or run
+//! twice; `trials` reads meanwhile never fail.
+
+use crate::common::Killed;
+use crate::search::{SLOW_PROXY, Study, bin, edit_budget, on_postgres, run, spawn, study, text};
+use rankprune::store::{TrialState, TrialStore, is_postgres};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn worker(s: &Study, name: &str) -> Killed {
+    let log = std::fs::File::create(s.path(&format!("{name}.log"))).unwrap();
+    let child = bin()
+        .args([
+            "worker",
+            "--db",
+            s.db().to_str().unwrap(),
+            "--name",
+            name,
+            "--lease",
+            "1.5",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    Killed(child)
+}
+
+fn processes_study() -> Study {
+    let s = study(6, SLOW_PROXY, "processes = true\n[final]\ntop_k = 0");
+    edit_budget(&s, "cpu = 1", "cpu = 0");
+    s
+}
+
+fn store_of(s: &Study) -> Option<TrialStore> {
+    if !(s.db().exists() || is_postgres(&s.db())) {
+        return None;
+    }
+    TrialStore::open(&s.db()).ok()
+}
+
+fn workers_run_the_study_and_survive_a_sigkill(s: &Study) {
+    if !is_postgres(&s.db()) {
+        std::fs::create_dir_all(s.path("runs")).unwrap();
+    }
+    let mut workers: Vec<Killed> = ["w1", "w2", "w3"].iter().map(|n| worker(s, n)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for w in workers.iter_mut() {
+        assert!(
+            w.0.try_wait().unwrap().is_none(),
+            "a worker without studies waits"
+        );
+    }
+    let mut search = Killed(spawn(&s.budget()));
+    // Wait until w1 runs a trial, then kill it.
+    let t0 = Instant::now();
+    let killed = loop {
+        assert!(
+            search.0.try_wait().unwrap().is_none(),
+            "the controller ended early"
+        );
+        let running = store_of(s).and_then(|st| {
+            st.trials(1)
+                .ok()?
+                .into_iter()
+                .find(|t| t.state == TrialState::Running && t.worker.as_deref() == Some("w1"))
+        });
+        if let Some(t) = running {
+            break t;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "w1 never ran a trial"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Command::new("kill")
+        .args(["-KILL", &workers[0].0.id().to_string()])
+        .status()
+        .unwrap();
+    // Readers meanwhile: every call succeeds.
+    while search.0.try_wait().unwrap().is_none() {
+        let o = run(&["trials", "--db", s.db().to_str().unwrap(), "--json"]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "the study never finished"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = search.0.wait().unwrap();
+    let log = std::fs::read_to_string(s.path("search.log")).unwrap_or_default();
+    assert!(status.success(), "controller: {status}\n{log}");
+    let trials = TrialStore::open(&s.db()).unwrap().trials(1).unwrap();
+    assert_eq!(trials.len(), 6, "exactly max_trials: {trials:?}");
+    assert!(
+        trials
+            .iter()
+            .all(|t| matches!(t.state, TrialState::Complete | TrialState::EarlyStopped)),
+        "{trials:?}"
+    );
+    let again = trials.iter().find(|t| t.id == killed.id).unwrap();
+    assert_ne!(
+        again.worker.as_deref(),
+        Some("w1"),
+        "the killed worker's trial ran elsewhere"
+    );
+    let mut configs: Vec<&str> = trials.iter().map(|t| t.config.as_str()).collect();
+    configs.sort();
+    configs.dedup();
+    assert_eq!(configs.len(), 6, "a config was run twice");
+    let by: std::collections::HashSet<_> = trials.iter().filter_map(|t| t.worker.clone()).collect();
+    assert!(
+        by.len() >= 2,
+        "the surviving workers shared the trials: {by:?}"
+    );
+    // SIGTERM: the idle workers stop cleanly.
+    for w in workers.iter_mut().skip(1) {
+        Command::new("kill")
+            .args(["-TERM", &w.0.id().to_string()])
+            .status()
+            .unwrap();
+        let st = w.0.wait().unwrap();
+        assert!(st.success(), "worker exit {st}");
+    }
+}
+
+#[test]
+fn worker_processes_run_a_study_and_survive_a_sigkill() {
+    workers_run_the_study_and_survive_a_sigkill(&processes_study());
+}
+
+#[test]
+fn on_postgres_worker_processes_run_a_study_and_survive_a_sigkill() {
+    if let Some(s) = on_postgres(processes_study(), "the PostgreSQL worker test") {
+        workers_run_the_study_and_survive_a_sigkill(&s);
+    }
+}
