@@ -383,7 +383,7 @@ pub fn run_worker(args: WorkerArgs) -> Result<()> {
         );
     } else {
         println!(
-            "worker {name}: {} trials run, {} handed back, {} leases lost",
+            "worker {name}: trials run {}, handed back {}, leases lost {}",
             out.trials, out.handed_back, out.lost_leases
         );
     }
