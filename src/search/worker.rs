@@ -118,13 +118,14 @@ fn stop_on_signal() -> Result<Arc<AtomicBool>> {
 }
 
 /// Renews `trial`'s lease every third of the lease on its own connection until `done`;
-/// sets `lost` (and `stop`) when the lease was taken away.
+/// sets `lost` (and `stop`) when the lease was taken away, and `stop` on a signal.
 fn heartbeats(
     opts: &WorkerOptions,
     trial: i64,
     done: Arc<AtomicBool>,
     lost: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+    signal: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     let (db, name, lease) = (opts.db.clone(), opts.name.clone(), opts.lease_s);
     std::thread::spawn(move || {
@@ -136,6 +137,9 @@ fn heartbeats(
         let mut waited = Duration::ZERO;
         while !done.load(Ordering::Relaxed) {
             std::thread::sleep(tick);
+            if signal.load(Ordering::Relaxed) {
+                stop.store(true, Ordering::Relaxed);
+            }
             waited += tick;
             if waited < every {
                 continue;
@@ -175,12 +179,16 @@ fn run_one(
     );
     // The trial stops on a signal or when its lease is lost.
     let stop = Arc::new(AtomicBool::new(false));
-    let beat = heartbeats(opts, t.id, done.clone(), lost.clone(), stop.clone());
+    let beat = heartbeats(
+        opts,
+        t.id,
+        done.clone(),
+        lost.clone(),
+        stop.clone(),
+        signal.clone(),
+    );
     let mut report_err = None;
     let end = run_trial(ctx, &config, device, &stop, |step, acc| {
-        if signal.load(Ordering::Relaxed) {
-            stop.store(true, Ordering::Relaxed);
-        }
         let step = step as i64;
         let v = store
             .report(t.id, step, acc)

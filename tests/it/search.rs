@@ -336,7 +336,7 @@ fn state_count(store: &TrialStore, state: TrialState) -> usize {
 /// About a second per trial: SIGKILL lands mid-trial.
 pub(crate) const SLOW_PROXY: &str = "steps = 200\nbatch_size = 16\neval_samples = 32\nearly_stop_step = 100\nearly_stop_median = false";
 /// Far longer than the test: SIGTERM always finds the trial running.
-const ENDLESS_PROXY: &str = "steps = 1000000\nbatch_size = 16\neval_samples = 32";
+pub(crate) const ENDLESS_PROXY: &str = "steps = 1000000\nbatch_size = 16\neval_samples = 32";
 
 #[test]
 fn sigkill_mid_trial_then_restart_loses_and_repeats_nothing() {

@@ -5,7 +5,9 @@
 //! twice; `trials` reads meanwhile never fail.
 
 use crate::common::Killed;
-use crate::search::{SLOW_PROXY, Study, bin, edit_budget, on_postgres, run, spawn, study, text};
+use crate::search::{
+    ENDLESS_PROXY, SLOW_PROXY, Study, bin, edit_budget, on_postgres, run, spawn, study, text,
+};
 use rankprune::store::{TrialState, TrialStore, is_postgres};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -138,4 +140,51 @@ fn on_postgres_worker_processes_run_a_study_and_survive_a_sigkill() {
     if let Some(s) = on_postgres(processes_study(), "the PostgreSQL worker test") {
         workers_run_the_study_and_survive_a_sigkill(&s);
     }
+}
+
+/// SIGTERM mid-trial: the worker hands its trial back (queued again, without its partial
+/// scores) and exits 0.
+#[test]
+fn sigterm_makes_a_worker_hand_its_trial_back() {
+    let s = study(2, ENDLESS_PROXY, "processes = true\n[final]\ntop_k = 0");
+    edit_budget(&s, "cpu = 1", "cpu = 0");
+    std::fs::create_dir_all(s.path("runs")).unwrap();
+    let mut w = worker(&s, "w1");
+    let mut search = Killed(spawn(&s.budget()));
+    let t0 = Instant::now();
+    let trial = loop {
+        let running = store_of(&s).and_then(|st| {
+            st.trials(1)
+                .ok()?
+                .into_iter()
+                .find(|t| t.state == TrialState::Running)
+        });
+        if let Some(t) = running {
+            break t;
+        }
+        assert!(
+            search.0.try_wait().unwrap().is_none(),
+            "the controller ended early"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(300), "no trial started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    Command::new("kill")
+        .args(["-TERM", &w.0.id().to_string()])
+        .status()
+        .unwrap();
+    let st = w.0.wait().unwrap();
+    let log = std::fs::read_to_string(s.path("w1.log")).unwrap_or_default();
+    assert!(st.success(), "worker exit {st}\n{log}");
+    let store = TrialStore::open(&s.db()).unwrap();
+    let back = store.trial(trial.id).unwrap();
+    assert_eq!(back.state, TrialState::Queued, "{back:?}");
+    assert_eq!(back.worker, None);
+    assert!(store.reports(trial.id).unwrap().is_empty());
+    Command::new("kill")
+        .args(["-TERM", &search.0.id().to_string()])
+        .status()
+        .unwrap();
+    search.0.wait().unwrap();
 }
