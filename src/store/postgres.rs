@@ -166,6 +166,41 @@ impl PgStore {
             .collect()
     }
 
+    /// Takes the queued trial that `pick` (a query of one trial id that locks its row,
+    /// skipping locked ones; `$1` is `study`) chooses, for `worker`, with a lease of
+    /// `lease_s` seconds if any (queued -> running), in one transaction.
+    fn take(
+        &mut self,
+        pick: &str,
+        study: Option<i64>,
+        worker: &str,
+        lease_s: Option<f64>,
+    ) -> StoreResult<Option<Trial>> {
+        let t = now();
+        let lease_until = lease_s.map(|l| t + l);
+        let rows = self.run(|c| {
+            let mut tx = c.transaction()?;
+            let next = match &study {
+                Some(study) => tx.query_opt(pick, &[study])?,
+                None => tx.query_opt(pick, &[])?,
+            };
+            let Some(next) = next else {
+                return Ok(Vec::new());
+            };
+            let id: i64 = next.get(0);
+            let rows = tx.query(
+                &format!(
+                    "UPDATE trials SET state = 'running', worker = $2, started_at = $3, \
+                     lease_until = $4 WHERE id = $1 RETURNING {TRIAL_COLUMNS}"
+                ),
+                &[&id, &worker, &t, &lease_until],
+            )?;
+            tx.commit()?;
+            Ok(rows)
+        })?;
+        Ok(self.rows_to_trials(rows)?.into_iter().next())
+    }
+
     /// One guarded state change: applies only if the trial is in one of `from`. `set`
     /// assigns more columns with placeholders $1..$k for `values`.
     fn transition(
@@ -345,29 +380,13 @@ impl Store for PgStore {
     }
 
     fn claim(&mut self, study: i64, worker: &str) -> StoreResult<Option<Trial>> {
-        let t = now();
-        let rows = self.run(|c| {
-            let mut tx = c.transaction()?;
-            let next = tx.query_opt(
-                "SELECT id FROM trials WHERE study_id = $1 AND state = 'queued' \
-                 ORDER BY number LIMIT 1 FOR UPDATE SKIP LOCKED",
-                &[&study],
-            )?;
-            let Some(next) = next else {
-                return Ok(Vec::new());
-            };
-            let id: i64 = next.get(0);
-            let rows = tx.query(
-                &format!(
-                    "UPDATE trials SET state = 'running', worker = $2, started_at = $3 \
-                     WHERE id = $1 RETURNING {TRIAL_COLUMNS}"
-                ),
-                &[&id, &worker, &t],
-            )?;
-            tx.commit()?;
-            Ok(rows)
-        })?;
-        Ok(self.rows_to_trials(rows)?.into_iter().next())
+        self.take(
+            "SELECT id FROM trials WHERE study_id = $1 AND state = 'queued' \
+             ORDER BY number LIMIT 1 FOR UPDATE SKIP LOCKED",
+            Some(study),
+            worker,
+            None,
+        )
     }
 
     fn report(&mut self, trial: i64, step: i64, value: f64) -> StoreResult<()> {
@@ -604,31 +623,14 @@ impl Store for PgStore {
     }
 
     fn claim_any(&mut self, worker: &str, lease_s: f64) -> StoreResult<Option<Trial>> {
-        let t = now();
-        let until = t + lease_s;
-        let rows = self.run(|c| {
-            let mut tx = c.transaction()?;
-            let next = tx.query_opt(
-                "SELECT t.id FROM trials t JOIN studies s ON s.id = t.study_id \
-                 WHERE t.state = 'queued' AND s.state = 'running' \
-                 ORDER BY t.study_id, t.number LIMIT 1 FOR UPDATE OF t SKIP LOCKED",
-                &[],
-            )?;
-            let Some(next) = next else {
-                return Ok(Vec::new());
-            };
-            let id: i64 = next.get(0);
-            let rows = tx.query(
-                &format!(
-                    "UPDATE trials SET state = 'running', worker = $2, started_at = $3, \
-                     lease_until = $4 WHERE id = $1 RETURNING {TRIAL_COLUMNS}"
-                ),
-                &[&id, &worker, &t, &until],
-            )?;
-            tx.commit()?;
-            Ok(rows)
-        })?;
-        Ok(self.rows_to_trials(rows)?.into_iter().next())
+        self.take(
+            "SELECT t.id FROM trials t JOIN studies s ON s.id = t.study_id \
+             WHERE t.state = 'queued' AND s.state = 'running' \
+             ORDER BY t.study_id, t.number LIMIT 1 FOR UPDATE OF t SKIP LOCKED",
+            None,
+            worker,
+            Some(lease_s),
+        )
     }
 
     fn heartbeat(&mut self, trial: i64, worker: &str, lease_s: f64) -> StoreResult<bool> {

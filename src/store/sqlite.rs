@@ -49,6 +49,44 @@ fn trial_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Trial> {
 }
 
 impl SqliteStore {
+    /// Takes the queued trial that `pick` (a query of one trial id; `?4` is `study`)
+    /// chooses, for `worker`, with a lease of `lease_s` seconds if any (queued -> running).
+    /// One immediate transaction: the write lock is taken before the choice, so two
+    /// processes claiming at once never choose the same trial.
+    fn take(
+        &mut self,
+        pick: &str,
+        study: Option<i64>,
+        worker: &str,
+        lease_s: Option<f64>,
+    ) -> StoreResult<Option<Trial>> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let t = now();
+        let lease_until = lease_s.map(|l| t + l);
+        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&worker, &t, &lease_until];
+        if let Some(study) = &study {
+            args.push(study);
+        }
+        let claimed = tx
+            .query_row(
+                &format!(
+                    "UPDATE trials SET state = 'running', worker = ?1, started_at = ?2, \
+                     lease_until = ?3 WHERE id = ({pick}) RETURNING {TRIAL_COLUMNS}"
+                ),
+                args.as_slice(),
+                trial_from_row,
+            )
+            .optional()
+            .map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        Ok(claimed)
+    }
+
     /// Opens (creating and migrating as needed) the store at `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
         let name = path.display().to_string();
@@ -233,28 +271,12 @@ impl Store for SqliteStore {
     }
 
     fn claim(&mut self, study: i64, worker: &str) -> StoreResult<Option<Trial>> {
-        let path = self.path.clone();
-        let err = sql_err(&path);
-        // One immediate transaction: the write lock is taken before the choice, so two
-        // processes claiming at once never choose the same trial.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(&err)?;
-        let claimed = tx
-            .query_row(
-                &format!(
-                    "UPDATE trials SET state = 'running', worker = ?2, started_at = ?3 \
-                     WHERE id = (SELECT id FROM trials WHERE study_id = ?1 AND state = 'queued' \
-                     ORDER BY number LIMIT 1) RETURNING {TRIAL_COLUMNS}"
-                ),
-                params![study, worker, now()],
-                trial_from_row,
-            )
-            .optional()
-            .map_err(&err)?;
-        tx.commit().map_err(&err)?;
-        Ok(claimed)
+        self.take(
+            "SELECT id FROM trials WHERE study_id = ?4 AND state = 'queued' ORDER BY number LIMIT 1",
+            Some(study),
+            worker,
+            None,
+        )
     }
 
     fn report(&mut self, trial: i64, step: i64, value: f64) -> StoreResult<()> {
@@ -533,28 +555,14 @@ impl Store for SqliteStore {
     }
 
     fn claim_any(&mut self, worker: &str, lease_s: f64) -> StoreResult<Option<Trial>> {
-        let path = self.path.clone();
-        let err = sql_err(&path);
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(&err)?;
-        let t = now();
-        let claimed = tx
-            .query_row(
-                &format!(
-                    "UPDATE trials SET state = 'running', worker = ?1, started_at = ?2, lease_until = ?3 \
-                     WHERE id = (SELECT t.id FROM trials t JOIN studies s ON s.id = t.study_id \
-                     WHERE t.state = 'queued' AND s.state = 'running' \
-                     ORDER BY t.study_id, t.number LIMIT 1) RETURNING {TRIAL_COLUMNS}"
-                ),
-                params![worker, t, t + lease_s],
-                trial_from_row,
-            )
-            .optional()
-            .map_err(&err)?;
-        tx.commit().map_err(&err)?;
-        Ok(claimed)
+        self.take(
+            "SELECT t.id FROM trials t JOIN studies s ON s.id = t.study_id \
+             WHERE t.state = 'queued' AND s.state = 'running' \
+             ORDER BY t.study_id, t.number LIMIT 1",
+            None,
+            worker,
+            Some(lease_s),
+        )
     }
 
     fn heartbeat(&mut self, trial: i64, worker: &str, lease_s: f64) -> StoreResult<bool> {
