@@ -143,6 +143,21 @@ enum Command {
         #[command(flatten)]
         args: cli::search::WorkerArgs,
     },
+    /// Run the daemon: every study submitted to the store, until SIGINT/SIGTERM
+    Serve {
+        #[command(flatten)]
+        args: cli::daemon::ServeArgs,
+    },
+    /// Hand a budget's study to the daemon serving a store
+    Submit {
+        #[command(flatten)]
+        args: cli::daemon::SubmitArgs,
+    },
+    /// Ask a study's controller to stop proposing trials
+    Stop {
+        #[command(flatten)]
+        args: cli::daemon::StopArgs,
+    },
     /// List the studies of a trial store with their state and best trial
     Studies {
         #[command(flatten)]
@@ -196,6 +211,9 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Export { args } => cli::search::run_export(args)?,
         Command::Studies { args } => cli::search::run_studies(args)?,
         Command::Worker { args } => cli::search::run_worker(args)?,
+        Command::Serve { args } => cli::daemon::run_serve_cmd(args)?,
+        Command::Submit { args } => cli::daemon::run_submit(args)?,
+        Command::Stop { args } => cli::daemon::run_stop(args)?,
         Command::Dashboard { args } => cli::dashboard::run_dashboard(args)?,
         Command::Plot { args } => cli::dashboard::run_plot(args)?,
         Command::Fidelity { args } => cli::fidelity::run_fidelity(args)?,

@@ -1,6 +1,7 @@
 //! Subcommands of the binary that have grown their own files.
 
 pub mod compress;
+pub mod daemon;
 pub mod dashboard;
 pub mod deploy;
 pub mod fidelity;

@@ -191,6 +191,9 @@ mod tests {
             stop_reason: None,
             state_at: None,
             budget_dir: None,
+            submitted_at: None,
+            stop_requested_at: None,
+            identity: None,
         };
         let view = StudyView {
             summary: StudySummary {

@@ -139,14 +139,23 @@ fn read(path: &Path) -> Result<(Vec<u8>, String), DataError> {
     Ok((decode(bytes, &file)?, file))
 }
 
-/// Reads the images and labels of `split` from `dir`.
-pub fn load(dir: &Path, split: Split, num_classes: usize) -> Result<ImageSet, DataError> {
+/// The images and labels files of `split` in `dir`.
+pub fn files(dir: &Path, split: Split) -> Result<Vec<PathBuf>, DataError> {
     let prefix = match split {
         Split::Train => "train",
         Split::Test => "t10k",
     };
-    let (images, image_file) = read(&find(dir, &format!("{prefix}-images-idx3-ubyte"))?)?;
-    let (labels, label_file) = read(&find(dir, &format!("{prefix}-labels-idx1-ubyte"))?)?;
+    Ok(vec![
+        find(dir, &format!("{prefix}-images-idx3-ubyte"))?,
+        find(dir, &format!("{prefix}-labels-idx1-ubyte"))?,
+    ])
+}
+
+/// Reads the images and labels of `split` from `dir`.
+pub fn load(dir: &Path, split: Split, num_classes: usize) -> Result<ImageSet, DataError> {
+    let [images, labels]: [PathBuf; 2] = files(dir, split)?.try_into().expect("two files");
+    let (images, image_file) = read(&images)?;
+    let (labels, label_file) = read(&labels)?;
     let pixels = parse_images(&images, &image_file)?;
     let labels = parse_labels(&labels, num_classes, &label_file)?;
     if pixels.len() != labels.len() * IMAGE_BYTES {

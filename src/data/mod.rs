@@ -139,6 +139,18 @@ impl ImageSet {
         Ok(set)
     }
 
+    /// The files `load` reads for `split` from `dir`.
+    pub fn source_files(
+        dir: &Path,
+        kind: DatasetKind,
+        split: Split,
+    ) -> Result<Vec<PathBuf>, DataError> {
+        if kind == DatasetKind::FashionMnist {
+            return idx::files(dir, split);
+        }
+        Ok(kind.files(dir, split))
+    }
+
     /// Reads every file of `split` from `dir`.
     pub fn load(
         dir: &Path,

@@ -3,9 +3,11 @@
 
 pub mod budget;
 pub mod controller;
+pub mod daemon;
 pub mod export;
 pub mod finalists;
 pub mod gp;
+pub mod identity;
 pub mod pareto;
 pub mod problem;
 pub mod promotion;

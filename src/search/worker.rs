@@ -4,11 +4,13 @@
 //! controller queues the trial again for another worker. SIGINT/SIGTERM hand the running
 //! trial back.
 //!
-//! The early-stop rule is the study's own (`promotion::verdict`, the rule the controller
-//! applies to its local workers), evaluated against every report in the store.
+//! The study's controller gives the early-stop verdicts: the worker writes each report
+//! and waits for the controller's verdict on it in the store. Before its first trial of a
+//! study the worker checks the SHA-256 of the base weights and data files it reads
+//! against those the study started with, and refuses a mismatch.
 
 use super::budget::Budget;
-use super::promotion::verdict;
+use super::identity::Identity;
 use super::trial::{TrialContext, TrialEnd, Verdict, run_trial};
 use crate::arch::ArchSpec;
 use crate::compress::decompose::TuckerCache;
@@ -34,6 +36,9 @@ pub struct WorkerOptions {
     pub lease_s: f64,
     /// Stop after this many trials (None: until signalled).
     pub max_trials: Option<usize>,
+    /// Benchmarking the scheduler: trials are not trained; each takes this many
+    /// milliseconds and scores a made-up accuracy (see [`synthetic_trial`]).
+    pub synthetic_ms: Option<u64>,
 }
 
 /// What a worker did before it stopped.
@@ -58,6 +63,14 @@ fn context(row: &StudyRow) -> Result<TrialContext> {
         )));
     };
     budget.resolve_paths(Path::new(dir));
+    match &row.identity {
+        Some(recorded) => Identity::of(&budget)
+            .map_err(|e| Error::BadInput(format!("study {}: {e}", row.name)))?
+            .check_against(recorded, &row.name)?,
+        None => {
+            tracing::warn!(study = %row.name, "the study recorded no file identity; not checked")
+        }
+    }
     let base = ArchSpec::parse(&budget.model.arch)?.build(budget.model.num_classes);
     let path = &budget.model.weights;
     let weights = Weights::load(path)
@@ -159,6 +172,71 @@ fn heartbeats(
     })
 }
 
+/// Writes a report and waits (up to `wait_s`, polling) for the controller's verdict on
+/// it; without one by then (no controller running) the trial goes on.
+fn controller_verdict(
+    store: &mut TrialStore,
+    trial: i64,
+    step: i64,
+    acc: f64,
+    wait_s: f64,
+    stop: &AtomicBool,
+) -> crate::store::StoreResult<Verdict> {
+    store.report(trial, step, acc)?;
+    let t0 = std::time::Instant::now();
+    loop {
+        match store.verdict(trial, step)? {
+            Some(true) => return Ok(Verdict::Prune),
+            Some(false) => return Ok(Verdict::Continue),
+            None if stop.load(Ordering::Relaxed) => return Ok(Verdict::Continue),
+            None if t0.elapsed().as_secs_f64() > wait_s => {
+                tracing::warn!(
+                    trial,
+                    step,
+                    "no verdict from the study's controller; the trial goes on"
+                );
+                return Ok(Verdict::Continue);
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// A trial that trains nothing, for measuring the scheduler: it takes `ms` milliseconds
+/// split over its rungs, and scores an accuracy in [0.5, 0.9) made up from a hash of its
+/// config (the same config scores the same), reported at each rung.
+pub fn synthetic_trial(
+    proxy: &super::budget::Proxy,
+    config: &str,
+    ms: u64,
+    stop: &AtomicBool,
+    mut on_eval: impl FnMut(usize, f64) -> Verdict,
+) -> TrialEnd {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    config.hash(&mut h);
+    let acc = 0.5 + 0.4 * (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
+    let parts = proxy.rungs.len() as u64 + 1;
+    for &step in &proxy.rungs {
+        std::thread::sleep(Duration::from_millis(ms / parts));
+        if stop.load(Ordering::Relaxed) {
+            return TrialEnd::Interrupted;
+        }
+        let at = acc * (0.5 + 0.5 * step as f64 / proxy.steps.max(1) as f64);
+        if on_eval(step, at) == Verdict::Prune {
+            return TrialEnd::EarlyStopped { acc: at };
+        }
+    }
+    std::thread::sleep(Duration::from_millis(ms / parts));
+    if stop.load(Ordering::Relaxed) {
+        return TrialEnd::Interrupted;
+    }
+    TrialEnd::Complete {
+        acc,
+        loss: 1.0 - acc,
+    }
+}
+
 /// Runs one claimed trial and records how it ended.
 fn run_one(
     opts: &WorkerOptions,
@@ -188,20 +266,25 @@ fn run_one(
         signal.clone(),
     );
     let mut report_err = None;
-    let end = run_trial(ctx, &config, device, &stop, |step, acc| {
-        let step = step as i64;
-        let v = store
-            .report(t.id, step, acc)
-            .and_then(|_| store.values_at(t.study_id, step, t.id));
-        match v {
-            Ok(others) => verdict(&ctx.proxy, step as usize, acc, &others),
-            Err(e) => {
-                report_err = Some(e);
-                stop.store(true, Ordering::Relaxed);
-                Verdict::Continue
-            }
+    let on_eval = |step: usize, acc: f64| match controller_verdict(
+        store,
+        t.id,
+        step as i64,
+        acc,
+        opts.lease_s,
+        &stop,
+    ) {
+        Ok(v) => v,
+        Err(e) => {
+            report_err = Some(e);
+            stop.store(true, Ordering::Relaxed);
+            Verdict::Continue
         }
-    });
+    };
+    let end = match opts.synthetic_ms {
+        Some(ms) => synthetic_trial(&ctx.proxy, &t.config, ms, &stop, on_eval),
+        None => run_trial(ctx, &config, device, &stop, on_eval),
+    };
     done.store(true, Ordering::Relaxed);
     let _ = beat.join();
     if let Some(e) = report_err {

@@ -137,6 +137,12 @@ pub struct StudyRow {
     pub state_at: Option<f64>,
     /// The folder the budget's relative paths resolve against (None before schema v6).
     pub budget_dir: Option<String>,
+    /// When it was submitted to a daemon (`rankprune submit`); None for `search` studies.
+    pub submitted_at: Option<f64>,
+    /// When `rankprune stop` asked its controller to stop proposing.
+    pub stop_requested_at: Option<f64>,
+    /// SHA-256 of the base weights and data files it reads (JSON), recorded at its start.
+    pub identity: Option<String>,
 }
 
 /// Where a study stands, as its controller last wrote it. A controller that was killed
@@ -144,6 +150,8 @@ pub struct StudyRow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StudyState {
+    /// Submitted to a daemon that has not picked it up yet.
+    Submitted,
     Running,
     FinalStage,
     Finished,
@@ -153,6 +161,7 @@ pub enum StudyState {
 impl StudyState {
     pub fn as_str(self) -> &'static str {
         match self {
+            StudyState::Submitted => "submitted",
             StudyState::Running => "running",
             StudyState::FinalStage => "final_stage",
             StudyState::Finished => "finished",
@@ -162,6 +171,7 @@ impl StudyState {
 
     fn parse(s: &str) -> Option<Self> {
         [
+            StudyState::Submitted,
             StudyState::Running,
             StudyState::FinalStage,
             StudyState::Finished,
@@ -294,6 +304,28 @@ pub trait Store: Send {
 
     /// Records the folder the study's budget paths resolve against.
     fn set_budget_dir(&mut self, study: i64, dir: &str) -> StoreResult<()>;
+
+    /// Hands the study to a daemon: submitted now, state `submitted`, no stop asked.
+    fn submit(&mut self, study: i64) -> StoreResult<()>;
+
+    /// Asks the study's controller to stop proposing.
+    fn request_stop(&mut self, study: i64) -> StoreResult<()>;
+
+    /// Records the SHA-256 of the files the study reads (JSON).
+    fn set_identity(&mut self, study: i64, identity: &str) -> StoreResult<()>;
+
+    /// Deletes the study's queued trials (never started); returns how many.
+    fn withdraw_queued(&mut self, study: i64) -> StoreResult<usize>;
+
+    /// Reports of the study's running trials that wait for the controller's verdict:
+    /// (trial, step, value).
+    fn pending_verdicts(&self, study: i64) -> StoreResult<Vec<(i64, i64, f64)>>;
+
+    /// The controller's early-stop verdict on the report of `trial` at `step`.
+    fn set_verdict(&mut self, trial: i64, step: i64, stop: bool) -> StoreResult<()>;
+
+    /// The verdict on that report, once the controller gave one.
+    fn verdict(&self, trial: i64, step: i64) -> StoreResult<Option<bool>>;
 }
 
 /// An open store of either kind; it derefs to [`Store`].

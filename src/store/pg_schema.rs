@@ -70,4 +70,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // v6: worker leases and the budget's folder.
     "ALTER TABLE trials ADD COLUMN lease_until DOUBLE PRECISION;
     ALTER TABLE studies ADD COLUMN budget_dir TEXT;",
+    // v7: the daemon's submissions and stops, file identities, controller verdicts.
+    "ALTER TABLE studies ADD COLUMN submitted_at DOUBLE PRECISION;
+    ALTER TABLE studies ADD COLUMN stop_requested_at DOUBLE PRECISION;
+    ALTER TABLE studies ADD COLUMN identity TEXT;
+    ALTER TABLE reports ADD COLUMN verdict BOOLEAN;",
 ];

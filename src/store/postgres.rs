@@ -311,6 +311,9 @@ fn study_row(r: &Row) -> StudyRow {
         stop_reason: r.get(6),
         state_at: r.get(7),
         budget_dir: r.get(8),
+        submitted_at: r.get(9),
+        stop_requested_at: r.get(10),
+        identity: r.get(11),
     }
 }
 
@@ -501,8 +504,8 @@ impl Store for PgStore {
     fn studies(&self) -> StoreResult<Vec<StudyRow>> {
         self.run(|c| {
             let rows = c.query(
-                "SELECT id, name, budget, created_at, target, state, stop_reason, state_at, budget_dir \
-                 FROM studies ORDER BY id",
+                "SELECT id, name, budget, created_at, target, state, stop_reason, state_at, budget_dir, \
+                 submitted_at, stop_requested_at, identity FROM studies ORDER BY id",
                 &[],
             )?;
             Ok(rows.iter().map(study_row).collect())
@@ -683,13 +686,84 @@ impl Store for PgStore {
     }
 
     fn set_budget_dir(&mut self, study: i64, dir: &str) -> StoreResult<()> {
+        self.exec(
+            "UPDATE studies SET budget_dir = $2 WHERE id = $1",
+            &[&study, &dir],
+        )
+        .map(drop)
+    }
+
+    fn submit(&mut self, study: i64) -> StoreResult<()> {
+        self.exec(
+            "UPDATE studies SET submitted_at = $2, state = 'submitted', state_at = $2, \
+             stop_requested_at = NULL WHERE id = $1",
+            &[&study, &now()],
+        )
+        .map(drop)
+    }
+
+    fn request_stop(&mut self, study: i64) -> StoreResult<()> {
+        self.exec(
+            "UPDATE studies SET stop_requested_at = $2 WHERE id = $1",
+            &[&study, &now()],
+        )
+        .map(drop)
+    }
+
+    fn set_identity(&mut self, study: i64, identity: &str) -> StoreResult<()> {
+        self.exec(
+            "UPDATE studies SET identity = $2 WHERE id = $1",
+            &[&study, &identity],
+        )
+        .map(drop)
+    }
+
+    fn withdraw_queued(&mut self, study: i64) -> StoreResult<usize> {
+        self.exec(
+            "DELETE FROM trials WHERE study_id = $1 AND state = 'queued'",
+            &[&study],
+        )
+    }
+
+    fn pending_verdicts(&self, study: i64) -> StoreResult<Vec<(i64, i64, f64)>> {
         self.run(|c| {
-            c.execute(
-                "UPDATE studies SET budget_dir = $2 WHERE id = $1",
-                &[&study, &dir],
-            )
-            .map(drop)
+            let rows = c.query(
+                "SELECT r.trial_id, r.step, r.value FROM reports r JOIN trials t ON t.id = r.trial_id \
+                 WHERE t.study_id = $1 AND t.state = 'running' AND r.verdict IS NULL \
+                 ORDER BY r.trial_id, r.step",
+                &[&study],
+            )?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
         })
+    }
+
+    fn set_verdict(&mut self, trial: i64, step: i64, stop: bool) -> StoreResult<()> {
+        self.exec(
+            "UPDATE reports SET verdict = $3 WHERE trial_id = $1 AND step = $2",
+            &[&trial, &step, &stop],
+        )
+        .map(drop)
+    }
+
+    fn verdict(&self, trial: i64, step: i64) -> StoreResult<Option<bool>> {
+        self.run(|c| {
+            let row = c.query_opt(
+                "SELECT verdict FROM reports WHERE trial_id = $1 AND step = $2",
+                &[&trial, &step],
+            )?;
+            Ok(row.and_then(|r| r.get::<_, Option<bool>>(0)))
+        })
+    }
+}
+
+impl PgStore {
+    /// One statement, in its own transaction; returns the rows it changed.
+    fn exec(
+        &self,
+        sql: &str,
+        args: &[&(dyn ::postgres::types::ToSql + Sync)],
+    ) -> StoreResult<usize> {
+        self.run(|c| c.execute(sql, args).map(|n| n as usize))
     }
 }
 

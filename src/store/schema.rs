@@ -104,6 +104,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // and a study records the folder its budget's relative paths resolve against.
     "ALTER TABLE trials ADD COLUMN lease_until REAL;
     ALTER TABLE studies ADD COLUMN budget_dir TEXT;",
+    // v7: the daemon. A study submitted to it (`submitted_at`), a stop asked for by
+    // `rankprune stop` (`stop_requested_at`), the SHA-256 of the files a study reads
+    // (`identity`, JSON) and the controller's early-stop verdict on each report (NULL
+    // until it decides; 1 stop, 0 continue).
+    "ALTER TABLE studies ADD COLUMN submitted_at REAL;
+    ALTER TABLE studies ADD COLUMN stop_requested_at REAL;
+    ALTER TABLE studies ADD COLUMN identity TEXT;
+    ALTER TABLE reports ADD COLUMN verdict INTEGER;",
 ];
 
 /// The schema version this build writes.

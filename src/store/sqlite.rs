@@ -404,8 +404,8 @@ impl Store for SqliteStore {
         let mut st = self
             .conn
             .prepare(
-                "SELECT id, name, budget, created_at, target, state, stop_reason, state_at, budget_dir \
-                 FROM studies ORDER BY id",
+                "SELECT id, name, budget, created_at, target, state, stop_reason, state_at, budget_dir, \
+                 submitted_at, stop_requested_at, identity FROM studies ORDER BY id",
             )
             .map_err(&err)?;
         let rows = st
@@ -422,6 +422,9 @@ impl Store for SqliteStore {
                     stop_reason: r.get(6)?,
                     state_at: r.get(7)?,
                     budget_dir: r.get(8)?,
+                    submitted_at: r.get(9)?,
+                    stop_requested_at: r.get(10)?,
+                    identity: r.get(11)?,
                 })
             })
             .map_err(&err)?;
@@ -622,13 +625,85 @@ impl Store for SqliteStore {
     }
 
     fn set_budget_dir(&mut self, study: i64, dir: &str) -> StoreResult<()> {
-        let path = self.path.clone();
-        self.conn
-            .execute(
-                "UPDATE studies SET budget_dir = ?2 WHERE id = ?1",
-                params![study, dir],
+        self.exec(
+            "UPDATE studies SET budget_dir = ?2 WHERE id = ?1",
+            params![study, dir],
+        )
+        .map(drop)
+    }
+
+    fn submit(&mut self, study: i64) -> StoreResult<()> {
+        self.exec(
+            "UPDATE studies SET submitted_at = ?2, state = 'submitted', state_at = ?2, \
+             stop_requested_at = NULL WHERE id = ?1",
+            params![study, now()],
+        )
+        .map(drop)
+    }
+
+    fn request_stop(&mut self, study: i64) -> StoreResult<()> {
+        self.exec(
+            "UPDATE studies SET stop_requested_at = ?2 WHERE id = ?1",
+            params![study, now()],
+        )
+        .map(drop)
+    }
+
+    fn set_identity(&mut self, study: i64, identity: &str) -> StoreResult<()> {
+        self.exec(
+            "UPDATE studies SET identity = ?2 WHERE id = ?1",
+            params![study, identity],
+        )
+        .map(drop)
+    }
+
+    fn withdraw_queued(&mut self, study: i64) -> StoreResult<usize> {
+        self.exec(
+            "DELETE FROM trials WHERE study_id = ?1 AND state = 'queued'",
+            params![study],
+        )
+    }
+
+    fn pending_verdicts(&self, study: i64) -> StoreResult<Vec<(i64, i64, f64)>> {
+        let err = sql_err(&self.path);
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT r.trial_id, r.step, r.value FROM reports r JOIN trials t ON t.id = r.trial_id \
+                 WHERE t.study_id = ?1 AND t.state = 'running' AND r.verdict IS NULL \
+                 ORDER BY r.trial_id, r.step",
             )
-            .map_err(sql_err(&path))?;
-        Ok(())
+            .map_err(&err)?;
+        let rows = st
+            .query_map([study], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    fn set_verdict(&mut self, trial: i64, step: i64, stop: bool) -> StoreResult<()> {
+        self.exec(
+            "UPDATE reports SET verdict = ?3 WHERE trial_id = ?1 AND step = ?2",
+            params![trial, step, stop],
+        )
+        .map(drop)
+    }
+
+    fn verdict(&self, trial: i64, step: i64) -> StoreResult<Option<bool>> {
+        self.conn
+            .query_row(
+                "SELECT verdict FROM reports WHERE trial_id = ?1 AND step = ?2",
+                params![trial, step],
+                |r| r.get::<_, Option<bool>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(sql_err(&self.path))
+    }
+}
+
+impl SqliteStore {
+    /// One statement, in its own transaction; returns the rows it changed.
+    fn exec(&self, sql: &str, args: impl rusqlite::Params) -> StoreResult<usize> {
+        self.conn.execute(sql, args).map_err(sql_err(&self.path))
     }
 }

@@ -6,6 +6,7 @@ mod bad_configs;
 mod bad_search_files;
 mod cli;
 mod common;
+mod daemon;
 mod dashboard;
 mod decomposition;
 mod fidelity;

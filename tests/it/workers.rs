@@ -188,3 +188,68 @@ fn sigterm_makes_a_worker_hand_its_trial_back() {
         .unwrap();
     search.0.wait().unwrap();
 }
+
+/// A worker whose base weights are not the ones the study started with (here the file
+/// is replaced after the controller recorded its SHA-256) refuses the study's trials:
+/// exit code 2, a message naming the file, and the claimed trial queued again.
+#[test]
+fn a_worker_with_other_base_weights_is_refused() {
+    let s = study(3, ENDLESS_PROXY, "processes = true\n[final]\ntop_k = 0");
+    edit_budget(&s, "cpu = 1", "cpu = 0");
+    std::fs::create_dir_all(s.path("runs")).unwrap();
+    let mut search = Killed(spawn(&s.budget()));
+    let t0 = Instant::now();
+    while !store_of(&s).is_some_and(|st| {
+        st.studies()
+            .unwrap_or_default()
+            .first()
+            .is_some_and(|r| r.identity.is_some())
+            && st
+                .trials(1)
+                .is_ok_and(|ts| ts.iter().any(|t| t.state == TrialState::Queued))
+    }) {
+        assert!(
+            search.0.try_wait().unwrap().is_none(),
+            "the controller ended early"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "no trial was queued"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let weights = s.path("runs/base.safetensors");
+    let o = run(&[
+        "init",
+        "--arch",
+        "cfg_bn:8,M,16,M",
+        "--num-classes",
+        "4",
+        "--seed",
+        "99",
+        "--out",
+        weights.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&["worker", "--db", s.db().to_str().unwrap(), "--name", "w9"]);
+    let msg = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{msg}");
+    assert!(
+        msg.contains("model.weights")
+            && msg.contains("base.safetensors")
+            && msg.contains("not the study's"),
+        "{msg}"
+    );
+    let trials = TrialStore::open(&s.db()).unwrap().trials(1).unwrap();
+    assert!(
+        trials
+            .iter()
+            .all(|t| t.state == TrialState::Queued && t.worker.is_none()),
+        "the refused worker ran nothing: {trials:?}"
+    );
+    Command::new("kill")
+        .args(["-TERM", &search.0.id().to_string()])
+        .status()
+        .unwrap();
+    search.0.wait().unwrap();
+}

@@ -2,27 +2,43 @@
 //! training watches, and long runs show their epochs on a progress bar.
 
 use super::*;
+use tokio::sync::watch;
 
-/// SIGINT or SIGTERM, whichever comes first.
-pub(super) struct Signals {
-    int: Signal,
-    term: Signal,
-}
+/// The stop signal of one or many studies: SIGINT or SIGTERM of this process (or the
+/// daemon's shutdown), shared by every clone.
+#[derive(Clone)]
+pub struct Signals(watch::Receiver<bool>);
 
 impl Signals {
-    pub(super) fn new() -> Result<Self> {
+    /// Set by SIGINT or SIGTERM, whichever comes first (call inside the runtime).
+    pub fn new() -> Result<Self> {
         let make = |k| signal(k).map_err(|e| Error::Failure(format!("signal handler: {e}")));
-        Ok(Self {
-            int: make(SignalKind::interrupt())?,
-            term: make(SignalKind::terminate())?,
-        })
+        let (mut int, mut term) = (
+            make(SignalKind::interrupt())?,
+            make(SignalKind::terminate())?,
+        );
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            let _ = tx.send(true);
+        });
+        Ok(Self(rx))
     }
 
-    pub(super) async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
+    /// Resolves once the signal came (at once if it already has).
+    pub async fn recv(&mut self) {
+        if self.0.wait_for(|set| *set).await.is_err() {
+            // The handler is gone without a signal: none will come.
+            std::future::pending::<()>().await;
         }
+    }
+
+    /// Whether the signal came.
+    pub fn received(&self) -> bool {
+        *self.0.borrow()
     }
 }
 

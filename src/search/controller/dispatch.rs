@@ -1,0 +1,350 @@
+//! The dispatch loop: proposes trials, hands them to the controller's own workers
+//! (blocking threads) or leaves them queued for worker processes, records what the
+//! workers report, gives the early-stop verdicts, and ends on the budget, the wall-time
+//! limit, a stop request, a signal or an exhausted strategy.
+
+use super::*;
+use crate::search::promotion::verdict;
+
+/// A worker slot: a device and the trial it runs.
+struct Slot {
+    name: String,
+    device: Device,
+    busy: Option<i64>,
+}
+
+enum Msg {
+    Eval {
+        trial: i64,
+        step: usize,
+        acc: f64,
+        reply: oneshot::Sender<Verdict>,
+    },
+    Done {
+        slot: usize,
+        trial: i64,
+        end: TrialEnd,
+        seconds: f64,
+    },
+}
+
+/// One slot per CPU worker and per wgpu device of the budget.
+fn worker_slots(budget: &Budget) -> Result<Vec<Slot>> {
+    let mut slots: Vec<Slot> = (0..budget.workers.cpu)
+        .map(|i| Slot {
+            name: format!("cpu{i}"),
+            device: Device::flex(),
+            busy: None,
+        })
+        .collect();
+    for &id in &budget.workers.wgpu {
+        slots.push(Slot {
+            name: format!("wgpu:{id}"),
+            device: parse_device(&format!("wgpu:{id}"))?,
+            busy: None,
+        });
+    }
+    Ok(slots)
+}
+
+/// Starts a claimed trial on a blocking thread of slot `i`; its reports and its end come
+/// back on `tx`.
+fn spawn_trial(
+    i: usize,
+    trial: Trial,
+    config: LayerConfig,
+    device: Device,
+    ctx: TrialContext,
+    tx: mpsc::UnboundedSender<Msg>,
+    stop: Arc<AtomicBool>,
+) {
+    let id = trial.id;
+    tokio::task::spawn_blocking(move || {
+        let t0 = Instant::now();
+        let eval_tx = tx.clone();
+        let end = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_trial(&ctx, &config, &device, &stop, |step, acc| {
+                let (reply, answer) = oneshot::channel();
+                let msg = Msg::Eval {
+                    trial: id,
+                    step,
+                    acc,
+                    reply,
+                };
+                if eval_tx.send(msg).is_err() {
+                    return Verdict::Continue;
+                }
+                answer.blocking_recv().unwrap_or(Verdict::Continue)
+            })
+        }))
+        .unwrap_or_else(|p| {
+            let what = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            TrialEnd::Failed(format!("panic: {what}"))
+        });
+        let _ = tx.send(Msg::Done {
+            slot: i,
+            trial: id,
+            end,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    });
+}
+
+/// The progress bar's line: trials by state and the best so far.
+fn refresh(ctl: &Controller, pb: &ProgressBar) -> Result<()> {
+    let trials = ctl.store.trials(ctl.study)?;
+    let count = |s| trials.iter().filter(|t| t.state == s).count();
+    let best = trials
+        .iter()
+        .filter(|t| t.state == TrialState::Complete)
+        .filter_map(|t| t.proxy_acc.map(|a| (a, t)))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    pb.set_position(trials.iter().filter(|t| t.finished_at.is_some()).count() as u64);
+    pb.set_message(format!(
+        "running {} · failed {} · early-stopped {} · best {}",
+        count(TrialState::Running),
+        count(TrialState::Failed),
+        count(TrialState::EarlyStopped),
+        best.map_or("-".into(), |(a, t)| format!(
+            "{:.1}% (#{}, {:.1}x FLOPs)",
+            100.0 * a,
+            t.number,
+            ctl.problem.base_cost.flops as f64 / t.cost.flops.max(1) as f64
+        ))
+    ));
+    Ok(())
+}
+
+impl Controller {
+    /// The early-stop verdict on a report (none once a signal stops the search: the
+    /// trial is interrupted anyway).
+    fn verdict(
+        &self,
+        trial: i64,
+        step: i64,
+        acc: f64,
+        stopping: Option<StopReason>,
+    ) -> Result<Verdict> {
+        if stopping == Some(StopReason::Signal) {
+            return Ok(Verdict::Continue);
+        }
+        let others = self.store.values_at(self.study, step, trial)?;
+        Ok(verdict(&self.budget.proxy, step as usize, acc, &others))
+    }
+
+    /// What worker processes changed in the store: expired leases are queued again,
+    /// finished trials told to the strategy, and their new reports get a verdict.
+    fn external_tick(
+        &mut self,
+        observed: &mut HashSet<i64>,
+        stopping: Option<StopReason>,
+    ) -> Result<()> {
+        self.store.requeue_expired(self.study)?;
+        for t in self.store.trials(self.study)? {
+            if t.finished_at.is_some() && observed.insert(t.id) {
+                self.observe(&t);
+            }
+        }
+        for (trial, step, acc) in self.store.pending_verdicts(self.study)? {
+            let v = self.verdict(trial, step, acc, stopping)?;
+            self.store.set_verdict(trial, step, v == Verdict::Prune)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `rankprune stop` asked this study to stop.
+    fn stop_requested(&self) -> Result<bool> {
+        Ok(self
+            .store
+            .studies()?
+            .iter()
+            .any(|s| s.id == self.study && s.stop_requested_at.is_some()))
+    }
+
+    /// Records how a local worker's trial ended and tells the strategy.
+    fn record_end(
+        &mut self,
+        trial: i64,
+        end: &TrialEnd,
+        seconds: f64,
+        observed: &mut HashSet<i64>,
+    ) -> Result<()> {
+        match end {
+            TrialEnd::Complete { acc, loss } => self.store.complete(trial, *acc, *loss)?,
+            TrialEnd::EarlyStopped { acc } => self.store.early_stop(trial, *acc)?,
+            TrialEnd::Failed(why) => self.store.fail(trial, why)?,
+            TrialEnd::Interrupted => self.store.interrupt(trial)?,
+        }
+        let t = self.store.trial(trial)?;
+        if *end != TrialEnd::Interrupted && observed.insert(t.id) {
+            self.observe(&t);
+        }
+        match end {
+            TrialEnd::Failed(why) => {
+                tracing::warn!(trial = t.number, seconds, "trial failed: {why}")
+            }
+            _ => tracing::info!(
+                trial = t.number,
+                state = t.state.as_str(),
+                acc = t.proxy_acc,
+                seconds,
+                "trial ends"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Hands queued trials to the idle local slots.
+    fn start_local(
+        &mut self,
+        slots: &mut [Slot],
+        ctx: &TrialContext,
+        tx: &mpsc::UnboundedSender<Msg>,
+    ) -> Result<()> {
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if slot.busy.is_some() {
+                continue;
+            }
+            let Some(trial) = self.store.claim(self.study, &slot.name)? else {
+                break;
+            };
+            let config = match LayerConfig::from_json(&trial.config, "<stored trial>") {
+                Ok(c) => c,
+                Err(e) => {
+                    self.store
+                        .fail(trial.id, &format!("stored config unreadable: {e}"))?;
+                    continue;
+                }
+            };
+            slot.busy = Some(trial.id);
+            tracing::debug!(trial = trial.number, worker = %slot.name, "trial starts");
+            spawn_trial(
+                i,
+                trial,
+                config,
+                slot.device.clone(),
+                ctx.clone(),
+                tx.clone(),
+                self.stop.clone(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Running trials: the local slots' or, with worker processes, the store's.
+    fn running(&self, slots: &[Slot]) -> Result<usize> {
+        Ok(if self.budget.workers.processes {
+            self.store
+                .trials(self.study)?
+                .iter()
+                .filter(|t| t.state == TrialState::Running)
+                .count()
+        } else {
+            slots.iter().filter(|s| s.busy.is_some()).count()
+        })
+    }
+}
+
+/// Runs the study's trials until the loop ends; returns why it ended.
+pub(super) async fn dispatch(
+    ctl: &mut Controller,
+    ctx: &TrialContext,
+    signals: &mut Signals,
+    progress: bool,
+) -> Result<StopReason> {
+    let budget = ctl.budget.clone();
+    let study = ctl.study;
+    let mut slots = worker_slots(&budget)?;
+    let pb = bar(
+        budget.limits.max_trials as u64,
+        "trials {bar:30} {pos}/{len} {msg} [{elapsed}<{eta}]",
+        progress,
+    );
+    refresh(ctl, &pb)?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+    let deadline = budget
+        .limits
+        .max_wall_hours
+        .map(|h| tokio::time::Instant::now() + Duration::from_secs_f64(h * 3600.0));
+    let mut stopping: Option<StopReason> = None;
+    let mut exhausted = false;
+    // With worker processes the controller keeps a few more trials queued for them and
+    // looks at the store on a tick: their results, reports and expired leases.
+    let external = budget.workers.processes;
+    let mut observed: HashSet<i64> = ctl
+        .store
+        .trials(study)?
+        .iter()
+        .filter(|t| t.finished_at.is_some())
+        .map(|t| t.id)
+        .collect();
+    loop {
+        if external {
+            ctl.external_tick(&mut observed, stopping)?;
+        }
+        if stopping.is_none() && ctl.stop_requested()? {
+            let withdrawn = ctl.store.withdraw_queued(study)?;
+            tracing::info!(
+                withdrawn,
+                "stop requested: no new trials start; running ones finish"
+            );
+            stopping = Some(StopReason::Stopped);
+        }
+        if stopping.is_none() {
+            let local = slots.iter().filter(|s| s.busy.is_none()).count();
+            let idle = local + if external { EXTERNAL_QUEUE } else { 0 };
+            if idle > 0 && !exhausted {
+                exhausted = ctl.fill(idle)?;
+            }
+            ctl.start_local(&mut slots, ctx, &tx)?;
+            refresh(ctl, &pb)?;
+        }
+        if ctl.running(&slots)? == 0 {
+            if stopping.is_some() {
+                break;
+            }
+            let trials = ctl.store.trials(study)?;
+            if trials.len() >= budget.limits.max_trials
+                && trials.iter().all(|t| t.finished_at.is_some())
+            {
+                stopping = Some(StopReason::Budget);
+                break;
+            }
+            if exhausted {
+                stopping = Some(StopReason::Exhausted);
+                break;
+            }
+        }
+        tokio::select! {
+            msg = rx.recv() => match msg.expect("the controller holds a sender") {
+                Msg::Eval { trial, step, acc, reply } => {
+                    ctl.store.report(trial, step as i64, acc)?;
+                    let _ = reply.send(ctl.verdict(trial, step as i64, acc, stopping)?);
+                }
+                Msg::Done { slot, trial, end, seconds } => {
+                    slots[slot].busy = None;
+                    ctl.record_end(trial, &end, seconds, &mut observed)?;
+                    refresh(ctl, &pb)?;
+                }
+            },
+            _ = tokio::time::sleep(TICK) => {
+                refresh(ctl, &pb)?;
+            }
+            _ = signals.recv(), if stopping != Some(StopReason::Signal) => {
+                tracing::warn!("signal received: stopping; running trials are marked interrupted");
+                stopping = Some(StopReason::Signal);
+                ctl.stop.store(true, Ordering::Relaxed);
+            }
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if stopping.is_none() && deadline.is_some() => {
+                tracing::info!("wall-time limit reached: running trials finish, no new ones start");
+                stopping = Some(StopReason::WallLimit);
+            }
+        }
+    }
+    pb.finish_and_clear();
+    Ok(stopping.unwrap_or(StopReason::Budget))
+}

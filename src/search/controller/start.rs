@@ -1,0 +1,240 @@
+//! A study's start: its data, base weights (trained first when the budget says so),
+//! problem and strategy; its row in the store, with its target, folder, input identity
+//! and state; the trials it already has, told to the strategy.
+
+use super::*;
+use crate::search::identity::Identity;
+
+/// The base weights: loaded, or trained first when the budget says so.
+pub(super) async fn base_weights(
+    budget: &Budget,
+    base: &Arch,
+    data: (&Arc<ImageSet>, &Arc<ImageSet>),
+    signals: &mut Signals,
+    progress: bool,
+) -> Result<Option<Weights>> {
+    let path = &budget.model.weights;
+    if path.exists() {
+        let w = Weights::load(path)?.matched_to(base, &path.display().to_string())?;
+        return Ok(Some(w));
+    }
+    let Some(epochs) = budget.model.train_epochs else {
+        return Err(Error::BadInput(format!(
+            "model.weights = {}: no such file (set model.train_epochs to train the base model first)",
+            path.display()
+        )));
+    };
+    tracing::info!(epochs, out = %path.display(), "training the base model");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (arch, train_set, val_set) = (base.clone(), data.0.clone(), data.1.clone());
+    let seed = budget.search.seed;
+    let pb = bar(
+        epochs as u64,
+        "base model {bar:30} epoch {pos}/{len} {msg} [{elapsed}<{eta}]",
+        progress,
+    );
+    let (stop_flag, bar) = (stop.clone(), pb.clone());
+    let device = parse_device(&budget.workers.long_run_device())?;
+    let (out, signalled) = blocking(signals, &stop, move || {
+        let cfg = TrainConfig {
+            epochs,
+            seed,
+            ..TrainConfig::default()
+        };
+        train(
+            &arch,
+            Weights::init(&arch, seed),
+            train_set,
+            val_set,
+            &cfg,
+            &device,
+            epoch_progress(&bar, &stop_flag),
+        )
+    })
+    .await?;
+    pb.finish_and_clear();
+    if signalled {
+        return Ok(None);
+    }
+    let out = out?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Failure(format!("{}: {e}", dir.display())))?;
+    }
+    out.best_weights.save_safetensors(path)?;
+    tracing::info!(
+        val_top1 = out.best_val.as_ref().map(|v| v.top1),
+        "base model written to {}",
+        path.display()
+    );
+    Ok(Some(out.best_weights))
+}
+
+/// Fixes the study's target: stored when the study starts; a budget whose target differs
+/// from the stored one is refused unless `allow_change`, which stores the new one (and
+/// the new budget text) so every reader uses it.
+fn settle_target(
+    store: &mut TrialStore,
+    study: &crate::store::StudyRow,
+    target: &Target,
+    budget_text: &str,
+    allow_change: bool,
+) -> std::result::Result<(), String> {
+    let new = serde_json::to_string(target).expect("a target serializes");
+    let old: Option<Target> = study
+        .target
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok());
+    match old {
+        Some(old) if old == *target => Ok(()),
+        Some(old) if !allow_change => Err(format!(
+            "study {} was started with the target {old}; this budget asks for {target}. Run with --allow-budget-change to continue the study with the new target, or give the study a new name",
+            study.name
+        )),
+        Some(old) => {
+            tracing::warn!(study = %study.name, %old, new = %target, "the study's target changes");
+            store
+                .set_study_target(study.id, &new, budget_text)
+                .map_err(|e| e.to_string())
+        }
+        None => store
+            .set_study_target(study.id, &new, &study.budget)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// The study's problem: its space (VBMF ranks of `weights` filled in where the space or
+/// the warm start needs them), its cost target, and with `warm` the warm-start points.
+pub fn study_problem(
+    budget: &Budget,
+    space_file: &SpaceFile,
+    base: &Arch,
+    weights: &Weights,
+    warm: bool,
+) -> Result<Problem> {
+    let vbmf = if space_file.needs_vbmf() || warm {
+        Some(recommend_ranks(base, weights, 0.0, |_| {})?)
+    } else {
+        None
+    };
+    let space = space_file.resolve(
+        base,
+        vbmf.as_deref(),
+        &budget.search.space.display().to_string(),
+    )?;
+    let target = Target::from_objective(&cost::count(base), &budget.objective);
+    let mut problem = Problem::new(base.clone(), space, target);
+    if let Some(v) = vbmf.as_deref().filter(|_| warm) {
+        problem.warm_starts = crate::search::warm::warm_start(&problem, weights, v)?;
+        tracing::info!(points = problem.warm_starts.len(), "warm-start points");
+    }
+    Ok(problem)
+}
+
+/// Opens (or resumes) the study of `budget` in its store, ready for [`super::dispatch`]:
+/// None when a signal interrupted the base model's training.
+pub(super) async fn open_study(
+    budget: &Budget,
+    budget_text: &str,
+    signals: &mut Signals,
+    progress: bool,
+    allow_change: bool,
+) -> Result<Option<(Controller, TrialContext)>> {
+    let base = ArchSpec::parse(&budget.model.arch)?.build(budget.model.num_classes);
+    let (train_set, val_set) = budget.train_val()?;
+    let (train_set, val_set) = (Arc::new(train_set), Arc::new(val_set));
+    let space_file = SpaceFile::load(&budget.search.space)?;
+    // Check the space before any slow work (VBMF ranks are filled in below).
+    if !space_file.needs_vbmf() {
+        space_file.resolve(&base, None, &budget.search.space.display().to_string())?;
+    }
+    let Some(weights) =
+        base_weights(budget, &base, (&train_set, &val_set), signals, progress).await?
+    else {
+        return Ok(None);
+    };
+    let warm = budget.search.strategy != StrategyName::Random;
+    let problem = study_problem(budget, &space_file, &base, &weights, warm)?;
+    let strategy = strategy::make(
+        budget.search.strategy,
+        budget.search.seed,
+        budget.objective.kind == ObjectiveKind::Pareto,
+    );
+    let identity = Identity::of(budget)?;
+
+    if let Some(dir) = budget
+        .study
+        .db
+        .parent()
+        .filter(|_| !is_postgres(&budget.study.db))
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Failure(format!("{}: {e}", dir.display())))?;
+    }
+    let mut store = TrialStore::open(&budget.study.db)?;
+    let study = store.study(&budget.study.name, budget_text)?;
+    let stored = crate::search::export::pick_study(&store, "", Some(&budget.study.name))?;
+    settle_target(
+        &mut store,
+        &stored,
+        &problem.target,
+        budget_text,
+        allow_change,
+    )
+    .map_err(|e| Error::BadInput(format!("{}: {e}", budget.study.db.display())))?;
+    if stored.budget != budget_text {
+        tracing::warn!(
+            study = %budget.study.name,
+            "the budget file changed since the study began; continuing with the new one"
+        );
+    }
+    let identity = identity.to_json();
+    if stored.identity.as_ref().is_some_and(|old| *old != identity) {
+        tracing::warn!(
+            study = %budget.study.name,
+            "the base weights or data files changed since the study began; workers now check against the new ones"
+        );
+    }
+    store.set_identity(study, &identity)?;
+    let requeued = store.requeue_unfinished(study)?;
+    let dir = std::fs::canonicalize(&budget.dir).unwrap_or_else(|_| budget.dir.clone());
+    store.set_budget_dir(study, &dir.display().to_string())?;
+    store.set_study_state(study, StudyState::Running, None)?;
+    let mut ctl = Controller {
+        store,
+        study,
+        budget: budget.clone(),
+        problem,
+        strategy,
+        points: HashMap::new(),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let history = ctl.store.trials(study)?;
+    for t in &history {
+        if matches!(
+            t.state,
+            TrialState::Complete | TrialState::EarlyStopped | TrialState::Failed
+        ) {
+            ctl.observe(t);
+        }
+    }
+    tracing::info!(
+        study = %budget.study.name,
+        db = %budget.study.db.display(),
+        knobs = ctl.problem.space.dims(),
+        finished = history.iter().filter(|t| t.finished_at.is_some()).count(),
+        requeued,
+        "search starts"
+    );
+    let ctx = TrialContext {
+        base,
+        weights: Arc::new(weights),
+        train: train_set,
+        val: val_set,
+        proxy: budget.proxy.clone(),
+        seed: budget.search.seed,
+        cache: Arc::new(TuckerCache::new(TUCKER_CACHE_BYTES)),
+        repair: budget.search.repair,
+    };
+    Ok(Some((ctl, ctx)))
+}
