@@ -331,7 +331,7 @@ pub(super) async fn dispatch(
                     refresh(ctl, &pb)?;
                 }
             },
-            _ = tokio::time::sleep(TICK) => {
+            _ = tokio::time::sleep(if external { EXTERNAL_TICK } else { TICK }) => {
                 refresh(ctl, &pb)?;
             }
             _ = signals.recv(), if stopping != Some(StopReason::Signal) => {

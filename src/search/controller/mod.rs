@@ -53,9 +53,11 @@ pub use start::study_problem;
 const TUCKER_CACHE_BYTES: usize = 1 << 30;
 /// Trials kept queued for worker processes when the controller has no workers of its own.
 const EXTERNAL_QUEUE: usize = 4;
-/// How often the controller looks at the store (worker processes' results and reports,
-/// stop requests).
+/// How often the controller looks at the store for stop requests...
 const TICK: Duration = Duration::from_millis(250);
+/// ... and, with worker processes, for their results and the reports that wait for a
+/// verdict (a worker waits for it at each rung: see experiments/worker-scaling).
+const EXTERNAL_TICK: Duration = Duration::from_millis(50);
 
 /// Why the search loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -154,13 +154,21 @@ pub(super) async fn open_study(
         return Ok(None);
     };
     let warm = budget.search.strategy != StrategyName::Random;
-    let problem = study_problem(budget, &space_file, &base, &weights, warm)?;
+    // The slow part of the start (VBMF ranks, warm starts, hashing the inputs) runs off
+    // the runtime's threads, which a daemon shares among its studies.
+    let weights = Arc::new(weights);
+    let (b, arch, w) = (budget.clone(), base.clone(), weights.clone());
+    let (problem, identity) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let problem = study_problem(&b, &space_file, &arch, &w, warm)?;
+        Ok((problem, Identity::of(&b)?))
+    })
+    .await
+    .map_err(|e| Error::Failure(format!("study start: {e}")))??;
     let strategy = strategy::make(
         budget.search.strategy,
         budget.search.seed,
         budget.objective.kind == ObjectiveKind::Pareto,
     );
-    let identity = Identity::of(budget)?;
 
     if let Some(dir) = budget
         .study
@@ -228,7 +236,7 @@ pub(super) async fn open_study(
     );
     let ctx = TrialContext {
         base,
-        weights: Arc::new(weights),
+        weights,
         train: train_set,
         val: val_set,
         proxy: budget.proxy.clone(),
