@@ -21,8 +21,8 @@ use crate::weights::Weights;
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How a worker runs.
@@ -47,6 +47,13 @@ pub struct WorkerOutcome {
     pub trials: usize,
     pub handed_back: usize,
     pub lost_leases: usize,
+}
+
+/// The worker's one connection to the store, shared by its trial and its heartbeats.
+type Shared = Arc<Mutex<TrialStore>>;
+
+fn with<T>(store: &Shared, f: impl FnOnce(&mut TrialStore) -> T) -> T {
+    f(&mut store.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// Tucker factors kept per study, shared by the trials this worker runs.
@@ -130,21 +137,19 @@ fn stop_on_signal() -> Result<Arc<AtomicBool>> {
     }
 }
 
-/// Renews `trial`'s lease every third of the lease on its own connection until `done`;
-/// sets `lost` (and `stop`) when the lease was taken away, and `stop` on a signal.
+/// Renews `trial`'s lease every third of the lease until `done`; sets `lost` (and `stop`)
+/// when the lease was taken away, and `stop` on a signal.
 fn heartbeats(
     opts: &WorkerOptions,
+    store: Shared,
     trial: i64,
     done: Arc<AtomicBool>,
     lost: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     signal: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
-    let (db, name, lease) = (opts.db.clone(), opts.name.clone(), opts.lease_s);
+    let (name, lease) = (opts.name.clone(), opts.lease_s);
     std::thread::spawn(move || {
-        let Ok(mut store) = TrialStore::open(&db) else {
-            return;
-        };
         let every = Duration::from_secs_f64(lease / 3.0);
         let tick = Duration::from_millis(50).min(every);
         let mut waited = Duration::ZERO;
@@ -158,7 +163,7 @@ fn heartbeats(
                 continue;
             }
             waited = Duration::ZERO;
-            match store.heartbeat(trial, &name, lease) {
+            match with(&store, |s| s.heartbeat(trial, &name, lease)) {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(trial, "the lease was lost: the trial is dropped here");
@@ -175,17 +180,17 @@ fn heartbeats(
 /// Writes a report and waits (up to `wait_s`, polling) for the controller's verdict on
 /// it; without one by then (no controller running) the trial goes on.
 fn controller_verdict(
-    store: &mut TrialStore,
+    store: &Shared,
     trial: i64,
     step: i64,
     acc: f64,
     wait_s: f64,
     stop: &AtomicBool,
 ) -> crate::store::StoreResult<Verdict> {
-    store.report(trial, step, acc)?;
+    with(store, |s| s.report(trial, step, acc))?;
     let t0 = std::time::Instant::now();
     loop {
-        match store.verdict(trial, step)? {
+        match with(store, |s| s.verdict(trial, step))? {
             Some(true) => return Ok(Verdict::Prune),
             Some(false) => return Ok(Verdict::Continue),
             None if stop.load(Ordering::Relaxed) => return Ok(Verdict::Continue),
@@ -240,7 +245,7 @@ pub fn synthetic_trial(
 /// Runs one claimed trial and records how it ended.
 fn run_one(
     opts: &WorkerOptions,
-    store: &mut TrialStore,
+    store: &Shared,
     ctx: &TrialContext,
     device: &burn::tensor::Device,
     t: &Trial,
@@ -249,7 +254,10 @@ fn run_one(
 ) -> Result<()> {
     let config = match LayerConfig::from_json(&t.config, "<stored trial>") {
         Ok(c) => c,
-        Err(e) => return Ok(store.fail(t.id, &format!("stored config unreadable: {e}"))?),
+        Err(e) => {
+            let why = format!("stored config unreadable: {e}");
+            return Ok(with(store, |s| s.fail(t.id, &why))?);
+        }
     };
     let (done, lost) = (
         Arc::new(AtomicBool::new(false)),
@@ -259,6 +267,7 @@ fn run_one(
     let stop = Arc::new(AtomicBool::new(false));
     let beat = heartbeats(
         opts,
+        store.clone(),
         t.id,
         done.clone(),
         lost.clone(),
@@ -290,7 +299,14 @@ fn run_one(
     if let Some(e) = report_err {
         return Err(e.into());
     }
-    if lost.load(Ordering::Relaxed) {
+    let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+    // Renewed just before the result is written, a lease cannot expire (and the trial go
+    // to another worker) in between; one that was lost already drops the result.
+    if lost.load(Ordering::Relaxed) || !store.heartbeat(t.id, &opts.name, opts.lease_s)? {
+        tracing::warn!(
+            trial = t.number,
+            "the lease was lost: another worker runs the trial"
+        );
         out.lost_leases += 1;
         return Ok(());
     }
@@ -314,12 +330,12 @@ fn run_one(
 pub fn run_worker(opts: &WorkerOptions) -> Result<WorkerOutcome> {
     let device = parse_device(&opts.device)?;
     let signal = stop_on_signal()?;
-    let mut store = TrialStore::open(&opts.db)?;
+    let shared: Shared = Arc::new(Mutex::new(TrialStore::open(&opts.db)?));
     let mut contexts: HashMap<i64, TrialContext> = HashMap::new();
     let mut out = WorkerOutcome::default();
     let mut waiting = false;
     while !signal.load(Ordering::Relaxed) && opts.max_trials.is_none_or(|m| out.trials < m) {
-        let Some(t) = store.claim_any(&opts.name, opts.lease_s)? else {
+        let Some(t) = with(&shared, |s| s.claim_any(&opts.name, opts.lease_s))? else {
             if !waiting {
                 tracing::info!(worker = %opts.name, "waiting for queued trials");
                 waiting = true;
@@ -329,8 +345,7 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<WorkerOutcome> {
         };
         waiting = false;
         if let std::collections::hash_map::Entry::Vacant(slot) = contexts.entry(t.study_id) {
-            let row = store
-                .studies()?
+            let row = with(&shared, |s| s.studies())?
                 .into_iter()
                 .find(|s| s.id == t.study_id)
                 .ok_or_else(|| Error::Failure(format!("trial {} has no study", t.id)))?;
@@ -340,15 +355,24 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<WorkerOutcome> {
                 }
                 Err(e) => {
                     // Hand the trial back for a worker that can read the study's files.
-                    store.hand_back(t.id)?;
+                    with(&shared, |s| s.hand_back(t.id))?;
                     return Err(e);
                 }
+            }
+            // Reading the study's files took a while: renew the claim before the trial
+            // (when it expired meanwhile, the trial was queued again).
+            if !with(&shared, |s| s.heartbeat(t.id, &opts.name, opts.lease_s))? {
+                tracing::warn!(
+                    trial = t.number,
+                    "the lease expired while the study's files were read"
+                );
+                continue;
             }
         }
         tracing::info!(trial = t.number, study = t.study_id, worker = %opts.name, "trial starts");
         run_one(
             opts,
-            &mut store,
+            &shared,
             &contexts[&t.study_id],
             &device,
             &t,
