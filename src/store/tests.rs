@@ -458,3 +458,56 @@ fn leases(at: &Path) {
     assert_eq!(s.requeue_expired(live).unwrap(), 0);
     assert!(!s.heartbeat(b, "cpu0", 1.0).unwrap());
 }
+
+#[test]
+fn submissions_stops_identities_and_verdicts_round_trip() {
+    each_store(daemon_columns);
+}
+
+fn daemon_columns(at: &Path) {
+    let mut s = TrialStore::open(at).unwrap();
+    let id = s.study("d", "b").unwrap();
+    let row = |s: &TrialStore| {
+        s.studies()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id == id)
+            .unwrap()
+    };
+    assert_eq!(row(&s).submitted_at, None);
+    s.submit(id).unwrap();
+    let r = row(&s);
+    assert!(r.submitted_at.is_some() && r.stop_requested_at.is_none());
+    assert_eq!(r.state, Some(StudyState::Submitted));
+    s.set_identity(id, "{\"files\":{}}").unwrap();
+    assert_eq!(row(&s).identity.as_deref(), Some("{\"files\":{}}"));
+    // Verdicts: a running trial's report waits for one until the controller gives it.
+    s.set_study_state(id, StudyState::Running, None).unwrap();
+    let a = s.enqueue(id, "1", COST).unwrap();
+    s.enqueue(id, "2", COST).unwrap();
+    s.enqueue(id, "3", COST).unwrap();
+    assert_eq!(s.claim_any("w", 60.0).unwrap().unwrap().id, a);
+    s.report(a, 10, 0.25).unwrap();
+    s.report(a, 20, 0.5).unwrap();
+    assert_eq!(s.verdict(a, 10).unwrap(), None);
+    assert_eq!(
+        s.pending_verdicts(id).unwrap(),
+        vec![(a, 10, 0.25), (a, 20, 0.5)]
+    );
+    s.set_verdict(a, 10, false).unwrap();
+    s.set_verdict(a, 20, true).unwrap();
+    assert_eq!(s.verdict(a, 10).unwrap(), Some(false));
+    assert_eq!(s.verdict(a, 20).unwrap(), Some(true));
+    assert_eq!(s.verdict(a, 30).unwrap(), None, "no such report");
+    assert!(s.pending_verdicts(id).unwrap().is_empty());
+    // A stop request; the queued trials are withdrawn, the running one stays.
+    s.request_stop(id).unwrap();
+    assert!(row(&s).stop_requested_at.is_some());
+    assert_eq!(s.withdraw_queued(id).unwrap(), 2);
+    let left = s.trials(id).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].state, TrialState::Running);
+    // A new submission clears the stop.
+    s.submit(id).unwrap();
+    assert!(row(&s).stop_requested_at.is_none());
+}
