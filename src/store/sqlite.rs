@@ -62,10 +62,7 @@ impl SqliteStore {
     ) -> StoreResult<Option<Trial>> {
         let path = self.path.clone();
         let err = sql_err(&path);
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(&err)?;
+        let tx = self.write_tx().map_err(&err)?;
         let t = now();
         let lease_until = lease_s.map(|l| t + l);
         let mut args: Vec<&dyn rusqlite::ToSql> = vec![&worker, &t, &lease_until];
@@ -183,7 +180,7 @@ impl SqliteStore {
         );
         let mut args: Vec<&dyn rusqlite::ToSql> = values.to_vec();
         args.push(&trial);
-        let tx = self.conn.transaction().map_err(&err)?;
+        let tx = self.write_tx().map_err(&err)?;
         let changed = tx.execute(&sql, args.as_slice()).map_err(&err)?;
         if changed != 1 {
             let from: Option<String> = tx
@@ -214,7 +211,7 @@ impl Store for SqliteStore {
     fn study(&mut self, name: &str, budget: &str) -> StoreResult<i64> {
         let path = self.path.clone();
         let err = sql_err(&path);
-        let tx = self.conn.transaction().map_err(&err)?;
+        let tx = self.write_tx().map_err(&err)?;
         let id: Option<i64> = tx
             .query_row("SELECT id FROM studies WHERE name = ?1", [name], |r| {
                 r.get(0)
@@ -239,7 +236,7 @@ impl Store for SqliteStore {
     fn enqueue(&mut self, study: i64, config: &str, cost: CandidateCost) -> StoreResult<i64> {
         let path = self.path.clone();
         let err = sql_err(&path);
-        let tx = self.conn.transaction().map_err(&err)?;
+        let tx = self.write_tx().map_err(&err)?;
         let number: i64 = tx
             .query_row(
                 "SELECT COALESCE(MAX(number) + 1, 0) FROM trials WHERE study_id = ?1",
@@ -350,7 +347,7 @@ impl Store for SqliteStore {
     fn requeue_unfinished(&mut self, study: i64) -> StoreResult<usize> {
         let path = self.path.clone();
         let err = sql_err(&path);
-        let tx = self.conn.transaction().map_err(&err)?;
+        let tx = self.write_tx().map_err(&err)?;
         tx.execute(
             "DELETE FROM reports WHERE trial_id IN \
              (SELECT id FROM trials WHERE study_id = ?1 AND state IN ('running', 'interrupted'))",
@@ -450,7 +447,7 @@ impl Store for SqliteStore {
     fn record_rung_fidelity(&mut self, study: i64, rows: &[RungFidelity]) -> StoreResult<()> {
         let path = self.path.clone();
         let err = sql_err(&path);
-        let tx = self.conn.transaction().map_err(&err)?;
+        let tx = self.write_tx().map_err(&err)?;
         tx.execute("DELETE FROM rung_fidelity WHERE study_id = ?1", [study])
             .map_err(&err)?;
         for r in rows {
@@ -584,7 +581,7 @@ impl Store for SqliteStore {
     fn requeue_expired(&mut self, study: i64) -> StoreResult<usize> {
         let path = self.path.clone();
         let err = sql_err(&path);
-        let tx = self.conn.transaction().map_err(&err)?;
+        let tx = self.write_tx().map_err(&err)?;
         let expired = "SELECT id FROM trials WHERE study_id = ?1 AND state = 'running' \
                        AND lease_until IS NOT NULL AND lease_until < ?2";
         let t = now();
@@ -609,7 +606,7 @@ impl Store for SqliteStore {
     fn hand_back(&mut self, trial: i64) -> StoreResult<()> {
         let path = self.path.clone();
         let err = sql_err(&path);
-        let tx = self.conn.transaction().map_err(&err)?;
+        let tx = self.write_tx().map_err(&err)?;
         let n = tx
             .execute(
                 "UPDATE trials SET state = 'queued', worker = NULL, started_at = NULL, \
@@ -702,6 +699,14 @@ impl Store for SqliteStore {
 }
 
 impl SqliteStore {
+    /// A write transaction that takes the write lock at once (waiting on the busy
+    /// timeout): a deferred one that reads first cannot upgrade once another connection
+    /// has written meanwhile, and fails with "database is locked" without waiting.
+    fn write_tx(&mut self) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+        self.conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+    }
+
     /// One statement, in its own transaction; returns the rows it changed.
     fn exec(&self, sql: &str, args: impl rusqlite::Params) -> StoreResult<usize> {
         self.conn.execute(sql, args).map_err(sql_err(&self.path))

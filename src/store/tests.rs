@@ -511,3 +511,52 @@ fn daemon_columns(at: &Path) {
     s.submit(id).unwrap();
     assert!(row(&s).stop_requested_at.is_none());
 }
+
+/// A controller enqueueing while worker processes claim, report and complete at full
+/// speed on other connections: no write ever fails with "database is locked" (on SQLite
+/// a transaction that reads before it writes must take the write lock first).
+#[test]
+fn enqueues_beside_busy_workers_never_fail() {
+    each_store(busy_writers);
+}
+
+fn busy_writers(at: &Path) {
+    let mut s = TrialStore::open(at).unwrap();
+    let id = s.study("busy", "b").unwrap();
+    s.set_study_state(id, StudyState::Running, None).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..3)
+        .map(|w| {
+            let (at, done) = (at.to_path_buf(), done.clone());
+            std::thread::spawn(move || {
+                let mut s = TrialStore::open(&at).unwrap();
+                let name = format!("w{w}");
+                let mut ran = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Some(t) = s.claim_any(&name, 60.0).unwrap() {
+                        s.report(t.id, 1, 0.5).unwrap();
+                        s.heartbeat(t.id, &name, 60.0).unwrap();
+                        s.complete(t.id, 0.5, 1.0).unwrap();
+                        ran += 1;
+                    }
+                }
+                ran
+            })
+        })
+        .collect();
+    for i in 0..300 {
+        s.enqueue(id, &i.to_string(), COST).unwrap();
+        s.requeue_expired(id).unwrap();
+    }
+    while s
+        .trials(id)
+        .unwrap()
+        .iter()
+        .any(|t| t.finished_at.is_none())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ran: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert_eq!(ran, 300);
+}
