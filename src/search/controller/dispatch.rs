@@ -272,7 +272,7 @@ pub(super) async fn dispatch(
         .map(|h| tokio::time::Instant::now() + Duration::from_secs_f64(h * 3600.0));
     let mut stopping: Option<StopReason> = None;
     let mut exhausted = false;
-    // With worker processes the controller keeps a few more trials queued for them and
+    // With worker processes the controller keeps trials queued for them and
     // looks at the store on a tick: their results, reports and expired leases.
     let external = budget.workers.processes;
     let mut observed: HashSet<i64> = ctl
@@ -296,7 +296,12 @@ pub(super) async fn dispatch(
         }
         if stopping.is_none() {
             let local = slots.iter().filter(|s| s.busy.is_none()).count();
-            let idle = local + if external { EXTERNAL_QUEUE } else { 0 };
+            let queue = if external {
+                EXTERNAL_QUEUE.max(ctl.running(&slots)?)
+            } else {
+                0
+            };
+            let idle = local + queue;
             if idle > 0 && !exhausted {
                 exhausted = ctl.fill(idle)?;
             }

@@ -51,7 +51,8 @@ use start::open_study;
 pub use start::study_problem;
 
 const TUCKER_CACHE_BYTES: usize = 1 << 30;
-/// Trials kept queued for worker processes when the controller has no workers of its own.
+/// Trials kept queued for worker processes: one per running trial (so a worker that
+/// finishes finds the next one waiting), and at least this many.
 const EXTERNAL_QUEUE: usize = 4;
 /// How often the controller looks at the store for stop requests...
 const TICK: Duration = Duration::from_millis(250);
