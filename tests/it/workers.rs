@@ -194,12 +194,27 @@ fn sigterm_makes_a_worker_hand_its_trial_back() {
 /// exit code 2, a message naming the file, and the claimed trial queued again.
 #[test]
 fn a_worker_with_other_base_weights_is_refused() {
+    other_weights_are_refused(&refusal_study());
+}
+
+#[test]
+fn on_postgres_a_worker_with_other_base_weights_is_refused() {
+    if let Some(s) = on_postgres(refusal_study(), "the PostgreSQL refusal test") {
+        other_weights_are_refused(&s);
+    }
+}
+
+fn refusal_study() -> Study {
     let s = study(3, ENDLESS_PROXY, "processes = true\n[final]\ntop_k = 0");
     edit_budget(&s, "cpu = 1", "cpu = 0");
+    s
+}
+
+fn other_weights_are_refused(s: &Study) {
     std::fs::create_dir_all(s.path("runs")).unwrap();
     let mut search = Killed(spawn(&s.budget()));
     let t0 = Instant::now();
-    while !store_of(&s).is_some_and(|st| {
+    while !store_of(s).is_some_and(|st| {
         st.studies()
             .unwrap_or_default()
             .first()
