@@ -46,6 +46,23 @@ pub struct Model {
     pub train_epochs: Option<usize>,
 }
 
+impl Model {
+    /// The epochs to train the base model for before the search: None when `weights`
+    /// exists; an error when it does not and `train_epochs` is not set.
+    pub fn epochs_to_train(&self) -> crate::Result<Option<usize>> {
+        if self.weights.exists() {
+            return Ok(None);
+        }
+        match self.train_epochs {
+            Some(epochs) => Ok(Some(epochs)),
+            None => Err(crate::Error::BadInput(format!(
+                "model.weights = {}: no such file (set model.train_epochs to train the base model first)",
+                self.weights.display()
+            ))),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Data {
@@ -269,6 +286,11 @@ impl Budget {
     }
 
     pub fn load(path: &Path) -> Result<Self, BudgetError> {
+        Self::load_with_text(path).map(|(budget, _)| budget)
+    }
+
+    /// The budget and the file's text, which a study stores (one read of the file).
+    pub fn load_with_text(path: &Path) -> Result<(Self, String), BudgetError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| BudgetError {
             file: file.clone(),
@@ -276,7 +298,7 @@ impl Budget {
         })?;
         let mut budget = Self::from_toml(&text, &file)?;
         budget.resolve_paths(path.parent().unwrap_or(Path::new("")));
-        Ok(budget)
+        Ok((budget, text))
     }
 
     /// Makes relative paths (store, weights, data, space) relative to `dir`, the budget

@@ -31,12 +31,7 @@ pub struct Submitted {
 /// its search space, its base weights (or a way to train them) and its training files.
 fn check_budget(budget: &Budget) -> Result<()> {
     SpaceFile::load(&budget.search.space)?;
-    if !budget.model.weights.exists() && budget.model.train_epochs.is_none() {
-        return Err(Error::BadInput(format!(
-            "model.weights = {}: no such file (set model.train_epochs to train the base model first)",
-            budget.model.weights.display()
-        )));
-    }
+    budget.model.epochs_to_train()?;
     for f in ImageSet::source_files(&budget.data.dir, budget.data.dataset, Split::Train)
         .map_err(|e| Error::BadInput(format!("data: {e}")))?
     {
@@ -54,9 +49,7 @@ fn check_budget(budget: &Budget) -> Result<()> {
 /// `study.db` is not used). A new study, or an interrupted one with the same budget, is
 /// accepted; an active or finished one is refused.
 pub fn submit(budget_path: &Path, db: &Path) -> Result<Submitted> {
-    let budget = Budget::load(budget_path)?;
-    let text = std::fs::read_to_string(budget_path)
-        .map_err(|e| Error::BadInput(format!("{}: cannot read: {e}", budget_path.display())))?;
+    let (budget, text) = Budget::load_with_text(budget_path)?;
     check_budget(&budget)?;
     let mut store = TrialStore::open(db)?;
     let name = &budget.study.name;

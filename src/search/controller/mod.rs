@@ -91,9 +91,7 @@ pub struct SearchOutcome {
 
 /// Runs (or resumes) the study a budget file describes, in the foreground.
 pub fn run_search(budget_path: &Path, progress: bool, allow_change: bool) -> Result<SearchOutcome> {
-    let budget = Budget::load(budget_path)?;
-    let text = std::fs::read_to_string(budget_path)
-        .map_err(|e| Error::BadInput(format!("{}: cannot read: {e}", budget_path.display())))?;
+    let (budget, text) = Budget::load_with_text(budget_path)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

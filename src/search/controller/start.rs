@@ -14,15 +14,9 @@ pub(super) async fn base_weights(
     progress: bool,
 ) -> Result<Option<Weights>> {
     let path = &budget.model.weights;
-    if path.exists() {
+    let Some(epochs) = budget.model.epochs_to_train()? else {
         let w = Weights::load(path)?.matched_to(base, &path.display().to_string())?;
         return Ok(Some(w));
-    }
-    let Some(epochs) = budget.model.train_epochs else {
-        return Err(Error::BadInput(format!(
-            "model.weights = {}: no such file (set model.train_epochs to train the base model first)",
-            path.display()
-        )));
     };
     tracing::info!(epochs, out = %path.display(), "training the base model");
     let stop = Arc::new(AtomicBool::new(false));
