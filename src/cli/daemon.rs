@@ -11,6 +11,10 @@ pub struct ServeArgs {
     /// Trial store: a SQLite file or a postgres:// URL
     #[arg(long)]
     pub db: PathBuf,
+    /// Seconds of the daemon's lease and its studies' controller leases: a standby daemon
+    /// takes over within about this long after the active one dies
+    #[arg(long, default_value_t = rankprune::search::lease::DEFAULT_LEASE_S)]
+    pub lease: f64,
     /// Print one JSON array of the studies that ended, at exit
     #[arg(long)]
     pub json: bool,
@@ -38,7 +42,13 @@ pub struct StopArgs {
 }
 
 pub fn run_serve_cmd(args: ServeArgs) -> Result<()> {
-    let outcomes = run_serve(&args.db)?;
+    if !(args.lease.is_finite() && args.lease >= 0.3) {
+        return Err(rankprune::Error::BadInput(format!(
+            "--lease {}: must be at least 0.3 seconds",
+            args.lease
+        )));
+    }
+    let outcomes = run_serve(&args.db, args.lease)?;
     if args.json {
         println!(
             "{}",

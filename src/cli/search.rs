@@ -324,16 +324,17 @@ pub fn run_studies(args: StudiesArgs) -> Result<()> {
     }
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}", 100.0 * v));
     println!(
-        "{:<20}  {:<11}  {:>11}  {:>6}  {:>7}  {:>7}  {:>7}  {:>9}",
-        "study", "state", "done/limit", "best", "val %", "test %", "FLOPs÷", "wall s"
+        "{:<20}  {:<11}  {:<16}  {:>11}  {:>6}  {:>7}  {:>7}  {:>7}  {:>9}",
+        "study", "state", "controller", "done/limit", "best", "val %", "test %", "FLOPs÷", "wall s"
     );
     for s in &list {
         let limit = s.limit.map_or("-".to_string(), |l| l.to_string());
         let best = s.best.as_ref().map(|(t, _)| t);
         println!(
-            "{:<20}  {:<11}  {:>11}  {:>6}  {:>7}  {:>7}  {:>7}  {:>9.0}",
+            "{:<20}  {:<11}  {:<16}  {:>11}  {:>6}  {:>7}  {:>7}  {:>7}  {:>9.0}",
             s.row.name,
             s.state,
+            s.controller_status(),
             format!("{}/{limit}", s.done),
             best.map_or("-".into(), |t| t.number.to_string()),
             pct(s.best_val()),
@@ -349,15 +350,6 @@ pub fn run_studies(args: StudiesArgs) -> Result<()> {
     Ok(())
 }
 
-/// This machine's host name (for worker names).
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".into())
-}
-
 /// `rankprune worker`: claims and runs trials of the store's running studies.
 pub fn run_worker(args: WorkerArgs) -> Result<()> {
     if !(args.lease.is_finite() && args.lease >= 0.3) {
@@ -369,9 +361,13 @@ pub fn run_worker(args: WorkerArgs) -> Result<()> {
     if !args.db.exists() && !is_postgres(&args.db) {
         tracing::warn!(db = %args.db.display(), "no such store yet: it is created, and the worker waits for studies");
     }
-    let name = args
-        .name
-        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let name = args.name.unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            rankprune::search::lease::hostname(),
+            std::process::id()
+        )
+    });
     let opts = rankprune::search::worker::WorkerOptions {
         db: args.db,
         device: args.device,

@@ -98,7 +98,7 @@ pub fn studies_table(list: &[StudySummary]) -> Markup {
     html! {
         table #studies {
             tr {
-                th.l { "study" } th.l { "state" } th { "trials done / limit" }
+                th.l { "study" } th.l { "state" } th.l { "controller" } th { "trials done / limit" }
                 th { "best validation" } th { "best test" } th { "FLOPs reduction" }
                 th.l { "started" } th { "wall time" }
             }
@@ -106,6 +106,7 @@ pub fn studies_table(list: &[StudySummary]) -> Markup {
                 tr data-study=(s.row.id) {
                     td.l { a href=(format!("/study/{}", s.row.id)) { (s.row.name) } }
                     td.l { (s.state) }
+                    td.l title=[s.controller.as_ref().map(|l| l.holder.clone())] { (s.controller_status()) }
                     td { (s.done) " / " (s.limit.map_or("-".into(), |l| l.to_string())) }
                     td { (pct(s.best_val())) }
                     td { (pct(s.best_test())) }
@@ -171,6 +172,9 @@ fn progress(view: &StudyView) -> Markup {
     html! {
         p #progress {
             "State: " strong #state { (s.state) } ". "
+            @if let Some(l) = &s.controller {
+                "Controller: " span #controller title=(l.holder) { (s.controller_status()) } ". "
+            }
             span #trial-count { (s.total) } " trials: "
             (s.done) " done of " (s.limit.map_or("-".into(), |l| l.to_string()))
             ", " (count(TrialState::Running)) " running, "

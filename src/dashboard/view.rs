@@ -209,6 +209,7 @@ mod tests {
                     max_params: None,
                 }),
                 wall_s: 0.0,
+                controller: None,
             },
             trials: vec![
                 row(0, TrialState::EarlyStopped, 0.9, 50),

@@ -6,12 +6,15 @@
 use super::budget::Budget;
 use super::controller::{SearchOutcome, Signals, run_study};
 use super::export::pick_study;
+use super::lease::{HeldLease, holder_name};
 use super::space::SpaceFile;
 use crate::data::{ImageSet, Split};
-use crate::store::{StudyRow, StudyState, TrialStore, is_postgres};
+use crate::store::{DAEMON_SCOPE, StudyRow, StudyState, TrialStore, is_postgres, now, study_scope};
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How often the daemon looks for submitted studies.
@@ -123,7 +126,9 @@ fn daemon_budget(row: &StudyRow, db: &Path) -> Result<Budget> {
 }
 
 /// Runs the daemon until SIGINT/SIGTERM; returns the outcomes of the studies that ended.
-pub fn run_serve(db: &Path) -> Result<Vec<SearchOutcome>> {
+/// Another daemon active on the store makes this one a standby that takes over once the
+/// other's lease (`lease_s` seconds) expires.
+pub fn run_serve(db: &Path, lease_s: f64) -> Result<Vec<SearchOutcome>> {
     if !db.exists() && !is_postgres(db) {
         tracing::info!(db = %db.display(), "no such store yet: it is created");
     }
@@ -133,96 +138,192 @@ pub fn run_serve(db: &Path) -> Result<Vec<SearchOutcome>> {
         .enable_all()
         .build()
         .map_err(|e| Error::Failure(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(serve(db.to_path_buf()))
+    rt.block_on(serve(db.to_path_buf(), lease_s))
 }
 
-type StudyTask = tokio::task::JoinHandle<Result<SearchOutcome>>;
+/// A study this daemon runs: its name, its controller task, and whether the task lost
+/// the study's lease (then it must not write the study's state).
+struct Running {
+    name: String,
+    task: tokio::task::JoinHandle<Result<SearchOutcome>>,
+    lost: Arc<AtomicBool>,
+}
 
-/// Starts every submitted study that no task runs and that did not already end in this
-/// daemon since its last submission (`ended` maps it to that submission's time).
-fn pick_up(
-    store: &mut TrialStore,
-    db: &Path,
-    tasks: &mut HashMap<i64, (String, StudyTask)>,
-    ended: &HashMap<i64, f64>,
-    signals: &Signals,
-) -> Result<()> {
-    for row in store.studies()? {
-        let Some(submitted) = row.submitted_at else {
-            continue;
-        };
-        if tasks.contains_key(&row.id)
-            || ended.get(&row.id) == Some(&submitted)
-            || row.state == Some(StudyState::Finished)
-        {
-            continue;
-        }
-        let budget = match daemon_budget(&row, db) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(study = %row.name, "cannot run the study: {e}");
-                store.set_study_state(row.id, StudyState::Interrupted, Some("error"))?;
+/// What the daemon keeps between polls.
+struct Daemon {
+    db: PathBuf,
+    store: TrialStore,
+    holder: String,
+    lease_s: f64,
+    tasks: HashMap<i64, Running>,
+    /// Studies that ended in this daemon, with the submission time they ended under.
+    ended: HashMap<i64, f64>,
+    outcomes: Vec<SearchOutcome>,
+}
+
+impl Daemon {
+    /// Starts every submitted study that no task runs, that did not already end here
+    /// since its last submission, and whose controller lease it can take (a study whose
+    /// last controller died is taken once that lease expires).
+    fn pick_up(&mut self, signals: &Signals) -> Result<()> {
+        for row in self.store.studies()? {
+            let Some(submitted) = row.submitted_at else {
+                continue;
+            };
+            if self.tasks.contains_key(&row.id)
+                || self.ended.get(&row.id) == Some(&submitted)
+                || row.state == Some(StudyState::Finished)
+            {
                 continue;
             }
-        };
-        tracing::info!(study = %row.name, id = row.id, "study starts");
-        let task = tokio::spawn(run_study(
-            budget,
-            row.budget.clone(),
-            signals.clone(),
-            false,
-            false,
-        ));
-        tasks.insert(row.id, (row.name.clone(), task));
-    }
-    Ok(())
-}
-
-async fn serve(db: PathBuf) -> Result<Vec<SearchOutcome>> {
-    let mut signals = Signals::new()?;
-    let mut store = TrialStore::open(&db)?;
-    let mut tasks: HashMap<i64, (String, StudyTask)> = HashMap::new();
-    let mut ended: HashMap<i64, f64> = HashMap::new();
-    let mut outcomes = Vec::new();
-    tracing::info!(db = %db.display(), "the daemon serves the store");
-    loop {
-        if !signals.received() {
-            pick_up(&mut store, &db, &mut tasks, &ended, &signals)?;
+            let scope = study_scope(row.id);
+            if let Some(l) = self
+                .store
+                .leases(&scope)?
+                .pop()
+                .filter(|l| l.live_at(now()))
+            {
+                tracing::debug!(study = %row.name, holder = %l.holder, "held by another controller");
+                continue;
+            }
+            let budget = match daemon_budget(&row, &self.db) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(study = %row.name, "cannot run the study: {e}");
+                    self.store
+                        .set_study_state(row.id, StudyState::Interrupted, Some("error"))?;
+                    continue;
+                }
+            };
+            let lease = match HeldLease::acquire(&self.db, &scope, &self.holder, self.lease_s)? {
+                Ok(l) => l,
+                Err(_) => continue,
+            };
+            tracing::info!(study = %row.name, id = row.id, "study starts");
+            let lost = lease.lost_flag();
+            let task = tokio::spawn(run_study(
+                budget,
+                row.budget.clone(),
+                lease,
+                signals.clone(),
+                false,
+                false,
+            ));
+            self.tasks.insert(
+                row.id,
+                Running {
+                    name: row.name.clone(),
+                    task,
+                    lost,
+                },
+            );
         }
-        let done: Vec<i64> = tasks
+        Ok(())
+    }
+
+    /// Collects the studies whose controller task ended.
+    async fn reap(&mut self) -> Result<()> {
+        let done: Vec<i64> = self
+            .tasks
             .iter()
-            .filter(|(_, (_, t))| t.is_finished())
+            .filter(|(_, r)| r.task.is_finished())
             .map(|(id, _)| *id)
             .collect();
         for id in done {
-            let (name, task) = tasks.remove(&id).expect("listed");
-            match task.await {
+            let r = self.tasks.remove(&id).expect("listed");
+            match r.task.await {
                 Ok(Ok(o)) => {
-                    tracing::info!(study = %name, stopped = ?o.stopped, "study ends");
-                    outcomes.push(o);
+                    tracing::info!(study = %r.name, stopped = ?o.stopped, "study ends");
+                    self.outcomes.push(o);
+                }
+                Ok(Err(e)) if r.lost.load(Ordering::Relaxed) => {
+                    tracing::error!(study = %r.name, "study left to another controller: {e}")
                 }
                 Ok(Err(e)) => {
-                    tracing::error!(study = %name, "study failed: {e}");
-                    store.set_study_state(id, StudyState::Interrupted, Some("error"))?;
+                    tracing::error!(study = %r.name, "study failed: {e}");
+                    self.store
+                        .set_study_state(id, StudyState::Interrupted, Some("error"))?;
                 }
-                Err(e) => tracing::error!(study = %name, "study task: {e}"),
+                Err(e) => tracing::error!(study = %r.name, "study task: {e}"),
             }
-            let submitted = store
+            let submitted = self
+                .store
                 .studies()?
                 .iter()
                 .find(|s| s.id == id)
                 .and_then(|s| s.submitted_at);
-            ended.insert(id, submitted.unwrap_or_default());
+            self.ended.insert(id, submitted.unwrap_or_default());
         }
-        if signals.received() && tasks.is_empty() {
+        Ok(())
+    }
+}
+
+/// Waits until this daemon holds the store's daemon lease (None: a signal came first).
+async fn become_active(
+    db: &Path,
+    holder: &str,
+    lease_s: f64,
+    signals: &mut Signals,
+) -> Result<Option<HeldLease>> {
+    let mut told = false;
+    loop {
+        match HeldLease::acquire(db, DAEMON_SCOPE, holder, lease_s)? {
+            Ok(l) => {
+                tracing::info!(db = %db.display(), "the daemon serves the store");
+                return Ok(Some(l));
+            }
+            Err(current) if !told => {
+                tracing::warn!(
+                    db = %db.display(),
+                    active = %super::lease::describe(&current),
+                    "another daemon serves the store: standing by, to take over when its lease expires"
+                );
+                told = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs_f64(lease_s / 3.0)) => {}
+            _ = signals.recv() => return Ok(None),
+        }
+    }
+}
+
+async fn serve(db: PathBuf, lease_s: f64) -> Result<Vec<SearchOutcome>> {
+    let mut signals = Signals::new()?;
+    let holder = holder_name("serve");
+    let Some(active) = become_active(&db, &holder, lease_s, &mut signals).await? else {
+        return Ok(Vec::new());
+    };
+    let mut d = Daemon {
+        store: TrialStore::open(&db)?,
+        db,
+        holder,
+        lease_s,
+        tasks: HashMap::new(),
+        ended: HashMap::new(),
+        outcomes: Vec::new(),
+    };
+    loop {
+        if active.lost() {
+            for r in d.tasks.values() {
+                r.task.abort();
+            }
+            active.check()?;
+        }
+        if !signals.received() {
+            d.pick_up(&signals)?;
+        }
+        d.reap().await?;
+        if signals.received() && d.tasks.is_empty() {
             break;
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
             _ = signals.recv(), if !signals.received() => {
-                tracing::warn!(studies = tasks.len(), "signal received: the daemon stops its studies");
+                tracing::warn!(studies = d.tasks.len(), "signal received: the daemon stops its studies");
             }
         }
     }
-    Ok(outcomes)
+    Ok(d.outcomes)
 }

@@ -8,6 +8,7 @@ pub mod export;
 pub mod finalists;
 pub mod gp;
 pub mod identity;
+pub mod lease;
 pub mod pareto;
 pub mod problem;
 pub mod promotion;

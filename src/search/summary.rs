@@ -5,7 +5,7 @@ use super::export::{best_trial, study_base};
 use super::problem::Target;
 use crate::Result;
 use crate::cost::Cost;
-use crate::store::{FinalResult, StudyRow, Trial, TrialState, TrialStore};
+use crate::store::{FinalResult, Lease, StudyRow, Trial, TrialState, TrialStore, now, study_scope};
 
 /// One study at a glance: what `rankprune studies` and the dashboard's studies page show.
 #[derive(Debug, Clone)]
@@ -23,6 +23,8 @@ pub struct StudySummary {
     pub target: Option<Target>,
     /// From the study's creation to its last recorded event (now, while it runs).
     pub wall_s: f64,
+    /// The study's latest controller lease (None if no controller ever held one).
+    pub controller: Option<Lease>,
 }
 
 impl StudySummary {
@@ -46,6 +48,23 @@ impl StudySummary {
     pub fn is_live(&self) -> bool {
         matches!(self.state.as_str(), "running" | "final_stage")
     }
+
+    /// Whether a controller holds the study now.
+    pub fn controller_alive(&self) -> bool {
+        self.controller.as_ref().is_some_and(|l| l.live_at(now()))
+    }
+
+    /// The controller's liveness for people: `alive`, `lost N s ago` (a study left
+    /// running or in its final stage by a controller that died), or `-`.
+    pub fn controller_status(&self) -> String {
+        match &self.controller {
+            Some(l) if l.live_at(now()) => "alive".into(),
+            Some(l) if self.is_live() => {
+                format!("lost {:.0} s ago", (now() - l.expires_at).max(0.0))
+            }
+            _ => "-".into(),
+        }
+    }
 }
 
 impl StudySummary {
@@ -65,6 +84,14 @@ impl StudySummary {
             "flops_reduction": self.best.as_ref().and_then(|(t, _)| self.reduction(t.cost.flops)),
             "created_at": self.row.created_at,
             "wall_seconds": self.wall_s,
+            "controller": self.controller.as_ref().map(|l| serde_json::json!({
+                "holder": l.holder,
+                "alive": l.live_at(now()),
+                "renewed_at": l.renewed_at,
+                "expires_at": l.expires_at,
+                "released_at": l.released_at,
+            })),
+            "controller_status": self.controller_status(),
         })
     }
 }
@@ -94,6 +121,7 @@ pub(crate) fn summary(store: &TrialStore, row: StudyRow) -> Result<StudySummary>
         .chain(row.state_at)
         .fold(row.created_at, f64::max);
     let (base, target) = study_base(&row).unzip();
+    let controller = store.leases(&study_scope(row.id))?.pop();
     let mut s = StudySummary {
         best: best_trial(store, &row)?,
         limit: budget_of(&row).map(|b| b.limits.max_trials),
@@ -102,11 +130,12 @@ pub(crate) fn summary(store: &TrialStore, row: StudyRow) -> Result<StudySummary>
         base,
         target,
         wall_s: last - row.created_at,
+        controller,
         state,
         row,
     };
     if s.is_live() {
-        s.wall_s = s.wall_s.max(crate::store::now() - s.row.created_at);
+        s.wall_s = s.wall_s.max(now() - s.row.created_at);
     }
     Ok(s)
 }

@@ -208,6 +208,38 @@ pub struct FinalResult {
     pub reason: Option<String>,
 }
 
+/// One holding of a lease: the store's active daemon (scope [`DAEMON_SCOPE`]) or a
+/// study's controller ([`study_scope`]). Rows are kept as history; the newest row of a
+/// scope is its holder while it is neither released nor expired.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Lease {
+    pub id: i64,
+    pub scope: String,
+    /// Who holds it: the process's kind, host and pid.
+    pub holder: String,
+    pub acquired_at: f64,
+    /// The holder's last renewal.
+    pub renewed_at: f64,
+    /// Anyone may take the scope over after this, unless renewed meanwhile.
+    pub expires_at: f64,
+    pub released_at: Option<f64>,
+}
+
+impl Lease {
+    /// Whether it still holds its scope at `t` (Unix seconds).
+    pub fn live_at(&self, t: f64) -> bool {
+        self.released_at.is_none() && self.expires_at > t
+    }
+}
+
+/// The scope of the store's active daemon.
+pub const DAEMON_SCOPE: &str = "daemon";
+
+/// The scope of study `id`'s controller.
+pub fn study_scope(id: i64) -> String {
+    format!("study:{id}")
+}
+
 /// Unix time in seconds.
 pub fn now() -> f64 {
     SystemTime::now()
@@ -249,8 +281,9 @@ pub trait Store: Send {
     fn interrupt(&mut self, trial: i64) -> StoreResult<()>;
 
     /// On restart: running or interrupted trials go back to the queue, their partial
-    /// reports dropped. Returns how many.
-    fn requeue_unfinished(&mut self, study: i64) -> StoreResult<usize>;
+    /// reports dropped, except, with `keep_leased`, running ones whose worker process
+    /// still holds a live lease (it goes on with them). Returns how many.
+    fn requeue_unfinished(&mut self, study: i64, keep_leased: bool) -> StoreResult<usize>;
 
     /// Stores the study's cost target (JSON) and the budget text it comes from.
     fn set_study_target(&mut self, study: i64, target: &str, budget: &str) -> StoreResult<()>;
@@ -326,6 +359,26 @@ pub trait Store: Send {
 
     /// The verdict on that report, once the controller gave one.
     fn verdict(&self, trial: i64, step: i64) -> StoreResult<Option<bool>>;
+
+    /// Takes the lease of `scope` for `holder` for `lease_s` seconds, in one
+    /// transaction: `Ok(lease)` when the scope was free (never taken, released or
+    /// expired), `Err(current)` naming who holds it.
+    fn acquire_lease(
+        &mut self,
+        scope: &str,
+        holder: &str,
+        lease_s: f64,
+    ) -> StoreResult<Result<Lease, Lease>>;
+
+    /// Renews lease `id` for `lease_s` seconds from now; false when it no longer holds
+    /// its scope (released, or taken over after it expired).
+    fn renew_lease(&mut self, id: i64, lease_s: f64) -> StoreResult<bool>;
+
+    /// Gives lease `id` up at once.
+    fn release_lease(&mut self, id: i64) -> StoreResult<()>;
+
+    /// Every holding of `scope`, oldest first (the last is the current or latest holder).
+    fn leases(&self, scope: &str) -> StoreResult<Vec<Lease>>;
 }
 
 /// An open store of either kind; it derefs to [`Store`].

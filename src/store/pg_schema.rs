@@ -75,4 +75,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE studies ADD COLUMN stop_requested_at DOUBLE PRECISION;
     ALTER TABLE studies ADD COLUMN identity TEXT;
     ALTER TABLE reports ADD COLUMN verdict BOOLEAN;",
+    // v8: leases of the active daemon and of each study's controller.
+    "CREATE TABLE leases (
+        id BIGSERIAL PRIMARY KEY,
+        scope TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        acquired_at DOUBLE PRECISION NOT NULL,
+        renewed_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        released_at DOUBLE PRECISION
+    );
+    CREATE INDEX leases_by_scope ON leases (scope, id);",
 ];

@@ -456,18 +456,24 @@ impl Store for PgStore {
         )
     }
 
-    fn requeue_unfinished(&mut self, study: i64) -> StoreResult<usize> {
+    fn requeue_unfinished(&mut self, study: i64, keep_leased: bool) -> StoreResult<usize> {
+        let which = "study_id = $1 AND state IN ('running', 'interrupted') AND NOT \
+             ($2 AND state = 'running' AND lease_until IS NOT NULL AND lease_until > $3)";
+        let t = now();
         self.run(|c| {
             let mut tx = c.transaction()?;
             tx.execute(
-                "DELETE FROM reports WHERE trial_id IN \
-                 (SELECT id FROM trials WHERE study_id = $1 AND state IN ('running', 'interrupted'))",
-                &[&study],
+                &format!(
+                    "DELETE FROM reports WHERE trial_id IN (SELECT id FROM trials WHERE {which})"
+                ),
+                &[&study, &keep_leased, &t],
             )?;
             let n = tx.execute(
-                "UPDATE trials SET state = 'queued', worker = NULL, started_at = NULL, lease_until = NULL \
-                 WHERE study_id = $1 AND state IN ('running', 'interrupted')",
-                &[&study],
+                &format!(
+                    "UPDATE trials SET state = 'queued', worker = NULL, started_at = NULL, \
+                     lease_until = NULL WHERE {which}"
+                ),
+                &[&study, &keep_leased, &t],
             )?;
             tx.commit()?;
             Ok(n as usize)
@@ -753,6 +759,88 @@ impl Store for PgStore {
             )?;
             Ok(row.and_then(|r| r.get::<_, Option<bool>>(0)))
         })
+    }
+
+    /// Lease times are the server's clock, so machines whose clocks differ agree on them.
+    fn acquire_lease(
+        &mut self,
+        scope: &str,
+        holder: &str,
+        lease_s: f64,
+    ) -> StoreResult<Result<Lease, Lease>> {
+        self.run(|c| {
+            let mut tx = c.transaction()?;
+            // Acquirers and renewals of any scope wait on each other.
+            tx.batch_execute("LOCK TABLE leases IN SHARE ROW EXCLUSIVE MODE")?;
+            let t: f64 = tx.query_one(SERVER_NOW, &[])?.get(0);
+            let current = tx
+                .query_opt(
+                    &format!("SELECT {LEASE_COLUMNS} FROM leases WHERE scope = $1 ORDER BY id DESC LIMIT 1"),
+                    &[&scope],
+                )?
+                .map(|r| lease_from_row(&r));
+            if let Some(c) = current.filter(|c| c.live_at(t)) {
+                return Ok(Err(c));
+            }
+            let row = tx.query_one(
+                &format!(
+                    "INSERT INTO leases (scope, holder, acquired_at, renewed_at, expires_at) \
+                     VALUES ($1, $2, $3, $3, $4) RETURNING {LEASE_COLUMNS}"
+                ),
+                &[&scope, &holder, &t, &(t + lease_s)],
+            )?;
+            tx.commit()?;
+            Ok(Ok(lease_from_row(&row)))
+        })
+    }
+
+    fn renew_lease(&mut self, id: i64, lease_s: f64) -> StoreResult<bool> {
+        let n = self.exec(
+            &format!(
+                "UPDATE leases SET renewed_at = ({SERVER_NOW}), expires_at = ({SERVER_NOW}) + $2 \
+                 WHERE id = $1 AND released_at IS NULL \
+                 AND id = (SELECT MAX(l.id) FROM leases l WHERE l.scope = leases.scope)"
+            ),
+            &[&id, &lease_s],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn release_lease(&mut self, id: i64) -> StoreResult<()> {
+        self.exec(
+            &format!(
+                "UPDATE leases SET released_at = ({SERVER_NOW}) WHERE id = $1 AND released_at IS NULL"
+            ),
+            &[&id],
+        )
+        .map(drop)
+    }
+
+    fn leases(&self, scope: &str) -> StoreResult<Vec<Lease>> {
+        self.run(|c| {
+            let rows = c.query(
+                &format!("SELECT {LEASE_COLUMNS} FROM leases WHERE scope = $1 ORDER BY id"),
+                &[&scope],
+            )?;
+            Ok(rows.iter().map(lease_from_row).collect())
+        })
+    }
+}
+
+/// The server's clock in Unix seconds.
+const SERVER_NOW: &str = "SELECT EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION";
+
+const LEASE_COLUMNS: &str = "id, scope, holder, acquired_at, renewed_at, expires_at, released_at";
+
+fn lease_from_row(r: &Row) -> Lease {
+    Lease {
+        id: r.get(0),
+        scope: r.get(1),
+        holder: r.get(2),
+        acquired_at: r.get(3),
+        renewed_at: r.get(4),
+        expires_at: r.get(5),
+        released_at: r.get(6),
     }
 }
 

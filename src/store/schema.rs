@@ -112,6 +112,20 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE studies ADD COLUMN stop_requested_at REAL;
     ALTER TABLE studies ADD COLUMN identity TEXT;
     ALTER TABLE reports ADD COLUMN verdict INTEGER;",
+    // v8: leases of the store's active daemon (scope `daemon`) and of each study's
+    // controller (scope `study:ID`). A row per holding, kept as history: the newest row
+    // of a scope is its holder while `released_at` is NULL and `expires_at` lies ahead
+    // (renewed by the holder's heartbeats).
+    "CREATE TABLE leases (
+        id INTEGER PRIMARY KEY,
+        scope TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        acquired_at REAL NOT NULL,
+        renewed_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        released_at REAL
+    );
+    CREATE INDEX leases_by_scope ON leases (scope, id);",
 ];
 
 /// The schema version this build writes.

@@ -344,21 +344,25 @@ impl Store for SqliteStore {
         )
     }
 
-    fn requeue_unfinished(&mut self, study: i64) -> StoreResult<usize> {
+    fn requeue_unfinished(&mut self, study: i64, keep_leased: bool) -> StoreResult<usize> {
         let path = self.path.clone();
         let err = sql_err(&path);
         let tx = self.write_tx().map_err(&err)?;
+        let which = "study_id = ?1 AND state IN ('running', 'interrupted') AND NOT \
+             (?2 AND state = 'running' AND lease_until IS NOT NULL AND lease_until > ?3)";
+        let args = params![study, keep_leased, now()];
         tx.execute(
-            "DELETE FROM reports WHERE trial_id IN \
-             (SELECT id FROM trials WHERE study_id = ?1 AND state IN ('running', 'interrupted'))",
-            [study],
+            &format!("DELETE FROM reports WHERE trial_id IN (SELECT id FROM trials WHERE {which})"),
+            args,
         )
         .map_err(&err)?;
         let n = tx
             .execute(
-                "UPDATE trials SET state = 'queued', worker = NULL, started_at = NULL, lease_until = NULL \
-                 WHERE study_id = ?1 AND state IN ('running', 'interrupted')",
-                [study],
+                &format!(
+                    "UPDATE trials SET state = 'queued', worker = NULL, started_at = NULL, \
+                     lease_until = NULL WHERE {which}"
+                ),
+                args,
             )
             .map_err(&err)?;
         tx.commit().map_err(&err)?;
@@ -685,6 +689,31 @@ impl Store for SqliteStore {
         .map(drop)
     }
 
+    fn acquire_lease(
+        &mut self,
+        scope: &str,
+        holder: &str,
+        lease_s: f64,
+    ) -> StoreResult<Result<Lease, Lease>> {
+        self.acquire_lease_tx(scope, holder, lease_s)
+    }
+
+    fn renew_lease(&mut self, id: i64, lease_s: f64) -> StoreResult<bool> {
+        self.renew_lease_tx(id, lease_s)
+    }
+
+    fn release_lease(&mut self, id: i64) -> StoreResult<()> {
+        self.exec(
+            "UPDATE leases SET released_at = ?2 WHERE id = ?1 AND released_at IS NULL",
+            params![id, now()],
+        )
+        .map(drop)
+    }
+
+    fn leases(&self, scope: &str) -> StoreResult<Vec<Lease>> {
+        self.lease_rows(scope)
+    }
+
     fn verdict(&self, trial: i64, step: i64) -> StoreResult<Option<bool>> {
         self.conn
             .query_row(
@@ -695,6 +724,83 @@ impl Store for SqliteStore {
             .optional()
             .map(Option::flatten)
             .map_err(sql_err(&self.path))
+    }
+}
+
+const LEASE_COLUMNS: &str = "id, scope, holder, acquired_at, renewed_at, expires_at, released_at";
+
+fn lease_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
+    Ok(Lease {
+        id: r.get(0)?,
+        scope: r.get(1)?,
+        holder: r.get(2)?,
+        acquired_at: r.get(3)?,
+        renewed_at: r.get(4)?,
+        expires_at: r.get(5)?,
+        released_at: r.get(6)?,
+    })
+}
+
+/// Leases, in one transaction each (the write lock orders them).
+impl SqliteStore {
+    pub(super) fn acquire_lease_tx(
+        &mut self,
+        scope: &str,
+        holder: &str,
+        lease_s: f64,
+    ) -> StoreResult<Result<Lease, Lease>> {
+        let path = self.path.clone();
+        let err = sql_err(&path);
+        let tx = self.write_tx().map_err(&err)?;
+        let t = now();
+        let current = tx
+            .query_row(
+                &format!(
+                    "SELECT {LEASE_COLUMNS} FROM leases WHERE scope = ?1 ORDER BY id DESC LIMIT 1"
+                ),
+                [scope],
+                lease_from_row,
+            )
+            .optional()
+            .map_err(&err)?;
+        if let Some(c) = current.filter(|c| c.live_at(t)) {
+            return Ok(Err(c));
+        }
+        let lease = tx
+            .query_row(
+                &format!(
+                    "INSERT INTO leases (scope, holder, acquired_at, renewed_at, expires_at) \
+                     VALUES (?1, ?2, ?3, ?3, ?4) RETURNING {LEASE_COLUMNS}"
+                ),
+                params![scope, holder, t, t + lease_s],
+                lease_from_row,
+            )
+            .map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        Ok(Ok(lease))
+    }
+
+    pub(super) fn renew_lease_tx(&mut self, id: i64, lease_s: f64) -> StoreResult<bool> {
+        let t = now();
+        let n = self.exec(
+            "UPDATE leases SET renewed_at = ?2, expires_at = ?3 WHERE id = ?1 \
+             AND released_at IS NULL \
+             AND id = (SELECT MAX(l.id) FROM leases l WHERE l.scope = leases.scope)",
+            params![id, t, t + lease_s],
+        )?;
+        Ok(n == 1)
+    }
+
+    pub(super) fn lease_rows(&self, scope: &str) -> StoreResult<Vec<Lease>> {
+        let err = sql_err(&self.path);
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {LEASE_COLUMNS} FROM leases WHERE scope = ?1 ORDER BY id"
+            ))
+            .map_err(&err)?;
+        let rows = st.query_map([scope], lease_from_row).map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
     }
 }
 

@@ -127,7 +127,7 @@ fn restart(at: &Path) {
         // The process dies here with `running` still running.
     }
     let mut s = TrialStore::open(at).unwrap();
-    assert_eq!(s.requeue_unfinished(study).unwrap(), 2);
+    assert_eq!(s.requeue_unfinished(study, false).unwrap(), 2);
     let all = s.trials(study).unwrap();
     assert_eq!(
         all.iter().map(|t| t.state).collect::<Vec<_>>(),
@@ -157,7 +157,7 @@ fn a_change_that_fails_half_way_leaves_nothing_behind() {
              BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
         )
         .unwrap();
-    let e = s.requeue_unfinished(study).unwrap_err().to_string();
+    let e = s.requeue_unfinished(study, false).unwrap_err().to_string();
     assert!(e.contains("injected failure"), "{e}");
     assert_eq!(
         s.reports(id).unwrap(),
@@ -166,7 +166,7 @@ fn a_change_that_fails_half_way_leaves_nothing_behind() {
     );
     assert_eq!(s.trial(id).unwrap().state, TrialState::Interrupted);
     s.conn.execute_batch("DROP TRIGGER fail_update;").unwrap();
-    assert_eq!(s.requeue_unfinished(study).unwrap(), 1);
+    assert_eq!(s.requeue_unfinished(study, false).unwrap(), 1);
     assert!(s.reports(id).unwrap().is_empty());
 
     // record_rung_fidelity deletes the study's rows, then inserts the new ones.
@@ -559,4 +559,95 @@ fn busy_writers(at: &Path) {
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let ran: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
     assert_eq!(ran, 300);
+}
+
+#[test]
+fn a_lease_has_one_holder_until_released_or_expired() {
+    each_store(controller_leases);
+}
+
+fn controller_leases(at: &Path) {
+    let mut a = TrialStore::open(at).unwrap();
+    let mut b = TrialStore::open(at).unwrap();
+    let first = a.acquire_lease(DAEMON_SCOPE, "a", 0.6).unwrap().unwrap();
+    // Held: another holder is told who holds it; another scope is free.
+    let held = b
+        .acquire_lease(DAEMON_SCOPE, "b", 0.6)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!((held.id, held.holder.as_str()), (first.id, "a"));
+    let other = b.acquire_lease(&study_scope(1), "b", 5.0).unwrap().unwrap();
+    // Renewals keep it past its first expiry.
+    for _ in 0..4 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(a.renew_lease(first.id, 0.6).unwrap());
+    }
+    assert!(b.acquire_lease(DAEMON_SCOPE, "b", 0.6).unwrap().is_err());
+    // Expired: b takes it over, and a's renewal fails from then on.
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let second = b.acquire_lease(DAEMON_SCOPE, "b", 5.0).unwrap().unwrap();
+    assert!(!a.renew_lease(first.id, 0.6).unwrap());
+    assert!(b.renew_lease(second.id, 5.0).unwrap());
+    // Released: free at once.
+    b.release_lease(second.id).unwrap();
+    assert!(!b.renew_lease(second.id, 5.0).unwrap());
+    let third = a.acquire_lease(DAEMON_SCOPE, "a", 5.0).unwrap().unwrap();
+    // The history: three holdings, none overlapping the next.
+    let h = a.leases(DAEMON_SCOPE).unwrap();
+    assert_eq!(
+        h.iter().map(|l| l.id).collect::<Vec<_>>(),
+        vec![first.id, second.id, third.id]
+    );
+    for w in h.windows(2) {
+        let end = w[0].released_at.unwrap_or(w[0].expires_at);
+        assert!(end <= w[1].acquired_at, "{w:?}");
+    }
+    assert_eq!(b.leases(&study_scope(1)).unwrap(), vec![other]);
+}
+
+/// Many processes racing for one free lease: exactly one gets it.
+#[test]
+fn racing_acquirers_get_one_lease() {
+    each_store(|at| {
+        drop(TrialStore::open(at).unwrap());
+        let won: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6)
+                .map(|i| {
+                    s.spawn(move || {
+                        let mut st = TrialStore::open(at).unwrap();
+                        st.acquire_lease("race", &format!("h{i}"), 30.0)
+                            .unwrap()
+                            .is_ok() as usize
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(won, 1);
+    });
+}
+
+#[test]
+fn a_restart_beside_live_workers_requeues_only_expired_leases() {
+    each_store(|at| {
+        let mut s = TrialStore::open(at).unwrap();
+        let study = s.study("s", "b").unwrap();
+        let (live, dead, local) = (
+            s.enqueue(study, "1", COST).unwrap(),
+            s.enqueue(study, "2", COST).unwrap(),
+            s.enqueue(study, "3", COST).unwrap(),
+        );
+        s.set_study_state(study, StudyState::Running, None).unwrap();
+        s.claim_any("w1", 30.0).unwrap();
+        s.claim_any("w2", 0.01).unwrap();
+        s.claim(study, "cpu0").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(s.requeue_unfinished(study, true).unwrap(), 2);
+        let state = |id| s.trial(id).unwrap().state;
+        assert_eq!(state(live), TrialState::Running);
+        assert_eq!(state(dead), TrialState::Queued);
+        assert_eq!(state(local), TrialState::Queued);
+        assert_eq!(s.requeue_unfinished(study, false).unwrap(), 1);
+        assert_eq!(s.trial(live).unwrap().state, TrialState::Queued);
+    });
 }

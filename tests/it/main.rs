@@ -4,6 +4,7 @@
 mod architectures;
 mod bad_configs;
 mod bad_search_files;
+mod chaos;
 mod cli;
 mod common;
 mod daemon;

@@ -283,6 +283,11 @@ pub(super) async fn dispatch(
         .map(|t| t.id)
         .collect();
     loop {
+        if ctl.lease.lost() {
+            ctl.stop.store(true, Ordering::Relaxed);
+            pb.finish_and_clear();
+            ctl.lease.check()?;
+        }
         if external {
             ctl.external_tick(&mut observed, stopping)?;
         }
@@ -308,7 +313,14 @@ pub(super) async fn dispatch(
             ctl.start_local(&mut slots, ctx, &tx)?;
             refresh(ctl, &pb)?;
         }
-        if ctl.running(&slots)? == 0 {
+        // On a signal the controller waits for its own threads' trials only: worker
+        // processes go on with theirs, and the next controller collects them.
+        let waiting = if stopping == Some(StopReason::Signal) {
+            slots.iter().filter(|s| s.busy.is_some()).count()
+        } else {
+            ctl.running(&slots)?
+        };
+        if waiting == 0 {
             if stopping.is_some() {
                 break;
             }

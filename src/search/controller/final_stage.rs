@@ -105,6 +105,7 @@ pub(super) async fn final_stage(
         }
         match res {
             Ok(f) => {
+                ctl.lease.check()?;
                 tracing::info!(
                     trial = t.number,
                     test_top1 = f.top1,

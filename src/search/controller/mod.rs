@@ -10,6 +10,7 @@
 use super::budget::{Budget, ObjectiveKind, StrategyName};
 use super::export::{best_trial, export_config};
 use super::finalists::finalists;
+use super::lease::{self, DEFAULT_LEASE_S, HeldLease, holder_name};
 use super::problem::{Observation, Problem, Target};
 use super::space::{Point, SpaceFile};
 use super::strategy::{self, Strategy};
@@ -22,7 +23,7 @@ use crate::data::{ImageSet, Split};
 use crate::device::parse_device;
 use crate::model::Vgg;
 use crate::store::{
-    CandidateCost, FinalResult, StudyState, Trial, TrialState, TrialStore, is_postgres,
+    CandidateCost, FinalResult, StudyState, Trial, TrialState, TrialStore, is_postgres, study_scope,
 };
 use crate::train::{Control, TrainConfig, evaluate, train};
 use crate::weights::Weights;
@@ -37,7 +38,6 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 
-/// Memory for Tucker factors shared by the trials (see [`TuckerCache`]).
 mod dispatch;
 mod final_stage;
 mod shutdown;
@@ -50,6 +50,7 @@ use shutdown::{bar, blocking, epoch_progress};
 use start::open_study;
 pub use start::study_problem;
 
+/// Memory for Tucker factors shared by the trials (see [`TuckerCache`]).
 const TUCKER_CACHE_BYTES: usize = 1 << 30;
 /// Trials kept queued for worker processes: one per running trial (so a worker that
 /// finishes finds the next one waiting), and at least this many.
@@ -92,6 +93,7 @@ pub struct SearchOutcome {
 /// Runs (or resumes) the study a budget file describes, in the foreground.
 pub fn run_search(budget_path: &Path, progress: bool, allow_change: bool) -> Result<SearchOutcome> {
     let (budget, text) = Budget::load_with_text(budget_path)?;
+    let lease = take_study(&budget, &text, &holder_name("search"), DEFAULT_LEASE_S)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -99,7 +101,27 @@ pub fn run_search(budget_path: &Path, progress: bool, allow_change: bool) -> Res
         .map_err(|e| Error::Failure(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async {
         let signals = Signals::new()?;
-        run_study(budget, text, signals, progress, allow_change).await
+        run_study(budget, text, lease, signals, progress, allow_change).await
+    })
+}
+
+/// Takes the controller lease of the budget's study (creating its row if new), or
+/// refuses (exit code 2) naming the process that holds it.
+pub fn take_study(budget: &Budget, text: &str, holder: &str, lease_s: f64) -> Result<HeldLease> {
+    let db = &budget.study.db;
+    if let Some(dir) = db.parent().filter(|_| !is_postgres(db)) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Failure(format!("{}: {e}", dir.display())))?;
+    }
+    let id = TrialStore::open(db)?.study(&budget.study.name, text)?;
+    HeldLease::acquire(db, &study_scope(id), holder, lease_s)?.map_err(|l| {
+        Error::BadInput(format!(
+            "{}: study {} is run by {}; wait for it to end, or `rankprune stop {}`",
+            db.display(),
+            budget.study.name,
+            lease::describe(&l),
+            budget.study.name
+        ))
     })
 }
 
@@ -108,16 +130,24 @@ pub fn run_search(budget_path: &Path, progress: bool, allow_change: bool) -> Res
 pub async fn run_study(
     budget: Budget,
     budget_text: String,
+    lease: HeldLease,
     mut signals: Signals,
     progress: bool,
     allow_change: bool,
 ) -> Result<SearchOutcome> {
     let started = Instant::now();
-    let Some((mut ctl, ctx)) =
-        open_study(&budget, &budget_text, &mut signals, progress, allow_change).await?
+    let Some((mut ctl, ctx)) = open_study(
+        &budget,
+        &budget_text,
+        lease,
+        &mut signals,
+        progress,
+        allow_change,
+    )
+    .await?
     else {
         return Err(Error::Failure(
-            "interrupted while training the base model; nothing was written".into(),
+            "interrupted while training the base model; no trial was run".into(),
         ));
     };
     let stopped = dispatch(&mut ctl, &ctx, &mut signals, progress).await?;
@@ -138,6 +168,7 @@ pub async fn run_study(
     } else {
         StudyState::Finished
     };
+    ctl.lease.check()?;
     ctl.store.set_study_state(study, done, reason)?;
     outcome(&ctl, &budget, stopped, started)
 }
@@ -150,6 +181,8 @@ struct Controller {
     strategy: Box<dyn Strategy>,
     points: HashMap<i64, Point>,
     stop: Arc<AtomicBool>,
+    /// The study's controller lease: while it holds, no other controller acts on it.
+    lease: HeldLease,
 }
 
 impl Controller {
@@ -188,7 +221,9 @@ impl Controller {
     }
 
     /// Queues new points until `want` trials wait or the budget is spent. Returns
-    /// whether the strategy gave nothing new when asked.
+    /// whether the strategy is exhausted: asked for points, it proposed none. (Points it
+    /// proposes that the store already holds, as a config two points share, are
+    /// skipped: the next call asks again.)
     fn fill(&mut self, want: usize) -> Result<bool> {
         let trials = self.store.trials(self.study)?;
         let queued = trials
@@ -202,7 +237,11 @@ impl Controller {
         }
         let mut added = 0;
         for _ in 0..3 {
-            for p in self.strategy.propose(need - added, &self.problem) {
+            let proposed = self.strategy.propose(need - added, &self.problem);
+            if proposed.is_empty() {
+                return Ok(added == 0);
+            }
+            for p in proposed {
                 let config = serde_json::to_string(&self.problem.config(&p))
                     .expect("a config always serializes");
                 if self.store.has_config(self.study, &config)? {
@@ -225,7 +264,7 @@ impl Controller {
                 break;
             }
         }
-        Ok(added == 0)
+        Ok(false)
     }
 }
 

@@ -130,6 +130,7 @@ pub fn study_problem(
 pub(super) async fn open_study(
     budget: &Budget,
     budget_text: &str,
+    lease: HeldLease,
     signals: &mut Signals,
     progress: bool,
     allow_change: bool,
@@ -164,15 +165,7 @@ pub(super) async fn open_study(
         budget.objective.kind == ObjectiveKind::Pareto,
     );
 
-    if let Some(dir) = budget
-        .study
-        .db
-        .parent()
-        .filter(|_| !is_postgres(&budget.study.db))
-    {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Failure(format!("{}: {e}", dir.display())))?;
-    }
+    lease.check()?;
     let mut store = TrialStore::open(&budget.study.db)?;
     let study = store.study(&budget.study.name, budget_text)?;
     let stored = crate::search::export::pick_study(&store, "", Some(&budget.study.name))?;
@@ -198,7 +191,8 @@ pub(super) async fn open_study(
         );
     }
     store.set_identity(study, &identity)?;
-    let requeued = store.requeue_unfinished(study)?;
+    // Trials that worker processes still hold go on; the rest are queued again.
+    let requeued = store.requeue_unfinished(study, budget.workers.processes)?;
     let dir = std::fs::canonicalize(&budget.dir).unwrap_or_else(|_| budget.dir.clone());
     store.set_budget_dir(study, &dir.display().to_string())?;
     store.set_study_state(study, StudyState::Running, None)?;
@@ -210,14 +204,18 @@ pub(super) async fn open_study(
         strategy,
         points: HashMap::new(),
         stop: Arc::new(AtomicBool::new(false)),
+        lease,
     };
     let history = ctl.store.trials(study)?;
     for t in &history {
-        if matches!(
-            t.state,
-            TrialState::Complete | TrialState::EarlyStopped | TrialState::Failed
-        ) {
-            ctl.observe(t);
+        match t.state {
+            TrialState::Complete | TrialState::EarlyStopped | TrialState::Failed => ctl.observe(t),
+            // Still to run: the strategy must not propose them again.
+            TrialState::Queued | TrialState::Running | TrialState::Interrupted => {
+                if let Some(p) = ctl.point_of(t) {
+                    ctl.strategy.exclude(&p);
+                }
+            }
         }
     }
     tracing::info!(

@@ -332,6 +332,10 @@ impl Strategy for Bayes {
         out
     }
 
+    fn exclude(&mut self, point: &Point) {
+        self.seen.insert(point.clone());
+    }
+
     fn observe(&mut self, obs: &Observation) {
         self.seen.insert(obs.point.clone());
         let Some(acc) = obs.acc else { return };

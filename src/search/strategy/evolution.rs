@@ -272,6 +272,10 @@ impl Strategy for Evolution {
         out
     }
 
+    fn exclude(&mut self, point: &Point) {
+        self.seen.insert(point.clone());
+    }
+
     fn observe(&mut self, obs: &Observation) {
         self.seen.insert(obs.point.clone());
         let Some(acc) = obs.acc else { return };

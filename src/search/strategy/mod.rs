@@ -1,4 +1,4 @@
-//! Proposal strategies. The interface is two calls, `propose` and `observe`, over plain
+//! Proposal strategies. The interface is three calls, `propose`, `observe` and `exclude`, over plain
 //! points of a [`Problem`]; strategies know nothing of SQLite or burn.
 
 pub mod bayes;
@@ -15,6 +15,9 @@ pub trait Strategy: Send {
     fn propose(&mut self, n: usize, problem: &Problem) -> Vec<Point>;
     /// A finished trial (also replayed from the store on restart, in trial order).
     fn observe(&mut self, obs: &Observation);
+    /// A point the store already holds unfinished (queued or running when a study
+    /// resumes): never to be proposed again, though nothing is known of it yet.
+    fn exclude(&mut self, point: &Point);
 }
 
 /// The strategy a budget file names; `pareto` selects the accuracy-vs-FLOPs variant.

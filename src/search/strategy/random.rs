@@ -45,6 +45,10 @@ impl Strategy for RandomSearch {
         out
     }
 
+    fn exclude(&mut self, point: &Point) {
+        self.seen.insert(point.clone());
+    }
+
     fn observe(&mut self, obs: &Observation) {
         self.seen.insert(obs.point.clone());
     }

@@ -1,0 +1,166 @@
+//! Leases of the store's active daemon and of each study's controller, kept alive by a
+//! heartbeat thread. A holder that cannot renew for two thirds of its lease counts
+//! itself as having lost it, before anyone else may take it over, and its owner stops
+//! acting (the controller stops at its next tick): so at no instant do two controllers
+//! act on one study, short of a process frozen for longer than that margin.
+
+use crate::store::{Lease, TrialStore, now};
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The lease length of controllers and daemons unless told otherwise (seconds).
+pub const DEFAULT_LEASE_S: f64 = 10.0;
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into())
+}
+
+/// Who this process is, for the store's lease rows: `KIND on HOST (pid N)`.
+pub fn holder_name(kind: &str) -> String {
+    format!("{kind} on {} (pid {})", hostname(), std::process::id())
+}
+
+/// A lease this process holds, renewed every third of its length by a thread with its
+/// own store connection until dropped (which releases it).
+pub struct HeldLease {
+    pub lease: Lease,
+    lost: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    db: PathBuf,
+}
+
+/// How a lease is described to a person: who holds it and how fresh it is.
+pub fn describe(l: &Lease) -> String {
+    let t = now();
+    if l.live_at(t) {
+        format!(
+            "{} (renewed {:.1} s ago)",
+            l.holder,
+            (t - l.renewed_at).max(0.0)
+        )
+    } else {
+        format!(
+            "{} (lost {:.0} s ago)",
+            l.holder,
+            (t - l.renewed_at).max(0.0)
+        )
+    }
+}
+
+impl HeldLease {
+    /// Takes `scope`'s lease in the store at `db` for `lease_s` seconds: Err(holder) when
+    /// another live holder has it.
+    pub fn acquire(
+        db: &Path,
+        scope: &str,
+        holder: &str,
+        lease_s: f64,
+    ) -> Result<std::result::Result<Self, Lease>> {
+        let mut store = TrialStore::open(db)?;
+        let lease = match store.acquire_lease(scope, holder, lease_s)? {
+            Ok(l) => l,
+            Err(current) => return Ok(Err(current)),
+        };
+        tracing::debug!(scope, holder, id = lease.id, "lease taken");
+        let lost = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let (id, l, d) = (lease.id, lost.clone(), done.clone());
+        let scope_name = scope.to_string();
+        let thread = std::thread::Builder::new()
+            .name(format!("lease {scope}"))
+            .spawn(move || keep(store, id, lease_s, &scope_name, &l, &d))
+            .map_err(|e| Error::Failure(format!("cannot start the lease thread: {e}")))?;
+        Ok(Ok(Self {
+            lease,
+            lost,
+            done,
+            thread: Some(thread),
+            db: db.to_path_buf(),
+        }))
+    }
+
+    /// Whether the lease is lost (or about to be: not renewed for two thirds of it).
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// The flag [`Self::lost`] reads, for whoever outlives this handle.
+    pub fn lost_flag(&self) -> Arc<AtomicBool> {
+        self.lost.clone()
+    }
+
+    /// Whether it is still held: Err naming the scope when lost.
+    pub fn check(&self) -> Result<()> {
+        if self.lost() {
+            return Err(Error::Failure(format!(
+                "{}: lost the lease of {}; another process may have taken it over",
+                self.db.display(),
+                self.lease.scope
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The heartbeat: renews lease `id` every third of `lease_s` until `done`; sets `lost`
+/// once the store refuses a renewal or none succeeded for two thirds of the lease.
+fn keep(
+    mut store: TrialStore,
+    id: i64,
+    lease_s: f64,
+    scope: &str,
+    lost: &AtomicBool,
+    done: &AtomicBool,
+) {
+    let every = Duration::from_secs_f64(lease_s / 3.0);
+    let margin = Duration::from_secs_f64(lease_s * 2.0 / 3.0);
+    let mut renewed = Instant::now();
+    loop {
+        let next = Instant::now() + every;
+        while Instant::now() < next {
+            if done.load(Ordering::Relaxed) {
+                if let Err(e) = store.release_lease(id) {
+                    tracing::warn!(scope, "cannot release the lease: {e}");
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20).min(every));
+        }
+        match store.renew_lease(id, lease_s) {
+            Ok(true) => renewed = Instant::now(),
+            Ok(false) => {
+                tracing::error!(scope, "the lease was taken over");
+                lost.store(true, Ordering::Relaxed);
+                return;
+            }
+            Err(e) => tracing::warn!(scope, "cannot renew the lease: {e}"),
+        }
+        if renewed.elapsed() > margin {
+            tracing::error!(
+                scope,
+                seconds = renewed.elapsed().as_secs_f64(),
+                "the lease went unrenewed too long: giving it up"
+            );
+            lost.store(true, Ordering::Relaxed);
+            return;
+        }
+    }
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
