@@ -227,4 +227,60 @@ mod tests {
             vec![(1, 0.5), (2, 0.5), (3, 0.5), (4, 0.7)]
         );
     }
+
+    /// A running study whose controller's lease expired shows it lost, on the studies
+    /// page too; a live one shows alive; a finished study shows none.
+    #[test]
+    fn the_controller_shows_alive_or_lost() {
+        let t = crate::store::now();
+        let lease = |expires_at: f64| crate::store::Lease {
+            id: 1,
+            scope: "study:1".into(),
+            holder: "serve on h (pid 7)".into(),
+            acquired_at: t - 100.0,
+            renewed_at: expires_at - 10.0,
+            expires_at,
+            released_at: None,
+        };
+        let summary = |state: &str, l| StudySummary {
+            row: StudyRow {
+                id: 1,
+                name: "s".into(),
+                budget: String::new(),
+                created_at: 0.0,
+                target: None,
+                state: None,
+                stop_reason: None,
+                state_at: None,
+                budget_dir: None,
+                submitted_at: None,
+                stop_requested_at: None,
+                identity: None,
+            },
+            state: state.into(),
+            done: 0,
+            total: 0,
+            limit: None,
+            best: None,
+            base: None,
+            target: None,
+            wall_s: 0.0,
+            controller: Some(l),
+        };
+        let lost = summary("running", lease(t - 42.0));
+        assert!(!lost.controller_alive());
+        assert_eq!(lost.controller_status(), "lost 42 s ago");
+        let html = super::super::pages::studies_table(&[lost]).into_string();
+        assert!(
+            html.contains("lost 42 s ago") && html.contains("serve on h (pid 7)"),
+            "{html}"
+        );
+        let live = summary("running", lease(t + 5.0));
+        assert!(live.controller_alive());
+        assert_eq!(live.controller_status(), "alive");
+        assert_eq!(
+            summary("finished", lease(t - 42.0)).controller_status(),
+            "-"
+        );
+    }
 }

@@ -86,8 +86,9 @@ pub fn submit(budget_path: &Path, db: &Path) -> Result<Submitted> {
 }
 
 /// Asks study `name`'s controller to stop proposing (its running trials finish, its
-/// final stage runs). A study no controller runs (submitted and not yet started, or
-/// interrupted) is marked finished at once. Returns its state after the request.
+/// final stage runs). A study no live controller runs (submitted and not yet started,
+/// interrupted, or left running by a controller that died) is marked finished at once.
+/// Returns its state after the request.
 pub fn request_stop(db: &Path, name: &str) -> Result<StudyState> {
     let mut store = TrialStore::open(db)?;
     let row = pick_study(&store, &db.display().to_string(), Some(name))?;
@@ -96,7 +97,12 @@ pub fn request_stop(db: &Path, name: &str) -> Result<StudyState> {
             "{}: study {name} is already finished",
             db.display()
         ))),
-        Some(StudyState::Running | StudyState::FinalStage) => {
+        Some(StudyState::Running | StudyState::FinalStage)
+            if store
+                .leases(&study_scope(row.id))?
+                .last()
+                .is_some_and(|l| l.live_at(now())) =>
+        {
             store.request_stop(row.id)?;
             Ok(row.state.expect("matched"))
         }

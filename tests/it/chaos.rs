@@ -397,6 +397,18 @@ fn crash_and_resume(pg: bool) {
     }
     c.wait("30 finished trials", None, |c| c.finished_trials() >= 30);
     c.kill_active_daemon();
+    // `studies` tells that the running studies have lost their controller.
+    c.wait("studies to show the lost controller", None, |c| {
+        let o = run(&["studies", "--db", c.dbs(), "--json"]);
+        let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        list.as_array().unwrap().iter().any(|s| {
+            s["state"] == "running"
+                && s["controller"]["alive"] == false
+                && s["controller_status"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("lost "))
+        })
+    });
     c.daemon();
     c.wait("60 finished trials", None, |c| c.finished_trials() >= 60);
     // SIGTERM: the daemon exits 0 at once, its studies interrupted; workers go on.
