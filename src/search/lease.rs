@@ -28,6 +28,21 @@ pub fn holder_name(kind: &str) -> String {
     format!("{kind} on {} (pid {})", hostname(), std::process::id())
 }
 
+/// Whether `holder` (as [`holder_name`] writes it) names a process of this machine that
+/// no longer exists: its lease can go at once instead of at its expiry.
+pub fn gone_from_this_host(holder: &str) -> bool {
+    let Some((who, pid)) = holder.rsplit_once(" (pid ") else {
+        return false;
+    };
+    let Some(pid) = pid.strip_suffix(')').and_then(|p| p.parse::<u32>().ok()) else {
+        return false;
+    };
+    let on_this_host = who
+        .split_once(" on ")
+        .is_some_and(|(_, host)| host == hostname());
+    on_this_host && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// A lease this process holds, renewed every third of its length by a thread with its
 /// own store connection until dropped (which releases it).
 pub struct HeldLease {
@@ -162,5 +177,30 @@ impl Drop for HeldLease {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_process_of_this_host_is_gone_and_others_are_not() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let host = hostname();
+        assert!(gone_from_this_host(&format!(
+            "search on {host} (pid {dead})"
+        )));
+        assert!(!gone_from_this_host(&holder_name("search")), "this process");
+        assert!(
+            !gone_from_this_host(&format!("serve on {host} (pid 1)")),
+            "alive"
+        );
+        assert!(!gone_from_this_host(&format!(
+            "serve on elsewhere.example (pid {dead})"
+        )));
+        assert!(!gone_from_this_host("not a holder"));
     }
 }

@@ -113,8 +113,20 @@ pub fn take_study(budget: &Budget, text: &str, holder: &str, lease_s: f64) -> Re
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Failure(format!("{}: {e}", dir.display())))?;
     }
-    let id = TrialStore::open(db)?.study(&budget.study.name, text)?;
-    HeldLease::acquire(db, &study_scope(id), holder, lease_s)?.map_err(|l| {
+    let mut store = TrialStore::open(db)?;
+    let id = store.study(&budget.study.name, text)?;
+    let scope = study_scope(id);
+    let mut taken = HeldLease::acquire(db, &scope, holder, lease_s)?;
+    // A controller of this machine that died (SIGKILL, a crash) leaves its lease to
+    // expire; it can go at once.
+    if let Err(l) = &taken
+        && lease::gone_from_this_host(&l.holder)
+    {
+        tracing::warn!(study = %budget.study.name, last = %l.holder, "the study's last controller is gone: taking over");
+        store.release_lease(l.id)?;
+        taken = HeldLease::acquire(db, &scope, holder, lease_s)?;
+    }
+    taken.map_err(|l| {
         Error::BadInput(format!(
             "{}: study {} is run by {}; wait for it to end, or `rankprune stop {}`",
             db.display(),
