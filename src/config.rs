@@ -130,8 +130,9 @@ impl LayerConfig {
         serde_json::to_string_pretty(self).expect("a config always serializes")
     }
 
+    /// Writes the config through a temporary file (see [`crate::outpath::write_atomic`]).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::write(path, self.to_json() + "\n")
+        crate::outpath::write_atomic(path, (self.to_json() + "\n").as_bytes())
     }
 
     /// Checks the config against `base` (an undecomposed, unpruned architecture) and
