@@ -29,6 +29,8 @@ impl BaseArgs {
         if self.num_classes == 0 {
             return Err(Error::BadInput("--num-classes must be at least 1".into()));
         }
-        Ok(ArchSpec::parse(&self.arch)?.build(self.num_classes))
+        let spec =
+            ArchSpec::parse(&self.arch).map_err(|e| Error::BadInput(format!("--arch: {e}")))?;
+        Ok(spec.build(self.num_classes))
     }
 }
