@@ -9,6 +9,7 @@ pub mod finalists;
 pub mod gp;
 pub mod identity;
 pub mod pareto;
+pub mod precheck;
 pub mod problem;
 pub mod promotion;
 pub mod space;
