@@ -3,8 +3,10 @@
 
 use crate::arch::{Arch, ConvBody};
 use indexmap::IndexMap;
+use serde::de::{Deserializer, Error as _, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::marker::PhantomData;
 use std::path::Path;
 
 pub const DECOMPOSITION_METHOD: &str = "tucker2";
@@ -15,6 +17,7 @@ pub const PRUNING_METHOD: &str = "l2_norm";
 pub struct Decomposition {
     pub method: String,
     /// Layer -> `[in_rank, out_rank]`.
+    #[serde(deserialize_with = "unique_ranks")]
     pub ranks: IndexMap<String, [usize; 2]>,
 }
 
@@ -23,7 +26,43 @@ pub struct Decomposition {
 pub struct Pruning {
     pub method: String,
     /// Layer or `LAYER_tucker_i` -> fraction of its filters to remove.
+    #[serde(deserialize_with = "unique_ratios")]
     pub ratios: IndexMap<String, f64>,
+}
+
+fn unique_ranks<'de, D: Deserializer<'de>>(d: D) -> Result<IndexMap<String, [usize; 2]>, D::Error> {
+    d.deserialize_map(UniqueKeys("decomposition.ranks", PhantomData))
+}
+
+fn unique_ratios<'de, D: Deserializer<'de>>(d: D) -> Result<IndexMap<String, f64>, D::Error> {
+    d.deserialize_map(UniqueKeys("pruning.ratios", PhantomData))
+}
+
+/// A map of layer names (the section is named in errors) that refuses a layer listed
+/// twice, where a plain map would keep the last value without a word.
+struct UniqueKeys<V>(&'static str, PhantomData<V>);
+
+impl<'de, V: Deserialize<'de>> Visitor<'de> for UniqueKeys<V> {
+    type Value = IndexMap<String, V>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}: a map of layer names", self.0)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = IndexMap::new();
+        while let Some(layer) = map.next_key::<String>()? {
+            if out.contains_key(&layer) {
+                return Err(A::Error::custom(format!(
+                    "{}: layer {layer:?} is listed twice (give each layer once)",
+                    self.0
+                )));
+            }
+            let v = map.next_value()?;
+            out.insert(layer, v);
+        }
+        Ok(out)
+    }
 }
 
 /// A layer config: which convs are decomposed (and their ranks), which are pruned.
@@ -109,10 +148,18 @@ impl LayerConfig {
 
     /// Parses JSON text; `file` names the source in errors.
     pub fn from_json(text: &str, file: &str) -> Result<Self, ConfigError> {
-        serde_json::from_str(text).map_err(|e| ConfigError {
-            file: file.to_string(),
-            key: format!("line {} column {}", e.line(), e.column()),
-            message: e.to_string(),
+        serde_json::from_str(text).map_err(|e| {
+            let key = format!("line {} column {}", e.line(), e.column());
+            let message = e.to_string();
+            let message = message
+                .strip_suffix(&format!(" at {key}"))
+                .unwrap_or(&message)
+                .to_string();
+            ConfigError {
+                file: file.to_string(),
+                key,
+                message,
+            }
         })
     }
 
@@ -130,8 +177,9 @@ impl LayerConfig {
         serde_json::to_string_pretty(self).expect("a config always serializes")
     }
 
+    /// Writes the config through a temporary file (see [`crate::outpath::write_atomic`]).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::write(path, self.to_json() + "\n")
+        crate::outpath::write_atomic(path, (self.to_json() + "\n").as_bytes())
     }
 
     /// Checks the config against `base` (an undecomposed, unpruned architecture) and
@@ -295,6 +343,30 @@ mod tests {
         assert_eq!(kept_filters(100, 0.29), 71);
         assert_eq!(kept_filters(1, 0.9), 1);
         assert_eq!(kept_filters(10, 0.0), 10);
+    }
+
+    #[test]
+    fn a_layer_listed_twice_is_refused_naming_the_section_and_layer() {
+        let ranks = r#"{"decomposition": {"method": "tucker2",
+            "ranks": {"features.3": [4, 4], "features.3": [8, 8]}}}"#;
+        let e = LayerConfig::from_json(ranks, "c.json").unwrap_err();
+        assert!(e.key.starts_with("line 2 column "), "{e}");
+        assert_eq!(
+            e.message,
+            "decomposition.ranks: layer \"features.3\" is listed twice (give each layer once)"
+        );
+        let ratios = r#"{"pruning": {"method": "l2_norm",
+            "ratios": {"features.0": 0.5, "features.3": 0.1, "features.0": 0.2}}}"#;
+        let e = LayerConfig::from_json(ratios, "c.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pruning.ratios: layer \"features.0\" is listed twice"),
+            "{e}"
+        );
+        let once = ratios.replace(", \"features.0\": 0.2", "");
+        let c = LayerConfig::from_json(&once, "c.json").unwrap();
+        assert_eq!(c.pruning.unwrap().ratios.len(), 2);
     }
 
     #[test]

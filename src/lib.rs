@@ -12,6 +12,8 @@
 //! - [`ladder`]: cheap candidate scores (BN recalibration, layer-wise CKA, short plain or
 //!   distilled fine-tunes) and their measured fidelity to the final accuracy.
 //! - [`weights`]: named f32 tensors; safetensors and PyTorch state_dict files.
+//! - [`outpath`]: output files: refusing one that is an input, writing through a
+//!   temporary file.
 //! - [`model`]: the burn `Vgg` module built from an architecture and weights, run
 //!   channel-major with our flex CPU kernels (whole-batch conv products, fused
 //!   BatchNorm+ReLU, max-pooling; burn's layers on other devices).
@@ -35,6 +37,7 @@ pub mod device;
 pub mod error;
 pub mod ladder;
 pub mod model;
+pub mod outpath;
 pub mod report;
 pub mod search;
 pub mod store;

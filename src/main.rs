@@ -10,6 +10,7 @@ use rankprune::config::LayerConfig;
 use rankprune::cost;
 use rankprune::device::parse_device;
 use rankprune::model::Vgg;
+use rankprune::outpath::check_output;
 use rankprune::report;
 use rankprune::weights::Weights;
 use rankprune::{Error, Result};
@@ -218,8 +219,14 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Plot { args } => cli::dashboard::run_plot(args)?,
         Command::Fidelity { args } => cli::fidelity::run_fidelity(args)?,
         Command::Score { args } => cli::fidelity::run_score(args)?,
-        Command::Train { model, args } => cli::train::run_train(&model.resolve()?.1, args)?,
-        Command::Eval { model, args } => cli::train::run_eval(&model.resolve()?.1, args)?,
+        Command::Train { model, args } => {
+            args.check(model.config.as_deref())?;
+            cli::train::run_train(&model.resolve()?.1, args)?
+        }
+        Command::Eval { model, args } => {
+            args.check()?;
+            cli::train::run_eval(&model.resolve()?.1, args)?
+        }
         Command::Metrics { model, json } => {
             let (base, arch) = model.resolve()?;
             let c = cost::count(&arch);
@@ -233,6 +240,8 @@ fn run(cli: Cli) -> Result<i32> {
             }
         }
         Command::Init { model, out, seed } => {
+            let config = model.config.iter().map(|c| ("--config", c.as_path()));
+            check_output(&out, "--out", &config.collect::<Vec<_>>())?;
             let (_, arch) = model.resolve()?;
             let w = Weights::init(&arch, seed);
             w.save_safetensors(&out)
@@ -282,8 +291,12 @@ fn run(cli: Cli) -> Result<i32> {
             cli::compress::run_recommend_pruning(&base, args)?
         }
         Command::Compress { base, args } => cli::compress::run_compress(&base, args)?,
-        Command::Predict { model, args } => cli::deploy::run_predict(&model.resolve()?.1, args)?,
+        Command::Predict { model, args } => {
+            args.check(model.config.as_deref())?;
+            cli::deploy::run_predict(&model.resolve()?.1, args)?
+        }
         Command::ExportModel { model, args } => {
+            args.check(model.config.as_deref())?;
             cli::deploy::run_export_model(&model.resolve()?.1, args)?
         }
     }

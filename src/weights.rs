@@ -242,9 +242,8 @@ impl Weights {
         let meta = std::collections::HashMap::from([("rankprune.order".to_string(), order)]);
         let data =
             safetensors::serialize(views, Some(meta)).map_err(|e| file_err(path, e.to_string()))?;
-        let tmp = path.with_extension("safetensors.tmp");
-        std::fs::write(&tmp, data).map_err(|e| file_err(&tmp, format!("cannot write: {e}")))?;
-        std::fs::rename(&tmp, path).map_err(|e| file_err(path, format!("cannot write: {e}")))
+        crate::outpath::write_atomic(path, &data)
+            .map_err(|e| file_err(path, format!("cannot write: {e}")))
     }
 
     /// Reads a PyTorch state_dict (a dict of tensors, possibly under `state_dict`).

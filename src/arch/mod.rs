@@ -6,7 +6,7 @@
 
 mod vgg;
 
-pub use vgg::{ArchSpec, ArchSpecError, VggCfgItem, vgg_cfg};
+pub use vgg::{ArchSpec, ArchSpecError, MAX_POOLS, VggCfgItem, vgg_cfg};
 
 use serde::{Deserialize, Serialize};
 

@@ -103,18 +103,36 @@ pub struct ArchSpec {
     pub batch_norm: bool,
 }
 
-/// Error for an `--arch` value that is not understood.
+/// Max-pools a 32x32 input allows: each halves the feature map, and a sixth leaves 0x0.
+pub const MAX_POOLS: usize = 5;
+
+/// Error for an `--arch` value that is not understood, or whose plan does not fit the
+/// 32x32 input.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArchSpecError(pub String);
+pub struct ArchSpecError {
+    /// The value as given.
+    pub text: String,
+    /// Max-pools of a plan that has more than [`MAX_POOLS`]; None when the value is not
+    /// understood at all.
+    pub pools: Option<usize>,
+}
 
 impl fmt::Display for ArchSpecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown architecture {:?}: expected vgg11|vgg13|vgg16|vgg19 with optional _bn \
-             and @WIDTH (e.g. vgg19_bn@0.25), or cfg:16,M,32 / cfg_bn:16,M,32",
-            self.0
-        )
+        match self.pools {
+            Some(n) => write!(
+                f,
+                "{:?} has {n} max-pools: a 32x32 input allows at most {MAX_POOLS} (each halves \
+                 the feature map; {n} leave it 0x0)",
+                self.text
+            ),
+            None => write!(
+                f,
+                "unknown architecture {:?}: expected vgg11|vgg13|vgg16|vgg19 with optional _bn \
+                 and @WIDTH (e.g. vgg19_bn@0.25), or cfg:16,M,32 / cfg_bn:16,M,32",
+                self.text
+            ),
+        }
     }
 }
 
@@ -122,7 +140,10 @@ impl std::error::Error for ArchSpecError {}
 
 impl ArchSpec {
     pub fn parse(text: &str) -> Result<Self, ArchSpecError> {
-        let err = || ArchSpecError(text.to_string());
+        let err = || ArchSpecError {
+            text: text.to_string(),
+            pools: None,
+        };
         let text = text.trim();
         if let Some((kind, plan)) = text.split_once(':') {
             let batch_norm = match kind {
@@ -144,6 +165,13 @@ impl ArchSpec {
                 .collect::<Result<Vec<_>, _>>()?;
             if !cfg.iter().any(|c| matches!(c, VggCfgItem::Conv(_))) {
                 return Err(err());
+            }
+            let pools = cfg.iter().filter(|c| **c == VggCfgItem::Pool).count();
+            if pools > MAX_POOLS {
+                return Err(ArchSpecError {
+                    pools: Some(pools),
+                    ..err()
+                });
             }
             return Ok(Self {
                 text: text.to_string(),
@@ -259,5 +287,11 @@ mod tests {
         ] {
             assert!(ArchSpec::parse(bad).is_err(), "{bad} should be rejected");
         }
+        // Five pools leave 1x1 maps; a sixth would leave 0x0.
+        assert!(ArchSpec::parse("cfg_bn:8,M,8,M,8,M,8,M,8,M").is_ok());
+        let e = ArchSpec::parse("cfg_bn:8,M,8,M,8,M,8,M,8,M,8,M")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("6 max-pools") && e.contains("at most 5"), "{e}");
     }
 }

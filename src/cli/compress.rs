@@ -1,6 +1,6 @@
 //! `rankprune recommend decomposition|pruning` and `rankprune compress`.
 
-use super::BaseArgs;
+use super::{BaseArgs, at_least_one, in_range};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rankprune::arch::Arch;
@@ -12,13 +12,14 @@ use rankprune::compress::prune::prune_model;
 use rankprune::compress::slamp::{PruneTarget, recommend_ratios};
 use rankprune::config::LayerConfig;
 use rankprune::cost;
-use rankprune::data::{DatasetKind, ImageSet};
+use rankprune::data::{DatasetKind, ImageSet, Split};
+use rankprune::outpath::check_output;
 use rankprune::report;
 use rankprune::train::recalibrate::calibration_batches;
 use rankprune::train::repair::repair_compressed;
 use rankprune::weights::Weights;
 use rankprune::{Error, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `rankprune recommend decomposition`
 #[derive(Args)]
@@ -124,8 +125,7 @@ impl RepairData {
         let data = self.data.as_ref().ok_or_else(|| {
             Error::BadInput("--repair needs the training data: give --data (and --dataset)".into())
         })?;
-        let (train, _) = ImageSet::train_val(data, self.dataset, classes, self.val_split)
-            .map_err(|e| Error::BadInput(format!("--val-split: {e}")))?;
+        let (train, _) = super::train::train_val(data, self.dataset, classes, self.val_split)?;
         let calibration = calibration_batches(&train, batches, self.batch_size, self.seed);
         let device = burn::tensor::Device::flex();
         repair_compressed(
@@ -145,7 +145,7 @@ impl RepairData {
 fn decomposed_weights(
     base: &Arch,
     config: &LayerConfig,
-    path: &std::path::Path,
+    path: &Path,
     file: &str,
 ) -> Result<(Arch, Weights, Vec<LayerDecomposition>, Option<Weights>)> {
     let ranks_only = LayerConfig {
@@ -185,7 +185,7 @@ fn decompose_with_progress(
 }
 
 /// Writes a config, mapping an I/O error to a failure that names the file.
-fn save_config(config: &LayerConfig, path: &std::path::Path) -> Result<()> {
+fn save_config(config: &LayerConfig, path: &Path) -> Result<()> {
     config
         .save(path)
         .map_err(|e| Error::Failure(format!("{}: cannot write: {e}", path.display())))
@@ -210,6 +210,15 @@ pub fn run_recommend_decomposition(base: &BaseArgs, args: DecompositionArgs) -> 
         out,
         json,
     } = args;
+    in_range(
+        "--calibration",
+        calibration,
+        |c| (-1.0..=1.0).contains(&c),
+        "[-1, 1]",
+    )?;
+    if let Some(out) = &out {
+        check_output(out, "--out", &[("--weights", weights.as_path())])?;
+    }
     let arch = base.build()?;
     let w = Weights::load_for(&weights, &arch)?;
     let bar = layer_bar(
@@ -264,6 +273,23 @@ pub fn run_recommend_pruning(base: &BaseArgs, args: PruningArgs) -> Result<()> {
         out,
         json,
     } = args;
+    match (ratio, flops_reduction, params_reduction) {
+        (Some(r), _, _) => in_range("--ratio", r, |r| (0.0..1.0).contains(&r), "[0, 1)")?,
+        (_, Some(x), _) => in_range("--flops-reduction", x, |x| x >= 1.0, ">= 1")?,
+        (_, _, Some(x)) => in_range("--params-reduction", x, |x| x >= 1.0, ">= 1")?,
+        _ => {}
+    }
+    in_range(
+        "--max-ratio",
+        max_ratio,
+        |r| (0.0..1.0).contains(&r),
+        "[0, 1)",
+    )?;
+    if let Some(out) = &out {
+        let mut inputs = vec![("--weights", weights.as_path())];
+        inputs.extend(config.as_deref().map(|c| ("--config", c)));
+        check_output(out, "--out", &inputs)?;
+    }
     let base = base.build()?;
     let (mut layer_config, file) = match &config {
         Some(p) => (LayerConfig::load(p)?, p.display().to_string()),
@@ -324,6 +350,20 @@ pub fn run_compress(base: &BaseArgs, args: CompressArgs) -> Result<()> {
         repair_data,
         json,
     } = args;
+    at_least_one("--batch-size", repair_data.batch_size)?;
+    let mut inputs = vec![
+        ("--weights".to_string(), weights.clone()),
+        ("--config".to_string(), config.clone()),
+    ];
+    if repair > 0 {
+        let data = repair_data.data.as_ref().ok_or_else(|| {
+            Error::BadInput("--repair needs the training data: give --data (and --dataset)".into())
+        })?;
+        let files = ImageSet::source_files(data, repair_data.dataset, Split::Train)
+            .map_err(|e| Error::BadInput(e.to_string()))?;
+        inputs.extend(files.into_iter().map(|f| ("--data".to_string(), f)));
+    }
+    check_output(&out, "--out", &inputs)?;
     let base = base.build()?;
     let file = config.display().to_string();
     let layer_config = LayerConfig::load(&config)?;

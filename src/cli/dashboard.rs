@@ -3,6 +3,7 @@
 
 use clap::Args;
 use rankprune::dashboard::{self, charts::Mark};
+use rankprune::outpath::{check_output, store_inputs, write_output};
 use rankprune::search::export::pick_study;
 use rankprune::store::TrialStore;
 use rankprune::{Error, Result};
@@ -51,6 +52,13 @@ pub fn run_dashboard(args: DashboardArgs) -> Result<()> {
 
 pub fn run_plot(args: PlotArgs) -> Result<()> {
     let name = args.db.display().to_string();
+    let mut inputs = store_inputs("--db", &args.db);
+    inputs.extend(
+        args.marks
+            .iter()
+            .map(|m| ("--marks".to_string(), m.clone())),
+    );
+    check_output(&args.out, "--out", &inputs)?;
     if !args.db.exists() && !rankprune::store::is_postgres(&args.db) {
         return Err(Error::BadInput(format!("{name}: no such trial store")));
     }
@@ -72,8 +80,10 @@ pub fn run_plot(args: PlotArgs) -> Result<()> {
         }
     };
     let view = dashboard::view::study(&store, row)?;
-    std::fs::write(&args.out, dashboard::charts::scatter(&view, &marks))
-        .map_err(|e| Error::Failure(format!("{}: cannot write: {e}", args.out.display())))?;
+    write_output(
+        &args.out,
+        dashboard::charts::scatter(&view, &marks).as_bytes(),
+    )?;
     println!("wrote {}", args.out.display());
     Ok(())
 }

@@ -3,9 +3,10 @@
 use clap::{Args, ValueEnum};
 use rankprune::arch::Arch;
 use rankprune::deploy::{fold, onnx};
+use rankprune::outpath::{check_output, write_output};
 use rankprune::weights::Weights;
 use rankprune::{Error, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A format `export-model` writes.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -29,6 +30,26 @@ pub struct ExportModelArgs {
     pub keep_bn: bool,
 }
 
+impl ExportModelArgs {
+    /// Refuses, before any work, an `--out` that is one of the inputs (`config`: the
+    /// `--config` file, if any) or lies in a folder that does not exist.
+    pub fn check(&self, config: Option<&Path>) -> Result<()> {
+        let out = &self.out;
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.is_dir()
+        {
+            return Err(Error::BadInput(format!(
+                "--out {}: folder {} does not exist",
+                out.display(),
+                dir.display()
+            )));
+        }
+        let mut inputs = vec![("--weights", self.weights.as_path())];
+        inputs.extend(config.map(|c| ("--config", c)));
+        check_output(out, "--out", &inputs)
+    }
+}
+
 pub fn run_export_model(arch: &Arch, args: ExportModelArgs) -> Result<()> {
     let ExportModelArgs {
         weights,
@@ -36,15 +57,6 @@ pub fn run_export_model(arch: &Arch, args: ExportModelArgs) -> Result<()> {
         out,
         keep_bn,
     } = args;
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.is_dir()
-    {
-        return Err(Error::BadInput(format!(
-            "--out {}: folder {} does not exist",
-            out.display(),
-            dir.display()
-        )));
-    }
     let file = weights.display().to_string();
     let w = Weights::load_for(&weights, arch)?;
     let (arch, w) = match keep_bn {
@@ -52,8 +64,7 @@ pub fn run_export_model(arch: &Arch, args: ExportModelArgs) -> Result<()> {
         false => fold::fold_batch_norms(arch, w, &file)?,
     };
     let bytes = onnx::to_bytes(&arch, &w);
-    std::fs::write(&out, &bytes)
-        .map_err(|e| Error::Failure(format!("writing {}: {e}", out.display())))?;
+    write_output(&out, &bytes)?;
     let [c, h, wd] = arch.input;
     println!(
         "wrote {} ({:.1} MB, ONNX opset {}, BatchNorm {}): input \"{}\" [batch, {c}, {h}, {wd}], output \"{}\" [batch, {}]",
@@ -87,13 +98,25 @@ pub struct PredictArgs {
     pub out: PathBuf,
 }
 
+impl PredictArgs {
+    /// Refuses, before any work, `--limit 0` and an `--out` that is one of the inputs
+    /// (`config`: the `--config` file, if any).
+    pub fn check(&self, config: Option<&Path>) -> Result<()> {
+        super::at_least_one("--limit", self.limit)?;
+        let mut inputs = self.data.inputs();
+        inputs.push(("--weights".into(), self.weights.clone()));
+        inputs.extend(config.map(|c| ("--config".into(), c.to_path_buf())));
+        check_output(&self.out, "--out", &inputs)
+    }
+}
+
 /// Writes the logits of the first `limit` test images with the images themselves, as
 /// the model sees them (normalised): what other engines' outputs are checked against.
 pub fn run_predict(arch: &Arch, args: PredictArgs) -> Result<()> {
     let set = args.data.test(arch.num_classes())?;
     let n = args.limit.min(set.len());
     if n == 0 {
-        return Err(Error::BadInput("--limit: no test images to predict".into()));
+        return Err(Error::BadInput("--data: no test images to predict".into()));
     }
     let device = burn::tensor::Device::flex();
     let w = Weights::load_for(&args.weights, arch)?;
@@ -112,8 +135,7 @@ pub fn run_predict(arch: &Arch, args: PredictArgs) -> Result<()> {
         "labels": batch.labels,
         "logits": logits.chunks(classes).collect::<Vec<_>>(),
     });
-    std::fs::write(&args.out, v.to_string())
-        .map_err(|e| Error::Failure(format!("writing {}: {e}", args.out.display())))?;
+    write_output(&args.out, v.to_string().as_bytes())?;
     println!("wrote {}: logits of {n} test images", args.out.display());
     Ok(())
 }

@@ -5,11 +5,14 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rankprune::arch::{Arch, ArchSpec};
 use rankprune::config::LayerConfig;
+use rankprune::data::{ImageSet, Split};
 use rankprune::device::parse_device;
 use rankprune::ladder::fidelity::{self, RunFiles};
 use rankprune::ladder::{LadderContext, Signal, score};
+use rankprune::outpath::{check_output, store_inputs, write_output};
 use rankprune::search::budget::Budget;
 use rankprune::search::controller::study_problem;
+use rankprune::search::precheck::check_space;
 use rankprune::search::space::SpaceFile;
 use rankprune::weights::Weights;
 use rankprune::{Error, Result};
@@ -111,11 +114,48 @@ fn default_out(budget: &Budget) -> PathBuf {
     db.with_file_name(format!("{}.fidelity", budget.study.name))
 }
 
+/// Refuses an output (the `--out` folder or a file the run writes in it) that is one of
+/// the run's inputs: the budget file, the base weights, the space, the data, the store.
+fn check_outputs(budget_path: &Path, budget: &Budget, out: &Path) -> Result<()> {
+    let mut inputs = vec![
+        ("budget".to_string(), budget_path.to_path_buf()),
+        ("model.weights".into(), budget.model.weights.clone()),
+        ("search.space".into(), budget.search.space.clone()),
+    ];
+    for split in [Split::Train, Split::Test] {
+        let files = ImageSet::source_files(&budget.data.dir, budget.data.dataset, split);
+        inputs.extend(files.into_iter().flatten().map(|f| ("data.dir".into(), f)));
+    }
+    inputs.extend(store_inputs("study.db", &budget.study.db));
+    check_output(out, "--out", &inputs)?;
+    let files = RunFiles::new(out);
+    let written = [
+        files.candidates.clone(),
+        files.results.clone(),
+        files.candidates.with_file_name("build.json"),
+        out.join(JSON_FILE),
+        out.join(TABLE_FILE),
+    ];
+    for f in written {
+        check_output(&f, "--out", &inputs)?;
+    }
+    Ok(())
+}
+
+const JSON_FILE: &str = "fidelity.json";
+const TABLE_FILE: &str = "fidelity.md";
+
 pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
+    super::at_least_one("--candidates", args.candidates)?;
+    super::at_least_one_if_set("--final-epochs", args.final_epochs)?;
     let budget = Budget::load(&args.budget)?;
+    let out = args.out.clone().unwrap_or_else(|| default_out(&budget));
+    check_outputs(&args.budget, &budget, &out)?;
+    if !args.report_only {
+        check_space(&budget, &SpaceFile::load(&budget.search.space)?)?;
+    }
     let device = parse_device(&args.device)?;
     let ctx = context(&budget)?;
-    let out = args.out.clone().unwrap_or_else(|| default_out(&budget));
     let files = RunFiles::new(&out);
     let candidates = files.candidates(|| {
         let space = SpaceFile::load(&budget.search.space)?;
@@ -170,12 +210,14 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
         "final": final_signal,
         "rows": rows,
     });
-    write(
-        &out.join("fidelity.json"),
-        &serde_json::to_string_pretty(&json).expect("json"),
+    write_output(
+        &out.join(JSON_FILE),
+        serde_json::to_string_pretty(&json)
+            .expect("json")
+            .as_bytes(),
     )?;
     let table = fidelity::table(&rows);
-    write(&out.join("fidelity.md"), &table)?;
+    write_output(&out.join(TABLE_FILE), table.as_bytes())?;
     if args.json {
         println!("{}", serde_json::to_string(&rows).expect("rows serialize"));
     } else {
@@ -187,10 +229,6 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
         print!("{table}");
     }
     Ok(())
-}
-
-fn write(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(|e| Error::Failure(format!("{}: {e}", path.display())))
 }
 
 pub fn run_score(args: ScoreArgs) -> Result<()> {

@@ -29,6 +29,30 @@ impl BaseArgs {
         if self.num_classes == 0 {
             return Err(Error::BadInput("--num-classes must be at least 1".into()));
         }
-        Ok(ArchSpec::parse(&self.arch)?.build(self.num_classes))
+        let spec =
+            ArchSpec::parse(&self.arch).map_err(|e| Error::BadInput(format!("--arch: {e}")))?;
+        Ok(spec.build(self.num_classes))
     }
+}
+
+/// `--flag 0: must be at least 1` for a count that must not be zero.
+pub fn at_least_one(flag: &str, v: usize) -> Result<()> {
+    if v == 0 {
+        return Err(Error::BadInput(format!("{flag} 0: must be at least 1")));
+    }
+    Ok(())
+}
+
+/// [`at_least_one`] for an optional count.
+pub fn at_least_one_if_set(flag: &str, v: Option<usize>) -> Result<()> {
+    v.map_or(Ok(()), |v| at_least_one(flag, v))
+}
+
+/// A number that must be finite and satisfy `ok`; `allowed` says the range in the error
+/// (`--momentum 9: allowed [0, 1)`).
+pub fn in_range(flag: &str, v: f64, ok: impl Fn(f64) -> bool, allowed: &str) -> Result<()> {
+    if !(v.is_finite() && ok(v)) {
+        return Err(Error::BadInput(format!("{flag} {v}: allowed {allowed}")));
+    }
+    Ok(())
 }

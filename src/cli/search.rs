@@ -1,6 +1,7 @@
 //! `rankprune search`, `rankprune trials` and `rankprune export`.
 
 use clap::Args;
+use rankprune::outpath::{check_output, store_inputs};
 use rankprune::search::controller::{StopReason, run_search};
 use rankprune::search::export::{best_trial, export_config, pick_study, study_base, trials_json};
 use rankprune::search::pareto::pareto_front;
@@ -172,6 +173,7 @@ fn open(db: &Path) -> Result<TrialStore> {
 }
 
 pub fn run_trials(args: TrialsArgs) -> Result<()> {
+    super::at_least_one_if_set("--top", args.top)?;
     let name = args.db.display().to_string();
     let store = open(&args.db)?;
     let study = pick_study(&store, &name, args.study.as_deref())?;
@@ -263,6 +265,7 @@ fn trials_table(
 
 pub fn run_export(args: ExportArgs) -> Result<()> {
     let name = args.db.display().to_string();
+    check_output(&args.out, "--out", &store_inputs("--db", &args.db))?;
     let store = open(&args.db)?;
     let study = pick_study(&store, &name, args.study.as_deref())?;
     let trial = match args.trial {
@@ -358,6 +361,7 @@ pub fn run_worker(args: WorkerArgs) -> Result<()> {
             args.lease
         )));
     }
+    super::at_least_one_if_set("--max-trials", args.max_trials)?;
     if !args.db.exists() && !is_postgres(&args.db) {
         tracing::warn!(db = %args.db.display(), "no such store yet: it is created, and the worker waits for studies");
     }

@@ -1,16 +1,18 @@
 //! `rankprune train` and `rankprune eval`.
 
+use super::{at_least_one, at_least_one_if_set, in_range};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rankprune::arch::Arch;
-use rankprune::data::{DatasetKind, ImageSet, Split};
+use rankprune::data::{DatasetKind, ImageSet, SPLIT_SEED, Split};
 use rankprune::device::parse_device;
 use rankprune::model::Vgg;
+use rankprune::outpath::check_output;
 use rankprune::train::plateau::PlateauConfig;
 use rankprune::train::{Control, LrSchedule, TrainConfig, evaluate, train};
 use rankprune::weights::Weights;
 use rankprune::{Error, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Where the images come from.
@@ -31,14 +33,62 @@ pub struct DataArgs {
 impl DataArgs {
     /// (train, validation) from the training files.
     fn train_val(&self, classes: usize) -> Result<(ImageSet, ImageSet)> {
-        ImageSet::train_val(&self.data, self.dataset, classes, self.val_split)
-            .map_err(|e| Error::BadInput(format!("--val-split: {e}")))
+        train_val(&self.data, self.dataset, classes, self.val_split)
     }
 
     pub fn test(&self, classes: usize) -> Result<ImageSet> {
-        ImageSet::load(&self.data, self.dataset, Split::Test, classes)
-            .map_err(|e| Error::BadInput(e.to_string()))
+        load(&self.data, self.dataset, Split::Test, classes)
     }
+
+    /// The data files, labelled as inputs for [`check_output`].
+    pub fn inputs(&self) -> Vec<(String, PathBuf)> {
+        [Split::Train, Split::Test]
+            .into_iter()
+            .filter_map(|s| ImageSet::source_files(&self.data, self.dataset, s).ok())
+            .flatten()
+            .map(|f| ("--data".to_string(), f))
+            .collect()
+    }
+}
+
+/// Every image of `split` in `dir`; a label the model's `classes` cannot hold names
+/// `--num-classes`.
+pub fn load(dir: &Path, kind: DatasetKind, split: Split, classes: usize) -> Result<ImageSet> {
+    // Every byte is a label here, so that any other error is told as it is.
+    let set = ImageSet::load(dir, kind, split, 256).map_err(|e| Error::BadInput(e.to_string()))?;
+    if let Some(&max) = set.labels.iter().max()
+        && max as usize >= classes
+    {
+        // Read again against the model's classes, for the file and record at fault.
+        let at = ImageSet::load(dir, kind, split, classes)
+            .err()
+            .map_or(String::new(), |e| format!("{e}; "));
+        return Err(Error::BadInput(format!(
+            "--num-classes {classes}: {at}the data holds label {max}: give --num-classes {} or more",
+            max as usize + 1
+        )));
+    }
+    Ok(set)
+}
+
+/// `(train, validation)` from the training files of `dir`: `val_split` images held out
+/// exactly as [`ImageSet::train_val`] holds them out.
+pub fn train_val(
+    dir: &Path,
+    kind: DatasetKind,
+    classes: usize,
+    val_split: usize,
+) -> Result<(ImageSet, ImageSet)> {
+    let all = load(dir, kind, Split::Train, classes)?;
+    if val_split >= all.len() {
+        return Err(Error::BadInput(format!(
+            "--val-split {val_split}: leaves no training images ({} in the training files of {}); allowed below {}",
+            all.len(),
+            dir.display(),
+            all.len()
+        )));
+    }
+    Ok(all.split_off(val_split, SPLIT_SEED))
 }
 
 #[derive(Args)]
@@ -121,6 +171,59 @@ pub struct EvalArgs {
     /// Print one JSON object ({top1, top5, loss, samples}) as the last line
     #[arg(long)]
     pub json: bool,
+}
+
+impl TrainArgs {
+    /// Refuses, before any work, counts of zero, rates out of range, and an `--out` that
+    /// is one of the inputs (`config`: the `--config` file, if any).
+    pub fn check(&self, config: Option<&Path>) -> Result<()> {
+        at_least_one("--epochs", self.epochs)?;
+        at_least_one("--batch-size", self.batch_size)?;
+        at_least_one_if_set("--max-steps", self.max_steps)?;
+        at_least_one_if_set("--subset", self.subset)?;
+        at_least_one_if_set("--eval-every", self.eval_every)?;
+        // The best weights are chosen on the held-out images: none leaves nothing to choose by.
+        at_least_one("--val-split", self.data.val_split)?;
+        in_range("--lr", self.lr, |v| v > 0.0, "> 0")?;
+        in_range(
+            "--momentum",
+            self.momentum,
+            |v| (0.0..1.0).contains(&v),
+            "[0, 1)",
+        )?;
+        in_range("--weight-decay", self.weight_decay, |v| v >= 0.0, ">= 0")?;
+        in_range(
+            "--plateau-factor",
+            self.plateau_factor,
+            |v| v > 0.0 && v < 1.0,
+            "(0, 1)",
+        )?;
+        in_range("--min-lr", self.min_lr, |v| v >= 0.0, ">= 0")?;
+        if self.resume && self.checkpoint_dir.is_none() {
+            return Err(Error::BadInput("--resume needs --checkpoint-dir".into()));
+        }
+        let mut inputs: Vec<(String, PathBuf)> = self.data.inputs();
+        inputs.extend(self.weights.iter().map(|w| ("--weights".into(), w.clone())));
+        inputs.extend(config.map(|c| ("--config".into(), c.to_path_buf())));
+        if let Some(dir) = &self.checkpoint_dir {
+            use rankprune::train::checkpoint::{BEST_FILE, LAST_FILE, OPTIM_FILE, STATE_FILE};
+            for f in [LAST_FILE, BEST_FILE, OPTIM_FILE, STATE_FILE] {
+                inputs.push(("--checkpoint-dir".into(), dir.join(f)));
+            }
+        }
+        check_output(&self.out, "--out", &inputs)
+    }
+}
+
+impl EvalArgs {
+    /// Refuses, before any work, a batch size of zero and an empty validation split.
+    pub fn check(&self) -> Result<()> {
+        at_least_one("--batch-size", self.batch_size)?;
+        if self.split == EvalSplit::Val {
+            at_least_one("--val-split", self.data.val_split)?;
+        }
+        Ok(())
+    }
 }
 
 pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
@@ -252,13 +355,7 @@ pub fn run_eval(arch: &Arch, args: EvalArgs) -> Result<()> {
         "<eval>",
         &device,
     )?;
-    let r = evaluate(
-        &model,
-        &Arc::new(set),
-        args.batch_size.max(1),
-        None,
-        &device,
-    )?;
+    let r = evaluate(&model, &Arc::new(set), args.batch_size, None, &device)?;
     if args.json {
         println!("{}", serde_json::to_string(&r).expect("result serializes"));
     } else {

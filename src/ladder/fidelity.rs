@@ -130,8 +130,7 @@ impl RunFiles {
             std::fs::create_dir_all(dir).map_err(|e| Error::Failure(format!("{file}: {e}")))?;
         }
         let text = serde_json::to_string_pretty(&c).expect("candidates serialize");
-        std::fs::write(&self.candidates, text)
-            .map_err(|e| Error::Failure(format!("{file}: {e}")))?;
+        crate::outpath::write_output(&self.candidates, text.as_bytes())?;
         Ok(c)
     }
 
@@ -155,8 +154,7 @@ impl RunFiles {
             }
             // A run from before build.json existed built without repair.
             Err(_) if repair == 0 || !self.results.exists() => {
-                std::fs::write(&path, want.to_string())
-                    .map_err(|e| Error::Failure(format!("{file}: {e}")))
+                crate::outpath::write_output(&path, want.to_string().as_bytes())
             }
             Err(_) => Err(Error::BadInput(format!(
                 "{}: records of candidates built without repair; the budget asks for search.repair = {repair}: use another --out",

@@ -358,6 +358,8 @@ impl Budget {
         positive("proxy.batch_size", self.proxy.batch_size)?;
         positive("proxy.eval_samples", self.proxy.eval_samples)?;
         positive("final.epochs", self.final_stage.epochs)?;
+        // Trials are scored on the held-out images: with none, every trial fails.
+        positive("data.val_split", self.data.val_split)?;
         if let Some(e) = self.model.train_epochs {
             positive("model.train_epochs", e)?;
         }
@@ -628,6 +630,16 @@ early_stop_min_acc = 0.3
                 "allowed [0, 1]",
             ),
             ("arch = \"vgg19_bn\"", "arch = \"resnet\"", "model.arch"),
+            (
+                "arch = \"vgg19_bn\"",
+                "arch = \"cfg_bn:8,M,8,M,8,M,8,M,8,M,8,M\"",
+                "model.arch: \"cfg_bn:8,M,8,M,8,M,8,M,8,M,8,M\" has 6 max-pools",
+            ),
+            (
+                "val_split = 200",
+                "val_split = 0",
+                "data.val_split = 0: allowed >= 1",
+            ),
             (
                 "max_wall_hours = 1.0",
                 "max_wall_hours = -1.0",

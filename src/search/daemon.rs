@@ -33,7 +33,7 @@ pub struct Submitted {
 /// Checks what a daemon on this machine will need before it takes the study: the budget,
 /// its search space, its base weights (or a way to train them) and its training files.
 fn check_budget(budget: &Budget) -> Result<()> {
-    SpaceFile::load(&budget.search.space)?;
+    super::precheck::check_space(budget, &SpaceFile::load(&budget.search.space)?)?;
     budget.model.epochs_to_train()?;
     for f in ImageSet::source_files(&budget.data.dir, budget.data.dataset, Split::Train)
         .map_err(|e| Error::BadInput(format!("data: {e}")))?

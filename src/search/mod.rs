@@ -10,6 +10,7 @@ pub mod gp;
 pub mod identity;
 pub mod lease;
 pub mod pareto;
+pub mod precheck;
 pub mod problem;
 pub mod promotion;
 pub mod space;

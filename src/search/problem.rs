@@ -206,6 +206,46 @@ impl Problem {
         p
     }
 
+    /// The space's cheapest point: every ratio at its highest, every rank at its lowest.
+    pub fn cheapest_point(&self) -> Point {
+        self.space
+            .knobs
+            .iter()
+            .map(|k| if k.cheaper_up() { k.levels - 1 } else { 0 })
+            .collect()
+    }
+
+    /// An error naming the objective's key and the reduction the space's cheapest point
+    /// reaches, when even that point misses the target (no point can meet it). `space`
+    /// names the search space in the error.
+    pub fn check_reachable(&self, objective: &Objective, space: &str) -> Result<(), String> {
+        use crate::compress::slamp::PruneTarget;
+        let c = self.cost(&self.cheapest_point());
+        let over = [
+            (
+                "objective.target_flops_reduction",
+                objective.target_flops_reduction,
+                self.target.max_flops.is_some_and(|m| c.flops > m),
+                PruneTarget::FlopsReduction as fn(f64) -> PruneTarget,
+            ),
+            (
+                "objective.target_params_reduction",
+                objective.target_params_reduction,
+                self.target.max_params.is_some_and(|m| c.params > m),
+                PruneTarget::ParamsReduction,
+            ),
+        ];
+        for (key, x, missed, target) in over {
+            if let (Some(x), true) = (x, missed) {
+                let (want, reached) = target(x).describe(&c, &self.base_cost);
+                return Err(format!(
+                    "{key} = {x}: {want} is out of reach of the search space {space}, whose most compressed model reaches {reached}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// FLOPs reduction factor of a cost relative to the base.
     pub fn flops_reduction(&self, c: &Cost) -> f64 {
         self.base_cost.flops as f64 / c.flops.max(1) as f64

@@ -3,7 +3,7 @@
 //! file is resolved against a base architecture into a list of integer [`Knob`]s; a
 //! candidate ([`Point`]) is one level per knob.
 
-use crate::arch::{Arch, ConvBody};
+use crate::arch::{Arch, ArchSpec, ConvBody};
 use crate::compress::decompose::RankRecommendation;
 use crate::compress::vbmf::calibrated_rank;
 use crate::config::{DECOMPOSITION_METHOD, Decomposition, LayerConfig, PRUNING_METHOD, Pruning};
@@ -15,7 +15,8 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpaceFile {
-    /// Optional note of the architecture the file was written for (not enforced).
+    /// The architecture the file is written for, if it says: a budget whose `model.arch`
+    /// is another model is refused ([`SpaceFile::check_arch`]).
     #[serde(default)]
     pub arch: Option<String>,
     #[serde(default)]
@@ -186,6 +187,27 @@ impl SpaceFile {
             message: format!("cannot read: {e}"),
         })?;
         Self::from_toml(&text, &file)
+    }
+
+    /// Refuses a space written for another model than `arch` (a budget's `model.arch`);
+    /// `vgg19_bn` and `vgg19_bn@1` are the same model. `file` names the space in errors.
+    pub fn check_arch(&self, arch: &str, file: &str) -> Result<(), SpaceError> {
+        let Some(own) = &self.arch else {
+            return Ok(());
+        };
+        let same = match (ArchSpec::parse(own), ArchSpec::parse(arch)) {
+            (Ok(a), Ok(b)) => a.cfg == b.cfg && a.batch_norm == b.batch_norm,
+            _ => own.trim() == arch.trim(),
+        };
+        if same {
+            return Ok(());
+        }
+        Err(SpaceError {
+            file: file.to_string(),
+            message: format!(
+                "arch = {own:?}: the space is written for another model than the budget's model.arch = {arch:?}"
+            ),
+        })
     }
 
     /// Whether resolving needs VBMF ranks of the base weights.

@@ -3,6 +3,7 @@
 
 mod architectures;
 mod bad_configs;
+mod bad_input;
 mod bad_search_files;
 mod chaos;
 mod cli;

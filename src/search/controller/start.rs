@@ -139,10 +139,8 @@ pub(super) async fn open_study(
     let (train_set, val_set) = budget.train_val()?;
     let (train_set, val_set) = (Arc::new(train_set), Arc::new(val_set));
     let space_file = SpaceFile::load(&budget.search.space)?;
-    // Check the space before any slow work (VBMF ranks are filled in below).
-    if !space_file.needs_vbmf() {
-        space_file.resolve(&base, None, &budget.search.space.display().to_string())?;
-    }
+    // Check the space, its target and the outputs before any slow work.
+    crate::search::precheck::check_space(budget, &space_file)?;
     let Some(weights) =
         base_weights(budget, &base, (&train_set, &val_set), signals, progress).await?
     else {
