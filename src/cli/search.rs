@@ -63,10 +63,11 @@ pub struct WorkerArgs {
     /// Stop after this many trials (default: run until SIGINT/SIGTERM)
     #[arg(long)]
     pub max_trials: Option<usize>,
-    /// Benchmark the scheduler: train nothing, take MS milliseconds per trial and score
-    /// a made-up accuracy (never for real studies)
-    #[arg(long, value_name = "MS")]
-    pub synthetic_ms: Option<u64>,
+    /// Dry run, to measure the scheduler: train nothing, take MS milliseconds per trial
+    /// and score a made-up accuracy (never for real studies; `--synthetic-ms`, its
+    /// earlier name, is still read)
+    #[arg(long, value_name = "MS", alias = "synthetic-ms")]
+    pub dry_run_ms: Option<u64>,
     /// Print one JSON object at the end instead of a line
     #[arg(long)]
     pub json: bool,
@@ -378,7 +379,7 @@ pub fn run_worker(args: WorkerArgs) -> Result<()> {
         name: name.clone(),
         lease_s: args.lease,
         max_trials: args.max_trials,
-        synthetic_ms: args.synthetic_ms,
+        dry_run_ms: args.dry_run_ms,
     };
     let out = rankprune::search::worker::run_worker(&opts)?;
     if args.json {

@@ -44,7 +44,7 @@ pub struct StudyView {
 
 /// The study with id `id`, or None.
 pub fn find_study(store: &TrialStore, id: i64) -> Result<Option<StudyRow>> {
-    Ok(store.studies()?.into_iter().find(|s| s.id == id))
+    Ok(store.study_row(id)?)
 }
 
 pub fn trial_row(store: &TrialStore, trial: Trial) -> Result<TrialRow> {

@@ -151,7 +151,7 @@ pub fn build(
     device: &Device,
 ) -> Result<Compressed> {
     let c = crate::compress::compress_model(&ctx.base, &ctx.base_weights, config, file, cache)?;
-    let calibration = calibration_batches(ctx, ctx.repair);
+    let calibration = ctx.calibration(ctx.repair);
     crate::train::repair::repair_compressed(
         &ctx.base,
         &ctx.base_weights,
@@ -187,9 +187,16 @@ pub fn process_cpu_seconds() -> f64 {
     }
 }
 
-/// The calibration batches of [`recalibrate_bn`] for this context.
-pub fn calibration_batches(ctx: &LadderContext, batches: usize) -> Vec<Batch> {
-    crate::train::recalibrate::calibration_batches(&ctx.train, batches, ctx.batch_size, ctx.seed)
+impl LadderContext {
+    /// The calibration batches of [`recalibrate_bn`] for this context.
+    pub fn calibration(&self, batches: usize) -> Vec<Batch> {
+        crate::train::recalibrate::calibration_batches(
+            &self.train,
+            batches,
+            self.batch_size,
+            self.seed,
+        )
+    }
 }
 
 fn scores(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
@@ -235,11 +242,11 @@ pub fn score(
         }
         Signal::Reconstruction { batches } => {
             let m = recalibrated(weights, batches)?;
-            let (cka, kl) = similarity(&base()?, &m, &calibration_batches(ctx, batches), device);
+            let (cka, kl) = similarity(&base()?, &m, &ctx.calibration(batches), device);
             scores(&[("cka", cka), ("kl", kl)])
         }
         Signal::Repair { batches } => {
-            let calibration = calibration_batches(ctx, batches);
+            let calibration = ctx.calibration(batches);
             let base = base()?;
             let (w, _) = repair(&base, arch, weights, &kept, &calibration, ctx.seed, device)?;
             let m = model(w)?;

@@ -252,12 +252,7 @@ impl Daemon {
                 }
                 Err(e) => tracing::error!(study = %r.name, "study task: {e}"),
             }
-            let submitted = self
-                .store
-                .studies()?
-                .iter()
-                .find(|s| s.id == id)
-                .and_then(|s| s.submitted_at);
+            let submitted = self.store.study_row(id)?.and_then(|s| s.submitted_at);
             self.ended.insert(id, submitted.unwrap_or_default());
         }
         Ok(())

@@ -28,13 +28,13 @@ pub fn verdict(proxy: &Proxy, step: usize, acc: f64, others: &[f64]) -> Verdict 
     }
     let is_accuracy = step > 0 || proxy.rung0_score == Rung0Score::Accuracy;
     if is_accuracy && acc < proxy.early_stop_min_acc {
-        return Verdict::Prune;
+        return Verdict::Stop;
     }
     if proxy.early_stop_median
         && others.len() >= MIN_COMPARED
         && acc < quantile(others, 1.0 - 1.0 / proxy.eta)
     {
-        return Verdict::Prune;
+        return Verdict::Stop;
     }
     Verdict::Continue
 }
@@ -138,11 +138,7 @@ mod tests {
     fn only_rungs_judge() {
         let p = proxy(&[0, 50], 2.0, 0.5);
         assert_eq!(verdict(&p, 10, 0.0, &[0.9; 5]), Verdict::Continue);
-        assert_eq!(
-            verdict(&p, 0, 0.4, &[]),
-            Verdict::Prune,
-            "below the minimum"
-        );
+        assert_eq!(verdict(&p, 0, 0.4, &[]), Verdict::Stop, "below the minimum");
         assert_eq!(verdict(&p, 50, 0.6, &[]), Verdict::Continue);
     }
 
@@ -156,7 +152,7 @@ mod tests {
         );
         let others = [0.2, 0.4, 0.6, 0.8];
         // Median 0.5: below stops, at or above continues.
-        assert_eq!(verdict(&p, 20, 0.49, &others), Verdict::Prune);
+        assert_eq!(verdict(&p, 20, 0.49, &others), Verdict::Stop);
         assert_eq!(verdict(&p, 20, 0.5, &others), Verdict::Continue);
         let off = Proxy {
             early_stop_median: false,
@@ -172,8 +168,8 @@ mod tests {
             ..proxy(&[0, 10], 2.0, 0.5)
         };
         assert_eq!(verdict(&p, 0, -2.3, &[]), Verdict::Continue);
-        assert_eq!(verdict(&p, 0, -2.3, &[-2.0, -2.1, -2.2]), Verdict::Prune);
-        assert_eq!(verdict(&p, 10, 0.4, &[]), Verdict::Prune);
+        assert_eq!(verdict(&p, 0, -2.3, &[-2.0, -2.1, -2.2]), Verdict::Stop);
+        assert_eq!(verdict(&p, 10, 0.4, &[]), Verdict::Stop);
     }
 
     #[test]
@@ -181,7 +177,7 @@ mod tests {
         let p = proxy(&[0], 3.0, 0.0);
         let others = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7];
         // The 2/3 quantile of the others is 0.5.
-        assert_eq!(verdict(&p, 0, 0.45, &others), Verdict::Prune);
+        assert_eq!(verdict(&p, 0, 0.45, &others), Verdict::Stop);
         assert_eq!(verdict(&p, 0, 0.55, &others), Verdict::Continue);
     }
 }

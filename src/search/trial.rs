@@ -80,7 +80,8 @@ pub enum TrialEnd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Continue,
-    Prune,
+    /// Stop the trial early (the store calls it `early_stopped`).
+    Stop,
 }
 
 /// The candidate's weights after BN recalibration (when the proxy asks for it) and, when
@@ -142,7 +143,7 @@ pub fn run_trial(
         Err(e) => return TrialEnd::Failed(format!("scoring the candidate at step 0: {e}")),
     };
     if let Some(acc) = rung0
-        && on_eval(0, acc) == Verdict::Prune
+        && on_eval(0, acc) == Verdict::Stop
     {
         return TrialEnd::EarlyStopped { acc };
     }
@@ -179,7 +180,7 @@ pub fn run_trial(
                 return Control::Stop;
             }
             if let Some(v) = &r.val
-                && on_eval(r.step, v.top1) == Verdict::Prune
+                && on_eval(r.step, v.top1) == Verdict::Stop
             {
                 stopped_at = Some(v.top1);
                 return Control::Stop;

@@ -37,8 +37,8 @@ pub struct WorkerOptions {
     /// Stop after this many trials (None: until signalled).
     pub max_trials: Option<usize>,
     /// Benchmarking the scheduler: trials are not trained; each takes this many
-    /// milliseconds and scores a made-up accuracy (see [`synthetic_trial`]).
-    pub synthetic_ms: Option<u64>,
+    /// milliseconds and scores a made-up accuracy (see [`dry_run_trial`]).
+    pub dry_run_ms: Option<u64>,
 }
 
 /// What a worker did before it stopped.
@@ -191,7 +191,7 @@ fn controller_verdict(
     let t0 = std::time::Instant::now();
     loop {
         match with(store, |s| s.verdict(trial, step))? {
-            Some(true) => return Ok(Verdict::Prune),
+            Some(true) => return Ok(Verdict::Stop),
             Some(false) => return Ok(Verdict::Continue),
             None if stop.load(Ordering::Relaxed) => return Ok(Verdict::Continue),
             None if t0.elapsed().as_secs_f64() > wait_s => {
@@ -210,7 +210,7 @@ fn controller_verdict(
 /// A trial that trains nothing, for measuring the scheduler: it takes `ms` milliseconds
 /// split over its rungs, and scores an accuracy in [0.5, 0.9) made up from a hash of its
 /// config (the same config scores the same), reported at each rung.
-pub fn synthetic_trial(
+pub fn dry_run_trial(
     proxy: &super::budget::Proxy,
     config: &str,
     ms: u64,
@@ -228,7 +228,7 @@ pub fn synthetic_trial(
             return TrialEnd::Interrupted;
         }
         let at = acc * (0.5 + 0.5 * step as f64 / proxy.steps.max(1) as f64);
-        if on_eval(step, at) == Verdict::Prune {
+        if on_eval(step, at) == Verdict::Stop {
             return TrialEnd::EarlyStopped { acc: at };
         }
     }
@@ -290,8 +290,8 @@ fn run_one(
             Verdict::Continue
         }
     };
-    let end = match opts.synthetic_ms {
-        Some(ms) => synthetic_trial(&ctx.proxy, &t.config, ms, &stop, on_eval),
+    let end = match opts.dry_run_ms {
+        Some(ms) => dry_run_trial(&ctx.proxy, &t.config, ms, &stop, on_eval),
         None => run_trial(ctx, &config, device, &stop, on_eval),
     };
     done.store(true, Ordering::Relaxed);
@@ -345,9 +345,7 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<WorkerOutcome> {
         };
         waiting = false;
         if let std::collections::hash_map::Entry::Vacant(slot) = contexts.entry(t.study_id) {
-            let row = with(&shared, |s| s.studies())?
-                .into_iter()
-                .find(|s| s.id == t.study_id)
+            let row = with(&shared, |s| s.study_row(t.study_id))?
                 .ok_or_else(|| Error::Failure(format!("trial {} has no study", t.id)))?;
             match context(&row) {
                 Ok(c) => {

@@ -240,6 +240,10 @@ pub fn study_scope(id: i64) -> String {
     format!("study:{id}")
 }
 
+/// The columns of a [`StudyRow`], in its fields' order (both stores read them so).
+const STUDY_COLUMNS: &str = "id, name, budget, created_at, target, state, stop_reason, state_at, \
+     budget_dir, submitted_at, stop_requested_at, identity";
+
 /// Unix time in seconds.
 pub fn now() -> f64 {
     SystemTime::now()
@@ -298,6 +302,9 @@ pub trait Store: Send {
 
     /// Every study in the file, oldest first.
     fn studies(&self) -> StoreResult<Vec<StudyRow>>;
+
+    /// The study with id `id`, if any.
+    fn study_row(&self, id: i64) -> StoreResult<Option<StudyRow>>;
 
     /// Validation values reported at `step` by the study's trials other than `except_trial`,
     /// whatever became of them (a rung compares a trial with all that reached it).

@@ -510,11 +510,20 @@ impl Store for PgStore {
     fn studies(&self) -> StoreResult<Vec<StudyRow>> {
         self.run(|c| {
             let rows = c.query(
-                "SELECT id, name, budget, created_at, target, state, stop_reason, state_at, budget_dir, \
-                 submitted_at, stop_requested_at, identity FROM studies ORDER BY id",
+                &format!("SELECT {STUDY_COLUMNS} FROM studies ORDER BY id"),
                 &[],
             )?;
             Ok(rows.iter().map(study_row).collect())
+        })
+    }
+
+    fn study_row(&self, id: i64) -> StoreResult<Option<StudyRow>> {
+        self.run(|c| {
+            let row = c.query_opt(
+                &format!("SELECT {STUDY_COLUMNS} FROM studies WHERE id = $1"),
+                &[&id],
+            )?;
+            Ok(row.as_ref().map(study_row))
         })
     }
 

@@ -48,6 +48,25 @@ fn trial_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Trial> {
     })
 }
 
+fn study_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StudyRow> {
+    Ok(StudyRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        budget: r.get(2)?,
+        created_at: r.get(3)?,
+        target: r.get(4)?,
+        state: r
+            .get::<_, Option<String>>(5)?
+            .and_then(|s| StudyState::parse(&s)),
+        stop_reason: r.get(6)?,
+        state_at: r.get(7)?,
+        budget_dir: r.get(8)?,
+        submitted_at: r.get(9)?,
+        stop_requested_at: r.get(10)?,
+        identity: r.get(11)?,
+    })
+}
+
 impl SqliteStore {
     /// Takes the queued trial that `pick` (a query of one trial id; `?4` is `study`)
     /// chooses, for `worker`, with a lease of `lease_s` seconds if any (queued -> running).
@@ -400,36 +419,24 @@ impl Store for SqliteStore {
     }
 
     fn studies(&self) -> StoreResult<Vec<StudyRow>> {
-        let path = self.path.clone();
-        let err = sql_err(&path);
+        let err = sql_err(&self.path);
         let mut st = self
             .conn
-            .prepare(
-                "SELECT id, name, budget, created_at, target, state, stop_reason, state_at, budget_dir, \
-                 submitted_at, stop_requested_at, identity FROM studies ORDER BY id",
-            )
+            .prepare(&format!("SELECT {STUDY_COLUMNS} FROM studies ORDER BY id"))
             .map_err(&err)?;
-        let rows = st
-            .query_map([], |r| {
-                Ok(StudyRow {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    budget: r.get(2)?,
-                    created_at: r.get(3)?,
-                    target: r.get(4)?,
-                    state: r
-                        .get::<_, Option<String>>(5)?
-                        .and_then(|s| StudyState::parse(&s)),
-                    stop_reason: r.get(6)?,
-                    state_at: r.get(7)?,
-                    budget_dir: r.get(8)?,
-                    submitted_at: r.get(9)?,
-                    stop_requested_at: r.get(10)?,
-                    identity: r.get(11)?,
-                })
-            })
-            .map_err(&err)?;
+        let rows = st.query_map([], study_from_row).map_err(&err)?;
         rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    fn study_row(&self, id: i64) -> StoreResult<Option<StudyRow>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {STUDY_COLUMNS} FROM studies WHERE id = ?1"),
+                [id],
+                study_from_row,
+            )
+            .optional()
+            .map_err(sql_err(&self.path))
     }
 
     fn values_at(&self, study: i64, step: i64, except_trial: i64) -> StoreResult<Vec<f64>> {

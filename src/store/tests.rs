@@ -651,3 +651,20 @@ fn a_restart_beside_live_workers_requeues_only_expired_leases() {
         assert_eq!(s.trial(live).unwrap().state, TrialState::Queued);
     });
 }
+
+#[test]
+fn a_study_is_looked_up_by_its_id() {
+    each_store(|at| {
+        let mut s = TrialStore::open(at).unwrap();
+        let a = s.study("a", "budget a").unwrap();
+        let b = s.study("b", "budget b").unwrap();
+        let all = s.studies().unwrap();
+        for id in [a, b] {
+            assert_eq!(
+                s.study_row(id).unwrap().as_ref(),
+                all.iter().find(|r| r.id == id)
+            );
+        }
+        assert_eq!(s.study_row(b + 100).unwrap(), None);
+    });
+}

@@ -1,5 +1,5 @@
-//! Crashes of the daemon and of worker processes, on both stores, with synthetic trials
-//! (`worker --synthetic-ms`: nothing trained, so the controller, the store and the
+//! Crashes of the daemon and of worker processes, on both stores, with dry-run trials
+//! (`worker --dry-run-ms`: nothing trained, so the controller, the store and the
 //! leases are what is tested):
 //! - a daemon SIGKILLed mid-study and started again runs each study (random, evolution,
 //!   bayes) to exactly `max_trials` with the stop reason `budget`; a SIGTERM leaves its
@@ -11,7 +11,7 @@
 //!   study's or the store's lease at once.
 //!
 //! `RANKPRUNE_SOAK_TRIALS` (per study, default 100), `RANKPRUNE_SOAK_MS` (a trial's
-//! synthetic milliseconds, default 100) and `RANKPRUNE_SOAK_OUT` (a file the soak's
+//! dry-run milliseconds, default 100) and `RANKPRUNE_SOAK_OUT` (a file the soak's
 //! table row is appended to) make the long version: `experiments/chaos-soak`.
 
 use crate::common::Killed;
@@ -61,7 +61,7 @@ fn chaos_study(name: &str, strategy: &str, max_trials: usize, final_epochs: usiz
 struct Cluster {
     db: PathBuf,
     logs: PathBuf,
-    synthetic_ms: u64,
+    dry_run_ms: u64,
     /// Worker slots: the live process and how many times the slot was started.
     workers: Vec<(Killed, usize)>,
     daemons: Vec<Killed>,
@@ -73,11 +73,11 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new(db: &Path, logs: &Path, workers: usize, synthetic_ms: u64) -> Self {
+    fn new(db: &Path, logs: &Path, workers: usize, dry_run_ms: u64) -> Self {
         let mut c = Self {
             db: db.to_path_buf(),
             logs: logs.to_path_buf(),
-            synthetic_ms,
+            dry_run_ms,
             workers: Vec::new(),
             daemons: Vec::new(),
             spawned: 0,
@@ -112,7 +112,7 @@ impl Cluster {
 
     fn worker(&mut self, slot: usize, generation: usize) -> Killed {
         let name = format!("w{slot}.{generation}");
-        let (db, ms) = (self.dbs().to_string(), self.synthetic_ms.to_string());
+        let (db, ms) = (self.dbs().to_string(), self.dry_run_ms.to_string());
         self.spawn(
             &[
                 "worker",
@@ -122,7 +122,7 @@ impl Cluster {
                 &name,
                 "--lease",
                 LEASE,
-                "--synthetic-ms",
+                "--dry-run-ms",
                 &ms,
             ],
             &format!("{name}.log"),

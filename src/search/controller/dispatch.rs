@@ -151,7 +151,7 @@ impl Controller {
         }
         for (trial, step, acc) in self.store.pending_verdicts(self.study)? {
             let v = self.verdict(trial, step, acc, stopping)?;
-            self.store.set_verdict(trial, step, v == Verdict::Prune)?;
+            self.store.set_verdict(trial, step, v == Verdict::Stop)?;
         }
         Ok(())
     }
@@ -160,9 +160,8 @@ impl Controller {
     fn stop_requested(&self) -> Result<bool> {
         Ok(self
             .store
-            .studies()?
-            .iter()
-            .any(|s| s.id == self.study && s.stop_requested_at.is_some()))
+            .study_row(self.study)?
+            .is_some_and(|s| s.stop_requested_at.is_some()))
     }
 
     /// Records how a local worker's trial ended and tells the strategy.
