@@ -1,29 +1,31 @@
 //! rankprune: compress trained CNNs by choosing per-layer Tucker-2 ranks and
 //! filter-pruning ratios.
 //!
-//! Module map:
+//! Module map, roughly lower floors first (`search` and `ladder` still use each other):
 //! - [`arch`]: the plain architecture description every other part reads
 //!   (VGG plans with PyTorch layer names, Tucker units, current channel counts).
-//! - [`compress`]: Tucker-2 decomposition, VBMF ranks, whole-model weight surgery.
 //! - [`config`]: the per-layer JSON config (ranks, ratios): parse, validate, apply.
 //! - [`cost`]: exact params / MACs / FLOPs / size counter.
+//! - [`weights`]: named f32 tensors; safetensors and PyTorch state_dict files.
+//! - [`outpath`]: outputs that must not be inputs, written through a temporary file.
 //! - [`data`]: CIFAR binary and IDX (Fashion-MNIST) readers, augmentation, background
 //!   batches.
-//! - [`ladder`]: cheap candidate scores (BN recalibration, layer-wise CKA, short plain or
-//!   distilled fine-tunes) and their measured fidelity to the final accuracy.
-//! - [`weights`]: named f32 tensors; safetensors and PyTorch state_dict files.
-//! - [`outpath`]: output files: refusing one that is an input, writing through a
-//!   temporary file.
+//! - [`device`]: the one place that turns `--device` into a burn device.
 //! - [`model`]: the burn `Vgg` module built from an architecture and weights, run
 //!   channel-major with our flex CPU kernels (whole-batch conv products, fused
 //!   BatchNorm+ReLU, max-pooling; burn's layers on other devices).
-//! - [`device`]: the one place that turns `--device` into a burn device.
-//! - [`report`]: human tables for the CLI.
-//! - [`search`]: budget and space files, strategies, the trial runner, the controller,
-//!   export.
-//! - [`store`]: the SQLite trial store of searches.
+//! - [`compress`]: Tucker-2 decomposition, VBMF ranks, whole-model weight surgery.
 //! - [`train`]: the reference training recipe, evaluation, checkpoints, BN
 //!   recalibration, distillation.
+//! - [`deploy`]: BatchNorm folding and the ONNX graph.
+//! - [`store`]: the trial store of searches (a SQLite file or a PostgreSQL database),
+//!   with the leases of daemons and controllers.
+//! - [`ladder`]: cheap candidate scores (BN recalibration, layer-wise CKA, short plain or
+//!   distilled fine-tunes) and their measured fidelity to the final accuracy.
+//! - [`search`]: budget and space files, strategies, the trial runner, the controller,
+//!   the daemon and worker processes, export.
+//! - [`dashboard`]: the web dashboard over a store.
+//! - [`report`]: human tables for the CLI.
 //! - [`error`]: the crate's error and exit codes.
 
 pub mod arch;

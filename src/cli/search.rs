@@ -1,4 +1,5 @@
-//! `rankprune search`, `rankprune trials` and `rankprune export`.
+//! `rankprune search`, `trials`, `export`, `studies` and `worker`: a study run in the
+//! foreground, what its store holds, and worker processes.
 
 use clap::Args;
 use rankprune::outpath::{check_output, store_inputs};

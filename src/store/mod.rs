@@ -131,7 +131,8 @@ pub struct StudyRow {
     pub target: Option<String>,
     /// Where the study stands (None for studies run before schema v5).
     pub state: Option<StudyState>,
-    /// Why its search loop last ended (`budget`, `wall_limit`, `signal`, `exhausted`).
+    /// Why its search loop last ended (`budget`, `wall_limit`, `signal`, `exhausted`,
+    /// `stopped`), or `error` when its controller failed.
     pub stop_reason: Option<String>,
     /// When `state` last changed (Unix seconds).
     pub state_at: Option<f64>,

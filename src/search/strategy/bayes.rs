@@ -105,11 +105,6 @@ impl Bayes {
         }
     }
 
-    /// Trust-region side length now (for tests and logs).
-    pub fn trust_length(&self) -> Option<f64> {
-        self.tr.as_ref().map(|t| t.length)
-    }
-
     fn initial_design(problem: &Problem) -> usize {
         (problem.space.dims() / 4).clamp(6, 12)
     }
