@@ -95,8 +95,7 @@ fn spawn_trial(
 }
 
 /// The progress bar's line: trials by state and the best so far.
-fn refresh(ctl: &Controller, pb: &ProgressBar) -> Result<()> {
-    let trials = ctl.store.trials(ctl.study)?;
+fn refresh(ctl: &Controller, pb: &ProgressBar, trials: &[Trial]) {
     let count = |s| trials.iter().filter(|t| t.state == s).count();
     let best = trials
         .iter()
@@ -116,7 +115,6 @@ fn refresh(ctl: &Controller, pb: &ProgressBar) -> Result<()> {
             ctl.problem.base_cost.flops as f64 / t.cost.flops.max(1) as f64
         ))
     ));
-    Ok(())
 }
 
 impl Controller {
@@ -136,17 +134,17 @@ impl Controller {
         Ok(verdict(&self.budget.proxy, step as usize, acc, &others))
     }
 
-    /// What worker processes changed in the store: expired leases are queued again,
-    /// finished trials told to the strategy, and their new reports get a verdict.
+    /// What worker processes changed in the store: finished trials are told to the
+    /// strategy, and their new reports get a verdict.
     fn external_tick(
         &mut self,
+        trials: &[Trial],
         observed: &mut HashSet<i64>,
         stopping: Option<StopReason>,
     ) -> Result<()> {
-        self.store.requeue_expired(self.study)?;
-        for t in self.store.trials(self.study)? {
+        for t in trials {
             if t.finished_at.is_some() && observed.insert(t.id) {
-                self.observe(&t);
+                self.observe(t);
             }
         }
         for (trial, step, acc) in self.store.pending_verdicts(self.study)? {
@@ -235,16 +233,15 @@ impl Controller {
     }
 
     /// Running trials: the local slots' or, with worker processes, the store's.
-    fn running(&self, slots: &[Slot]) -> Result<usize> {
-        Ok(if self.budget.workers.processes {
-            self.store
-                .trials(self.study)?
+    fn running(&self, slots: &[Slot], trials: &[Trial]) -> usize {
+        if self.budget.workers.processes {
+            trials
                 .iter()
                 .filter(|t| t.state == TrialState::Running)
                 .count()
         } else {
             slots.iter().filter(|s| s.busy.is_some()).count()
-        })
+        }
     }
 }
 
@@ -263,7 +260,6 @@ pub(super) async fn dispatch(
         "trials {bar:30} {pos}/{len} {msg} [{elapsed}<{eta}]",
         progress,
     );
-    refresh(ctl, &pb)?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
     let deadline = budget
         .limits
@@ -287,8 +283,14 @@ pub(super) async fn dispatch(
             pb.finish_and_clear();
             ctl.lease.check()?;
         }
+        // The store's trials are read once a tick, here; what the tick changes
+        // (queued, claimed or withdrawn trials) shows in the next one.
         if external {
-            ctl.external_tick(&mut observed, stopping)?;
+            ctl.store.requeue_expired(study)?;
+        }
+        let trials = ctl.store.trials(study)?;
+        if external {
+            ctl.external_tick(&trials, &mut observed, stopping)?;
         }
         if stopping.is_none() && ctl.stop_requested()? {
             let withdrawn = ctl.store.withdraw_queued(study)?;
@@ -301,29 +303,30 @@ pub(super) async fn dispatch(
         if stopping.is_none() {
             let local = slots.iter().filter(|s| s.busy.is_none()).count();
             let queue = if external {
-                EXTERNAL_QUEUE.max(ctl.running(&slots)?)
+                EXTERNAL_QUEUE.max(ctl.running(&slots, &trials))
             } else {
                 0
             };
             let idle = local + queue;
             if idle > 0 && !exhausted {
-                exhausted = ctl.fill(idle)?;
+                exhausted = ctl.fill(idle, &trials)?;
             }
             ctl.start_local(&mut slots, ctx, &tx)?;
-            refresh(ctl, &pb)?;
         }
+        refresh(ctl, &pb, &trials);
         // On a signal the controller waits for its own threads' trials only: worker
-        // processes go on with theirs, and the next controller collects them.
-        let waiting = if stopping == Some(StopReason::Signal) {
-            slots.iter().filter(|s| s.busy.is_some()).count()
-        } else {
-            ctl.running(&slots)?
+        // processes go on with theirs, and the next controller collects them. Before
+        // the loop ends for want of proposals, the queued trials run too.
+        let queued = trials.iter().filter(|t| t.state == TrialState::Queued);
+        let waiting = match stopping {
+            Some(StopReason::Signal) => slots.iter().filter(|s| s.busy.is_some()).count(),
+            Some(_) => ctl.running(&slots, &trials),
+            None => ctl.running(&slots, &trials) + queued.count(),
         };
         if waiting == 0 {
             if stopping.is_some() {
                 break;
             }
-            let trials = ctl.store.trials(study)?;
             if trials.len() >= budget.limits.max_trials
                 && trials.iter().all(|t| t.finished_at.is_some())
             {
@@ -344,12 +347,9 @@ pub(super) async fn dispatch(
                 Msg::Done { slot, trial, end, seconds } => {
                     slots[slot].busy = None;
                     ctl.record_end(trial, &end, seconds, &mut observed)?;
-                    refresh(ctl, &pb)?;
                 }
             },
-            _ = tokio::time::sleep(if external { EXTERNAL_TICK } else { TICK }) => {
-                refresh(ctl, &pb)?;
-            }
+            _ = tokio::time::sleep(if external { EXTERNAL_TICK } else { TICK }) => {}
             _ = signals.recv(), if stopping != Some(StopReason::Signal) => {
                 tracing::warn!("signal received: stopping; running trials are marked interrupted");
                 stopping = Some(StopReason::Signal);

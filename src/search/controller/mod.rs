@@ -105,9 +105,11 @@ pub fn run_search(budget_path: &Path, progress: bool, allow_change: bool) -> Res
     })
 }
 
-/// Takes the controller lease of the budget's study (creating its row if new), or
-/// refuses (exit code 2) naming the process that holds it.
+/// Checks the budget against its space, then takes the controller lease of its study
+/// (creating its row if new), or refuses (exit code 2) naming the process that holds it.
 pub fn take_study(budget: &Budget, text: &str, holder: &str, lease_s: f64) -> Result<HeldLease> {
+    // A budget that cannot work is refused before the store is touched.
+    crate::search::precheck::check_space(budget, &SpaceFile::load(&budget.search.space)?)?;
     let db = &budget.study.db;
     if let Some(dir) = db.parent().filter(|_| !is_postgres(db)) {
         std::fs::create_dir_all(dir)
@@ -232,12 +234,12 @@ impl Controller {
         }
     }
 
-    /// Queues new points until `want` trials wait or the budget is spent. Returns
+    /// Queues new points until `want` trials wait or the budget is spent (`trials`: the
+    /// study's trials as this tick read them). Returns
     /// whether the strategy is exhausted: asked for points, it proposed none. (Points it
     /// proposes that the store already holds, as a config two points share, are
     /// skipped: the next call asks again.)
-    fn fill(&mut self, want: usize) -> Result<bool> {
-        let trials = self.store.trials(self.study)?;
+    fn fill(&mut self, want: usize, trials: &[Trial]) -> Result<bool> {
         let queued = trials
             .iter()
             .filter(|t| t.state == TrialState::Queued)
