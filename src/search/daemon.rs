@@ -30,21 +30,22 @@ pub struct Submitted {
     pub resumed: bool,
 }
 
-/// Checks what a daemon on this machine will need before it takes the study: the budget,
-/// its search space, its base weights (or a way to train them) and its training files.
-fn check_budget(budget: &Budget) -> Result<()> {
-    super::precheck::check_space(budget, &SpaceFile::load(&budget.search.space)?)?;
-    budget.model.epochs_to_train()?;
+/// Checks, before any work, what a study needs (for `submit`, and `search` before it
+/// touches the store): its training files, its search space and reachable target, and
+/// its base weights (or a way to train them).
+pub(crate) fn check_inputs(budget: &Budget) -> Result<()> {
     for f in ImageSet::source_files(&budget.data.dir, budget.data.dataset, Split::Train)
         .map_err(|e| Error::BadInput(format!("data: {e}")))?
     {
         if !f.exists() {
             return Err(Error::BadInput(format!(
-                "data: {}: no such file",
+                "data: {}: cannot read: no such file",
                 f.display()
             )));
         }
     }
+    super::precheck::check_space(budget, &SpaceFile::load(&budget.search.space)?)?;
+    budget.model.epochs_to_train()?;
     Ok(())
 }
 
@@ -53,7 +54,7 @@ fn check_budget(budget: &Budget) -> Result<()> {
 /// accepted; an active or finished one is refused.
 pub fn submit(budget_path: &Path, db: &Path) -> Result<Submitted> {
     let (budget, text) = Budget::load_with_text(budget_path)?;
-    check_budget(&budget)?;
+    check_inputs(&budget)?;
     let mut store = TrialStore::open(db)?;
     let name = &budget.study.name;
     let existing = store.studies()?.into_iter().find(|s| &s.name == name);

@@ -105,11 +105,11 @@ pub fn run_search(budget_path: &Path, progress: bool, allow_change: bool) -> Res
     })
 }
 
-/// Checks the budget against its space, then takes the controller lease of its study
+/// Checks the budget's inputs (data files, space and target, base weights), then takes the controller lease of its study
 /// (creating its row if new), or refuses (exit code 2) naming the process that holds it.
 pub fn take_study(budget: &Budget, text: &str, holder: &str, lease_s: f64) -> Result<HeldLease> {
     // A budget that cannot work is refused before the store is touched.
-    crate::search::precheck::check_space(budget, &SpaceFile::load(&budget.search.space)?)?;
+    crate::search::daemon::check_inputs(budget)?;
     let db = &budget.study.db;
     if let Some(dir) = db.parent().filter(|_| !is_postgres(db)) {
         std::fs::create_dir_all(dir)
