@@ -245,6 +245,9 @@ pub fn study_scope(id: i64) -> String {
 const STUDY_COLUMNS: &str = "id, name, budget, created_at, target, state, stop_reason, state_at, \
      budget_dir, submitted_at, stop_requested_at, identity";
 
+/// The columns of a [`Lease`], in its fields' order.
+const LEASE_COLUMNS: &str = "id, scope, holder, acquired_at, renewed_at, expires_at, released_at";
+
 /// Unix time in seconds.
 pub fn now() -> f64 {
     SystemTime::now()

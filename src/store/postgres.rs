@@ -8,7 +8,10 @@
 //! its own small runtime and must not block inside another one, so a call made from a
 //! tokio thread (the controller's loop) runs on a scoped helper thread.
 
-use super::*;
+use super::{
+    CandidateCost, FinalResult, LEASE_COLUMNS, Lease, RungFidelity, STUDY_COLUMNS, Store,
+    StoreError, StoreResult, StudyRow, StudyState, Trial, TrialState, now, pg_schema, schema,
+};
 use ::postgres::types::ToSql;
 use ::postgres::{Client, NoTls, Row};
 use std::sync::Mutex;
@@ -838,8 +841,6 @@ impl Store for PgStore {
 
 /// The server's clock in Unix seconds.
 const SERVER_NOW: &str = "SELECT EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION";
-
-const LEASE_COLUMNS: &str = "id, scope, holder, acquired_at, renewed_at, expires_at, released_at";
 
 fn lease_from_row(r: &Row) -> Lease {
     Lease {

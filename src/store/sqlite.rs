@@ -1,8 +1,12 @@
 //! The SQLite store: one file in WAL mode. Writers serialise on SQLite's lock; readers
 //! (`trials`, `export`, the dashboard) wait on a busy timeout and never block a writer.
 
-use super::*;
+use super::{
+    CandidateCost, FinalResult, LEASE_COLUMNS, Lease, RungFidelity, STUDY_COLUMNS, Store,
+    StoreError, StoreResult, StudyRow, StudyState, Trial, TrialState, now, schema,
+};
 use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
 
 fn sql_err(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |source| StoreError::Sqlite {
@@ -696,61 +700,8 @@ impl Store for SqliteStore {
         .map(drop)
     }
 
+    /// Leases: one transaction each (the write lock orders them).
     fn acquire_lease(
-        &mut self,
-        scope: &str,
-        holder: &str,
-        lease_s: f64,
-    ) -> StoreResult<Result<Lease, Lease>> {
-        self.acquire_lease_tx(scope, holder, lease_s)
-    }
-
-    fn renew_lease(&mut self, id: i64, lease_s: f64) -> StoreResult<bool> {
-        self.renew_lease_tx(id, lease_s)
-    }
-
-    fn release_lease(&mut self, id: i64) -> StoreResult<()> {
-        self.exec(
-            "UPDATE leases SET released_at = ?2 WHERE id = ?1 AND released_at IS NULL",
-            params![id, now()],
-        )
-        .map(drop)
-    }
-
-    fn leases(&self, scope: &str) -> StoreResult<Vec<Lease>> {
-        self.lease_rows(scope)
-    }
-
-    fn verdict(&self, trial: i64, step: i64) -> StoreResult<Option<bool>> {
-        self.conn
-            .query_row(
-                "SELECT verdict FROM reports WHERE trial_id = ?1 AND step = ?2",
-                params![trial, step],
-                |r| r.get::<_, Option<bool>>(0),
-            )
-            .optional()
-            .map(Option::flatten)
-            .map_err(sql_err(&self.path))
-    }
-}
-
-const LEASE_COLUMNS: &str = "id, scope, holder, acquired_at, renewed_at, expires_at, released_at";
-
-fn lease_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
-    Ok(Lease {
-        id: r.get(0)?,
-        scope: r.get(1)?,
-        holder: r.get(2)?,
-        acquired_at: r.get(3)?,
-        renewed_at: r.get(4)?,
-        expires_at: r.get(5)?,
-        released_at: r.get(6)?,
-    })
-}
-
-/// Leases, in one transaction each (the write lock orders them).
-impl SqliteStore {
-    pub(super) fn acquire_lease_tx(
         &mut self,
         scope: &str,
         holder: &str,
@@ -787,7 +738,7 @@ impl SqliteStore {
         Ok(Ok(lease))
     }
 
-    pub(super) fn renew_lease_tx(&mut self, id: i64, lease_s: f64) -> StoreResult<bool> {
+    fn renew_lease(&mut self, id: i64, lease_s: f64) -> StoreResult<bool> {
         let t = now();
         let n = self.exec(
             "UPDATE leases SET renewed_at = ?2, expires_at = ?3 WHERE id = ?1 \
@@ -798,7 +749,15 @@ impl SqliteStore {
         Ok(n == 1)
     }
 
-    pub(super) fn lease_rows(&self, scope: &str) -> StoreResult<Vec<Lease>> {
+    fn release_lease(&mut self, id: i64) -> StoreResult<()> {
+        self.exec(
+            "UPDATE leases SET released_at = ?2 WHERE id = ?1 AND released_at IS NULL",
+            params![id, now()],
+        )
+        .map(drop)
+    }
+
+    fn leases(&self, scope: &str) -> StoreResult<Vec<Lease>> {
         let err = sql_err(&self.path);
         let mut st = self
             .conn
@@ -809,6 +768,30 @@ impl SqliteStore {
         let rows = st.query_map([scope], lease_from_row).map_err(&err)?;
         rows.collect::<Result<_, _>>().map_err(&err)
     }
+
+    fn verdict(&self, trial: i64, step: i64) -> StoreResult<Option<bool>> {
+        self.conn
+            .query_row(
+                "SELECT verdict FROM reports WHERE trial_id = ?1 AND step = ?2",
+                params![trial, step],
+                |r| r.get::<_, Option<bool>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(sql_err(&self.path))
+    }
+}
+
+fn lease_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
+    Ok(Lease {
+        id: r.get(0)?,
+        scope: r.get(1)?,
+        holder: r.get(2)?,
+        acquired_at: r.get(3)?,
+        renewed_at: r.get(4)?,
+        expires_at: r.get(5)?,
+        released_at: r.get(6)?,
+    })
 }
 
 impl SqliteStore {

@@ -3,8 +3,22 @@
 //! workers report, gives the early-stop verdicts, and ends on the budget, the wall-time
 //! limit, a stop request, a signal or an exhausted strategy.
 
-use super::*;
+use super::shutdown::bar;
+use super::{Controller, EXTERNAL_QUEUE, EXTERNAL_TICK, Signals, StopReason, TICK};
+use crate::Result;
+use crate::config::LayerConfig;
+use crate::device::parse_device;
+use crate::search::budget::Budget;
 use crate::search::promotion::verdict;
+use crate::search::trial::{TrialContext, TrialEnd, Verdict, run_trial};
+use crate::store::{Trial, TrialState};
+use burn::tensor::Device;
+use indicatif::ProgressBar;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
 
 /// A worker slot: a device and the trial it runs.
 struct Slot {

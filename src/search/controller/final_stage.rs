@@ -1,7 +1,19 @@
 //! The final stage: the finalists re-trained with the full recipe on the configured
 //! long-run device, and the rung fidelity stored after it.
 
-use super::*;
+use super::shutdown::{bar, blocking, epoch_progress};
+use super::{Controller, Signals};
+use crate::config::LayerConfig;
+use crate::data::{ImageSet, Split};
+use crate::device::parse_device;
+use crate::model::Vgg;
+use crate::search::budget::Budget;
+use crate::search::finalists::finalists;
+use crate::search::trial::TrialContext;
+use crate::store::{FinalResult, Trial};
+use crate::train::{TrainConfig, evaluate, train};
+use crate::{Error, Result};
+use std::sync::Arc;
 
 /// Re-trains the finalists (top-k completed trials by proxy accuracy, then the best
 /// warm starts by proxy; see `finalists`) with the full recipe; records their best

@@ -7,36 +7,22 @@
 //! (`start`), the dispatch loop (`dispatch`) and the final stage (`final_stage`); the
 //! daemon (`search::daemon`) runs them for many studies at once.
 
-use super::budget::{Budget, ObjectiveKind, StrategyName};
+use super::budget::Budget;
 use super::export::{best_trial, export_config};
-use super::finalists::finalists;
 use super::lease::{self, DEFAULT_LEASE_S, HeldLease, holder_name};
-use super::problem::{Observation, Problem, Target};
-use super::space::{Point, SpaceFile};
-use super::strategy::{self, Strategy};
-use super::trial::{TrialContext, TrialEnd, Verdict, run_trial};
-use crate::arch::{Arch, ArchSpec};
-use crate::compress::decompose::{TuckerCache, recommend_ranks};
+use super::problem::{Observation, Problem};
+use super::space::Point;
+use super::strategy::Strategy;
 use crate::config::LayerConfig;
-use crate::cost;
-use crate::data::{ImageSet, Split};
-use crate::device::parse_device;
-use crate::model::Vgg;
 use crate::store::{
     CandidateCost, FinalResult, StudyState, Trial, TrialState, TrialStore, is_postgres, study_scope,
 };
-use crate::train::{Control, TrainConfig, evaluate, train};
-use crate::weights::Weights;
 use crate::{Error, Result};
-use burn::tensor::Device;
-use indicatif::{ProgressBar, ProgressStyle};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, oneshot};
 
 mod dispatch;
 mod final_stage;
@@ -46,11 +32,11 @@ mod start;
 use dispatch::dispatch;
 use final_stage::final_stage;
 pub use shutdown::Signals;
-use shutdown::{bar, blocking, epoch_progress};
 use start::open_study;
 pub use start::study_problem;
 
-/// Memory for Tucker factors shared by the trials (see [`TuckerCache`]).
+/// Memory for Tucker factors shared by the trials (see
+/// [`TuckerCache`](crate::compress::decompose::TuckerCache)).
 const TUCKER_CACHE_BYTES: usize = 1 << 30;
 /// Trials kept queued for worker processes: one per running trial (so a worker that
 /// finishes finds the next one waiting), and at least this many.

@@ -1,7 +1,12 @@
 //! Signals and blocking work: SIGINT/SIGTERM set a stop flag that the running trial or
 //! training watches, and long runs show their epochs on a progress bar.
 
-use super::*;
+use crate::train::Control;
+use crate::{Error, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 /// The stop signal of one or many studies: SIGINT or SIGTERM of this process (or the

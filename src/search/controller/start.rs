@@ -2,8 +2,27 @@
 //! problem and strategy; its row in the store, with its target, folder, input identity
 //! and state; the trials it already has, told to the strategy.
 
-use super::*;
+use super::shutdown::{bar, blocking, epoch_progress};
+use super::{Controller, Signals, TUCKER_CACHE_BYTES};
+use crate::arch::{Arch, ArchSpec};
+use crate::compress::decompose::{TuckerCache, recommend_ranks};
+use crate::cost;
+use crate::data::ImageSet;
+use crate::device::parse_device;
+use crate::search::budget::{Budget, ObjectiveKind, StrategyName};
 use crate::search::identity::Identity;
+use crate::search::lease::HeldLease;
+use crate::search::problem::{Problem, Target};
+use crate::search::space::SpaceFile;
+use crate::search::strategy;
+use crate::search::trial::TrialContext;
+use crate::store::{StudyState, TrialState, TrialStore};
+use crate::train::{TrainConfig, train};
+use crate::weights::Weights;
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 /// The base weights: loaded, or trained first when the budget says so.
 pub(super) async fn base_weights(
