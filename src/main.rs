@@ -346,21 +346,3 @@ fn main() {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Spellings users typed before a rename still parse.
-    #[test]
-    fn the_worker_dry_run_flag_keeps_its_old_name() {
-        for flag in ["--dry-run-ms", "--synthetic-ms"] {
-            let cli = Cli::try_parse_from(["rankprune", "worker", "--db", "s.sqlite", flag, "7"])
-                .unwrap();
-            let Command::Worker { args } = cli.command else {
-                panic!("not the worker command");
-            };
-            assert_eq!(args.dry_run_ms, Some(7), "{flag}");
-        }
-    }
-}

@@ -573,3 +573,24 @@ fn compress_repairs_on_training_batches_when_asked() {
         assert!(!changed.contains(&&k.to_string()), "{k} changed");
     }
 }
+
+/// `worker --synthetic-ms`, the dry-run flag's earlier name, is still read as
+/// `--dry-run-ms` (clap names the flag it parsed in its error on a bad value).
+#[test]
+fn the_worker_dry_run_flag_keeps_its_old_name() {
+    for flag in ["--dry-run-ms", "--synthetic-ms"] {
+        let o = rankprune(&["worker", "--db", "unused.sqlite", flag, "soon"]);
+        assert_eq!(o.status.code(), Some(2), "{flag}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("invalid value 'soon' for '--dry-run-ms <MS>'"),
+            "{flag}: {err}"
+        );
+    }
+    let o = rankprune(&["worker", "--db", "unused.sqlite", "--synthetic-mss", "5"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("unexpected argument '--synthetic-mss'"),
+        "{err}"
+    );
+}
