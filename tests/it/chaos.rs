@@ -14,15 +14,14 @@
 //! dry-run milliseconds, default 100) and `RANKPRUNE_SOAK_OUT` (a file the soak's
 //! table row is appended to) make the long version: `experiments/chaos-soak`.
 
-use crate::common::Killed;
-use crate::search::{FAST_PROXY, Study, bin, edit_budget, on_postgres, run, study, text};
+use crate::common::{Killed, spawn_logged};
+use crate::search::{FAST_PROXY, Study, edit_budget, on_postgres, run, study, text};
 use rankprune::store::{
     DAEMON_SCOPE, Lease, StudyRow, StudyState, TrialState, TrialStore, is_postgres, now,
     study_scope,
 };
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Lease of daemons, study controllers and workers in these tests (seconds).
@@ -98,16 +97,7 @@ impl Cluster {
 
     fn spawn(&mut self, args: &[&str], log: &str) -> Killed {
         self.spawned += 1;
-        let log = std::fs::File::create(self.logs.join(log)).unwrap();
-        Killed(
-            bin()
-                .env("RUST_LOG", "info")
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log))
-                .spawn()
-                .unwrap(),
-        )
+        spawn_logged(args, &self.logs.join(log))
     }
 
     fn worker(&mut self, slot: usize, generation: usize) -> Killed {
@@ -297,10 +287,7 @@ impl Cluster {
             .iter_mut()
             .chain(self.workers.iter_mut().map(|w| &mut w.0))
         {
-            Command::new("kill")
-                .args(["-TERM", &k.0.id().to_string()])
-                .status()
-                .unwrap();
+            k.terminate();
         }
         for k in self
             .daemons
@@ -413,10 +400,7 @@ fn crash_and_resume(pg: bool) {
     c.wait("60 finished trials", None, |c| c.finished_trials() >= 60);
     // SIGTERM: the daemon exits 0 at once, its studies interrupted; workers go on.
     let mut d = c.daemons.pop().unwrap();
-    Command::new("kill")
-        .args(["-TERM", &d.0.id().to_string()])
-        .status()
-        .unwrap();
+    d.terminate();
     let t0 = Instant::now();
     let st = d.0.wait().unwrap();
     assert!(st.success(), "daemon exit {st}");

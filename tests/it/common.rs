@@ -100,6 +100,31 @@ pub fn write_cifar100(set: &ImageSet, path: &std::path::Path) {
 /// A child process killed (and reaped) when dropped, so a failing test leaves none behind.
 pub struct Killed(pub std::process::Child);
 
+impl Killed {
+    /// Sends SIGTERM, the graceful stop (SIGKILL is `self.0.kill()`).
+    pub fn terminate(&self) {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+/// Starts the binary with `args`, its stderr going to the file `log` (a chatty child
+/// never blocks on a full pipe) and its stdout nowhere.
+pub fn spawn_logged(args: &[&str], log: &std::path::Path) -> Killed {
+    let log = std::fs::File::create(log).unwrap();
+    Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_rankprune"))
+            .env("RUST_LOG", "info")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(log))
+            .spawn()
+            .unwrap(),
+    )
+}
+
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();

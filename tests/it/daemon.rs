@@ -3,26 +3,11 @@
 //! never fail; `rankprune stop` ends a third study early (no queued trial left, its
 //! running ones finished); SIGTERM stops the daemon cleanly.
 
-use crate::common::Killed;
-use crate::search::{
-    FAST_PROXY, SLOW_PROXY, Study, bin, edit_budget, on_postgres, run, study, text,
-};
+use crate::common::{Killed, spawn_logged};
+use crate::search::{FAST_PROXY, SLOW_PROXY, Study, edit_budget, on_postgres, run, study, text};
 use rankprune::store::{StudyRow, StudyState, Trial, TrialState, TrialStore, is_postgres};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn spawn_logged(args: &[&str], log: &Path) -> Killed {
-    let log = std::fs::File::create(log).unwrap();
-    Killed(
-        bin()
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap(),
-    )
-}
 
 fn named(s: Study, name: &str) -> Study {
     edit_budget(&s, "name = \"tiny\"", &format!("name = \"{name}\""));
@@ -177,18 +162,12 @@ fn daemon_runs_two_studies_and_stops_a_third(db: &Path, studies: [&Study; 3]) {
         text(&o)
     );
 
-    Command::new("kill")
-        .args(["-TERM", &daemon.0.id().to_string()])
-        .status()
-        .unwrap();
+    daemon.terminate();
     let st = daemon.0.wait().unwrap();
     let log = std::fs::read_to_string(logs.join("serve.log")).unwrap_or_default();
     assert!(st.success(), "daemon exit {st}\n{log}");
     for w in workers.iter_mut() {
-        Command::new("kill")
-            .args(["-TERM", &w.0.id().to_string()])
-            .status()
-            .unwrap();
+        w.terminate();
         assert!(w.0.wait().unwrap().success());
     }
 }

@@ -121,10 +121,7 @@ fn workers_run_the_study_and_survive_a_sigkill(s: &Study) {
     );
     // SIGTERM: the idle workers stop cleanly.
     for w in workers.iter_mut().skip(1) {
-        Command::new("kill")
-            .args(["-TERM", &w.0.id().to_string()])
-            .status()
-            .unwrap();
+        w.terminate();
         let st = w.0.wait().unwrap();
         assert!(st.success(), "worker exit {st}");
     }
@@ -170,10 +167,7 @@ fn sigterm_makes_a_worker_hand_its_trial_back() {
         std::thread::sleep(Duration::from_millis(20));
     };
     std::thread::sleep(Duration::from_millis(500));
-    Command::new("kill")
-        .args(["-TERM", &w.0.id().to_string()])
-        .status()
-        .unwrap();
+    w.terminate();
     let st = w.0.wait().unwrap();
     let log = std::fs::read_to_string(s.path("w1.log")).unwrap_or_default();
     assert!(st.success(), "worker exit {st}\n{log}");
@@ -182,10 +176,7 @@ fn sigterm_makes_a_worker_hand_its_trial_back() {
     assert_eq!(back.state, TrialState::Queued, "{back:?}");
     assert_eq!(back.worker, None);
     assert!(store.reports(trial.id).unwrap().is_empty());
-    Command::new("kill")
-        .args(["-TERM", &search.0.id().to_string()])
-        .status()
-        .unwrap();
+    search.terminate();
     search.0.wait().unwrap();
 }
 
@@ -262,9 +253,6 @@ fn other_weights_are_refused(s: &Study) {
             .all(|t| t.state == TrialState::Queued && t.worker.is_none()),
         "the refused worker ran nothing: {trials:?}"
     );
-    Command::new("kill")
-        .args(["-TERM", &search.0.id().to_string()])
-        .status()
-        .unwrap();
+    search.terminate();
     search.0.wait().unwrap();
 }
