@@ -6,10 +6,10 @@
 use super::budget::Budget;
 use super::controller::{SearchOutcome, Signals, run_study};
 use super::export::pick_study;
-use super::lease::{HeldLease, holder_name};
+use super::lease::{HeldLease, holder_name, live_holder};
 use super::space::SpaceFile;
 use crate::data::{ImageSet, Split};
-use crate::store::{DAEMON_SCOPE, StudyRow, StudyState, TrialStore, is_postgres, now, study_scope};
+use crate::store::{DAEMON_SCOPE, StudyRow, StudyState, TrialStore, is_postgres, study_scope};
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -99,10 +99,7 @@ pub fn request_stop(db: &Path, name: &str) -> Result<StudyState> {
             db.display()
         ))),
         Some(StudyState::Running | StudyState::FinalStage)
-            if store
-                .leases(&study_scope(row.id))?
-                .last()
-                .is_some_and(|l| l.live_at(now())) =>
+            if live_holder(&store, &study_scope(row.id))?.is_some() =>
         {
             store.request_stop(row.id)?;
             Ok(row.state.expect("matched"))
@@ -117,7 +114,8 @@ pub fn request_stop(db: &Path, name: &str) -> Result<StudyState> {
 
 /// A submitted study's budget as the daemon runs it: its paths resolved against the
 /// folder `submit` recorded, its store the daemon's, and its trials left to worker
-/// processes (the daemon runs none itself; long runs use this machine's CPU).
+/// processes (the daemon runs none itself; long runs use this machine's CPU); its
+/// inputs checked again, as they may have changed since `submit`.
 fn daemon_budget(row: &StudyRow, db: &Path) -> Result<Budget> {
     let mut budget = Budget::from_toml(&row.budget, &format!("study {}", row.name))?;
     let dir = row
@@ -129,6 +127,7 @@ fn daemon_budget(row: &StudyRow, db: &Path) -> Result<Budget> {
     budget.workers.cpu = 0;
     budget.workers.wgpu.clear();
     budget.workers.processes = true;
+    check_inputs(&budget)?;
     Ok(budget)
 }
 
@@ -184,25 +183,28 @@ impl Daemon {
                 continue;
             }
             let scope = study_scope(row.id);
-            if let Some(l) = self
-                .store
-                .leases(&scope)?
-                .pop()
-                .filter(|l| l.live_at(now()))
-            {
+            if let Some(l) = live_holder(&self.store, &scope)? {
                 tracing::debug!(study = %row.name, holder = %l.holder, "held by another controller");
                 continue;
             }
             let budget = match daemon_budget(&row, &self.db) {
                 Ok(b) => b,
                 Err(e) => {
+                    // Not tried again until it is submitted again.
                     tracing::error!(study = %row.name, "cannot run the study: {e}");
                     self.store
                         .set_study_state(row.id, StudyState::Interrupted, Some("error"))?;
+                    self.ended.insert(row.id, submitted);
                     continue;
                 }
             };
-            let lease = match HeldLease::acquire(&self.db, &scope, &self.holder, self.lease_s)? {
+            let lease = match HeldLease::acquire(
+                &mut self.store,
+                &self.db,
+                &scope,
+                &self.holder,
+                self.lease_s,
+            )? {
                 Ok(l) => l,
                 Err(_) => continue,
             };
@@ -267,9 +269,15 @@ async fn become_active(
     lease_s: f64,
     signals: &mut Signals,
 ) -> Result<Option<HeldLease>> {
+    let mut store = TrialStore::open(db)?;
     let mut told = false;
     loop {
-        match HeldLease::acquire(db, DAEMON_SCOPE, holder, lease_s)? {
+        // A standby reads who holds the store, and tries to take it only once it is free.
+        let attempt = match live_holder(&store, DAEMON_SCOPE)? {
+            Some(current) => Err(current),
+            None => HeldLease::acquire(&mut store, db, DAEMON_SCOPE, holder, lease_s)?,
+        };
+        match attempt {
             Ok(l) => {
                 tracing::info!(db = %db.display(), "the daemon serves the store");
                 return Ok(Some(l));

@@ -53,39 +53,38 @@ pub struct HeldLease {
     db: PathBuf,
 }
 
-/// How a lease is described to a person: who holds it and how fresh it is.
+/// A live lease as a person reads it: who holds it and when it was last renewed.
 pub fn describe(l: &Lease) -> String {
-    let t = now();
-    if l.live_at(t) {
-        format!(
-            "{} (renewed {:.1} s ago)",
-            l.holder,
-            (t - l.renewed_at).max(0.0)
-        )
-    } else {
-        format!(
-            "{} (lost {:.0} s ago)",
-            l.holder,
-            (t - l.renewed_at).max(0.0)
-        )
-    }
+    format!(
+        "{} (renewed {:.1} s ago)",
+        l.holder,
+        (now() - l.renewed_at).max(0.0)
+    )
+}
+
+/// The live holder of `scope`, if any: a read, for pollers that try to take a lease only
+/// once it is free.
+pub fn live_holder(store: &TrialStore, scope: &str) -> Result<Option<Lease>> {
+    Ok(store.leases(scope)?.pop().filter(|l| l.live_at(now())))
 }
 
 impl HeldLease {
-    /// Takes `scope`'s lease in the store at `db` for `lease_s` seconds: Err(holder) when
-    /// another live holder has it.
+    /// Takes `scope`'s lease through `store` (open on `db`) for `lease_s` seconds:
+    /// Err(holder) when another live holder has it. The heartbeat gets a connection of
+    /// its own once the lease is taken.
     pub fn acquire(
+        store: &mut TrialStore,
         db: &Path,
         scope: &str,
         holder: &str,
         lease_s: f64,
     ) -> Result<std::result::Result<Self, Lease>> {
-        let mut store = TrialStore::open(db)?;
         let lease = match store.acquire_lease(scope, holder, lease_s)? {
             Ok(l) => l,
             Err(current) => return Ok(Err(current)),
         };
         tracing::debug!(scope, holder, id = lease.id, "lease taken");
+        let store = TrialStore::open(db)?;
         let lost = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicBool::new(false));
         let (id, l, d) = (lease.id, lost.clone(), done.clone());

@@ -58,7 +58,7 @@ impl StudySummary {
     /// running or in its final stage by a controller that died), or `-`.
     pub fn controller_status(&self) -> String {
         match &self.controller {
-            Some(l) if l.live_at(now()) => "alive".into(),
+            Some(_) if self.controller_alive() => "alive".into(),
             Some(l) if self.is_live() => {
                 format!("lost {:.0} s ago", (now() - l.expires_at).max(0.0))
             }
@@ -86,7 +86,7 @@ impl StudySummary {
             "wall_seconds": self.wall_s,
             "controller": self.controller.as_ref().map(|l| serde_json::json!({
                 "holder": l.holder,
-                "alive": l.live_at(now()),
+                "alive": self.controller_alive(),
                 "renewed_at": l.renewed_at,
                 "expires_at": l.expires_at,
                 "released_at": l.released_at,

@@ -91,8 +91,9 @@ pub fn run_search(budget_path: &Path, progress: bool, allow_change: bool) -> Res
     })
 }
 
-/// Checks the budget's inputs (data files, space and target, base weights), then takes the controller lease of its study
-/// (creating its row if new), or refuses (exit code 2) naming the process that holds it.
+/// Checks the budget's inputs (data files, space and target, base weights), then takes
+/// the controller lease of its study (creating its row if new), or refuses (exit code 2)
+/// naming the process that holds it.
 pub fn take_study(budget: &Budget, text: &str, holder: &str, lease_s: f64) -> Result<HeldLease> {
     // A budget that cannot work is refused before the store is touched.
     crate::search::daemon::check_inputs(budget)?;
@@ -104,7 +105,7 @@ pub fn take_study(budget: &Budget, text: &str, holder: &str, lease_s: f64) -> Re
     let mut store = TrialStore::open(db)?;
     let id = store.study(&budget.study.name, text)?;
     let scope = study_scope(id);
-    let mut taken = HeldLease::acquire(db, &scope, holder, lease_s)?;
+    let mut taken = HeldLease::acquire(&mut store, db, &scope, holder, lease_s)?;
     // A controller of this machine that died (SIGKILL, a crash) leaves its lease to
     // expire; it can go at once.
     if let Err(l) = &taken
@@ -112,7 +113,7 @@ pub fn take_study(budget: &Budget, text: &str, holder: &str, lease_s: f64) -> Re
     {
         tracing::warn!(study = %budget.study.name, last = %l.holder, "the study's last controller is gone: taking over");
         store.release_lease(l.id)?;
-        taken = HeldLease::acquire(db, &scope, holder, lease_s)?;
+        taken = HeldLease::acquire(&mut store, db, &scope, holder, lease_s)?;
     }
     taken.map_err(|l| {
         Error::BadInput(format!(

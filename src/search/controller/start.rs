@@ -157,9 +157,9 @@ pub(super) async fn open_study(
     let base = ArchSpec::parse(&budget.model.arch)?.build(budget.model.num_classes);
     let (train_set, val_set) = budget.train_val()?;
     let (train_set, val_set) = (Arc::new(train_set), Arc::new(val_set));
+    // Its inputs were checked before its lease was taken (`take_study`, the daemon's
+    // `daemon_budget`).
     let space_file = SpaceFile::load(&budget.search.space)?;
-    // Check the space, its target and the outputs before any slow work.
-    crate::search::precheck::check_space(budget, &space_file)?;
     let Some(weights) =
         base_weights(budget, &base, (&train_set, &val_set), signals, progress).await?
     else {
