@@ -179,9 +179,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn best_so_far_counts_only_completed_trials_that_meet_the_target() {
-        let study = StudyRow {
+    /// Study 1, "s", with nothing else stored.
+    fn study_row() -> StudyRow {
+        StudyRow {
             id: 1,
             name: "s".into(),
             budget: String::new(),
@@ -194,7 +194,12 @@ mod tests {
             submitted_at: None,
             stop_requested_at: None,
             identity: None,
-        };
+        }
+    }
+
+    #[test]
+    fn best_so_far_counts_only_completed_trials_that_meet_the_target() {
+        let study = study_row();
         let view = StudyView {
             summary: StudySummary {
                 row: study,
@@ -243,20 +248,7 @@ mod tests {
             released_at: None,
         };
         let summary = |state: &str, l| StudySummary {
-            row: StudyRow {
-                id: 1,
-                name: "s".into(),
-                budget: String::new(),
-                created_at: 0.0,
-                target: None,
-                state: None,
-                stop_reason: None,
-                state_at: None,
-                budget_dir: None,
-                submitted_at: None,
-                stop_requested_at: None,
-                identity: None,
-            },
+            row: study_row(),
             state: state.into(),
             done: 0,
             total: 0,
