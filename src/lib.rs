@@ -29,6 +29,7 @@
 //! - [`error`]: the crate's error and exit codes.
 
 pub mod arch;
+pub mod budget;
 pub mod compress;
 pub mod config;
 pub mod cost;
@@ -42,6 +43,7 @@ pub mod model;
 pub mod outpath;
 pub mod report;
 pub mod search;
+pub mod stats;
 pub mod store;
 pub mod train;
 pub mod weights;

@@ -1,25 +1,23 @@
-//! `rankprune fidelity` (how well each cheap signal ranks candidates like the final
-//! recipe) and `rankprune score` (one config through the signals).
+//! `rankprune fidelity` (how well each cheap probe ranks candidates like the final
+//! recipe) and `rankprune score` (one config through the probes).
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use rankprune::arch::{Arch, ArchSpec};
 use rankprune::config::LayerConfig;
 use rankprune::data::{ImageSet, Split};
 use rankprune::device::parse_device;
 use rankprune::ladder::fidelity::{self, RunFiles};
-use rankprune::ladder::{LadderContext, Signal, score};
+use rankprune::ladder::{Context, Probe, score};
 use rankprune::outpath::{check_output, store_inputs, write_output};
-use rankprune::search::budget::Budget;
+use rankprune::budget::Budget;
+use rankprune::search::candidates::draw_candidates;
 use rankprune::search::controller::study_problem;
 use rankprune::search::precheck::check_space;
 use rankprune::search::space::SpaceFile;
-use rankprune::weights::Weights;
-use rankprune::{Error, Result};
+use rankprune::Result;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-const DEFAULT_SIGNALS: &str = "compressed,bn:8,recon:2,ft:60,ft:200,kd:200";
+const DEFAULT_PROBES: &str = "compressed,bn:8,recon:2,ft:60,ft:200,kd:200";
 
 #[derive(Args)]
 pub struct FidelityArgs {
@@ -29,14 +27,14 @@ pub struct FidelityArgs {
     /// Candidates drawn at the study's target (half near the warm-start points, half random)
     #[arg(long, default_value_t = 16)]
     pub candidates: usize,
-    /// Cheap signals to measure, comma separated: compressed, bn:K (BN recalibration from
+    /// Cheap probes to measure, comma separated: compressed, bn:K (BN recalibration from
     /// K batches), recon:K (layer-wise CKA and logit KL after it), repair:K (least-squares
-    /// repair from K batches), ft:S (S fine-tune steps), ftd:S (S steps, learning rate
-    /// decayed linearly to zero), kd:S (S distilled steps). With
-    /// search.repair in the budget every candidate is built repaired first
-    /// (recorded in OUT/build.json)
-    #[arg(long, value_delimiter = ',', default_value = DEFAULT_SIGNALS)]
-    pub signals: Vec<Signal>,
+    /// repair from K batches), ft:S (S steps of the proxy's fine-tune, on its schedule),
+    /// ftd:S (the same, learning rate decayed linearly to zero), kd:S (S distilled steps).
+    /// With search.repair in the budget every candidate is built repaired first
+    /// (recorded in OUT/build.json). `--signals`, the earlier name, is still read
+    #[arg(long, alias = "signals", value_delimiter = ',', default_value = DEFAULT_PROBES)]
+    pub probes: Vec<Probe>,
     /// Epochs of the final recipe every candidate is re-trained with, on the budget's
     /// final.schedule (default: the budget's final.epochs)
     #[arg(long)]
@@ -67,9 +65,10 @@ pub struct ScoreArgs {
     /// Layer config to score (reference format, as `export` writes)
     #[arg(long)]
     pub config: PathBuf,
-    /// Signals, comma separated (see `fidelity --help`); final:E re-trains E epochs
-    #[arg(long, value_delimiter = ',', default_value = DEFAULT_SIGNALS)]
-    pub signals: Vec<Signal>,
+    /// Probes, comma separated (see `fidelity --help`); final:E re-trains E epochs.
+    /// `--signals`, the earlier name, is still read
+    #[arg(long, alias = "signals", value_delimiter = ',', default_value = DEFAULT_PROBES)]
+    pub probes: Vec<Probe>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -79,34 +78,6 @@ fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
     let (k, n) = s.split_once('/').ok_or_else(bad)?;
     let (k, n): (usize, usize) = (k.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
     if k < n { Ok((k, n)) } else { Err(bad()) }
-}
-
-/// The budget's base model, data and scoring settings.
-fn context(budget: &Budget) -> Result<LadderContext> {
-    let base: Arch = ArchSpec::parse(&budget.model.arch)?.build(budget.model.num_classes);
-    let path = &budget.model.weights;
-    if !path.exists() {
-        return Err(Error::BadInput(format!(
-            "model.weights = {}: no such file (train the base model first, e.g. with `rankprune search`)",
-            path.display()
-        )));
-    }
-    let weights = Weights::load(path)?.matched_to(&base, &path.display().to_string())?;
-    let (train, val) = budget.train_val()?;
-    let p = &budget.proxy;
-    Ok(LadderContext {
-        base,
-        base_weights: Arc::new(weights),
-        train: Arc::new(train),
-        val: Arc::new(val),
-        eval_samples: p.eval_samples,
-        batch_size: p.batch_size,
-        lr: p.lr,
-        distill: p.distill.unwrap_or_default(),
-        seed: budget.search.seed,
-        repair: budget.search.repair,
-        final_schedule: budget.final_stage.schedule,
-    })
 }
 
 fn default_out(budget: &Budget) -> PathBuf {
@@ -155,23 +126,23 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
         check_space(&budget, &SpaceFile::load(&budget.search.space)?)?;
     }
     let device = parse_device(&args.device)?;
-    let ctx = context(&budget)?;
+    let ctx = Context::load(&budget)?;
     let files = RunFiles::new(&out);
     let candidates = files.candidates(|| {
         let space = SpaceFile::load(&budget.search.space)?;
-        let problem = study_problem(&budget, &space, &ctx.base, &ctx.base_weights, true)?;
-        Ok(fidelity::draw_candidates(
+        let problem = study_problem(&budget, &space, &ctx.base, &ctx.weights, true)?;
+        Ok(draw_candidates(
             &problem,
             args.candidates,
             budget.search.seed,
         ))
     })?;
     files.check_build(ctx.repair)?;
-    let final_signal = Signal::Final {
+    let final_probe = Probe::Final {
         epochs: args.final_epochs.unwrap_or(budget.final_stage.epochs),
     };
-    let mut signals = args.signals.clone();
-    signals.push(final_signal);
+    let mut probes = args.probes.clone();
+    probes.push(final_probe);
     tracing::info!(
         candidates = candidates.len(),
         out = %out.display(),
@@ -191,7 +162,7 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
         fidelity::run(
             &ctx,
             &candidates,
-            &signals,
+            &probes,
             &files,
             args.shard,
             &device,
@@ -204,10 +175,10 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
         )?
     };
     pb.finish_and_clear();
-    let rows = fidelity::summarize(&records, final_signal);
+    let rows = fidelity::summarize(&records, final_probe);
     let json = serde_json::json!({
         "candidates": candidates,
-        "final": final_signal,
+        "final": final_probe,
         "rows": rows,
     });
     write_output(
@@ -222,7 +193,7 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&rows).expect("rows serialize"));
     } else {
         println!(
-            "{} candidates; reference: {final_signal} validation accuracy; results in {}",
+            "{} candidates; reference: {final_probe} validation accuracy; results in {}",
             candidates.len(),
             out.display()
         );
@@ -234,15 +205,15 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
 pub fn run_score(args: ScoreArgs) -> Result<()> {
     let budget = Budget::load(&args.budget)?;
     let device = parse_device(&args.device)?;
-    let ctx = context(&budget)?;
+    let ctx = Context::load(&budget)?;
     let file = args.config.display().to_string();
     let config = LayerConfig::load(&args.config)?;
-    // Built once; every signal starts from its own copy of the compressed weights.
-    let candidate = rankprune::ladder::build(&ctx, &config, &file, None, &device)?;
-    for &signal in &args.signals {
-        let s = score(signal, &ctx, candidate.clone(), &device)?;
+    // Built once; every probe starts from its own copy of the compressed weights.
+    let candidate = ctx.build(&config, &file, &device)?;
+    for &probe in &args.probes {
+        let s = score(probe, &ctx, candidate.clone(), &device)?;
         let line = serde_json::json!({
-            "signal": signal,
+            "probe": probe,
             "scores": s.scores,
             "cpu_s": s.cpu_s,
             "wall_s": s.wall_s,

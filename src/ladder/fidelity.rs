@@ -1,21 +1,15 @@
-//! Fidelity of cheap signals: draw feasible candidates at a study's target, score each
-//! with every signal and with the final recipe, and report how well each signal's
+//! Fidelity of cheap probes: score candidates (drawn by the caller at a study's target:
+//! `search::candidates`) with every probe and with the final recipe, and report how well each probe's
 //! ranking of the candidates agrees with the final validation accuracy (Kendall's tau
 //! with a 95% bootstrap interval, Spearman's rho) and what it costs.
 //!
 //! Results are appended to a JSON-lines file as they come, so a run that is stopped
 //! resumes where it was.
 
-use super::rank::{bootstrap_95, kendall_tau, spearman_rho};
-use super::{LadderContext, Scored, Signal, higher_is_better, score};
-use crate::compress::decompose::TuckerCache;
-use crate::search::problem::Problem;
-use crate::search::space::Point;
-use crate::search::strategy::evolution::{Evolution, Mode};
+use crate::stats::{bootstrap_95, kendall_tau, spearman_rho};
+use super::{Context, Probe, Scored, higher_is_better, score};
 use crate::{Error, Result};
 use burn::tensor::Device;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -33,67 +27,13 @@ pub struct Candidate {
     pub params: u64,
 }
 
-/// Half the candidates are strategy proposals around the warm-start points (the points
-/// themselves, then mutants of them in turn), the rest uniform random feasible points;
-/// every one then spends the budget it leaves unused (`Problem::fill`), so all sit at
-/// the target and a signal cannot rank them by size alone. All distinct, feasible, seeded.
-pub fn draw_candidates(problem: &Problem, n: usize, seed: u64) -> Vec<Candidate> {
-    let mut evo = Evolution::new(seed, Mode::Constrained);
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-    let mut seen = HashSet::new();
-    let mut points: Vec<(Point, &str)> = Vec::new();
-    let mut add = |p: Point, origin, points: &mut Vec<(Point, &str)>| {
-        let p = problem.fill(p, &mut rng);
-        if problem.feasible(&p) && seen.insert(p.clone()) {
-            points.push((p, origin));
-        }
-    };
-    let near = if problem.warm_starts.is_empty() {
-        0
-    } else {
-        n / 2
-    };
-    for p in problem.warm_starts.iter().filter(|p| problem.feasible(p)) {
-        if points.len() < near {
-            add(p.clone(), "warm", &mut points);
-        }
-    }
-    let mut tries = 0;
-    while points.len() < near && tries < 50 * n {
-        let parent = problem.warm_starts[tries % problem.warm_starts.len()].clone();
-        tries += 1;
-        if let Some(c) = evo.feasible_mutant(parent, problem) {
-            add(c, "mutant", &mut points);
-        }
-    }
-    tries = 0;
-    while points.len() < n && tries < 50 * n {
-        tries += 1;
-        if let Some(c) = evo.random_feasible(problem) {
-            add(c, "random", &mut points);
-        }
-    }
-    points
-        .into_iter()
-        .enumerate()
-        .map(|(index, (p, origin))| {
-            let cost = problem.cost(&p);
-            Candidate {
-                index,
-                origin: origin.to_string(),
-                config: serde_json::to_value(problem.config(&p)).expect("configs serialize"),
-                flops: cost.flops,
-                params: cost.params,
-            }
-        })
-        .collect()
-}
-
 /// One line of the results file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub candidate: usize,
-    pub signal: Signal,
+    /// `signal` in files written before probes had their name.
+    #[serde(alias = "signal")]
+    pub probe: Probe,
     #[serde(flatten)]
     pub scored: Scored,
 }
@@ -205,14 +145,14 @@ impl RunFiles {
     }
 }
 
-/// Scores every (candidate, signal) pair not yet in the results file, cheap signals for
+/// Scores every (candidate, probe) pair not yet in the results file, cheap probes for
 /// all candidates before the final ones; `progress(done, total, what)` after each.
 /// `shard = (k, n)` takes only the candidates whose index is k modulo n, so n processes
 /// can share a run (each appends whole lines to the same file).
 pub fn run(
-    ctx: &LadderContext,
+    ctx: &Context,
     candidates: &[Candidate],
-    signals: &[Signal],
+    probes: &[Probe],
     files: &RunFiles,
     shard: (usize, usize),
     device: &Device,
@@ -224,39 +164,38 @@ pub fn run(
         .collect();
     files.end_torn_line()?;
     let mut records = files.records()?;
-    let done: HashSet<(usize, Signal)> = records.iter().map(|r| (r.candidate, r.signal)).collect();
-    let mut order: Vec<Signal> = signals.to_vec();
-    order.sort_by_key(|s| matches!(s, Signal::Final { .. }));
+    let done: HashSet<(usize, Probe)> = records.iter().map(|r| (r.candidate, r.probe)).collect();
+    let mut order: Vec<Probe> = probes.to_vec();
+    order.sort_by_key(|s| matches!(s, Probe::Final { .. }));
     let total = order.len() * candidates.len();
-    let cache = TuckerCache::new(1 << 30);
     let mut count = done.len();
-    for &signal in &order {
+    for &probe in &order {
         for &c in &candidates {
-            if done.contains(&(c.index, signal)) {
+            if done.contains(&(c.index, probe)) {
                 continue;
             }
             let config =
                 crate::config::LayerConfig::from_json(&c.config.to_string(), "<candidate>")?;
-            let candidate = super::build(ctx, &config, "<candidate>", Some(&cache), device)?;
-            let scored = score(signal, ctx, candidate, device)?;
+            let candidate = ctx.build(&config, "<candidate>", device)?;
+            let scored = score(probe, ctx, candidate, device)?;
             let r = Record {
                 candidate: c.index,
-                signal,
+                probe,
                 scored,
             };
             files.append(&r)?;
             records.push(r);
             count += 1;
-            progress(count, total, &format!("candidate {} {signal}", c.index));
+            progress(count, total, &format!("candidate {} {probe}", c.index));
         }
     }
     Ok(records)
 }
 
-/// How well one score of one signal ranks the candidates.
+/// How well one score of one probe ranks the candidates.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Fidelity {
-    pub signal: String,
+    pub probe: String,
     pub score: String,
     /// Candidates with both this score and a final accuracy.
     pub n: usize,
@@ -268,35 +207,35 @@ pub struct Fidelity {
     pub wall_s: f64,
 }
 
-/// Kendall's tau and Spearman's rho of every signal's scores (oriented so that higher
+/// Kendall's tau and Spearman's rho of every probe's scores (oriented so that higher
 /// means better) against the final validation accuracy, with 2,000 bootstrap draws.
-pub fn summarize(records: &[Record], final_signal: Signal) -> Vec<Fidelity> {
+pub fn summarize(records: &[Record], final_probe: Probe) -> Vec<Fidelity> {
     let finals: BTreeMap<usize, f64> = records
         .iter()
-        .filter(|r| r.signal == final_signal)
+        .filter(|r| r.probe == final_probe)
         .filter_map(|r| Some((r.candidate, *r.scored.scores.get("acc")?)))
         .collect();
-    // (oriented score, final accuracy, the signal's record) per (signal, score name).
+    // (oriented score, final accuracy, the probe's record) per (probe, score name).
     type Pairs<'a> = Vec<(f64, f64, &'a Scored)>;
-    let mut by: BTreeMap<(Signal, String), Pairs> = BTreeMap::new();
+    let mut by: BTreeMap<(Probe, String), Pairs> = BTreeMap::new();
     for r in records {
         for (name, &v) in &r.scored.scores {
             if let Some(&y) = finals.get(&r.candidate) {
                 let x = if higher_is_better(name) { v } else { -v };
-                by.entry((r.signal, name.clone()))
+                by.entry((r.probe, name.clone()))
                     .or_default()
                     .push((x, y, &r.scored));
             }
         }
     }
     by.into_iter()
-        .map(|((signal, score), rows)| {
+        .map(|((probe, score), rows)| {
             let x: Vec<f64> = rows.iter().map(|r| r.0).collect();
             let y: Vec<f64> = rows.iter().map(|r| r.1).collect();
             let n = rows.len();
             let mean = |f: fn(&Scored) -> f64| rows.iter().map(|r| f(r.2)).sum::<f64>() / n as f64;
             Fidelity {
-                signal: signal.to_string(),
+                probe: probe.to_string(),
                 score,
                 n,
                 kendall_tau: kendall_tau(&x, &y),
@@ -313,13 +252,13 @@ pub fn summarize(records: &[Record], final_signal: Signal) -> Vec<Fidelity> {
 pub fn table(rows: &[Fidelity]) -> String {
     use std::fmt::Write as _;
     let mut s = String::from(
-        "| signal | score | n | Kendall tau | 95% interval | Spearman rho | CPU s / candidate | wall s / candidate |\n|---|---|---|---|---|---|---|---|\n",
+        "| probe | score | n | Kendall tau | 95% interval | Spearman rho | CPU s / candidate | wall s / candidate |\n|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let _ = writeln!(
             s,
             "| {} | {}{} | {} | {:+.2} | [{:+.2}, {:+.2}] | {:+.2} | {:.1} | {:.1} |",
-            r.signal,
+            r.probe,
             if higher_is_better(&r.score) { "" } else { "-" },
             r.score,
             r.n,
@@ -338,10 +277,10 @@ pub fn table(rows: &[Fidelity]) -> String {
 mod tests {
     use super::*;
 
-    fn record(candidate: usize, signal: Signal, pairs: &[(&str, f64)]) -> Record {
+    fn record(candidate: usize, probe: Probe, pairs: &[(&str, f64)]) -> Record {
         Record {
             candidate,
-            signal,
+            probe,
             scored: Scored {
                 scores: pairs.iter().map(|&(k, v)| (k.to_string(), v)).collect(),
                 wall_s: 2.0,
@@ -352,12 +291,12 @@ mod tests {
 
     #[test]
     fn summary_orients_losses_and_pairs_by_candidate() {
-        let fin = Signal::Final { epochs: 1 };
-        let bn = Signal::BnRecal { batches: 2 };
+        let fin = Probe::Final { epochs: 1 };
+        let bn = Probe::BnRecal { batches: 2 };
         let mut rs = Vec::new();
         for (i, acc) in [0.5, 0.7, 0.6, 0.9].into_iter().enumerate() {
             rs.push(record(i, fin, &[("acc", acc), ("loss", 1.0 - acc)]));
-            // Loss falls as the final accuracy rises: a perfect signal once negated.
+            // Loss falls as the final accuracy rises: a perfect probe once negated.
             rs.push(record(i, bn, &[("acc", 0.1), ("loss", 2.0 - acc)]));
         }
         // A candidate without a final result is left out.
@@ -365,13 +304,13 @@ mod tests {
         let rows = summarize(&rs, fin);
         let loss = rows
             .iter()
-            .find(|r| r.signal == "bn:2" && r.score == "loss")
+            .find(|r| r.probe == "bn:2" && r.score == "loss")
             .unwrap();
         assert_eq!((loss.n, loss.kendall_tau, loss.spearman_rho), (4, 1.0, 1.0));
         assert_eq!((loss.cpu_s, loss.wall_s), (3.0, 2.0));
         let acc = rows
             .iter()
-            .find(|r| r.signal == "bn:2" && r.score == "acc")
+            .find(|r| r.probe == "bn:2" && r.score == "acc")
             .unwrap();
         assert!(acc.kendall_tau.is_nan(), "a constant score ranks nothing");
         assert!(table(&rows).contains("| bn:2 | -loss | 4 | +1.00 |"));
@@ -381,7 +320,7 @@ mod tests {
     fn records_survive_a_torn_last_line() {
         let dir = tempfile::tempdir().unwrap();
         let files = RunFiles::new(dir.path());
-        let r = record(0, Signal::Compressed, &[("acc", 0.25)]);
+        let r = record(0, Probe::Compressed, &[("acc", 0.25)]);
         files.append(&r).unwrap();
         let mut f = std::fs::OpenOptions::new()
             .append(true)
@@ -390,10 +329,17 @@ mod tests {
         f.write_all(b"{\"candidate\": 1, \"sig").unwrap();
         assert_eq!(files.records().unwrap(), vec![r.clone()]);
         files.end_torn_line().unwrap();
-        let r2 = record(1, Signal::FineTune { steps: 5 }, &[("acc", 0.5)]);
+        let r2 = record(1, Probe::FineTune { steps: 5 }, &[("acc", 0.5)]);
         files.append(&r2).unwrap();
         assert_eq!(files.records().unwrap(), vec![r, r2]);
         let line = std::fs::read_to_string(&files.results).unwrap();
-        assert!(line.contains("\"signal\":\"ft:5\""), "{line}");
+        assert!(line.contains("\"probe\":\"ft:5\""), "{line}");
+    }
+
+    #[test]
+    fn records_written_before_probes_had_their_name_still_read() {
+        let old = r#"{"candidate":3,"signal":"bn:2","scores":{"acc":0.5},"wall_s":1.0,"cpu_s":2.0}"#;
+        let r: Record = serde_json::from_str(old).unwrap();
+        assert_eq!((r.candidate, r.probe), (3, Probe::BnRecal { batches: 2 }));
     }
 }

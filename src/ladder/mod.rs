@@ -1,21 +1,22 @@
 //! Scoring a compressed candidate cheaply, and measuring how well each cheap score
 //! ranks candidates like the full re-training does (fidelity).
 //!
-//! A [`Signal`] is one way to score a candidate built from the base weights: as it is,
+//! A [`Probe`] is one way to score a candidate built from the base weights: as it is,
 //! after BatchNorm recalibration, by layer-wise similarity to the base model, after a
 //! short plain or distilled fine-tune, or after the final recipe. Every candidate scored
-//! with the same signal sees the same training batches and validation images.
+//! with the same probe sees the same training batches and validation images.
 
 pub mod cka;
+pub mod context;
 pub mod fidelity;
-pub mod rank;
+
+pub use context::Context;
 
 use crate::arch::Arch;
 use crate::compress::Compressed;
-use crate::data::ImageSet;
 use crate::data::batches::Batch;
 use crate::model::Vgg;
-use crate::train::distill::{Distill, Teacher};
+use crate::train::distill::Teacher;
 use crate::train::recalibrate::recalibrate_bn;
 use crate::train::repair::repair;
 use crate::train::{Control, LrSchedule, TrainConfig, evaluate, images_tensor, train_with};
@@ -25,14 +26,13 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// One way to score a candidate. Written `compressed`, `bn:K`, `recon:K`, `repair:K`, `ft:S`,
 /// `ftd:S`, `kd:S` or `final:E` on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
-pub enum Signal {
+pub enum Probe {
     /// Validation accuracy and loss straight after compression.
     Compressed,
     /// The same after recalibrating every BN from K training batches.
@@ -45,7 +45,8 @@ pub enum Signal {
     /// from K training batches ([`crate::train::repair`]), and the mean KL divergence of
     /// the base model's softmax from the candidate's on them.
     Repair { batches: usize },
-    /// Validation accuracy and loss after S fine-tune steps with cross-entropy.
+    /// Validation accuracy and loss after S fine-tune steps with cross-entropy: the
+    /// proxy's fine-tune (batch size, learning rate and schedule of `[proxy]`), S steps long.
     FineTune { steps: usize },
     /// The same with the learning rate decayed linearly to zero over the S steps
     /// ([`LrSchedule::Linear`]), so the score is read from an annealed network.
@@ -57,22 +58,22 @@ pub enum Signal {
     Final { epochs: usize },
 }
 
-impl std::fmt::Display for Signal {
+impl std::fmt::Display for Probe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Signal::Compressed => write!(f, "compressed"),
-            Signal::BnRecal { batches } => write!(f, "bn:{batches}"),
-            Signal::Reconstruction { batches } => write!(f, "recon:{batches}"),
-            Signal::Repair { batches } => write!(f, "repair:{batches}"),
-            Signal::FineTune { steps } => write!(f, "ft:{steps}"),
-            Signal::FineTuneDecayed { steps } => write!(f, "ftd:{steps}"),
-            Signal::Distilled { steps } => write!(f, "kd:{steps}"),
-            Signal::Final { epochs } => write!(f, "final:{epochs}"),
+            Probe::Compressed => write!(f, "compressed"),
+            Probe::BnRecal { batches } => write!(f, "bn:{batches}"),
+            Probe::Reconstruction { batches } => write!(f, "recon:{batches}"),
+            Probe::Repair { batches } => write!(f, "repair:{batches}"),
+            Probe::FineTune { steps } => write!(f, "ft:{steps}"),
+            Probe::FineTuneDecayed { steps } => write!(f, "ftd:{steps}"),
+            Probe::Distilled { steps } => write!(f, "kd:{steps}"),
+            Probe::Final { epochs } => write!(f, "final:{epochs}"),
         }
     }
 }
 
-impl std::str::FromStr for Signal {
+impl std::str::FromStr for Probe {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -82,34 +83,34 @@ impl std::str::FromStr for Signal {
                     .parse()
                     .ok()
                     .filter(|&n| n > 0)
-                    .ok_or_else(|| format!("signal {s:?}: {n:?} is not a count >= 1"))?;
+                    .ok_or_else(|| format!("probe {s:?}: {n:?} is not a count >= 1"))?;
                 (name, Some(n))
             }
             None => (s, None),
         };
         match (name, n) {
-            ("compressed", None) => Ok(Signal::Compressed),
-            ("bn", Some(batches)) => Ok(Signal::BnRecal { batches }),
-            ("recon", Some(batches)) => Ok(Signal::Reconstruction { batches }),
-            ("repair", Some(batches)) => Ok(Signal::Repair { batches }),
-            ("ft", Some(steps)) => Ok(Signal::FineTune { steps }),
-            ("ftd", Some(steps)) => Ok(Signal::FineTuneDecayed { steps }),
-            ("kd", Some(steps)) => Ok(Signal::Distilled { steps }),
-            ("final", Some(epochs)) => Ok(Signal::Final { epochs }),
+            ("compressed", None) => Ok(Probe::Compressed),
+            ("bn", Some(batches)) => Ok(Probe::BnRecal { batches }),
+            ("recon", Some(batches)) => Ok(Probe::Reconstruction { batches }),
+            ("repair", Some(batches)) => Ok(Probe::Repair { batches }),
+            ("ft", Some(steps)) => Ok(Probe::FineTune { steps }),
+            ("ftd", Some(steps)) => Ok(Probe::FineTuneDecayed { steps }),
+            ("kd", Some(steps)) => Ok(Probe::Distilled { steps }),
+            ("final", Some(epochs)) => Ok(Probe::Final { epochs }),
             _ => Err(format!(
-                "signal {s:?}: allowed compressed, bn:K, recon:K, repair:K, ft:S, ftd:S, kd:S, final:E (K batches, S steps, E epochs)"
+                "probe {s:?}: allowed compressed, bn:K, recon:K, repair:K, ft:S, ftd:S, kd:S, final:E (K batches, S steps, E epochs)"
             )),
         }
     }
 }
 
-impl From<Signal> for String {
-    fn from(s: Signal) -> String {
+impl From<Probe> for String {
+    fn from(s: Probe) -> String {
         s.to_string()
     }
 }
 
-impl TryFrom<String> for Signal {
+impl TryFrom<String> for Probe {
     type Error = String;
 
     fn try_from(s: String) -> std::result::Result<Self, String> {
@@ -122,50 +123,10 @@ pub fn higher_is_better(score: &str) -> bool {
     !matches!(score, "loss" | "kl" | "tse")
 }
 
-/// What every candidate is scored against.
-#[derive(Clone)]
-pub struct LadderContext {
-    pub base: Arch,
-    pub base_weights: Arc<Weights>,
-    pub train: Arc<ImageSet>,
-    pub val: Arc<ImageSet>,
-    /// Validation images used by the cheap signals (the final one uses all).
-    pub eval_samples: usize,
-    pub batch_size: usize,
-    pub lr: f64,
-    pub distill: Distill,
-    pub seed: u64,
-    /// Calibration batches of the least-squares repair every candidate build gets (0 = none).
-    pub repair: usize,
-    /// The learning-rate schedule of the final recipe (`final:E`).
-    pub final_schedule: LrSchedule,
-}
-
-/// The candidate `config` describes, built as every signal sees it: compressed from the
-/// base weights (Tucker factors from `cache`), then repaired when the context says so.
-pub fn build(
-    ctx: &LadderContext,
-    config: &crate::config::LayerConfig,
-    file: &str,
-    cache: Option<&crate::compress::decompose::TuckerCache>,
-    device: &Device,
-) -> Result<Compressed> {
-    let c = crate::compress::compress_model(&ctx.base, &ctx.base_weights, config, file, cache)?;
-    let calibration = ctx.calibration(ctx.repair);
-    crate::train::repair::repair_compressed(
-        &ctx.base,
-        &ctx.base_weights,
-        c,
-        &calibration,
-        ctx.seed,
-        device,
-    )
-}
-
-/// A signal's scores for one candidate, with what they cost.
+/// A probe's scores for one candidate, with what they cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scored {
-    /// `acc`, `loss`, `cka`, `kl`, `tse` as the signal gives them.
+    /// `acc`, `loss`, `cka`, `kl`, `tse` as the probe gives them.
     pub scores: BTreeMap<String, f64>,
     /// Wall and process CPU seconds.
     pub wall_s: f64,
@@ -187,26 +148,14 @@ pub fn process_cpu_seconds() -> f64 {
     }
 }
 
-impl LadderContext {
-    /// The calibration batches of [`recalibrate_bn`] for this context.
-    pub fn calibration(&self, batches: usize) -> Vec<Batch> {
-        crate::train::recalibrate::calibration_batches(
-            &self.train,
-            batches,
-            self.batch_size,
-            self.seed,
-        )
-    }
-}
-
 fn scores(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
     pairs.iter().map(|&(k, v)| (k.to_string(), v)).collect()
 }
 
-/// Scores the candidate with `signal` on `device`.
+/// Scores the candidate with `probe` on `device`.
 pub fn score(
-    signal: Signal,
-    ctx: &LadderContext,
+    probe: Probe,
+    ctx: &Context,
     candidate: Compressed,
     device: &Device,
 ) -> Result<Scored> {
@@ -218,76 +167,71 @@ pub fn score(
     let arch = &arch;
     let (wall, cpu) = (Instant::now(), process_cpu_seconds());
     let model = |w: Weights| Vgg::from_weights(arch, w, "<candidate>", device);
-    let base = || Vgg::from_weights(&ctx.base, (*ctx.base_weights).clone(), "<base>", device);
+    let base = || ctx.base_model(device);
     let recalibrated = |w: Weights, batches| -> Result<Vgg> {
         let m = model(w)?;
         Ok(recalibrate_bn(
             m,
             &ctx.train,
             batches,
-            ctx.batch_size,
+            ctx.proxy.batch_size,
             ctx.seed,
             device,
         ))
     };
-    let eval = |m: &Vgg, limit| evaluate(m, &ctx.val, ctx.batch_size, limit, device);
-    let scores = match signal {
-        Signal::Compressed => {
-            let v = eval(&model(weights)?, Some(ctx.eval_samples))?;
+    let eval = |m: &Vgg, limit| evaluate(m, &ctx.val, ctx.proxy.batch_size, limit, device);
+    let samples = Some(ctx.proxy.eval_samples);
+    let scores = match probe {
+        Probe::Compressed => {
+            let v = eval(&model(weights)?, samples)?;
             scores(&[("acc", v.top1), ("loss", v.loss)])
         }
-        Signal::BnRecal { batches } => {
-            let v = eval(&recalibrated(weights, batches)?, Some(ctx.eval_samples))?;
+        Probe::BnRecal { batches } => {
+            let v = eval(&recalibrated(weights, batches)?, samples)?;
             scores(&[("acc", v.top1), ("loss", v.loss)])
         }
-        Signal::Reconstruction { batches } => {
+        Probe::Reconstruction { batches } => {
             let m = recalibrated(weights, batches)?;
             let (cka, kl) = similarity(&base()?, &m, &ctx.calibration(batches), device);
             scores(&[("cka", cka), ("kl", kl)])
         }
-        Signal::Repair { batches } => {
+        Probe::Repair { batches } => {
             let calibration = ctx.calibration(batches);
             let base = base()?;
             let (w, _) = repair(&base, arch, weights, &kept, &calibration, ctx.seed, device)?;
             let m = model(w)?;
-            let v = eval(&m, Some(ctx.eval_samples))?;
+            let v = eval(&m, samples)?;
             let (_, kl) = similarity(&base, &m, &calibration, device);
             scores(&[("acc", v.top1), ("loss", v.loss), ("kl", kl)])
         }
-        Signal::FineTune { steps }
-        | Signal::FineTuneDecayed { steps }
-        | Signal::Distilled { steps } => {
-            let teacher = match signal {
-                Signal::Distilled { .. } => Some(Teacher {
+        Probe::FineTune { steps }
+        | Probe::FineTuneDecayed { steps }
+        | Probe::Distilled { steps } => {
+            let teacher = match probe {
+                Probe::Distilled { .. } => Some(Teacher {
                     model: base()?,
-                    distill: ctx.distill,
+                    distill: ctx.proxy.distill.unwrap_or_default(),
                 }),
                 _ => None,
             };
+            // The proxy's fine-tune, S steps long, on the proxy's schedule (`ftd`: decayed
+            // linearly), validated only at its end.
             let cfg = TrainConfig {
                 epochs: steps,
                 max_steps: Some(steps),
-                batch_size: ctx.batch_size,
-                lr: ctx.lr,
-                eval_limit: Some(ctx.eval_samples),
-                seed: ctx.seed,
-                schedule: match signal {
-                    Signal::FineTuneDecayed { .. } => LrSchedule::Linear,
-                    _ => LrSchedule::Plateau,
+                eval_at: Vec::new(),
+                schedule: match probe {
+                    Probe::FineTuneDecayed { .. } => LrSchedule::Linear,
+                    _ => ctx.proxy.schedule,
                 },
-                ..TrainConfig::default()
+                ..ctx.proxy_config()
             };
             let (out, tse) = train_candidate(ctx, arch, weights, &cfg, teacher.as_ref(), device)?;
-            let v = eval(&model(out.weights)?, Some(ctx.eval_samples))?;
+            let v = eval(&model(out.weights)?, samples)?;
             scores(&[("acc", v.top1), ("loss", v.loss), ("tse", tse)])
         }
-        Signal::Final { epochs } => {
-            let cfg = TrainConfig {
-                epochs,
-                seed: ctx.seed,
-                schedule: ctx.final_schedule,
-                ..TrainConfig::default()
-            };
+        Probe::Final { epochs } => {
+            let cfg = ctx.final_config(epochs);
             let (out, _) = train_candidate(ctx, arch, weights, &cfg, None, device)?;
             let v = out
                 .best_val
@@ -311,7 +255,7 @@ pub fn score(
 /// inside the first epoch); a smaller set validates at each epoch end, which only
 /// costs time.
 fn train_candidate(
-    ctx: &LadderContext,
+    ctx: &Context,
     arch: &Arch,
     weights: Weights,
     cfg: &TrainConfig,
@@ -375,7 +319,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signals_parse_and_print_alike() {
+    fn probes_parse_and_print_alike() {
         for s in [
             "compressed",
             "bn:8",
@@ -386,11 +330,11 @@ mod tests {
             "kd:200",
             "final:3",
         ] {
-            assert_eq!(s.parse::<Signal>().unwrap().to_string(), s);
+            assert_eq!(s.parse::<Probe>().unwrap().to_string(), s);
         }
-        let e = "bn".parse::<Signal>().unwrap_err();
+        let e = "bn".parse::<Probe>().unwrap_err();
         assert!(e.contains("allowed compressed, bn:K"), "{e}");
-        let e = "ft:0".parse::<Signal>().unwrap_err();
+        let e = "ft:0".parse::<Probe>().unwrap_err();
         assert!(e.contains("\"0\" is not a count >= 1"), "{e}");
         assert!(higher_is_better("acc") && higher_is_better("cka"));
         assert!(!higher_is_better("loss") && !higher_is_better("kl") && !higher_is_better("tse"));

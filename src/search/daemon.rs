@@ -3,7 +3,7 @@
 //! stage) that leaves its trials to worker processes, until SIGINT/SIGTERM.
 //! `rankprune stop` asks one study's controller to stop proposing.
 
-use super::budget::Budget;
+use crate::budget::Budget;
 use super::controller::{SearchOutcome, Signals, run_study};
 use super::export::pick_study;
 use super::lease::{HeldLease, holder_name, live_holder};
@@ -117,12 +117,13 @@ pub fn request_stop(db: &Path, name: &str) -> Result<StudyState> {
 /// processes (the daemon runs none itself; long runs use this machine's CPU); its
 /// inputs checked again, as they may have changed since `submit`.
 fn daemon_budget(row: &StudyRow, db: &Path) -> Result<Budget> {
-    let mut budget = Budget::from_toml(&row.budget, &format!("study {}", row.name))?;
-    let dir = row
-        .budget_dir
-        .as_deref()
-        .ok_or_else(|| Error::BadInput(format!("study {}: no budget folder recorded", row.name)))?;
-    budget.resolve_paths(Path::new(dir));
+    if row.budget_dir.is_none() {
+        return Err(Error::BadInput(format!(
+            "study {}: no budget folder recorded",
+            row.name
+        )));
+    }
+    let mut budget = Budget::of_study(row)?;
     budget.study.db = db.to_path_buf();
     budget.workers.cpu = 0;
     budget.workers.wgpu.clear();

@@ -1,7 +1,7 @@
 //! Reading a finished (or running) study: choosing a study, the best trial, and the
 //! exported winner config (reference format plus `metrics` and `provenance`).
 
-use super::budget::Budget;
+use crate::budget::Budget;
 use super::problem::Target;
 use crate::arch::ArchSpec;
 use crate::config::LayerConfig;
@@ -39,7 +39,7 @@ pub fn pick_study(store: &TrialStore, db: &str, name: Option<&str>) -> Result<St
 /// The base model's cost (from the budget text stored with the study) and the study's
 /// stored target (computed from that text for a study that has none stored).
 pub fn study_base(study: &StudyRow) -> Option<(Cost, Target)> {
-    let b = Budget::from_toml(&study.budget, "<study budget>").ok()?;
+    let b = Budget::of_study(study).ok()?;
     let arch = ArchSpec::parse(&b.model.arch)
         .ok()?
         .build(b.model.num_classes);

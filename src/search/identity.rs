@@ -4,7 +4,7 @@
 //! before it runs a trial, so a worker that reaches different files is refused instead
 //! of scoring trials on another model.
 
-use super::budget::Budget;
+use crate::budget::Budget;
 use crate::data::{ImageSet, Split};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};

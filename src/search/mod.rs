@@ -1,7 +1,7 @@
 //! The search: budget files, search spaces, strategies, the trial runner and the
 //! controller that drives them.
 
-pub mod budget;
+pub mod candidates;
 pub mod controller;
 pub mod daemon;
 pub mod export;

@@ -3,7 +3,7 @@
 //! written for the budget's model, its cost target is within the space's reach, and the
 //! files the search writes name none of its inputs.
 
-use super::budget::Budget;
+use crate::budget::Budget;
 use super::problem::{Problem, Target};
 use super::space::SpaceFile;
 use crate::arch::{Arch, ArchSpec, ConvBody};

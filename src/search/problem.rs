@@ -2,7 +2,7 @@
 //! exact (the cost counter on the candidate's architecture), so constraints are checked
 //! before anything trains.
 
-use super::budget::Objective;
+use crate::budget::Objective;
 use super::space::{Point, Space};
 use crate::arch::Arch;
 use crate::config::LayerConfig;

@@ -2,23 +2,13 @@
 //! 1/eta of the trials scored at that rung so far (asynchronous successive halving, Li et
 //! al., MLSys 2020, in its stopping form; eta = 2 is the median stopping rule).
 
-use super::budget::{Proxy, Rung0Score};
+use crate::budget::{Proxy, Rung0Score};
 use super::trial::Verdict;
-use crate::ladder::rank::kendall_tau;
+use crate::stats::{kendall_tau, quantile};
 use crate::store::RungFidelity;
 
 /// Scores needed at a rung before trials are compared there.
 pub const MIN_COMPARED: usize = 3;
-
-/// The `q` quantile of `v` with linear interpolation between order statistics (numpy's
-/// default); `v` non-empty.
-pub fn quantile(v: &[f64], q: f64) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let pos = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    s[lo] + (pos - lo as f64) * (s[hi] - s[lo])
-}
 
 /// The verdict for a trial scoring `acc` at `step`, where `others` are the scores of the
 /// other trials at that step.
@@ -124,14 +114,6 @@ mod tests {
             early_stop_min_acc: min_acc,
             ..Proxy::default()
         }
-    }
-
-    #[test]
-    fn quantiles_interpolate_like_numpy() {
-        assert_eq!(quantile(&[3.0, 1.0, 2.0, 4.0], 0.5), 2.5);
-        assert_eq!(quantile(&[5.0], 0.9), 5.0);
-        // numpy.quantile([1, 2, 3, 4, 10], 2/3) = 3.6666...
-        assert!((quantile(&[10.0, 1.0, 2.0, 3.0, 4.0], 2.0 / 3.0) - 11.0 / 3.0).abs() < 1e-12);
     }
 
     #[test]

@@ -169,7 +169,7 @@ impl SpaceFile {
     pub fn from_toml(text: &str, file: &str) -> Result<Self, SpaceError> {
         let space: SpaceFile = toml::from_str(text).map_err(|e| SpaceError {
             file: file.to_string(),
-            message: crate::search::budget::toml_message(text, &e),
+            message: crate::budget::toml_message(text, &e),
         })?;
         if space.decomposition.is_none() && space.pruning.is_none() {
             return Err(SpaceError {

@@ -1,6 +1,6 @@
 //! Each study of a store at a glance: state, progress, best trial, wall time.
 
-use super::budget::Budget;
+use crate::budget::Budget;
 use super::export::{best_trial, study_base};
 use super::problem::Target;
 use crate::Result;
@@ -97,7 +97,7 @@ impl StudySummary {
 }
 
 pub(crate) fn budget_of(row: &StudyRow) -> Option<Budget> {
-    Budget::from_toml(&row.budget, "<study budget>").ok()
+    Budget::of_study(row).ok()
 }
 
 pub(crate) fn summary(store: &TrialStore, row: StudyRow) -> Result<StudySummary> {

@@ -1,64 +1,18 @@
 //! One trial on one worker: build the candidate from the base weights (decompose +
 //! prune), proxy fine-tune, score on held-out validation images (never the test set).
 
-use super::budget::{Proxy, Rung0Score};
 use crate::arch::Arch;
-use crate::compress::decompose::TuckerCache;
-use crate::compress::{Compressed, compress_model};
+use crate::budget::Rung0Score;
+use crate::compress::Compressed;
 use crate::config::LayerConfig;
-use crate::data::ImageSet;
+use crate::ladder::Context;
 use crate::model::Vgg;
 use crate::train::distill::Teacher;
-use crate::train::recalibrate::{calibration_batches, recalibrate_bn};
-use crate::train::repair::repair_compressed;
-use crate::train::{Control, TrainConfig, evaluate, train_with};
+use crate::train::recalibrate::recalibrate_bn;
+use crate::train::{Control, evaluate, train_with};
 use crate::weights::Weights;
 use burn::tensor::Device;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-/// What every trial of a study shares.
-#[derive(Clone)]
-pub struct TrialContext {
-    pub base: Arch,
-    pub weights: Arc<Weights>,
-    pub train: Arc<ImageSet>,
-    pub val: Arc<ImageSet>,
-    pub proxy: Proxy,
-    pub seed: u64,
-    /// Tucker factors of `weights`, shared by the trials.
-    pub cache: Arc<TuckerCache>,
-    /// Calibration batches of the least-squares repair of every build (0 = none).
-    pub repair: usize,
-}
-
-impl TrialContext {
-    /// The candidate `config` describes: compressed from the base weights, then repaired
-    /// on the first `repair` calibration batches (see [`crate::train::repair`]).
-    pub fn build(&self, config: &LayerConfig, device: &Device) -> crate::Result<Compressed> {
-        let c = compress_model(
-            &self.base,
-            &self.weights,
-            config,
-            "<trial>",
-            Some(&self.cache),
-        )?;
-        let batches =
-            calibration_batches(&self.train, self.repair, self.proxy.batch_size, self.seed);
-        repair_compressed(&self.base, &self.weights, c, &batches, self.seed, device)
-    }
-
-    /// The uncompressed base model on `device` (the distillation teacher, the reference
-    /// of the KL rung).
-    fn base_model(&self, device: &Device) -> crate::Result<Vgg> {
-        Ok(Vgg::from_weights(
-            &self.base,
-            (*self.weights).clone(),
-            "<base>",
-            device,
-        )?)
-    }
-}
 
 /// How a trial ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,7 +41,7 @@ pub enum Verdict {
 /// The candidate's weights after BN recalibration (when the proxy asks for it) and, when
 /// step 0 is a rung, its validation accuracy then.
 fn first_rung(
-    ctx: &TrialContext,
+    ctx: &Context,
     arch: &Arch,
     weights: Weights,
     device: &Device,
@@ -113,8 +67,7 @@ fn first_rung(
             Some(evaluate(&model, &ctx.val, p.batch_size, Some(p.eval_samples), device)?.top1)
         }
         (true, Rung0Score::Kl) => {
-            let batches =
-                calibration_batches(&ctx.train, p.bn_recalibration, p.batch_size, ctx.seed);
+            let batches = ctx.calibration(p.bn_recalibration);
             Some(-crate::ladder::similarity(&ctx.base_model(device)?, &model, &batches, device).1)
         }
     };
@@ -124,13 +77,13 @@ fn first_rung(
 /// Runs one trial. `on_eval(step, accuracy)` sees each intermediate validation result;
 /// `stop` ends the trial as interrupted at the next step.
 pub fn run_trial(
-    ctx: &TrialContext,
+    ctx: &Context,
     config: &LayerConfig,
     device: &Device,
     stop: &AtomicBool,
     mut on_eval: impl FnMut(usize, f64) -> Verdict,
 ) -> TrialEnd {
-    let Compressed { arch, weights, .. } = match ctx.build(config, device) {
+    let Compressed { arch, weights, .. } = match ctx.build(config, "<trial>", device) {
         Ok(x) => x,
         Err(e) => return TrialEnd::Failed(format!("building the candidate: {e}")),
     };
@@ -147,18 +100,7 @@ pub fn run_trial(
     {
         return TrialEnd::EarlyStopped { acc };
     }
-    let cfg = TrainConfig {
-        // Upper bound: the step limit ends the run.
-        epochs: p.steps,
-        batch_size: p.batch_size,
-        lr: p.lr,
-        max_steps: Some(p.steps),
-        eval_at: p.rungs.iter().copied().filter(|&s| s > 0).collect(),
-        eval_limit: Some(p.eval_samples),
-        seed: ctx.seed,
-        schedule: p.schedule,
-        ..TrainConfig::default()
-    };
+    let cfg = ctx.proxy_config();
     let teacher = match p.distill {
         Some(distill) => match ctx.base_model(device) {
             Ok(model) => Some(Teacher { model, distill }),

@@ -9,18 +9,16 @@
 //! study the worker checks the SHA-256 of the base weights and data files it reads
 //! against those the study started with, and refuses a mismatch.
 
-use super::budget::Budget;
+use crate::budget::Budget;
 use super::identity::Identity;
-use super::trial::{TrialContext, TrialEnd, Verdict, run_trial};
-use crate::arch::ArchSpec;
-use crate::compress::decompose::TuckerCache;
+use super::trial::{TrialEnd, Verdict, run_trial};
+use crate::ladder::Context;
 use crate::config::LayerConfig;
 use crate::device::parse_device;
 use crate::store::{StudyRow, Trial, TrialStore};
-use crate::weights::Weights;
 use crate::{Error, Result};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,20 +54,17 @@ fn with<T>(store: &Shared, f: impl FnOnce(&mut TrialStore) -> T) -> T {
     f(&mut store.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-/// Tucker factors kept per study, shared by the trials this worker runs.
-const CACHE_BYTES: usize = 512 << 20;
-
-/// The study's trial context: its budget (paths resolved against the folder the
-/// controller recorded), base weights and data.
-fn context(row: &StudyRow) -> Result<TrialContext> {
-    let mut budget = Budget::from_toml(&row.budget, &format!("study {}", row.name))?;
-    let Some(dir) = &row.budget_dir else {
+/// The study's context: its stored budget (paths resolved against the folder the
+/// controller recorded), base weights and data, after the files were checked against
+/// those the study started with.
+fn context(row: &StudyRow) -> Result<Context> {
+    if row.budget_dir.is_none() {
         return Err(Error::BadInput(format!(
             "study {}: the store does not record its budget's folder (it was started before worker processes existed)",
             row.name
         )));
-    };
-    budget.resolve_paths(Path::new(dir));
+    }
+    let budget = Budget::of_study(row)?;
     match &row.identity {
         Some(recorded) => Identity::of(&budget)
             .map_err(|e| Error::BadInput(format!("study {}: {e}", row.name)))?
@@ -78,29 +73,7 @@ fn context(row: &StudyRow) -> Result<TrialContext> {
             tracing::warn!(study = %row.name, "the study recorded no file identity; not checked")
         }
     }
-    let base = ArchSpec::parse(&budget.model.arch)?.build(budget.model.num_classes);
-    let path = &budget.model.weights;
-    let weights = Weights::load(path)
-        .map_err(|e| {
-            Error::BadInput(format!(
-                "study {}: base weights {}: {e} (workers read the files the budget names: \
-                 the same paths must reach them, e.g. on a shared filesystem)",
-                row.name,
-                path.display()
-            ))
-        })?
-        .matched_to(&base, &path.display().to_string())?;
-    let (train, val) = budget.train_val()?;
-    Ok(TrialContext {
-        base,
-        weights: Arc::new(weights),
-        train: Arc::new(train),
-        val: Arc::new(val),
-        proxy: budget.proxy.clone(),
-        seed: budget.search.seed,
-        cache: Arc::new(TuckerCache::new(CACHE_BYTES)),
-        repair: budget.search.repair,
-    })
+    Context::load(&budget).map_err(|e| Error::BadInput(format!("study {}: {e}", row.name)))
 }
 
 /// SIGINT or SIGTERM sets the returned flag (a signal thread with its own runtime).
@@ -211,7 +184,7 @@ fn controller_verdict(
 /// split over its rungs, and scores an accuracy in [0.5, 0.9) made up from a hash of its
 /// config (the same config scores the same), reported at each rung.
 pub fn dry_run_trial(
-    proxy: &super::budget::Proxy,
+    proxy: &crate::budget::Proxy,
     config: &str,
     ms: u64,
     stop: &AtomicBool,
@@ -246,7 +219,7 @@ pub fn dry_run_trial(
 fn run_one(
     opts: &WorkerOptions,
     store: &Shared,
-    ctx: &TrialContext,
+    ctx: &Context,
     device: &burn::tensor::Device,
     t: &Trial,
     signal: &Arc<AtomicBool>,
@@ -331,7 +304,7 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<WorkerOutcome> {
     let device = parse_device(&opts.device)?;
     let signal = stop_on_signal()?;
     let shared: Shared = Arc::new(Mutex::new(TrialStore::open(&opts.db)?));
-    let mut contexts: HashMap<i64, TrialContext> = HashMap::new();
+    let mut contexts: HashMap<i64, Context> = HashMap::new();
     let mut out = WorkerOutcome::default();
     let mut waiting = false;
     while !signal.load(Ordering::Relaxed) && opts.max_trials.is_none_or(|m| out.trials < m) {

@@ -2,7 +2,7 @@
 //! (and the line for syntax and type errors), never a panic; `search` exits with 2.
 
 use crate::common::vgg19_bn;
-use rankprune::search::budget::Budget;
+use rankprune::budget::Budget;
 use rankprune::search::space::SpaceFile;
 
 const SPACE: &str = r#"

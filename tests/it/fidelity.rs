@@ -1,10 +1,10 @@
 //! `rankprune fidelity` and `rankprune score` end to end on tiny generated data: every
-//! candidate is feasible and distinct, every (candidate, signal) pair is scored once and
-//! a re-run resumes without scoring again; `score` prints one JSON line per signal.
+//! candidate is feasible and distinct, every (candidate, probe) pair is scored once and
+//! a re-run resumes without scoring again; `score` prints one JSON line per probe.
 
 use crate::search::{edit_budget, run, study, text, tiny_base_flops};
 
-const SIGNALS: &str = "compressed,bn:1,recon:1,ft:2,ftd:2,kd:2";
+const PROBES: &str = "compressed,bn:1,recon:1,ft:2,ftd:2,kd:2";
 
 #[test]
 fn fidelity_scores_every_candidate_once_and_resumes() {
@@ -16,8 +16,8 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
         &budget,
         "--candidates",
         "4",
-        "--signals",
-        SIGNALS,
+        "--probes",
+        PROBES,
         "--final-epochs",
         "1",
         "--out",
@@ -65,7 +65,7 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
     assert!(o.status.success(), "{}", text(&o));
     let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let rows = rows.as_array().unwrap();
-    // Every cheap signal's scores, and the final one against itself.
+    // Every cheap probe's scores, and the final one against itself.
     for (signal, score) in [
         ("compressed", "acc"),
         ("bn:1", "loss"),
@@ -80,7 +80,7 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
     ] {
         let row = rows
             .iter()
-            .find(|r| r["signal"] == signal && r["score"] == score)
+            .find(|r| r["probe"] == signal && r["score"] == score)
             .unwrap_or_else(|| panic!("no row {signal} {score}: {rows:?}"));
         assert_eq!(row["n"], 4, "{row}");
         assert!(row["cpu_s"].as_f64().unwrap() >= 0.0);
@@ -130,7 +130,7 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
         }
     }
 
-    // --report-only summarises what is recorded and scores nothing, whatever the signals.
+    // --report-only summarises what is recorded and scores nothing, whatever the probes.
     let mut report = args.to_vec();
     report[5] = "compressed,ft:3";
     report.push("--report-only");
@@ -140,11 +140,11 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(summary.as_array().unwrap().len(), rows.len());
 
-    // `score` runs one candidate's config through the signals.
+    // `score` runs one candidate's config through the probes.
     let config = s.path("c0.json");
     std::fs::write(&config, candidates[0]["config"].to_string()).unwrap();
     let config = config.display().to_string();
-    let score = |signals: &str| run(&["score", &budget, "--config", &config, "--signals", signals]);
+    let score = |probes: &str| run(&["score", &budget, "--config", &config, "--probes", probes]);
     let o = score("bn:1,recon:1");
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8(o.stdout).unwrap();
@@ -153,29 +153,34 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 2);
-    assert_eq!(lines[0]["signal"], "bn:1");
+    assert_eq!(lines[0]["probe"], "bn:1");
     let cka = lines[1]["scores"]["cka"].as_f64().unwrap();
     assert!(cka > 0.0 && cka <= 1.0 + 1e-6, "{cka}");
-    // The same config and signal give the score the fidelity run recorded.
+    // The same config and probe give the score the fidelity run recorded.
     let recorded: serde_json::Value = std::fs::read_to_string(dir.join("results.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|r| r["candidate"] == 0 && r["signal"] == "bn:1")
+        .find(|r| r["candidate"] == 0 && r["probe"] == "bn:1")
         .unwrap();
     assert_eq!(recorded["scores"], lines[0]["scores"]);
+    // `--signals`, the option's earlier name, is still read.
+    let o = run(&["score", &budget, "--config", &config, "--signals", "bn:1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((&line["probe"], &line["scores"]), (&lines[0]["probe"], &lines[0]["scores"]));
 
     // A budget that builds candidates differently (repaired) cannot add to this run.
     edit_budget(&s, "seed = 1\n", "seed = 1\nrepair = 1\n");
     let o = run(&args);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("use another --out"), "{}", text(&o));
-    // `score` builds it repaired: the repair:1 signal on a repaired build runs too.
+    // `score` builds it repaired: the repair:1 probe on a repaired build runs too.
     let o = score("compressed,repair:1");
     assert!(o.status.success(), "{}", text(&o));
     edit_budget(&s, "seed = 1\nrepair = 1\n", "seed = 1\n");
 
-    let o = run(&["fidelity", &budget, "--signals", "bn"]);
+    let o = run(&["fidelity", &budget, "--probes", "bn"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         text(&o).contains("allowed compressed, bn:K"),

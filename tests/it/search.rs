@@ -542,7 +542,7 @@ fn successive_halving_stops_trials_at_the_recalibrated_rung() {
         let at = |step| reports.iter().find(|r| r.0 == step).map(|r| r.1);
         let first = at(0).unwrap_or_else(|| panic!("trial {} has no step-0 score", t.number));
         let stop = seen.len() >= 3
-            && first < rankprune::search::promotion::quantile(&seen, 1.0 - 1.0 / 100.0);
+            && first < rankprune::stats::quantile(&seen, 1.0 - 1.0 / 100.0);
         if stop {
             stopped_at_0 += 1;
             assert_eq!(t.state, TrialState::EarlyStopped, "{t:?} {reports:?}");
@@ -627,7 +627,7 @@ fn the_step_zero_rung_can_score_by_kl_from_the_base_model() {
         assert_eq!(first.0, 0);
         assert!(first.1 <= 1e-6, "minus a KL divergence: {first:?}");
         // The minimum accuracy (0.9) does not apply to a KL score.
-        let stop = seen.len() >= 3 && first.1 < rankprune::search::promotion::quantile(&seen, 0.5);
+        let stop = seen.len() >= 3 && first.1 < rankprune::stats::quantile(&seen, 0.5);
         let want = if stop {
             TrialState::EarlyStopped
         } else {

@@ -170,7 +170,7 @@ fn random_search_proposes_feasible_new_points_reproducibly() {
 #[test]
 fn shipped_budgets_parse() {
     for name in ["experiments/demo-digits.toml", "experiments/fmnist.toml"] {
-        let b = rankprune::search::budget::Budget::load(&repo_path(name))
+        let b = rankprune::budget::Budget::load(&repo_path(name))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         SpaceFile::load(&b.search.space).unwrap_or_else(|e| panic!("{name}: {e}"));
     }

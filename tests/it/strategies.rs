@@ -3,7 +3,7 @@
 
 use rankprune::arch::ArchSpec;
 use rankprune::cost;
-use rankprune::search::budget::StrategyName;
+use rankprune::budget::StrategyName;
 use rankprune::search::problem::{Problem, Target};
 use rankprune::search::space::{Point, SpaceFile};
 use rankprune::search::strategy::make;

@@ -8,9 +8,10 @@ use super::{Controller, EXTERNAL_QUEUE, EXTERNAL_TICK, Signals, StopReason, TICK
 use crate::Result;
 use crate::config::LayerConfig;
 use crate::device::parse_device;
-use crate::search::budget::Budget;
+use crate::budget::Budget;
 use crate::search::promotion::verdict;
-use crate::search::trial::{TrialContext, TrialEnd, Verdict, run_trial};
+use crate::ladder::Context;
+use crate::search::trial::{TrialEnd, Verdict, run_trial};
 use crate::store::{Trial, TrialState};
 use burn::tensor::Device;
 use indicatif::ProgressBar;
@@ -68,7 +69,7 @@ fn spawn_trial(
     trial: Trial,
     config: LayerConfig,
     device: Device,
-    ctx: TrialContext,
+    ctx: Context,
     tx: mpsc::UnboundedSender<Msg>,
     stop: Arc<AtomicBool>,
 ) {
@@ -213,7 +214,7 @@ impl Controller {
     fn start_local(
         &mut self,
         slots: &mut [Slot],
-        ctx: &TrialContext,
+        ctx: &Context,
         tx: &mpsc::UnboundedSender<Msg>,
     ) -> Result<()> {
         for (i, slot) in slots.iter_mut().enumerate() {
@@ -262,7 +263,7 @@ impl Controller {
 /// Runs the study's trials until the loop ends; returns why it ended.
 pub(super) async fn dispatch(
     ctl: &mut Controller,
-    ctx: &TrialContext,
+    ctx: &Context,
     signals: &mut Signals,
     progress: bool,
 ) -> Result<StopReason> {

@@ -7,7 +7,7 @@
 //! (`start`), the dispatch loop (`dispatch`) and the final stage (`final_stage`); the
 //! daemon (`search::daemon`) runs them for many studies at once.
 
-use super::budget::Budget;
+use crate::budget::Budget;
 use super::export::{best_trial, export_config};
 use super::lease::{self, DEFAULT_LEASE_S, HeldLease, holder_name};
 use super::problem::{Observation, Problem};
@@ -35,9 +35,6 @@ pub use shutdown::Signals;
 use start::open_study;
 pub use start::study_problem;
 
-/// Memory for Tucker factors shared by the trials (see
-/// [`TuckerCache`](crate::compress::decompose::TuckerCache)).
-const TUCKER_CACHE_BYTES: usize = 1 << 30;
 /// Trials kept queued for worker processes: one per running trial (so a worker that
 /// finishes finds the next one waiting), and at least this many.
 const EXTERNAL_QUEUE: usize = 4;

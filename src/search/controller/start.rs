@@ -3,19 +3,20 @@
 //! and state; the trials it already has, told to the strategy.
 
 use super::shutdown::{bar, blocking, epoch_progress};
-use super::{Controller, Signals, TUCKER_CACHE_BYTES};
-use crate::arch::{Arch, ArchSpec};
-use crate::compress::decompose::{TuckerCache, recommend_ranks};
+use super::{Controller, Signals};
+use crate::arch::Arch;
+use crate::compress::decompose::recommend_ranks;
 use crate::cost;
 use crate::data::ImageSet;
 use crate::device::parse_device;
-use crate::search::budget::{Budget, ObjectiveKind, StrategyName};
+use crate::budget::{Budget, ObjectiveKind, StrategyName};
+use crate::ladder::Context;
+use crate::ladder::context::{load_base_weights, study_inputs};
 use crate::search::identity::Identity;
 use crate::search::lease::HeldLease;
 use crate::search::problem::{Problem, Target};
 use crate::search::space::SpaceFile;
 use crate::search::strategy;
-use crate::search::trial::TrialContext;
 use crate::store::{StudyState, TrialState, TrialStore};
 use crate::train::{TrainConfig, train};
 use crate::weights::Weights;
@@ -34,8 +35,7 @@ pub(super) async fn base_weights(
 ) -> Result<Option<Weights>> {
     let path = &budget.model.weights;
     let Some(epochs) = budget.model.epochs_to_train()? else {
-        let w = Weights::load(path)?.matched_to(base, &path.display().to_string())?;
-        return Ok(Some(w));
+        return Ok(Some(load_base_weights(budget, base)?));
     };
     tracing::info!(epochs, out = %path.display(), "training the base model");
     let stop = Arc::new(AtomicBool::new(false));
@@ -153,10 +153,8 @@ pub(super) async fn open_study(
     signals: &mut Signals,
     progress: bool,
     allow_change: bool,
-) -> Result<Option<(Controller, TrialContext)>> {
-    let base = ArchSpec::parse(&budget.model.arch)?.build(budget.model.num_classes);
-    let (train_set, val_set) = budget.train_val()?;
-    let (train_set, val_set) = (Arc::new(train_set), Arc::new(val_set));
+) -> Result<Option<(Controller, Context)>> {
+    let (base, train_set, val_set) = study_inputs(budget)?;
     // Its inputs were checked before its lease was taken (`take_study`, the daemon's
     // `daemon_budget`).
     let space_file = SpaceFile::load(&budget.search.space)?;
@@ -243,15 +241,6 @@ pub(super) async fn open_study(
         requeued,
         "search starts"
     );
-    let ctx = TrialContext {
-        base,
-        weights,
-        train: train_set,
-        val: val_set,
-        proxy: budget.proxy.clone(),
-        seed: budget.search.seed,
-        cache: Arc::new(TuckerCache::new(TUCKER_CACHE_BYTES)),
-        repair: budget.search.repair,
-    };
+    let ctx = Context::new(budget, base, weights, train_set, val_set);
     Ok(Some((ctl, ctx)))
 }

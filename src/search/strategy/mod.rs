@@ -5,7 +5,7 @@ pub mod bayes;
 pub mod evolution;
 pub mod random;
 
-use super::budget::StrategyName;
+use crate::budget::StrategyName;
 use super::problem::{Observation, Problem};
 use super::space::Point;
 

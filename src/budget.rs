@@ -173,6 +173,24 @@ impl Proxy {
         self.rungs.sort_unstable();
         self.rungs.dedup();
     }
+
+    /// The proxy fine-tune of a trial: `steps` optimizer steps (the step limit ends the
+    /// run, whatever the epoch count), validated on `eval_samples` images at every rung
+    /// after step 0, on the proxy's schedule. The cheap probes that train start from it.
+    pub fn train_config(&self, seed: u64) -> crate::train::TrainConfig {
+        crate::train::TrainConfig {
+            // Upper bound: the step limit ends the run.
+            epochs: self.steps,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            max_steps: Some(self.steps),
+            eval_at: self.rungs.iter().copied().filter(|&s| s > 0).collect(),
+            eval_limit: Some(self.eval_samples),
+            seed,
+            schedule: self.schedule,
+            ..crate::train::TrainConfig::default()
+        }
+    }
 }
 
 impl Default for Proxy {
@@ -204,6 +222,9 @@ pub struct Workers {
     /// Worker processes (`rankprune worker --db STORE`) run trials too: the controller
     /// keeps trials queued for them and re-queues those whose lease expires.
     pub processes: bool,
+    /// MiB of Tucker factors each process (controller or worker) keeps per study, shared
+    /// by the candidates it builds (0 = none kept).
+    pub tucker_cache_mib: usize,
 }
 
 impl Workers {
@@ -223,6 +244,7 @@ impl Default for Workers {
             cpu: 1,
             wgpu: Vec::new(),
             processes: false,
+            tucker_cache_mib: 1024,
         }
     }
 }
@@ -303,6 +325,17 @@ impl Budget {
 
     /// Makes relative paths (store, weights, data, space) relative to `dir`, the budget
     /// file's folder, so a study runs the same from any working directory. A PostgreSQL
+    /// The budget a study was started with (the text its store keeps), its relative paths
+    /// resolved against the folder recorded with it, when one was. Every reader of a
+    /// stored budget (daemon, worker processes, summaries, export, dashboard) parses it here.
+    pub fn of_study(row: &crate::store::StudyRow) -> Result<Self, BudgetError> {
+        let mut budget = Self::from_toml(&row.budget, &format!("study {}", row.name))?;
+        if let Some(dir) = &row.budget_dir {
+            budget.resolve_paths(Path::new(dir));
+        }
+        Ok(budget)
+    }
+
     /// store's URL is left as it is.
     pub fn resolve_paths(&mut self, dir: &Path) {
         self.dir = dir.to_path_buf();
@@ -550,12 +583,33 @@ early_stop_min_acc = 0.3
     }
 
     #[test]
+    fn the_proxy_recipe_is_one_train_config() {
+        let text = GOOD.replace("early_stop_step = 40", "rungs = [0, 40, 80]\nschedule = \"linear\"");
+        let b = Budget::from_toml(&text, "b.toml").unwrap();
+        let c = b.proxy.train_config(7);
+        assert_eq!((c.max_steps, c.epochs, c.seed), (Some(100), 100, 7));
+        // Step 0 is scored before training starts, not by the training loop.
+        assert_eq!(c.eval_at, vec![40, 80]);
+        assert_eq!((c.batch_size, c.lr, c.eval_limit), (128, 0.01, Some(1000)));
+        assert_eq!(c.schedule, crate::train::LrSchedule::Linear);
+    }
+
+    #[test]
+    fn the_tucker_cache_size_is_a_budget_key() {
+        let b = Budget::from_toml(GOOD, "b.toml").unwrap();
+        assert_eq!(b.workers.tucker_cache_mib, 1024);
+        let text = format!("{GOOD}\n[workers]\ntucker_cache_mib = 64\n");
+        let b = Budget::from_toml(&text, "b.toml").unwrap();
+        assert_eq!(b.workers.tucker_cache_mib, 64);
+    }
+
+    #[test]
     fn long_runs_use_the_first_gpu_worker_else_the_cpu() {
         assert_eq!(Workers::default().long_run_device(), "cpu");
         let gpus = Workers {
             cpu: 0,
             wgpu: vec![1, 0],
-            processes: false,
+            ..Workers::default()
         };
         assert_eq!(gpus.long_run_device(), "wgpu:1");
     }

@@ -1,9 +1,20 @@
-//! Rank correlations between a cheap score and the final accuracy: Kendall's tau-b
-//! (ties counted as in Kendall 1945, scipy.stats.kendalltau's default), Spearman's rho
-//! (Pearson correlation of average ranks), and percentile bootstrap intervals.
+//! Statistics of scores: quantiles (numpy's default interpolation), rank correlations
+//! between a cheap score and the final accuracy (Kendall's tau-b, ties counted as in
+//! Kendall 1945, scipy.stats.kendalltau's default; Spearman's rho, the Pearson
+//! correlation of average ranks), and percentile bootstrap intervals.
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+
+/// The `q` quantile of `v` with linear interpolation between order statistics (numpy's
+/// default); `v` non-empty.
+pub fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let pos = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    s[lo] + (pos - lo as f64) * (s[hi] - s[lo])
+}
 
 /// Kendall's tau-b of `x` and `y` (NaN when either is constant or shorter than 2).
 pub fn kendall_tau(x: &[f64], y: &[f64]) -> f64 {
@@ -106,6 +117,14 @@ pub fn bootstrap_95(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantiles_interpolate_like_numpy() {
+        assert_eq!(quantile(&[3.0, 1.0, 2.0, 4.0], 0.5), 2.5);
+        assert_eq!(quantile(&[5.0], 0.9), 5.0);
+        // numpy.quantile([1, 2, 3, 4, 10], 2/3) = 3.6666...
+        assert!((quantile(&[10.0, 1.0, 2.0, 3.0, 4.0], 2.0 / 3.0) - 11.0 / 3.0).abs() < 1e-12);
+    }
 
     /// scipy.stats.kendalltau's documented example (tau-b with ties).
     #[test]
