@@ -6,8 +6,8 @@
 //! trials. `BENCH_SEEDS=3` shortens it.
 
 use rankprune::arch::ArchSpec;
-use rankprune::cost;
 use rankprune::budget::StrategyName;
+use rankprune::cost;
 use rankprune::search::problem::{Problem, Target};
 use rankprune::search::space::{Point, SpaceFile};
 use rankprune::search::strategy::make;

@@ -584,7 +584,10 @@ early_stop_min_acc = 0.3
 
     #[test]
     fn the_proxy_recipe_is_one_train_config() {
-        let text = GOOD.replace("early_stop_step = 40", "rungs = [0, 40, 80]\nschedule = \"linear\"");
+        let text = GOOD.replace(
+            "early_stop_step = 40",
+            "rungs = [0, 40, 80]\nschedule = \"linear\"",
+        );
         let b = Budget::from_toml(&text, "b.toml").unwrap();
         let c = b.proxy.train_config(7);
         assert_eq!((c.max_steps, c.epochs, c.seed), (Some(100), 100, 7));

@@ -3,18 +3,18 @@
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use rankprune::Result;
+use rankprune::budget::Budget;
 use rankprune::config::LayerConfig;
 use rankprune::data::{ImageSet, Split};
 use rankprune::device::parse_device;
 use rankprune::ladder::fidelity::{self, RunFiles};
 use rankprune::ladder::{Context, Probe, score};
 use rankprune::outpath::{check_output, store_inputs, write_output};
-use rankprune::budget::Budget;
 use rankprune::search::candidates::draw_candidates;
 use rankprune::search::controller::study_problem;
 use rankprune::search::precheck::check_space;
 use rankprune::search::space::SpaceFile;
-use rankprune::Result;
 use std::path::{Path, PathBuf};
 
 const DEFAULT_PROBES: &str = "compressed,bn:8,recon:2,ft:60,ft:200,kd:200";

@@ -6,8 +6,8 @@
 //! Results are appended to a JSON-lines file as they come, so a run that is stopped
 //! resumes where it was.
 
-use crate::stats::{bootstrap_95, kendall_tau, spearman_rho};
 use super::{Context, Probe, Scored, higher_is_better, score};
+use crate::stats::{bootstrap_95, kendall_tau, spearman_rho};
 use crate::{Error, Result};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
@@ -338,7 +338,8 @@ mod tests {
 
     #[test]
     fn records_written_before_probes_had_their_name_still_read() {
-        let old = r#"{"candidate":3,"signal":"bn:2","scores":{"acc":0.5},"wall_s":1.0,"cpu_s":2.0}"#;
+        let old =
+            r#"{"candidate":3,"signal":"bn:2","scores":{"acc":0.5},"wall_s":1.0,"cpu_s":2.0}"#;
         let r: Record = serde_json::from_str(old).unwrap();
         assert_eq!((r.candidate, r.probe), (3, Probe::BnRecal { batches: 2 }));
     }

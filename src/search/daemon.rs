@@ -3,11 +3,11 @@
 //! stage) that leaves its trials to worker processes, until SIGINT/SIGTERM.
 //! `rankprune stop` asks one study's controller to stop proposing.
 
-use crate::budget::Budget;
 use super::controller::{SearchOutcome, Signals, run_study};
 use super::export::pick_study;
 use super::lease::{HeldLease, holder_name, live_holder};
 use super::space::SpaceFile;
+use crate::budget::Budget;
 use crate::data::{ImageSet, Split};
 use crate::store::{DAEMON_SCOPE, StudyRow, StudyState, TrialStore, is_postgres, study_scope};
 use crate::{Error, Result};

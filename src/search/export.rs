@@ -1,9 +1,9 @@
 //! Reading a finished (or running) study: choosing a study, the best trial, and the
 //! exported winner config (reference format plus `metrics` and `provenance`).
 
-use crate::budget::Budget;
 use super::problem::Target;
 use crate::arch::ArchSpec;
+use crate::budget::Budget;
 use crate::config::LayerConfig;
 use crate::cost::{self, Cost};
 use crate::store::{FinalResult, StudyRow, Trial, TrialState, TrialStore};

@@ -3,10 +3,10 @@
 //! written for the budget's model, its cost target is within the space's reach, and the
 //! files the search writes name none of its inputs.
 
-use crate::budget::Budget;
 use super::problem::{Problem, Target};
 use super::space::SpaceFile;
 use crate::arch::{Arch, ArchSpec, ConvBody};
+use crate::budget::Budget;
 use crate::compress::decompose::RankRecommendation;
 use crate::cost;
 use crate::outpath::same_file;

@@ -2,9 +2,9 @@
 //! exact (the cost counter on the candidate's architecture), so constraints are checked
 //! before anything trains.
 
-use crate::budget::Objective;
 use super::space::{Point, Space};
 use crate::arch::Arch;
+use crate::budget::Objective;
 use crate::config::LayerConfig;
 use crate::cost::{self, Cost};
 use rand::{Rng, RngExt};

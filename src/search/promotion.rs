@@ -2,8 +2,8 @@
 //! 1/eta of the trials scored at that rung so far (asynchronous successive halving, Li et
 //! al., MLSys 2020, in its stopping form; eta = 2 is the median stopping rule).
 
-use crate::budget::{Proxy, Rung0Score};
 use super::trial::Verdict;
+use crate::budget::{Proxy, Rung0Score};
 use crate::stats::{kendall_tau, quantile};
 use crate::store::RungFidelity;
 

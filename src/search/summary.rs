@@ -1,9 +1,9 @@
 //! Each study of a store at a glance: state, progress, best trial, wall time.
 
-use crate::budget::Budget;
 use super::export::{best_trial, study_base};
 use super::problem::Target;
 use crate::Result;
+use crate::budget::Budget;
 use crate::cost::Cost;
 use crate::store::{FinalResult, Lease, StudyRow, Trial, TrialState, TrialStore, now, study_scope};
 

@@ -9,12 +9,12 @@
 //! study the worker checks the SHA-256 of the base weights and data files it reads
 //! against those the study started with, and refuses a mismatch.
 
-use crate::budget::Budget;
 use super::identity::Identity;
 use super::trial::{TrialEnd, Verdict, run_trial};
-use crate::ladder::Context;
+use crate::budget::Budget;
 use crate::config::LayerConfig;
 use crate::device::parse_device;
+use crate::ladder::Context;
 use crate::store::{StudyRow, Trial, TrialStore};
 use crate::{Error, Result};
 use std::collections::HashMap;

@@ -256,6 +256,80 @@ pub fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// How a running trial ends. The guarded transitions are defined here once, for both
+/// stores: the state each enters (from `running` only) and the columns it sets; a store
+/// supplies only its SQL dialect's placeholders.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Ending<'a> {
+    Complete {
+        proxy_acc: f64,
+        proxy_loss: f64,
+    },
+    Failed {
+        error: &'a str,
+    },
+    EarlyStopped {
+        proxy_acc: f64,
+    },
+    /// Stopped by a shutdown, to be run again.
+    Interrupted,
+}
+
+/// A value an [`Ending`] writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    Real(f64),
+    Text(&'a str),
+}
+
+impl<'a> Ending<'a> {
+    /// The one state a trial ends from.
+    pub const FROM: TrialState = TrialState::Running;
+
+    pub fn state(&self) -> TrialState {
+        match self {
+            Ending::Complete { .. } => TrialState::Complete,
+            Ending::Failed { .. } => TrialState::Failed,
+            Ending::EarlyStopped { .. } => TrialState::EarlyStopped,
+            Ending::Interrupted => TrialState::Interrupted,
+        }
+    }
+
+    /// The columns it sets besides the state, with their values (`now`: the time stamp).
+    pub fn sets(&self, now: f64) -> Vec<(&'static str, Value<'a>)> {
+        use Value::{Real, Text};
+        match *self {
+            Ending::Complete {
+                proxy_acc,
+                proxy_loss,
+            } => vec![
+                ("proxy_acc", Real(proxy_acc)),
+                ("proxy_loss", Real(proxy_loss)),
+                ("finished_at", Real(now)),
+            ],
+            Ending::Failed { error } => vec![("error", Text(error)), ("finished_at", Real(now))],
+            Ending::EarlyStopped { proxy_acc } => {
+                vec![("proxy_acc", Real(proxy_acc)), ("finished_at", Real(now))]
+            }
+            Ending::Interrupted => Vec::new(),
+        }
+    }
+
+    /// The guarded UPDATE that sets `sets`: placeholders `arg(1)` .. `arg(n)` for their
+    /// values and `arg(n + 1)` for the trial id.
+    pub fn sql(&self, sets: &[(&str, Value)], arg: impl Fn(usize) -> String) -> String {
+        let mut sql = format!("UPDATE trials SET state = '{}'", self.state().as_str());
+        for (i, (column, _)) in sets.iter().enumerate() {
+            sql += &format!(", {column} = {}", arg(i + 1));
+        }
+        sql + &format!(
+            " WHERE id = {} AND state = '{}'",
+            arg(sets.len() + 1),
+            Self::FROM.as_str()
+        )
+    }
+}
+
 /// A trial store. Readers take `&self`; every write is one transaction.
 pub trait Store: Send {
     /// Schema version of the open file.
@@ -278,15 +352,33 @@ pub trait Store: Send {
 
     fn reports(&self, trial: i64) -> StoreResult<Vec<(i64, f64)>>;
 
-    fn complete(&mut self, trial: i64, proxy_acc: f64, proxy_loss: f64) -> StoreResult<()>;
+    /// Ends a running trial (see [`Ending`]); any other state is a
+    /// [`StoreError::Transition`].
+    fn end(&mut self, trial: i64, ending: Ending<'_>) -> StoreResult<()>;
 
-    fn fail(&mut self, trial: i64, error: &str) -> StoreResult<()>;
+    fn complete(&mut self, trial: i64, proxy_acc: f64, proxy_loss: f64) -> StoreResult<()> {
+        self.end(
+            trial,
+            Ending::Complete {
+                proxy_acc,
+                proxy_loss,
+            },
+        )
+    }
+
+    fn fail(&mut self, trial: i64, error: &str) -> StoreResult<()> {
+        self.end(trial, Ending::Failed { error })
+    }
 
     /// Stopped early by the search's rule, with the last accuracy seen.
-    fn early_stop(&mut self, trial: i64, proxy_acc: f64) -> StoreResult<()>;
+    fn early_stop(&mut self, trial: i64, proxy_acc: f64) -> StoreResult<()> {
+        self.end(trial, Ending::EarlyStopped { proxy_acc })
+    }
 
     /// Marks a running trial interrupted (graceful shutdown).
-    fn interrupt(&mut self, trial: i64) -> StoreResult<()>;
+    fn interrupt(&mut self, trial: i64) -> StoreResult<()> {
+        self.end(trial, Ending::Interrupted)
+    }
 
     /// On restart: running or interrupted trials go back to the queue, their partial
     /// reports dropped, except, with `keep_leased`, running ones whose worker process

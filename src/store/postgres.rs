@@ -9,8 +9,9 @@
 //! tokio thread (the controller's loop) runs on a scoped helper thread.
 
 use super::{
-    CandidateCost, FinalResult, LEASE_COLUMNS, Lease, RungFidelity, STUDY_COLUMNS, Store,
-    StoreError, StoreResult, StudyRow, StudyState, Trial, TrialState, now, pg_schema, schema,
+    CandidateCost, Ending, FinalResult, LEASE_COLUMNS, Lease, RungFidelity, STUDY_COLUMNS, Store,
+    StoreError, StoreResult, StudyRow, StudyState, Trial, TrialState, Value, now, pg_schema,
+    schema,
 };
 use ::postgres::types::ToSql;
 use ::postgres::{Client, NoTls, Row};
@@ -23,8 +24,6 @@ pub struct PgStore {
     /// The URL with any password masked, for messages.
     location: String,
 }
-
-type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 /// `url` with the password (if any) replaced by `***`.
 fn masked(url: &str) -> String {
@@ -206,26 +205,20 @@ impl PgStore {
 
     /// One guarded state change: applies only if the trial is in one of `from`. `set`
     /// assigns more columns with placeholders $1..$k for `values`.
-    fn transition(
-        &mut self,
-        trial: i64,
-        from: &[TrialState],
-        to: TrialState,
-        set: &str,
-        values: Params<'_>,
-    ) -> StoreResult<()> {
-        let allowed = from
+    /// Ends a running trial (the SQL of [`Ending::sql`]); any other state is a
+    /// [`StoreError::Transition`] naming the state it was in.
+    fn transition(&mut self, trial: i64, ending: Ending<'_>) -> StoreResult<()> {
+        let sets = ending.sets(now());
+        let sql = ending.sql(&sets, |i| format!("${i}"));
+        let mut args: Vec<&(dyn ToSql + Sync)> = sets
             .iter()
-            .map(|s| format!("'{}'", s.as_str()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let id_arg = values.len() + 1;
-        let sql = format!(
-            "UPDATE trials SET state = '{}'{set} WHERE id = ${id_arg} AND state IN ({allowed})",
-            to.as_str()
-        );
-        let mut args: Vec<&(dyn ToSql + Sync)> = values.to_vec();
+            .map(|(_, v)| match v {
+                Value::Real(x) => x as &(dyn ToSql + Sync),
+                Value::Text(t) => t as &(dyn ToSql + Sync),
+            })
+            .collect();
         args.push(&trial);
+        let to = ending.state();
         let from = self.run(|c| {
             let mut tx = c.transaction()?;
             let changed = tx.execute(sql.as_str(), &args)?;
@@ -416,47 +409,8 @@ impl Store for PgStore {
         })
     }
 
-    fn complete(&mut self, trial: i64, proxy_acc: f64, proxy_loss: f64) -> StoreResult<()> {
-        let t = now();
-        self.transition(
-            trial,
-            &[TrialState::Running],
-            TrialState::Complete,
-            ", proxy_acc = $1, proxy_loss = $2, finished_at = $3",
-            &[&proxy_acc, &proxy_loss, &t],
-        )
-    }
-
-    fn fail(&mut self, trial: i64, error: &str) -> StoreResult<()> {
-        let t = now();
-        self.transition(
-            trial,
-            &[TrialState::Running],
-            TrialState::Failed,
-            ", error = $1, finished_at = $2",
-            &[&error, &t],
-        )
-    }
-
-    fn early_stop(&mut self, trial: i64, proxy_acc: f64) -> StoreResult<()> {
-        let t = now();
-        self.transition(
-            trial,
-            &[TrialState::Running],
-            TrialState::EarlyStopped,
-            ", proxy_acc = $1, finished_at = $2",
-            &[&proxy_acc, &t],
-        )
-    }
-
-    fn interrupt(&mut self, trial: i64) -> StoreResult<()> {
-        self.transition(
-            trial,
-            &[TrialState::Running],
-            TrialState::Interrupted,
-            "",
-            &[],
-        )
+    fn end(&mut self, trial: i64, ending: Ending<'_>) -> StoreResult<()> {
+        self.transition(trial, ending)
     }
 
     fn requeue_unfinished(&mut self, study: i64, keep_leased: bool) -> StoreResult<usize> {

@@ -2,8 +2,8 @@
 //! (`trials`, `export`, the dashboard) wait on a busy timeout and never block a writer.
 
 use super::{
-    CandidateCost, FinalResult, LEASE_COLUMNS, Lease, RungFidelity, STUDY_COLUMNS, Store,
-    StoreError, StoreResult, StudyRow, StudyState, Trial, TrialState, now, schema,
+    CandidateCost, Ending, FinalResult, LEASE_COLUMNS, Lease, RungFidelity, STUDY_COLUMNS, Store,
+    StoreError, StoreResult, StudyRow, StudyState, Trial, TrialState, Value, now, schema,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -182,27 +182,22 @@ impl SqliteStore {
     }
 
     /// One guarded state change: applies only if the trial is in one of `from`.
-    fn transition(
-        &mut self,
-        trial: i64,
-        from: &[TrialState],
-        to: TrialState,
-        set: &str,
-        values: &[&dyn rusqlite::ToSql],
-    ) -> StoreResult<()> {
+    /// Ends a running trial (the SQL of [`Ending::sql`]); any other state is a
+    /// [`StoreError::Transition`] naming the state it was in.
+    fn transition(&mut self, trial: i64, ending: Ending<'_>) -> StoreResult<()> {
+        let sets = ending.sets(now());
+        let sql = ending.sql(&sets, |i| format!("?{i}"));
+        let mut args: Vec<&dyn rusqlite::ToSql> = sets
+            .iter()
+            .map(|(_, v)| match v {
+                Value::Real(x) => x as &dyn rusqlite::ToSql,
+                Value::Text(t) => t as &dyn rusqlite::ToSql,
+            })
+            .collect();
+        args.push(&trial);
+        let to = ending.state();
         let path = self.path.clone();
         let err = sql_err(&path);
-        let allowed = from
-            .iter()
-            .map(|s| format!("'{}'", s.as_str()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "UPDATE trials SET state = '{}'{set} WHERE id = ? AND state IN ({allowed})",
-            to.as_str()
-        );
-        let mut args: Vec<&dyn rusqlite::ToSql> = values.to_vec();
-        args.push(&trial);
         let tx = self.write_tx().map_err(&err)?;
         let changed = tx.execute(&sql, args.as_slice()).map_err(&err)?;
         if changed != 1 {
@@ -324,47 +319,8 @@ impl Store for SqliteStore {
         rows.collect::<Result<_, _>>().map_err(&err)
     }
 
-    fn complete(&mut self, trial: i64, proxy_acc: f64, proxy_loss: f64) -> StoreResult<()> {
-        let t = now();
-        self.transition(
-            trial,
-            &[TrialState::Running],
-            TrialState::Complete,
-            ", proxy_acc = ?, proxy_loss = ?, finished_at = ?",
-            &[&proxy_acc, &proxy_loss, &t],
-        )
-    }
-
-    fn fail(&mut self, trial: i64, error: &str) -> StoreResult<()> {
-        let t = now();
-        self.transition(
-            trial,
-            &[TrialState::Running],
-            TrialState::Failed,
-            ", error = ?, finished_at = ?",
-            &[&error, &t],
-        )
-    }
-
-    fn early_stop(&mut self, trial: i64, proxy_acc: f64) -> StoreResult<()> {
-        let t = now();
-        self.transition(
-            trial,
-            &[TrialState::Running],
-            TrialState::EarlyStopped,
-            ", proxy_acc = ?, finished_at = ?",
-            &[&proxy_acc, &t],
-        )
-    }
-
-    fn interrupt(&mut self, trial: i64) -> StoreResult<()> {
-        self.transition(
-            trial,
-            &[TrialState::Running],
-            TrialState::Interrupted,
-            "",
-            &[],
-        )
+    fn end(&mut self, trial: i64, ending: Ending<'_>) -> StoreResult<()> {
+        self.transition(trial, ending)
     }
 
     fn requeue_unfinished(&mut self, study: i64, keep_leased: bool) -> StoreResult<usize> {

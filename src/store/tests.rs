@@ -668,3 +668,38 @@ fn a_study_is_looked_up_by_its_id() {
         assert_eq!(s.study_row(b + 100).unwrap(), None);
     });
 }
+
+/// The one definition of the trial endings, in each store's placeholder style.
+#[test]
+fn endings_are_one_guarded_update_per_dialect() {
+    let e = Ending::Complete {
+        proxy_acc: 0.5,
+        proxy_loss: 1.5,
+    };
+    let sets = e.sets(7.0);
+    assert_eq!(
+        e.sql(&sets, |i| format!("?{i}")),
+        "UPDATE trials SET state = 'complete', proxy_acc = ?1, proxy_loss = ?2, \
+         finished_at = ?3 WHERE id = ?4 AND state = 'running'"
+    );
+    let f = Ending::Failed { error: "boom" };
+    assert_eq!(
+        f.sql(&f.sets(7.0), |i| format!("${i}")),
+        "UPDATE trials SET state = 'failed', error = $1, finished_at = $2 \
+         WHERE id = $3 AND state = 'running'"
+    );
+    assert_eq!(f.sets(7.0)[0], ("error", Value::Text("boom")));
+    assert_eq!(
+        Ending::Interrupted.sql(&[], |i| format!("?{i}")),
+        "UPDATE trials SET state = 'interrupted' WHERE id = ?1 AND state = 'running'"
+    );
+    let stopped = Ending::EarlyStopped { proxy_acc: 0.25 };
+    assert_eq!(stopped.state(), TrialState::EarlyStopped);
+    assert_eq!(
+        stopped.sets(3.0),
+        vec![
+            ("proxy_acc", Value::Real(0.25)),
+            ("finished_at", Value::Real(3.0))
+        ]
+    );
+}

@@ -168,7 +168,10 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
     let o = run(&["score", &budget, "--config", &config, "--signals", "bn:1"]);
     assert!(o.status.success(), "{}", text(&o));
     let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!((&line["probe"], &line["scores"]), (&lines[0]["probe"], &lines[0]["scores"]));
+    assert_eq!(
+        (&line["probe"], &line["scores"]),
+        (&lines[0]["probe"], &lines[0]["scores"])
+    );
 
     // A budget that builds candidates differently (repaired) cannot add to this run.
     edit_budget(&s, "seed = 1\n", "seed = 1\nrepair = 1\n");

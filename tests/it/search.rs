@@ -541,8 +541,7 @@ fn successive_halving_stops_trials_at_the_recalibrated_rung() {
         let reports = store.reports(t.id).unwrap();
         let at = |step| reports.iter().find(|r| r.0 == step).map(|r| r.1);
         let first = at(0).unwrap_or_else(|| panic!("trial {} has no step-0 score", t.number));
-        let stop = seen.len() >= 3
-            && first < rankprune::stats::quantile(&seen, 1.0 - 1.0 / 100.0);
+        let stop = seen.len() >= 3 && first < rankprune::stats::quantile(&seen, 1.0 - 1.0 / 100.0);
         if stop {
             stopped_at_0 += 1;
             assert_eq!(t.state, TrialState::EarlyStopped, "{t:?} {reports:?}");

@@ -2,8 +2,8 @@
 //! new, runs are reproducible by seed, and warm starts come first.
 
 use rankprune::arch::ArchSpec;
-use rankprune::cost;
 use rankprune::budget::StrategyName;
+use rankprune::cost;
 use rankprune::search::problem::{Problem, Target};
 use rankprune::search::space::{Point, SpaceFile};
 use rankprune::search::strategy::make;

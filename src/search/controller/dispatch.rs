@@ -6,11 +6,11 @@
 use super::shutdown::bar;
 use super::{Controller, EXTERNAL_QUEUE, EXTERNAL_TICK, Signals, StopReason, TICK};
 use crate::Result;
+use crate::budget::Budget;
 use crate::config::LayerConfig;
 use crate::device::parse_device;
-use crate::budget::Budget;
-use crate::search::promotion::verdict;
 use crate::ladder::Context;
+use crate::search::promotion::verdict;
 use crate::search::trial::{TrialEnd, Verdict, run_trial};
 use crate::store::{Trial, TrialState};
 use burn::tensor::Device;

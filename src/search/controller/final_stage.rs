@@ -53,7 +53,11 @@ pub(super) async fn final_stage(
             test: test.clone(),
             why,
         };
-        tracing::info!(trial = t.number, epochs = job.epochs, "final re-training starts");
+        tracing::info!(
+            trial = t.number,
+            epochs = job.epochs,
+            "final re-training starts"
+        );
         let pb = bar(
             job.epochs as u64,
             &format!(

@@ -7,12 +7,12 @@
 //! (`start`), the dispatch loop (`dispatch`) and the final stage (`final_stage`); the
 //! daemon (`search::daemon`) runs them for many studies at once.
 
-use crate::budget::Budget;
 use super::export::{best_trial, export_config};
 use super::lease::{self, DEFAULT_LEASE_S, HeldLease, holder_name};
 use super::problem::{Observation, Problem};
 use super::space::Point;
 use super::strategy::Strategy;
+use crate::budget::Budget;
 use crate::config::LayerConfig;
 use crate::store::{
     CandidateCost, FinalResult, StudyState, Trial, TrialState, TrialStore, is_postgres, study_scope,

@@ -5,11 +5,11 @@
 use super::shutdown::{bar, blocking, epoch_progress};
 use super::{Controller, Signals};
 use crate::arch::Arch;
+use crate::budget::{Budget, ObjectiveKind, StrategyName};
 use crate::compress::decompose::recommend_ranks;
 use crate::cost;
 use crate::data::ImageSet;
 use crate::device::parse_device;
-use crate::budget::{Budget, ObjectiveKind, StrategyName};
 use crate::ladder::Context;
 use crate::ladder::context::{load_base_weights, study_inputs};
 use crate::search::identity::Identity;

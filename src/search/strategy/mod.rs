@@ -5,9 +5,9 @@ pub mod bayes;
 pub mod evolution;
 pub mod random;
 
-use crate::budget::StrategyName;
 use super::problem::{Observation, Problem};
 use super::space::Point;
+use crate::budget::StrategyName;
 
 pub trait Strategy: Send {
     /// Up to `n` new points, each feasible and never proposed or observed before. Fewer
