@@ -484,19 +484,23 @@ pub trait Store: Send {
     fn leases(&self, scope: &str) -> StoreResult<Vec<Lease>>;
 }
 
-/// An open store of either kind; it derefs to [`Store`].
-pub struct TrialStore(Box<dyn Store>);
+/// An open store of either kind; it derefs to [`Store`], and counts its reads of a
+/// study's trial list (the controller's per-tick read: see [`TrialStore::trial_reads`]).
+pub struct TrialStore {
+    inner: Box<dyn Store>,
+    trial_reads: std::sync::atomic::AtomicU64,
+}
 
 impl std::ops::Deref for TrialStore {
     type Target = dyn Store;
     fn deref(&self) -> &Self::Target {
-        &*self.0
+        &*self.inner
     }
 }
 
 impl std::ops::DerefMut for TrialStore {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut *self.0
+        &mut *self.inner
     }
 }
 
@@ -510,17 +514,36 @@ impl TrialStore {
     /// Opens (creating and migrating as needed) the store at `location`: a SQLite file,
     /// or a PostgreSQL URL.
     pub fn open(location: &Path) -> StoreResult<Self> {
-        Ok(Self(if is_postgres(location) {
+        Ok(Self::of(if is_postgres(location) {
             Box::new(PgStore::open(&location.to_string_lossy(), false)?)
         } else {
             Box::new(SqliteStore::open(location)?)
         }))
     }
 
+    fn of(inner: Box<dyn Store>) -> Self {
+        Self {
+            inner,
+            trial_reads: Default::default(),
+        }
+    }
+
+    /// Every trial of `study` ([`Store::trials`]), counted.
+    pub fn trials(&self, study: i64) -> StoreResult<Vec<Trial>> {
+        self.trial_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.trials(study)
+    }
+
+    /// How many times [`TrialStore::trials`] read a trial list since the store was opened.
+    pub fn trial_reads(&self) -> u64 {
+        self.trial_reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Opens an existing store for reading only: every write is refused, and nothing is
     /// migrated (a store of another schema version is refused).
     pub fn open_read_only(location: &Path) -> StoreResult<Self> {
-        Ok(Self(if is_postgres(location) {
+        Ok(Self::of(if is_postgres(location) {
             Box::new(PgStore::open(&location.to_string_lossy(), true)?)
         } else {
             Box::new(SqliteStore::open_read_only(location)?)

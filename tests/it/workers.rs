@@ -44,6 +44,20 @@ fn store_of(s: &Study) -> Option<TrialStore> {
     TrialStore::open(&s.db()).ok()
 }
 
+/// The `ticks` and `trial_reads` of the controller's "dispatch ends" log line.
+fn dispatch_counts(log: &str) -> (u64, u64) {
+    let line = log
+        .lines()
+        .find(|l| l.contains("dispatch ends"))
+        .unwrap_or_else(|| panic!("no dispatch line in\n{log}"));
+    let field = |name: &str| -> u64 {
+        let rest = &line[line.find(name).expect("field logged") + name.len()..];
+        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        digits.parse().expect("a count")
+    };
+    (field("ticks="), field("trial_reads="))
+}
+
 fn workers_run_the_study_and_survive_a_sigkill(s: &Study) {
     if !is_postgres(&s.db()) {
         std::fs::create_dir_all(s.path("runs")).unwrap();
@@ -96,6 +110,12 @@ fn workers_run_the_study_and_survive_a_sigkill(s: &Study) {
     let status = search.0.wait().unwrap();
     let log = std::fs::read_to_string(s.path("search.log")).unwrap_or_default();
     assert!(status.success(), "controller: {status}\n{log}");
+    // The controller read the study's trial list once per dispatch tick.
+    let (ticks, reads) = dispatch_counts(&log);
+    assert!(
+        ticks > 1 && reads == ticks,
+        "{ticks} ticks, {reads} reads\n{log}"
+    );
     let trials = TrialStore::open(&s.db()).unwrap().trials(1).unwrap();
     assert_eq!(trials.len(), 6, "exactly max_trials: {trials:?}");
     assert!(

@@ -260,15 +260,108 @@ impl Controller {
     }
 }
 
-/// Runs the study's trials until the loop ends; returns why it ended.
+/// What one dispatch loop did: its ticks and the trial-list reads they made (one each:
+/// see experiments/worker-scaling).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Dispatched {
+    pub ticks: u64,
+    pub trial_reads: u64,
+}
+
+/// Where the loop stands between ticks.
+struct LoopState {
+    stopping: Option<StopReason>,
+    exhausted: bool,
+    /// Finished trials already told to the strategy.
+    observed: HashSet<i64>,
+}
+
+impl Controller {
+    /// A tick's reading of the store: expired leases of worker processes, the study's
+    /// trials (read once a tick, here: what the tick changes shows in the next one),
+    /// what worker processes finished or reported, and a stop request.
+    fn read_tick(&mut self, state: &mut LoopState) -> Result<Vec<Trial>> {
+        let external = self.budget.workers.processes;
+        if external {
+            self.store.requeue_expired(self.study)?;
+        }
+        let trials = self.store.trials(self.study)?;
+        if external {
+            self.external_tick(&trials, &mut state.observed, state.stopping)?;
+        }
+        if state.stopping.is_none() && self.stop_requested()? {
+            let withdrawn = self.store.withdraw_queued(self.study)?;
+            tracing::info!(
+                withdrawn,
+                "stop requested: no new trials start; running ones finish"
+            );
+            state.stopping = Some(StopReason::Stopped);
+        }
+        Ok(trials)
+    }
+
+    /// Proposes trials for the idle local slots (and, with worker processes, keeps the
+    /// queue full for them), then starts the local ones.
+    fn propose_and_start(
+        &mut self,
+        slots: &mut [Slot],
+        trials: &[Trial],
+        state: &mut LoopState,
+        ctx: &Context,
+        tx: &mpsc::UnboundedSender<Msg>,
+    ) -> Result<()> {
+        let local = slots.iter().filter(|s| s.busy.is_none()).count();
+        let queue = if self.budget.workers.processes {
+            EXTERNAL_QUEUE.max(self.running(slots, trials))
+        } else {
+            0
+        };
+        let idle = local + queue;
+        if idle > 0 && !state.exhausted {
+            state.exhausted = self.fill(idle, trials)?;
+        }
+        self.start_local(slots, ctx, tx)
+    }
+
+    /// Whether the loop ends now, with `state.stopping` saying why. On a signal the
+    /// controller waits for its own threads' trials only: worker processes go on with
+    /// theirs, and the next controller collects them. Before the loop ends for want of
+    /// proposals, the queued trials run too.
+    fn loop_ends(&self, slots: &[Slot], trials: &[Trial], state: &mut LoopState) -> bool {
+        let queued = trials.iter().filter(|t| t.state == TrialState::Queued);
+        let waiting = match state.stopping {
+            Some(StopReason::Signal) => slots.iter().filter(|s| s.busy.is_some()).count(),
+            Some(_) => self.running(slots, trials),
+            None => self.running(slots, trials) + queued.count(),
+        };
+        if waiting > 0 {
+            return false;
+        }
+        if state.stopping.is_some() {
+            return true;
+        }
+        if trials.len() >= self.budget.limits.max_trials
+            && trials.iter().all(|t| t.finished_at.is_some())
+        {
+            state.stopping = Some(StopReason::Budget);
+            return true;
+        }
+        if state.exhausted {
+            state.stopping = Some(StopReason::Exhausted);
+            return true;
+        }
+        false
+    }
+}
+
+/// Runs the study's trials until the loop ends; returns why it ended, and its ticks.
 pub(super) async fn dispatch(
     ctl: &mut Controller,
     ctx: &Context,
     signals: &mut Signals,
     progress: bool,
-) -> Result<StopReason> {
+) -> Result<(StopReason, Dispatched)> {
     let budget = ctl.budget.clone();
-    let study = ctl.study;
     let mut slots = worker_slots(&budget)?;
     let pb = bar(
         budget.limits.max_trials as u64,
@@ -280,102 +373,72 @@ pub(super) async fn dispatch(
         .limits
         .max_wall_hours
         .map(|h| tokio::time::Instant::now() + Duration::from_secs_f64(h * 3600.0));
-    let mut stopping: Option<StopReason> = None;
-    let mut exhausted = false;
-    // With worker processes the controller keeps trials queued for them and
-    // looks at the store on a tick: their results, reports and expired leases.
-    let external = budget.workers.processes;
-    let mut observed: HashSet<i64> = ctl
-        .store
-        .trials(study)?
-        .iter()
-        .filter(|t| t.finished_at.is_some())
-        .map(|t| t.id)
-        .collect();
+    let observed = ctl.store.trials(ctl.study)?;
+    let mut state = LoopState {
+        stopping: None,
+        exhausted: false,
+        observed: observed
+            .iter()
+            .filter(|t| t.finished_at.is_some())
+            .map(|t| t.id)
+            .collect(),
+    };
+    // With worker processes the controller keeps trials queued for them and looks at
+    // the store on a tick: their results, reports and expired leases.
+    let tick = if budget.workers.processes {
+        EXTERNAL_TICK
+    } else {
+        TICK
+    };
+    let reads_before = ctl.store.trial_reads();
+    let mut ticks = 0;
     loop {
         if ctl.lease.lost() {
             ctl.stop.store(true, Ordering::Relaxed);
             pb.finish_and_clear();
             ctl.lease.check()?;
         }
-        // The store's trials are read once a tick, here; what the tick changes
-        // (queued, claimed or withdrawn trials) shows in the next one.
-        if external {
-            ctl.store.requeue_expired(study)?;
-        }
-        let trials = ctl.store.trials(study)?;
-        if external {
-            ctl.external_tick(&trials, &mut observed, stopping)?;
-        }
-        if stopping.is_none() && ctl.stop_requested()? {
-            let withdrawn = ctl.store.withdraw_queued(study)?;
-            tracing::info!(
-                withdrawn,
-                "stop requested: no new trials start; running ones finish"
-            );
-            stopping = Some(StopReason::Stopped);
-        }
-        if stopping.is_none() {
-            let local = slots.iter().filter(|s| s.busy.is_none()).count();
-            let queue = if external {
-                EXTERNAL_QUEUE.max(ctl.running(&slots, &trials))
-            } else {
-                0
-            };
-            let idle = local + queue;
-            if idle > 0 && !exhausted {
-                exhausted = ctl.fill(idle, &trials)?;
-            }
-            ctl.start_local(&mut slots, ctx, &tx)?;
+        ticks += 1;
+        let trials = ctl.read_tick(&mut state)?;
+        if state.stopping.is_none() {
+            ctl.propose_and_start(&mut slots, &trials, &mut state, ctx, &tx)?;
         }
         refresh(ctl, &pb, &trials);
-        // On a signal the controller waits for its own threads' trials only: worker
-        // processes go on with theirs, and the next controller collects them. Before
-        // the loop ends for want of proposals, the queued trials run too.
-        let queued = trials.iter().filter(|t| t.state == TrialState::Queued);
-        let waiting = match stopping {
-            Some(StopReason::Signal) => slots.iter().filter(|s| s.busy.is_some()).count(),
-            Some(_) => ctl.running(&slots, &trials),
-            None => ctl.running(&slots, &trials) + queued.count(),
-        };
-        if waiting == 0 {
-            if stopping.is_some() {
-                break;
-            }
-            if trials.len() >= budget.limits.max_trials
-                && trials.iter().all(|t| t.finished_at.is_some())
-            {
-                stopping = Some(StopReason::Budget);
-                break;
-            }
-            if exhausted {
-                stopping = Some(StopReason::Exhausted);
-                break;
-            }
+        if ctl.loop_ends(&slots, &trials, &mut state) {
+            break;
         }
         tokio::select! {
             msg = rx.recv() => match msg.expect("the controller holds a sender") {
                 Msg::Eval { trial, step, acc, reply } => {
                     ctl.store.report(trial, step as i64, acc)?;
-                    let _ = reply.send(ctl.verdict(trial, step as i64, acc, stopping)?);
+                    let _ = reply.send(ctl.verdict(trial, step as i64, acc, state.stopping)?);
                 }
                 Msg::Done { slot, trial, end, seconds } => {
                     slots[slot].busy = None;
-                    ctl.record_end(trial, &end, seconds, &mut observed)?;
+                    ctl.record_end(trial, &end, seconds, &mut state.observed)?;
                 }
             },
-            _ = tokio::time::sleep(if external { EXTERNAL_TICK } else { TICK }) => {}
-            _ = signals.recv(), if stopping != Some(StopReason::Signal) => {
+            _ = tokio::time::sleep(tick) => {}
+            _ = signals.recv(), if state.stopping != Some(StopReason::Signal) => {
                 tracing::warn!("signal received: stopping; running trials are marked interrupted");
-                stopping = Some(StopReason::Signal);
+                state.stopping = Some(StopReason::Signal);
                 ctl.stop.store(true, Ordering::Relaxed);
             }
-            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if stopping.is_none() && deadline.is_some() => {
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if state.stopping.is_none() && deadline.is_some() => {
                 tracing::info!("wall-time limit reached: running trials finish, no new ones start");
-                stopping = Some(StopReason::WallLimit);
+                state.stopping = Some(StopReason::WallLimit);
             }
         }
     }
     pb.finish_and_clear();
-    Ok(stopping.unwrap_or(StopReason::Budget))
+    let done = Dispatched {
+        ticks,
+        trial_reads: ctl.store.trial_reads() - reads_before,
+    };
+    tracing::info!(
+        ticks = done.ticks,
+        trial_reads = done.trial_reads,
+        "dispatch ends"
+    );
+    Ok((state.stopping.unwrap_or(StopReason::Budget), done))
 }

@@ -29,6 +29,7 @@ mod final_stage;
 mod shutdown;
 mod start;
 
+pub use dispatch::Dispatched;
 use dispatch::dispatch;
 use final_stage::final_stage;
 pub use shutdown::Signals;
@@ -71,6 +72,8 @@ pub struct SearchOutcome {
     pub best_final: Option<FinalResult>,
     pub export: Option<PathBuf>,
     pub seconds: f64,
+    /// This run's dispatch loop: its ticks and the trial-list reads they made.
+    pub dispatch: Dispatched,
 }
 
 /// Runs (or resumes) the study a budget file describes, in the foreground.
@@ -148,7 +151,7 @@ pub async fn run_study(
             "interrupted while training the base model; no trial was run".into(),
         ));
     };
-    let stopped = dispatch(&mut ctl, &ctx, &mut signals, progress).await?;
+    let (stopped, dispatched) = dispatch(&mut ctl, &ctx, &mut signals, progress).await?;
     let (hits, misses) = ctx.cache.stats();
     tracing::info!(hits, misses, "Tucker factors reused across trials");
 
@@ -168,7 +171,7 @@ pub async fn run_study(
     };
     ctl.lease.check()?;
     ctl.store.set_study_state(study, done, reason)?;
-    outcome(&ctl, &budget, stopped, started)
+    outcome(&ctl, &budget, (stopped, dispatched), started)
 }
 
 struct Controller {
@@ -271,7 +274,7 @@ impl Controller {
 fn outcome(
     ctl: &Controller,
     budget: &Budget,
-    stopped: StopReason,
+    (stopped, dispatched): (StopReason, Dispatched),
     started: Instant,
 ) -> Result<SearchOutcome> {
     let db = budget.study.db.display().to_string();
@@ -303,5 +306,6 @@ fn outcome(
         best: best.map(|b| b.0),
         export,
         seconds: started.elapsed().as_secs_f64(),
+        dispatch: dispatched,
     })
 }
