@@ -1,13 +1,19 @@
 //! rankprune: compress trained CNNs by choosing per-layer Tucker-2 ranks and
 //! filter-pruning ratios.
 //!
-//! Module map, roughly lower floors first (`search` and `ladder` still use each other):
+//! Module map, lower floors first; a module uses only those above it in this list
+//! (so `search` uses `ladder` and `store`, and neither of them knows the search):
+//! - [`error`]: the crate's error and exit codes (it wraps the errors of the modules
+//!   below, which all return it).
+//! - [`stats`]: quantiles, rank correlations (Kendall, Spearman), bootstrap intervals.
+//! - [`store`]: the trial store of searches (a SQLite file or a PostgreSQL database),
+//!   with the leases of daemons and controllers; it knows nothing of strategies.
+//! - [`outpath`]: outputs that must not be inputs, written through a temporary file.
 //! - [`arch`]: the plain architecture description every other part reads
 //!   (VGG plans with PyTorch layer names, Tucker units, current channel counts).
 //! - [`config`]: the per-layer JSON config (ranks, ratios): parse, validate, apply.
 //! - [`cost`]: exact params / MACs / FLOPs / size counter.
 //! - [`weights`]: named f32 tensors; safetensors and PyTorch state_dict files.
-//! - [`outpath`]: outputs that must not be inputs, written through a temporary file.
 //! - [`data`]: CIFAR binary and IDX (Fashion-MNIST) readers, augmentation, background
 //!   batches.
 //! - [`device`]: the one place that turns `--device` into a burn device.
@@ -16,17 +22,17 @@
 //!   BatchNorm+ReLU, max-pooling; burn's layers on other devices).
 //! - [`compress`]: Tucker-2 decomposition, VBMF ranks, whole-model weight surgery.
 //! - [`train`]: the reference training recipe, evaluation, checkpoints, BN
-//!   recalibration, distillation.
+//!   recalibration, distillation, least-squares repair.
 //! - [`deploy`]: BatchNorm folding and the ONNX graph.
-//! - [`store`]: the trial store of searches (a SQLite file or a PostgreSQL database),
-//!   with the leases of daemons and controllers.
-//! - [`ladder`]: cheap candidate scores (BN recalibration, layer-wise CKA, short plain or
-//!   distilled fine-tunes) and their measured fidelity to the final accuracy.
-//! - [`search`]: budget and space files, strategies, the trial runner, the controller,
-//!   the daemon and worker processes, export.
+//! - [`budget`]: the budget file (TOML) of a study, and the budget a store keeps.
+//! - [`ladder`]: a study's context (base model, data, proxy settings, Tucker cache) and
+//!   its one candidate builder; cheap candidate probes (BN recalibration, layer-wise
+//!   CKA, short plain or distilled fine-tunes) and their measured fidelity to the final
+//!   accuracy.
+//! - [`search`]: space files, strategies, the trial runner, the controller, the daemon
+//!   and worker processes, export, and the candidates of a fidelity run.
 //! - [`dashboard`]: the web dashboard over a store.
 //! - [`report`]: human tables for the CLI.
-//! - [`error`]: the crate's error and exit codes.
 
 pub mod arch;
 pub mod budget;
