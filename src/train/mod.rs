@@ -20,7 +20,7 @@ use crate::{Error, Result};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, SgdConfig, decay::WeightDecayConfig};
+use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig, decay::WeightDecayConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use checkpoint::{Checkpoint, TrainState};
 use distill::Teacher;
@@ -148,7 +148,7 @@ pub struct TrainOutcome {
     pub stopped_early: bool,
 }
 
-fn sgd(cfg: &TrainConfig) -> burn::optim::ModuleOptimizer {
+fn sgd(cfg: &TrainConfig) -> ModuleOptimizer {
     SgdConfig::new()
         .with_momentum(Some(
             MomentumConfig::new()
@@ -195,6 +195,115 @@ pub fn train(
     train_with(arch, weights, train, val, cfg, None, device, on_report)
 }
 
+/// Where a run starts: fresh, or from the checkpoint in `cfg.checkpoint_dir` when
+/// `cfg.resume` (its weights, best weights, counters and optimizer state).
+fn start(
+    arch: &Arch,
+    weights: Weights,
+    cfg: &TrainConfig,
+) -> Result<(Weights, Option<Weights>, TrainState, ModuleOptimizer)> {
+    let optim = sgd(cfg);
+    let state = TrainState::new(cfg.lr, cfg.plateau, cfg.seed);
+    if !cfg.resume {
+        return Ok((weights, None, state, optim));
+    }
+    let dir = cfg
+        .checkpoint_dir
+        .as_ref()
+        .ok_or_else(|| Error::BadInput("--resume needs --checkpoint-dir".into()))?;
+    let ck = Checkpoint::load(dir, arch)?;
+    let optim = optim
+        .load(dir.join(checkpoint::OPTIM_FILE))
+        .map_err(|e| Error::Failure(format!("{}: {e:?}", dir.display())))?;
+    if ck.state.seed != cfg.seed {
+        tracing::warn!(
+            checkpoint = ck.state.seed,
+            given = cfg.seed,
+            "resuming with the checkpoint's seed"
+        );
+    }
+    tracing::info!(epoch = ck.state.epoch, step = ck.state.step, "resuming");
+    Ok((ck.weights, ck.best_weights, ck.state, optim))
+}
+
+/// The training side of one epoch so far, and of the whole run.
+#[derive(Default)]
+struct Tally {
+    loss_sum: f64,
+    correct: usize,
+    count: usize,
+    /// Images seen since the run started, and when it started.
+    seen: usize,
+    started: Option<std::time::Instant>,
+}
+
+impl Tally {
+    fn report(&self, state: &TrainState, lr: f64, val: Option<EvalResult>) -> Report {
+        let elapsed = self.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        Report {
+            epoch: state.epoch,
+            step: state.step,
+            lr,
+            train_loss: self.loss_sum / self.count.max(1) as f64,
+            train_acc: self.correct as f64 / self.count.max(1) as f64,
+            val,
+            images_per_s: self.seen as f64 / elapsed.max(1e-9),
+        }
+    }
+}
+
+/// What one optimizer step needs besides the model.
+struct Stepper<'a> {
+    optim: ModuleOptimizer,
+    loss_fn: burn::nn::loss::CrossEntropyLoss,
+    teacher: Option<&'a Teacher>,
+    device: &'a Device,
+    ad: Device,
+}
+
+impl Stepper<'_> {
+    /// One SGD step on `batch` at learning rate `lr`: the model after it, the batch's
+    /// mean loss and its top-1 hits. A non-finite loss is an error naming where.
+    fn step(
+        &mut self,
+        model: Vgg,
+        batch: &Batch,
+        lr: f64,
+        state: &TrainState,
+    ) -> Result<(Vgg, f64, usize)> {
+        let (x, y) = batch_tensors(batch, &self.ad);
+        let logits = model.forward(x);
+        let loss = match self.teacher {
+            None => self.loss_fn.forward(logits.clone(), y),
+            Some(t) => {
+                let taught = teacher_logits(t, batch, self.device, &self.ad);
+                distill::kd_loss(logits.clone(), taught, y, &t.distill, &self.loss_fn)
+            }
+        };
+        // Read values from detached copies: the graph belongs to backward alone.
+        let (loss_host, logits_host) = (loss.clone().detach(), logits.detach());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let loss_value = f64::from(loss_host.into_scalar::<f32>());
+        if !loss_value.is_finite() {
+            return Err(Error::Failure(format!(
+                "non-finite training loss ({loss_value}) at epoch {} step {}: lower the learning rate",
+                state.epoch, state.step
+            )));
+        }
+        let model = self.optim.step(lr, model, grads);
+        let host = logits_host
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap_or_default();
+        Ok((
+            model,
+            loss_value,
+            metrics::top_k_correct(&host, &batch.labels, 1),
+        ))
+    }
+}
+
 /// [`train`], learning from `teacher` as well as the labels when one is given.
 #[allow(clippy::too_many_arguments)]
 pub fn train_with(
@@ -213,38 +322,22 @@ pub fn train_with(
         ));
     }
     let ad = device.clone().autodiff();
-    let mut optim = sgd(cfg);
-    let mut state = TrainState::new(cfg.lr, cfg.plateau, cfg.seed);
-    let mut weights = weights;
-    let mut best_weights = None;
-    if cfg.resume {
-        let dir = cfg
-            .checkpoint_dir
-            .as_ref()
-            .ok_or_else(|| Error::BadInput("--resume needs --checkpoint-dir".into()))?;
-        let ck = Checkpoint::load(dir, arch)?;
-        optim = optim
-            .load(dir.join(checkpoint::OPTIM_FILE))
-            .map_err(|e| Error::Failure(format!("{}: {e:?}", dir.display())))?;
-        weights = ck.weights;
-        best_weights = ck.best_weights;
-        state = ck.state;
-        if state.seed != cfg.seed {
-            tracing::warn!(
-                checkpoint = state.seed,
-                given = cfg.seed,
-                "resuming with the checkpoint's seed"
-            );
-        }
-        tracing::info!(epoch = state.epoch, step = state.step, "resuming");
-    }
+    let (weights, mut best_weights, mut state, optim) = start(arch, weights, cfg)?;
     let mut model = Vgg::from_weights(arch, weights, "<train>", &ad)?;
-    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    let mut stepper = Stepper {
+        optim,
+        loss_fn: CrossEntropyLossConfig::new().init(&ad),
+        teacher,
+        device,
+        ad,
+    };
     let mut best_val = state.best_val.clone();
     let mut last_val = None;
     let mut stopped_early = false;
-    let started = std::time::Instant::now();
-    let mut seen = 0usize;
+    let mut tally = Tally {
+        started: Some(std::time::Instant::now()),
+        ..Tally::default()
+    };
     let validate = |m: &Vgg| evaluate(&m.valid(), &val, cfg.batch_size, cfg.eval_limit, device);
     let planned = cfg.planned_steps(train.len());
 
@@ -259,62 +352,33 @@ pub fn train_with(
             ),
             limit: cfg.subset,
         };
-        let (mut loss_sum, mut correct, mut count) = (0.0f64, 0usize, 0usize);
+        (tally.loss_sum, tally.correct, tally.count) = (0.0, 0, 0);
         for batch in stream(train.clone(), plan) {
             if cfg.max_steps.is_some_and(|m| state.step >= m) {
                 stopped_early = true;
                 break 'epochs;
             }
-            let (x, y) = batch_tensors(&batch, &ad);
-            let logits = model.forward(x);
-            let loss = match teacher {
-                None => loss_fn.forward(logits.clone(), y),
-                Some(t) => {
-                    let taught = teacher_logits(t, &batch, device, &ad);
-                    distill::kd_loss(logits.clone(), taught, y, &t.distill, &loss_fn)
-                }
-            };
-            // Read values from detached copies: the graph belongs to backward alone.
-            let (loss_host, logits_host) = (loss.clone().detach(), logits.detach());
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            let loss_value = f64::from(loss_host.into_scalar::<f32>());
-            if !loss_value.is_finite() {
-                return Err(Error::Failure(format!(
-                    "non-finite training loss ({loss_value}) at epoch {} step {}: lower the learning rate",
-                    state.epoch, state.step
-                )));
-            }
             let lr = cfg.lr_at(state.step, planned, state.plateau.lr);
-            model = optim.step(lr, model, grads);
-            let host = logits_host
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .unwrap_or_default();
-            correct += metrics::top_k_correct(&host, &batch.labels, 1);
-            loss_sum += loss_value * batch.len() as f64;
-            count += batch.len();
-            seen += batch.len();
+            let (next, loss, correct) = stepper.step(model, &batch, lr, &state)?;
+            model = next;
+            tally.correct += correct;
+            tally.loss_sum += loss * batch.len() as f64;
+            tally.count += batch.len();
+            tally.seen += batch.len();
             state.step += 1;
-            let mut report = Report {
-                epoch: state.epoch,
-                step: state.step,
-                lr,
-                train_loss: loss_sum / count as f64,
-                train_acc: correct as f64 / count as f64,
-                val: None,
-                images_per_s: seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
-            };
-            if cfg.eval_every.is_some_and(|e| state.step.is_multiple_of(e))
+            let val = if cfg.eval_every.is_some_and(|e| state.step.is_multiple_of(e))
                 || cfg.eval_at.contains(&state.step)
             {
-                report.val = Some(validate(&model)?);
-            }
-            if on_report(&report) == Control::Stop {
+                Some(validate(&model)?)
+            } else {
+                None
+            };
+            if on_report(&tally.report(&state, lr, val)) == Control::Stop {
                 stopped_early = true;
                 break 'epochs;
             }
         }
+        // The epoch's end: validate, track the best, checkpoint, report.
         let v = validate(&model)?;
         // Tracked under either schedule, so a checkpoint's state always has a finite
         // best loss (JSON has no infinity); only `Plateau` runs at its lr.
@@ -328,15 +392,8 @@ pub fn train_with(
             best_weights = Some(model.to_weights());
         }
         state.best_val = best_val.clone();
-        let report = Report {
-            epoch: state.epoch,
-            step: state.step,
-            lr: cfg.lr_at(state.step, planned, state.plateau.lr),
-            train_loss: loss_sum / count.max(1) as f64,
-            train_acc: correct as f64 / count.max(1) as f64,
-            val: Some(v.clone()),
-            images_per_s: seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
-        };
+        let lr = cfg.lr_at(state.step, planned, state.plateau.lr);
+        let report = tally.report(&state, lr, Some(v.clone()));
         last_val = Some(v);
         if let Some(dir) = &cfg.checkpoint_dir {
             Checkpoint::save(
@@ -344,7 +401,7 @@ pub fn train_with(
                 &model.to_weights(),
                 best_weights.as_ref(),
                 &state,
-                &optim,
+                &stepper.optim,
             )?;
         }
         if on_report(&report) == Control::Stop {

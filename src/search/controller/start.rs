@@ -174,24 +174,57 @@ pub(super) async fn open_study(
     })
     .await
     .map_err(|e| Error::Failure(format!("study start: {e}")))??;
-    let strategy = strategy::make(
-        budget.search.strategy,
-        budget.search.seed,
-        budget.objective.kind == ObjectiveKind::Pareto,
-    );
-
     lease.check()?;
+    let (store, study, requeued) = register(
+        budget,
+        budget_text,
+        &problem.target,
+        &identity,
+        allow_change,
+    )?;
+    let mut ctl = Controller {
+        store,
+        study,
+        budget: budget.clone(),
+        problem,
+        strategy: strategy::make(
+            budget.search.strategy,
+            budget.search.seed,
+            budget.objective.kind == ObjectiveKind::Pareto,
+        ),
+        points: HashMap::new(),
+        stop: Arc::new(AtomicBool::new(false)),
+        lease,
+    };
+    let finished = ctl.replay()?;
+    tracing::info!(
+        study = %budget.study.name,
+        db = %budget.study.db.display(),
+        knobs = ctl.problem.space.dims(),
+        finished,
+        requeued,
+        "search starts"
+    );
+    let ctx = Context::new(budget, base, weights, train_set, val_set);
+    Ok(Some((ctl, ctx)))
+}
+
+/// The study's row in its store, made ready to run: its target settled, its input
+/// identity and budget folder recorded, its unfinished trials queued again (except
+/// those worker processes still hold). Returns the store, the study's id and how many
+/// trials were queued again.
+fn register(
+    budget: &Budget,
+    budget_text: &str,
+    target: &Target,
+    identity: &Identity,
+    allow_change: bool,
+) -> Result<(TrialStore, i64, usize)> {
     let mut store = TrialStore::open(&budget.study.db)?;
     let study = store.study(&budget.study.name, budget_text)?;
     let stored = crate::search::export::pick_study(&store, "", Some(&budget.study.name))?;
-    settle_target(
-        &mut store,
-        &stored,
-        &problem.target,
-        budget_text,
-        allow_change,
-    )
-    .map_err(|e| Error::BadInput(format!("{}: {e}", budget.study.db.display())))?;
+    settle_target(&mut store, &stored, target, budget_text, allow_change)
+        .map_err(|e| Error::BadInput(format!("{}: {e}", budget.study.db.display())))?;
     if stored.budget != budget_text {
         tracing::warn!(
             study = %budget.study.name,
@@ -211,36 +244,26 @@ pub(super) async fn open_study(
     let dir = std::fs::canonicalize(&budget.dir).unwrap_or_else(|_| budget.dir.clone());
     store.set_budget_dir(study, &dir.display().to_string())?;
     store.set_study_state(study, StudyState::Running, None)?;
-    let mut ctl = Controller {
-        store,
-        study,
-        budget: budget.clone(),
-        problem,
-        strategy,
-        points: HashMap::new(),
-        stop: Arc::new(AtomicBool::new(false)),
-        lease,
-    };
-    let history = ctl.store.trials(study)?;
-    for t in &history {
-        match t.state {
-            TrialState::Complete | TrialState::EarlyStopped | TrialState::Failed => ctl.observe(t),
-            // Still to run: the strategy must not propose them again.
-            TrialState::Queued | TrialState::Running | TrialState::Interrupted => {
-                if let Some(p) = ctl.point_of(t) {
-                    ctl.strategy.exclude(&p);
+    Ok((store, study, requeued))
+}
+
+impl Controller {
+    /// Tells the strategy the study's history: its finished trials, and the unfinished
+    /// ones it must not propose again. Returns how many were finished.
+    fn replay(&mut self) -> Result<usize> {
+        let history = self.store.trials(self.study)?;
+        for t in &history {
+            match t.state {
+                TrialState::Complete | TrialState::EarlyStopped | TrialState::Failed => {
+                    self.observe(t)
+                }
+                TrialState::Queued | TrialState::Running | TrialState::Interrupted => {
+                    if let Some(p) = self.point_of(t) {
+                        self.strategy.exclude(&p);
+                    }
                 }
             }
         }
+        Ok(history.iter().filter(|t| t.finished_at.is_some()).count())
     }
-    tracing::info!(
-        study = %budget.study.name,
-        db = %budget.study.db.display(),
-        knobs = ctl.problem.space.dims(),
-        finished = history.iter().filter(|t| t.finished_at.is_some()).count(),
-        requeued,
-        "search starts"
-    );
-    let ctx = Context::new(budget, base, weights, train_set, val_set);
-    Ok(Some((ctl, ctx)))
 }

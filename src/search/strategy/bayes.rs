@@ -158,6 +158,167 @@ impl Bayes {
     }
 }
 
+/// The trust region of one round of proposals (TuRBO), and the scalarisation weight.
+struct Region {
+    /// The cost weight of the scalarised objective (0 outside Pareto mode).
+    w: f64,
+    /// The incumbent's scalarised score, which the expected improvement is measured from.
+    best: f64,
+    center: Vec<f64>,
+    /// Per-knob shape of the region (length scales over their geometric mean, clipped).
+    weights: Vec<f64>,
+    length: f64,
+    /// Chance that a candidate moves each knob.
+    prob: f64,
+}
+
+impl Bayes {
+    /// The surrogate's training data (encoded points, accuracies) and its
+    /// hyperparameters, refitted every `REFIT_EVERY` new observations.
+    fn surrogate_data(&mut self, d: usize) -> (Vec<Vec<f64>>, Vec<f64>, Hyper) {
+        let idx = self.gp_subset(MAX_GP_POINTS);
+        let xs: Vec<Vec<f64>> = idx.iter().map(|&i| self.data[i].encoded.clone()).collect();
+        let ys: Vec<f64> = idx.iter().map(|&i| self.data[i].accuracy).collect();
+        let hyper = match &self.hyper {
+            Some(h) if self.data.len() - self.fitted_at < REFIT_EVERY => h.clone(),
+            prev => {
+                let start = prev.clone().unwrap_or_else(|| Hyper::initial(d));
+                let fit = self.gp_subset(REFIT_POINTS);
+                let fx: Vec<Vec<f64>> = fit.iter().map(|&i| self.data[i].encoded.clone()).collect();
+                let fy: Vec<f64> = fit.iter().map(|&i| self.data[i].accuracy).collect();
+                let h = Gp::fit_hyper(&fx, &fy, &start, REFIT_ITERS);
+                self.fitted_at = self.data.len();
+                self.hyper = Some(h.clone());
+                h
+            }
+        };
+        (xs, ys, hyper)
+    }
+
+    /// The region around the incumbent (the best scalarised observation).
+    fn region(&mut self, hyper: &Hyper, problem: &Problem) -> Region {
+        let d = problem.space.dims();
+        let w = if self.pareto {
+            self.rng.random_range(0.0..0.1)
+        } else {
+            0.0
+        };
+        let score =
+            |s: &Self, i: usize| s.data[i].accuracy + s.cost_term(w, s.data[i].flops, problem);
+        let inc = (0..self.data.len())
+            .max_by(|&a, &b| score(self, a).total_cmp(&score(self, b)))
+            .expect("data present");
+        // Length scales shape the region (TuRBO: l_i / geometric mean, clipped).
+        let ls: Vec<f64> = hyper.log_ls.iter().map(|l| l.exp()).collect();
+        let gmean = (ls.iter().map(|l| l.ln()).sum::<f64>() / d as f64).exp();
+        Region {
+            w,
+            best: score(self, inc),
+            center: self.data[inc].encoded.clone(),
+            weights: ls.iter().map(|l| (l / gmean).clamp(0.25, 4.0)).collect(),
+            length: self.tr.as_ref().expect("set before").length,
+            prob: (20.0 / d as f64).min(1.0),
+        }
+    }
+
+    /// Log expected improvement of `p` (None when seen or over the target).
+    fn acquisition(&self, gp: &Gp, p: &Point, region: &Region, problem: &Problem) -> Option<f64> {
+        if self.seen.contains(p) {
+            return None;
+        }
+        let c = problem.cost(p);
+        if !problem.target.admits(c.flops, c.params) {
+            return None;
+        }
+        let (m, v) = gp.predict(&problem.space.encode(p));
+        let shift = self.cost_term(region.w, c.flops, problem);
+        Some(log_ei(m + shift, v.sqrt(), region.best))
+    }
+
+    /// The best of `CANDIDATES` points drawn in the region by moving a few knobs of the
+    /// incumbent, by acquisition.
+    fn best_candidate(
+        &mut self,
+        gp: &Gp,
+        region: &Region,
+        problem: &Problem,
+    ) -> Option<(f64, Point)> {
+        let d = problem.space.dims();
+        let mut best: Option<(f64, Point)> = None;
+        for _ in 0..CANDIDATES {
+            let mut x = region.center.clone();
+            let mut moved = false;
+            for (j, xj) in x.iter_mut().enumerate() {
+                if self.rng.random_bool(region.prob) {
+                    let half = 0.5 * region.length * region.weights[j];
+                    let c = region.center[j];
+                    let (lo, hi) = ((c - half).max(0.0), (c + half).min(1.0));
+                    *xj = self.rng.random_range(lo..=hi);
+                    moved = true;
+                }
+            }
+            if !moved {
+                let j = self.rng.random_range(0..d);
+                x[j] = self.rng.random_range(0.0..=1.0);
+            }
+            let p = problem.space.decode(&x);
+            if let Some(a) = self.acquisition(gp, &p, region, problem)
+                && best.as_ref().is_none_or(|b| a > b.0)
+            {
+                best = Some((a, p));
+            }
+        }
+        best
+    }
+
+    /// Discrete hill climb from `(a, p)`: one level up or down per knob while it helps
+    /// (two sweeps at most).
+    fn hill_climb(
+        &self,
+        gp: &Gp,
+        region: &Region,
+        problem: &Problem,
+        (mut a, mut p): (f64, Point),
+    ) -> (f64, Point) {
+        for _ in 0..2 {
+            let mut improved = false;
+            for j in 0..problem.space.dims() {
+                for up in [true, false] {
+                    let mut q = p.clone();
+                    if up && q[j] + 1 < problem.space.knobs[j].levels {
+                        q[j] += 1;
+                    } else if !up && q[j] > 0 {
+                        q[j] -= 1;
+                    } else {
+                        continue;
+                    }
+                    if let Some(b) = self.acquisition(gp, &q, region, problem)
+                        && b > a
+                    {
+                        (a, p) = (b, q);
+                        improved = true;
+                    }
+                }
+            }
+            if !improved {
+                break;
+            }
+        }
+        (a, p)
+    }
+
+    /// Random feasible points until `out` holds `n` (or none is left).
+    fn fill_random(&mut self, n: usize, problem: &Problem, out: &mut Vec<Point>) {
+        while out.len() < n {
+            let Some(p) = self.random_feasible(problem) else {
+                break;
+            };
+            self.seen.insert(p.clone());
+            out.push(p);
+        }
+    }
+}
+
 impl Strategy for Bayes {
     fn propose(&mut self, n: usize, problem: &Problem) -> Vec<Point> {
         let mut out: Vec<Point> = Vec::with_capacity(n);
@@ -187,120 +348,16 @@ impl Strategy for Bayes {
         if out.len() >= n || self.data.len() < 3 {
             return out;
         }
-
-        // Fit the surrogate on accuracy.
-        let idx = self.gp_subset(MAX_GP_POINTS);
-        let mut xs: Vec<Vec<f64>> = idx.iter().map(|&i| self.data[i].encoded.clone()).collect();
-        let mut ys: Vec<f64> = idx.iter().map(|&i| self.data[i].accuracy).collect();
-        let hyper = match &self.hyper {
-            Some(h) if self.data.len() - self.fitted_at < REFIT_EVERY => h.clone(),
-            prev => {
-                let start = prev.clone().unwrap_or_else(|| Hyper::initial(d));
-                let fit = self.gp_subset(REFIT_POINTS);
-                let fx: Vec<Vec<f64>> = fit.iter().map(|&i| self.data[i].encoded.clone()).collect();
-                let fy: Vec<f64> = fit.iter().map(|&i| self.data[i].accuracy).collect();
-                let h = Gp::fit_hyper(&fx, &fy, &start, REFIT_ITERS);
-                self.fitted_at = self.data.len();
-                self.hyper = Some(h.clone());
-                h
-            }
-        };
+        let (mut xs, mut ys, hyper) = self.surrogate_data(d);
         let Some(mut gp) = Gp::fit(&xs, &ys, hyper.clone()) else {
             tracing::warn!("GP fit failed; proposing random points");
-            while out.len() < n {
-                let Some(p) = self.random_feasible(problem) else {
-                    break;
-                };
-                self.seen.insert(p.clone());
-                out.push(p);
-            }
+            self.fill_random(n, problem, &mut out);
             return out;
         };
-        let w = if self.pareto {
-            self.rng.random_range(0.0..0.1)
-        } else {
-            0.0
-        };
-        // Incumbent: best (scalarised) observation.
-        let score =
-            |s: &Self, i: usize| s.data[i].accuracy + s.cost_term(w, s.data[i].flops, problem);
-        let inc = (0..self.data.len())
-            .max_by(|&a, &b| score(self, a).total_cmp(&score(self, b)))
-            .expect("data present");
-        let best = score(self, inc);
-        let center = self.data[inc].encoded.clone();
-        // Length scales shape the region (TuRBO: l_i / geometric mean, clipped).
-        let ls: Vec<f64> = hyper.log_ls.iter().map(|l| l.exp()).collect();
-        let gmean = (ls.iter().map(|l| l.ln()).sum::<f64>() / d as f64).exp();
-        let weights: Vec<f64> = ls.iter().map(|l| (l / gmean).clamp(0.25, 4.0)).collect();
-        let length = self.tr.as_ref().expect("set above").length;
-        let prob = (20.0 / d as f64).min(1.0);
-
+        let region = self.region(&hyper, problem);
         while out.len() < n {
-            let acq = |gp: &Gp, p: &Point, s: &Self| -> Option<f64> {
-                if s.seen.contains(p) {
-                    return None;
-                }
-                let c = problem.cost(p);
-                if !problem.target.admits(c.flops, c.params) {
-                    return None;
-                }
-                let (m, v) = gp.predict(&problem.space.encode(p));
-                let shift = s.cost_term(w, c.flops, problem);
-                Some(log_ei(m + shift, v.sqrt(), best))
-            };
-            let mut best_cand: Option<(f64, Point)> = None;
-            for _ in 0..CANDIDATES {
-                let mut x = center.clone();
-                let mut moved = false;
-                for j in 0..d {
-                    if self.rng.random_bool(prob) {
-                        let half = 0.5 * length * weights[j];
-                        let (lo, hi) = ((center[j] - half).max(0.0), (center[j] + half).min(1.0));
-                        x[j] = self.rng.random_range(lo..=hi);
-                        moved = true;
-                    }
-                }
-                if !moved {
-                    let j = self.rng.random_range(0..d);
-                    x[j] = self.rng.random_range(0.0..=1.0);
-                }
-                let p = problem.space.decode(&x);
-                if let Some(a) = acq(&gp, &p, self)
-                    && best_cand.as_ref().is_none_or(|b| a > b.0)
-                {
-                    best_cand = Some((a, p));
-                }
-            }
-            // Discrete hill climb: one level up or down per knob while it helps.
-            if let Some((mut a, mut p)) = best_cand.take() {
-                for _ in 0..2 {
-                    let mut improved = false;
-                    for j in 0..d {
-                        for up in [true, false] {
-                            let mut q = p.clone();
-                            if up && q[j] + 1 < problem.space.knobs[j].levels {
-                                q[j] += 1;
-                            } else if !up && q[j] > 0 {
-                                q[j] -= 1;
-                            } else {
-                                continue;
-                            }
-                            if let Some(b) = acq(&gp, &q, self)
-                                && b > a
-                            {
-                                (a, p) = (b, q);
-                                improved = true;
-                            }
-                        }
-                    }
-                    if !improved {
-                        break;
-                    }
-                }
-                best_cand = Some((a, p));
-            }
-            let Some((_, p)) = best_cand else {
+            let best = self.best_candidate(&gp, &region, problem);
+            let Some((_, p)) = best.map(|c| self.hill_climb(&gp, &region, problem, c)) else {
                 // Nothing feasible and new in the region: fall back to a random point.
                 match self.random_feasible(problem) {
                     Some(p) => {
