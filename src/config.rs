@@ -185,16 +185,31 @@ impl LayerConfig {
     /// Checks the config against `base` (an undecomposed, unpruned architecture) and
     /// returns the compressed architecture: ranks first, then pruning.
     pub fn apply(&self, base: &Arch, file: &str) -> Result<Arch, ConfigError> {
-        let err = |key: String, message: String| ConfigError {
+        let err = |key: &str, message: String| ConfigError {
             file: file.to_string(),
-            key,
+            key: key.to_string(),
             message,
         };
+        self.check_header(base).map_err(|(k, m)| err(k, m))?;
+        let mut arch = base.clone();
+        if let Some(dec) = &self.decomposition {
+            decompose(&mut arch, base, dec).map_err(|(k, m)| err(&k, m))?;
+        }
+        if let Some(pruning) = &self.pruning {
+            prune(&mut arch, &base.layer_names(), pruning).map_err(|(k, m)| err(&k, m))?;
+        }
+        debug_assert!(arch.check().is_ok(), "{:?}", arch.check());
+        Ok(arch)
+    }
+
+    /// The optional `model`, `num_classes` and `input` against `base`: (key, message)
+    /// of the first that differs.
+    fn check_header(&self, base: &Arch) -> Result<(), (&'static str, String)> {
         if let Some(model) = &self.model
             && model != &base.model
         {
-            return Err(err(
-                "model".into(),
+            return Err((
+                "model",
                 format!(
                     "config is for {model:?}, the architecture is {:?}",
                     base.model
@@ -204,8 +219,8 @@ impl LayerConfig {
         if let Some(n) = self.num_classes
             && n != base.num_classes()
         {
-            return Err(err(
-                "num_classes".into(),
+            return Err((
+                "num_classes",
                 format!(
                     "config says {n}, the architecture has {}",
                     base.num_classes()
@@ -215,120 +230,128 @@ impl LayerConfig {
         if let Some(input) = self.input
             && input != base.input
         {
-            return Err(err(
-                "input".into(),
+            return Err((
+                "input",
                 format!(
                     "config says {input:?}, the architecture takes {:?}",
                     base.input
                 ),
             ));
         }
-        let mut arch = base.clone();
-        let layers = base.layer_names();
-        if let Some(dec) = &self.decomposition {
-            if dec.method != DECOMPOSITION_METHOD {
-                return Err(err(
-                    "decomposition.method".into(),
-                    format!(
-                        "{:?} is not supported; allowed: {DECOMPOSITION_METHOD:?}",
-                        dec.method
-                    ),
-                ));
-            }
-            for (name, &[in_rank, out_rank]) in &dec.ranks {
-                let key = format!("decomposition.ranks.{name}");
-                let Some((_, unit)) = base.find_unit(name) else {
-                    let hint = nearest(name, layers.iter().map(String::as_str))
-                        .map(|n| format!("; did you mean {n:?}?"))
-                        .unwrap_or_default();
-                    return Err(err(key, format!("no conv layer called {name:?}{hint}")));
-                };
-                let ConvBody::Plain(conv) = &unit.body else {
-                    return Err(err(
-                        key,
-                        format!("{name} is already decomposed in the base model"),
-                    ));
-                };
-                if !(1..=conv.in_channels).contains(&in_rank) {
-                    return Err(err(
-                        key,
-                        format!(
-                            "in_rank {in_rank} out of range: allowed 1..={} (input channels)",
-                            conv.in_channels
-                        ),
-                    ));
-                }
-                if !(1..=conv.out_channels).contains(&out_rank) {
-                    return Err(err(
-                        key,
-                        format!(
-                            "out_rank {out_rank} out of range: allowed 1..={} (filters)",
-                            conv.out_channels
-                        ),
-                    ));
-                }
-                if conv.in_channels <= 3 {
-                    tracing::warn!(layer = %name, "decomposing a conv whose input has only {} channels", conv.in_channels);
-                }
-                arch.decompose(name, in_rank, out_rank)
-                    .map_err(|m| err(format!("decomposition.ranks.{name}"), m))?;
+        Ok(())
+    }
+}
+
+/// A config error's key and message, before the file is named.
+type Keyed = (String, String);
+
+/// Decomposes the layers `dec` lists in `arch` (a copy of `base`), each checked against
+/// `base`.
+fn decompose(arch: &mut Arch, base: &Arch, dec: &Decomposition) -> Result<(), Keyed> {
+    if dec.method != DECOMPOSITION_METHOD {
+        return Err((
+            "decomposition.method".into(),
+            format!(
+                "{:?} is not supported; allowed: {DECOMPOSITION_METHOD:?}",
+                dec.method
+            ),
+        ));
+    }
+    let layers = base.layer_names();
+    for (name, &[in_rank, out_rank]) in &dec.ranks {
+        let key = format!("decomposition.ranks.{name}");
+        let Some((_, unit)) = base.find_unit(name) else {
+            let hint = nearest(name, layers.iter().map(String::as_str))
+                .map(|n| format!("; did you mean {n:?}?"))
+                .unwrap_or_default();
+            return Err((key, format!("no conv layer called {name:?}{hint}")));
+        };
+        let ConvBody::Plain(conv) = &unit.body else {
+            return Err((
+                key,
+                format!("{name} is already decomposed in the base model"),
+            ));
+        };
+        if !(1..=conv.in_channels).contains(&in_rank) {
+            return Err((
+                key,
+                format!(
+                    "in_rank {in_rank} out of range: allowed 1..={} (input channels)",
+                    conv.in_channels
+                ),
+            ));
+        }
+        if !(1..=conv.out_channels).contains(&out_rank) {
+            return Err((
+                key,
+                format!(
+                    "out_rank {out_rank} out of range: allowed 1..={} (filters)",
+                    conv.out_channels
+                ),
+            ));
+        }
+        if conv.in_channels <= 3 {
+            tracing::warn!(layer = %name, "decomposing a conv whose input has only {} channels", conv.in_channels);
+        }
+        arch.decompose(name, in_rank, out_rank)
+            .map_err(|m| (key, m))?;
+    }
+    Ok(())
+}
+
+/// Prunes the convs `pruning` lists in `arch` (`layers`: the base model's layer names,
+/// for the messages).
+fn prune(arch: &mut Arch, layers: &[String], pruning: &Pruning) -> Result<(), Keyed> {
+    if pruning.method != PRUNING_METHOD {
+        return Err((
+            "pruning.method".into(),
+            format!(
+                "{:?} is not supported; allowed: {PRUNING_METHOD:?}",
+                pruning.method
+            ),
+        ));
+    }
+    let mut sizes = Vec::new();
+    for (name, &ratio) in &pruning.ratios {
+        let key = format!("pruning.ratios.{name}");
+        if !(ratio.is_finite() && (0.0..1.0).contains(&ratio)) {
+            return Err((key, format!("ratio {ratio} out of range: allowed [0, 1)")));
+        }
+        let Some(pos) = arch.find_conv(name) else {
+            return Err((key, no_such_conv(arch, layers, name)));
+        };
+        let n = arch.conv(pos).out_channels;
+        sizes.push((pos, kept_filters(n, ratio)));
+    }
+    for (pos, kept) in sizes {
+        arch.set_out_channels(pos, kept);
+    }
+    Ok(())
+}
+
+/// Why `name` names no conv of `arch` that can be pruned, with a hint.
+fn no_such_conv(arch: &Arch, layers: &[String], name: &str) -> String {
+    match name.rsplit_once("_tucker_") {
+        Some((layer, i)) if layers.contains(&layer.to_string()) => {
+            if arch
+                .find_unit(layer)
+                .is_some_and(|(_, u)| matches!(u.body, ConvBody::Plain(_)))
+            {
+                format!("{layer} is not decomposed; prune it as {layer:?}")
+            } else {
+                format!("sub-conv index {i:?} out of range: allowed 0, 1, 2")
             }
         }
-        if let Some(pruning) = &self.pruning {
-            if pruning.method != PRUNING_METHOD {
-                return Err(err(
-                    "pruning.method".into(),
-                    format!(
-                        "{:?} is not supported; allowed: {PRUNING_METHOD:?}",
-                        pruning.method
-                    ),
-                ));
-            }
+        _ if layers.iter().any(|l| l == name) => {
+            format!("{name} is decomposed; prune its sub-convs {name}_tucker_0/1/2 instead")
+        }
+        _ => {
             let targets: Vec<String> = arch.convs().map(|c| c.name.clone()).collect();
-            let mut sizes = Vec::new();
-            for (name, &ratio) in &pruning.ratios {
-                let key = format!("pruning.ratios.{name}");
-                if !(ratio.is_finite() && (0.0..1.0).contains(&ratio)) {
-                    return Err(err(
-                        key,
-                        format!("ratio {ratio} out of range: allowed [0, 1)"),
-                    ));
-                }
-                let Some(pos) = arch.find_conv(name) else {
-                    let message = match name.rsplit_once("_tucker_") {
-                        Some((layer, i)) if layers.contains(&layer.to_string()) => {
-                            if arch
-                                .find_unit(layer)
-                                .is_some_and(|(_, u)| matches!(u.body, ConvBody::Plain(_)))
-                            {
-                                format!("{layer} is not decomposed; prune it as {layer:?}")
-                            } else {
-                                format!("sub-conv index {i:?} out of range: allowed 0, 1, 2")
-                            }
-                        }
-                        _ if layers.contains(name) => {
-                            format!(
-                                "{name} is decomposed; prune its sub-convs {name}_tucker_0/1/2 instead"
-                            )
-                        }
-                        _ => {
-                            let hint = nearest(name, targets.iter().map(String::as_str))
-                                .map(|n| format!("; did you mean {n:?}?"))
-                                .unwrap_or_default();
-                            format!("no conv layer called {name:?}{hint}")
-                        }
-                    };
-                    return Err(err(key, message));
-                };
-                let n = arch.conv(pos).out_channels;
-                sizes.push((pos, kept_filters(n, ratio)));
-            }
-            for (pos, kept) in sizes {
-                arch.set_out_channels(pos, kept);
-            }
+            let hint = nearest(name, targets.iter().map(String::as_str))
+                .map(|n| format!("; did you mean {n:?}?"))
+                .unwrap_or_default();
+            format!("no conv layer called {name:?}{hint}")
         }
-        debug_assert!(arch.check().is_ok(), "{:?}", arch.check());
-        Ok(arch)
     }
 }
 

@@ -226,6 +226,58 @@ impl EvalArgs {
     }
 }
 
+impl TrainArgs {
+    /// The training recipe these options ask for.
+    fn train_config(&self) -> TrainConfig {
+        TrainConfig {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            schedule: self.lr_schedule,
+            plateau: PlateauConfig {
+                factor: self.plateau_factor,
+                patience: self.plateau_patience,
+                min_lr: self.min_lr,
+                ..PlateauConfig::default()
+            },
+            max_steps: self.max_steps,
+            subset: self.subset,
+            eval_every: self.eval_every,
+            eval_at: Vec::new(),
+            eval_limit: None,
+            seed: self.seed,
+            checkpoint_dir: self.checkpoint_dir.clone(),
+            resume: self.resume,
+        }
+    }
+}
+
+/// The progress bar's view of a training report (and a line per validation).
+fn show_report(bar: &ProgressBar, r: &rankprune::train::Report) {
+    bar.set_position(r.step as u64);
+    let val = r
+        .val
+        .as_ref()
+        .map(|v| format!(" val acc {:.2}%", 100.0 * v.top1))
+        .unwrap_or_default();
+    bar.set_message(format!(
+        "epoch {} loss {:.4} acc {:.2}%{val} lr {:.0e} {:.1} img/s",
+        r.epoch,
+        r.train_loss,
+        100.0 * r.train_acc,
+        r.lr,
+        r.images_per_s
+    ));
+    if r.val.is_some() && !bar.is_hidden() {
+        bar.println(format!(
+            "epoch {} step {}:{val} train loss {:.4}",
+            r.epoch, r.step, r.train_loss
+        ));
+    }
+}
+
 pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     let classes = arch.num_classes();
@@ -235,28 +287,7 @@ pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
         Some(p) => Weights::load_for(p, arch)?,
         None => Weights::init(arch, args.seed),
     };
-    let cfg = TrainConfig {
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        lr: args.lr,
-        momentum: args.momentum,
-        weight_decay: args.weight_decay,
-        schedule: args.lr_schedule,
-        plateau: PlateauConfig {
-            factor: args.plateau_factor,
-            patience: args.plateau_patience,
-            min_lr: args.min_lr,
-            ..PlateauConfig::default()
-        },
-        max_steps: args.max_steps,
-        subset: args.subset,
-        eval_every: args.eval_every,
-        eval_at: Vec::new(),
-        eval_limit: None,
-        seed: args.seed,
-        checkpoint_dir: args.checkpoint_dir.clone(),
-        resume: args.resume,
-    };
+    let cfg = args.train_config();
     let total = cfg.planned_steps(train_set.len());
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
@@ -278,26 +309,7 @@ pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
         &cfg,
         &device,
         |r| {
-            bar.set_position(r.step as u64);
-            let val = r
-                .val
-                .as_ref()
-                .map(|v| format!(" val acc {:.2}%", 100.0 * v.top1))
-                .unwrap_or_default();
-            bar.set_message(format!(
-                "epoch {} loss {:.4} acc {:.2}%{val} lr {:.0e} {:.1} img/s",
-                r.epoch,
-                r.train_loss,
-                100.0 * r.train_acc,
-                r.lr,
-                r.images_per_s
-            ));
-            if r.val.is_some() && !bar.is_hidden() {
-                bar.println(format!(
-                    "epoch {} step {}:{val} train loss {:.4}",
-                    r.epoch, r.step, r.train_loss
-                ));
-            }
+            show_report(&bar, r);
             Control::Continue
         },
     )?;
@@ -315,30 +327,30 @@ pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
             "val": outcome.best_val, "test": test,
         });
         println!("{v}");
-    } else {
-        if let Some(v) = &outcome.best_val {
-            println!(
-                "best validation: top-1 {:.2}%, loss {:.4} ({} images)",
-                100.0 * v.top1,
-                v.loss,
-                v.samples
-            );
-        }
+        return Ok(());
+    }
+    if let Some(v) = &outcome.best_val {
         println!(
-            "test: top-1 {:.2}%, top-5 {:.2}%, loss {:.4} ({} images)",
-            100.0 * test.top1,
-            100.0 * test.top5,
-            test.loss,
-            test.samples
-        );
-        println!(
-            "{} epochs, {} steps in {:.1} s; wrote {}",
-            outcome.epochs_run,
-            outcome.steps,
-            seconds,
-            args.out.display()
+            "best validation: top-1 {:.2}%, loss {:.4} ({} images)",
+            100.0 * v.top1,
+            v.loss,
+            v.samples
         );
     }
+    println!(
+        "test: top-1 {:.2}%, top-5 {:.2}%, loss {:.4} ({} images)",
+        100.0 * test.top1,
+        100.0 * test.top5,
+        test.loss,
+        test.samples
+    );
+    println!(
+        "{} epochs, {} steps in {:.1} s; wrote {}",
+        outcome.epochs_run,
+        outcome.steps,
+        seconds,
+        args.out.display()
+    );
     Ok(())
 }
 

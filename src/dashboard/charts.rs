@@ -2,7 +2,7 @@
 //! HTML list beside each chart), so every mark inside a chart is data: the scatter has
 //! exactly one circle per completed trial.
 
-use super::view::{LayerBar, StudyView, best_so_far, retrained};
+use super::view::{LayerBar, StudyView, TrialRow, best_so_far, retrained};
 use crate::store::TrialState;
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -76,43 +76,66 @@ fn one_two_five(v: &f64) -> String {
     }
 }
 
+fn mflops(f: u64) -> f64 {
+    f as f64 / 1e6
+}
+
+/// The completed and early-stopped trials with a proxy accuracy.
+fn with_acc(view: &StudyView) -> impl Iterator<Item = (&TrialRow, f64)> {
+    view.trials
+        .iter()
+        .filter_map(|r| Some((r, r.trial.proxy_acc.filter(|a| is_acc(*a))?)))
+        .filter(|(r, _)| {
+            matches!(
+                r.trial.state,
+                TrialState::Complete | TrialState::EarlyStopped
+            )
+        })
+}
+
+/// (MFLOPs, validation accuracy after re-training) of the re-trained trials.
+fn retrained_points(view: &StudyView) -> Vec<(f64, f64)> {
+    view.trials
+        .iter()
+        .filter_map(|r| Some((mflops(r.trial.cost.flops), r.fin.as_ref()?.val_top1?)))
+        .collect()
+}
+
+/// The scatter's x (MFLOPs, log scale) and y (accuracy) ranges: every point with a
+/// margin, the target included.
+fn scatter_frame(
+    view: &StudyView,
+    marks: &[Mark],
+    retrained: &[(f64, f64)],
+    target: Option<f64>,
+) -> ((f64, f64), (f64, f64)) {
+    let xs = with_acc(view)
+        .map(|(r, _)| mflops(r.trial.cost.flops))
+        .chain(marks.iter().map(|m| mflops(m.flops)))
+        .chain(target);
+    let (x0, x1) = xs.fold((f64::INFINITY, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));
+    let x = if x0.is_finite() && x0 > 0.0 {
+        (x0 / 1.3, x1 * 1.3)
+    } else {
+        (0.1, 10.0)
+    };
+    let ys = with_acc(view)
+        .map(|(_, a)| a)
+        .chain(retrained.iter().map(|p| p.1))
+        .chain(marks.iter().map(|m| m.acc));
+    (x, span(ys, 0.1, 0.0, 1.0))
+}
+
 /// Accuracy against MFLOPs (log scale): completed trials (circles), early-stopped ones
 /// (grey crosses), the Pareto front of the completed ones, the FLOPs target (dashed),
 /// the validation accuracy after re-training (brown triangles) and `marks` (squares, with
 /// a legend).
 pub fn scatter(view: &StudyView, marks: &[Mark]) -> String {
     let rows = &view.trials;
-    let mflops = |f: u64| f as f64 / 1e6;
-    let with_acc = || {
-        rows.iter()
-            .filter_map(|r| Some((r, r.trial.proxy_acc.filter(|a| is_acc(*a))?)))
-            .filter(|(r, _)| {
-                matches!(
-                    r.trial.state,
-                    TrialState::Complete | TrialState::EarlyStopped
-                )
-            })
-    };
-    let retrained: Vec<(f64, f64)> = rows
-        .iter()
-        .filter_map(|r| Some((mflops(r.trial.cost.flops), r.fin.as_ref()?.val_top1?)))
-        .collect();
+    let retrained = retrained_points(view);
     let target = view.summary.target.and_then(|t| t.max_flops).map(mflops);
-    let xs = with_acc()
-        .map(|(r, _)| mflops(r.trial.cost.flops))
-        .chain(marks.iter().map(|m| mflops(m.flops)))
-        .chain(target);
-    let (x0, x1) = xs.fold((f64::INFINITY, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));
-    let (x0, x1) = if x0.is_finite() && x0 > 0.0 {
-        (x0 / 1.3, x1 * 1.3)
-    } else {
-        (0.1, 10.0)
-    };
-    let ys = with_acc()
-        .map(|(_, a)| a)
-        .chain(retrained.iter().map(|p| p.1))
-        .chain(marks.iter().map(|m| m.acc));
-    let (y0, y1) = span(ys, 0.1, 0.0, 1.0);
+    let ((x0, x1), (y0, y1)) = scatter_frame(view, marks, &retrained, target);
+    // One plotters chart: its drawing steps share the chart's context, so they stay here.
     svg(760, 440, |root| {
         let mut chart = ChartBuilder::on(root)
             .margin(12)
@@ -146,7 +169,7 @@ pub fn scatter(view: &StudyView, marks: &[Mark]) -> String {
             })
             .collect();
         chart.draw_series(LineSeries::new(front, BLUE_.stroke_width(2)))?;
-        chart.draw_series(with_acc().map(|(r, a)| {
+        chart.draw_series(with_acc(view).map(|(r, a)| {
             let p = (mflops(r.trial.cost.flops), a);
             if r.trial.state == TrialState::Complete {
                 Circle::new(p, 4, BLUE_.filled()).into_dyn()

@@ -541,7 +541,8 @@ impl Shared {
     }
 }
 
-/// `(dx, dweight, dbias)`, each only when asked for.
+/// `(dx, dweight, dbias)`, each only when asked for. Long by design: its three schedules
+/// (pointwise, blocks across threads, threads within a block) share the block closures.
 fn backward(
     x: &Flat,
     weight: &Flat,
@@ -629,20 +630,22 @@ fn backward(
             }
         }
     }
-    let dbias = want[2].then(|| {
-        timed(Op::ConvWeightGrad, || {
-            let sums = dys
-                .par_chunks(g.pixels())
-                .map(|row| row.iter().map(|&v| f64::from(v)).sum::<f64>() as f32)
-                .collect();
-            tensor(sums, vec![g.out])
-        })
-    });
     [
         dx.map(|d| tensor(d, vec![g.c, g.n, g.h, g.w])),
         dw.map(|d| tensor(d, weight.layout().shape().to_vec())),
-        dbias,
+        want[2].then(|| bias_grad(&dys, g)),
     ]
+}
+
+/// The bias gradient: each output channel's row of `dy` summed (in f64).
+fn bias_grad(dys: &[f32], g: Geometry) -> Flat {
+    timed(Op::ConvWeightGrad, || {
+        let sums = dys
+            .par_chunks(g.pixels())
+            .map(|row| row.iter().map(|&v| f64::from(v)).sum::<f64>() as f32)
+            .collect();
+        tensor(sums, vec![g.out])
+    })
 }
 
 impl ConvBackend for Flex {

@@ -233,106 +233,124 @@ impl SpaceFile {
         let mut arch = base.clone();
         let mut decomposed = Vec::new();
         if let Some(d) = &self.decomposition {
-            let candidates: Vec<(String, [usize; 2])> = base
-                .conv_units()
-                .filter_map(|u| match &u.body {
-                    ConvBody::Plain(c) if c.in_channels > 3 => {
-                        Some((c.name.clone(), [c.in_channels, c.out_channels]))
-                    }
-                    _ => None,
-                })
-                .collect();
-            let names = pick_layers(&d.layers, candidates.iter().map(|c| c.0.as_str()))
-                .map_err(|m| err(format!("decomposition.layers: {m}")))?;
-            for key in d.layer.keys() {
-                if !names.contains(key) {
-                    return Err(err(format!(
-                        "decomposition.layer.{key:?}: not a decomposed layer of {} (decomposed: {})",
-                        base.model,
-                        names.join(", ")
-                    )));
-                }
-            }
-            if d.step == 0 {
-                return Err(err("decomposition.step = 0: allowed >= 1".into()));
-            }
-            for (name, full) in candidates.iter().filter(|c| names.contains(&c.0)) {
-                let range = d.layer.get(name);
-                let min = range.and_then(|r| r.min).unwrap_or(d.min);
-                let max = range.and_then(|r| r.max).unwrap_or(d.max);
-                let key = if range.is_some() {
-                    format!("decomposition.layer.{name:?}")
-                } else {
-                    "decomposition".into()
-                };
-                let rec = vbmf.and_then(|v| v.iter().find(|r| &r.layer == name));
-                let mut ranks = [[0usize; 2]; 2];
-                for (side, &full_rank) in full.iter().enumerate() {
-                    ranks[side] =
-                        rank_bounds(d.rank, min, max, full_rank, rec.map(|r| r.vbmf[side]))
-                            .map_err(|m| err(format!("{key}: {m}")))?;
-                }
-                for (side, kind) in [(0, KnobKind::InRank), (1, KnobKind::OutRank)] {
-                    let [lo, hi] = ranks[side];
-                    knobs.push(Knob {
-                        layer: name.clone(),
-                        kind,
-                        lo: lo as f64,
-                        step: d.step as f64,
-                        levels: (hi - lo) / d.step + 1,
-                    });
-                }
+            decomposed = rank_knobs(d, base, vbmf, &mut knobs).map_err(err)?;
+            for name in &decomposed {
                 arch.decompose(name, 1, 1).map_err(err)?;
-                decomposed.push(name.clone());
             }
         }
         if let Some(p) = &self.pruning {
-            let all: Vec<String> = arch.convs().map(|c| c.name.clone()).collect();
-            let names = pick_layers(&p.layers, all.iter().map(String::as_str))
-                .map_err(|m| err(format!("pruning.layers: {m}")))?;
-            for key in p.layer.keys() {
-                if !names.contains(key) {
-                    return Err(err(format!(
-                        "pruning.layer.{key:?}: not a pruned conv (pruned: {})",
-                        names.join(", ")
-                    )));
-                }
-            }
-            if !(p.step.is_finite() && p.step > 0.0 && p.step <= 1.0) {
-                return Err(err(format!("pruning.step = {}: allowed (0, 1]", p.step)));
-            }
-            for name in &all {
-                if !names.contains(name) {
-                    continue;
-                }
-                let range = p.layer.get(name);
-                let min = range.and_then(|r| r.min).unwrap_or(p.min);
-                let max = range.and_then(|r| r.max).unwrap_or(p.max);
-                let key = if range.is_some() {
-                    format!("pruning.layer.{name:?}")
-                } else {
-                    "pruning".into()
-                };
-                if !(0.0..1.0).contains(&min) || !(0.0..1.0).contains(&max) || min > max {
-                    return Err(err(format!(
-                        "{key}: min = {min}, max = {max}: allowed 0 <= min <= max < 1 (a ratio of 1 removes every filter)"
-                    )));
-                }
-                let levels = ((max - min) / p.step + 1e-9).floor() as usize + 1;
-                knobs.push(Knob {
-                    layer: name.clone(),
-                    kind: KnobKind::Ratio,
-                    lo: min,
-                    step: p.step,
-                    levels,
-                });
-            }
+            ratio_knobs(p, &arch, &mut knobs).map_err(err)?;
         }
         if knobs.is_empty() {
             return Err(err("the space selects no layer".into()));
         }
         Ok(Space { knobs, decomposed })
     }
+}
+
+/// The in- and out-rank knobs of the layers `d` decomposes (convs of `base` with more
+/// than 3 input channels), pushed to `knobs`; returns those layers' names.
+fn rank_knobs(
+    d: &RankSection,
+    base: &Arch,
+    vbmf: Option<&[RankRecommendation]>,
+    knobs: &mut Vec<Knob>,
+) -> Result<Vec<String>, String> {
+    let candidates: Vec<(String, [usize; 2])> = base
+        .conv_units()
+        .filter_map(|u| match &u.body {
+            ConvBody::Plain(c) if c.in_channels > 3 => {
+                Some((c.name.clone(), [c.in_channels, c.out_channels]))
+            }
+            _ => None,
+        })
+        .collect();
+    let names = pick_layers(&d.layers, candidates.iter().map(|c| c.0.as_str()))
+        .map_err(|m| format!("decomposition.layers: {m}"))?;
+    for key in d.layer.keys() {
+        if !names.contains(key) {
+            return Err(format!(
+                "decomposition.layer.{key:?}: not a decomposed layer of {} (decomposed: {})",
+                base.model,
+                names.join(", ")
+            ));
+        }
+    }
+    if d.step == 0 {
+        return Err("decomposition.step = 0: allowed >= 1".into());
+    }
+    let mut decomposed = Vec::new();
+    for (name, full) in candidates.iter().filter(|c| names.contains(&c.0)) {
+        let range = d.layer.get(name);
+        let min = range.and_then(|r| r.min).unwrap_or(d.min);
+        let max = range.and_then(|r| r.max).unwrap_or(d.max);
+        let key = if range.is_some() {
+            format!("decomposition.layer.{name:?}")
+        } else {
+            "decomposition".into()
+        };
+        let rec = vbmf.and_then(|v| v.iter().find(|r| &r.layer == name));
+        let mut ranks = [[0usize; 2]; 2];
+        for (side, &full_rank) in full.iter().enumerate() {
+            ranks[side] = rank_bounds(d.rank, min, max, full_rank, rec.map(|r| r.vbmf[side]))
+                .map_err(|m| format!("{key}: {m}"))?;
+        }
+        for (side, kind) in [(0, KnobKind::InRank), (1, KnobKind::OutRank)] {
+            let [lo, hi] = ranks[side];
+            knobs.push(Knob {
+                layer: name.clone(),
+                kind,
+                lo: lo as f64,
+                step: d.step as f64,
+                levels: (hi - lo) / d.step + 1,
+            });
+        }
+        decomposed.push(name.clone());
+    }
+    Ok(decomposed)
+}
+
+/// The ratio knobs of the convs `p` prunes (of `arch`, decomposed as the space says),
+/// pushed to `knobs`.
+fn ratio_knobs(p: &RatioSection, arch: &Arch, knobs: &mut Vec<Knob>) -> Result<(), String> {
+    let all: Vec<String> = arch.convs().map(|c| c.name.clone()).collect();
+    let names = pick_layers(&p.layers, all.iter().map(String::as_str))
+        .map_err(|m| format!("pruning.layers: {m}"))?;
+    for key in p.layer.keys() {
+        if !names.contains(key) {
+            return Err(format!(
+                "pruning.layer.{key:?}: not a pruned conv (pruned: {})",
+                names.join(", ")
+            ));
+        }
+    }
+    if !(p.step.is_finite() && p.step > 0.0 && p.step <= 1.0) {
+        return Err(format!("pruning.step = {}: allowed (0, 1]", p.step));
+    }
+    for name in all.iter().filter(|n| names.contains(n)) {
+        let range = p.layer.get(name);
+        let min = range.and_then(|r| r.min).unwrap_or(p.min);
+        let max = range.and_then(|r| r.max).unwrap_or(p.max);
+        let key = if range.is_some() {
+            format!("pruning.layer.{name:?}")
+        } else {
+            "pruning".into()
+        };
+        if !(0.0..1.0).contains(&min) || !(0.0..1.0).contains(&max) || min > max {
+            return Err(format!(
+                "{key}: min = {min}, max = {max}: allowed 0 <= min <= max < 1 (a ratio of 1 removes every filter)"
+            ));
+        }
+        let levels = ((max - min) / p.step + 1e-9).floor() as usize + 1;
+        knobs.push(Knob {
+            layer: name.clone(),
+            kind: KnobKind::Ratio,
+            lo: min,
+            step: p.step,
+            levels,
+        });
+    }
+    Ok(())
 }
 
 /// `"all"` or names checked against `candidates` (with a suggestion for typos).
