@@ -292,10 +292,12 @@ fn a_diverging_fine_tune_fails_the_trial_and_the_search_goes_on() {
 }
 
 /// Starts a search in the background, its stderr going to `search.log` beside the budget
-/// (a file, so a chatty child never blocks on a full pipe).
+/// (a file, so a chatty child never blocks on a full pipe), with the warnings and the
+/// dispatch loop's closing line (its ticks and trial-list reads).
 pub(crate) fn spawn(budget: &Path) -> Child {
     let log = std::fs::File::create(budget.with_file_name("search.log")).unwrap();
     bin()
+        .env("RUST_LOG", "warn,rankprune::search::controller::dispatch=info")
         .args(["search", budget.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
