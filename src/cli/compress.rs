@@ -243,8 +243,7 @@ pub fn run_recommend_decomposition(base: &BaseArgs, args: DecompositionArgs) -> 
     if json {
         let v = serde_json::json!({
             "layers": recs, "calibration": calibration, "seconds": seconds,
-            "before": {"params": before.params, "flops": before.flops},
-            "after": {"params": after.params, "flops": after.flops},
+            "before": cost_json(&before), "after": cost_json(&after),
             "config": config,
         });
         println!("{v}");
@@ -260,6 +259,11 @@ pub fn run_recommend_decomposition(base: &BaseArgs, args: DecompositionArgs) -> 
         }
     }
     Ok(())
+}
+
+/// A model's params and FLOPs as the `--json` outputs give them.
+fn cost_json(c: &rankprune::cost::Cost) -> serde_json::Value {
+    serde_json::json!({"params": c.params, "flops": c.flops})
 }
 
 pub fn run_recommend_pruning(base: &BaseArgs, args: PruningArgs) -> Result<()> {
@@ -323,8 +327,7 @@ pub fn run_recommend_pruning(base: &BaseArgs, args: PruningArgs) -> Result<()> {
     if json {
         let v = serde_json::json!({
             "ratios": ratios,
-            "before": {"params": mid.params, "flops": mid.flops},
-            "after": {"params": after.params, "flops": after.flops},
+            "before": cost_json(&mid), "after": cost_json(&after),
             "config": layer_config,
         });
         println!("{v}");

@@ -4,8 +4,6 @@
 use clap::Args;
 use rankprune::dashboard::{self, charts::Mark};
 use rankprune::outpath::{check_output, store_inputs, write_output};
-use rankprune::search::export::pick_study;
-use rankprune::store::TrialStore;
 use rankprune::{Error, Result};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -25,12 +23,8 @@ pub struct DashboardArgs {
 
 #[derive(Args)]
 pub struct PlotArgs {
-    /// Trial store: a SQLite file or a postgres:// URL
-    #[arg(long)]
-    pub db: PathBuf,
-    /// Study name (needed when the store holds several)
-    #[arg(long)]
-    pub study: Option<String>,
+    #[command(flatten)]
+    pub at: super::search::StudyAt,
     /// Extra labelled points: a JSON array of {"name", "flops", "acc"} (e.g. a pipeline's
     /// compressed models, by test accuracy)
     #[arg(long)]
@@ -51,19 +45,14 @@ pub fn run_dashboard(args: DashboardArgs) -> Result<()> {
 }
 
 pub fn run_plot(args: PlotArgs) -> Result<()> {
-    let name = args.db.display().to_string();
-    let mut inputs = store_inputs("--db", &args.db);
+    let mut inputs = store_inputs("--db", &args.at.db);
     inputs.extend(
         args.marks
             .iter()
             .map(|m| ("--marks".to_string(), m.clone())),
     );
     check_output(&args.out, "--out", &inputs)?;
-    if !args.db.exists() && !rankprune::store::is_postgres(&args.db) {
-        return Err(Error::BadInput(format!("{name}: no such trial store")));
-    }
-    let store = TrialStore::open_read_only(&args.db)?;
-    let row = pick_study(&store, &name, args.study.as_deref())?;
+    let (store, row) = args.at.open(true)?;
     let marks: Vec<Mark> = match &args.marks {
         None => Vec::new(),
         Some(p) => {

@@ -29,12 +29,8 @@ pub struct SearchArgs {
 
 #[derive(Args)]
 pub struct TrialsArgs {
-    /// Trial store of a search: a SQLite file or a postgres:// URL
-    #[arg(long)]
-    pub db: PathBuf,
-    /// Study name (needed when the file holds several)
-    #[arg(long)]
-    pub study: Option<String>,
+    #[command(flatten)]
+    pub at: StudyAt,
     /// Only the N most accurate completed trials
     #[arg(long)]
     pub top: Option<usize>,
@@ -87,11 +83,8 @@ pub struct StudiesArgs {
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("which").required(true).args(["best", "trial"])))]
 pub struct ExportArgs {
-    /// Trial store of a search: a SQLite file or a postgres:// URL
-    #[arg(long)]
-    pub db: PathBuf,
-    #[arg(long)]
-    pub study: Option<String>,
+    #[command(flatten)]
+    pub at: StudyAt,
     /// The best trial (validation accuracy after the final re-training if any, else proxy accuracy)
     #[arg(long)]
     pub best: bool,
@@ -174,11 +167,39 @@ fn open(db: &Path) -> Result<TrialStore> {
     Ok(TrialStore::open(db)?)
 }
 
+/// Which study of which store (`trials`, `export`, `plot`).
+#[derive(Args)]
+pub struct StudyAt {
+    /// Trial store of a search: a SQLite file or a postgres:// URL
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Study name (needed when the store holds several)
+    #[arg(long)]
+    pub study: Option<String>,
+}
+
+impl StudyAt {
+    /// The store (opened for reading only with `read_only`) and the study's row.
+    pub fn open(&self, read_only: bool) -> Result<(TrialStore, rankprune::store::StudyRow)> {
+        let store = match read_only {
+            false => open(&self.db)?,
+            true if !self.db.exists() && !is_postgres(&self.db) => {
+                return Err(Error::BadInput(format!(
+                    "{}: no such trial store",
+                    self.db.display()
+                )));
+            }
+            true => TrialStore::open_read_only(&self.db)?,
+        };
+        let name = self.db.display().to_string();
+        let row = pick_study(&store, &name, self.study.as_deref())?;
+        Ok((store, row))
+    }
+}
+
 pub fn run_trials(args: TrialsArgs) -> Result<()> {
     super::at_least_one_if_set("--top", args.top)?;
-    let name = args.db.display().to_string();
-    let store = open(&args.db)?;
-    let study = pick_study(&store, &name, args.study.as_deref())?;
+    let (store, study) = args.at.open(false)?;
     let base = study_base(&study).map(|(c, _)| c);
     let mut trials = store.trials(study.id)?;
     if args.pareto || args.top.is_some() {
@@ -266,10 +287,9 @@ fn trials_table(
 }
 
 pub fn run_export(args: ExportArgs) -> Result<()> {
-    let name = args.db.display().to_string();
-    check_output(&args.out, "--out", &store_inputs("--db", &args.db))?;
-    let store = open(&args.db)?;
-    let study = pick_study(&store, &name, args.study.as_deref())?;
+    check_output(&args.out, "--out", &store_inputs("--db", &args.at.db))?;
+    let (store, study) = args.at.open(false)?;
+    let name = args.at.db.display().to_string();
     let trial = match args.trial {
         Some(n) => store
             .trials(study.id)?

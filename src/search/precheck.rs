@@ -104,25 +104,14 @@ fn is_trial_output(file: &str, name: &str) -> bool {
 mod tests {
     use super::*;
 
+    // Inline tables: the one-line form of each section.
     const BUDGET: &str = r#"
-[study]
-name = "tiny"
-db = "runs/s.sqlite"
-[model]
-arch = "cfg_bn:8,M,16,M,32,M"
-num_classes = 10
-weights = "w.safetensors"
-[data]
-dataset = "cifar100"
-dir = "data"
-[search]
-space = "space.toml"
-strategy = "random"
-[objective]
-kind = "constrained"
-target_flops_reduction = 2.0
-[limits]
-max_trials = 1
+study = { name = "tiny", db = "runs/s.sqlite" }
+model = { arch = "cfg_bn:8,M,16,M,32,M", num_classes = 10, weights = "w.safetensors" }
+data = { dataset = "cifar100", dir = "data" }
+search = { space = "space.toml", strategy = "random" }
+objective = { kind = "constrained", target_flops_reduction = 2.0 }
+limits = { max_trials = 1 }
 "#;
 
     fn check(target: &str, space: &str) -> Result<()> {

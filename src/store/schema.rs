@@ -65,7 +65,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );",
     // v4: a trial stopped by the early-stop rule is `early_stopped`, not `pruned` (filter
     // pruning owns that word). SQLite cannot change a CHECK constraint in place, so the
-    // table is rebuilt (foreign keys are enforced only after migrating).
+    // table is rebuilt (foreign keys are enforced only after migrating). It repeats v1's
+    // columns on purpose: a migration is history, applied as written to old stores.
     "CREATE TABLE trials_v4 (
         id INTEGER PRIMARY KEY,
         study_id INTEGER NOT NULL REFERENCES studies(id),

@@ -297,7 +297,10 @@ fn a_diverging_fine_tune_fails_the_trial_and_the_search_goes_on() {
 pub(crate) fn spawn(budget: &Path) -> Child {
     let log = std::fs::File::create(budget.with_file_name("search.log")).unwrap();
     bin()
-        .env("RUST_LOG", "warn,rankprune::search::controller::dispatch=info")
+        .env(
+            "RUST_LOG",
+            "warn,rankprune::search::controller::dispatch=info",
+        )
         .args(["search", budget.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
