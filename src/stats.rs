@@ -1,7 +1,10 @@
 //! Statistics of scores: quantiles (numpy's default interpolation), rank correlations
 //! between a cheap score and the final accuracy (Kendall's tau-b, ties counted as in
 //! Kendall 1945, scipy.stats.kendalltau's default; Spearman's rho, the Pearson
-//! correlation of average ranks), and percentile bootstrap intervals.
+//! correlation of average ranks), percentile bootstrap intervals, and the seed noise of
+//! paired training runs ([`noise`]).
+
+pub mod noise;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};

@@ -39,6 +39,11 @@ pub struct FidelityArgs {
     /// final.schedule (default: the budget's final.epochs)
     #[arg(long)]
     pub final_epochs: Option<usize>,
+    /// Re-trainings of every candidate with the final recipe, with paired training seeds
+    /// (the study's seed, plus 1, plus 2, ...): the reference is their mean, and with two
+    /// or more the report gives their own noise (the ceiling of any probe's ranking)
+    #[arg(long, default_value_t = 2)]
+    pub gt_seeds: usize,
     /// Output folder (default: next to the store, STUDY.fidelity/); a run resumes there
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -119,6 +124,7 @@ const TABLE_FILE: &str = "fidelity.md";
 pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
     super::at_least_one("--candidates", args.candidates)?;
     super::at_least_one_if_set("--final-epochs", args.final_epochs)?;
+    super::at_least_one("--gt-seeds", args.gt_seeds)?;
     let budget = Budget::load(&args.budget)?;
     let out = args.out.clone().unwrap_or_else(|| default_out(&budget));
     check_outputs(&args.budget, &budget, &out)?;
@@ -138,11 +144,12 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
         ))
     })?;
     files.check_build(ctx.repair)?;
-    let final_probe = Probe::Final {
-        epochs: args.final_epochs.unwrap_or(budget.final_stage.epochs),
-    };
+    let epochs = args.final_epochs.unwrap_or(budget.final_stage.epochs);
+    let finals: Vec<Probe> = (0..args.gt_seeds as u64)
+        .map(|seed| Probe::Final { epochs, seed })
+        .collect();
     let mut probes = args.probes.clone();
-    probes.push(final_probe);
+    probes.extend(&finals);
     tracing::info!(
         candidates = candidates.len(),
         out = %out.display(),
@@ -175,25 +182,44 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
         )?
     };
     pb.finish_and_clear();
-    let rows = fidelity::summarize(&records, final_probe);
-    let json = serde_json::json!({
+    report(
+        &fidelity::summarize(&records, &finals),
+        &candidates,
+        &out,
+        args.json,
+    )
+}
+
+/// Writes the summary (`fidelity.json`, `fidelity.md` in `out`) and prints it.
+fn report(
+    summary: &fidelity::Summary,
+    candidates: &[fidelity::Candidate],
+    out: &Path,
+    json: bool,
+) -> Result<()> {
+    let stored = serde_json::json!({
         "candidates": candidates,
-        "final": final_probe,
-        "rows": rows,
+        "finals": summary.finals,
+        "rows": summary.rows,
+        "noise": summary.noise,
+        "seeds_needed": summary.seeds_needed,
     });
     write_output(
         &out.join(JSON_FILE),
-        serde_json::to_string_pretty(&json)
+        serde_json::to_string_pretty(&stored)
             .expect("json")
             .as_bytes(),
     )?;
-    let table = fidelity::table(&rows);
+    let table = fidelity::table(summary);
     write_output(&out.join(TABLE_FILE), table.as_bytes())?;
-    if args.json {
-        println!("{}", serde_json::to_string(&rows).expect("rows serialize"));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(summary).expect("summary serializes")
+        );
     } else {
         println!(
-            "{} candidates; reference: {final_probe} validation accuracy; results in {}",
+            "{} candidates; results in {}",
             candidates.len(),
             out.display()
         );

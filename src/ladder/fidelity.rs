@@ -7,6 +7,7 @@
 //! resumes where it was.
 
 use super::{Context, Probe, Scored, higher_is_better, score};
+use crate::stats::noise::{Noise, mean, noise, seeds_for_margin};
 use crate::stats::{bootstrap_95, kendall_tau, spearman_rho};
 use crate::{Error, Result};
 use burn::tensor::Device;
@@ -197,30 +198,74 @@ pub fn run(
 pub struct Fidelity {
     pub probe: String,
     pub score: String,
-    /// Candidates with both this score and a final accuracy.
+    /// Candidates with both this score and every re-training of the reference.
     pub n: usize,
     pub kendall_tau: f64,
     pub tau_95: (f64, f64),
     pub spearman_rho: f64,
+    /// Whether the interval reaches the ceiling (one seed's ranking against another's):
+    /// then the probe ranks as well as one re-training does. None with one seed.
+    pub at_ceiling: Option<bool>,
     /// Mean seconds per candidate.
     pub cpu_s: f64,
     pub wall_s: f64,
 }
 
+/// Margins (in accuracy points) the report says the paired seed count for.
+pub const MARGINS: [f64; 2] = [0.3, 0.5];
+
+/// The paired seeds a margin needs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeedsNeeded {
+    /// Accuracy points either side of a mean paired difference, at 95%.
+    pub margin_points: f64,
+    /// None: more than a thousand.
+    pub seeds: Option<usize>,
+}
+
+/// A fidelity run's report: every probe against the mean of the reference's seeds, and
+/// (with two seeds or more) the reference's own noise.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    /// The reference's re-trainings, one per seed.
+    pub finals: Vec<Probe>,
+    pub rows: Vec<Fidelity>,
+    pub noise: Option<Noise>,
+    pub seeds_needed: Vec<SeedsNeeded>,
+}
+
+/// The reference's validation accuracy per candidate, one value per probe of `finals`
+/// (only candidates re-trained with all of them).
+fn reference_runs(records: &[Record], finals: &[Probe]) -> BTreeMap<usize, Vec<f64>> {
+    let mut runs: BTreeMap<usize, Vec<Option<f64>>> = BTreeMap::new();
+    for r in records {
+        if let Some(i) = finals.iter().position(|f| *f == r.probe)
+            && let Some(&acc) = r.scored.scores.get("acc")
+        {
+            runs.entry(r.candidate)
+                .or_insert_with(|| vec![None; finals.len()])[i] = Some(acc);
+        }
+    }
+    runs.into_iter()
+        .filter_map(|(c, v)| Some((c, v.into_iter().collect::<Option<Vec<f64>>>()?)))
+        .collect()
+}
+
 /// Kendall's tau and Spearman's rho of every probe's scores (oriented so that higher
-/// means better) against the final validation accuracy, with 2,000 bootstrap draws.
-pub fn summarize(records: &[Record], final_probe: Probe) -> Vec<Fidelity> {
-    let finals: BTreeMap<usize, f64> = records
-        .iter()
-        .filter(|r| r.probe == final_probe)
-        .filter_map(|r| Some((r.candidate, *r.scored.scores.get("acc")?)))
-        .collect();
-    // (oriented score, final accuracy, the probe's record) per (probe, score name).
+/// means better) against the mean validation accuracy of the reference's seeds
+/// (`finals`), with 2,000 bootstrap draws; with two seeds or more, the seeds' ceiling
+/// and noise, and the paired seeds the [`MARGINS`] need.
+pub fn summarize(records: &[Record], finals: &[Probe]) -> Summary {
+    let runs = reference_runs(records, finals);
+    let reference: BTreeMap<usize, f64> = runs.iter().map(|(&c, v)| (c, mean(v))).collect();
+    let table: Vec<Vec<f64>> = runs.into_values().collect();
+    let noise = (finals.len() >= 2 && table.len() >= 2).then(|| noise(&table));
+    // (oriented score, reference accuracy, the probe's record) per (probe, score name).
     type Pairs<'a> = Vec<(f64, f64, &'a Scored)>;
     let mut by: BTreeMap<(Probe, String), Pairs> = BTreeMap::new();
     for r in records {
         for (name, &v) in &r.scored.scores {
-            if let Some(&y) = finals.get(&r.candidate) {
+            if let Some(&y) = reference.get(&r.candidate) {
                 let x = if higher_is_better(name) { v } else { -v };
                 by.entry((r.probe, name.clone()))
                     .or_default()
@@ -228,36 +273,55 @@ pub fn summarize(records: &[Record], final_probe: Probe) -> Vec<Fidelity> {
             }
         }
     }
-    by.into_iter()
+    let rows = by
+        .into_iter()
         .map(|((probe, score), rows)| {
             let x: Vec<f64> = rows.iter().map(|r| r.0).collect();
             let y: Vec<f64> = rows.iter().map(|r| r.1).collect();
             let n = rows.len();
             let mean = |f: fn(&Scored) -> f64| rows.iter().map(|r| f(r.2)).sum::<f64>() / n as f64;
+            let tau_95 = bootstrap_95(&x, &y, kendall_tau, 2000, 0);
             Fidelity {
                 probe: probe.to_string(),
                 score,
                 n,
                 kendall_tau: kendall_tau(&x, &y),
-                tau_95: bootstrap_95(&x, &y, kendall_tau, 2000, 0),
+                tau_95,
                 spearman_rho: spearman_rho(&x, &y),
+                at_ceiling: noise.as_ref().map(|z| tau_95.1 >= z.ceiling),
                 cpu_s: mean(|s| s.cpu_s),
                 wall_s: mean(|s| s.wall_s),
             }
         })
-        .collect()
+        .collect();
+    let seeds_needed = match &noise {
+        Some(z) => MARGINS
+            .iter()
+            .map(|&m| SeedsNeeded {
+                margin_points: m,
+                seeds: seeds_for_margin(z.pair_sd, m / 100.0, 1000),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Summary {
+        finals: finals.to_vec(),
+        rows,
+        noise,
+        seeds_needed,
+    }
 }
 
-/// The fidelity table as Markdown.
-pub fn table(rows: &[Fidelity]) -> String {
+/// The fidelity table as Markdown, with the reference's noise below it.
+pub fn table(summary: &Summary) -> String {
     use std::fmt::Write as _;
     let mut s = String::from(
-        "| probe | score | n | Kendall tau | 95% interval | Spearman rho | CPU s / candidate | wall s / candidate |\n|---|---|---|---|---|---|---|---|\n",
+        "| probe | score | n | Kendall tau | 95% interval | at ceiling | Spearman rho | CPU s / candidate | wall s / candidate |\n|---|---|---|---|---|---|---|---|---|\n",
     );
-    for r in rows {
+    for r in &summary.rows {
         let _ = writeln!(
             s,
-            "| {} | {}{} | {} | {:+.2} | [{:+.2}, {:+.2}] | {:+.2} | {:.1} | {:.1} |",
+            "| {} | {}{} | {} | {:+.2} | [{:+.2}, {:+.2}] | {} | {:+.2} | {:.1} | {:.1} |",
             r.probe,
             if higher_is_better(&r.score) { "" } else { "-" },
             r.score,
@@ -265,10 +329,43 @@ pub fn table(rows: &[Fidelity]) -> String {
             r.kendall_tau,
             r.tau_95.0,
             r.tau_95.1,
+            r.at_ceiling.map_or("-", |c| if c { "yes" } else { "no" }),
             r.spearman_rho,
             r.cpu_s,
             r.wall_s
         );
+    }
+    let names: Vec<String> = summary.finals.iter().map(Probe::to_string).collect();
+    let _ = writeln!(
+        s,
+        "\nReference: the mean validation accuracy of {} ({} paired seeds).",
+        names.join(", "),
+        names.len()
+    );
+    if let Some(z) = &summary.noise {
+        let _ = writeln!(
+            s,
+            "Ceiling (one seed's ranking against another's, mean Kendall tau over seed pairs): {:+.2}. \
+             Reliability of one re-training (mean Spearman rho between seeds): {:.2}; of the mean of {} (Spearman-Brown): {:.2}.",
+            z.ceiling, z.run_reliability, z.seeds, z.mean_reliability
+        );
+        let _ = writeln!(
+            s,
+            "Noise: one re-training's seed sd {:.2} points; sd between the candidates' means {:.2} points (ratio {:.2}); \
+             one seed's sd of a paired difference {:.2} points.",
+            100.0 * z.run_sd,
+            100.0 * z.between_sd,
+            z.between_over_run,
+            100.0 * z.pair_sd
+        );
+        for n in &summary.seeds_needed {
+            let seeds = n.seeds.map_or("more than 1000".into(), |k| k.to_string());
+            let _ = writeln!(
+                s,
+                "Paired seeds for a 95% interval of +-{:.1} points on a difference: {seeds}.",
+                n.margin_points
+            );
+        }
     }
     s
 }
@@ -291,7 +388,7 @@ mod tests {
 
     #[test]
     fn summary_orients_losses_and_pairs_by_candidate() {
-        let fin = Probe::Final { epochs: 1 };
+        let fin = Probe::Final { epochs: 1, seed: 0 };
         let bn = Probe::BnRecal { batches: 2 };
         let mut rs = Vec::new();
         for (i, acc) in [0.5, 0.7, 0.6, 0.9].into_iter().enumerate() {
@@ -301,7 +398,8 @@ mod tests {
         }
         // A candidate without a final result is left out.
         rs.push(record(9, bn, &[("acc", 0.2), ("loss", 0.0)]));
-        let rows = summarize(&rs, fin);
+        let summary = summarize(&rs, &[fin]);
+        let rows = &summary.rows;
         let loss = rows
             .iter()
             .find(|r| r.probe == "bn:2" && r.score == "loss")
@@ -313,7 +411,61 @@ mod tests {
             .find(|r| r.probe == "bn:2" && r.score == "acc")
             .unwrap();
         assert!(acc.kendall_tau.is_nan(), "a constant score ranks nothing");
-        assert!(table(&rows).contains("| bn:2 | -loss | 4 | +1.00 |"));
+        assert!(table(&summary).contains("| bn:2 | -loss | 4 | +1.00 |"));
+        // One seed: no noise to report.
+        assert!(summary.noise.is_none() && loss.at_ceiling.is_none());
+    }
+
+    /// Two paired seeds: the reference is their mean, and the noise is the table's.
+    #[test]
+    fn two_seeds_give_the_mean_as_reference_and_their_noise() {
+        let finals = [
+            Probe::Final { epochs: 1, seed: 0 },
+            Probe::Final { epochs: 1, seed: 1 },
+        ];
+        let bn = Probe::BnRecal { batches: 2 };
+        let mut rs = Vec::new();
+        // The noise test's table (stats::noise): seed 0 ranks 0 < 1 < 2, seed 1 0 < 2 < 1.
+        for (i, accs) in [[0.01, 0.02], [0.03, 0.06], [0.04, 0.05]]
+            .into_iter()
+            .enumerate()
+        {
+            rs.push(record(i, finals[0], &[("acc", accs[0])]));
+            rs.push(record(i, finals[1], &[("acc", accs[1])]));
+            // Ranks by the mean (0.015, 0.045, 0.045): tied at the top.
+            rs.push(record(i, bn, &[("acc", [0.1, 0.3, 0.2][i])]));
+        }
+        // Candidate 3 lacks its second re-training: left out of the reference.
+        rs.push(record(3, finals[0], &[("acc", 0.5)]));
+        let summary = summarize(&rs, &finals);
+        let z = summary.noise.as_ref().unwrap();
+        assert_eq!((z.candidates, z.seeds), (3, 2));
+        assert!((z.ceiling - 1.0 / 3.0).abs() < 1e-9);
+        assert!((z.pair_sd - (4.0f64 / 3.0).sqrt() / 100.0).abs() < 1e-12);
+        let bn_acc = summary
+            .rows
+            .iter()
+            .find(|r| r.probe == "bn:2" && r.score == "acc")
+            .unwrap();
+        assert_eq!(bn_acc.n, 3);
+        // tau-b of (1, 3, 2) against (1.5, 4.5, 4.5): 2 concordant, 1 tied in y.
+        assert!(
+            (bn_acc.kendall_tau - 2.0 / 6f64.sqrt()).abs() < 1e-9,
+            "{}",
+            bn_acc.kendall_tau
+        );
+        assert_eq!(bn_acc.at_ceiling, Some(bn_acc.tau_95.1 >= z.ceiling));
+        // A paired sd of 1.15 points: 0.3 points take more seeds than 0.5.
+        let [a, b] = [&summary.seeds_needed[0], &summary.seeds_needed[1]];
+        assert_eq!((a.margin_points, b.margin_points), (0.3, 0.5));
+        assert!(a.seeds.unwrap() > b.seeds.unwrap());
+        assert_eq!(b.seeds, seeds_for_margin(z.pair_sd, 0.005, 1000));
+        let t = table(&summary);
+        assert!(
+            t.contains("mean validation accuracy of final:1, final:1@1 (2 paired seeds)"),
+            "{t}"
+        );
+        assert!(t.contains("Ceiling (one seed's ranking against another's, mean Kendall tau over seed pairs): +0.33"), "{t}");
     }
 
     #[test]

@@ -54,8 +54,10 @@ pub enum Probe {
     /// The same as `FineTune` with logit distillation from the base model.
     Distilled { steps: usize },
     /// Best validation accuracy of E epochs of the full recipe, on the context's final
-    /// schedule (the reference).
-    Final { epochs: usize },
+    /// schedule (the reference), trained with the context's seed plus `seed` (`final:E@S`;
+    /// `final:E` is seed 0). Every candidate re-trained with seed S sees the same data
+    /// order and augmentations: the re-trainings are paired by seed.
+    Final { epochs: usize, seed: u64 },
 }
 
 impl std::fmt::Display for Probe {
@@ -68,7 +70,8 @@ impl std::fmt::Display for Probe {
             Probe::FineTune { steps } => write!(f, "ft:{steps}"),
             Probe::FineTuneDecayed { steps } => write!(f, "ftd:{steps}"),
             Probe::Distilled { steps } => write!(f, "kd:{steps}"),
-            Probe::Final { epochs } => write!(f, "final:{epochs}"),
+            Probe::Final { epochs, seed: 0 } => write!(f, "final:{epochs}"),
+            Probe::Final { epochs, seed } => write!(f, "final:{epochs}@{seed}"),
         }
     }
 }
@@ -77,6 +80,15 @@ impl std::str::FromStr for Probe {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if let Some((epochs, seed)) = s.strip_prefix("final:").and_then(|r| r.split_once('@')) {
+            let seed = seed
+                .parse()
+                .map_err(|_| format!("probe {s:?}: seed {seed:?} is not a number >= 0"))?;
+            let Probe::Final { epochs, .. } = format!("final:{epochs}").parse()? else {
+                unreachable!("final:E parses as a final probe");
+            };
+            return Ok(Probe::Final { epochs, seed });
+        }
         let (name, n) = match s.split_once(':') {
             Some((name, n)) => {
                 let n: usize = n
@@ -96,9 +108,9 @@ impl std::str::FromStr for Probe {
             ("ft", Some(steps)) => Ok(Probe::FineTune { steps }),
             ("ftd", Some(steps)) => Ok(Probe::FineTuneDecayed { steps }),
             ("kd", Some(steps)) => Ok(Probe::Distilled { steps }),
-            ("final", Some(epochs)) => Ok(Probe::Final { epochs }),
+            ("final", Some(epochs)) => Ok(Probe::Final { epochs, seed: 0 }),
             _ => Err(format!(
-                "probe {s:?}: allowed compressed, bn:K, recon:K, repair:K, ft:S, ftd:S, kd:S, final:E (K batches, S steps, E epochs)"
+                "probe {s:?}: allowed compressed, bn:K, recon:K, repair:K, ft:S, ftd:S, kd:S, final:E, final:E@S (K batches, S steps, E epochs, S a seed offset)"
             )),
         }
     }
@@ -230,8 +242,11 @@ pub fn score(
             let v = eval(&model(out.weights)?, samples)?;
             scores(&[("acc", v.top1), ("loss", v.loss), ("tse", tse)])
         }
-        Probe::Final { epochs } => {
-            let cfg = ctx.final_config(epochs);
+        Probe::Final { epochs, seed } => {
+            let cfg = TrainConfig {
+                seed: ctx.seed.wrapping_add(seed),
+                ..ctx.final_config(epochs)
+            };
             let (out, _) = train_candidate(ctx, arch, weights, &cfg, None, device)?;
             let v = out
                 .best_val
@@ -329,11 +344,17 @@ mod tests {
             "ftd:100",
             "kd:200",
             "final:3",
+            "final:3@2",
         ] {
             assert_eq!(s.parse::<Probe>().unwrap().to_string(), s);
         }
         let e = "bn".parse::<Probe>().unwrap_err();
         assert!(e.contains("allowed compressed, bn:K"), "{e}");
+        assert_eq!(
+            "final:3@0".parse::<Probe>().unwrap(),
+            Probe::Final { epochs: 3, seed: 0 }
+        );
+        assert!("final:0@1".parse::<Probe>().is_err() && "final:2@x".parse::<Probe>().is_err());
         let e = "ft:0".parse::<Probe>().unwrap_err();
         assert!(e.contains("\"0\" is not a count >= 1"), "{e}");
         assert!(higher_is_better("acc") && higher_is_better("cka"));

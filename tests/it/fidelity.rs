@@ -20,6 +20,8 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
         PROBES,
         "--final-epochs",
         "1",
+        "--gt-seeds",
+        "2",
         "--out",
         &out,
         "--json",
@@ -54,7 +56,7 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(scored.len(), 2 * 7);
+    assert_eq!(scored.len(), 2 * 8);
     assert!(
         scored
             .iter()
@@ -63,9 +65,9 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
 
     let o = run(&args);
     assert!(o.status.success(), "{}", text(&o));
-    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let rows = rows.as_array().unwrap();
-    // Every cheap probe's scores, and the final one against itself.
+    let first: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = first["rows"].as_array().unwrap();
+    // Every cheap probe's scores, and each re-training against the two seeds' mean.
     for (signal, score) in [
         ("compressed", "acc"),
         ("bn:1", "loss"),
@@ -77,6 +79,7 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
         ("ftd:2", "tse"),
         ("kd:2", "loss"),
         ("final:1", "acc"),
+        ("final:1@1", "acc"),
     ] {
         let row = rows
             .iter()
@@ -84,7 +87,19 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
             .unwrap_or_else(|| panic!("no row {signal} {score}: {rows:?}"));
         assert_eq!(row["n"], 4, "{row}");
         assert!(row["cpu_s"].as_f64().unwrap() >= 0.0);
+        assert!(row["at_ceiling"].is_boolean(), "{row}");
     }
+    // The reference's own noise: two seeds, four candidates.
+    let noise = &first["noise"];
+    assert_eq!(
+        (&noise["seeds"], &noise["candidates"]),
+        (&2.into(), &4.into())
+    );
+    // (null: a seed's accuracies tie across the candidates, so it ranks nothing.)
+    let ceiling = noise["ceiling"].as_f64();
+    assert!(ceiling.is_none_or(|t| (-1.0..=1.0).contains(&t)), "{noise}");
+    assert!(noise["run_sd"].as_f64().unwrap() >= 0.0, "{noise}");
+    assert_eq!(first["seeds_needed"].as_array().unwrap().len(), 2);
 
     let dir = s.path("fidelity");
     let candidates: Vec<serde_json::Value> =
@@ -108,16 +123,21 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
             .lines()
             .count()
     };
-    assert_eq!(lines(), 4 * 7);
-    assert!(dir.join("fidelity.md").exists());
+    assert_eq!(lines(), 4 * 8);
+    let md = std::fs::read_to_string(dir.join("fidelity.md")).unwrap();
+    assert!(
+        md.contains("Ceiling (one seed's ranking") && md.contains("Paired seeds for"),
+        "{md}"
+    );
 
     // A re-run scores nothing again and reports the same rows.
     let again = run(&args);
     assert!(again.status.success(), "{}", text(&again));
-    assert_eq!(lines(), 4 * 7);
+    assert_eq!(lines(), 4 * 8);
     // The same rows, up to the last bit of floats read back from results.jsonl.
     let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
-    let again = again.as_array().unwrap();
+    assert_eq!(again["noise"], first["noise"]);
+    let again = again["rows"].as_array().unwrap();
     assert_eq!(again.len(), rows.len());
     for (a, b) in again.iter().zip(rows) {
         for (k, v) in b.as_object().unwrap() {
@@ -136,9 +156,9 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
     report.push("--report-only");
     let o = run(&report);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(lines(), 4 * 7);
+    assert_eq!(lines(), 4 * 8);
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(summary.as_array().unwrap().len(), rows.len());
+    assert_eq!(summary["rows"].as_array().unwrap().len(), rows.len());
 
     // `score` runs one candidate's config through the probes.
     let config = s.path("c0.json");
