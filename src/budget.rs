@@ -323,8 +323,6 @@ impl Budget {
         Ok((budget, text))
     }
 
-    /// Makes relative paths (store, weights, data, space) relative to `dir`, the budget
-    /// file's folder, so a study runs the same from any working directory. A PostgreSQL
     /// The budget a study was started with (the text its store keeps), its relative paths
     /// resolved against the folder recorded with it, when one was. Every reader of a
     /// stored budget (daemon, worker processes, summaries, export, dashboard) parses it here.
@@ -336,6 +334,8 @@ impl Budget {
         Ok(budget)
     }
 
+    /// Makes relative paths (store, weights, data, space) relative to `dir`, the budget
+    /// file's folder, so a study runs the same from any working directory. A PostgreSQL
     /// store's URL is left as it is.
     pub fn resolve_paths(&mut self, dir: &Path) {
         self.dir = dir.to_path_buf();

@@ -91,20 +91,36 @@ pub fn bootstrap_95(
     resamples: usize,
     seed: u64,
 ) -> (f64, f64) {
-    let n = x.len();
+    let (mut bx, mut by) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+    bootstrap_95_by(x.len(), resamples, seed, |idx| {
+        for (k, &i) in idx.iter().enumerate() {
+            bx[k] = x[i];
+            by[k] = y[i];
+        }
+        stat(&bx, &by)
+    })
+}
+
+/// The 95% percentile bootstrap interval of `stat` of `n` items (it gets each
+/// resample's item indices, drawn with replacement); resamples where it is NaN are
+/// skipped.
+pub fn bootstrap_95_by(
+    n: usize,
+    resamples: usize,
+    seed: u64,
+    mut stat: impl FnMut(&[usize]) -> f64,
+) -> (f64, f64) {
     if n < 2 {
         return (f64::NAN, f64::NAN);
     }
     let mut rng = StdRng::seed_from_u64(seed);
     let mut values = Vec::with_capacity(resamples);
-    let (mut bx, mut by) = (vec![0.0; n], vec![0.0; n]);
+    let mut idx = vec![0; n];
     for _ in 0..resamples {
-        for k in 0..n {
-            let i = rng.random_range(0..n);
-            bx[k] = x[i];
-            by[k] = y[i];
+        for i in idx.iter_mut() {
+            *i = rng.random_range(0..n);
         }
-        let v = stat(&bx, &by);
+        let v = stat(&idx);
         if v.is_finite() {
             values.push(v);
         }

@@ -41,9 +41,10 @@ pub struct FidelityArgs {
     pub final_epochs: Option<usize>,
     /// Re-trainings of every candidate with the final recipe, with paired training seeds
     /// (the study's seed, plus 1, plus 2, ...): the reference is their mean, and with two
-    /// or more the report gives their own noise (the ceiling of any probe's ranking)
-    #[arg(long, default_value_t = 2)]
-    pub gt_seeds: usize,
+    /// or more the report gives their own noise (the ceiling of any probe's ranking).
+    /// Default 2; with --report-only, as many as were recorded
+    #[arg(long)]
+    pub gt_seeds: Option<usize>,
     /// Output folder (default: next to the store, STUDY.fidelity/); a run resumes there
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -124,7 +125,7 @@ const TABLE_FILE: &str = "fidelity.md";
 pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
     super::at_least_one("--candidates", args.candidates)?;
     super::at_least_one_if_set("--final-epochs", args.final_epochs)?;
-    super::at_least_one("--gt-seeds", args.gt_seeds)?;
+    super::at_least_one_if_set("--gt-seeds", args.gt_seeds)?;
     let budget = Budget::load(&args.budget)?;
     let out = args.out.clone().unwrap_or_else(|| default_out(&budget));
     check_outputs(&args.budget, &budget, &out)?;
@@ -143,9 +144,14 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
             budget.search.seed,
         ))
     })?;
-    files.check_build(ctx.repair)?;
+    files.check_build(&ctx)?;
     let epochs = args.final_epochs.unwrap_or(budget.final_stage.epochs);
-    let finals: Vec<Probe> = (0..args.gt_seeds as u64)
+    let gt_seeds = match args.gt_seeds {
+        Some(k) => k,
+        None if args.report_only => recorded_seeds(&files.records()?, epochs).max(1),
+        None => 2,
+    };
+    let finals: Vec<Probe> = (0..gt_seeds as u64)
         .map(|seed| Probe::Final { epochs, seed })
         .collect();
     let mut probes = args.probes.clone();
@@ -188,6 +194,16 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
         &out,
         args.json,
     )
+}
+
+/// How many paired re-trainings of `epochs` epochs (seeds 0, 1, ...) the records hold.
+fn recorded_seeds(records: &[fidelity::Record], epochs: usize) -> usize {
+    (0..)
+        .take_while(|&seed| {
+            let want = Probe::Final { epochs, seed };
+            records.iter().any(|r| r.probe == want)
+        })
+        .count()
 }
 
 /// Writes the summary (`fidelity.json`, `fidelity.md` in `out`) and prints it.

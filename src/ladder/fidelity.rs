@@ -8,7 +8,7 @@
 
 use super::{Context, Probe, Scored, higher_is_better, score};
 use crate::stats::noise::{Noise, mean, noise, seeds_for_margin};
-use crate::stats::{bootstrap_95, kendall_tau, spearman_rho};
+use crate::stats::{bootstrap_95, bootstrap_95_by, kendall_tau, spearman_rho};
 use crate::{Error, Result};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
@@ -75,13 +75,17 @@ impl RunFiles {
         Ok(c)
     }
 
-    /// Records how this run builds its candidates (`build.json`: the repair batches), or
-    /// checks that a resumed run builds them the same way, so one run's records never mix
-    /// two builds.
-    pub fn check_build(&self, repair: usize) -> Result<()> {
+    /// Records how this run builds and fine-tunes its candidates (`build.json`: the
+    /// repair batches, and the proxy's schedule when it is not the default), or checks
+    /// that a resumed run does the same, so one run's records never mix two builds.
+    pub fn check_build(&self, ctx: &Context) -> Result<()> {
         let path = self.candidates.with_file_name("build.json");
         let file = path.display().to_string();
-        let want = serde_json::json!({ "repair": repair });
+        let repair = ctx.repair;
+        let mut want = serde_json::json!({ "repair": repair });
+        if ctx.proxy.schedule != crate::train::LrSchedule::Plateau {
+            want["proxy_schedule"] = serde_json::json!(ctx.proxy.schedule);
+        }
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let got: serde_json::Value = serde_json::from_str(&text)
@@ -203,8 +207,13 @@ pub struct Fidelity {
     pub kendall_tau: f64,
     pub tau_95: (f64, f64),
     pub spearman_rho: f64,
-    /// Whether the interval reaches the ceiling (one seed's ranking against another's):
-    /// then the probe ranks as well as one re-training does. None with one seed.
+    /// The mean Kendall tau against each seed's re-training alone, with its 95%
+    /// bootstrap interval: like with like beside the ceiling (one seed's ranking against
+    /// another's). None with one seed, and for the reference's own rows.
+    pub tau_one_seed: Option<f64>,
+    pub tau_one_seed_95: Option<(f64, f64)>,
+    /// Whether that interval reaches the ceiling: the probe ranks as well as one
+    /// re-training does.
     pub at_ceiling: Option<bool>,
     /// Mean seconds per candidate.
     pub cpu_s: f64,
@@ -234,6 +243,56 @@ pub struct Summary {
     pub seeds_needed: Vec<SeedsNeeded>,
 }
 
+/// One probe score of one candidate: (oriented score, candidate, its record).
+type Scoring<'a> = (f64, usize, &'a Scored);
+
+/// One probe score's row: its ranking against the seeds' mean and, when `ceiling` is
+/// given (two seeds or more, a cheap probe), against each seed alone.
+fn fidelity_row(
+    probe: Probe,
+    score: String,
+    rows: &[Scoring],
+    runs: &BTreeMap<usize, Vec<f64>>,
+    ceiling: Option<f64>,
+) -> Fidelity {
+    let x: Vec<f64> = rows.iter().map(|r| r.0).collect();
+    let seeds: Vec<&Vec<f64>> = rows.iter().map(|r| &runs[&r.1]).collect();
+    let y: Vec<f64> = seeds.iter().map(|v| mean(v)).collect();
+    let n = rows.len();
+    let cost = |f: fn(&Scored) -> f64| rows.iter().map(|r| f(r.2)).sum::<f64>() / n as f64;
+    // The mean over seeds of tau against that seed, of the candidates `idx`.
+    let per_seed = |idx: &[usize]| {
+        let k = seeds.first().map_or(0, |v| v.len());
+        let xs: Vec<f64> = idx.iter().map(|&i| x[i]).collect();
+        let taus: Vec<f64> = (0..k)
+            .map(|s| kendall_tau(&xs, &idx.iter().map(|&i| seeds[i][s]).collect::<Vec<_>>()))
+            .filter(|t| t.is_finite())
+            .collect();
+        mean(&taus)
+    };
+    let all: Vec<usize> = (0..n).collect();
+    let one_seed = ceiling.map(|_| {
+        let tau = per_seed(&all);
+        (tau, bootstrap_95_by(n, 2000, 0, per_seed))
+    });
+    Fidelity {
+        probe: probe.to_string(),
+        score,
+        n,
+        kendall_tau: kendall_tau(&x, &y),
+        tau_95: bootstrap_95(&x, &y, kendall_tau, 2000, 0),
+        spearman_rho: spearman_rho(&x, &y),
+        tau_one_seed: one_seed.map(|o| o.0),
+        tau_one_seed_95: one_seed.map(|o| o.1),
+        at_ceiling: ceiling
+            .zip(one_seed)
+            .filter(|(c, o)| c.is_finite() && o.1.1.is_finite())
+            .map(|(c, o)| o.1.1 >= c),
+        cpu_s: cost(|s| s.cpu_s),
+        wall_s: cost(|s| s.wall_s),
+    }
+}
+
 /// The reference's validation accuracy per candidate, one value per probe of `finals`
 /// (only candidates re-trained with all of them).
 fn reference_runs(records: &[Record], finals: &[Probe]) -> BTreeMap<usize, Vec<f64>> {
@@ -257,41 +316,31 @@ fn reference_runs(records: &[Record], finals: &[Probe]) -> BTreeMap<usize, Vec<f
 /// and noise, and the paired seeds the [`MARGINS`] need.
 pub fn summarize(records: &[Record], finals: &[Probe]) -> Summary {
     let runs = reference_runs(records, finals);
-    let reference: BTreeMap<usize, f64> = runs.iter().map(|(&c, v)| (c, mean(v))).collect();
-    let table: Vec<Vec<f64>> = runs.into_values().collect();
+    let scored: HashSet<usize> = records.iter().map(|r| r.candidate).collect();
+    if runs.len() < scored.len() {
+        tracing::warn!(
+            left_out = scored.len() - runs.len(),
+            reference = finals.len(),
+            "candidates without every re-training of the reference are left out"
+        );
+    }
+    let table: Vec<Vec<f64>> = runs.values().cloned().collect();
     let noise = (finals.len() >= 2 && table.len() >= 2).then(|| noise(&table));
-    // (oriented score, reference accuracy, the probe's record) per (probe, score name).
-    type Pairs<'a> = Vec<(f64, f64, &'a Scored)>;
-    let mut by: BTreeMap<(Probe, String), Pairs> = BTreeMap::new();
-    for r in records {
+    // (oriented score, candidate, the probe's record) per (probe, score name).
+    let mut by: BTreeMap<(Probe, String), Vec<Scoring>> = BTreeMap::new();
+    for r in records.iter().filter(|r| runs.contains_key(&r.candidate)) {
         for (name, &v) in &r.scored.scores {
-            if let Some(&y) = reference.get(&r.candidate) {
-                let x = if higher_is_better(name) { v } else { -v };
-                by.entry((r.probe, name.clone()))
-                    .or_default()
-                    .push((x, y, &r.scored));
-            }
+            let x = if higher_is_better(name) { v } else { -v };
+            by.entry((r.probe, name.clone()))
+                .or_default()
+                .push((x, r.candidate, &r.scored));
         }
     }
     let rows = by
         .into_iter()
         .map(|((probe, score), rows)| {
-            let x: Vec<f64> = rows.iter().map(|r| r.0).collect();
-            let y: Vec<f64> = rows.iter().map(|r| r.1).collect();
-            let n = rows.len();
-            let mean = |f: fn(&Scored) -> f64| rows.iter().map(|r| f(r.2)).sum::<f64>() / n as f64;
-            let tau_95 = bootstrap_95(&x, &y, kendall_tau, 2000, 0);
-            Fidelity {
-                probe: probe.to_string(),
-                score,
-                n,
-                kendall_tau: kendall_tau(&x, &y),
-                tau_95,
-                spearman_rho: spearman_rho(&x, &y),
-                at_ceiling: noise.as_ref().map(|z| tau_95.1 >= z.ceiling),
-                cpu_s: mean(|s| s.cpu_s),
-                wall_s: mean(|s| s.wall_s),
-            }
+            let ceiling = noise.as_ref().filter(|_| !finals.contains(&probe));
+            fidelity_row(probe, score, &rows, &runs, ceiling.map(|z| z.ceiling))
         })
         .collect();
     let seeds_needed = match &noise {
@@ -316,12 +365,12 @@ pub fn summarize(records: &[Record], finals: &[Probe]) -> Summary {
 pub fn table(summary: &Summary) -> String {
     use std::fmt::Write as _;
     let mut s = String::from(
-        "| probe | score | n | Kendall tau | 95% interval | at ceiling | Spearman rho | CPU s / candidate | wall s / candidate |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| probe | score | n | Kendall tau | 95% interval | Spearman rho | tau against one seed | 95% interval | at ceiling | CPU s / candidate | wall s / candidate |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &summary.rows {
         let _ = writeln!(
             s,
-            "| {} | {}{} | {} | {:+.2} | [{:+.2}, {:+.2}] | {} | {:+.2} | {:.1} | {:.1} |",
+            "| {} | {}{} | {} | {:+.2} | [{:+.2}, {:+.2}] | {:+.2} | {} | {} | {} | {:.1} | {:.1} |",
             r.probe,
             if higher_is_better(&r.score) { "" } else { "-" },
             r.score,
@@ -329,8 +378,11 @@ pub fn table(summary: &Summary) -> String {
             r.kendall_tau,
             r.tau_95.0,
             r.tau_95.1,
-            r.at_ceiling.map_or("-", |c| if c { "yes" } else { "no" }),
             r.spearman_rho,
+            r.tau_one_seed.map_or("-".into(), |t| format!("{t:+.2}")),
+            r.tau_one_seed_95
+                .map_or("-".into(), |(a, b)| format!("[{a:+.2}, {b:+.2}]")),
+            r.at_ceiling.map_or("-", |c| if c { "yes" } else { "no" }),
             r.cpu_s,
             r.wall_s
         );
@@ -351,11 +403,14 @@ pub fn table(summary: &Summary) -> String {
         );
         let _ = writeln!(
             s,
-            "Noise: one re-training's seed sd {:.2} points; sd between the candidates' means {:.2} points (ratio {:.2}); \
-             one seed's sd of a paired difference {:.2} points.",
+            "Noise: one re-training's seed sd {:.2} points; sd between the candidates' means {:.2} points, \
+             {:.2} times what seed noise alone gives with {} seeds (about 1: these candidates cannot be told apart), \
+             {:.2} points once that noise is taken out; one seed's sd of a paired difference {:.2} points.",
             100.0 * z.run_sd,
             100.0 * z.between_sd,
-            z.between_over_run,
+            z.between_over_noise,
+            z.seeds,
+            100.0 * z.candidate_sd,
             100.0 * z.pair_sd
         );
         for n in &summary.seeds_needed {
@@ -454,7 +509,16 @@ mod tests {
             "{}",
             bn_acc.kendall_tau
         );
-        assert_eq!(bn_acc.at_ceiling, Some(bn_acc.tau_95.1 >= z.ceiling));
+        // Against each seed alone: seed 0 (1, 3, 4) disagrees with bn's (1, 3, 2) on one
+        // pair of three (tau 1/3), seed 1 (2, 6, 5) agrees (tau 1): the mean is 2/3,
+        // above the ceiling of 1/3.
+        assert!((bn_acc.tau_one_seed.unwrap() - 2.0 / 3.0).abs() < 1e-9);
+        let (_, hi) = bn_acc.tau_one_seed_95.unwrap();
+        assert_eq!(bn_acc.at_ceiling, Some(hi >= z.ceiling));
+        assert_eq!(bn_acc.at_ceiling, Some(true));
+        // The reference's own rows are not held against the ceiling.
+        let own = summary.rows.iter().find(|r| r.probe == "final:1").unwrap();
+        assert_eq!((own.tau_one_seed, own.at_ceiling), (None, None));
         // A paired sd of 1.15 points: 0.3 points take more seeds than 0.5.
         let [a, b] = [&summary.seeds_needed[0], &summary.seeds_needed[1]];
         assert_eq!((a.margin_points, b.margin_points), (0.3, 0.5));

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// One way to score a candidate. Written `compressed`, `bn:K`, `recon:K`, `repair:K`, `ft:S`,
-/// `ftd:S`, `kd:S` or `final:E` on the command line.
+/// `ftd:S`, `kd:S`, `final:E` or `final:E@S` on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub enum Probe {
@@ -84,7 +84,10 @@ impl std::str::FromStr for Probe {
             let seed = seed
                 .parse()
                 .map_err(|_| format!("probe {s:?}: seed {seed:?} is not a number >= 0"))?;
-            let Probe::Final { epochs, .. } = format!("final:{epochs}").parse()? else {
+            let parsed = format!("final:{epochs}")
+                .parse()
+                .map_err(|_| format!("probe {s:?}: {epochs:?} is not a count of epochs >= 1"))?;
+            let Probe::Final { epochs, .. } = parsed else {
                 unreachable!("final:E parses as a final probe");
             };
             return Ok(Probe::Final { epochs, seed });
@@ -164,6 +167,30 @@ fn scores(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
     pairs.iter().map(|&(k, v)| (k.to_string(), v)).collect()
 }
 
+impl Probe {
+    /// The training run of a probe that trains, `n` steps or epochs long: the proxy's
+    /// fine-tune on the proxy's schedule (`ftd`: decayed linearly), validated only at its
+    /// end; or the final recipe with the probe's seed.
+    fn train_config(&self, ctx: &Context, n: usize) -> TrainConfig {
+        match *self {
+            Probe::Final { seed, .. } => TrainConfig {
+                seed: ctx.seed.wrapping_add(seed),
+                ..ctx.final_config(n)
+            },
+            _ => TrainConfig {
+                epochs: n,
+                max_steps: Some(n),
+                eval_at: Vec::new(),
+                schedule: match self {
+                    Probe::FineTuneDecayed { .. } => LrSchedule::Linear,
+                    _ => ctx.proxy.schedule,
+                },
+                ..ctx.proxy_config()
+            },
+        }
+    }
+}
+
 /// Scores the candidate with `probe` on `device`.
 pub fn score(
     probe: Probe,
@@ -226,27 +253,13 @@ pub fn score(
                 }),
                 _ => None,
             };
-            // The proxy's fine-tune, S steps long, on the proxy's schedule (`ftd`: decayed
-            // linearly), validated only at its end.
-            let cfg = TrainConfig {
-                epochs: steps,
-                max_steps: Some(steps),
-                eval_at: Vec::new(),
-                schedule: match probe {
-                    Probe::FineTuneDecayed { .. } => LrSchedule::Linear,
-                    _ => ctx.proxy.schedule,
-                },
-                ..ctx.proxy_config()
-            };
+            let cfg = probe.train_config(ctx, steps);
             let (out, tse) = train_candidate(ctx, arch, weights, &cfg, teacher.as_ref(), device)?;
             let v = eval(&model(out.weights)?, samples)?;
             scores(&[("acc", v.top1), ("loss", v.loss), ("tse", tse)])
         }
-        Probe::Final { epochs, seed } => {
-            let cfg = TrainConfig {
-                seed: ctx.seed.wrapping_add(seed),
-                ..ctx.final_config(epochs)
-            };
+        Probe::Final { epochs, .. } => {
+            let cfg = probe.train_config(ctx, epochs);
             let (out, _) = train_candidate(ctx, arch, weights, &cfg, None, device)?;
             let v = out
                 .best_val

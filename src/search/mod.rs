@@ -1,5 +1,5 @@
-//! The search: budget files, search spaces, strategies, the trial runner and the
-//! controller that drives them.
+//! The search: search spaces, strategies, the trial runner, the controller that drives
+//! them, the daemon and worker processes, export, and the candidates of a fidelity run.
 
 pub mod candidates;
 pub mod controller;

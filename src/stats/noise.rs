@@ -51,8 +51,12 @@ pub fn paired_interval(d: &[f64]) -> Interval {
 }
 
 /// Spearman-Brown: the reliability of the mean of `k` parallel measurements, each of
-/// reliability `r`.
+/// reliability `r` (NaN unless 0 <= r <= 1: a negative correlation between runs is no
+/// reliability to project).
 pub fn spearman_brown(r: f64, k: usize) -> f64 {
+    if !(0.0..=1.0).contains(&r) {
+        return f64::NAN;
+    }
     let k = k as f64;
     k * r / (1.0 + (k - 1.0) * r)
 }
@@ -82,9 +86,14 @@ pub struct Noise {
     pub mean_reliability: f64,
     /// One run's seed-to-seed sd, pooled over the candidates.
     pub run_sd: f64,
-    /// The sd between the candidates' seed means, and its ratio to `run_sd`.
+    /// The sd between the candidates' seed means. Seed noise alone puts it near
+    /// `run_sd / sqrt(seeds)`; `between_over_noise` is its ratio to that level (about 1:
+    /// these candidates cannot be told apart with this many seeds), and `candidate_sd`
+    /// the sd of the candidates' own differences, the noise's share taken out
+    /// (sqrt(max(0, between_sd^2 - run_sd^2 / seeds))).
     pub between_sd: f64,
-    pub between_over_run: f64,
+    pub between_over_noise: f64,
+    pub candidate_sd: f64,
     /// One seed's sd of the difference between two candidates, pooled over every pair.
     pub pair_sd: f64,
 }
@@ -94,11 +103,12 @@ pub fn noise(runs: &[Vec<f64>]) -> Noise {
     let seeds = runs.first().map_or(0, Vec::len);
     assert!(runs.iter().all(|r| r.len() == seeds), "unpaired runs");
     let column = |s: usize| runs.iter().map(|r| r[s]).collect::<Vec<f64>>();
+    // Seed pairs where either seed ranks nothing (all candidates tied) are left out.
     let (mut taus, mut rhos) = (Vec::new(), Vec::new());
     for a in 0..seeds {
         for b in a + 1..seeds {
-            taus.push(kendall_tau(&column(a), &column(b)));
-            rhos.push(spearman_rho(&column(a), &column(b)));
+            taus.extend(Some(kendall_tau(&column(a), &column(b))).filter(|t| t.is_finite()));
+            rhos.extend(Some(spearman_rho(&column(a), &column(b))).filter(|r| r.is_finite()));
         }
     }
     let pooled = |vars: Vec<f64>| mean(&vars).sqrt();
@@ -111,6 +121,7 @@ pub fn noise(runs: &[Vec<f64>]) -> Noise {
         }
     }
     let between_sd = sample_sd(&runs.iter().map(|r| mean(r)).collect::<Vec<f64>>());
+    let noise_level = run_sd / (seeds as f64).sqrt();
     let run_reliability = mean(&rhos);
     Noise {
         candidates: runs.len(),
@@ -120,7 +131,8 @@ pub fn noise(runs: &[Vec<f64>]) -> Noise {
         mean_reliability: spearman_brown(run_reliability, seeds),
         run_sd,
         between_sd,
-        between_over_run: between_sd / run_sd,
+        between_over_noise: between_sd / noise_level,
+        candidate_sd: (between_sd.powi(2) - noise_level.powi(2)).max(0.0).sqrt(),
         pair_sd: pooled(pair_vars),
     }
 }
@@ -156,6 +168,7 @@ mod tests {
         // r = 0.5, k = 3: 1.5 / 2 = 0.75; one measurement stays as it is.
         assert!(close(spearman_brown(0.5, 3), 0.75));
         assert!(close(spearman_brown(0.3, 1), 0.3));
+        assert!(spearman_brown(-0.2, 2).is_nan());
     }
 
     /// sd 1 per seed, margin 1: n = 7 is the first with t(0.975, n - 1) / sqrt(n) <= 1
@@ -184,10 +197,12 @@ mod tests {
         assert!(close(n.run_sd, (5.5f64 / 3.0).sqrt()));
         // Means 1.5, 4.5, 4.5: sd sqrt(3).
         assert!(close(n.between_sd, 3f64.sqrt()));
+        // Noise alone would give sqrt(5.5 / 3 / 2); the rest is the candidates' own.
         assert!(close(
-            n.between_over_run,
-            3f64.sqrt() / (5.5f64 / 3.0).sqrt()
+            n.between_over_noise,
+            3f64.sqrt() / (5.5f64 / 6.0).sqrt()
         ));
+        assert!(close(n.candidate_sd, (3.0f64 - 5.5 / 6.0).sqrt()));
         // Paired differences a-b (-2, -4), a-c (-3, -3), b-c (-1, 1): variances 2, 0, 2.
         assert!(close(n.pair_sd, (4.0f64 / 3.0).sqrt()));
     }

@@ -203,8 +203,6 @@ impl PgStore {
         Ok(self.rows_to_trials(rows)?.into_iter().next())
     }
 
-    /// One guarded state change: applies only if the trial is in one of `from`. `set`
-    /// assigns more columns with placeholders $1..$k for `values`.
     /// Ends a running trial (the SQL of [`Ending::sql`]); any other state is a
     /// [`StoreError::Transition`] naming the state it was in.
     fn transition(&mut self, trial: i64, ending: Ending<'_>) -> StoreResult<()> {

@@ -181,7 +181,6 @@ impl SqliteStore {
         Ok(store)
     }
 
-    /// One guarded state change: applies only if the trial is in one of `from`.
     /// Ends a running trial (the SQL of [`Ending::sql`]); any other state is a
     /// [`StoreError::Transition`] naming the state it was in.
     fn transition(&mut self, trial: i64, ending: Ending<'_>) -> StoreResult<()> {

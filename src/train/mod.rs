@@ -304,6 +304,113 @@ impl Stepper<'_> {
     }
 }
 
+/// Validation of the model being trained.
+type Validate<'a> = dyn Fn(&Vgg) -> Result<EvalResult> + 'a;
+
+/// A run between its start and its outcome.
+struct Run<'a> {
+    cfg: &'a TrainConfig,
+    stepper: Stepper<'a>,
+    /// The model (taken by each step, which returns the next one).
+    model: Option<Vgg>,
+    state: TrainState,
+    best_weights: Option<Weights>,
+    best_val: Option<EvalResult>,
+    last_val: Option<EvalResult>,
+    tally: Tally,
+    /// The run's planned steps (the linear schedule's length).
+    planned: usize,
+}
+
+impl Run<'_> {
+    fn model(&self) -> &Vgg {
+        self.model.as_ref().expect("a model between steps")
+    }
+
+    /// One epoch's batches (seeded by the run's seed and the epoch); true when the step
+    /// limit or `on_report` stopped the run.
+    fn batches(
+        &mut self,
+        train: &Arc<ImageSet>,
+        validate: &Validate,
+        on_report: &mut impl FnMut(&Report) -> Control,
+    ) -> Result<bool> {
+        let (cfg, epoch) = (self.cfg, self.state.epoch as u64);
+        let plan = EpochPlan {
+            batch_size: cfg.batch_size,
+            seed: Some(self.state.seed.wrapping_mul(1_000_003).wrapping_add(epoch)),
+            limit: cfg.subset,
+        };
+        let t = &mut self.tally;
+        (t.loss_sum, t.correct, t.count) = (0.0, 0, 0);
+        for batch in stream(train.clone(), plan) {
+            if cfg.max_steps.is_some_and(|m| self.state.step >= m) {
+                return Ok(true);
+            }
+            let lr = cfg.lr_at(self.state.step, self.planned, self.state.plateau.lr);
+            let model = self.model.take().expect("a model between steps");
+            let (next, loss, correct) = self.stepper.step(model, &batch, lr, &self.state)?;
+            self.model = Some(next);
+            let t = &mut self.tally;
+            t.correct += correct;
+            t.loss_sum += loss * batch.len() as f64;
+            t.count += batch.len();
+            t.seen += batch.len();
+            self.state.step += 1;
+            let step = self.state.step;
+            let val = if cfg.eval_every.is_some_and(|e| step.is_multiple_of(e))
+                || cfg.eval_at.contains(&step)
+            {
+                Some(validate(self.model())?)
+            } else {
+                None
+            };
+            if on_report(&self.tally.report(&self.state, lr, val)) == Control::Stop {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The epoch's end: validate, track the best, checkpoint, report; true when
+    /// `on_report` stopped the run.
+    fn end_epoch(
+        &mut self,
+        validate: &Validate,
+        on_report: &mut impl FnMut(&Report) -> Control,
+    ) -> Result<bool> {
+        let v = validate(self.model())?;
+        // Tracked under either schedule, so a checkpoint's state always has a finite
+        // best loss (JSON has no infinity); only `Plateau` runs at its lr.
+        self.state.plateau.step(v.loss);
+        self.state.epoch += 1;
+        if self
+            .best_val
+            .as_ref()
+            .is_none_or(|b: &EvalResult| v.top1 > b.top1)
+        {
+            self.best_val = Some(v.clone());
+            self.best_weights = Some(self.model().to_weights());
+        }
+        self.state.best_val = self.best_val.clone();
+        let lr = self
+            .cfg
+            .lr_at(self.state.step, self.planned, self.state.plateau.lr);
+        let report = self.tally.report(&self.state, lr, Some(v.clone()));
+        self.last_val = Some(v);
+        if let Some(dir) = &self.cfg.checkpoint_dir {
+            Checkpoint::save(
+                dir,
+                &self.model().to_weights(),
+                self.best_weights.as_ref(),
+                &self.state,
+                &self.stepper.optim,
+            )?;
+        }
+        Ok(on_report(&report) == Control::Stop)
+    }
+}
+
 /// [`train`], learning from `teacher` as well as the labels when one is given.
 #[allow(clippy::too_many_arguments)]
 pub fn train_with(
@@ -322,101 +429,47 @@ pub fn train_with(
         ));
     }
     let ad = device.clone().autodiff();
-    let (weights, mut best_weights, mut state, optim) = start(arch, weights, cfg)?;
-    let mut model = Vgg::from_weights(arch, weights, "<train>", &ad)?;
-    let mut stepper = Stepper {
-        optim,
-        loss_fn: CrossEntropyLossConfig::new().init(&ad),
-        teacher,
-        device,
-        ad,
-    };
-    let mut best_val = state.best_val.clone();
-    let mut last_val = None;
-    let mut stopped_early = false;
-    let mut tally = Tally {
-        started: Some(std::time::Instant::now()),
-        ..Tally::default()
+    let (weights, best_weights, state, optim) = start(arch, weights, cfg)?;
+    let mut run = Run {
+        cfg,
+        model: Some(Vgg::from_weights(arch, weights, "<train>", &ad)?),
+        stepper: Stepper {
+            optim,
+            loss_fn: CrossEntropyLossConfig::new().init(&ad),
+            teacher,
+            device,
+            ad,
+        },
+        best_val: state.best_val.clone(),
+        state,
+        best_weights,
+        last_val: None,
+        tally: Tally {
+            started: Some(std::time::Instant::now()),
+            ..Tally::default()
+        },
+        planned: cfg.planned_steps(train.len()),
     };
     let validate = |m: &Vgg| evaluate(&m.valid(), &val, cfg.batch_size, cfg.eval_limit, device);
-    let planned = cfg.planned_steps(train.len());
-
-    'epochs: while state.epoch < cfg.epochs {
-        let plan = EpochPlan {
-            batch_size: cfg.batch_size,
-            seed: Some(
-                state
-                    .seed
-                    .wrapping_mul(1_000_003)
-                    .wrapping_add(state.epoch as u64),
-            ),
-            limit: cfg.subset,
-        };
-        (tally.loss_sum, tally.correct, tally.count) = (0.0, 0, 0);
-        for batch in stream(train.clone(), plan) {
-            if cfg.max_steps.is_some_and(|m| state.step >= m) {
-                stopped_early = true;
-                break 'epochs;
-            }
-            let lr = cfg.lr_at(state.step, planned, state.plateau.lr);
-            let (next, loss, correct) = stepper.step(model, &batch, lr, &state)?;
-            model = next;
-            tally.correct += correct;
-            tally.loss_sum += loss * batch.len() as f64;
-            tally.count += batch.len();
-            tally.seen += batch.len();
-            state.step += 1;
-            let val = if cfg.eval_every.is_some_and(|e| state.step.is_multiple_of(e))
-                || cfg.eval_at.contains(&state.step)
-            {
-                Some(validate(&model)?)
-            } else {
-                None
-            };
-            if on_report(&tally.report(&state, lr, val)) == Control::Stop {
-                stopped_early = true;
-                break 'epochs;
-            }
+    let mut stopped_early = false;
+    while run.state.epoch < cfg.epochs {
+        if run.batches(&train, &validate, &mut on_report)? {
+            stopped_early = true;
+            break;
         }
-        // The epoch's end: validate, track the best, checkpoint, report.
-        let v = validate(&model)?;
-        // Tracked under either schedule, so a checkpoint's state always has a finite
-        // best loss (JSON has no infinity); only `Plateau` runs at its lr.
-        state.plateau.step(v.loss);
-        state.epoch += 1;
-        if best_val
-            .as_ref()
-            .is_none_or(|b: &EvalResult| v.top1 > b.top1)
-        {
-            best_val = Some(v.clone());
-            best_weights = Some(model.to_weights());
-        }
-        state.best_val = best_val.clone();
-        let lr = cfg.lr_at(state.step, planned, state.plateau.lr);
-        let report = tally.report(&state, lr, Some(v.clone()));
-        last_val = Some(v);
-        if let Some(dir) = &cfg.checkpoint_dir {
-            Checkpoint::save(
-                dir,
-                &model.to_weights(),
-                best_weights.as_ref(),
-                &state,
-                &stepper.optim,
-            )?;
-        }
-        if on_report(&report) == Control::Stop {
+        if run.end_epoch(&validate, &mut on_report)? {
             stopped_early = true;
             break;
         }
     }
-    let weights = model.to_weights();
+    let weights = run.model().to_weights();
     Ok(TrainOutcome {
-        best_weights: best_weights.unwrap_or_else(|| weights.clone()),
+        best_weights: run.best_weights.unwrap_or_else(|| weights.clone()),
         weights,
-        best_val,
-        last_val,
-        epochs_run: state.epoch,
-        steps: state.step,
+        best_val: run.best_val,
+        last_val: run.last_val,
+        epochs_run: run.state.epoch,
+        steps: run.state.step,
         stopped_early,
     })
 }

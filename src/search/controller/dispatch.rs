@@ -276,6 +276,23 @@ struct LoopState {
     observed: HashSet<i64>,
 }
 
+impl LoopState {
+    /// At the loop's start: the study's finished trials were told to the strategy.
+    fn new(ctl: &Controller) -> Result<Self> {
+        Ok(Self {
+            stopping: None,
+            exhausted: false,
+            observed: ctl
+                .store
+                .trials(ctl.study)?
+                .iter()
+                .filter(|t| t.finished_at.is_some())
+                .map(|t| t.id)
+                .collect(),
+        })
+    }
+}
+
 impl Controller {
     /// A tick's reading of the store: expired leases of worker processes, the study's
     /// trials (read once a tick, here: what the tick changes shows in the next one),
@@ -321,6 +338,31 @@ impl Controller {
             state.exhausted = self.fill(idle, trials)?;
         }
         self.start_local(slots, ctx, tx)
+    }
+
+    /// A local worker's report (answered with a verdict) or end (recorded).
+    fn on_message(&mut self, msg: Msg, slots: &mut [Slot], state: &mut LoopState) -> Result<()> {
+        match msg {
+            Msg::Eval {
+                trial,
+                step,
+                acc,
+                reply,
+            } => {
+                self.store.report(trial, step as i64, acc)?;
+                let _ = reply.send(self.verdict(trial, step as i64, acc, state.stopping)?);
+            }
+            Msg::Done {
+                slot,
+                trial,
+                end,
+                seconds,
+            } => {
+                slots[slot].busy = None;
+                self.record_end(trial, &end, seconds, &mut state.observed)?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether the loop ends now, with `state.stopping` saying why. On a signal the
@@ -373,16 +415,7 @@ pub(super) async fn dispatch(
         .limits
         .max_wall_hours
         .map(|h| tokio::time::Instant::now() + Duration::from_secs_f64(h * 3600.0));
-    let observed = ctl.store.trials(ctl.study)?;
-    let mut state = LoopState {
-        stopping: None,
-        exhausted: false,
-        observed: observed
-            .iter()
-            .filter(|t| t.finished_at.is_some())
-            .map(|t| t.id)
-            .collect(),
-    };
+    let mut state = LoopState::new(ctl)?;
     // With worker processes the controller keeps trials queued for them and looks at
     // the store on a tick: their results, reports and expired leases.
     let tick = if budget.workers.processes {
@@ -408,16 +441,9 @@ pub(super) async fn dispatch(
             break;
         }
         tokio::select! {
-            msg = rx.recv() => match msg.expect("the controller holds a sender") {
-                Msg::Eval { trial, step, acc, reply } => {
-                    ctl.store.report(trial, step as i64, acc)?;
-                    let _ = reply.send(ctl.verdict(trial, step as i64, acc, state.stopping)?);
-                }
-                Msg::Done { slot, trial, end, seconds } => {
-                    slots[slot].busy = None;
-                    ctl.record_end(trial, &end, seconds, &mut state.observed)?;
-                }
-            },
+            msg = rx.recv() => {
+                ctl.on_message(msg.expect("the controller holds a sender"), &mut slots, &mut state)?;
+            }
             _ = tokio::time::sleep(tick) => {}
             _ = signals.recv(), if state.stopping != Some(StopReason::Signal) => {
                 tracing::warn!("signal received: stopping; running trials are marked interrupted");
