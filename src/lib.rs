@@ -5,7 +5,8 @@
 //! (so `search` uses `ladder` and `store`, and neither of them knows the search):
 //! - [`error`]: the crate's error and exit codes (it wraps the errors of the modules
 //!   below, which all return it).
-//! - [`stats`]: quantiles, rank correlations (Kendall, Spearman), bootstrap intervals.
+//! - [`stats`]: quantiles, rank correlations (Kendall, Spearman), bootstrap intervals,
+//!   the seed noise of paired runs.
 //! - [`store`]: the trial store of searches (a SQLite file or a PostgreSQL database),
 //!   with the leases of daemons and controllers; it knows nothing of strategies.
 //! - [`outpath`]: outputs that must not be inputs, written through a temporary file.
