@@ -377,7 +377,29 @@ impl Budget {
         .map_err(|e| crate::Error::BadInput(format!("data: {e}")))
     }
 
+    /// Every value in its allowed range: the first that is not, as `key = value: allowed`.
     fn validate(&self) -> Result<(), String> {
+        self.validate_counts()?;
+        self.proxy.validate()?;
+        crate::arch::ArchSpec::parse(&self.model.arch).map_err(|e| format!("model.arch: {e}"))?;
+        self.objective.validate()?;
+        if let Some(h) = self.limits.max_wall_hours
+            && !(h.is_finite() && h > 0.0)
+        {
+            return Err(format!("limits.max_wall_hours = {h}: allowed > 0"));
+        }
+        if self.workers.cpu == 0 && self.workers.wgpu.is_empty() && !self.workers.processes {
+            return Err(
+                "workers: cpu = 0 and no wgpu devices: at least one worker is needed \
+                 (or processes = true, for `rankprune worker` processes)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The counts that must be at least 1.
+    fn validate_counts(&self) -> Result<(), String> {
         let positive = |key: &str, v: usize| {
             if v == 0 {
                 Err(format!("{key} = 0: allowed >= 1"))
@@ -396,37 +418,20 @@ impl Budget {
         if let Some(e) = self.model.train_epochs {
             positive("model.train_epochs", e)?;
         }
-        if let Some(s) = self.proxy.early_stop_step
-            && (s == 0 || s > self.proxy.steps)
-        {
-            return Err(format!(
-                "proxy.early_stop_step = {s}: allowed 1 ..= proxy.steps ({})",
-                self.proxy.steps
-            ));
-        }
-        if let Some(&s) = self.proxy.rungs.iter().find(|&&s| s > self.proxy.steps) {
-            return Err(format!(
-                "proxy.rungs: {s} is past the last step: allowed 0 ..= proxy.steps ({})",
-                self.proxy.steps
-            ));
-        }
-        if self.proxy.rung0_score == Rung0Score::Kl && self.proxy.bn_recalibration == 0 {
-            return Err(
-                "proxy.rung0_score = \"kl\" is measured on the recalibration batches: set proxy.bn_recalibration >= 1".into(),
-            );
-        }
-        if !(self.proxy.eta.is_finite() && self.proxy.eta > 1.0) {
-            return Err(format!("proxy.eta = {}: allowed > 1", self.proxy.eta));
-        }
-        crate::arch::ArchSpec::parse(&self.model.arch).map_err(|e| format!("model.arch: {e}"))?;
+        Ok(())
+    }
+}
+
+impl Objective {
+    fn validate(&self) -> Result<(), String> {
         for (key, v) in [
             (
                 "objective.target_flops_reduction",
-                self.objective.target_flops_reduction,
+                self.target_flops_reduction,
             ),
             (
                 "objective.target_params_reduction",
-                self.objective.target_params_reduction,
+                self.target_params_reduction,
             ),
         ] {
             if let Some(x) = v
@@ -437,27 +442,50 @@ impl Budget {
                 ));
             }
         }
-        if self.objective.kind == ObjectiveKind::Constrained
-            && self.objective.target_flops_reduction.is_none()
-            && self.objective.target_params_reduction.is_none()
+        if self.kind == ObjectiveKind::Constrained
+            && self.target_flops_reduction.is_none()
+            && self.target_params_reduction.is_none()
         {
             return Err("objective: kind = \"constrained\" needs target_flops_reduction or target_params_reduction".into());
         }
-        if let Some(h) = self.limits.max_wall_hours
-            && !(h.is_finite() && h > 0.0)
+        Ok(())
+    }
+}
+
+impl Proxy {
+    fn validate(&self) -> Result<(), String> {
+        if let Some(s) = self.early_stop_step
+            && (s == 0 || s > self.steps)
         {
-            return Err(format!("limits.max_wall_hours = {h}: allowed > 0"));
-        }
-        if !(self.proxy.lr.is_finite() && self.proxy.lr > 0.0) {
-            return Err(format!("proxy.lr = {}: allowed > 0", self.proxy.lr));
-        }
-        if !(0.0..=1.0).contains(&self.proxy.early_stop_min_acc) {
             return Err(format!(
-                "proxy.early_stop_min_acc = {}: allowed [0, 1]",
-                self.proxy.early_stop_min_acc
+                "proxy.early_stop_step = {s}: allowed 1 ..= proxy.steps ({})",
+                self.steps
             ));
         }
-        if let Some(d) = &self.proxy.distill {
+        if let Some(&s) = self.rungs.iter().find(|&&s| s > self.steps) {
+            return Err(format!(
+                "proxy.rungs: {s} is past the last step: allowed 0 ..= proxy.steps ({})",
+                self.steps
+            ));
+        }
+        if self.rung0_score == Rung0Score::Kl && self.bn_recalibration == 0 {
+            return Err(
+                "proxy.rung0_score = \"kl\" is measured on the recalibration batches: set proxy.bn_recalibration >= 1".into(),
+            );
+        }
+        if !(self.eta.is_finite() && self.eta > 1.0) {
+            return Err(format!("proxy.eta = {}: allowed > 1", self.eta));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(format!("proxy.lr = {}: allowed > 0", self.lr));
+        }
+        if !(0.0..=1.0).contains(&self.early_stop_min_acc) {
+            return Err(format!(
+                "proxy.early_stop_min_acc = {}: allowed [0, 1]",
+                self.early_stop_min_acc
+            ));
+        }
+        if let Some(d) = &self.distill {
             if !(d.temperature.is_finite() && d.temperature > 0.0) {
                 return Err(format!(
                     "proxy.distill.temperature = {}: allowed > 0",
@@ -467,13 +495,6 @@ impl Budget {
             if !(0.0..=1.0).contains(&d.alpha) {
                 return Err(format!("proxy.distill.alpha = {}: allowed [0, 1]", d.alpha));
             }
-        }
-        if self.workers.cpu == 0 && self.workers.wgpu.is_empty() && !self.workers.processes {
-            return Err(
-                "workers: cpu = 0 and no wgpu devices: at least one worker is needed \
-                 (or processes = true, for `rankprune worker` processes)"
-                    .into(),
-            );
         }
         Ok(())
     }

@@ -204,7 +204,8 @@ enum Recommend {
     },
 }
 
-/// Runs a command; returns the exit code on success.
+/// Runs a command; returns the exit code on success. Long by design: one arm per
+/// command, a table rather than logic.
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Search { args } => return cli::search::run(args),
