@@ -146,11 +146,16 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
     })?;
     files.check_build(&ctx)?;
     let epochs = args.final_epochs.unwrap_or(budget.final_stage.epochs);
-    let gt_seeds = match args.gt_seeds {
-        Some(k) => k,
-        None if args.report_only => recorded_seeds(&files.records()?, epochs).max(1),
-        None => 2,
+    // --report-only scores nothing: what is recorded is all there is.
+    let recorded = match args.report_only {
+        true => Some(files.records()?),
+        false => None,
     };
+    let gt_seeds = args.gt_seeds.unwrap_or_else(|| {
+        recorded
+            .as_ref()
+            .map_or(2, |r| recorded_seeds(r, epochs).max(1))
+    });
     let finals: Vec<Probe> = (0..gt_seeds as u64)
         .map(|seed| Probe::Final { epochs, seed })
         .collect();
@@ -169,10 +174,9 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
     if args.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let records = if args.report_only {
-        files.records()?
-    } else {
-        fidelity::run(
+    let records = match recorded {
+        Some(records) => records,
+        None => fidelity::run(
             &ctx,
             &candidates,
             &probes,
@@ -185,7 +189,7 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
                 pb.set_message(what.to_string());
                 tracing::debug!(done, total, "{what}");
             },
-        )?
+        )?,
     };
     pb.finish_and_clear();
     report(

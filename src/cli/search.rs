@@ -157,14 +157,19 @@ pub fn run(args: SearchArgs) -> Result<i32> {
     })
 }
 
-fn open(db: &Path) -> Result<TrialStore> {
+/// The store at `db` (for reading only with `read_only`); a SQLite file that does not
+/// exist is an input error, not a new store.
+fn open(db: &Path, read_only: bool) -> Result<TrialStore> {
     if !db.exists() && !is_postgres(db) {
         return Err(Error::BadInput(format!(
             "{}: no such trial store",
             db.display()
         )));
     }
-    Ok(TrialStore::open(db)?)
+    Ok(match read_only {
+        true => TrialStore::open_read_only(db)?,
+        false => TrialStore::open(db)?,
+    })
 }
 
 /// Which study of which store (`trials`, `export`, `plot`).
@@ -181,16 +186,7 @@ pub struct StudyAt {
 impl StudyAt {
     /// The store (opened for reading only with `read_only`) and the study's row.
     pub fn open(&self, read_only: bool) -> Result<(TrialStore, rankprune::store::StudyRow)> {
-        let store = match read_only {
-            false => open(&self.db)?,
-            true if !self.db.exists() && !is_postgres(&self.db) => {
-                return Err(Error::BadInput(format!(
-                    "{}: no such trial store",
-                    self.db.display()
-                )));
-            }
-            true => TrialStore::open_read_only(&self.db)?,
-        };
+        let store = open(&self.db, read_only)?;
         let name = self.db.display().to_string();
         let row = pick_study(&store, &name, self.study.as_deref())?;
         Ok((store, row))
@@ -340,7 +336,7 @@ pub fn run_export(args: ExportArgs) -> Result<()> {
 
 /// `rankprune studies`: every study of the store with its state and best trial.
 pub fn run_studies(args: StudiesArgs) -> Result<()> {
-    let store = open(&args.db)?;
+    let store = open(&args.db, false)?;
     let list = rankprune::search::summary::studies(&store)?;
     if args.json {
         let rows: Vec<_> = list.iter().map(|s| s.to_json()).collect();

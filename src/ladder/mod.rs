@@ -81,15 +81,13 @@ impl std::str::FromStr for Probe {
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         if let Some((epochs, seed)) = s.strip_prefix("final:").and_then(|r| r.split_once('@')) {
+            let epochs =
+                epochs.parse().ok().filter(|&e| e > 0).ok_or_else(|| {
+                    format!("probe {s:?}: {epochs:?} is not a count of epochs >= 1")
+                })?;
             let seed = seed
                 .parse()
                 .map_err(|_| format!("probe {s:?}: seed {seed:?} is not a number >= 0"))?;
-            let parsed = format!("final:{epochs}")
-                .parse()
-                .map_err(|_| format!("probe {s:?}: {epochs:?} is not a count of epochs >= 1"))?;
-            let Probe::Final { epochs, .. } = parsed else {
-                unreachable!("final:E parses as a final probe");
-            };
             return Ok(Probe::Final { epochs, seed });
         }
         let (name, n) = match s.split_once(':') {

@@ -227,19 +227,28 @@ fn start(
 }
 
 /// The training side of one epoch so far, and of the whole run.
-#[derive(Default)]
 struct Tally {
     loss_sum: f64,
     correct: usize,
     count: usize,
     /// Images seen since the run started, and when it started.
     seen: usize,
-    started: Option<std::time::Instant>,
+    started: std::time::Instant,
 }
 
 impl Tally {
+    fn new() -> Self {
+        Self {
+            loss_sum: 0.0,
+            correct: 0,
+            count: 0,
+            seen: 0,
+            started: std::time::Instant::now(),
+        }
+    }
+
     fn report(&self, state: &TrainState, lr: f64, val: Option<EvalResult>) -> Report {
-        let elapsed = self.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let elapsed = self.started.elapsed().as_secs_f64();
         Report {
             epoch: state.epoch,
             step: state.step,
@@ -444,10 +453,7 @@ pub fn train_with(
         state,
         best_weights,
         last_val: None,
-        tally: Tally {
-            started: Some(std::time::Instant::now()),
-            ..Tally::default()
-        },
+        tally: Tally::new(),
         planned: cfg.planned_steps(train.len()),
     };
     let validate = |m: &Vgg| evaluate(&m.valid(), &val, cfg.batch_size, cfg.eval_limit, device);
