@@ -255,10 +255,12 @@ pub struct FinalStage {
     /// Best trials re-trained with the full recipe.
     pub top_k: usize,
     /// Best warm starts by proxy re-trained as well, however they rank among all
-    /// trials (see `finalists`). `seeds`, its earlier name, is still read.
-    #[serde(alias = "seeds")]
+    /// trials (see `finalists`).
     pub warm_starts: usize,
     pub epochs: usize,
+    /// Paired training seeds: every finalist, and the one-shot heuristic's config as the
+    /// control, is re-trained with seeds `search.seed`, `search.seed + 1`, ...
+    pub seeds: usize,
     /// The re-training's learning-rate schedule: ReduceLROnPlateau (the recipe) or a
     /// linear decay to zero over `epochs`.
     pub schedule: crate::train::LrSchedule,
@@ -270,6 +272,7 @@ impl Default for FinalStage {
             top_k: 1,
             warm_starts: 1,
             epochs: 100,
+            seeds: 3,
             schedule: crate::train::LrSchedule::Plateau,
         }
     }
@@ -413,6 +416,7 @@ impl Budget {
         positive("proxy.batch_size", self.proxy.batch_size)?;
         positive("proxy.eval_samples", self.proxy.eval_samples)?;
         positive("final.epochs", self.final_stage.epochs)?;
+        positive("final.seeds", self.final_stage.seeds)?;
         // Trials are scored on the held-out images: with none, every trial fails.
         positive("data.val_split", self.data.val_split)?;
         if let Some(e) = self.model.train_epochs {

@@ -2,9 +2,11 @@
 //! between a cheap score and the final accuracy (Kendall's tau-b, ties counted as in
 //! Kendall 1945, scipy.stats.kendalltau's default; Spearman's rho, the Pearson
 //! correlation of average ranks), percentile bootstrap intervals, and the seed noise of
-//! paired training runs ([`noise`]).
+//! paired training runs ([`noise`]), and two models compared over paired seeds on one
+//! image set ([`paired`]).
 
 pub mod noise;
+pub mod paired;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};

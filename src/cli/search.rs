@@ -4,8 +4,11 @@
 use clap::Args;
 use rankprune::outpath::{check_output, store_inputs};
 use rankprune::search::controller::{StopReason, run_search};
-use rankprune::search::export::{best_trial, export_config, pick_study, study_base, trials_json};
+use rankprune::search::export::{
+    best_trial, export_config, export_control, pick_study, study_base, trials_json,
+};
 use rankprune::search::pareto::pareto_front;
+use rankprune::search::verdict::stored_verdict;
 use rankprune::store::{Trial, TrialState, TrialStore, is_postgres};
 use rankprune::{Error, Result};
 use std::fmt::Write;
@@ -81,7 +84,7 @@ pub struct StudiesArgs {
 }
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("which").required(true).args(["best", "trial"])))]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["best", "trial", "control"])))]
 pub struct ExportArgs {
     #[command(flatten)]
     pub at: StudyAt,
@@ -91,6 +94,10 @@ pub struct ExportArgs {
     /// Trial number (as listed by `trials`)
     #[arg(long)]
     pub trial: Option<i64>,
+    /// The control: the one-shot heuristic's config (VBMF ranks, SLAMP ratios at the
+    /// study's target) that the final stage re-trained beside the finalists
+    #[arg(long)]
+    pub control: bool,
     /// Output layer config (JSON, reference format plus metrics and provenance)
     #[arg(long)]
     pub out: PathBuf,
@@ -142,6 +149,9 @@ pub fn run(args: SearchArgs) -> Result<i32> {
                 );
             }
             None => println!("no completed trial meets the target yet"),
+        }
+        for line in o.verdict.iter().flat_map(|v| v.lines()) {
+            println!("{line}");
         }
         if let Some(p) = &o.export {
             println!("exported {}", p.display());
@@ -228,6 +238,9 @@ pub fn run_trials(args: TrialsArgs) -> Result<()> {
         .map(|t| store.final_result(t.id))
         .collect::<Result<Vec<_>, _>>()?;
     print!("{}", trials_table(&trials, &finals, base.map(|c| c.flops)));
+    for line in stored_verdict(&study).iter().flat_map(|v| v.lines()) {
+        println!("{line}");
+    }
     let fidelity = store.rung_fidelity(study.id)?;
     if !fidelity.is_empty() {
         println!("Kendall tau of each rung against validation accuracy after re-training:");
@@ -286,6 +299,19 @@ pub fn run_export(args: ExportArgs) -> Result<()> {
     check_output(&args.out, "--out", &store_inputs("--db", &args.at.db))?;
     let (store, study) = args.at.open(false)?;
     let name = args.at.db.display().to_string();
+    if args.control {
+        let config = export_control(&store, &study, &name)?;
+        config
+            .save(&args.out)
+            .map_err(|e| Error::Failure(format!("{}: cannot write: {e}", args.out.display())))?;
+        let verdict = stored_verdict(&study).map_or(String::new(), |v| format!("; {}", v.text));
+        println!(
+            "wrote {} (study {}, the control{verdict})",
+            args.out.display(),
+            study.name
+        );
+        return Ok(());
+    }
     let trial = match args.trial {
         Some(n) => store
             .trials(study.id)?
@@ -345,14 +371,24 @@ pub fn run_studies(args: StudiesArgs) -> Result<()> {
     }
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}", 100.0 * v));
     println!(
-        "{:<20}  {:<11}  {:<16}  {:>11}  {:>6}  {:>7}  {:>7}  {:>7}  {:>9}",
-        "study", "state", "controller", "done/limit", "best", "val %", "test %", "FLOPs÷", "wall s"
+        "{:<20}  {:<11}  {:<16}  {:>11}  {:>6}  {:>7}  {:>7}  {:>7}  {:>9}  {:<9}  margin",
+        "study",
+        "state",
+        "controller",
+        "done/limit",
+        "best",
+        "val %",
+        "test %",
+        "FLOPs÷",
+        "wall s",
+        "verdict"
     );
     for s in &list {
         let limit = s.limit.map_or("-".to_string(), |l| l.to_string());
         let best = s.best.as_ref().map(|(t, _)| t);
+        let v = s.verdict.as_ref();
         println!(
-            "{:<20}  {:<11}  {:<16}  {:>11}  {:>6}  {:>7}  {:>7}  {:>7}  {:>9.0}",
+            "{:<20}  {:<11}  {:<16}  {:>11}  {:>6}  {:>7}  {:>7}  {:>7}  {:>9.0}  {:<9}  {}",
             s.row.name,
             s.state,
             s.controller_status(),
@@ -362,7 +398,10 @@ pub fn run_studies(args: StudiesArgs) -> Result<()> {
             pct(s.best_test()),
             best.and_then(|t| s.reduction(t.cost.flops))
                 .map_or("-".into(), |r| format!("{r:.2}x")),
-            s.wall_s
+            s.wall_s,
+            v.map_or("-", |v| v.short()),
+            v.and_then(|v| v.detectable_points())
+                .map_or("-".into(), |d| format!("±{d:.2}"))
         );
     }
     if list.is_empty() {

@@ -191,6 +191,27 @@ async fn export(app: Arc<App>, id: i64, number: Option<i64>) -> Reply {
     .await
 }
 
+/// The control's config (what `rankprune export --control` writes).
+async fn api_export_control(State(app): State<Arc<App>>, UrlPath(id): UrlPath<i64>) -> Reply {
+    let db = app.db.display().to_string();
+    with_store(&app, move |s| {
+        let Some(row) = view::find_study(s, id)? else {
+            return Ok(no_study(id));
+        };
+        if row.control.is_none() {
+            return Ok(Answer::NotFound(format!(
+                "Study {} has no control config yet.",
+                row.name
+            )));
+        }
+        let config = crate::search::export::export_control(s, &row, &db)?;
+        Ok(Answer::Json(
+            serde_json::to_value(&config).expect("a config serializes"),
+        ))
+    })
+    .await
+}
+
 async fn api_export_best(State(app): State<Arc<App>>, UrlPath(id): UrlPath<i64>) -> Reply {
     export(app, id, None).await
 }
@@ -220,6 +241,7 @@ pub fn router(db: &Path) -> Router {
         .route("/api/studies", get(api_studies))
         .route("/api/studies/{id}/trials", get(api_trials))
         .route("/api/studies/{id}/export", get(api_export_best))
+        .route("/api/studies/{id}/control/export", get(api_export_control))
         .route(
             "/api/studies/{id}/trials/{number}/export",
             get(api_export_trial),

@@ -100,7 +100,7 @@ pub fn studies_table(list: &[StudySummary]) -> Markup {
             tr {
                 th.l { "study" } th.l { "state" } th.l { "controller" } th { "trials done / limit" }
                 th { "best validation" } th { "best test" } th { "FLOPs reduction" }
-                th.l { "started" } th { "wall time" }
+                th.l { "verdict" } th.l { "started" } th { "wall time" }
             }
             @for s in list {
                 tr data-study=(s.row.id) {
@@ -111,6 +111,9 @@ pub fn studies_table(list: &[StudySummary]) -> Markup {
                     td { (pct(s.best_val())) }
                     td { (pct(s.best_test())) }
                     td { (times(s.best.as_ref().and_then(|(t, _)| s.reduction(t.cost.flops)))) }
+                    td.l.verdict title=[s.verdict.as_ref().map(|v| v.text.clone())] {
+                        (s.verdict.as_ref().map_or("-", |v| v.short()))
+                    }
                     td.l { (when(s.row.created_at)) }
                     td { (duration(s.wall_s)) }
                 }
@@ -160,8 +163,52 @@ pub fn study_body(view: &StudyView, sort: SortKey, desc: bool) -> Markup {
     let best = view.summary.best.as_ref().map(|(t, _)| t.number);
     html! {
         (progress(view))
+        @if let Some(v) = &view.summary.verdict { (verdict(view.summary.row.id, v)) }
         (figures(view))
         (trial_table(view, sort, desc, best))
+    }
+}
+
+/// The final stage's verdict: the winner against the one-shot heuristic's config over
+/// paired seeds, and each re-trained subject's mean and sd.
+fn verdict(study: i64, v: &crate::search::verdict::Verdict) -> Markup {
+    let pts = |x: f64| format!("{:+.2}", 100.0 * x);
+    let diff = |p: &crate::stats::paired::Paired| {
+        if p.interval.lo.is_finite() {
+            format!(
+                "{} points, 95% [{}, {}]",
+                pts(p.seeds.mean),
+                pts(p.interval.lo),
+                pts(p.interval.hi)
+            )
+        } else {
+            format!("{} points (one seed: no interval)", pts(p.seeds.mean))
+        }
+    };
+    html! {
+        div #verdict {
+            p {
+                "Verdict: " strong #verdict-text { (v.text) } ". "
+                a href=(format!("/api/studies/{study}/control/export")) download { "control JSON" }
+            }
+            @if let (Some(w), Some(val)) = (v.winner, &v.val) {
+                p #verdict-diff {
+                    "Trial " (w) " − control over " (v.seeds) " paired seeds: validation "
+                    span #verdict-val { (diff(val)) }
+                    @if let Some(t) = &v.test { "; test (reported only) " (diff(t)) }
+                    @if let Some(d) = v.detectable_points() {
+                        ". Smallest validation margin these seeds resolve: ±" (format!("{d:.2}")) " points"
+                    }
+                    "."
+                }
+            }
+            table #verdict-subjects {
+                tr { th.l { "re-trained" } th { "seeds" } th { "validation %" } th { "test %" } }
+                @for s in &v.subjects {
+                    tr { td.l { (s.name) } td { (s.seeds) } td { (s.val.points()) } td { (s.test.points()) } }
+                }
+            }
+        }
     }
 }
 

@@ -194,6 +194,8 @@ mod tests {
             submitted_at: None,
             stop_requested_at: None,
             identity: None,
+            control: None,
+            verdict: None,
         }
     }
 
@@ -215,6 +217,7 @@ mod tests {
                 }),
                 wall_s: 0.0,
                 controller: None,
+                verdict: None,
             },
             trials: vec![
                 row(0, TrialState::EarlyStopped, 0.9, 50),
@@ -258,6 +261,7 @@ mod tests {
             target: None,
             wall_s: 0.0,
             controller: Some(l),
+            verdict: None,
         };
         let lost = summary("running", lease(t - 42.0));
         assert!(!lost.controller_alive());

@@ -2,11 +2,12 @@
 //! exported winner config (reference format plus `metrics` and `provenance`).
 
 use super::problem::Target;
+use super::verdict::stored_verdict;
 use crate::arch::ArchSpec;
 use crate::budget::Budget;
 use crate::config::LayerConfig;
 use crate::cost::{self, Cost};
-use crate::store::{FinalResult, StudyRow, Trial, TrialState, TrialStore};
+use crate::store::{FinalResult, FinalRun, StudyRow, Subject, Trial, TrialState, TrialStore};
 use crate::{Error, Result};
 
 /// The study called `name`, or the only study of the file when `name` is `None`.
@@ -40,10 +41,7 @@ pub fn pick_study(store: &TrialStore, db: &str, name: Option<&str>) -> Result<St
 /// stored target (computed from that text for a study that has none stored).
 pub fn study_base(study: &StudyRow) -> Option<(Cost, Target)> {
     let b = Budget::of_study(study).ok()?;
-    let arch = ArchSpec::parse(&b.model.arch)
-        .ok()?
-        .build(b.model.num_classes);
-    let c = cost::count(&arch);
+    let c = cost::count(&study_arch(study).ok()?);
     let stored = study
         .target
         .as_deref()
@@ -84,13 +82,23 @@ pub fn best_trial(
 }
 
 /// Trials as `rankprune trials --json` prints them: each trial's stored fields plus its
-/// final re-training (`final`, null if none) and its rung scores (`rung_scores`).
+/// final re-training (`final`: the mean over its seeds, null if none), each seed's run
+/// (`final_runs`) and its rung scores (`rung_scores`).
 pub fn trials_json(store: &TrialStore, trials: &[Trial]) -> Result<serde_json::Value> {
+    let runs = match trials.first() {
+        Some(t) => store.final_runs(t.study_id)?,
+        None => Vec::new(),
+    };
     let rows = trials
         .iter()
         .map(|t| {
             let mut v = serde_json::to_value(t).expect("a trial serializes");
             v["final"] = serde_json::to_value(store.final_result(t.id)?).expect("a result");
+            let mine: Vec<&FinalRun> = runs
+                .iter()
+                .filter(|r| r.subject == Subject::Trial(t.id))
+                .collect();
+            v["final_runs"] = serde_json::to_value(mine).expect("runs serialize");
             v["rung_scores"] = serde_json::to_value(store.reports(t.id)?).expect("pairs");
             Ok(v)
         })
@@ -133,6 +141,7 @@ pub fn export_config(
         "params": trial.cost.params,
         "size_bytes": trial.cost.size_bytes,
         "rung_scores": store.reports(trial.id)?,
+        "final_runs": runs_of(store, study, Subject::Trial(trial.id))?,
         "flops_reduction": base.map(|b| b.flops as f64 / trial.cost.flops.max(1) as f64),
         "params_reduction": base.map(|b| b.params as f64 / trial.cost.params.max(1) as f64),
     }));
@@ -143,9 +152,60 @@ pub fn export_config(
         "trial_id": trial.id,
         "budget_fnv1a64": fnv1a64(&study.budget),
         "rung_fidelity": store.rung_fidelity(study.id)?,
+        "verdict": stored_verdict(study),
         "rankprune": env!("CARGO_PKG_VERSION"),
     }));
     Ok(config)
+}
+
+/// The final stage's runs of `subject` (seed, validation and test accuracy, weights).
+fn runs_of(store: &TrialStore, study: &StudyRow, subject: Subject) -> Result<Vec<FinalRun>> {
+    let mut runs = store.final_runs(study.id)?;
+    runs.retain(|r| r.subject == subject);
+    Ok(runs)
+}
+
+/// The control's config (the one-shot heuristic at the study's target, re-trained by the
+/// final stage) with its re-training results and provenance; an error naming why when
+/// the study has none (no final stage yet, or no cost target).
+pub fn export_control(store: &TrialStore, study: &StudyRow, db: &str) -> Result<LayerConfig> {
+    let Some(text) = study.control.as_deref() else {
+        return Err(Error::BadInput(format!(
+            "{db}: study {} has no control config: its final stage has not started, or its objective has no cost target",
+            study.name
+        )));
+    };
+    let mut config = LayerConfig::from_json(text, &format!("{db}: study {} control", study.name))?;
+    let cost = config
+        .apply(&study_arch(study)?, "<control>")
+        .map(|a| cost::count(&a))
+        .ok();
+    let base = study_base(study).map(|(c, _)| c);
+    let runs = runs_of(store, study, Subject::Control)?;
+    config.metrics = Some(serde_json::json!({
+        "final_runs": runs,
+        "flops": cost.as_ref().map(|c| c.flops),
+        "params": cost.as_ref().map(|c| c.params),
+        "flops_reduction": cost.as_ref().zip(base.as_ref()).map(|(c, b)| b.flops as f64 / c.flops.max(1) as f64),
+        "params_reduction": cost.as_ref().zip(base.as_ref()).map(|(c, b)| b.params as f64 / c.params.max(1) as f64),
+    }));
+    config.provenance = Some(serde_json::json!({
+        "db": db,
+        "study": study.name,
+        "control": "VBMF ranks (calibration 0) and SLAMP ratios at the study's target",
+        "budget_fnv1a64": fnv1a64(&study.budget),
+        "verdict": stored_verdict(study),
+        "rankprune": env!("CARGO_PKG_VERSION"),
+    }));
+    Ok(config)
+}
+
+/// The study's base architecture (from its stored budget).
+fn study_arch(study: &StudyRow) -> Result<crate::arch::Arch> {
+    let b = Budget::of_study(study)?;
+    Ok(ArchSpec::parse(&b.model.arch)
+        .map_err(|e| Error::BadInput(format!("{}: {e}", study.name)))?
+        .build(b.model.num_classes))
 }
 
 #[cfg(test)]

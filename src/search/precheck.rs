@@ -46,7 +46,8 @@ fn lowest_vbmf_ranks(base: &Arch) -> Vec<RankRecommendation> {
 
 /// Refuses a budget whose inputs (base weights, space, data) are files the search writes
 /// beside its store: the winner's config `NAME.best.json`, the re-trained weights
-/// `NAME-trialN.safetensors` and their checkpoints `NAME-trialN.ckpt`.
+/// (`NAME-trialN-sI.safetensors`, `NAME-control-sI.safetensors`) and their checkpoints
+/// (`.ckpt`).
 fn check_outputs(budget: &Budget) -> Result<()> {
     let name = &budget.study.name;
     let best = budget.output_path(&format!("{name}.best.json"));
@@ -84,20 +85,22 @@ fn check_outputs(budget: &Budget) -> Result<()> {
     Ok(())
 }
 
-/// Whether `file` is `NAME-trialN.safetensors` or `NAME-trialN.ckpt`.
+/// Whether `file` is one the final stage writes: `NAME-trialN-sI` or `NAME-control-sI`
+/// (and `NAME-trialN`, the name before paired seeds), as `.safetensors` or `.ckpt`.
 fn is_trial_output(file: &str, name: &str) -> bool {
-    let Some(rest) = file
-        .strip_prefix(name)
-        .and_then(|r| r.strip_prefix("-trial"))
-    else {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let Some((stem, ext)) = file.rsplit_once('.') else {
         return false;
     };
-    let Some((number, ext)) = rest.split_once('.') else {
+    let Some(rest) = stem.strip_prefix(name) else {
         return false;
     };
-    !number.is_empty()
-        && number.bytes().all(|b| b.is_ascii_digit())
-        && matches!(ext, "safetensors" | "ckpt")
+    let subject = match rest.rsplit_once("-s") {
+        Some((subject, seed)) if digits(seed) => subject,
+        _ => rest,
+    };
+    let known = subject == "-control" || subject.strip_prefix("-trial").is_some_and(digits);
+    known && matches!(ext, "safetensors" | "ckpt")
 }
 
 #[cfg(test)]
@@ -163,6 +166,11 @@ limits = { max_trials = 1 }
     fn trial_outputs_are_recognised() {
         assert!(is_trial_output("tiny-trial3.safetensors", "tiny"));
         assert!(is_trial_output("tiny-trial12.ckpt", "tiny"));
+        assert!(is_trial_output("tiny-trial3-s2.safetensors", "tiny"));
+        assert!(is_trial_output("tiny-control-s0.ckpt", "tiny"));
+        assert!(is_trial_output("tiny-control.safetensors", "tiny"));
+        assert!(!is_trial_output("tiny-control-sx.safetensors", "tiny"));
+        assert!(!is_trial_output("tiny-trial3-s.safetensors", "tiny"));
         assert!(!is_trial_output("tiny-trial.safetensors", "tiny"));
         assert!(!is_trial_output("tiny-trial3x.safetensors", "tiny"));
         assert!(!is_trial_output("other-trial3.safetensors", "tiny"));

@@ -2,6 +2,7 @@
 
 use super::export::{best_trial, study_base};
 use super::problem::Target;
+use super::verdict::{Verdict, stored_verdict};
 use crate::Result;
 use crate::budget::Budget;
 use crate::cost::Cost;
@@ -25,6 +26,8 @@ pub struct StudySummary {
     pub wall_s: f64,
     /// The study's latest controller lease (None if no controller ever held one).
     pub controller: Option<Lease>,
+    /// The final stage's verdict on the winner against the one-shot heuristic.
+    pub verdict: Option<Verdict>,
 }
 
 impl StudySummary {
@@ -92,6 +95,8 @@ impl StudySummary {
                 "released_at": l.released_at,
             })),
             "controller_status": self.controller_status(),
+            "verdict": self.verdict,
+            "detectable_margin_points": self.verdict.as_ref().and_then(|v| v.detectable_points()),
         })
     }
 }
@@ -124,6 +129,7 @@ pub(crate) fn summary(store: &TrialStore, row: StudyRow) -> Result<StudySummary>
     let controller = store.leases(&study_scope(row.id))?.pop();
     let mut s = StudySummary {
         best: best_trial(store, &row)?,
+        verdict: stored_verdict(&row),
         limit: budget_of(&row).map(|b| b.limits.max_trials),
         done,
         total: trials.len(),

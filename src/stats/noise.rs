@@ -4,7 +4,7 @@
 //! augmentations), so the runs are paired by seed.
 
 use super::{kendall_tau, spearman_rho};
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
 pub fn mean(v: &[f64]) -> f64 {
@@ -28,12 +28,19 @@ pub fn t_975(df: usize) -> f64 {
 }
 
 /// A mean with its 95% interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Interval {
     pub mean: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub lo: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub hi: f64,
     pub n: usize,
+}
+
+/// Reads a number that JSON wrote as null (serde_json writes NaN so).
+pub fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The mean of paired differences `d` and its 95% paired-t interval (NaN bounds below two

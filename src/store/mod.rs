@@ -144,6 +144,82 @@ pub struct StudyRow {
     pub stop_requested_at: Option<f64>,
     /// SHA-256 of the base weights and data files it reads (JSON), recorded at its start.
     pub identity: Option<String>,
+    /// The one-shot heuristic's config (JSON), re-trained as the final stage's control.
+    pub control: Option<String>,
+    /// The final stage's verdict on the winner against the control (JSON; see
+    /// `search::verdict::Verdict`).
+    pub verdict: Option<String>,
+}
+
+/// A JSON text column of a study, written once its value is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StudyJson {
+    Control,
+    Verdict,
+}
+
+impl StudyJson {
+    fn column(self) -> &'static str {
+        match self {
+            StudyJson::Control => "control",
+            StudyJson::Verdict => "verdict",
+        }
+    }
+}
+
+/// What a final re-training trained: a finalist (its trial id) or the control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Subject {
+    Trial(i64),
+    Control,
+}
+
+impl Subject {
+    /// As stored: `trial:ID` or `control`.
+    pub fn key(self) -> String {
+        match self {
+            Subject::Trial(id) => format!("trial:{id}"),
+            Subject::Control => "control".into(),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "control" => Some(Subject::Control),
+            _ => s.strip_prefix("trial:")?.parse().ok().map(Subject::Trial),
+        }
+    }
+}
+
+/// One re-training of a final-stage subject with one training seed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FinalRun {
+    pub subject: Subject,
+    /// The training seed (the same seeds for every subject of a study: paired).
+    pub seed: i64,
+    /// Validation top-1 of the best-by-validation weights.
+    pub val_top1: f64,
+    /// Test-set scores of those weights.
+    pub top1: f64,
+    pub top5: f64,
+    pub loss: f64,
+    pub epochs: usize,
+    pub weights_path: Option<String>,
+    /// Per-image top-1 correctness of those weights, in the sets' order.
+    #[serde(skip)]
+    pub val_correct: Vec<bool>,
+    #[serde(skip)]
+    pub test_correct: Vec<bool>,
+}
+
+/// Per-image correctness as stored: '1' or '0' per image.
+pub fn bits_text(v: &[bool]) -> String {
+    v.iter().map(|&b| if b { '1' } else { '0' }).collect()
+}
+
+pub fn text_bits(s: &str) -> Vec<bool> {
+    s.bytes().map(|b| b == b'1').collect()
 }
 
 /// Where a study stands, as its controller last wrote it. A controller that was killed
@@ -243,7 +319,11 @@ pub fn study_scope(id: i64) -> String {
 
 /// The columns of a [`StudyRow`], in its fields' order (both stores read them so).
 const STUDY_COLUMNS: &str = "id, name, budget, created_at, target, state, stop_reason, state_at, \
-     budget_dir, submitted_at, stop_requested_at, identity";
+     budget_dir, submitted_at, stop_requested_at, identity, control, verdict";
+
+/// The columns of a [`FinalRun`] after its study, in its fields' order.
+const RUN_COLUMNS: &str =
+    "subject, seed, val_top1, top1, top5, loss, epochs, weights_path, val_correct, test_correct";
 
 /// The columns of a [`Lease`], in its fields' order.
 const LEASE_COLUMNS: &str = "id, scope, holder, acquired_at, renewed_at, expires_at, released_at";
@@ -416,6 +496,15 @@ pub trait Store: Send {
 
     /// The final result of a trial, if it was re-trained.
     fn final_result(&self, trial: i64) -> StoreResult<Option<FinalResult>>;
+
+    /// Records one seed's re-training of a final-stage subject (replacing an earlier one).
+    fn record_final_run(&mut self, study: i64, run: &FinalRun) -> StoreResult<()>;
+
+    /// Every final re-training of the study, by subject and seed.
+    fn final_runs(&self, study: i64) -> StoreResult<Vec<FinalRun>>;
+
+    /// Writes one of the study's JSON columns.
+    fn set_study_json(&mut self, study: i64, column: StudyJson, json: &str) -> StoreResult<()>;
 
     fn trial(&self, id: i64) -> StoreResult<Trial>;
 

@@ -86,4 +86,22 @@ pub(super) const MIGRATIONS: &[&str] = &[
         released_at DOUBLE PRECISION
     );
     CREATE INDEX leases_by_scope ON leases (scope, id);",
+    // v9: the paired final stage's runs, a study's control config and verdict.
+    "CREATE TABLE final_runs (
+        study_id BIGINT NOT NULL REFERENCES studies(id),
+        subject TEXT NOT NULL,
+        seed BIGINT NOT NULL,
+        val_top1 DOUBLE PRECISION NOT NULL,
+        top1 DOUBLE PRECISION NOT NULL,
+        top5 DOUBLE PRECISION NOT NULL,
+        loss DOUBLE PRECISION NOT NULL,
+        epochs BIGINT NOT NULL,
+        weights_path TEXT,
+        val_correct TEXT NOT NULL,
+        test_correct TEXT NOT NULL,
+        finished_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (study_id, subject, seed)
+    );
+    ALTER TABLE studies ADD COLUMN control TEXT;
+    ALTER TABLE studies ADD COLUMN verdict TEXT;",
 ];

@@ -9,9 +9,9 @@
 //! tokio thread (the controller's loop) runs on a scoped helper thread.
 
 use super::{
-    CandidateCost, Ending, FinalResult, LEASE_COLUMNS, Lease, RungFidelity, STUDY_COLUMNS, Store,
-    StoreError, StoreResult, StudyRow, StudyState, Trial, TrialState, Value, now, pg_schema,
-    schema,
+    CandidateCost, Ending, FinalResult, FinalRun, LEASE_COLUMNS, Lease, RUN_COLUMNS, RungFidelity,
+    STUDY_COLUMNS, Store, StoreError, StoreResult, StudyJson, StudyRow, StudyState, Subject, Trial,
+    TrialState, Value, bits_text, now, pg_schema, schema, text_bits,
 };
 use ::postgres::types::ToSql;
 use ::postgres::{Client, NoTls, Row};
@@ -308,7 +308,25 @@ fn study_row(r: &Row) -> StudyRow {
         submitted_at: r.get(9),
         stop_requested_at: r.get(10),
         identity: r.get(11),
+        control: r.get(12),
+        verdict: r.get(13),
     }
+}
+
+/// A stored run; None for a subject this build cannot read.
+fn final_run(r: &Row) -> Option<FinalRun> {
+    Some(FinalRun {
+        subject: Subject::parse(r.get(0))?,
+        seed: r.get(1),
+        val_top1: r.get(2),
+        top1: r.get(3),
+        top5: r.get(4),
+        loss: r.get(5),
+        epochs: r.get::<_, i64>(6) as usize,
+        weights_path: r.get(7),
+        val_correct: text_bits(r.get(8)),
+        test_correct: text_bits(r.get(9)),
+    })
 }
 
 impl Store for PgStore {
@@ -566,6 +584,62 @@ impl Store for PgStore {
                 val_top1: r.get(5),
                 reason: r.get(6),
             }))
+        })
+    }
+
+    fn record_final_run(&mut self, study: i64, run: &FinalRun) -> StoreResult<()> {
+        let (t, epochs, key) = (now(), run.epochs as i64, run.subject.key());
+        let (val, test) = (bits_text(&run.val_correct), bits_text(&run.test_correct));
+        self.run(|c| {
+            c.execute(
+                &format!(
+                    "INSERT INTO final_runs (study_id, {RUN_COLUMNS}, finished_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                     ON CONFLICT (study_id, subject, seed) DO UPDATE SET \
+                     val_top1 = EXCLUDED.val_top1, top1 = EXCLUDED.top1, top5 = EXCLUDED.top5, \
+                     loss = EXCLUDED.loss, epochs = EXCLUDED.epochs, \
+                     weights_path = EXCLUDED.weights_path, val_correct = EXCLUDED.val_correct, \
+                     test_correct = EXCLUDED.test_correct, finished_at = EXCLUDED.finished_at"
+                ),
+                &[
+                    &study,
+                    &key,
+                    &run.seed,
+                    &run.val_top1,
+                    &run.top1,
+                    &run.top5,
+                    &run.loss,
+                    &epochs,
+                    &run.weights_path,
+                    &val,
+                    &test,
+                    &t,
+                ],
+            )
+            .map(drop)
+        })
+    }
+
+    fn final_runs(&self, study: i64) -> StoreResult<Vec<FinalRun>> {
+        self.run(|c| {
+            let rows = c.query(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM final_runs WHERE study_id = $1 \
+                     ORDER BY subject, seed"
+                ),
+                &[&study],
+            )?;
+            Ok(rows.iter().filter_map(final_run).collect())
+        })
+    }
+
+    fn set_study_json(&mut self, study: i64, column: StudyJson, json: &str) -> StoreResult<()> {
+        self.run(|c| {
+            c.execute(
+                &format!("UPDATE studies SET {} = $2 WHERE id = $1", column.column()),
+                &[&study, &json],
+            )
+            .map(drop)
         })
     }
 

@@ -127,6 +127,27 @@ pub(super) const MIGRATIONS: &[&str] = &[
         released_at REAL
     );
     CREATE INDEX leases_by_scope ON leases (scope, id);",
+    // v9: the paired final stage. One row per re-training of a subject (`trial:ID` for a
+    // finalist, `control` for the one-shot heuristic's config) with one training seed,
+    // with its per-image correctness on validation and test ('0'/'1' per image, in the
+    // sets' order); a study's control config and its verdict (JSON).
+    "CREATE TABLE final_runs (
+        study_id INTEGER NOT NULL REFERENCES studies(id),
+        subject TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        val_top1 REAL NOT NULL,
+        top1 REAL NOT NULL,
+        top5 REAL NOT NULL,
+        loss REAL NOT NULL,
+        epochs INTEGER NOT NULL,
+        weights_path TEXT,
+        val_correct TEXT NOT NULL,
+        test_correct TEXT NOT NULL,
+        finished_at REAL NOT NULL,
+        PRIMARY KEY (study_id, subject, seed)
+    );
+    ALTER TABLE studies ADD COLUMN control TEXT;
+    ALTER TABLE studies ADD COLUMN verdict TEXT;",
 ];
 
 /// The schema version this build writes.

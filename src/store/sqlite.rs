@@ -2,8 +2,9 @@
 //! (`trials`, `export`, the dashboard) wait on a busy timeout and never block a writer.
 
 use super::{
-    CandidateCost, Ending, FinalResult, LEASE_COLUMNS, Lease, RungFidelity, STUDY_COLUMNS, Store,
-    StoreError, StoreResult, StudyRow, StudyState, Trial, TrialState, Value, now, schema,
+    CandidateCost, Ending, FinalResult, FinalRun, LEASE_COLUMNS, Lease, RUN_COLUMNS, RungFidelity,
+    STUDY_COLUMNS, Store, StoreError, StoreResult, StudyJson, StudyRow, StudyState, Subject, Trial,
+    TrialState, Value, bits_text, now, schema, text_bits,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -68,6 +69,30 @@ fn study_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StudyRow> {
         submitted_at: r.get(9)?,
         stop_requested_at: r.get(10)?,
         identity: r.get(11)?,
+        control: r.get(12)?,
+        verdict: r.get(13)?,
+    })
+}
+
+fn run_from_row(r: &rusqlite::Row) -> rusqlite::Result<FinalRun> {
+    let subject: String = r.get(0)?;
+    Ok(FinalRun {
+        subject: Subject::parse(&subject).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                format!("final_runs.subject {subject:?}").into(),
+            )
+        })?,
+        seed: r.get(1)?,
+        val_top1: r.get(2)?,
+        top1: r.get(3)?,
+        top5: r.get(4)?,
+        loss: r.get(5)?,
+        epochs: r.get::<_, i64>(6)? as usize,
+        weights_path: r.get(7)?,
+        val_correct: text_bits(&r.get::<_, String>(8)?),
+        test_correct: text_bits(&r.get::<_, String>(9)?),
     })
 }
 
@@ -497,6 +522,54 @@ impl Store for SqliteStore {
             )
             .optional()
             .map_err(&err)
+    }
+
+    fn record_final_run(&mut self, study: i64, run: &FinalRun) -> StoreResult<()> {
+        self.conn
+            .execute(
+                &format!(
+                    "INSERT OR REPLACE INTO final_runs (study_id, {RUN_COLUMNS}, finished_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                ),
+                params![
+                    study,
+                    run.subject.key(),
+                    run.seed,
+                    run.val_top1,
+                    run.top1,
+                    run.top5,
+                    run.loss,
+                    run.epochs as i64,
+                    run.weights_path,
+                    bits_text(&run.val_correct),
+                    bits_text(&run.test_correct),
+                    now()
+                ],
+            )
+            .map_err(sql_err(&self.path))?;
+        Ok(())
+    }
+
+    fn final_runs(&self, study: i64) -> StoreResult<Vec<FinalRun>> {
+        let err = sql_err(&self.path);
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM final_runs WHERE study_id = ?1 ORDER BY subject, seed"
+            ))
+            .map_err(&err)?;
+        let rows = st.query_map([study], run_from_row).map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    fn set_study_json(&mut self, study: i64, column: StudyJson, json: &str) -> StoreResult<()> {
+        self.conn
+            .execute(
+                &format!("UPDATE studies SET {} = ?2 WHERE id = ?1", column.column()),
+                params![study, json],
+            )
+            .map_err(sql_err(&self.path))?;
+        Ok(())
     }
 
     fn trial(&self, id: i64) -> StoreResult<Trial> {

@@ -703,3 +703,60 @@ fn endings_are_one_guarded_update_per_dialect() {
         ]
     );
 }
+
+#[test]
+fn final_runs_controls_and_verdicts_round_trip() {
+    each_store(final_runs);
+}
+
+fn final_runs(at: &Path) {
+    let mut s = TrialStore::open(at).unwrap();
+    let id = s.study("f", "b").unwrap();
+    let other = s.study("g", "b").unwrap();
+    let t = s.enqueue(id, "1", COST).unwrap();
+    let run = |subject, seed, bits: &str| FinalRun {
+        subject,
+        seed,
+        val_top1: 0.5,
+        top1: 0.25,
+        top5: 1.0,
+        loss: 0.5,
+        epochs: 2,
+        weights_path: Some(format!("w{seed}")),
+        val_correct: bits.bytes().map(|b| b == b'1').collect(),
+        test_correct: vec![true, false, false, false],
+    };
+    s.record_final_run(id, &run(Subject::Trial(t), 2, "10"))
+        .unwrap();
+    s.record_final_run(id, &run(Subject::Control, 1, "01"))
+        .unwrap();
+    s.record_final_run(other, &run(Subject::Control, 1, "11"))
+        .unwrap();
+    // A run recorded again replaces the first.
+    s.record_final_run(id, &run(Subject::Trial(t), 2, "11"))
+        .unwrap();
+    let got = s.final_runs(id).unwrap();
+    assert_eq!(
+        got,
+        vec![
+            run(Subject::Control, 1, "01"),
+            run(Subject::Trial(t), 2, "11")
+        ]
+    );
+    assert_eq!(s.final_runs(other).unwrap().len(), 1);
+    s.set_study_json(id, StudyJson::Control, "{\"c\":1}")
+        .unwrap();
+    s.set_study_json(id, StudyJson::Verdict, "{\"v\":2}")
+        .unwrap();
+    let row = s.study_row(id).unwrap().unwrap();
+    assert_eq!(
+        (row.control.as_deref(), row.verdict.as_deref()),
+        (Some("{\"c\":1}"), Some("{\"v\":2}"))
+    );
+    assert_eq!(s.study_row(other).unwrap().unwrap().control, None);
+    assert_eq!(
+        Subject::parse(&Subject::Trial(17).key()),
+        Some(Subject::Trial(17))
+    );
+    assert_eq!(Subject::parse("trial:x"), None);
+}

@@ -21,16 +21,21 @@ pub struct EvalResult {
 /// How many rows of `logits` (row-major, `labels.len()` rows) have their label among the
 /// `k` largest entries (ties count against the label).
 pub fn top_k_correct(logits: &[f32], labels: &[i64], k: usize) -> usize {
+    top_k_each(logits, labels, k).filter(|&c| c).count()
+}
+
+/// For each row of `logits`, whether its label is among the `k` largest entries.
+pub fn top_k_each<'a>(
+    logits: &'a [f32],
+    labels: &'a [i64],
+    k: usize,
+) -> impl Iterator<Item = bool> + 'a {
     let classes = logits.len() / labels.len().max(1);
-    labels
-        .iter()
-        .enumerate()
-        .filter(|&(i, &l)| {
-            let row = &logits[i * classes..(i + 1) * classes];
-            let target = row[l as usize];
-            row.iter().filter(|&&v| v >= target).count() <= k
-        })
-        .count()
+    labels.iter().enumerate().map(move |(i, &l)| {
+        let row = &logits[i * classes..(i + 1) * classes];
+        let target = row[l as usize];
+        row.iter().filter(|&&v| v >= target).count() <= k
+    })
 }
 
 /// Sum over rows of -log softmax(row)[label], computed stably in f64.
@@ -62,7 +67,19 @@ pub fn evaluate(
     limit: Option<usize>,
     device: &Device,
 ) -> Result<EvalResult> {
-    let (mut top1, mut top5, mut loss, mut n) = (0usize, 0usize, 0.0f64, 0usize);
+    evaluate_each(model, set, batch_size, limit, device).map(|(r, _)| r)
+}
+
+/// [`evaluate`], with each image's top-1 correctness in the set's order.
+pub fn evaluate_each(
+    model: &Vgg,
+    set: &Arc<ImageSet>,
+    batch_size: usize,
+    limit: Option<usize>,
+    device: &Device,
+) -> Result<(EvalResult, Vec<bool>)> {
+    let (mut top5, mut loss, mut n) = (0usize, 0.0f64, 0usize);
+    let mut correct = Vec::new();
     let plan = EpochPlan {
         batch_size,
         seed: None,
@@ -75,7 +92,7 @@ pub fn evaluate(
             .convert::<f32>()
             .try_into_vec::<f32>()
             .map_err(|e| Error::Failure(format!("{e:?}")))?;
-        top1 += top_k_correct(&logits, &b.labels, 1);
+        correct.extend(top_k_each(&logits, &b.labels, 1));
         top5 += top_k_correct(&logits, &b.labels, 5);
         loss += cross_entropy_sum(&logits, &b.labels);
         n += b.len();
@@ -83,12 +100,14 @@ pub fn evaluate(
     if n == 0 {
         return Err(Error::BadInput("evaluation set is empty".into()));
     }
-    Ok(EvalResult {
+    let top1 = correct.iter().filter(|&&c| c).count();
+    let result = EvalResult {
         top1: top1 as f64 / n as f64,
         top5: top5 as f64 / n as f64,
         loss: loss / n as f64,
         samples: n,
-    })
+    };
+    Ok((result, correct))
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig, decay::WeightDeca
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use checkpoint::{Checkpoint, TrainState};
 use distill::Teacher;
-pub use metrics::{EvalResult, evaluate};
+pub use metrics::{EvalResult, evaluate, evaluate_each};
 use plateau::PlateauConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

@@ -4,7 +4,7 @@
 //! nothing; SIGTERM marks running trials interrupted; `trials` never hits a lock error.
 
 use crate::common::{stripes, write_cifar100};
-use rankprune::store::{TrialState, TrialStore};
+use rankprune::store::{Subject, TrialState, TrialStore};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -60,6 +60,15 @@ impl Study {
 /// A study on 4-class stripes with `cfg_bn:8,M,16,M`. `proxy` replaces the proxy
 /// section's body; `extra` is appended.
 pub(crate) fn study(max_trials: usize, proxy: &str, extra: &str) -> Study {
+    // One training seed in the final stage unless the test sets `seeds` (the default, 3,
+    // triples every final stage's work).
+    let extra = if extra.contains("seeds") {
+        extra.to_string()
+    } else if extra.contains("[final]") {
+        extra.replacen("[final]", "[final]\nseeds = 1", 1)
+    } else {
+        format!("{extra}\n[final]\nseeds = 1")
+    };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -160,6 +169,146 @@ pub(crate) fn tiny_base_flops() -> f64 {
 
 pub(crate) const FAST_PROXY: &str =
     "steps = 4\nbatch_size = 16\neval_samples = 32\nearly_stop_step = 2";
+
+/// The final stage re-trains the winner and the control (the one-shot heuristic: VBMF
+/// ranks at calibration 0, SLAMP ratios at the target) with the same two seeds, stores
+/// each run, the winner's mean and the verdict, and every reader shows it.
+#[test]
+fn the_final_stage_pairs_the_winner_with_the_heuristic_control() {
+    let s = study(
+        3,
+        FAST_PROXY,
+        "[final]\ntop_k = 1\nwarm_starts = 0\nepochs = 1\nseeds = 2",
+    );
+    let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = last_json(&o);
+    let best = out["best"]["id"].as_i64().unwrap();
+    let store = s.store();
+    let runs = store.final_runs(1).unwrap();
+    let seeds = |subject| {
+        let mut v: Vec<i64> = runs
+            .iter()
+            .filter(|r| r.subject == subject)
+            .map(|r| r.seed)
+            .collect();
+        v.sort();
+        v
+    };
+    // search.seed = 1: seeds 1 and 2 for both.
+    assert_eq!(seeds(Subject::Trial(best)), vec![1, 2], "{runs:?}");
+    assert_eq!(seeds(Subject::Control), vec![1, 2]);
+    assert!(
+        runs.iter()
+            .all(|r| r.val_correct.len() == 32 && r.test_correct.len() == 32)
+    );
+    for r in &runs {
+        let right = r.val_correct.iter().filter(|&&c| c).count() as f64 / 32.0;
+        assert!((r.val_top1 - right).abs() < 1e-9, "{r:?}");
+        assert!(Path::new(r.weights_path.as_deref().unwrap()).exists());
+    }
+    assert!(s.path("runs/tiny-control-s1.safetensors").exists());
+    let mine: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.subject == Subject::Trial(best))
+        .map(|r| r.val_top1)
+        .collect();
+    let f = store.final_result(best).unwrap().unwrap();
+    assert!((f.val_top1.unwrap() - (mine[0] + mine[1]) / 2.0).abs() < 1e-9);
+
+    // The control is the heuristic's exact config: VBMF ranks at calibration 0 ...
+    let db = s.db();
+    let control = s.path("control.json");
+    let o = run(&[
+        "export",
+        "--db",
+        db.to_str().unwrap(),
+        "--control",
+        "--out",
+        control.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&control).unwrap()).unwrap();
+    let vbmf = s.path("vbmf.json");
+    let o = run(&[
+        "recommend",
+        "decomposition",
+        "--arch",
+        "cfg_bn:8,M,16,M",
+        "--num-classes",
+        "4",
+        "--weights",
+        s.path("runs/base.safetensors").to_str().unwrap(),
+        "--calibration",
+        "0",
+        "--out",
+        vbmf.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&vbmf).unwrap()).unwrap();
+    assert_eq!(
+        c["decomposition"]["ranks"], v["decomposition"]["ranks"],
+        "{c}"
+    );
+    // ... and SLAMP ratios that meet the target (1.2x fewer FLOPs).
+    assert!(
+        c["pruning"]["ratios"]
+            .as_object()
+            .is_some_and(|r| !r.is_empty()),
+        "{c}"
+    );
+    assert!(c["metrics"]["flops"].as_f64().unwrap() <= tiny_base_flops() / 1.2);
+    assert_eq!(c["metrics"]["final_runs"].as_array().map(Vec::len), Some(2));
+
+    // The verdict: stored, consistent with its interval, shown by every reader.
+    let row = store.study_row(1).unwrap().unwrap();
+    let verdict: serde_json::Value = serde_json::from_str(row.verdict.as_deref().unwrap()).unwrap();
+    assert_eq!(verdict["seeds"], 2);
+    assert_eq!(verdict["winner"], out["best"]["number"]);
+    let lo = verdict["val"]["interval"]["lo"].as_f64().unwrap();
+    assert_eq!(verdict["better"].as_bool(), Some(lo > 0.0), "{verdict}");
+    let said = verdict["text"].as_str().unwrap();
+    assert!(
+        said.starts_with(if lo > 0.0 {
+            "better"
+        } else {
+            "not shown better"
+        }),
+        "{said}"
+    );
+    assert_eq!(c["provenance"]["verdict"], verdict);
+    assert_eq!(out["verdict"], verdict);
+    let o = run(&["trials", "--db", db.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("verdict: {said}")),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["studies", "--db", db.to_str().unwrap(), "--json"]);
+    let studies: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(studies[0]["verdict"], verdict);
+    assert!(
+        studies[0]["detectable_margin_points"]
+            .as_f64()
+            .is_some_and(|d| d > 0.0)
+    );
+    let winner = s.path("winner.json");
+    let o = run(&[
+        "export",
+        "--db",
+        db.to_str().unwrap(),
+        "--best",
+        "--out",
+        winner.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let w: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&winner).unwrap()).unwrap();
+    assert_eq!(w["provenance"]["verdict"], verdict);
+    assert_eq!(w["metrics"]["final_runs"].as_array().map(Vec::len), Some(2));
+}
 
 #[test]
 fn search_end_to_end_then_export_then_compress() {

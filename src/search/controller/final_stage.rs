@@ -1,28 +1,43 @@
-//! The final stage: the finalists re-trained with the full recipe on the configured
-//! long-run device, and the rung fidelity stored after it.
+//! The final stage: the finalists, and the one-shot heuristic's config as the control,
+//! re-trained with the full recipe on the configured long-run device, each with the same
+//! `[final] seeds` training seeds (paired); then each finalist's mean, the verdict on the
+//! winner against the control, and the rung fidelity are stored.
 
 use super::shutdown::{bar, blocking, epoch_progress};
 use super::{Controller, Signals};
 use crate::budget::Budget;
 use crate::compress::Compressed;
+use crate::compress::decompose::recommend_ranks;
 use crate::config::LayerConfig;
 use crate::data::{ImageSet, Split};
 use crate::device::parse_device;
 use crate::ladder::Context;
 use crate::model::Vgg;
 use crate::search::finalists::finalists;
-use crate::store::{FinalResult, Trial};
-use crate::train::{Control, TrainConfig, evaluate, train};
+use crate::search::heuristic::heuristic_config;
+use crate::search::verdict::verdict;
+use crate::store::{FinalResult, FinalRun, StudyJson, Subject, Trial};
+use crate::train::{Control, TrainConfig, evaluate_each, train};
 use crate::{Error, Result};
 use burn::tensor::Device;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Re-trains the finalists (top-k completed trials by proxy accuracy, then the best
-/// warm starts by proxy; see `finalists`) with the full recipe; records their best
-/// validation accuracy (which picks the winner) and the test accuracy of those weights
-/// (reported only). Trials already re-trained are skipped; an interrupted re-training
-/// resumes from its checkpoint. Returns false when a signal interrupted it.
+/// One subject of the final stage: a finalist (with why it was chosen) or the control.
+struct Entry {
+    subject: Subject,
+    /// `trialN` or `control`: its label and its files' names.
+    label: String,
+    config: String,
+    why: &'static str,
+}
+
+/// Re-trains the finalists (top-k completed trials by proxy accuracy, then the best warm
+/// starts by proxy; see `finalists`) and the control with the full recipe, seed by seed;
+/// records each run (best validation weights, scored on validation and test), each
+/// finalist's mean over its seeds (its validation mean picks the winner; the test
+/// accuracy is reported only) and the verdict. Runs already stored are skipped; an
+/// interrupted run resumes from its checkpoint. Returns false when a signal interrupted it.
 pub(super) async fn final_stage(
     ctl: &mut Controller,
     ctx: &Context,
@@ -31,6 +46,26 @@ pub(super) async fn final_stage(
     progress: bool,
 ) -> Result<bool> {
     let top = pick_finalists(ctl, budget)?;
+    if top.is_empty() {
+        return Ok(true);
+    }
+    let mut entries: Vec<Entry> = top
+        .iter()
+        .map(|(t, why)| Entry {
+            subject: Subject::Trial(t.id),
+            label: format!("trial{}", t.number),
+            config: t.config.clone(),
+            why,
+        })
+        .collect();
+    if let Some(config) = control_config(ctl, ctx)? {
+        entries.push(Entry {
+            subject: Subject::Control,
+            label: "control".into(),
+            config,
+            why: "control",
+        });
+    }
     let test = Arc::new(
         ImageSet::load(
             &budget.data.dir,
@@ -40,56 +75,147 @@ pub(super) async fn final_stage(
         )
         .map_err(|e| Error::BadInput(format!("data: {e}")))?,
     );
-    for (t, why) in top {
-        if ctl.store.final_result(t.id)?.is_some() {
-            continue;
-        }
-        let job = Retraining {
-            ctx: ctx.clone(),
-            config: t.config.clone(),
-            stem: budget.output_path(&format!("{}-trial{}", budget.study.name, t.number)),
-            epochs: budget.final_stage.epochs,
-            device: parse_device(&budget.workers.long_run_device())?,
-            test: test.clone(),
-            why,
-        };
-        tracing::info!(
-            trial = t.number,
-            epochs = job.epochs,
-            "final re-training starts"
-        );
-        let pb = bar(
-            job.epochs as u64,
-            &format!(
-                "final #{} {{bar:30}} epoch {{pos}}/{{len}} {{msg}} [{{elapsed}}<{{eta}}]",
-                t.number
-            ),
-            progress,
-        );
-        let (bar, stop) = (pb.clone(), ctl.stop.clone());
-        let (res, signalled) = blocking(signals, &ctl.stop, move || {
-            job.run(epoch_progress(&bar, &stop))
-        })
-        .await?;
-        pb.finish_and_clear();
-        if signalled {
-            return Ok(false);
-        }
-        match res {
-            Ok(f) => {
-                ctl.lease.check()?;
-                tracing::info!(
-                    trial = t.number,
-                    test_top1 = f.top1,
-                    "final re-training done"
-                );
-                ctl.store.record_final(t.id, &f)?;
+    let seeds = budget.final_stage.seeds;
+    for i in 0..seeds {
+        let seed = ctx.seed + i as u64;
+        let done = ctl.store.final_runs(ctl.study)?;
+        for e in &entries {
+            if done
+                .iter()
+                .any(|r| r.subject == e.subject && r.seed == seed as i64)
+            {
+                continue;
             }
-            Err(e) => tracing::warn!(trial = t.number, "final re-training failed: {e}"),
+            let job = Retraining {
+                ctx: ctx.clone(),
+                subject: e.subject,
+                config: e.config.clone(),
+                stem: budget.output_path(&output_stem(&budget.study.name, &e.label, i)),
+                epochs: budget.final_stage.epochs,
+                seed,
+                device: parse_device(&budget.workers.long_run_device())?,
+                test: test.clone(),
+            };
+            let what = format!("final {} seed {}/{seeds}", e.label, i + 1);
+            let Some(res) = run_one(&ctl.stop, signals, job, &what, progress).await? else {
+                return Ok(false);
+            };
+            match res {
+                Ok(run) => {
+                    ctl.lease.check()?;
+                    tracing::info!(
+                        subject = e.label,
+                        seed,
+                        val_top1 = run.val_top1,
+                        test_top1 = run.top1,
+                        "final re-training done"
+                    );
+                    ctl.store.record_final_run(ctl.study, &run)?;
+                }
+                Err(err) => {
+                    tracing::warn!(subject = e.label, seed, "final re-training failed: {err}")
+                }
+            }
         }
     }
+    record_means(ctl, &entries)?;
+    record_verdict(ctl, &top)?;
     record_rung_fidelity(ctl, budget)?;
     Ok(true)
+}
+
+/// The weights and checkpoint names of a subject's run with the `i`-th seed, without
+/// extension: `NAME-trialN-sI` or `NAME-control-sI`.
+pub fn output_stem(study: &str, label: &str, i: usize) -> String {
+    format!("{study}-{label}-s{i}")
+}
+
+/// Runs one re-training on a blocking thread with a progress bar: None when a signal
+/// interrupted it.
+async fn run_one(
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+    signals: &mut Signals,
+    job: Retraining,
+    what: &str,
+    progress: bool,
+) -> Result<Option<Result<FinalRun>>> {
+    tracing::info!(what, epochs = job.epochs, "final re-training starts");
+    let pb = bar(
+        job.epochs as u64,
+        &format!("{what} {{bar:30}} epoch {{pos}}/{{len}} {{msg}} [{{elapsed}}<{{eta}}]"),
+        progress,
+    );
+    let (bar, flag) = (pb.clone(), stop.clone());
+    let (res, signalled) =
+        blocking(signals, stop, move || job.run(epoch_progress(&bar, &flag))).await?;
+    pb.finish_and_clear();
+    Ok((!signalled).then_some(res))
+}
+
+/// The control's config (JSON): stored with the study the first time, so that a resumed
+/// study re-trains the same one. None when the study has no cost target.
+fn control_config(ctl: &mut Controller, ctx: &Context) -> Result<Option<String>> {
+    if let Some(c) = ctl.store.study_row(ctl.study)?.and_then(|r| r.control) {
+        return Ok(Some(c));
+    }
+    let vbmf = recommend_ranks(&ctl.problem.base, &ctx.weights, 0.0, |_| {})?;
+    let Some(config) = heuristic_config(&ctl.problem, &ctx.weights, &vbmf)? else {
+        tracing::warn!("no control: the study has no cost target, or SLAMP cannot meet it");
+        return Ok(None);
+    };
+    let json = serde_json::to_string(&config).expect("a config serializes");
+    ctl.store
+        .set_study_json(ctl.study, StudyJson::Control, &json)?;
+    Ok(Some(json))
+}
+
+/// Each finalist's final result: the mean over its seeds (the weights of its best seed by
+/// validation).
+fn record_means(ctl: &mut Controller, entries: &[Entry]) -> Result<()> {
+    let runs = ctl.store.final_runs(ctl.study)?;
+    for e in entries {
+        let Subject::Trial(id) = e.subject else {
+            continue;
+        };
+        let mine: Vec<&FinalRun> = runs.iter().filter(|r| r.subject == e.subject).collect();
+        let Some(best) = mine.iter().max_by(|a, b| a.val_top1.total_cmp(&b.val_top1)) else {
+            continue;
+        };
+        let avg =
+            |f: fn(&FinalRun) -> f64| mine.iter().map(|r| f(r)).sum::<f64>() / mine.len() as f64;
+        let result = FinalResult {
+            val_top1: Some(avg(|r| r.val_top1)),
+            top1: avg(|r| r.top1),
+            top5: avg(|r| r.top5),
+            loss: avg(|r| r.loss),
+            epochs: best.epochs,
+            weights_path: best.weights_path.clone(),
+            reason: Some(e.why.to_string()),
+        };
+        ctl.store.record_final(id, &result)?;
+    }
+    Ok(())
+}
+
+/// Stores the verdict on the study's winner (the best re-trained trial; see
+/// `export::best_trial`) against the control.
+fn record_verdict(ctl: &mut Controller, top: &[(Trial, &'static str)]) -> Result<()> {
+    let Some(row) = ctl.store.study_row(ctl.study)? else {
+        return Ok(());
+    };
+    let winner = crate::search::export::best_trial(&ctl.store, &row)?
+        .filter(|(_, f)| f.is_some())
+        .map(|(t, _)| t);
+    let runs = ctl.store.final_runs(ctl.study)?;
+    let finalists: Vec<&Trial> = top.iter().map(|(t, _)| t).collect();
+    let v = verdict(&runs, &finalists, winner.as_ref());
+    for line in v.lines() {
+        tracing::info!("{line}");
+    }
+    let json = serde_json::to_string(&v).expect("a verdict serializes");
+    ctl.store
+        .set_study_json(ctl.study, StudyJson::Verdict, &json)?;
+    Ok(())
 }
 
 /// The finalists with why each was chosen.
@@ -113,30 +239,32 @@ fn pick_finalists(ctl: &mut Controller, budget: &Budget) -> Result<Vec<(Trial, &
     .collect())
 }
 
-/// One finalist's re-training, run on a blocking thread.
+/// One re-training of a subject with one seed, run on a blocking thread.
 struct Retraining {
     ctx: Context,
-    /// The trial's stored config.
+    subject: Subject,
+    /// The subject's config (JSON).
     config: String,
     /// Its checkpoint folder (`.ckpt`) and weights (`.safetensors`), without extension.
     stem: PathBuf,
     epochs: usize,
+    seed: u64,
     device: Device,
     test: Arc<ImageSet>,
-    why: &'static str,
 }
 
 impl Retraining {
     /// Builds the candidate, trains it (resuming from its checkpoint when there is one),
-    /// writes its best weights and scores them on the test images.
-    fn run(self, on_epoch: impl FnMut(&crate::train::Report) -> Control) -> Result<FinalResult> {
-        let config = LayerConfig::from_json(&self.config, "<stored trial>")?;
-        let Compressed { arch, weights, .. } = self.ctx.build(&config, "<trial>", &self.device)?;
+    /// writes its best weights and scores them on the validation and test images.
+    fn run(self, on_epoch: impl FnMut(&crate::train::Report) -> Control) -> Result<FinalRun> {
+        let config = LayerConfig::from_json(&self.config, "<stored config>")?;
+        let Compressed { arch, weights, .. } = self.ctx.build(&config, "<final>", &self.device)?;
         let ckpt = self.stem.with_extension("ckpt");
         let out = self.stem.with_extension("safetensors");
         let cfg = TrainConfig {
             resume: ckpt.join(crate::train::checkpoint::STATE_FILE).exists(),
             checkpoint_dir: Some(ckpt),
+            seed: self.seed,
             ..self.ctx.final_config(self.epochs)
         };
         let o = train(
@@ -150,15 +278,19 @@ impl Retraining {
         )?;
         o.best_weights.save_safetensors(&out)?;
         let m = Vgg::from_weights(&arch, o.best_weights, "<final>", &self.device)?;
-        let e = evaluate(&m, &self.test, 256, None, &self.device)?;
-        Ok(FinalResult {
-            val_top1: o.best_val.map(|v| v.top1),
+        let (v, val_correct) = evaluate_each(&m, &self.ctx.val, 256, None, &self.device)?;
+        let (e, test_correct) = evaluate_each(&m, &self.test, 256, None, &self.device)?;
+        Ok(FinalRun {
+            subject: self.subject,
+            seed: self.seed as i64,
+            val_top1: v.top1,
             top1: e.top1,
             top5: e.top5,
             loss: e.loss,
             epochs: o.epochs_run,
             weights_path: Some(out.display().to_string()),
-            reason: Some(self.why.to_string()),
+            val_correct,
+            test_correct,
         })
     }
 }

@@ -70,6 +70,8 @@ pub struct SearchOutcome {
     pub counts: HashMap<&'static str, usize>,
     pub best: Option<Trial>,
     pub best_final: Option<FinalResult>,
+    /// The final stage's verdict on the winner against the one-shot heuristic.
+    pub verdict: Option<crate::search::verdict::Verdict>,
     pub export: Option<PathBuf>,
     pub seconds: f64,
     /// This run's dispatch loop: its ticks and the trial-list reads they made.
@@ -304,6 +306,7 @@ fn outcome(
         counts,
         best_final: best.as_ref().and_then(|b| b.1.clone()),
         best: best.map(|b| b.0),
+        verdict: crate::search::verdict::stored_verdict(&study_row),
         export,
         seconds: started.elapsed().as_secs_f64(),
         dispatch: dispatched,

@@ -1,0 +1,124 @@
+//! The one-shot heuristic (the simple flow): VBMF ranks at a calibration ratio on the
+//! layers the space decomposes, then SLAMP ratios for a cost target on the decomposed
+//! weights, on the layers the space prunes (at most the space's largest ratio). The
+//! warm starts are its points snapped to the space's grids; the final stage re-trains
+//! its exact config at the study's target as the control.
+
+use super::problem::Problem;
+use super::space::{Knob, KnobKind};
+use crate::Result;
+use crate::compress::decompose::{RankRecommendation, decompose_model};
+use crate::compress::slamp::{PruneTarget, recommend_ratios};
+use crate::compress::vbmf::calibrated_rank;
+use crate::config::{DECOMPOSITION_METHOD, Decomposition, LayerConfig, PRUNING_METHOD, Pruning};
+use crate::weights::Weights;
+use indexmap::IndexMap;
+
+/// A rank knob's value under VBMF at calibration `c` (its largest value for a layer VBMF
+/// has no recommendation for).
+pub fn vbmf_rank(k: &Knob, vbmf: &[RankRecommendation], c: f64) -> f64 {
+    match vbmf.iter().find(|r| r.layer == k.layer) {
+        Some(rec) => {
+            let side = usize::from(k.kind == KnobKind::OutRank);
+            calibrated_rank(rec.vbmf[side], rec.full[side], c) as f64
+        }
+        None => k.value(k.levels - 1),
+    }
+}
+
+/// The largest pruning ratio the space allows (0 when it prunes nothing).
+pub fn max_ratio(problem: &Problem) -> f64 {
+    problem
+        .space
+        .knobs
+        .iter()
+        .filter(|k| k.kind == KnobKind::Ratio)
+        .map(|k| k.value(k.levels - 1))
+        .fold(0.0, f64::max)
+}
+
+/// SLAMP's ratios for each of `targets` on the model that `ranks` (a config without
+/// pruning) decomposes the base into; a target SLAMP cannot meet is left out (logged).
+pub fn slamp_ratios(
+    problem: &Problem,
+    weights: &Weights,
+    ranks: &LayerConfig,
+    targets: &[PruneTarget],
+) -> Result<Vec<IndexMap<String, f64>>> {
+    let max = max_ratio(problem);
+    if max <= 0.0 {
+        return Ok(vec![IndexMap::new(); targets.len()]);
+    }
+    let (arch, w, _) = decompose_model(&problem.base, weights, ranks, "<heuristic>", None, |_| {})?;
+    let mut out = Vec::new();
+    for &t in targets {
+        match recommend_ratios(&arch, &w, t, max, &problem.base_cost) {
+            Ok(r) => out.push(r),
+            Err(e) => tracing::debug!("heuristic: SLAMP {t:?}: {e}"),
+        }
+    }
+    Ok(out)
+}
+
+/// The study's cost target `factor` times over, as a SLAMP target (None without one).
+pub fn prune_target(problem: &Problem, factor: f64) -> Option<PruneTarget> {
+    let (t, base) = (&problem.target, &problem.base_cost);
+    match (t.max_flops, t.max_params) {
+        (Some(m), _) => Some(PruneTarget::FlopsReduction(
+            factor * base.flops as f64 / m as f64,
+        )),
+        (None, Some(m)) => Some(PruneTarget::ParamsReduction(
+            factor * base.params as f64 / m as f64,
+        )),
+        (None, None) => None,
+    }
+}
+
+/// The heuristic's exact config at the study's target (VBMF calibration 0, SLAMP for
+/// the target itself): None when the study has no cost target, or SLAMP cannot meet it.
+pub fn heuristic_config(
+    problem: &Problem,
+    weights: &Weights,
+    vbmf: &[RankRecommendation],
+) -> Result<Option<LayerConfig>> {
+    let Some(target) = prune_target(problem, 1.0) else {
+        return Ok(None);
+    };
+    let mut config = LayerConfig::for_arch(&problem.base);
+    let mut ranks: IndexMap<String, [usize; 2]> = IndexMap::new();
+    for k in &problem.space.knobs {
+        let side = match k.kind {
+            KnobKind::InRank => 0,
+            KnobKind::OutRank => 1,
+            KnobKind::Ratio => continue,
+        };
+        ranks.entry(k.layer.clone()).or_default()[side] = vbmf_rank(k, vbmf, 0.0) as usize;
+    }
+    if !ranks.is_empty() {
+        config.decomposition = Some(Decomposition {
+            method: DECOMPOSITION_METHOD.into(),
+            ranks,
+        });
+    }
+    let ratio_layers: Vec<&str> = problem
+        .space
+        .knobs
+        .iter()
+        .filter(|k| k.kind == KnobKind::Ratio)
+        .map(|k| k.layer.as_str())
+        .collect();
+    if !ratio_layers.is_empty() {
+        let Some(found) = slamp_ratios(problem, weights, &config, &[target])?.pop() else {
+            return Ok(None);
+        };
+        let ratios = ratio_layers
+            .iter()
+            .map(|l| (l.to_string(), found.get(*l).copied().unwrap_or(0.0)))
+            .collect();
+        config.pruning = Some(Pruning {
+            method: PRUNING_METHOD.into(),
+            ratios,
+        });
+    }
+    Ok(Some(config))
+}
