@@ -259,8 +259,16 @@ pub struct FinalStage {
     pub warm_starts: usize,
     pub epochs: usize,
     /// Paired training seeds: every finalist, and the one-shot heuristic's config as the
-    /// control, is re-trained with seeds `search.seed`, `search.seed + 1`, ...
-    pub seeds: usize,
+    /// control, is re-trained with seeds `seed`, `seed + 1`, ...: a number, or `"auto"`
+    /// (as many as resolve `margin`, at least 3 and at most `max_seeds`).
+    pub seeds: Seeds,
+    /// With `seeds = "auto"`: the paired validation difference (points) the verdict's
+    /// interval should resolve (its half-width), and the most seeds to spend on it.
+    pub margin: f64,
+    pub max_seeds: usize,
+    /// The first of them (default `search.seed`): another value re-trains with seeds the
+    /// search never used.
+    pub seed: Option<u64>,
     /// The re-training's learning-rate schedule: ReduceLROnPlateau (the recipe) or a
     /// linear decay to zero over `epochs`.
     pub schedule: crate::train::LrSchedule,
@@ -272,8 +280,43 @@ impl Default for FinalStage {
             top_k: 1,
             warm_starts: 1,
             epochs: 100,
-            seeds: 3,
+            seeds: Seeds::Fixed(3),
+            margin: 0.5,
+            max_seeds: 10,
+            seed: None,
             schedule: crate::train::LrSchedule::Plateau,
+        }
+    }
+}
+
+/// How many paired seeds the final stage re-trains with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seeds {
+    Fixed(usize),
+    /// Sized from the noise the final stage measures (see `search::verdict::seeds_needed`).
+    Auto,
+}
+
+/// The fewest seeds `"auto"` re-trains with: an sd from two runs is too rough to size on.
+pub const AUTO_MIN_SEEDS: usize = 3;
+
+impl<'de> Deserialize<'de> for Seeds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(i64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) if n >= 1 => Ok(Seeds::Fixed(n as usize)),
+            Raw::S(s) if s == "auto" => Ok(Seeds::Auto),
+            Raw::N(n) => Err(serde::de::Error::custom(format!(
+                "seeds = {n}: allowed a number >= 1, or \"auto\""
+            ))),
+            Raw::S(s) => Err(serde::de::Error::custom(format!(
+                "seeds = {s:?}: allowed a number >= 1, or \"auto\""
+            ))),
         }
     }
 }
@@ -416,7 +459,17 @@ impl Budget {
         positive("proxy.batch_size", self.proxy.batch_size)?;
         positive("proxy.eval_samples", self.proxy.eval_samples)?;
         positive("final.epochs", self.final_stage.epochs)?;
-        positive("final.seeds", self.final_stage.seeds)?;
+        positive("final.max_seeds", self.final_stage.max_seeds)?;
+        let f = &self.final_stage;
+        if !(f.margin > 0.0 && f.margin.is_finite()) {
+            return Err(format!("final.margin = {}: allowed > 0 (points)", f.margin));
+        }
+        if f.seeds == Seeds::Auto && f.max_seeds < AUTO_MIN_SEEDS {
+            return Err(format!(
+                "final.max_seeds = {}: allowed >= {AUTO_MIN_SEEDS} with seeds = \"auto\"",
+                f.max_seeds
+            ));
+        }
         // Trials are scored on the held-out images: with none, every trial fails.
         positive("data.val_split", self.data.val_split)?;
         if let Some(e) = self.model.train_epochs {
@@ -598,12 +651,26 @@ early_stop_min_acc = 0.3
         );
     }
 
+    /// `seeds` is the final stage's paired training seeds (it once named the warm starts).
     #[test]
-    fn final_warm_starts_also_read_under_their_earlier_name() {
-        for key in ["warm_starts", "seeds"] {
-            let text = format!("{GOOD}\n[final]\ntop_k = 2\n{key} = 3\n");
-            let b = Budget::from_toml(&text, "b.toml").unwrap();
-            assert_eq!((b.final_stage.top_k, b.final_stage.warm_starts), (2, 3));
+    fn final_seeds_are_training_seeds_and_at_least_one() {
+        let text = format!("{GOOD}\n[final]\ntop_k = 2\nwarm_starts = 3\nseeds = 5\nseed = 100\n");
+        let b = Budget::from_toml(&text, "b.toml").unwrap();
+        let f = &b.final_stage;
+        let want = (2, 3, Seeds::Fixed(5), Some(100));
+        assert_eq!((f.top_k, f.warm_starts, f.seeds, f.seed), want);
+        let text = format!("{GOOD}\n[final]\nseeds = \"auto\"\nmargin = 0.3\nmax_seeds = 12\n");
+        let f = Budget::from_toml(&text, "b.toml").unwrap().final_stage;
+        assert_eq!((f.seeds, f.margin, f.max_seeds), (Seeds::Auto, 0.3, 12));
+        for (bad, why) in [
+            ("seeds = 0", "seeds = 0"),
+            ("seeds = \"many\"", "\"many\""),
+            ("margin = 0.0", "final.margin"),
+            ("seeds = \"auto\"\nmax_seeds = 2", "final.max_seeds"),
+        ] {
+            let text = format!("{GOOD}\n[final]\n{bad}\n");
+            let e = Budget::from_toml(&text, "b.toml").unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("allowed"), "{bad}: {e}");
         }
     }
 

@@ -202,6 +202,14 @@ fn verdict(study: i64, v: &crate::search::verdict::Verdict) -> Markup {
                     "."
                 }
             }
+            @if let Some(z) = &v.sizing {
+                p #verdict-sizing {
+                    "Seeds chosen from the measured noise (seeds = \"auto\"): ±" (format!("{:.2}", z.margin))
+                    " points needs " (z.needed.map_or(format!("more than {}", z.cap), |n| n.to_string()))
+                    " seeds (one seed's sd of the paired difference " (format!("{:.2}", z.pair_sd))
+                    ", the image set's se " (format!("{:.2}", z.set_se)) " points)."
+                }
+            }
             table #verdict-subjects {
                 tr { th.l { "re-trained" } th { "seeds" } th { "validation %" } th { "test %" } }
                 @for s in &v.subjects {

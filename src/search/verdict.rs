@@ -3,7 +3,8 @@
 //! image by image ([`crate::stats::paired`]). "Better" needs the paired validation
 //! interval above 0; the test set never decides, it is only reported.
 
-use crate::stats::noise::{f64_or_nan, mean, sample_sd};
+use crate::budget::AUTO_MIN_SEEDS;
+use crate::stats::noise::{f64_or_nan, mean, sample_sd, t_975};
 use crate::stats::paired::{Paired, paired};
 use crate::store::{FinalRun, Subject, Trial};
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,105 @@ pub struct Verdict {
     pub val: Option<Paired>,
     pub test: Option<Paired>,
     pub subjects: Vec<SubjectStats>,
+    /// With `[final] seeds = "auto"`: how the number of seeds was chosen.
+    #[serde(default)]
+    pub sizing: Option<Sizing>,
+}
+
+/// How `seeds = "auto"` sized the final stage from the noise it measured.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Sizing {
+    /// The half-width (points) asked for.
+    pub margin: f64,
+    /// One seed's sd of a finalist's difference from the control, pooled over the
+    /// finalists, and the image set's standard error of the leader's difference (points).
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub pair_sd: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub set_se: f64,
+    /// The fewest seeds whose interval is that narrow (None: more than `cap`).
+    pub needed: Option<usize>,
+    pub cap: usize,
+}
+
+impl Sizing {
+    /// The seeds to re-train with: `needed`, within [`AUTO_MIN_SEEDS`, `cap`].
+    pub fn seeds(&self) -> usize {
+        self.needed
+            .unwrap_or(self.cap)
+            .clamp(AUTO_MIN_SEEDS.min(self.cap), self.cap)
+    }
+}
+
+/// The noise measured so far, and the seeds that resolve `margin` (points) at 95%: the
+/// smallest n with sqrt((t(0.975, n - 1) pair_sd / sqrt(n))^2 + (1.96 set_se)^2) <= margin,
+/// the verdict's own half-width. None below two paired seeds or without a control.
+pub fn seeds_needed(
+    runs: &[FinalRun],
+    finalists: &[&Trial],
+    margin: f64,
+    cap: usize,
+) -> Option<Sizing> {
+    let control = runs_of(runs, Subject::Control);
+    let mut vars = Vec::new();
+    let mut leader: Option<(f64, Paired)> = None;
+    for t in finalists {
+        let ours = runs_of(runs, Subject::Trial(t.id));
+        let (a, b) = pair_up(&ours, &control);
+        if a.len() < 2 {
+            continue;
+        }
+        let Some(p) = paired(&bits(&a, true), &bits(&b, true)) else {
+            continue;
+        };
+        let d: Vec<f64> = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| x.val_top1 - y.val_top1)
+            .collect();
+        vars.push(sample_sd(&d).powi(2));
+        let m = mean(&a.iter().map(|r| r.val_top1).collect::<Vec<f64>>());
+        if leader.is_none_or(|(best, _)| m > best) {
+            leader = Some((m, p));
+        }
+    }
+    let (_, lead) = leader?;
+    let pair_sd = 100.0 * mean(&vars).sqrt();
+    let set_se = 100.0 * lead.set_se;
+    let half = |n: usize| {
+        let seeds = t_975(n - 1) * pair_sd / (n as f64).sqrt();
+        (seeds.powi(2) + (1.959_963_985 * set_se).powi(2)).sqrt()
+    };
+    Some(Sizing {
+        margin,
+        pair_sd,
+        set_se,
+        needed: (2..=cap).find(|&n| half(n) <= margin),
+        cap,
+    })
+}
+
+/// The runs of `ours` and `theirs` with the seeds both have, in seed order.
+fn pair_up<'a>(
+    ours: &[&'a FinalRun],
+    theirs: &[&'a FinalRun],
+) -> (Vec<&'a FinalRun>, Vec<&'a FinalRun>) {
+    ours.iter()
+        .filter_map(|r| Some((*r, *theirs.iter().find(|c| c.seed == r.seed)?)))
+        .unzip()
+}
+
+/// Per-image correctness of each run, on validation or test.
+fn bits(rs: &[&FinalRun], val: bool) -> Vec<Vec<bool>> {
+    rs.iter()
+        .map(|r| {
+            if val {
+                r.val_correct.clone()
+            } else {
+                r.test_correct.clone()
+            }
+        })
+        .collect()
 }
 
 impl Verdict {
@@ -116,6 +216,15 @@ impl Verdict {
             if let Some(d) = self.detectable_points() {
                 out.push(format!(
                     "  smallest validation margin these seeds resolve: ±{d:.2} points"
+                ));
+            }
+            if let Some(s) = &self.sizing {
+                let n = s
+                    .needed
+                    .map_or(format!("more than {}", s.cap), |n| n.to_string());
+                out.push(format!(
+                    "  seeds = \"auto\": ±{:.2} points needs {n} seeds (pair sd {:.2}, image-set se {:.2} points)",
+                    s.margin, s.pair_sd, s.set_se
                 ));
             }
         }
@@ -179,33 +288,15 @@ pub fn verdict(runs: &[FinalRun], finalists: &[&Trial], winner: Option<&Trial>) 
         val: None,
         test: None,
         subjects,
+        sizing: None,
     };
     let Some(w) = winner else {
         v.text = "no comparison: no finalist was re-trained".into();
         return v;
     };
     // The seeds both were re-trained with, in order.
-    let ours: Vec<&FinalRun> = runs_of(runs, Subject::Trial(w.id))
-        .into_iter()
-        .filter(|r| control.iter().any(|c| c.seed == r.seed))
-        .collect();
-    let theirs: Vec<&FinalRun> = control
-        .iter()
-        .copied()
-        .filter(|c| ours.iter().any(|r| r.seed == c.seed))
-        .collect();
+    let (ours, theirs) = pair_up(&runs_of(runs, Subject::Trial(w.id)), &control);
     v.seeds = ours.len();
-    let bits = |rs: &[&FinalRun], val: bool| -> Vec<Vec<bool>> {
-        rs.iter()
-            .map(|r| {
-                if val {
-                    r.val_correct.clone()
-                } else {
-                    r.test_correct.clone()
-                }
-            })
-            .collect()
-    };
     v.val = paired(&bits(&ours, true), &bits(&theirs, true));
     v.test = paired(&bits(&ours, false), &bits(&theirs, false));
     v.better = v.val.is_some_and(|p| p.interval.lo > 0.0);
@@ -308,6 +399,32 @@ mod tests {
         // Seeds the control lacks are left out of the pairing.
         let v = verdict(&runs[..3], &[&a], Some(&a));
         assert_eq!(v.seeds, 1);
+    }
+
+    /// Differences 2, 4, 3 points (sd 1); per image, the finalist's extra right answers
+    /// average 1, 1, 2/3, 1/3 over seeds on 4 of 100 images.
+    #[test]
+    fn auto_seeds_are_sized_by_hand() {
+        let a = trial(1);
+        let mut runs = Vec::new();
+        for (seed, right) in [62, 64, 63].into_iter().enumerate() {
+            runs.push(run(Subject::Trial(1), seed as i64, right));
+            runs.push(run(Subject::Control, seed as i64, 60));
+        }
+        let s = seeds_needed(&runs, &[&a], 3.5, 10).unwrap();
+        assert!((s.pair_sd - 1.0).abs() < 1e-9, "{s:?}");
+        // sd of (1, 1, 2/3, 1/3, 0 x 96) over sqrt(100), in points.
+        let sum_sq = 1.0 + 1.0 + 4.0 / 9.0 + 1.0 / 9.0 - 100.0 * 0.03f64.powi(2);
+        let se = 100.0 * (sum_sq / 99.0).sqrt() / 10.0;
+        assert!((s.set_se - se).abs() < 1e-9, "{s:?}");
+        // 1.96 se = 3.09 leaves sqrt(3.5^2 - 3.09^2) = 1.64 for t(0.975, n - 1) / sqrt(n):
+        // 2.48 at n = 3, 1.59 at n = 4.
+        assert_eq!((s.needed, s.seeds()), (Some(4), 4));
+        // A margin below the image set's own error: no seed count reaches it, so the cap.
+        let s = seeds_needed(&runs, &[&a], 0.5, 10).unwrap();
+        assert_eq!((s.needed, s.seeds()), (None, 10));
+        // Fewer than two paired seeds measure nothing.
+        assert!(seeds_needed(&runs[..2], &[&a], 3.5, 10).is_none());
     }
 
     #[test]

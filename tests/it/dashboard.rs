@@ -98,7 +98,7 @@ fn json(s: &str) -> serde_json::Value {
 /// The finished study ("tiny", 3 trials, 2 re-trained) and, in the same store, a budget
 /// for a long study that the test starts.
 fn stores() -> Study {
-    let s = study(3, FAST_PROXY, "[final]\ntop_k = 2\nepochs = 1");
+    let s = study(3, FAST_PROXY, "[final]\ntop_k = 2\nepochs = 1\nseeds = 2");
     let o = run(&["search", s.budget().to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let budget = std::fs::read_to_string(s.budget()).unwrap();
@@ -186,6 +186,50 @@ fn dashboard_pages_in_headless_chromium_follow_a_running_search() {
         "two re-trained trials"
     );
     assert_eq!(select(&done, "#layers").len(), 1);
+
+    // The verdict: the stored one's words, each re-trained subject (two finalists and the
+    // control), and a download that is `export --control`'s JSON; its word on the
+    // studies page.
+    let row = store.study_row(1).unwrap().unwrap();
+    let verdict = json(row.verdict.as_deref().expect("a stored verdict"));
+    assert_eq!(
+        text_of(&done, "#verdict-text"),
+        verdict["text"].as_str().unwrap()
+    );
+    assert_eq!(select(&done, "#verdict-subjects tr").len(), 1 + 3);
+    assert!(
+        text_of(&done, "#verdict-val").contains("points, 95% ["),
+        "{}",
+        done.html()
+    );
+    let word = if verdict["better"] == true {
+        "better"
+    } else {
+        "not shown"
+    };
+    let verdict_cell = rows[0]
+        .select(&Selector::parse("td.verdict").unwrap())
+        .next()
+        .unwrap();
+    assert_eq!(verdict_cell.text().collect::<String>().trim(), word);
+    let out = s.path("control.json");
+    let o = run(&[
+        "export",
+        "--db",
+        db.to_str().unwrap(),
+        "--study",
+        "tiny",
+        "--control",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let control = json(&std::fs::read_to_string(&out).unwrap());
+    assert_eq!(
+        json(&get(&format!("{url}/api/studies/1/control/export")).1),
+        control
+    );
+    assert_eq!(control["provenance"]["verdict"], verdict);
 
     // A trial page: its state, and a download that is `export --trial`'s JSON.
     let trial = page(&format!("/study/1/trial/{best}"));

@@ -310,6 +310,45 @@ fn the_final_stage_pairs_the_winner_with_the_heuristic_control() {
     assert_eq!(w["metrics"]["final_runs"].as_array().map(Vec::len), Some(2));
 }
 
+/// `seeds = "auto"` re-trains as many seeds as the measured noise needs for the margin:
+/// the fewest (3) for a margin any noise meets, the cap for one that none does (32
+/// validation images alone make the interval wider than 0.01 points).
+#[test]
+fn auto_seeds_follow_the_measured_noise_within_their_cap() {
+    for (margin, want) in [("1000.0", 3), ("0.01", 4)] {
+        let s = study(
+            3,
+            FAST_PROXY,
+            &format!(
+                "[final]\ntop_k = 1\nwarm_starts = 0\nepochs = 1\nseeds = \"auto\"\nmargin = {margin}\nmax_seeds = 4"
+            ),
+        );
+        let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let runs = s.store().final_runs(1).unwrap();
+        let control = runs
+            .iter()
+            .filter(|r| r.subject == Subject::Control)
+            .count();
+        assert_eq!(
+            (runs.len(), control),
+            (2 * want, want),
+            "margin {margin}: {runs:?}"
+        );
+        let out = last_json(&o);
+        let sizing = &out["verdict"]["sizing"];
+        assert_eq!(sizing["cap"], 4, "{out}");
+        assert_eq!(sizing["needed"].is_null(), want == 4, "{sizing}");
+        assert!(sizing["pair_sd"].is_number() && sizing["set_se"].as_f64().unwrap() > 0.0);
+        let o = run(&["trials", "--db", s.db().to_str().unwrap()]);
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("seeds = \"auto\""),
+            "{}",
+            text(&o)
+        );
+    }
+}
+
 #[test]
 fn search_end_to_end_then_export_then_compress() {
     let s = study(5, FAST_PROXY, "[final]\ntop_k = 1\nepochs = 1");

@@ -1,11 +1,13 @@
 //! The final stage: the finalists, and the one-shot heuristic's config as the control,
 //! re-trained with the full recipe on the configured long-run device, each with the same
-//! `[final] seeds` training seeds (paired); then each finalist's mean, the verdict on the
+//! `[final] seeds` training seeds (paired; `"auto"`: as many as the measured noise says
+//! resolve `[final] margin`); then each finalist's mean, the verdict on the
 //! winner against the control, and the rung fidelity are stored.
 
 use super::shutdown::{bar, blocking, epoch_progress};
 use super::{Controller, Signals};
 use crate::budget::Budget;
+use crate::budget::{AUTO_MIN_SEEDS, Seeds};
 use crate::compress::Compressed;
 use crate::compress::decompose::recommend_ranks;
 use crate::config::LayerConfig;
@@ -15,7 +17,7 @@ use crate::ladder::Context;
 use crate::model::Vgg;
 use crate::search::finalists::finalists;
 use crate::search::heuristic::heuristic_config;
-use crate::search::verdict::verdict;
+use crate::search::verdict::{Sizing, Verdict, seeds_needed, verdict};
 use crate::store::{FinalResult, FinalRun, StudyJson, Subject, Trial};
 use crate::train::{Control, TrainConfig, evaluate_each, train};
 use crate::{Error, Result};
@@ -75,9 +77,17 @@ pub(super) async fn final_stage(
         )
         .map_err(|e| Error::BadInput(format!("data: {e}")))?,
     );
-    let seeds = budget.final_stage.seeds;
-    for i in 0..seeds {
-        let seed = ctx.seed + i as u64;
+    let f = &budget.final_stage;
+    let first = f.seed.unwrap_or(ctx.seed);
+    let (mut planned, cap) = match f.seeds {
+        Seeds::Fixed(n) => (n, n),
+        Seeds::Auto => (AUTO_MIN_SEEDS.min(f.max_seeds), f.max_seeds),
+    };
+    let finalists: Vec<&Trial> = top.iter().map(|(t, _)| t).collect();
+    let mut sizing = None;
+    let mut i = 0;
+    while i < planned {
+        let seed = first + i as u64;
         let done = ctl.store.final_runs(ctl.study)?;
         for e in &entries {
             if done
@@ -91,12 +101,12 @@ pub(super) async fn final_stage(
                 subject: e.subject,
                 config: e.config.clone(),
                 stem: budget.output_path(&output_stem(&budget.study.name, &e.label, i)),
-                epochs: budget.final_stage.epochs,
+                epochs: f.epochs,
                 seed,
                 device: parse_device(&budget.workers.long_run_device())?,
                 test: test.clone(),
             };
-            let what = format!("final {} seed {}/{seeds}", e.label, i + 1);
+            let what = format!("final {} seed {}/{planned}", e.label, i + 1);
             let Some(res) = run_one(&ctl.stop, signals, job, &what, progress).await? else {
                 return Ok(false);
             };
@@ -117,9 +127,23 @@ pub(super) async fn final_stage(
                 }
             }
         }
+        i += 1;
+        if f.seeds == Seeds::Auto && i >= planned {
+            let runs = ctl.store.final_runs(ctl.study)?;
+            sizing = seeds_needed(&runs, &finalists, f.margin, cap);
+            if let Some(s) = &sizing {
+                tracing::info!(
+                    needed = s.needed,
+                    pair_sd = s.pair_sd,
+                    set_se = s.set_se,
+                    "final stage: seeds sized from the measured noise"
+                );
+                planned = s.seeds();
+            }
+        }
     }
     record_means(ctl, &entries)?;
-    record_verdict(ctl, &top)?;
+    record_verdict(ctl, &top, sizing)?;
     record_rung_fidelity(ctl, budget)?;
     Ok(true)
 }
@@ -199,7 +223,11 @@ fn record_means(ctl: &mut Controller, entries: &[Entry]) -> Result<()> {
 
 /// Stores the verdict on the study's winner (the best re-trained trial; see
 /// `export::best_trial`) against the control.
-fn record_verdict(ctl: &mut Controller, top: &[(Trial, &'static str)]) -> Result<()> {
+fn record_verdict(
+    ctl: &mut Controller,
+    top: &[(Trial, &'static str)],
+    sizing: Option<Sizing>,
+) -> Result<()> {
     let Some(row) = ctl.store.study_row(ctl.study)? else {
         return Ok(());
     };
@@ -208,7 +236,10 @@ fn record_verdict(ctl: &mut Controller, top: &[(Trial, &'static str)]) -> Result
         .map(|(t, _)| t);
     let runs = ctl.store.final_runs(ctl.study)?;
     let finalists: Vec<&Trial> = top.iter().map(|(t, _)| t).collect();
-    let v = verdict(&runs, &finalists, winner.as_ref());
+    let v = Verdict {
+        sizing,
+        ..verdict(&runs, &finalists, winner.as_ref())
+    };
     for line in v.lines() {
         tracing::info!("{line}");
     }
