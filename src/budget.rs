@@ -266,6 +266,9 @@ pub struct FinalStage {
     /// interval should resolve (its half-width), and the most seeds to spend on it.
     pub margin: f64,
     pub max_seeds: usize,
+    /// The control's VBMF calibration ratio (the simple flow's `--calibration`; 0 in the
+    /// reference), in [-1, 1].
+    pub control_calibration: f64,
     /// The first of them (default `search.seed`): another value re-trains with seeds the
     /// search never used.
     pub seed: Option<u64>,
@@ -283,6 +286,7 @@ impl Default for FinalStage {
             seeds: Seeds::Fixed(3),
             margin: 0.5,
             max_seeds: 10,
+            control_calibration: 0.0,
             seed: None,
             schedule: crate::train::LrSchedule::Plateau,
         }
@@ -461,6 +465,12 @@ impl Budget {
         positive("final.epochs", self.final_stage.epochs)?;
         positive("final.max_seeds", self.final_stage.max_seeds)?;
         let f = &self.final_stage;
+        if !(-1.0..=1.0).contains(&f.control_calibration) {
+            return Err(format!(
+                "final.control_calibration = {}: allowed [-1, 1]",
+                f.control_calibration
+            ));
+        }
         if !(f.margin > 0.0 && f.margin.is_finite()) {
             return Err(format!("final.margin = {}: allowed > 0 (points)", f.margin));
         }
@@ -666,6 +676,7 @@ early_stop_min_acc = 0.3
             ("seeds = 0", "seeds = 0"),
             ("seeds = \"many\"", "\"many\""),
             ("margin = 0.0", "final.margin"),
+            ("control_calibration = 1.5", "final.control_calibration"),
             ("seeds = \"auto\"\nmax_seeds = 2", "final.max_seeds"),
         ] {
             let text = format!("{GOOD}\n[final]\n{bad}\n");

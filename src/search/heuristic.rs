@@ -74,12 +74,13 @@ pub fn prune_target(problem: &Problem, factor: f64) -> Option<PruneTarget> {
     }
 }
 
-/// The heuristic's exact config at the study's target (VBMF calibration 0, SLAMP for
+/// The heuristic's exact config at the study's target (VBMF at `calibration`, SLAMP for
 /// the target itself): None when the study has no cost target, or SLAMP cannot meet it.
 pub fn heuristic_config(
     problem: &Problem,
     weights: &Weights,
     vbmf: &[RankRecommendation],
+    calibration: f64,
 ) -> Result<Option<LayerConfig>> {
     let Some(target) = prune_target(problem, 1.0) else {
         return Ok(None);
@@ -92,7 +93,7 @@ pub fn heuristic_config(
             KnobKind::OutRank => 1,
             KnobKind::Ratio => continue,
         };
-        ranks.entry(k.layer.clone()).or_default()[side] = vbmf_rank(k, vbmf, 0.0) as usize;
+        ranks.entry(k.layer.clone()).or_default()[side] = vbmf_rank(k, vbmf, calibration) as usize;
     }
     if !ranks.is_empty() {
         config.decomposition = Some(Decomposition {

@@ -51,6 +51,61 @@ pub(super) async fn final_stage(
     if top.is_empty() {
         return Ok(true);
     }
+    let stage = Stage {
+        entries: subjects(ctl, ctx, budget, &top)?,
+        ctx,
+        budget,
+        test: Arc::new(
+            ImageSet::load(
+                &budget.data.dir,
+                budget.data.dataset,
+                Split::Test,
+                budget.model.num_classes,
+            )
+            .map_err(|e| Error::BadInput(format!("data: {e}")))?,
+        ),
+        progress,
+    };
+    let f = &budget.final_stage;
+    let (mut planned, cap) = match f.seeds {
+        Seeds::Fixed(n) => (n, n),
+        Seeds::Auto => (AUTO_MIN_SEEDS.min(f.max_seeds), f.max_seeds),
+    };
+    let finalists: Vec<&Trial> = top.iter().map(|(t, _)| t).collect();
+    let mut sizing = None;
+    let mut i = 0;
+    while i < planned {
+        if !stage.round(ctl, signals, i, planned).await? {
+            return Ok(false);
+        }
+        i += 1;
+        if f.seeds == Seeds::Auto && i >= planned {
+            let runs = ctl.store.final_runs(ctl.study)?;
+            sizing = seeds_needed(&runs, &finalists, f.margin, cap);
+            if let Some(s) = &sizing {
+                tracing::info!(
+                    needed = s.needed,
+                    pair_sd = s.pair_sd,
+                    set_se = s.set_se,
+                    "final stage: seeds sized from the measured noise"
+                );
+                planned = s.seeds();
+            }
+        }
+    }
+    record_means(ctl, &stage.entries)?;
+    record_verdict(ctl, &top, sizing)?;
+    record_rung_fidelity(ctl, budget)?;
+    Ok(true)
+}
+
+/// The finalists, then the control (when the study has one).
+fn subjects(
+    ctl: &mut Controller,
+    ctx: &Context,
+    budget: &Budget,
+    top: &[(Trial, &'static str)],
+) -> Result<Vec<Entry>> {
     let mut entries: Vec<Entry> = top
         .iter()
         .map(|(t, why)| Entry {
@@ -60,7 +115,7 @@ pub(super) async fn final_stage(
             why,
         })
         .collect();
-    if let Some(config) = control_config(ctl, ctx)? {
+    if let Some(config) = control_config(ctl, ctx, budget.final_stage.control_calibration)? {
         entries.push(Entry {
             subject: Subject::Control,
             label: "control".into(),
@@ -68,28 +123,32 @@ pub(super) async fn final_stage(
             why: "control",
         });
     }
-    let test = Arc::new(
-        ImageSet::load(
-            &budget.data.dir,
-            budget.data.dataset,
-            Split::Test,
-            budget.model.num_classes,
-        )
-        .map_err(|e| Error::BadInput(format!("data: {e}")))?,
-    );
-    let f = &budget.final_stage;
-    let first = f.seed.unwrap_or(ctx.seed);
-    let (mut planned, cap) = match f.seeds {
-        Seeds::Fixed(n) => (n, n),
-        Seeds::Auto => (AUTO_MIN_SEEDS.min(f.max_seeds), f.max_seeds),
-    };
-    let finalists: Vec<&Trial> = top.iter().map(|(t, _)| t).collect();
-    let mut sizing = None;
-    let mut i = 0;
-    while i < planned {
-        let seed = first + i as u64;
+    Ok(entries)
+}
+
+/// What every re-training of a final stage shares.
+struct Stage<'a> {
+    entries: Vec<Entry>,
+    ctx: &'a Context,
+    budget: &'a Budget,
+    test: Arc<ImageSet>,
+    progress: bool,
+}
+
+impl Stage<'_> {
+    /// Re-trains every subject with the `i`-th seed (of `planned`), skipping the runs
+    /// already stored: false when a signal interrupted it.
+    async fn round(
+        &self,
+        ctl: &mut Controller,
+        signals: &mut Signals,
+        i: usize,
+        planned: usize,
+    ) -> Result<bool> {
+        let (f, name) = (&self.budget.final_stage, &self.budget.study.name);
+        let seed = f.seed.unwrap_or(self.ctx.seed) + i as u64;
         let done = ctl.store.final_runs(ctl.study)?;
-        for e in &entries {
+        for e in &self.entries {
             if done
                 .iter()
                 .any(|r| r.subject == e.subject && r.seed == seed as i64)
@@ -97,17 +156,17 @@ pub(super) async fn final_stage(
                 continue;
             }
             let job = Retraining {
-                ctx: ctx.clone(),
+                ctx: self.ctx.clone(),
                 subject: e.subject,
                 config: e.config.clone(),
-                stem: budget.output_path(&output_stem(&budget.study.name, &e.label, i)),
+                stem: self.budget.output_path(&output_stem(name, &e.label, i)),
                 epochs: f.epochs,
                 seed,
-                device: parse_device(&budget.workers.long_run_device())?,
-                test: test.clone(),
+                device: parse_device(&self.budget.workers.long_run_device())?,
+                test: self.test.clone(),
             };
             let what = format!("final {} seed {}/{planned}", e.label, i + 1);
-            let Some(res) = run_one(&ctl.stop, signals, job, &what, progress).await? else {
+            let Some(res) = run_one(&ctl.stop, signals, job, &what, self.progress).await? else {
                 return Ok(false);
             };
             match res {
@@ -127,25 +186,8 @@ pub(super) async fn final_stage(
                 }
             }
         }
-        i += 1;
-        if f.seeds == Seeds::Auto && i >= planned {
-            let runs = ctl.store.final_runs(ctl.study)?;
-            sizing = seeds_needed(&runs, &finalists, f.margin, cap);
-            if let Some(s) = &sizing {
-                tracing::info!(
-                    needed = s.needed,
-                    pair_sd = s.pair_sd,
-                    set_se = s.set_se,
-                    "final stage: seeds sized from the measured noise"
-                );
-                planned = s.seeds();
-            }
-        }
+        Ok(true)
     }
-    record_means(ctl, &entries)?;
-    record_verdict(ctl, &top, sizing)?;
-    record_rung_fidelity(ctl, budget)?;
-    Ok(true)
 }
 
 /// The weights and checkpoint names of a subject's run with the `i`-th seed, without
@@ -178,12 +220,12 @@ async fn run_one(
 
 /// The control's config (JSON): stored with the study the first time, so that a resumed
 /// study re-trains the same one. None when the study has no cost target.
-fn control_config(ctl: &mut Controller, ctx: &Context) -> Result<Option<String>> {
+fn control_config(ctl: &mut Controller, ctx: &Context, calibration: f64) -> Result<Option<String>> {
     if let Some(c) = ctl.store.study_row(ctl.study)?.and_then(|r| r.control) {
         return Ok(Some(c));
     }
     let vbmf = recommend_ranks(&ctl.problem.base, &ctx.weights, 0.0, |_| {})?;
-    let Some(config) = heuristic_config(&ctl.problem, &ctx.weights, &vbmf)? else {
+    let Some(config) = heuristic_config(&ctl.problem, &ctx.weights, &vbmf, calibration)? else {
         tracing::warn!("no control: the study has no cost target, or SLAMP cannot meet it");
         return Ok(None);
     };
