@@ -101,6 +101,35 @@ if finals:
             f"| {t['number']} | {why} | {flops / 1e6:.2f} | {base['flops'] / flops:.2f}x | {100 * t['proxy_acc']:.1f}% "
             f"| {'-' if val is None else f'{100 * val:.1f}%'} | {100 * fin['top1']:.2f}% |"
         )
+# The final stage's verdict on the winner against the one-shot heuristic (the control),
+# over paired seeds, as `search --json` reported it.
+search = load("search.json") if os.path.exists("search.json") else {}
+verdict = search.get("verdict")
+if verdict:
+    pts = lambda v: "-" if v is None else f"{100 * v:+.2f}"
+
+    def diff(p):
+        if not p:
+            return "-"
+        i = p["interval"]
+        return f"{pts(p['seeds']['mean'])} [{pts(i['lo'])}, {pts(i['hi'])}]"
+
+    lines += [
+        "",
+        f"Final stage verdict: **{verdict['text']}** ({verdict['seeds']} paired seeds).",
+        "",
+        "| re-trained | seeds | validation % (mean ± sd) | test % (mean ± sd) |",
+        "|---|---|---|---|",
+    ]
+    for s in verdict["subjects"]:
+        sd = lambda m: f"{100 * m['mean']:.2f}" + ("" if m["sd"] is None else f" ± {100 * m['sd']:.2f}")
+        lines.append(f"| {s['name']} | {s['seeds']} | {sd(s['val'])} | {sd(s['test'])} |")
+    lines += [
+        "",
+        "| winner - control (points) | validation, 95% | test, 95% (reported only) |",
+        "|---|---|---|",
+        f"| trial {verdict['winner']} | {diff(verdict.get('val'))} | {diff(verdict.get('test'))} |",
+    ]
 with open("results.md", "w") as f:
     f.write("\n".join(lines) + "\n")
 print("\n".join(lines))

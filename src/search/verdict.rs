@@ -206,8 +206,9 @@ impl Verdict {
         };
         if let (Some(w), Some(v)) = (self.winner, &self.val) {
             out.push(format!(
-                "  trial {w} - control, {} paired seeds: validation {}",
+                "  trial {w} - control, {} paired seed{}: validation {}",
                 self.seeds,
+                if self.seeds == 1 { "" } else { "s" },
                 diff(v)
             ));
             if let Some(t) = &self.test {
