@@ -189,7 +189,9 @@ fn verdict(study: i64, v: &crate::search::verdict::Verdict) -> Markup {
         div #verdict {
             p {
                 "Verdict: " strong #verdict-text { (v.text) } ". "
-                a href=(format!("/api/studies/{study}/control/export")) download { "control JSON" }
+                @if v.subjects.iter().any(|s| s.trial.is_none()) {
+                    a href=(format!("/api/studies/{study}/control/export")) download { "control JSON" }
+                }
             }
             @if let (Some(w), Some(val)) = (v.winner, &v.val) {
                 p #verdict-diff {

@@ -50,9 +50,9 @@ pub fn study_base(study: &StudyRow) -> Option<(Cost, Target)> {
     Some((c, target))
 }
 
-/// The best trial: highest validation accuracy after the final re-training among
-/// re-trained trials if any, else the highest proxy accuracy among completed trials that
-/// meet the target.
+/// The best trial: highest validation accuracy after the final re-training (its mean over
+/// the final stage's seeds) among re-trained trials if any, else the highest proxy
+/// accuracy among completed trials that meet the target.
 pub fn best_trial(
     store: &TrialStore,
     study: &StudyRow,
@@ -66,10 +66,15 @@ pub fn best_trial(
         None => (false, t.proxy_acc.unwrap_or(0.0)),
     };
     for t in store.trials(study.id)? {
-        if t.state != TrialState::Complete || !target.admits(t.cost.flops, t.cost.params) {
+        if !target.admits(t.cost.flops, t.cost.params) {
             continue;
         }
         let f = store.final_result(t.id)?;
+        // A warm start stopped early at a rung may be a finalist (see `finalists`): once
+        // re-trained it competes like the rest.
+        if t.state != TrialState::Complete && f.is_none() {
+            continue;
+        }
         let better = best.as_ref().is_none_or(|(bt, bf)| {
             let (a, b) = (key(&t, &f), key(bt, bf));
             (a.0 && !b.0) || (a.0 == b.0 && a.1 > b.1)

@@ -121,5 +121,16 @@ pub fn heuristic_config(
             ratios,
         });
     }
+    let cost = config
+        .apply(&problem.base, "<heuristic>")
+        .map(|a| crate::cost::count(&a))?;
+    if !problem.target.admits(cost.flops, cost.params) {
+        tracing::warn!(
+            flops = cost.flops,
+            params = cost.params,
+            target = %problem.target,
+            "the heuristic's config misses a bound of the target (SLAMP met the FLOPs one)"
+        );
+    }
     Ok(Some(config))
 }

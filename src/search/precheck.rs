@@ -46,7 +46,7 @@ fn lowest_vbmf_ranks(base: &Arch) -> Vec<RankRecommendation> {
 
 /// Refuses a budget whose inputs (base weights, space, data) are files the search writes
 /// beside its store: the winner's config `NAME.best.json`, the re-trained weights
-/// (`NAME-trialN-sI.safetensors`, `NAME-control-sI.safetensors`) and their checkpoints
+/// (`NAME-trialN-seedS.safetensors`, `NAME-control-seedS.safetensors`) and their checkpoints
 /// (`.ckpt`).
 fn check_outputs(budget: &Budget) -> Result<()> {
     let name = &budget.study.name;
@@ -85,8 +85,9 @@ fn check_outputs(budget: &Budget) -> Result<()> {
     Ok(())
 }
 
-/// Whether `file` is one the final stage writes: `NAME-trialN-sI` or `NAME-control-sI`
-/// (and `NAME-trialN`, the name before paired seeds), as `.safetensors` or `.ckpt`.
+/// Whether `file` is one the final stage writes: `NAME-trialN-seedS` or
+/// `NAME-control-seedS` (and `NAME-trialN`, the name before paired seeds), as
+/// `.safetensors` or `.ckpt`.
 fn is_trial_output(file: &str, name: &str) -> bool {
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     let Some((stem, ext)) = file.rsplit_once('.') else {
@@ -95,7 +96,7 @@ fn is_trial_output(file: &str, name: &str) -> bool {
     let Some(rest) = stem.strip_prefix(name) else {
         return false;
     };
-    let subject = match rest.rsplit_once("-s") {
+    let subject = match rest.rsplit_once("-seed") {
         Some((subject, seed)) if digits(seed) => subject,
         _ => rest,
     };
@@ -166,11 +167,11 @@ limits = { max_trials = 1 }
     fn trial_outputs_are_recognised() {
         assert!(is_trial_output("tiny-trial3.safetensors", "tiny"));
         assert!(is_trial_output("tiny-trial12.ckpt", "tiny"));
-        assert!(is_trial_output("tiny-trial3-s2.safetensors", "tiny"));
-        assert!(is_trial_output("tiny-control-s0.ckpt", "tiny"));
+        assert!(is_trial_output("tiny-trial3-seed2.safetensors", "tiny"));
+        assert!(is_trial_output("tiny-control-seed100.ckpt", "tiny"));
         assert!(is_trial_output("tiny-control.safetensors", "tiny"));
-        assert!(!is_trial_output("tiny-control-sx.safetensors", "tiny"));
-        assert!(!is_trial_output("tiny-trial3-s.safetensors", "tiny"));
+        assert!(!is_trial_output("tiny-control-seedx.safetensors", "tiny"));
+        assert!(!is_trial_output("tiny-trial3-seed.safetensors", "tiny"));
         assert!(!is_trial_output("tiny-trial.safetensors", "tiny"));
         assert!(!is_trial_output("tiny-trial3x.safetensors", "tiny"));
         assert!(!is_trial_output("other-trial3.safetensors", "tiny"));

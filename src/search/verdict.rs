@@ -90,11 +90,22 @@ pub struct Sizing {
 }
 
 impl Sizing {
-    /// The seeds to re-train with: `needed`, within [`AUTO_MIN_SEEDS`, `cap`].
+    /// Whether the image set's error alone makes the interval wider than the margin:
+    /// then no number of seeds reaches it.
+    pub fn out_of_reach(&self) -> bool {
+        1.959_963_985 * self.set_se >= self.margin
+    }
+
+    /// The seeds to re-train with: `needed`, within [`AUTO_MIN_SEEDS`, `cap`]; the
+    /// fewest when the margin is out of any seed count's reach, `cap` when it is only
+    /// out of `cap`'s.
     pub fn seeds(&self) -> usize {
-        self.needed
-            .unwrap_or(self.cap)
-            .clamp(AUTO_MIN_SEEDS.min(self.cap), self.cap)
+        let least = AUTO_MIN_SEEDS.min(self.cap);
+        match self.needed {
+            Some(n) => n.clamp(least, self.cap),
+            None if self.out_of_reach() => least,
+            None => self.cap,
+        }
     }
 }
 
@@ -220,9 +231,11 @@ impl Verdict {
                 ));
             }
             if let Some(s) = &self.sizing {
-                let n = s
-                    .needed
-                    .map_or(format!("more than {}", s.cap), |n| n.to_string());
+                let n = match s.needed {
+                    Some(n) => n.to_string(),
+                    None if s.out_of_reach() => "more than any number of".into(),
+                    None => format!("more than {}", s.cap),
+                };
                 out.push(format!(
                     "  seeds = \"auto\": ±{:.2} points needs {n} seeds (pair sd {:.2}, image-set se {:.2} points)",
                     s.margin, s.pair_sd, s.set_se
@@ -302,6 +315,9 @@ pub fn verdict(runs: &[FinalRun], finalists: &[&Trial], winner: Option<&Trial>) 
     v.test = paired(&bits(&ours, false), &bits(&theirs, false));
     v.better = v.val.is_some_and(|p| p.interval.lo > 0.0);
     v.text = match (&v.val, v.better) {
+        (None, _) if control.is_empty() => {
+            "no comparison: the study has no control (its objective has no cost target)".into()
+        }
         (None, _) => "no comparison: the control was not re-trained with the winner's seeds".into(),
         (Some(_), true) => BETTER.into(),
         (Some(_), false) => format!(
@@ -414,16 +430,24 @@ mod tests {
         }
         let s = seeds_needed(&runs, &[&a], 3.5, 10).unwrap();
         assert!((s.pair_sd - 1.0).abs() < 1e-9, "{s:?}");
-        // sd of (1, 1, 2/3, 1/3, 0 x 96) over sqrt(100), in points.
-        let sum_sq = 1.0 + 1.0 + 4.0 / 9.0 + 1.0 / 9.0 - 100.0 * 0.03f64.powi(2);
-        let se = 100.0 * (sum_sq / 99.0).sqrt() / 10.0;
-        assert!((s.set_se - se).abs() < 1e-9, "{s:?}");
-        // 1.96 se = 3.09 leaves sqrt(3.5^2 - 3.09^2) = 1.64 for t(0.975, n - 1) / sqrt(n):
+        // Per image over the 3 seeds: means 1, 1, 2/3, 1/3 and 96 zeros; seed variances
+        // 0, 0, 1/3, 1/3 and zeros. The set's variance: that of the means, less the mean
+        // seed variance over 3 seeds; over 100 images, in points.
+        let var_means = (1.0 + 1.0 + 4.0 / 9.0 + 1.0 / 9.0 - 100.0 * 0.03f64.powi(2)) / 99.0;
+        let set_var = var_means - (2.0 / 3.0 / 100.0) / 3.0;
+        let se = 100.0 * (set_var / 100.0).sqrt();
+        assert!((s.set_se - se).abs() < 1e-9, "{s:?} vs {se}");
+        // 1.96 se = 2.95 leaves sqrt(3.5^2 - 2.95^2) = 1.88 for t(0.975, n - 1) / sqrt(n):
         // 2.48 at n = 3, 1.59 at n = 4.
         assert_eq!((s.needed, s.seeds()), (Some(4), 4));
-        // A margin below the image set's own error: no seed count reaches it, so the cap.
-        let s = seeds_needed(&runs, &[&a], 0.5, 10).unwrap();
+        // Just above the set's floor: t / sqrt(n) <= 0.55 takes 16 seeds, past the cap.
+        let s = seeds_needed(&runs, &[&a], 1.96 * se + 0.05, 10).unwrap();
+        assert!(!s.out_of_reach());
         assert_eq!((s.needed, s.seeds()), (None, 10));
+        // Below the set's own error: no seed count reaches it, so the fewest.
+        let s = seeds_needed(&runs, &[&a], 0.5, 10).unwrap();
+        assert!(s.out_of_reach());
+        assert_eq!((s.needed, s.seeds()), (None, 3));
         // Fewer than two paired seeds measure nothing.
         assert!(seeds_needed(&runs[..2], &[&a], 3.5, 10).is_none());
     }

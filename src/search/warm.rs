@@ -1,9 +1,9 @@
 //! Warm-start points: the one-shot heuristic ([`super::heuristic`]) at several
 //! calibration ratios, each with SLAMP ratios for global targets at and just past the
-//! FLOPs target, snapped to the space's grids and repaired to meet the target. Computed
+//! FLOPs target (global filter ratios without one), snapped to the space's grids and repaired to meet the target. Computed
 //! once per study from the base weights.
 
-use super::heuristic::{max_ratio, prune_target, slamp_ratios, vbmf_rank};
+use super::heuristic::{prune_target, slamp_ratios, vbmf_rank};
 use super::problem::Problem;
 use super::space::{KnobKind, Point};
 use crate::Result;
@@ -15,9 +15,9 @@ use rand::rngs::StdRng;
 
 /// Calibration ratios tried, in order.
 const CALIBRATIONS: [f64; 3] = [0.0, 0.25, -0.25];
-/// SLAMP targets as multiples of the cost target (first calibration only gets all).
+/// SLAMP targets as multiples of the FLOPs target (first calibration only gets all).
 const TARGET_FACTORS: [f64; 3] = [1.0, 1.15, 1.3];
-/// Global filter ratios used when the objective has no cost target.
+/// Global filter ratios used when the objective has no FLOPs target.
 const PARETO_RATIOS: [f64; 3] = [0.2, 0.4, 0.6];
 
 /// Feasible, distinct warm-start points (possibly none).
@@ -62,11 +62,8 @@ pub fn warm_start(
                 .map(|&r| PruneTarget::Ratio(r))
                 .collect(),
         };
-        let all_ratios = if max_ratio(problem) > 0.0 {
-            slamp_ratios(problem, weights, &ranks_only, &targets)?
-        } else {
-            vec![Default::default()]
-        };
+        // One map per target (empty ones when the space prunes nothing), each repaired.
+        let all_ratios = slamp_ratios(problem, weights, &ranks_only, &targets)?;
         for ratios in all_ratios {
             let mut q = p.clone();
             for (i, k) in space.knobs.iter().enumerate() {

@@ -2,8 +2,8 @@
 //! paired-t interval holds the training noise only: every run is scored on the same
 //! images, so the set's own sampling error (a new draw of images would move the
 //! difference) is not in it. It is estimated from the per-image differences (as in
-//! McNemar's paired test, averaged over seeds) and added in quadrature for the interval
-//! a claim rests on.
+//! McNemar's paired test, averaged over seeds, the seeds' own share taken out) and added
+//! in quadrature for the interval a claim rests on.
 
 use super::noise::{Interval, f64_or_nan, mean, paired_interval, sample_sd};
 use serde::{Deserialize, Serialize};
@@ -17,8 +17,10 @@ pub struct Paired {
     /// The mean difference over seeds with its paired-t 95% interval (NaN bounds below
     /// two seeds: one run measures no training noise).
     pub seeds: Interval,
-    /// The image set's standard error of the difference: the sd over images of each
-    /// image's mean (over seeds) difference in correctness, over sqrt(images).
+    /// The image set's standard error of the difference: the variance over images of
+    /// each image's mean (over seeds) difference in correctness, less the part the
+    /// seeds' noise puts there (the mean over images of its variance over seeds, over
+    /// seeds), over images, square-rooted.
     #[serde(deserialize_with = "f64_or_nan")]
     pub set_se: f64,
     /// The seeds' half-width and 1.96 `set_se` added in quadrature around the mean.
@@ -45,13 +47,28 @@ pub fn paired(a: &[Vec<bool>], b: &[Vec<bool>]) -> Option<Paired> {
     let acc = |r: &Vec<bool>| r.iter().filter(|&&c| c).count() as f64 / images as f64;
     let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| acc(x) - acc(y)).collect();
     let seeds = paired_interval(&d);
-    let per_image: Vec<f64> = (0..images)
-        .map(|i| {
-            let diff = |(x, y): (&Vec<bool>, &Vec<bool>)| f64::from(x[i]) - f64::from(y[i]);
-            mean(&a.iter().zip(b).map(diff).collect::<Vec<f64>>())
-        })
-        .collect();
-    let set_se = sample_sd(&per_image) / (images as f64).sqrt();
+    // Per image, the difference in correctness seed by seed: its mean over seeds varies
+    // over images with the image's own difference and with that image's seed noise
+    // (its variance over seeds / seeds). The seeds' interval has the latter already, so
+    // it is taken out (random-effects decomposition; clamped at 0). With one seed it
+    // cannot be told apart and stays in (conservative).
+    let k = a.len() as f64;
+    let (mut means, mut noise) = (Vec::with_capacity(images), Vec::with_capacity(images));
+    for i in 0..images {
+        let d: Vec<f64> = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(x[i]) - f64::from(y[i]))
+            .collect();
+        means.push(mean(&d));
+        noise.push(if d.len() > 1 {
+            sample_sd(&d).powi(2)
+        } else {
+            0.0
+        });
+    }
+    let set_var = sample_sd(&means).powi(2) - mean(&noise) / k;
+    let set_se = (set_var.max(0.0) / images as f64).sqrt();
     let seeds_half = (seeds.hi - seeds.lo) / 2.0;
     let half = (seeds_half.powi(2) + (Z_975 * set_se).powi(2)).sqrt();
     Some(Paired {
@@ -88,12 +105,24 @@ mod tests {
         assert!((p.seeds.mean - 0.25).abs() < 1e-12);
         assert!((p.seeds.hi - 0.25 - seeds_half).abs() < 1e-6);
         // Per image, seed 0 and seed 1 of a - b: (0, 1), (1, 0), (1, -1), (0, 0), so means
-        // 0.5, 0.5, 0, 0; their sd sqrt(4 * 0.25^2 / 3) = sqrt(1 / 12); over sqrt(4).
-        let se = (1.0f64 / 12.0).sqrt() / 2.0;
-        assert!((p.set_se - se).abs() < 1e-12, "{}", p.set_se);
+        // 0.5, 0.5, 0, 0 (variance 1 / 12) and seed variances 0.5, 0.5, 2, 0 (mean 0.75):
+        // 1 / 12 - 0.75 / 2 < 0, all of it seed noise: the set adds nothing.
+        let se = 0.0;
+        assert_eq!(p.set_se, se);
         let half = (seeds_half.powi(2) + (1.959_963_985f64 * se).powi(2)).sqrt();
         assert!((p.interval.lo - (0.25 - half)).abs() < 1e-6);
         assert!((p.half_width() - half).abs() < 1e-6);
+    }
+
+    /// Two seeds, three images: a is right on image 1 with both seeds, b with neither;
+    /// no image moves with the seed, so all the per-image spread is the set's.
+    #[test]
+    fn a_steady_per_image_difference_is_the_sets_error() {
+        let p = paired(&[bits("110"), bits("110")], &[bits("100"), bits("100")]).unwrap();
+        // Means 0, 1, 0: variance 1 / 3, none from the seeds; over 3 images: se 1 / 3.
+        assert!((p.set_se - 1.0 / 3.0).abs() < 1e-12, "{}", p.set_se);
+        // The seeds agree exactly (t half-width 0): the interval is 1.96 se either side.
+        assert!((p.half_width() - 1.959_963_985 / 3.0).abs() < 1e-9);
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub(super) async fn final_stage(
 ) -> Result<bool> {
     let top = pick_finalists(ctl, budget)?;
     if top.is_empty() {
+        record_rung_fidelity(ctl, budget)?;
         return Ok(true);
     }
     let stage = Stage {
@@ -80,7 +81,7 @@ pub(super) async fn final_stage(
         }
         i += 1;
         if f.seeds == Seeds::Auto && i >= planned {
-            let runs = ctl.store.final_runs(ctl.study)?;
+            let runs = stage_runs(ctl, budget, ctx, i)?;
             sizing = seeds_needed(&runs, &finalists, f.margin, cap);
             if let Some(s) = &sizing {
                 tracing::info!(
@@ -93,10 +94,20 @@ pub(super) async fn final_stage(
             }
         }
     }
-    record_means(ctl, &stage.entries)?;
-    record_verdict(ctl, &top, sizing)?;
+    let runs = stage_runs(ctl, budget, ctx, planned)?;
+    record_means(ctl, &stage.entries, &runs)?;
+    record_verdict(ctl, &top, sizing, &runs)?;
     record_rung_fidelity(ctl, budget)?;
     Ok(true)
+}
+
+/// The stored runs with this stage's first `n` seeds (a store may hold runs of other
+/// seeds, from a stage run before with another `[final] seed`).
+fn stage_runs(ctl: &Controller, budget: &Budget, ctx: &Context, n: usize) -> Result<Vec<FinalRun>> {
+    let first = budget.final_stage.seed.unwrap_or(ctx.seed) as i64;
+    let mut runs = ctl.store.final_runs(ctl.study)?;
+    runs.retain(|r| (first..first + n as i64).contains(&r.seed));
+    Ok(runs)
 }
 
 /// The finalists, then the control (when the study has one).
@@ -159,7 +170,7 @@ impl Stage<'_> {
                 ctx: self.ctx.clone(),
                 subject: e.subject,
                 config: e.config.clone(),
-                stem: self.budget.output_path(&output_stem(name, &e.label, i)),
+                stem: self.budget.output_path(&output_stem(name, &e.label, seed)),
                 epochs: f.epochs,
                 seed,
                 device: parse_device(&self.budget.workers.long_run_device())?,
@@ -190,10 +201,12 @@ impl Stage<'_> {
     }
 }
 
-/// The weights and checkpoint names of a subject's run with the `i`-th seed, without
-/// extension: `NAME-trialN-sI` or `NAME-control-sI`.
-pub fn output_stem(study: &str, label: &str, i: usize) -> String {
-    format!("{study}-{label}-s{i}")
+/// The weights and checkpoint names of a subject's run with training seed `seed`,
+/// without extension: `NAME-trialN-seedS` or `NAME-control-seedS` (by the seed's value,
+/// so that a stage resumed with another `[final] seed` never takes up another seed's
+/// checkpoint).
+pub fn output_stem(study: &str, label: &str, seed: u64) -> String {
+    format!("{study}-{label}-seed{seed}")
 }
 
 /// Runs one re-training on a blocking thread with a progress bar: None when a signal
@@ -237,8 +250,7 @@ fn control_config(ctl: &mut Controller, ctx: &Context, calibration: f64) -> Resu
 
 /// Each finalist's final result: the mean over its seeds (the weights of its best seed by
 /// validation).
-fn record_means(ctl: &mut Controller, entries: &[Entry]) -> Result<()> {
-    let runs = ctl.store.final_runs(ctl.study)?;
+fn record_means(ctl: &mut Controller, entries: &[Entry], runs: &[FinalRun]) -> Result<()> {
     for e in entries {
         let Subject::Trial(id) = e.subject else {
             continue;
@@ -269,6 +281,7 @@ fn record_verdict(
     ctl: &mut Controller,
     top: &[(Trial, &'static str)],
     sizing: Option<Sizing>,
+    runs: &[FinalRun],
 ) -> Result<()> {
     let Some(row) = ctl.store.study_row(ctl.study)? else {
         return Ok(());
@@ -276,11 +289,10 @@ fn record_verdict(
     let winner = crate::search::export::best_trial(&ctl.store, &row)?
         .filter(|(_, f)| f.is_some())
         .map(|(t, _)| t);
-    let runs = ctl.store.final_runs(ctl.study)?;
     let finalists: Vec<&Trial> = top.iter().map(|(t, _)| t).collect();
     let v = Verdict {
         sizing,
-        ..verdict(&runs, &finalists, winner.as_ref())
+        ..verdict(runs, &finalists, winner.as_ref())
     };
     for line in v.lines() {
         tracing::info!("{line}");
