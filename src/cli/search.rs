@@ -299,20 +299,37 @@ pub fn run_export(args: ExportArgs) -> Result<()> {
     check_output(&args.out, "--out", &store_inputs("--db", &args.at.db))?;
     let (store, study) = args.at.open(false)?;
     let name = args.at.db.display().to_string();
-    if args.control {
-        let config = export_control(&store, &study, &name)?;
-        config
-            .save(&args.out)
-            .map_err(|e| Error::Failure(format!("{}: cannot write: {e}", args.out.display())))?;
+    let (mut config, what) = if args.control {
         let verdict = stored_verdict(&study).map_or(String::new(), |v| format!("; {}", v.text));
-        println!(
-            "wrote {} (study {}, the control{verdict})",
-            args.out.display(),
-            study.name
-        );
-        return Ok(());
+        let config = export_control(&store, &study, &name)?;
+        (config, format!("the control{verdict}"))
+    } else {
+        trial_export(&store, &study, args.trial, &name)?
+    };
+    if args.decomposition_only {
+        config.pruning = None;
+        config.metrics = None;
     }
-    let trial = match args.trial {
+    config
+        .save(&args.out)
+        .map_err(|e| Error::Failure(format!("{}: cannot write: {e}", args.out.display())))?;
+    println!(
+        "wrote {} (study {}, {what})",
+        args.out.display(),
+        study.name
+    );
+    Ok(())
+}
+
+/// The exported config of trial `number` (the best trial when None), and what it is
+/// for people.
+fn trial_export(
+    store: &TrialStore,
+    study: &rankprune::store::StudyRow,
+    number: Option<i64>,
+    name: &str,
+) -> Result<(rankprune::config::LayerConfig, String)> {
+    let trial = match number {
         Some(n) => store
             .trials(study.id)?
             .into_iter()
@@ -320,7 +337,7 @@ pub fn run_export(args: ExportArgs) -> Result<()> {
             .ok_or_else(|| {
                 Error::BadInput(format!("{name}: study {} has no trial {n}", study.name))
             })?,
-        None => best_trial(&store, &study)?.map(|b| b.0).ok_or_else(|| {
+        None => best_trial(store, study)?.map(|b| b.0).ok_or_else(|| {
             Error::BadInput(format!(
                 "{name}: study {} has no completed trial that meets its target",
                 study.name
@@ -334,30 +351,20 @@ pub fn run_export(args: ExportArgs) -> Result<()> {
             "exporting a trial that did not complete"
         );
     }
-    let mut config = export_config(&store, &study, &trial, &name)?;
-    if args.decomposition_only {
-        config.pruning = None;
-        config.metrics = None;
-    }
-    config
-        .save(&args.out)
-        .map_err(|e| Error::Failure(format!("{}: cannot write: {e}", args.out.display())))?;
+    let config = export_config(store, study, &trial, name)?;
     let retrained = store
         .final_result(trial.id)?
         .and_then(|f| f.val_top1)
         .map_or(String::new(), |v| {
             format!(", validation {:.2}% after re-training", 100.0 * v)
         });
-    println!(
-        "wrote {} (study {}, trial {}, proxy accuracy {}{retrained})",
-        args.out.display(),
-        study.name,
-        trial.number,
-        trial
-            .proxy_acc
-            .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a))
-    );
-    Ok(())
+    let proxy = trial
+        .proxy_acc
+        .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a));
+    Ok((
+        config,
+        format!("trial {}, proxy accuracy {proxy}{retrained}", trial.number),
+    ))
 }
 
 /// `rankprune studies`: every study of the store with its state and best trial.

@@ -172,19 +172,6 @@ pub fn study_body(view: &StudyView, sort: SortKey, desc: bool) -> Markup {
 /// The final stage's verdict: the winner against the one-shot heuristic's config over
 /// paired seeds, and each re-trained subject's mean and sd.
 fn verdict(study: i64, v: &crate::search::verdict::Verdict) -> Markup {
-    let pts = |x: f64| format!("{:+.2}", 100.0 * x);
-    let diff = |p: &crate::stats::paired::Paired| {
-        if p.interval.lo.is_finite() {
-            format!(
-                "{} points, 95% [{}, {}]",
-                pts(p.seeds.mean),
-                pts(p.interval.lo),
-                pts(p.interval.hi)
-            )
-        } else {
-            format!("{} points (one seed: no interval)", pts(p.seeds.mean))
-        }
-    };
     html! {
         div #verdict {
             p {
@@ -196,8 +183,8 @@ fn verdict(study: i64, v: &crate::search::verdict::Verdict) -> Markup {
             @if let (Some(w), Some(val)) = (v.winner, &v.val) {
                 p #verdict-diff {
                     "Trial " (w) " − control over " (v.seeds) " paired seeds: validation "
-                    span #verdict-val { (diff(val)) }
-                    @if let Some(t) = &v.test { "; test (reported only) " (diff(t)) }
+                    span #verdict-val { (val.describe(false)) }
+                    @if let Some(t) = &v.test { "; test (reported only) " (t.describe(false)) }
                     @if let Some(d) = v.detectable_points() {
                         ". Smallest validation margin these seeds resolve: ±" (format!("{d:.2}")) " points"
                     }
@@ -207,7 +194,7 @@ fn verdict(study: i64, v: &crate::search::verdict::Verdict) -> Markup {
             @if let Some(z) = &v.sizing {
                 p #verdict-sizing {
                     "Seeds chosen from the measured noise (seeds = \"auto\"): ±" (format!("{:.2}", z.margin))
-                    " points needs " (z.needed.map_or(format!("more than {}", z.cap), |n| n.to_string()))
+                    " points needs " (z.needed_text())
                     " seeds (one seed's sd of the paired difference " (format!("{:.2}", z.pair_sd))
                     ", the image set's se " (format!("{:.2}", z.set_se)) " points)."
                 }

@@ -197,7 +197,10 @@ pub fn export_control(store: &TrialStore, study: &StudyRow, db: &str) -> Result<
     config.provenance = Some(serde_json::json!({
         "db": db,
         "study": study.name,
-        "control": "VBMF ranks (calibration 0) and SLAMP ratios at the study's target",
+        "control": format!(
+            "VBMF ranks (calibration {}) and SLAMP ratios at the study's target",
+            Budget::of_study(study)?.final_stage.control_calibration
+        ),
         "budget_fnv1a64": fnv1a64(&study.budget),
         "verdict": stored_verdict(study),
         "rankprune": env!("CARGO_PKG_VERSION"),

@@ -57,29 +57,6 @@ pub fn finalists<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::CandidateCost;
-
-    fn trial(id: i64, state: TrialState, proxy: Option<f64>, flops: u64) -> Trial {
-        Trial {
-            id,
-            study_id: 1,
-            number: id - 1,
-            state,
-            config: String::new(),
-            cost: CandidateCost {
-                flops,
-                params: 10,
-                size_bytes: 40,
-            },
-            proxy_acc: proxy,
-            proxy_loss: None,
-            worker: None,
-            error: None,
-            queued_at: 0.0,
-            started_at: None,
-            finished_at: None,
-        }
-    }
 
     fn ids(v: &[(&Trial, &str)]) -> Vec<i64> {
         v.iter().map(|t| t.0.id).collect()
@@ -89,16 +66,16 @@ mod tests {
     fn top_k_by_proxy_then_the_best_sound_warm_starts_by_proxy() {
         use TrialState::*;
         let trials = vec![
-            trial(1, Complete, Some(0.12), 80),     // warm start, degenerate
-            trial(2, Complete, Some(0.53), 80),     // warm start
-            trial(3, EarlyStopped, Some(0.40), 80), // warm start, stopped early
-            trial(4, Failed, None, 80),             // warm start, diverged
-            trial(5, Complete, Some(0.90), 200),    // warm start, over the target
-            trial(6, Complete, Some(0.75), 80),
-            trial(7, Complete, Some(0.72), 80),
-            trial(8, Complete, Some(0.99), 200), // best proxy, over the target
-            trial(9, EarlyStopped, Some(0.98), 80), // stopped early, not a warm start
-            trial(10, Complete, Some(0.67), 80), // warm start, in the top-3
+            Trial::fixture(1, Complete, Some(0.12), 80), // warm start, degenerate
+            Trial::fixture(2, Complete, Some(0.53), 80), // warm start
+            Trial::fixture(3, EarlyStopped, Some(0.40), 80), // warm start, stopped early
+            Trial::fixture(4, Failed, None, 80),         // warm start, diverged
+            Trial::fixture(5, Complete, Some(0.90), 200), // warm start, over the target
+            Trial::fixture(6, Complete, Some(0.75), 80),
+            Trial::fixture(7, Complete, Some(0.72), 80),
+            Trial::fixture(8, Complete, Some(0.99), 200), // best proxy, over the target
+            Trial::fixture(9, EarlyStopped, Some(0.98), 80), // stopped early, not a warm start
+            Trial::fixture(10, Complete, Some(0.67), 80), // warm start, in the top-3
         ];
         let target = Target {
             max_flops: Some(100),

@@ -5,7 +5,7 @@
 
 use crate::budget::AUTO_MIN_SEEDS;
 use crate::stats::noise::{f64_or_nan, mean, sample_sd, t_975};
-use crate::stats::paired::{Paired, paired};
+use crate::stats::paired::{Paired, Z_975, paired};
 use crate::store::{FinalRun, Subject, Trial};
 use serde::{Deserialize, Serialize};
 
@@ -93,7 +93,17 @@ impl Sizing {
     /// Whether the image set's error alone makes the interval wider than the margin:
     /// then no number of seeds reaches it.
     pub fn out_of_reach(&self) -> bool {
-        1.959_963_985 * self.set_se >= self.margin
+        Z_975 * self.set_se >= self.margin
+    }
+
+    /// How many seeds the margin needs, for people: `7`, `more than 10`, or `more than
+    /// any number of`.
+    pub fn needed_text(&self) -> String {
+        match self.needed {
+            Some(n) => n.to_string(),
+            None if self.out_of_reach() => "more than any number of".into(),
+            None => format!("more than {}", self.cap),
+        }
     }
 
     /// The seeds to re-train with: `needed`, within [`AUTO_MIN_SEEDS`, `cap`]; the
@@ -146,7 +156,7 @@ pub fn seeds_needed(
     let set_se = 100.0 * lead.set_se;
     let half = |n: usize| {
         let seeds = t_975(n - 1) * pair_sd / (n as f64).sqrt();
-        (seeds.powi(2) + (1.959_963_985 * set_se).powi(2)).sqrt()
+        (seeds.powi(2) + (Z_975 * set_se).powi(2)).sqrt()
     };
     Some(Sizing {
         margin,
@@ -200,30 +210,15 @@ impl Verdict {
     /// The verdict for people: a headline, the paired differences, and each subject.
     pub fn lines(&self) -> Vec<String> {
         let mut out = vec![format!("verdict: {}", self.text)];
-        let diff = |p: &Paired| {
-            let pt = |v: f64| format!("{:+.2}", 100.0 * v);
-            if p.interval.lo.is_finite() {
-                format!(
-                    "{} points, 95% [{}, {}] (seeds alone [{}, {}])",
-                    pt(p.seeds.mean),
-                    pt(p.interval.lo),
-                    pt(p.interval.hi),
-                    pt(p.seeds.lo),
-                    pt(p.seeds.hi)
-                )
-            } else {
-                format!("{} points (one seed: no interval)", pt(p.seeds.mean))
-            }
-        };
         if let (Some(w), Some(v)) = (self.winner, &self.val) {
             out.push(format!(
                 "  trial {w} - control, {} paired seed{}: validation {}",
                 self.seeds,
                 if self.seeds == 1 { "" } else { "s" },
-                diff(v)
+                v.describe(true)
             ));
             if let Some(t) = &self.test {
-                out.push(format!("  test (reported only) {}", diff(t)));
+                out.push(format!("  test (reported only) {}", t.describe(true)));
             }
             if let Some(d) = self.detectable_points() {
                 out.push(format!(
@@ -231,14 +226,12 @@ impl Verdict {
                 ));
             }
             if let Some(s) = &self.sizing {
-                let n = match s.needed {
-                    Some(n) => n.to_string(),
-                    None if s.out_of_reach() => "more than any number of".into(),
-                    None => format!("more than {}", s.cap),
-                };
                 out.push(format!(
-                    "  seeds = \"auto\": ±{:.2} points needs {n} seeds (pair sd {:.2}, image-set se {:.2} points)",
-                    s.margin, s.pair_sd, s.set_se
+                    "  seeds = \"auto\": ±{:.2} points needs {} seeds (pair sd {:.2}, image-set se {:.2} points)",
+                    s.margin,
+                    s.needed_text(),
+                    s.pair_sd,
+                    s.set_se
                 ));
             }
         }
@@ -330,28 +323,10 @@ pub fn verdict(runs: &[FinalRun], finalists: &[&Trial], winner: Option<&Trial>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{CandidateCost, TrialState};
+    use crate::store::TrialState;
 
     fn trial(id: i64) -> Trial {
-        Trial {
-            id,
-            study_id: 1,
-            number: id - 1,
-            state: TrialState::Complete,
-            config: String::new(),
-            cost: CandidateCost {
-                flops: 1,
-                params: 1,
-                size_bytes: 4,
-            },
-            proxy_acc: Some(0.5),
-            proxy_loss: None,
-            worker: None,
-            error: None,
-            queued_at: 0.0,
-            started_at: None,
-            finished_at: None,
-        }
+        Trial::fixture(id, TrialState::Complete, Some(0.5), 1)
     }
 
     /// A run whose first `right` of 100 images are correct (validation and test alike).

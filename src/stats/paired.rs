@@ -9,7 +9,7 @@ use super::noise::{Interval, f64_or_nan, mean, paired_interval, sample_sd};
 use serde::{Deserialize, Serialize};
 
 /// The normal distribution's two-sided 95% quantile.
-const Z_975: f64 = 1.959_963_985;
+pub const Z_975: f64 = 1.959_963_985;
 
 /// `a - b` in accuracy (fractions), seed by seed and image by image.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -33,6 +33,29 @@ impl Paired {
     /// could have told from zero.
     pub fn half_width(&self) -> f64 {
         (self.interval.hi - self.interval.lo) / 2.0
+    }
+
+    /// `+0.19 points, 95% [-0.66, +1.03]` (with `seeds_alone`, the seeds' own interval
+    /// after it), or the mean alone when one seed gives no interval.
+    pub fn describe(&self, seeds_alone: bool) -> String {
+        let pt = |v: f64| format!("{:+.2}", 100.0 * v);
+        if !self.interval.lo.is_finite() {
+            return format!("{} points (one seed: no interval)", pt(self.seeds.mean));
+        }
+        let mut out = format!(
+            "{} points, 95% [{}, {}]",
+            pt(self.seeds.mean),
+            pt(self.interval.lo),
+            pt(self.interval.hi)
+        );
+        if seeds_alone {
+            out += &format!(
+                " (seeds alone [{}, {}])",
+                pt(self.seeds.lo),
+                pt(self.seeds.hi)
+            );
+        }
+        out
     }
 }
 

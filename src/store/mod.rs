@@ -119,6 +119,32 @@ pub struct Trial {
     pub finished_at: Option<f64>,
 }
 
+#[cfg(test)]
+impl Trial {
+    /// A trial of study 1 numbered `id - 1`, with `flops` FLOPs and 10 params, for tests.
+    pub(crate) fn fixture(id: i64, state: TrialState, proxy: Option<f64>, flops: u64) -> Self {
+        Trial {
+            id,
+            study_id: 1,
+            number: id - 1,
+            state,
+            config: String::new(),
+            cost: CandidateCost {
+                flops,
+                params: 10,
+                size_bytes: 40,
+            },
+            proxy_acc: proxy,
+            proxy_loss: None,
+            worker: None,
+            error: None,
+            queued_at: 0.0,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
 /// A study as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StudyRow {

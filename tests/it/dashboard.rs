@@ -7,7 +7,7 @@
 //! is set (CI sets it, after installing chromium).
 
 use crate::common::Killed;
-use crate::search::{FAST_PROXY, SLOW_PROXY, Study, bin, run, spawn, study, text};
+use crate::search::{FAST_PROXY, SLOW_PROXY, Study, bin, export, run, spawn, study, text};
 use rankprune::store::{TrialState, TrialStore};
 use scraper::{Html, Selector};
 use std::io::{BufRead, BufReader};
@@ -212,19 +212,11 @@ fn dashboard_pages_in_headless_chromium_follow_a_running_search() {
         .next()
         .unwrap();
     assert_eq!(verdict_cell.text().collect::<String>().trim(), word);
-    let out = s.path("control.json");
-    let o = run(&[
-        "export",
-        "--db",
-        db.to_str().unwrap(),
-        "--study",
-        "tiny",
-        "--control",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let control = json(&std::fs::read_to_string(&out).unwrap());
+    let control = export(
+        &db,
+        &["--study", "tiny", "--control"],
+        &s.path("control.json"),
+    );
     assert_eq!(
         json(&get(&format!("{url}/api/studies/1/control/export")).1),
         control
@@ -238,20 +230,11 @@ fn dashboard_pages_in_headless_chromium_follow_a_running_search() {
         .attr("href")
         .unwrap()
         .to_string();
-    let out = s.path("exported.json");
-    let o = run(&[
-        "export",
-        "--db",
-        db.to_str().unwrap(),
-        "--study",
-        "tiny",
-        "--trial",
-        &best.to_string(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let exported = json(&std::fs::read_to_string(&out).unwrap());
+    let exported = export(
+        &db,
+        &["--study", "tiny", "--trial", &best.to_string()],
+        &s.path("exported.json"),
+    );
     assert_eq!(json(&get(&format!("{url}{href}")).1), exported);
     assert_eq!(
         json(&get(&format!("{url}/api/studies/1/export")).1),

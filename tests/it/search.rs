@@ -167,6 +167,17 @@ pub(crate) fn tiny_base_flops() -> f64 {
     base["flops"].as_f64().unwrap()
 }
 
+/// Runs `rankprune export --db DB WHICH... --out OUT` (asserting it succeeds) and returns
+/// the JSON it wrote.
+pub(crate) fn export(db: &Path, which: &[&str], out: &Path) -> serde_json::Value {
+    let mut args = vec!["export", "--db", db.to_str().unwrap()];
+    args.extend(which);
+    args.extend(["--out", out.to_str().unwrap()]);
+    let o = run(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
+}
+
 pub(crate) const FAST_PROXY: &str =
     "steps = 4\nbatch_size = 16\neval_samples = 32\nearly_stop_step = 2";
 
@@ -218,18 +229,7 @@ fn the_final_stage_pairs_the_winner_with_the_heuristic_control() {
 
     // The control is the heuristic's exact config: VBMF ranks at calibration 0 ...
     let db = s.db();
-    let control = s.path("control.json");
-    let o = run(&[
-        "export",
-        "--db",
-        db.to_str().unwrap(),
-        "--control",
-        "--out",
-        control.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&control).unwrap()).unwrap();
+    let c = export(&db, &["--control"], &s.path("control.json"));
     let vbmf = s.path("vbmf.json");
     let o = run(&[
         "recommend",
@@ -295,17 +295,7 @@ fn the_final_stage_pairs_the_winner_with_the_heuristic_control() {
             .is_some_and(|d| d > 0.0)
     );
     let winner = s.path("winner.json");
-    let o = run(&[
-        "export",
-        "--db",
-        db.to_str().unwrap(),
-        "--best",
-        "--out",
-        winner.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let w: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&winner).unwrap()).unwrap();
+    let w = export(&db, &["--best"], &winner);
     assert_eq!(w["provenance"]["verdict"], verdict);
     assert_eq!(w["metrics"]["final_runs"].as_array().map(Vec::len), Some(2));
 }
@@ -396,17 +386,7 @@ fn search_end_to_end_then_export_then_compress() {
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("complete"));
 
     let winner = s.path("winner.json");
-    let o = run(&[
-        "export",
-        "--db",
-        db.to_str().unwrap(),
-        "--best",
-        "--out",
-        winner.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let w: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&winner).unwrap()).unwrap();
+    let w = export(&db, &["--best"], &winner);
     assert_eq!(w["provenance"]["study"], "tiny");
     assert_eq!(w["provenance"]["trial_id"].as_i64(), Some(best));
     assert!(w["metrics"]["proxy_acc"].is_number() && w["metrics"]["final_top1"].is_number());

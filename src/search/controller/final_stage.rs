@@ -54,6 +54,7 @@ pub(super) async fn final_stage(
     }
     let stage = Stage {
         entries: subjects(ctl, ctx, budget, &top)?,
+        first: budget.final_stage.seed.unwrap_or(ctx.seed),
         ctx,
         budget,
         test: Arc::new(
@@ -81,7 +82,7 @@ pub(super) async fn final_stage(
         }
         i += 1;
         if f.seeds == Seeds::Auto && i >= planned {
-            let runs = stage_runs(ctl, budget, ctx, i)?;
+            let runs = stage.runs(ctl, i)?;
             sizing = seeds_needed(&runs, &finalists, f.margin, cap);
             if let Some(s) = &sizing {
                 tracing::info!(
@@ -94,20 +95,11 @@ pub(super) async fn final_stage(
             }
         }
     }
-    let runs = stage_runs(ctl, budget, ctx, planned)?;
+    let runs = stage.runs(ctl, planned)?;
     record_means(ctl, &stage.entries, &runs)?;
-    record_verdict(ctl, &top, sizing, &runs)?;
+    record_verdict(ctl, &finalists, sizing, &runs)?;
     record_rung_fidelity(ctl, budget)?;
     Ok(true)
-}
-
-/// The stored runs with this stage's first `n` seeds (a store may hold runs of other
-/// seeds, from a stage run before with another `[final] seed`).
-fn stage_runs(ctl: &Controller, budget: &Budget, ctx: &Context, n: usize) -> Result<Vec<FinalRun>> {
-    let first = budget.final_stage.seed.unwrap_or(ctx.seed) as i64;
-    let mut runs = ctl.store.final_runs(ctl.study)?;
-    runs.retain(|r| (first..first + n as i64).contains(&r.seed));
-    Ok(runs)
 }
 
 /// The finalists, then the control (when the study has one).
@@ -140,6 +132,8 @@ fn subjects(
 /// What every re-training of a final stage shares.
 struct Stage<'a> {
     entries: Vec<Entry>,
+    /// The first training seed (`[final] seed`, else `search.seed`).
+    first: u64,
     ctx: &'a Context,
     budget: &'a Budget,
     test: Arc<ImageSet>,
@@ -147,6 +141,15 @@ struct Stage<'a> {
 }
 
 impl Stage<'_> {
+    /// The stored runs with this stage's first `n` seeds (a store may hold runs of other
+    /// seeds, from a stage run before with another `[final] seed`).
+    fn runs(&self, ctl: &Controller, n: usize) -> Result<Vec<FinalRun>> {
+        let first = self.first as i64;
+        let mut runs = ctl.store.final_runs(ctl.study)?;
+        runs.retain(|r| (first..first + n as i64).contains(&r.seed));
+        Ok(runs)
+    }
+
     /// Re-trains every subject with the `i`-th seed (of `planned`), skipping the runs
     /// already stored: false when a signal interrupted it.
     async fn round(
@@ -157,7 +160,7 @@ impl Stage<'_> {
         planned: usize,
     ) -> Result<bool> {
         let (f, name) = (&self.budget.final_stage, &self.budget.study.name);
-        let seed = f.seed.unwrap_or(self.ctx.seed) + i as u64;
+        let seed = self.first + i as u64;
         let done = ctl.store.final_runs(ctl.study)?;
         for e in &self.entries {
             if done
@@ -279,7 +282,7 @@ fn record_means(ctl: &mut Controller, entries: &[Entry], runs: &[FinalRun]) -> R
 /// `export::best_trial`) against the control.
 fn record_verdict(
     ctl: &mut Controller,
-    top: &[(Trial, &'static str)],
+    finalists: &[&Trial],
     sizing: Option<Sizing>,
     runs: &[FinalRun],
 ) -> Result<()> {
@@ -289,10 +292,9 @@ fn record_verdict(
     let winner = crate::search::export::best_trial(&ctl.store, &row)?
         .filter(|(_, f)| f.is_some())
         .map(|(t, _)| t);
-    let finalists: Vec<&Trial> = top.iter().map(|(t, _)| t).collect();
     let v = Verdict {
         sizing,
-        ..verdict(runs, &finalists, winner.as_ref())
+        ..verdict(runs, finalists, winner.as_ref())
     };
     for line in v.lines() {
         tracing::info!("{line}");
