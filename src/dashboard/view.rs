@@ -151,28 +151,12 @@ pub fn best_so_far(view: &StudyView) -> Vec<(i64, f64)> {
 mod tests {
     use super::*;
     use crate::search::problem::Target;
-    use crate::store::CandidateCost;
 
     fn row(number: i64, state: TrialState, acc: f64, flops: u64) -> TrialRow {
         TrialRow {
             trial: Trial {
-                id: number + 1,
-                study_id: 1,
-                number,
-                state,
                 config: "{}".into(),
-                cost: CandidateCost {
-                    flops,
-                    params: 1,
-                    size_bytes: 4,
-                },
-                proxy_acc: Some(acc),
-                proxy_loss: None,
-                worker: None,
-                error: None,
-                queued_at: 0.0,
-                started_at: None,
-                finished_at: None,
+                ..Trial::fixture(number + 1, state, Some(acc), flops)
             },
             fin: None,
             reports: Vec::new(),
