@@ -537,8 +537,10 @@ pub trait Store: Send {
     /// All trials of a study in order.
     fn trials(&self, study: i64) -> StoreResult<Vec<Trial>>;
 
-    /// Takes the oldest queued trial of any running study for the worker process
-    /// `worker`, with a lease of `lease_s` seconds (queued -> running).
+    /// Takes a queued trial of a running study for the worker process `worker`, with a
+    /// lease of `lease_s` seconds (queued -> running). Studies share the workers: the
+    /// trial comes from the study with the fewest running trials (the oldest study on a
+    /// tie), and is that study's oldest queued trial.
     fn claim_any(&mut self, worker: &str, lease_s: f64) -> StoreResult<Option<Trial>>;
 
     /// Renews the lease of `trial` for `lease_s` seconds; false when `worker` no longer

@@ -601,7 +601,9 @@ impl Store for SqliteStore {
         self.take(
             "SELECT t.id FROM trials t JOIN studies s ON s.id = t.study_id \
              WHERE t.state = 'queued' AND s.state = 'running' \
-             ORDER BY t.study_id, t.number LIMIT 1",
+             ORDER BY (SELECT COUNT(*) FROM trials r \
+                       WHERE r.study_id = t.study_id AND r.state = 'running'), \
+                      t.study_id, t.number LIMIT 1",
             None,
             worker,
             Some(lease_s),

@@ -460,6 +460,33 @@ fn leases(at: &Path) {
 }
 
 #[test]
+fn running_studies_share_the_workers() {
+    each_store(sharing);
+}
+
+fn sharing(at: &Path) {
+    let mut s = TrialStore::open(at).unwrap();
+    let first = s.study("first", "b").unwrap();
+    let second = s.study("second", "b").unwrap();
+    let f: Vec<i64> = (0..3)
+        .map(|i| s.enqueue(first, &i.to_string(), COST).unwrap())
+        .collect();
+    let g: Vec<i64> = (0..2)
+        .map(|i| s.enqueue(second, &i.to_string(), COST).unwrap())
+        .collect();
+    for id in [first, second] {
+        s.set_study_state(id, StudyState::Running, None).unwrap();
+    }
+    let mut take = |w: &str| s.claim_any(w, 60.0).unwrap().unwrap().id;
+    // One running trial each before either study gets a second; ties go to the older.
+    assert_eq!(take("w1"), f[0]);
+    assert_eq!(take("w2"), g[0]);
+    assert_eq!(take("w3"), f[1]);
+    assert_eq!(take("w4"), g[1]);
+    assert_eq!(take("w5"), f[2]);
+}
+
+#[test]
 fn submissions_stops_identities_and_verdicts_round_trip() {
     each_store(daemon_columns);
 }

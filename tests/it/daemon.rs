@@ -4,7 +4,7 @@
 //! running ones finished); SIGTERM stops the daemon cleanly.
 
 use crate::common::{Killed, spawn_logged};
-use crate::search::{FAST_PROXY, SLOW_PROXY, Study, edit_budget, on_postgres, run, study, text};
+use crate::search::{SLOW_PROXY, Study, edit_budget, on_postgres, run, study, text};
 use rankprune::store::{StudyRow, StudyState, Trial, TrialState, TrialStore, is_postgres};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -172,11 +172,15 @@ fn daemon_runs_two_studies_and_stops_a_third(db: &Path, studies: [&Study; 3]) {
     }
 }
 
+/// Trials long enough (about a second) that a study cannot finish before the daemon has
+/// started the other one.
+const MEDIUM_PROXY: &str = "steps = 40\nbatch_size = 16\neval_samples = 32\nearly_stop_step = 20\nearly_stop_median = false";
+
 fn three_studies() -> [Study; 3] {
     let top0 = "[final]\ntop_k = 0\nwarm_starts = 0";
     [
-        named(study(4, FAST_PROXY, top0), "alpha"),
-        named(study(3, FAST_PROXY, top0), "beta"),
+        named(study(4, MEDIUM_PROXY, top0), "alpha"),
+        named(study(3, MEDIUM_PROXY, top0), "beta"),
         named(study(200, SLOW_PROXY, top0), "gamma"),
     ]
 }
