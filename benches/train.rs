@@ -26,7 +26,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use common::config_arch;
 use rankprune::arch::{Arch, ArchSpec};
 use rankprune::model::Vgg;
-use rankprune::model::profile::{self, Op};
+use rankprune::model::profile;
 use std::time::Instant;
 
 const BATCH: usize = 128;
@@ -132,23 +132,12 @@ fn profile_rows(arch: &Arch, steps: usize) -> Vec<(String, f64, f64)> {
     profile::enable(false);
     let inference = profile::take();
     let per_step = |d: std::time::Duration| d.as_secs_f64() * 1e3 / steps as f64;
-    let backward_op = |op: Op| {
-        matches!(
-            op,
-            Op::ConvInputGrad
-                | Op::ConvWeightGrad
-                | Op::PointwiseInputGrad
-                | Op::PointwiseWeightGrad
-                | Op::BnReluBackward
-                | Op::PoolBackward
-        )
-    };
     let mut rows = Vec::new();
     let (mut in_fwd, mut in_bwd, mut in_inf) = (0.0, 0.0, 0.0);
     for ((op, d), (_, di)) in train.into_iter().zip(inference) {
         let (t, i) = (per_step(d), per_step(di));
         if op.nested() {
-        } else if backward_op(op) {
+        } else if op.backward() {
             in_bwd += t;
         } else {
             in_fwd += t;

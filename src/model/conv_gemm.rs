@@ -11,7 +11,8 @@
 //! one per thread, each block's im2col and products on that thread (in its core's
 //! cache); otherwise one after the other, with im2col and col2im parallel over rows
 //! and channels and the products over blocks of their result. `tests` checks the output and
-//! the three gradients against burn's `conv2d`.
+//! the three gradients against burn's `conv2d`. A 3x3 conv with padding 1 takes
+//! [`winograd`] for its forward pass and its input gradient where that pays.
 
 use super::flex::{Flat, tensor, values};
 use super::profile::{Op, timed};
@@ -554,6 +555,8 @@ fn backward(
     let ckk = g.c * g.k * g.k;
     let (xs, dys, w) = (values(x), values(dy), values(weight));
     let [_, dx_op, dw_op] = g.ops();
+    let winograd_dx = want[0].then(|| winograd_input_grad(g, &dys, &w)).flatten();
+    let want = [want[0] && winograd_dx.is_none(), want[1], want[2]];
     // A pointwise conv's input gradient is its column gradient, written by the product.
     let mut dx = want[0].then(|| match g.pointwise() {
         true => Vec::new(),
@@ -631,10 +634,26 @@ fn backward(
         }
     }
     [
-        dx.map(|d| tensor(d, vec![g.c, g.n, g.h, g.w])),
+        winograd_dx.or_else(|| dx.map(|d| tensor(d, vec![g.c, g.n, g.h, g.w]))),
         dw.map(|d| tensor(d, weight.layout().shape().to_vec())),
         want[2].then(|| bias_grad(&dys, g)),
     ]
+}
+
+/// The input gradient by Winograd ([`winograd::input_grad`]), where the conv is 3x3 with
+/// padding 1 and Winograd pays for its adjoint (`O` input channels, `C` output).
+fn winograd_input_grad(g: Geometry, dys: &[f32], w: &[f32]) -> Option<Flat> {
+    let s = g.winograd()?;
+    let adjoint = winograd::Sizes {
+        c: g.out,
+        out: g.c,
+        ..s
+    };
+    adjoint.worth_it().then(|| {
+        timed(Op::WinogradInputGrad, || {
+            tensor(winograd::input_grad(dys, w, s), vec![g.c, g.n, g.h, g.w])
+        })
+    })
 }
 
 /// The bias gradient: each output channel's row of `dy` summed (in f64).

@@ -12,6 +12,8 @@ pub enum Op {
     /// A 3x3 conv's forward by Winograd's F(2x2, 3x3).
     WinogradForward,
     ConvInputGrad,
+    /// A 3x3 conv's input gradient by Winograd's F(2x2, 3x3).
+    WinogradInputGrad,
     ConvWeightGrad,
     PointwiseForward,
     PointwiseInputGrad,
@@ -33,10 +35,26 @@ impl Op {
         matches!(self, Op::Im2col | Op::Col2im)
     }
 
-    pub const ALL: [Op; 14] = [
+    /// Whether the op is part of the backward pass.
+    pub fn backward(self) -> bool {
+        matches!(
+            self,
+            Op::ConvInputGrad
+                | Op::WinogradInputGrad
+                | Op::ConvWeightGrad
+                | Op::PointwiseInputGrad
+                | Op::PointwiseWeightGrad
+                | Op::BnReluBackward
+                | Op::PoolBackward
+                | Op::Col2im
+        )
+    }
+
+    pub const ALL: [Op; 15] = [
         Op::ConvForward,
         Op::WinogradForward,
         Op::ConvInputGrad,
+        Op::WinogradInputGrad,
         Op::ConvWeightGrad,
         Op::PointwiseForward,
         Op::PointwiseInputGrad,
@@ -55,6 +73,7 @@ impl Op {
             Op::ConvForward => "kxk conv forward (im2col)",
             Op::WinogradForward => "3x3 conv forward (Winograd)",
             Op::ConvInputGrad => "kxk conv input gradient",
+            Op::WinogradInputGrad => "3x3 conv input gradient (Winograd)",
             Op::ConvWeightGrad => "kxk conv weight (+bias) gradient",
             Op::PointwiseForward => "1x1 conv forward",
             Op::PointwiseInputGrad => "1x1 conv input gradient",
