@@ -220,10 +220,10 @@ mod tests {
             check(20, 8, 4, 32, 3, 1, true);
             check(20, 8, 4, 32, 3, 1, false); // without a bias (products write y)
         });
-        // Winograd's F(2x2, 3x3) forward and input gradient (16 channels or more on both sides, 64 tiles or
-        // more): odd maps whose last tiles hang over the edge, 1x1 and 2x2 maps, one
-        // chunk after the other with the products shared, and chunks one per thread (8
-        // images, 2 each).
+        // Winograd's F(2x2, 3x3) forward and input gradient (16 channels or more on both
+        // sides, 64 tiles or more): odd maps whose last tiles hang over the edge, 1x1 and
+        // 2x2 maps, one chunk after the other with the products shared, and chunks one
+        // per thread (8 images, 2 each).
         check(8, 16, 16, 5, 3, 1, true);
         check(64, 17, 20, 2, 3, 1, false);
         check(64, 16, 16, 1, 3, 1, true);

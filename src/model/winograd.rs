@@ -125,24 +125,18 @@ fn transform_weights(weight: &[f32], s: Sizes) -> Vec<f32> {
 /// `y = conv3x3(x, weight) + bias`, `x` channel-major `[C, N, H, W]`, `weight`
 /// `[O, C, 3, 3]`, `bias` `[O]`; `y` channel-major `[O, N, H, W]`.
 pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], s: Sizes) -> Vec<f32> {
-    let u = super::profile::timed(super::profile::Op::PointwiseForward, || {
-        transform_weights(weight, s)
-    });
+    let u = transform_weights(weight, s);
     let total = s.out * s.n * s.h * s.w;
     let mut y = Vec::<f32>::with_capacity(total);
     let dst = Shared(y.as_mut_ptr());
     let (per_chunk, per_thread) = s.chunking();
     let chunks: Vec<Range<usize>> = image_runs(s.n, per_chunk).collect();
     let run = |imgs: Range<usize>| {
-        let v = super::profile::timed(super::profile::Op::Im2col, || {
-            transform_inputs(x, s, imgs.clone(), per_thread)
-        });
+        let v = transform_inputs(x, s, imgs.clone(), per_thread);
         let m = products(&u, &v, s, imgs.len() * s.image_tiles(), per_thread);
         // SAFETY: `y` has room for `total` values; each chunk writes the output pixels of
         // its own images only, every one of them (see `transform_outputs`).
-        super::profile::timed(super::profile::Op::Col2im, || unsafe {
-            transform_outputs(&m, bias, s, imgs, per_thread, dst)
-        });
+        unsafe { transform_outputs(&m, bias, s, imgs, per_thread, dst) };
     };
     match per_thread {
         true => chunks.into_par_iter().for_each(run),
@@ -251,7 +245,6 @@ unsafe fn input_channel(x: &[f32], s: Sizes, imgs: Range<usize>, ch: usize, out:
 
 /// Input row `row` (zeros when `None`: padding) with one zero before it, as its even
 /// and odd columns (`even[t]` is padded column `2t`, `odd[t]` column `2t + 1`).
-#[inline(always)]
 fn split_row(row: Option<&[f32]>, even: &mut [f32], odd: &mut [f32]) {
     even.fill(0.0);
     odd.fill(0.0);
