@@ -86,6 +86,19 @@ pub fn slamp_scores(norms: &[f64]) -> Vec<f64> {
     scores
 }
 
+/// Each conv of `arch` (plain convs and Tucker sub-convs, in order) with the SLAMP
+/// scores of its filters in `weights`.
+pub fn conv_scores(arch: &Arch, weights: &Weights) -> Vec<(String, Vec<f64>)> {
+    arch.convs()
+        .map(|c| {
+            let w = weights
+                .get(&format!("{}.weight", c.name))
+                .expect("weights matched to the arch");
+            (c.name.clone(), slamp_scores(&filter_norms(w)))
+        })
+        .collect()
+}
+
 /// Per-layer ratios from a global SLAMP threshold: the smallest threshold whose pruned
 /// model meets `target` (reductions against `original`, the uncompressed model's cost),
 /// each layer clamped to `max_ratio` and keeping one filter. All zeros when `arch`
@@ -97,6 +110,18 @@ pub fn recommend_ratios(
     max_ratio: f64,
     original: &cost::Cost,
 ) -> Result<IndexMap<String, f64>> {
+    check_target(target, max_ratio)?;
+    ratios_for_scores(
+        arch,
+        &conv_scores(arch, weights),
+        target,
+        max_ratio,
+        original,
+    )
+}
+
+/// Refuses a ratio cap or a target out of range.
+pub fn check_target(target: PruneTarget, max_ratio: f64) -> Result<()> {
     if !(0.0..1.0).contains(&max_ratio) {
         return Err(Error::BadInput(format!(
             "--max-ratio {max_ratio}: allowed [0, 1)"
@@ -104,24 +129,26 @@ pub fn recommend_ratios(
     }
     match target {
         PruneTarget::Ratio(r) if !(0.0..1.0).contains(&r) => {
-            return Err(Error::BadInput(format!("--ratio {r}: allowed [0, 1)")));
+            Err(Error::BadInput(format!("--ratio {r}: allowed [0, 1)")))
         }
         PruneTarget::FlopsReduction(x) | PruneTarget::ParamsReduction(x)
             if !(x >= 1.0 && x.is_finite()) =>
         {
-            return Err(Error::BadInput(format!("reduction {x}: allowed >= 1")));
+            Err(Error::BadInput(format!("reduction {x}: allowed >= 1")))
         }
-        _ => {}
+        _ => Ok(()),
     }
-    let layers: Vec<(String, Vec<f64>)> = arch
-        .convs()
-        .map(|c| {
-            let w = weights
-                .get(&format!("{}.weight", c.name))
-                .expect("weights matched to the arch");
-            (c.name.clone(), slamp_scores(&filter_norms(w)))
-        })
-        .collect();
+}
+
+/// [`recommend_ratios`] on given per-filter scores (`layers`: every conv of `arch` with
+/// one score per filter; a filter goes when its score is at most the threshold).
+pub fn ratios_for_scores(
+    arch: &Arch,
+    layers: &[(String, Vec<f64>)],
+    target: PruneTarget,
+    max_ratio: f64,
+    original: &cost::Cost,
+) -> Result<IndexMap<String, f64>> {
     let total_filters: usize = layers.iter().map(|(_, s)| s.len()).sum();
     let pruned_cost = |removed: &[usize]| {
         let mut a = arch.clone();

@@ -28,6 +28,9 @@ pub fn vbmf_rank(k: &Knob, vbmf: &[RankRecommendation], c: f64) -> f64 {
 
 /// The largest pruning ratio the space allows (0 when it prunes nothing).
 pub fn max_ratio(problem: &Problem) -> f64 {
+    if let Some(a) = &problem.space.anchored {
+        return a.max_ratio();
+    }
     problem
         .space
         .knobs
@@ -87,13 +90,13 @@ pub fn heuristic_config(
     };
     let mut config = LayerConfig::for_arch(&problem.base);
     let mut ranks: IndexMap<String, [usize; 2]> = IndexMap::new();
-    for k in &problem.space.knobs {
-        let side = match k.kind {
-            KnobKind::InRank => 0,
-            KnobKind::OutRank => 1,
-            KnobKind::Ratio => continue,
-        };
-        ranks.entry(k.layer.clone()).or_default()[side] = vbmf_rank(k, vbmf, calibration) as usize;
+    for layer in &problem.space.decomposed {
+        let rec = vbmf
+            .iter()
+            .find(|r| &r.layer == layer)
+            .ok_or_else(|| crate::Error::Failure(format!("{layer}: no VBMF ranks")))?;
+        let rank = [0, 1].map(|s| calibrated_rank(rec.vbmf[s], rec.full[s], calibration));
+        ranks.insert(layer.clone(), rank);
     }
     if !ranks.is_empty() {
         config.decomposition = Some(Decomposition {
@@ -101,13 +104,18 @@ pub fn heuristic_config(
             ranks,
         });
     }
-    let ratio_layers: Vec<&str> = problem
-        .space
-        .knobs
-        .iter()
-        .filter(|k| k.kind == KnobKind::Ratio)
-        .map(|k| k.layer.as_str())
-        .collect();
+    // An anchored space prunes every conv of the decomposed model.
+    let decomposed_arch = config.apply(&problem.base, "<heuristic>")?;
+    let ratio_layers: Vec<&str> = match problem.space.anchored {
+        Some(_) => decomposed_arch.convs().map(|c| c.name.as_str()).collect(),
+        None => problem
+            .space
+            .knobs
+            .iter()
+            .filter(|k| k.kind == KnobKind::Ratio)
+            .map(|k| k.layer.as_str())
+            .collect(),
+    };
     if !ratio_layers.is_empty() {
         let Some(found) = slamp_ratios(problem, weights, &config, &[target])?.pop() else {
             return Ok(None);

@@ -1,6 +1,7 @@
 //! The search: search spaces, strategies, the trial runner, the controller that drives
 //! them, the daemon and worker processes, export, and the candidates of a fidelity run.
 
+pub mod anchored;
 pub mod candidates;
 pub mod controller;
 pub mod daemon;

@@ -3,7 +3,8 @@
 //! written for the budget's model, its cost target is within the space's reach, and the
 //! files the search writes name none of its inputs.
 
-use super::problem::{Problem, Target};
+use super::anchored::cheapest_cost;
+use super::problem::{Problem, Target, check_reach};
 use super::space::SpaceFile;
 use crate::arch::{Arch, ArchSpec, ConvBody};
 use crate::budget::Budget;
@@ -21,11 +22,21 @@ pub fn check_space(budget: &Budget, space_file: &SpaceFile) -> Result<()> {
     // VBMF ranks need the base weights, which may not exist yet: every VBMF rank at its
     // lowest (1) gives the cheapest model any weights could give.
     let lowest = space_file.needs_vbmf().then(|| lowest_vbmf_ranks(&base));
-    let space = space_file.resolve(&base, lowest.as_deref(), &file)?;
     let target = Target::from_objective(&cost::count(&base), &budget.objective);
-    Problem::new(base, space, target)
-        .check_reachable(&budget.objective, &file)
-        .map_err(|m| Error::BadInput(format!("study {}: {m}", budget.study.name)))?;
+    let reach = match &space_file.anchored {
+        Some(section) => {
+            let calibration = budget.final_stage.control_calibration;
+            let lowest = lowest.as_deref().unwrap_or_default();
+            let c = cheapest_cost(section, &base, lowest, calibration, &file)?;
+            crate::search::anchored::check_target(&target, &file)?;
+            check_reach(&target, &c, &cost::count(&base), &budget.objective, &file)
+        }
+        None => {
+            let space = space_file.resolve(&base, lowest.as_deref(), &file)?;
+            Problem::new(base, space, target).check_reachable(&budget.objective, &file)
+        }
+    };
+    reach.map_err(|m| Error::BadInput(format!("study {}: {m}", budget.study.name)))?;
     check_outputs(budget)
 }
 

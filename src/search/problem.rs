@@ -9,6 +9,10 @@ use crate::config::LayerConfig;
 use crate::cost::{self, Cost};
 use rand::{Rng, RngExt};
 
+/// An anchored space's point lands on its target when it costs at least this share of a
+/// bound (SLAMP's threshold steps are a filter at a time: far finer on real networks).
+pub const ON_TARGET: f64 = 0.95;
+
 /// Upper bounds on a candidate's cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Target {
@@ -83,7 +87,10 @@ impl Problem {
     }
 
     pub fn config(&self, p: &[usize]) -> LayerConfig {
-        self.space.config(&self.base, p)
+        match &self.space.anchored {
+            Some(a) => a.config(p, super::heuristic::prune_target(self, 1.0)),
+            None => self.space.config(&self.base, p),
+        }
     }
 
     /// Exact cost of a point's model.
@@ -112,8 +119,19 @@ impl Problem {
     }
 
     pub fn feasible(&self, p: &[usize]) -> bool {
-        let c = self.cost(p);
+        self.admits(&self.cost(p))
+    }
+
+    /// Whether a point of this space costing `c` may be proposed: it meets the target,
+    /// and in an anchored space it also lands on it (within [`ON_TARGET`] of a bound),
+    /// where ranks alone can undershoot it: such a point spends a fraction of the budget
+    /// (at a calibration where VBMF gives rank 1, 40x fewer FLOPs for an 8x target).
+    pub fn admits(&self, c: &Cost) -> bool {
+        let on = |v: u64, m: Option<u64>| m.is_some_and(|m| v as f64 >= ON_TARGET * m as f64);
         self.target.admits(c.flops, c.params)
+            && (self.space.anchored.is_none()
+                || on(c.flops, self.target.max_flops)
+                || on(c.params, self.target.max_params))
     }
 
     /// The conv a knob acts on most directly: the sub-conv or plain conv a ratio prunes,
@@ -131,6 +149,9 @@ impl Problem {
     /// FLOPs (or params, when only those are over) of the conv it acts on. `None` when no
     /// cheaper step is left.
     pub fn repair(&self, mut p: Point, rng: &mut impl Rng) -> Option<Point> {
+        if self.space.anchored.is_some() {
+            return self.repair_anchored(p, rng);
+        }
         loop {
             let c = self.cost(&p);
             if self.target.admits(c.flops, c.params) {
@@ -178,10 +199,45 @@ impl Problem {
         }
     }
 
+    /// An anchored space's point meets the target unless SLAMP cannot reach it at these
+    /// ranks, and lands on it unless the ranks alone undershoot it: a random stage's
+    /// calibration goes one level down (smaller ranks) or up until it does. `None` when
+    /// no such move is left, or after `4 d` moves.
+    fn repair_anchored(&self, mut p: Point, rng: &mut impl Rng) -> Option<Point> {
+        use super::space::KnobKind;
+        for _ in 0..4 * p.len() {
+            let c = self.cost(&p);
+            if self.admits(&c) {
+                return Some(p);
+            }
+            let over = !self.target.admits(c.flops, c.params);
+            let moves: Vec<usize> = (0..p.len())
+                .filter(|&i| {
+                    let k = &self.space.knobs[i];
+                    k.kind == KnobKind::Calibration && if over { p[i] > 0 } else { p[i] + 1 < k.levels }
+                })
+                .collect();
+            if moves.is_empty() {
+                return None;
+            }
+            let i = moves[rng.random_range(0..moves.len())];
+            if over {
+                p[i] -= 1;
+            } else {
+                p[i] += 1;
+            }
+        }
+        None
+    }
+
     /// Spends unused budget: moves random knobs one level dearer (a ratio down, a rank
     /// up) while the point stays feasible, until `2 d` moves in a row fail. Accuracy
-    /// grows with capacity, so the best points lie on the budget's boundary.
+    /// grows with capacity, so the best points lie on the budget's boundary. An anchored
+    /// space's points already sit on it (SLAMP solves for the target): they are kept.
     pub fn fill(&self, mut p: Point, rng: &mut impl Rng) -> Point {
+        if self.space.anchored.is_some() {
+            return p;
+        }
         let d = self.space.dims();
         let mut misses = 0;
         while misses < 2 * d {
@@ -219,37 +275,50 @@ impl Problem {
     /// reaches, when even that point misses the target (no point can meet it). `space`
     /// names the search space in the error.
     pub fn check_reachable(&self, objective: &Objective, space: &str) -> Result<(), String> {
-        use crate::compress::slamp::PruneTarget;
         let c = self.cost(&self.cheapest_point());
-        let over = [
-            (
-                "objective.target_flops_reduction",
-                objective.target_flops_reduction,
-                self.target.max_flops.is_some_and(|m| c.flops > m),
-                PruneTarget::FlopsReduction as fn(f64) -> PruneTarget,
-            ),
-            (
-                "objective.target_params_reduction",
-                objective.target_params_reduction,
-                self.target.max_params.is_some_and(|m| c.params > m),
-                PruneTarget::ParamsReduction,
-            ),
-        ];
-        for (key, x, missed, target) in over {
-            if let (Some(x), true) = (x, missed) {
-                let (want, reached) = target(x).describe(&c, &self.base_cost);
-                return Err(format!(
-                    "{key} = {x}: {want} is out of reach of the search space {space}, whose most compressed model reaches {reached}"
-                ));
-            }
-        }
-        Ok(())
+        check_reach(&self.target, &c, &self.base_cost, objective, space)
     }
 
     /// FLOPs reduction factor of a cost relative to the base.
     pub fn flops_reduction(&self, c: &Cost) -> f64 {
         self.base_cost.flops as f64 / c.flops.max(1) as f64
     }
+}
+
+/// An error naming the objective's key and the reduction `c` (a space's most compressed
+/// model) reaches, when it misses `target`: then no point of the space can meet it.
+/// `space` names the search space in the error.
+pub fn check_reach(
+    target: &Target,
+    c: &Cost,
+    base: &Cost,
+    objective: &Objective,
+    space: &str,
+) -> Result<(), String> {
+    use crate::compress::slamp::PruneTarget;
+    let over = [
+        (
+            "objective.target_flops_reduction",
+            objective.target_flops_reduction,
+            target.max_flops.is_some_and(|m| c.flops > m),
+            PruneTarget::FlopsReduction as fn(f64) -> PruneTarget,
+        ),
+        (
+            "objective.target_params_reduction",
+            objective.target_params_reduction,
+            target.max_params.is_some_and(|m| c.params > m),
+            PruneTarget::ParamsReduction,
+        ),
+    ];
+    for (key, x, missed, make) in over {
+        if let (Some(x), true) = (x, missed) {
+            let (want, reached) = make(x).describe(c, base);
+            return Err(format!(
+                "{key} = {x}: {want} is out of reach of the search space {space}, whose most compressed model reaches {reached}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A point together with its fixed figures, as strategies see results.

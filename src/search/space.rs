@@ -3,6 +3,7 @@
 //! file is resolved against a base architecture into a list of integer [`Knob`]s; a
 //! candidate ([`Point`]) is one level per knob.
 
+use super::anchored::{Anchored, AnchoredSection};
 use crate::arch::{Arch, ArchSpec, ConvBody};
 use crate::compress::decompose::RankRecommendation;
 use crate::compress::vbmf::calibrated_rank;
@@ -10,6 +11,7 @@ use crate::config::{DECOMPOSITION_METHOD, Decomposition, LayerConfig, PRUNING_ME
 use indexmap::IndexMap;
 use serde::Deserialize;
 use std::path::Path;
+use std::sync::Arc;
 
 /// A space file as written.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -23,6 +25,9 @@ pub struct SpaceFile {
     pub decomposition: Option<RankSection>,
     #[serde(default)]
     pub pruning: Option<RatioSection>,
+    /// A heuristic-anchored space ([`super::anchored`]), instead of the two above.
+    #[serde(default)]
+    pub anchored: Option<AnchoredSection>,
 }
 
 /// `"all"` or a list of layer names.
@@ -108,6 +113,12 @@ pub enum KnobKind {
     InRank,
     OutRank,
     Ratio,
+    /// An anchored space's VBMF calibration ratio of a stage.
+    Calibration,
+    /// An anchored space's log2 multiplier on SLAMP scores.
+    Scale,
+    /// An anchored space's FLOPs-per-filter exponent.
+    CostExponent,
 }
 
 /// One integer-valued dimension: value = `lo + level * step`, `level < levels`.
@@ -155,6 +166,20 @@ pub struct Space {
     pub knobs: Vec<Knob>,
     /// Decomposed layers in architecture order.
     pub decomposed: Vec<String>,
+    /// The anchored space's tables, when it is one (its points' configs depend on the
+    /// study's target: [`super::problem::Problem::config`]).
+    pub anchored: Option<Arc<Anchored>>,
+}
+
+impl Space {
+    /// An anchored space over its resolved tables.
+    pub fn anchored(a: Anchored) -> Self {
+        Self {
+            knobs: a.knobs.clone(),
+            decomposed: a.decomposed.clone(),
+            anchored: Some(Arc::new(a)),
+        }
+    }
 }
 
 /// A space file that cannot be used.
@@ -171,10 +196,17 @@ impl SpaceFile {
             file: file.to_string(),
             message: crate::budget::toml_message(text, &e),
         })?;
-        if space.decomposition.is_none() && space.pruning.is_none() {
+        if space.anchored.is_some() && (space.decomposition.is_some() || space.pruning.is_some()) {
             return Err(SpaceError {
                 file: file.to_string(),
-                message: "neither [decomposition] nor [pruning]: the space is empty".into(),
+                message: "[anchored] with [decomposition] or [pruning]: an anchored space sets ranks and ratios through the heuristic's knobs; give one kind of space".into(),
+            });
+        }
+        if space.decomposition.is_none() && space.pruning.is_none() && space.anchored.is_none() {
+            return Err(SpaceError {
+                file: file.to_string(),
+                message: "neither [decomposition] nor [pruning] nor [anchored]: the space is empty"
+                    .into(),
             });
         }
         Ok(space)
@@ -212,9 +244,11 @@ impl SpaceFile {
 
     /// Whether resolving needs VBMF ranks of the base weights.
     pub fn needs_vbmf(&self) -> bool {
-        self.decomposition
-            .as_ref()
-            .is_some_and(|d| d.rank == RankKind::Vbmf)
+        self.anchored.is_some()
+            || self
+                .decomposition
+                .as_ref()
+                .is_some_and(|d| d.rank == RankKind::Vbmf)
     }
 
     /// Knobs over `base` (undecomposed). `vbmf` holds the VBMF ranks when the rank kind
@@ -229,6 +263,11 @@ impl SpaceFile {
             file: file.to_string(),
             message,
         };
+        if self.anchored.is_some() {
+            return Err(err(
+                "an anchored space is resolved with the base weights (Anchored::resolve)".into(),
+            ));
+        }
         let mut knobs = Vec::new();
         let mut arch = base.clone();
         let mut decomposed = Vec::new();
@@ -244,7 +283,11 @@ impl SpaceFile {
         if knobs.is_empty() {
             return Err(err("the space selects no layer".into()));
         }
-        Ok(Space { knobs, decomposed })
+        Ok(Space {
+            knobs,
+            decomposed,
+            anchored: None,
+        })
     }
 }
 
@@ -354,7 +397,7 @@ fn ratio_knobs(p: &RatioSection, arch: &Arch, knobs: &mut Vec<Knob>) -> Result<(
 }
 
 /// `"all"` or names checked against `candidates` (with a suggestion for typos).
-fn pick_layers<'a>(
+pub(super) fn pick_layers<'a>(
     layers: &Layers,
     candidates: impl Iterator<Item = &'a str> + Clone,
 ) -> Result<Vec<String>, String> {
@@ -437,9 +480,14 @@ impl Space {
             .collect()
     }
 
-    /// The layer config of a point, for `base`.
+    /// The layer config of a point of a per-layer space, for `base` (an anchored space's
+    /// configs come from [`super::problem::Problem::config`]).
     pub fn config(&self, base: &Arch, point: &[usize]) -> LayerConfig {
         assert_eq!(point.len(), self.knobs.len(), "point of another space");
+        assert!(
+            self.anchored.is_none(),
+            "an anchored space's config needs its target"
+        );
         let mut config = LayerConfig::for_arch(base);
         let mut ranks: IndexMap<String, [usize; 2]> = IndexMap::new();
         let mut ratios = IndexMap::new();
@@ -450,6 +498,9 @@ impl Space {
                 KnobKind::OutRank => ranks.entry(k.layer.clone()).or_default()[1] = v as usize,
                 KnobKind::Ratio => {
                     ratios.insert(k.layer.clone(), v);
+                }
+                KnobKind::Calibration | KnobKind::Scale | KnobKind::CostExponent => {
+                    unreachable!("knobs of anchored spaces only")
                 }
             }
         }
@@ -471,6 +522,9 @@ impl Space {
     /// The point of a config, if the config is one (same layers, values on the grids).
     /// Layers the config omits must have 0 in their grid (pruning) to be a point.
     pub fn point_of(&self, config: &LayerConfig) -> Result<Point, String> {
+        if let Some(a) = &self.anchored {
+            return a.point_of(config);
+        }
         let ranks = config.decomposition.as_ref().map(|d| &d.ranks);
         let ratios = config.pruning.as_ref().map(|p| &p.ratios);
         let mut point = Vec::with_capacity(self.knobs.len());
@@ -483,6 +537,7 @@ impl Space {
                     r[usize::from(k.kind == KnobKind::OutRank)] as f64
                 }
                 KnobKind::Ratio => ratios.and_then(|r| r.get(&k.layer)).copied().unwrap_or(0.0),
+                _ => unreachable!("knobs of anchored spaces only"),
             };
             let level = k.level_of(v).ok_or_else(|| {
                 format!(

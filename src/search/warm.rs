@@ -27,6 +27,20 @@ pub fn warm_start(
     vbmf: &[RankRecommendation],
 ) -> Result<Vec<Point>> {
     let space = &problem.space;
+    if let Some(a) = &space.anchored {
+        // The heuristic's own point, then every stage one calibration level up and down
+        // (the per-layer warm start's 0.25 and -0.25 on the default grid).
+        let points = [
+            Some(a.heuristic_point()),
+            a.shifted_heuristic(1),
+            a.shifted_heuristic(-1),
+        ];
+        return Ok(points
+            .into_iter()
+            .flatten()
+            .filter(|p| problem.feasible(p))
+            .collect());
+    }
     let mut rng = StdRng::seed_from_u64(0);
     let mut out: Vec<Point> = Vec::new();
     let calibrations: &[f64] = if space.decomposed.is_empty() {

@@ -12,10 +12,11 @@ use crate::data::ImageSet;
 use crate::device::parse_device;
 use crate::ladder::Context;
 use crate::ladder::context::{load_base_weights, study_inputs};
+use crate::search::anchored::Anchored;
 use crate::search::identity::Identity;
 use crate::search::lease::HeldLease;
 use crate::search::problem::{Problem, Target};
-use crate::search::space::SpaceFile;
+use crate::search::space::{Space, SpaceFile};
 use crate::search::strategy;
 use crate::store::{StudyState, TrialState, TrialStore};
 use crate::train::{TrainConfig, train};
@@ -130,12 +131,23 @@ pub fn study_problem(
     } else {
         None
     };
-    let space = space_file.resolve(
-        base,
-        vbmf.as_deref(),
-        &budget.search.space.display().to_string(),
-    )?;
+    let file = budget.search.space.display().to_string();
     let target = Target::from_objective(&cost::count(base), &budget.objective);
+    let space = match (&space_file.anchored, vbmf.as_deref()) {
+        (Some(section), Some(vbmf)) => {
+            crate::search::anchored::check_target(&target, &file)?;
+            let calibration = budget.final_stage.control_calibration;
+            Space::anchored(Anchored::resolve(
+                section,
+                base,
+                weights,
+                vbmf,
+                calibration,
+                &file,
+            )?)
+        }
+        _ => space_file.resolve(base, vbmf.as_deref(), &file)?,
+    };
     let mut problem = Problem::new(base.clone(), space, target);
     if let Some(v) = vbmf.as_deref().filter(|_| warm) {
         problem.warm_starts = crate::search::warm::warm_start(&problem, weights, v)?;

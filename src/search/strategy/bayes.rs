@@ -227,7 +227,7 @@ impl Bayes {
             return None;
         }
         let c = problem.cost(p);
-        if !problem.target.admits(c.flops, c.params) {
+        if !problem.admits(&c) {
             return None;
         }
         let (m, v) = gp.predict(&problem.space.encode(p));

@@ -1,0 +1,610 @@
+//! Heuristic-anchored search spaces (`[anchored]` in a space file): a few knobs that
+//! parametrise the one-shot heuristic itself, so that a study of a few dozen trials can
+//! explore them (a per-layer space of vgg19_bn has 76 dimensions).
+//!
+//! - `calibration.stageS`: the VBMF calibration ratio of the decomposed convs of stage S
+//!   (a stage: the convs between two max-pools);
+//! - `scale.stageS`: log2 of a multiplier on the SLAMP scores of stage S's convs (a
+//!   higher score keeps more filters);
+//! - `scale.tucker_0`, `scale.tucker_2`: log2 multipliers on the scores of the Tucker
+//!   factors' 1x1 convs, against the cores and plain convs;
+//! - `cost_exponent` b: each score is divided by (FLOPs per filter / their geometric
+//!   mean)^b, so that b > 0 prunes the convs whose filters cost most first.
+//!
+//! Every point is projected onto the study's cost target exactly: SLAMP solves for its
+//! global threshold after the ranks are chosen, as the simple flow does. The heuristic's
+//! own config is the point with the control's calibration on every stage and every
+//! multiplier and exponent at 0 (a test checks it equals the simple flow's config).
+
+use super::problem::Target;
+use super::space::{Knob, KnobKind, Layers, Point, SpaceError, pick_layers};
+use crate::arch::{Arch, ConvBody, Unit};
+use crate::compress::decompose::{RankRecommendation, TuckerCache, decompose_model};
+use crate::compress::slamp::{PruneTarget, conv_scores, ratios_for_scores};
+use crate::compress::vbmf::calibrated_rank;
+use crate::config::{DECOMPOSITION_METHOD, Decomposition, LayerConfig, PRUNING_METHOD, Pruning};
+use crate::cost::{self, Cost};
+use crate::weights::Weights;
+use indexmap::IndexMap;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// `min..=max` in steps of `step`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grid {
+    pub min: f64,
+    pub max: f64,
+    pub step: f64,
+}
+
+impl Grid {
+    const fn new(min: f64, max: f64, step: f64) -> Self {
+        Self { min, max, step }
+    }
+
+    fn knob(&self, key: &str, name: &str, kind: KnobKind, identity: f64) -> Result<Knob, String> {
+        let Grid { min, max, step } = *self;
+        if !(min.is_finite() && max.is_finite() && min <= max && step > 0.0 && step.is_finite()) {
+            return Err(format!(
+                "{key}: min = {min}, max = {max}, step = {step}: need min <= max and step > 0"
+            ));
+        }
+        let knob = Knob {
+            layer: name.to_string(),
+            kind,
+            lo: min,
+            step,
+            levels: ((max - min) / step + 1e-9).floor() as usize + 1,
+        };
+        if knob.level_of(identity).is_none() {
+            return Err(format!(
+                "{key}: the grid {min}..={max} step {step} misses {identity}, the heuristic's own value: the heuristic's config must be a point of the space"
+            ));
+        }
+        Ok(knob)
+    }
+}
+
+/// The `[anchored]` section as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnchoredSection {
+    /// The convs Tucker-2 decomposes (every conv with more than 3 input channels, or a
+    /// list of names).
+    #[serde(default)]
+    pub layers: Layers,
+    /// VBMF calibration ratios per stage, in [-1, 1].
+    #[serde(default = "default_calibration")]
+    pub calibration: Grid,
+    /// log2 multipliers on a stage's SLAMP scores.
+    #[serde(default = "default_scale")]
+    pub stage_scale: Grid,
+    /// log2 multipliers on the scores of the `_tucker_0` and `_tucker_2` convs.
+    #[serde(default = "default_factor_scale")]
+    pub factor_scale: Grid,
+    /// Exponent of the FLOPs-per-filter weighting (0: SLAMP's own scores).
+    #[serde(default = "default_cost_exponent")]
+    pub cost_exponent: Grid,
+    /// The largest share of any conv's filters SLAMP may remove.
+    #[serde(default = "default_max_ratio")]
+    pub max_ratio: f64,
+}
+
+fn default_calibration() -> Grid {
+    Grid::new(-0.75, 0.75, 0.25)
+}
+fn default_scale() -> Grid {
+    Grid::new(-2.0, 2.0, 0.5)
+}
+fn default_factor_scale() -> Grid {
+    Grid::new(-2.0, 2.0, 1.0)
+}
+fn default_cost_exponent() -> Grid {
+    Grid::new(0.0, 1.0, 0.25)
+}
+fn default_max_ratio() -> f64 {
+    0.8
+}
+
+/// Stage (1-based: one more than the max-pools before it) of every conv unit of `arch`.
+fn stages(arch: &Arch) -> IndexMap<String, usize> {
+    let mut stage = 1;
+    let mut out = IndexMap::new();
+    for u in &arch.units {
+        match u {
+            Unit::Conv(c) => {
+                out.insert(c.body.name().to_string(), stage);
+            }
+            Unit::MaxPool { .. } => stage += 1,
+            Unit::Linear(_) => {}
+        }
+    }
+    out
+}
+
+/// Where each anchored knob sits in the point (None: the grid has one level).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Slots {
+    calibration: HashMap<usize, usize>,
+    stage_scale: HashMap<usize, usize>,
+    factor_scale: [Option<usize>; 2],
+    cost_exponent: Option<usize>,
+}
+
+/// The knobs of a section over `base` with the control's `calibration` as the anchor,
+/// the decomposed layers, and where each knob sits. Grids of one level give no knob.
+fn resolve_knobs(
+    section: &AnchoredSection,
+    base: &Arch,
+    calibration: f64,
+) -> Result<(Vec<Knob>, Vec<String>, Slots), String> {
+    let candidates: Vec<String> = base
+        .conv_units()
+        .filter_map(|u| match &u.body {
+            ConvBody::Plain(c) if c.in_channels > 3 => Some(c.name.clone()),
+            _ => None,
+        })
+        .collect();
+    let decomposed = pick_layers(&section.layers, candidates.iter().map(String::as_str))
+        .map_err(|m| format!("anchored.layers: {m}"))?;
+    let decomposed: Vec<String> = candidates
+        .into_iter()
+        .filter(|c| decomposed.contains(c))
+        .collect();
+    if !(0.0..1.0).contains(&section.max_ratio) {
+        return Err(format!(
+            "anchored.max_ratio = {}: allowed [0, 1)",
+            section.max_ratio
+        ));
+    }
+    let c = section.calibration;
+    if c.min < -1.0 || c.max > 1.0 {
+        return Err(format!(
+            "anchored.calibration: min = {}, max = {}: calibration ratios lie in [-1, 1]",
+            c.min, c.max
+        ));
+    }
+    let stage_of = stages(base);
+    let mut all_stages: Vec<usize> = stage_of.values().copied().collect();
+    all_stages.dedup();
+    let mut knobs = Vec::new();
+    let mut slots = Slots::default();
+    let push = |knob: Knob, knobs: &mut Vec<Knob>| -> Option<usize> {
+        (knob.levels > 1).then(|| {
+            knobs.push(knob);
+            knobs.len() - 1
+        })
+    };
+    for &s in &all_stages {
+        if decomposed.iter().any(|l| stage_of[l] == s) {
+            let k = c.knob(
+                "anchored.calibration",
+                &format!("stage{s}"),
+                KnobKind::Calibration,
+                calibration,
+            )?;
+            if let Some(i) = push(k, &mut knobs) {
+                slots.calibration.insert(s, i);
+            }
+        }
+    }
+    for &s in &all_stages {
+        let k = section.stage_scale.knob(
+            "anchored.stage_scale",
+            &format!("stage{s}"),
+            KnobKind::Scale,
+            0.0,
+        )?;
+        if let Some(i) = push(k, &mut knobs) {
+            slots.stage_scale.insert(s, i);
+        }
+    }
+    if !decomposed.is_empty() {
+        for (f, name) in [(0, "tucker_0"), (1, "tucker_2")] {
+            let k =
+                section
+                    .factor_scale
+                    .knob("anchored.factor_scale", name, KnobKind::Scale, 0.0)?;
+            slots.factor_scale[f] = push(k, &mut knobs);
+        }
+    }
+    let k = section.cost_exponent.knob(
+        "anchored.cost_exponent",
+        "flops",
+        KnobKind::CostExponent,
+        0.0,
+    )?;
+    slots.cost_exponent = push(k, &mut knobs);
+    if knobs.is_empty() {
+        return Err("[anchored]: every grid has one level: the space is one point".into());
+    }
+    Ok((knobs, decomposed, slots))
+}
+
+/// Refuses a study without a cost target: an anchored space projects every candidate
+/// onto it. `file` names the space.
+pub fn check_target(target: &Target, file: &str) -> crate::Result<()> {
+    if *target == Target::default() {
+        return Err(crate::Error::BadInput(format!(
+            "{file}: an anchored space projects every candidate onto the study's cost target: set objective.target_flops_reduction or objective.target_params_reduction"
+        )));
+    }
+    Ok(())
+}
+
+/// A knob's name in provenance and tables (`calibration.stage2`, `scale.tucker_0`).
+pub fn knob_name(k: &Knob) -> String {
+    match k.kind {
+        KnobKind::Calibration => format!("calibration.{}", k.layer),
+        KnobKind::Scale => format!("scale.{}", k.layer),
+        KnobKind::CostExponent => "cost_exponent".into(),
+        _ => k.layer.clone(),
+    }
+}
+
+/// A resolved anchored space: its knobs and the tables that map a point to its config
+/// without weights (each decomposed conv's ranks per calibration level, and the SLAMP
+/// scores of its three sub-convs at those ranks).
+pub struct Anchored {
+    pub knobs: Vec<Knob>,
+    pub decomposed: Vec<String>,
+    slots: Slots,
+    base: Arch,
+    base_cost: Cost,
+    max_ratio: f64,
+    /// Its level for the control's calibration.
+    anchor_level: usize,
+    stage_of: IndexMap<String, usize>,
+    /// Decomposed layer -> its ranks at each calibration level.
+    ranks: HashMap<String, Vec<[usize; 2]>>,
+    /// SLAMP scores of a conv (plain, or a sub-conv at ranks) of the base weights.
+    scores: HashMap<(String, [usize; 2]), Vec<f64>>,
+    memo: Mutex<Memo>,
+}
+
+#[derive(Default)]
+struct Memo {
+    by_point: HashMap<Point, LayerConfig>,
+    /// A model's first point (decomposition and pruning as JSON).
+    by_model: HashMap<String, Point>,
+}
+
+impl std::fmt::Debug for Anchored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Anchored")
+            .field("knobs", &self.knobs.len())
+            .field("decomposed", &self.decomposed)
+            .finish()
+    }
+}
+
+impl PartialEq for Anchored {
+    fn eq(&self, other: &Self) -> bool {
+        self.knobs == other.knobs && self.ranks == other.ranks && self.base == other.base
+    }
+}
+
+/// Decomposition and pruning of a config as JSON: equal for equal models.
+fn model_key(c: &LayerConfig) -> String {
+    serde_json::to_string(&(&c.decomposition, &c.pruning)).expect("configs serialize")
+}
+
+impl Anchored {
+    /// Resolves `section` over `base` with the base `weights` and their VBMF ranks,
+    /// anchored at the control's `calibration`: decomposes every decomposed conv at the
+    /// ranks of each calibration level (once per distinct ranks) for the score tables.
+    pub fn resolve(
+        section: &AnchoredSection,
+        base: &Arch,
+        weights: &Weights,
+        vbmf: &[RankRecommendation],
+        calibration: f64,
+        file: &str,
+    ) -> Result<Self, SpaceError> {
+        let err = |message: String| SpaceError {
+            file: file.to_string(),
+            message,
+        };
+        let (knobs, decomposed, slots) = resolve_knobs(section, base, calibration).map_err(err)?;
+        let g = section.calibration;
+        let calibrations: Vec<f64> = (0..)
+            .map(|i| ((g.min + i as f64 * g.step) * 1e6).round() / 1e6)
+            .take_while(|&c| c <= g.max + 1e-9)
+            .collect();
+        let anchor_level = calibrations
+            .iter()
+            .position(|&c| (c - calibration).abs() < 1e-6)
+            .expect("checked on the grid");
+        let mut ranks = HashMap::new();
+        for name in &decomposed {
+            let rec = vbmf
+                .iter()
+                .find(|r| &r.layer == name)
+                .ok_or_else(|| err(format!("{name}: no VBMF ranks for a decomposed layer")))?;
+            let per_level: Vec<[usize; 2]> = calibrations
+                .iter()
+                .map(|&c| [0, 1].map(|s| calibrated_rank(rec.vbmf[s], rec.full[s], c)))
+                .collect();
+            ranks.insert(name.clone(), per_level);
+        }
+        let mut scores = HashMap::new();
+        let cache = TuckerCache::new(usize::MAX);
+        for level in 0..calibrations.len() {
+            let mut config = LayerConfig::for_arch(base);
+            config.decomposition = (!decomposed.is_empty()).then(|| Decomposition {
+                method: DECOMPOSITION_METHOD.into(),
+                ranks: decomposed
+                    .iter()
+                    .map(|l| (l.clone(), ranks[l][level]))
+                    .collect(),
+            });
+            let (arch, w, _) = decompose_model(base, weights, &config, file, Some(&cache), |_| {})
+                .map_err(|e| err(e.to_string()))?;
+            let unit_ranks = |conv: &str| {
+                let unit = conv.split("_tucker_").next().unwrap_or(conv);
+                ranks
+                    .get(unit)
+                    .map_or([0, 0], |r: &Vec<[usize; 2]>| r[level])
+            };
+            for (conv, s) in conv_scores(&arch, &w) {
+                let key = (conv.clone(), unit_ranks(&conv));
+                scores.entry(key).or_insert(s);
+            }
+        }
+        Ok(Self {
+            knobs,
+            decomposed,
+            slots,
+            base: base.clone(),
+            base_cost: cost::count(base),
+            max_ratio: section.max_ratio,
+            anchor_level,
+            stage_of: stages(base),
+            ranks,
+            scores,
+            memo: Mutex::default(),
+        })
+    }
+
+    pub fn max_ratio(&self) -> f64 {
+        self.max_ratio
+    }
+
+    /// The heuristic's own point: the control's calibration, every multiplier and the
+    /// exponent at 0.
+    pub fn heuristic_point(&self) -> Point {
+        self.knobs
+            .iter()
+            .map(|k| match k.kind {
+                KnobKind::Calibration => self.anchor_level,
+                _ => k.level_of(0.0).expect("0 is on every multiplier grid"),
+            })
+            .collect()
+    }
+
+    /// The heuristic's point with every stage's calibration `shift` levels away (None
+    /// when that leaves the grid).
+    pub fn shifted_heuristic(&self, shift: isize) -> Option<Point> {
+        let mut p = self.heuristic_point();
+        for (i, k) in self.knobs.iter().enumerate() {
+            if k.kind == KnobKind::Calibration {
+                let l = p[i] as isize + shift;
+                if l < 0 || l >= k.levels as isize {
+                    return None;
+                }
+                p[i] = l as usize;
+            }
+        }
+        Some(p)
+    }
+
+    fn value(&self, p: &[usize], slot: Option<usize>) -> f64 {
+        slot.map_or(0.0, |i| self.knobs[i].value(p[i]))
+    }
+
+    /// Ranks of each decomposed layer at point `p`.
+    fn ranks_at(&self, p: &[usize]) -> IndexMap<String, [usize; 2]> {
+        self.decomposed
+            .iter()
+            .map(|l| {
+                // A calibration knob's levels are the section grid's.
+                let level = self
+                    .slots
+                    .calibration
+                    .get(&self.stage_of[l])
+                    .map_or(self.anchor_level, |&i| p[i]);
+                (l.clone(), self.ranks[l][level])
+            })
+            .collect()
+    }
+
+    /// The config of point `p` for a study whose cost target is `target`: SLAMP ratios
+    /// meeting it on the scaled scores; every conv at the largest ratio when they
+    /// cannot (the point is then infeasible).
+    pub fn config(&self, p: &[usize], target: Option<PruneTarget>) -> LayerConfig {
+        assert_eq!(p.len(), self.knobs.len(), "point of another space");
+        if let Some(c) = self.memo.lock().expect("memo lock").by_point.get(p) {
+            return c.clone();
+        }
+        let ranks = self.ranks_at(p);
+        let mut config = LayerConfig::for_arch(&self.base);
+        config.decomposition = (!ranks.is_empty()).then(|| Decomposition {
+            method: DECOMPOSITION_METHOD.into(),
+            ranks: ranks.clone(),
+        });
+        let arch = config
+            .apply(&self.base, "<anchored space>")
+            .expect("ranks within the full ranks");
+        let layers = self.scaled_scores(p, &arch, &ranks);
+        let found = target.and_then(|t| {
+            ratios_for_scores(&arch, &layers, t, self.max_ratio, &self.base_cost).ok()
+        });
+        let ratios = found.unwrap_or_else(|| {
+            let r = if target.is_some() {
+                self.max_ratio
+            } else {
+                0.0
+            };
+            layers.iter().map(|(n, _)| (n.clone(), r)).collect()
+        });
+        config.pruning = Some(Pruning {
+            method: PRUNING_METHOD.into(),
+            ratios,
+        });
+        let mut memo = self.memo.lock().expect("memo lock");
+        let first = memo
+            .by_model
+            .entry(model_key(&config))
+            .or_insert_with(|| p.to_vec())
+            .clone();
+        config.provenance = Some(self.provenance(&first));
+        memo.by_point.insert(p.to_vec(), config.clone());
+        config
+    }
+
+    /// `{"space": "anchored", "knobs": {name: value}}`: what made the config.
+    fn provenance(&self, p: &[usize]) -> serde_json::Value {
+        let knobs: serde_json::Map<String, serde_json::Value> = self
+            .knobs
+            .iter()
+            .zip(p)
+            .map(|(k, &l)| (knob_name(k), serde_json::json!(k.value(l))))
+            .collect();
+        serde_json::json!({"space": "anchored", "knobs": knobs})
+    }
+
+    /// The point a config's provenance names (configs this space made).
+    pub fn point_of(&self, config: &LayerConfig) -> Result<Point, String> {
+        let knobs = config
+            .provenance
+            .as_ref()
+            .filter(|v| v["space"] == "anchored")
+            .and_then(|v| v["knobs"].as_object())
+            .ok_or("the config carries no anchored-space knobs (provenance)")?;
+        let point = self
+            .knobs
+            .iter()
+            .map(|k| {
+                let name = knob_name(k);
+                let v = knobs
+                    .get(&name)
+                    .and_then(|v| v.as_f64())
+                    .ok_or_else(|| format!("{name}: missing from the config's knobs"))?;
+                k.level_of(v)
+                    .ok_or_else(|| format!("{name} = {v} is off the space's grid"))
+            })
+            .collect::<Result<Point, String>>()?;
+        let mut memo = self.memo.lock().expect("memo lock");
+        memo.by_model
+            .entry(model_key(config))
+            .or_insert_with(|| point.clone());
+        Ok(point)
+    }
+
+    /// Every conv of `arch` with its SLAMP scores at point `p`: the base scores times
+    /// the stage's and the factor's multipliers, over (FLOPs per filter / their
+    /// geometric mean)^b.
+    fn scaled_scores(
+        &self,
+        p: &[usize],
+        arch: &Arch,
+        ranks: &IndexMap<String, [usize; 2]>,
+    ) -> Vec<(String, Vec<f64>)> {
+        let b = self.value(p, self.slots.cost_exponent);
+        let per_filter: HashMap<String, f64> = if b != 0.0 {
+            cost::count(arch)
+                .layers
+                .iter()
+                .filter_map(|l| {
+                    let pos = arch.find_conv(&l.name)?;
+                    Some((
+                        l.name.clone(),
+                        l.flops as f64 / arch.conv(pos).out_channels as f64,
+                    ))
+                })
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let gmean = if per_filter.is_empty() {
+            1.0
+        } else {
+            (per_filter.values().map(|v| v.max(1.0).ln()).sum::<f64>() / per_filter.len() as f64)
+                .exp()
+        };
+        arch.convs()
+            .map(|c| {
+                let (unit, factor) = match c.name.split_once("_tucker_") {
+                    Some((u, f)) => (u, f.parse::<usize>().ok()),
+                    None => (c.name.as_str(), None),
+                };
+                let key = (c.name.clone(), ranks.get(unit).copied().unwrap_or([0, 0]));
+                let base = &self.scores[&key];
+                let mut log2 =
+                    self.value(p, self.slots.stage_scale.get(&self.stage_of[unit]).copied());
+                log2 += match factor {
+                    Some(0) => self.value(p, self.slots.factor_scale[0]),
+                    Some(2) => self.value(p, self.slots.factor_scale[1]),
+                    _ => 0.0,
+                };
+                let mut m = 2f64.powf(log2);
+                if b != 0.0 {
+                    m /= (per_filter[&c.name].max(1.0) / gmean).powf(b);
+                }
+                let scores = if m == 1.0 {
+                    base.clone()
+                } else {
+                    base.iter().map(|s| s * m).collect()
+                };
+                (c.name.clone(), scores)
+            })
+            .collect()
+    }
+}
+
+/// The cheapest model an `[anchored]` section allows over `base`, whatever its weights:
+/// every decomposed conv at its lowest calibration of the ranks `vbmf` (rank 1 gives a
+/// bound for any weights), every conv pruned by `max_ratio`. For the start-up check that
+/// the target is within reach, before the base weights exist.
+pub fn cheapest_cost(
+    section: &AnchoredSection,
+    base: &Arch,
+    vbmf: &[RankRecommendation],
+    calibration: f64,
+    file: &str,
+) -> Result<Cost, SpaceError> {
+    let err = |message: String| SpaceError {
+        file: file.to_string(),
+        message,
+    };
+    let (_, decomposed, _) = resolve_knobs(section, base, calibration).map_err(err)?;
+    let mut config = LayerConfig::for_arch(base);
+    let ranks: IndexMap<String, [usize; 2]> = decomposed
+        .iter()
+        .filter_map(|l| vbmf.iter().find(|r| &r.layer == l))
+        .map(|r| {
+            let c = section.calibration.min;
+            let rank = [0, 1].map(|s| calibrated_rank(r.vbmf[s], r.full[s], c));
+            (r.layer.clone(), rank)
+        })
+        .collect();
+    config.decomposition = (!ranks.is_empty()).then(|| Decomposition {
+        method: DECOMPOSITION_METHOD.into(),
+        ranks,
+    });
+    let arch = config.apply(base, file).map_err(|e| err(e.to_string()))?;
+    config.pruning = Some(Pruning {
+        method: PRUNING_METHOD.into(),
+        ratios: arch
+            .convs()
+            .map(|c| (c.name.clone(), section.max_ratio))
+            .collect(),
+    });
+    let arch = config.apply(base, file).map_err(|e| err(e.to_string()))?;
+    Ok(cost::count(&arch))
+}
+
+#[cfg(test)]
+mod tests;
