@@ -156,6 +156,20 @@ pub struct Proxy {
     /// The proxy fine-tune's learning-rate schedule: constant (`plateau`, which never
     /// acts within one epoch) or decayed linearly to zero over `steps` (`linear`).
     pub schedule: crate::train::LrSchedule,
+    /// Whether the step-0 rung may stop trials: only where measured to rank them
+    /// (`measured`, see `search::gate`), or always.
+    pub gate: GateMode,
+    /// A `fidelity.json` of `rankprune fidelity` run in this study's regime, whose
+    /// step-0 signal's tau decides the gate.
+    pub gate_evidence: Option<PathBuf>,
+}
+
+/// See [`Proxy::gate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GateMode {
+    Measured,
+    Always,
 }
 
 /// See [`Proxy::rung0_score`].
@@ -209,6 +223,8 @@ impl Default for Proxy {
             rung0_score: Rung0Score::Accuracy,
             schedule: crate::train::LrSchedule::Plateau,
             distill: None,
+            gate: GateMode::Measured,
+            gate_evidence: None,
         }
     }
 }
@@ -399,7 +415,10 @@ impl Budget {
             &mut self.model.weights,
             &mut self.data.dir,
             &mut self.search.space,
-        ] {
+        ]
+        .into_iter()
+        .chain(self.proxy.gate_evidence.as_mut())
+        {
             if p.is_relative() {
                 *p = dir.join(&*p);
             }

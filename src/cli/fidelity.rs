@@ -119,6 +119,8 @@ fn check_outputs(budget_path: &Path, budget: &Budget, out: &Path) -> Result<()> 
     Ok(())
 }
 
+use rankprune::search::gate::Regime;
+
 const JSON_FILE: &str = "fidelity.json";
 const TABLE_FILE: &str = "fidelity.md";
 
@@ -195,6 +197,7 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
     report(
         &fidelity::summarize(&records, &finals),
         &candidates,
+        &Regime::of(&budget)?,
         &out,
         args.json,
     )
@@ -214,10 +217,13 @@ fn recorded_seeds(records: &[fidelity::Record], epochs: usize) -> usize {
 fn report(
     summary: &fidelity::Summary,
     candidates: &[fidelity::Candidate],
+    regime: &Regime,
     out: &Path,
     json: bool,
 ) -> Result<()> {
+    // What the figures hold for: a study's step-0 gate reads them only in this regime.
     let stored = serde_json::json!({
+        "regime": regime,
         "candidates": candidates,
         "finals": summary.finals,
         "rows": summary.rows,

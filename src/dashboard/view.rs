@@ -180,6 +180,7 @@ mod tests {
             identity: None,
             control: None,
             verdict: None,
+            gate: None,
         }
     }
 

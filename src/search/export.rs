@@ -150,14 +150,18 @@ pub fn export_config(
         "flops_reduction": base.map(|b| b.flops as f64 / trial.cost.flops.max(1) as f64),
         "params_reduction": base.map(|b| b.params as f64 / trial.cost.params.max(1) as f64),
     }));
+    // An anchored space's knobs, which the trial's config carries, stay with it.
+    let knobs = config.provenance.take();
     config.provenance = Some(serde_json::json!({
         "db": db,
         "study": study.name,
         "trial": trial.number,
+        "search_space": knobs,
         "trial_id": trial.id,
         "budget_fnv1a64": fnv1a64(&study.budget),
         "rung_fidelity": store.rung_fidelity(study.id)?,
         "verdict": stored_verdict(study),
+        "gate": stored_gate(study),
         "rankprune": env!("CARGO_PKG_VERSION"),
     }));
     Ok(config)
@@ -203,9 +207,18 @@ pub fn export_control(store: &TrialStore, study: &StudyRow, db: &str) -> Result<
         ),
         "budget_fnv1a64": fnv1a64(&study.budget),
         "verdict": stored_verdict(study),
+        "gate": stored_gate(study),
         "rankprune": env!("CARGO_PKG_VERSION"),
     }));
     Ok(config)
+}
+
+/// The study's step-0 gate decision, as stored (None before it ran, or without a rung 0).
+fn stored_gate(study: &StudyRow) -> Option<serde_json::Value> {
+    study
+        .gate
+        .as_deref()
+        .and_then(|g| serde_json::from_str(g).ok())
 }
 
 /// The study's base architecture (from its stored budget).

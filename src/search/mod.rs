@@ -7,6 +7,7 @@ pub mod controller;
 pub mod daemon;
 pub mod export;
 pub mod finalists;
+pub mod gate;
 pub mod gp;
 pub mod heuristic;
 pub mod identity;

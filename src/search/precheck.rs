@@ -37,6 +37,10 @@ pub fn check_space(budget: &Budget, space_file: &SpaceFile) -> Result<()> {
         }
     };
     reach.map_err(|m| Error::BadInput(format!("study {}: {m}", budget.study.name)))?;
+    // The gate's evidence names the base weights: it is checked now when they exist.
+    if budget.proxy.gate_evidence.is_some() && budget.model.weights.exists() {
+        super::gate::decide(budget)?;
+    }
     check_outputs(budget)
 }
 

@@ -214,7 +214,8 @@ impl Problem {
             let moves: Vec<usize> = (0..p.len())
                 .filter(|&i| {
                     let k = &self.space.knobs[i];
-                    k.kind == KnobKind::Calibration && if over { p[i] > 0 } else { p[i] + 1 < k.levels }
+                    k.kind == KnobKind::Calibration
+                        && if over { p[i] > 0 } else { p[i] + 1 < k.levels }
                 })
                 .collect();
             if moves.is_empty() {

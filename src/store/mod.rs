@@ -175,6 +175,9 @@ pub struct StudyRow {
     /// The final stage's verdict on the winner against the control (JSON; see
     /// `search::verdict::Verdict`).
     pub verdict: Option<String>,
+    /// Whether the step-0 gate stops trials, and the measurement that decided it (JSON;
+    /// see `search::gate::GateDecision`), recorded at the study's start.
+    pub gate: Option<String>,
 }
 
 /// A JSON text column of a study, written once its value is known.
@@ -182,6 +185,7 @@ pub struct StudyRow {
 pub enum StudyJson {
     Control,
     Verdict,
+    Gate,
 }
 
 impl StudyJson {
@@ -189,6 +193,7 @@ impl StudyJson {
         match self {
             StudyJson::Control => "control",
             StudyJson::Verdict => "verdict",
+            StudyJson::Gate => "gate",
         }
     }
 }
@@ -345,7 +350,7 @@ pub fn study_scope(id: i64) -> String {
 
 /// The columns of a [`StudyRow`], in its fields' order (both stores read them so).
 const STUDY_COLUMNS: &str = "id, name, budget, created_at, target, state, stop_reason, state_at, \
-     budget_dir, submitted_at, stop_requested_at, identity, control, verdict";
+     budget_dir, submitted_at, stop_requested_at, identity, control, verdict, gate";
 
 /// The columns of a [`FinalRun`] after its study, in its fields' order.
 const RUN_COLUMNS: &str =

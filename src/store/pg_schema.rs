@@ -104,4 +104,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE studies ADD COLUMN control TEXT;
     ALTER TABLE studies ADD COLUMN verdict TEXT;",
+    // v10: a study's step-0 gate decision.
+    "ALTER TABLE studies ADD COLUMN gate TEXT;",
 ];

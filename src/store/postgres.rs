@@ -310,6 +310,7 @@ fn study_row(r: &Row) -> StudyRow {
         identity: r.get(11),
         control: r.get(12),
         verdict: r.get(13),
+        gate: r.get(14),
     }
 }
 

@@ -148,6 +148,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE studies ADD COLUMN control TEXT;
     ALTER TABLE studies ADD COLUMN verdict TEXT;",
+    // v10: whether a study's step-0 gate stops trials, and the measurement behind it.
+    "ALTER TABLE studies ADD COLUMN gate TEXT;",
 ];
 
 /// The schema version this build writes.

@@ -71,6 +71,7 @@ fn study_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StudyRow> {
         identity: r.get(11)?,
         control: r.get(12)?,
         verdict: r.get(13)?,
+        gate: r.get(14)?,
     })
 }
 

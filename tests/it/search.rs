@@ -699,7 +699,7 @@ fn model_aware_strategies_start_from_warm_points_and_retrain_the_best_seed() {
 fn successive_halving_stops_trials_at_the_recalibrated_rung() {
     let s = study(
         8,
-        "steps = 4\nbatch_size = 16\neval_samples = 32\nrungs = [0, 2]\neta = 100\nbn_recalibration = 1\n[proxy.distill]\ntemperature = 3.0",
+        "steps = 4\nbatch_size = 16\neval_samples = 32\nrungs = [0, 2]\neta = 100\nbn_recalibration = 1\ngate = \"always\"\n[proxy.distill]\ntemperature = 3.0",
         "[final]\ntop_k = 0\nwarm_starts = 0",
     );
     let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
@@ -787,7 +787,7 @@ fn a_changed_target_is_refused_unless_allowed_then_used_everywhere() {
 fn the_step_zero_rung_can_score_by_kl_from_the_base_model() {
     let s = study(
         5,
-        "steps = 4\nbatch_size = 16\neval_samples = 32\nrungs = [0]\nbn_recalibration = 1\nrung0_score = \"kl\"\nearly_stop_min_acc = 0.9",
+        "steps = 4\nbatch_size = 16\neval_samples = 32\nrungs = [0]\nbn_recalibration = 1\nrung0_score = \"kl\"\nearly_stop_min_acc = 0.9\ngate = \"always\"",
         "[final]\ntop_k = 0\nwarm_starts = 0",
     );
     let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
@@ -808,6 +808,90 @@ fn the_step_zero_rung_can_score_by_kl_from_the_base_model() {
         assert_eq!(t.state, want, "{t:?} after {seen:?}");
         seen.push(first.1);
     }
+}
+
+/// A study of a heuristic-anchored space: the heuristic's own config is the first trial,
+/// every trial records its knobs and lands on the target, and a second run resumes with
+/// the points it knows from the stored configs (no trial proposed twice).
+#[test]
+fn an_anchored_study_runs_and_resumes() {
+    let s = study(3, FAST_PROXY, "[final]\ntop_k = 0\nwarm_starts = 0");
+    std::fs::write(
+        s.dir.path().join("space.toml"),
+        "[anchored]\ncalibration = { min = 0.5, max = 1.0, step = 0.25 }\nstage_scale = { min = -1.0, max = 1.0, step = 1.0 }",
+    )
+    .unwrap();
+    edit_budget(&s, "strategy = \"random\"", "strategy = \"bayes\"");
+    edit_budget(&s, "[final]", "[final]\ncontrol_calibration = 0.75");
+    let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    edit_budget(&s, "max_trials = 3", "max_trials = 5");
+    let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("not a point"), "replayed: {}", text(&o));
+    let store = s.store();
+    let study = store.studies().unwrap().remove(0);
+    let max = serde_json::from_str::<serde_json::Value>(study.target.as_ref().unwrap()).unwrap()
+        ["max_flops"]
+        .as_u64()
+        .unwrap();
+    let trials = store.trials(1).unwrap();
+    assert_eq!(trials.len(), 5);
+    let mut configs = std::collections::HashSet::new();
+    for t in &trials {
+        let c: serde_json::Value = serde_json::from_str(&t.config).unwrap();
+        assert_eq!(c["provenance"]["space"], "anchored", "{c}");
+        assert!(
+            t.cost.flops <= max && t.cost.flops as f64 >= 0.95 * max as f64,
+            "{t:?}"
+        );
+        assert!(
+            configs.insert(t.config.clone()),
+            "proposed twice: {}",
+            t.config
+        );
+    }
+    let first: serde_json::Value = serde_json::from_str(&trials[0].config).unwrap();
+    let knobs = first["provenance"]["knobs"].as_object().unwrap();
+    assert_eq!(
+        knobs["calibration.stage2"], 0.75,
+        "the heuristic first: {knobs:?}"
+    );
+    assert!(
+        knobs
+            .iter()
+            .filter(|(k, _)| k.starts_with("scale"))
+            .all(|(_, v)| v == 0.0)
+    );
+}
+
+/// Without a fidelity measurement of its signal (`proxy.gate_evidence`), the step-0 gate
+/// scores every trial but stops none, and the study records why.
+#[test]
+fn an_unmeasured_step_zero_gate_stops_no_trial() {
+    let s = study(
+        5,
+        "steps = 2\nbatch_size = 16\neval_samples = 32\nrungs = [0]\neta = 1000000\nbn_recalibration = 1\nrung0_score = \"kl\"",
+        "[final]\ntop_k = 0\nwarm_starts = 0",
+    );
+    let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let store = s.store();
+    for t in store.trials(1).unwrap() {
+        assert_eq!(t.state, TrialState::Complete, "{t:?}");
+        assert_eq!(store.reports(t.id).unwrap()[0].0, 0, "scored at step 0");
+    }
+    let gate = store.studies().unwrap()[0]
+        .gate
+        .clone()
+        .expect("the decision is stored");
+    let gate: serde_json::Value = serde_json::from_str(&gate).unwrap();
+    assert_eq!(gate["stops"], false, "{gate}");
+    assert_eq!(gate["signal"], "recon:1 kl", "{gate}");
+    assert!(
+        gate["reason"].as_str().unwrap().contains("unmeasured"),
+        "{gate}"
+    );
 }
 
 /// `search.repair` builds every trial repaired: the same proposals (random strategy, same

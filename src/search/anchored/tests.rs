@@ -160,7 +160,11 @@ fn every_proposal_lands_on_the_target() {
                 // filter of this net's 16-32 filter convs is up to about 4% of its
                 // FLOPs). Points whose ranks alone undershoot are not proposed.
                 assert!(c.flops <= max, "{name:?}: {} > {max}", c.flops);
-                assert!(c.flops as f64 >= ON_TARGET * max as f64, "{name:?}: {} far under {max}", c.flops);
+                assert!(
+                    c.flops as f64 >= ON_TARGET * max as f64,
+                    "{name:?}: {} far under {max}",
+                    c.flops
+                );
                 let acc = 0.5 + 0.01 * (round as f64) - 1e-3 * seen.len() as f64;
                 s.observe(&Observation {
                     point: q.clone(),

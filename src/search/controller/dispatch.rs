@@ -142,7 +142,8 @@ impl Controller {
         acc: f64,
         stopping: Option<StopReason>,
     ) -> Result<Verdict> {
-        if stopping == Some(StopReason::Signal) {
+        // A step-0 gate that has not earned its place scores trials but stops none.
+        if stopping == Some(StopReason::Signal) || (step == 0 && !self.gate_stops) {
             return Ok(Verdict::Continue);
         }
         let others = self.store.values_at(self.study, step, trial)?;

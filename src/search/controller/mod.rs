@@ -186,6 +186,8 @@ struct Controller {
     stop: Arc<AtomicBool>,
     /// The study's controller lease: while it holds, no other controller acts on it.
     lease: HeldLease,
+    /// Whether the step-0 rung may stop trials (`search::gate`).
+    gate_stops: bool,
 }
 
 impl Controller {

@@ -18,7 +18,7 @@ use crate::search::lease::HeldLease;
 use crate::search::problem::{Problem, Target};
 use crate::search::space::{Space, SpaceFile};
 use crate::search::strategy;
-use crate::store::{StudyState, TrialState, TrialStore};
+use crate::store::{StudyJson, StudyState, TrialState, TrialStore};
 use crate::train::{TrainConfig, train};
 use crate::weights::Weights;
 use crate::{Error, Result};
@@ -187,13 +187,19 @@ pub(super) async fn open_study(
     .await
     .map_err(|e| Error::Failure(format!("study start: {e}")))??;
     lease.check()?;
-    let (store, study, requeued) = register(
+    let (mut store, study, requeued) = register(
         budget,
         budget_text,
         &problem.target,
         &identity,
         allow_change,
     )?;
+    let gate = crate::search::gate::decide(budget)?;
+    if let Some(g) = &gate {
+        tracing::info!(study = %budget.study.name, "{}", g.describe());
+        let json = serde_json::to_string(g).expect("a gate decision serializes");
+        store.set_study_json(study, StudyJson::Gate, &json)?;
+    }
     let mut ctl = Controller {
         store,
         study,
@@ -207,6 +213,7 @@ pub(super) async fn open_study(
         points: HashMap::new(),
         stop: Arc::new(AtomicBool::new(false)),
         lease,
+        gate_stops: gate.is_none_or(|g| g.stops),
     };
     let finished = ctl.replay()?;
     tracing::info!(
