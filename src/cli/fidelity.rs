@@ -119,7 +119,7 @@ fn check_outputs(budget_path: &Path, budget: &Budget, out: &Path) -> Result<()> 
     Ok(())
 }
 
-use rankprune::search::gate::Regime;
+use rankprune::search::gate::{Regime, judge};
 
 const JSON_FILE: &str = "fidelity.json";
 const TABLE_FILE: &str = "fidelity.md";
@@ -197,7 +197,7 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
     report(
         &fidelity::summarize(&records, &finals),
         &candidates,
-        &Regime::of(&budget)?,
+        &budget,
         &out,
         args.json,
     )
@@ -217,13 +217,17 @@ fn recorded_seeds(records: &[fidelity::Record], epochs: usize) -> usize {
 fn report(
     summary: &fidelity::Summary,
     candidates: &[fidelity::Candidate],
-    regime: &Regime,
+    budget: &Budget,
     out: &Path,
     json: bool,
 ) -> Result<()> {
-    // What the figures hold for: a study's step-0 gate reads them only in this regime.
+    // What the figures hold for: a study's step-0 gate reads them only in this regime,
+    // and what they say about the budget's own step-0 signal.
+    let rows = serde_json::to_value(&summary.rows).expect("rows serialize");
+    let gate = judge(budget, &rows, &out.join(JSON_FILE).display().to_string());
     let stored = serde_json::json!({
-        "regime": regime,
+        "regime": Regime::of(budget)?,
+        "gate": gate.as_ref().ok(),
         "candidates": candidates,
         "finals": summary.finals,
         "rows": summary.rows,
@@ -236,7 +240,15 @@ fn report(
             .expect("json")
             .as_bytes(),
     )?;
-    let table = fidelity::table(summary);
+    let mut table = fidelity::table(summary);
+    table.push_str(&match &gate {
+        Ok(g) => format!(
+            "Step-0 gate in this regime: {}; a study with this summary as proxy.gate_evidence {}.\n",
+            g.reason,
+            if g.stops { "stops trials there" } else { "stops none there" }
+        ),
+        Err(m) => format!("Step-0 gate in this regime: not measured: {m}.\n"),
+    });
     write_output(&out.join(TABLE_FILE), table.as_bytes())?;
     if json {
         println!(

@@ -98,7 +98,45 @@ pub fn decide(budget: &Budget) -> Result<Option<GateDecision>> {
             reason,
         }));
     };
-    let (tau, tau_95) = measured(path, &probe, score, &Regime::of(budget)?)?;
+    let file = path.display().to_string();
+    let rows = measured(path, &Regime::of(budget)?)?;
+    judge(budget, &rows, &file)
+        .map(Some)
+        .map_err(|m| Error::BadInput(format!("proxy.gate_evidence = {file}: {m}")))
+}
+
+/// The gate decision that fidelity `rows` (as `fidelity.json` stores them), measured in
+/// the study's regime, give the budget's step-0 signal; `evidence` names them. An error
+/// when the rows lack the signal or its tau.
+pub fn judge(
+    budget: &Budget,
+    rows: &serde_json::Value,
+    evidence: &str,
+) -> std::result::Result<GateDecision, String> {
+    let (probe, score) = signal(budget);
+    let name = format!("{probe} {score}");
+    let row = rows
+        .as_array()
+        .and_then(|rows| {
+            rows.iter()
+                .find(|r| r["probe"] == probe.as_str() && r["score"] == score)
+        })
+        .ok_or_else(|| {
+            format!("no row for the step-0 signal {name} (run fidelity with --probes {probe})")
+        })?;
+    let num = |x: &serde_json::Value| x.as_f64();
+    let (tau, tau_95) = match (
+        num(&row["kendall_tau"]),
+        num(&row["tau_95"][0]),
+        num(&row["tau_95"][1]),
+    ) {
+        (Some(t), Some(lo), Some(hi)) => (t, [lo, hi]),
+        _ => {
+            return Err(format!(
+                "{name}: no tau (the signal was constant over the candidates)"
+            ));
+        }
+    };
     let above = tau_95[0] > 0.0;
     let stops = above || budget.proxy.gate == GateMode::Always;
     let mut reason = format!(
@@ -114,23 +152,23 @@ pub fn decide(budget: &Budget) -> Result<Option<GateDecision>> {
     if !above && stops {
         reason.push_str("; kept by proxy.gate = \"always\"");
     }
-    Ok(Some(GateDecision {
+    Ok(GateDecision {
         stops,
         signal: name,
         tau: Some(tau),
         tau_95: Some(tau_95),
-        evidence: Some(path.display().to_string()),
+        evidence: Some(evidence.to_string()),
         reason,
-    }))
+    })
 }
 
-/// The tau and interval of row (probe, score) of the fidelity summary at `path`, which
-/// must have been measured in `regime`.
-fn measured(path: &Path, probe: &str, score: &str, regime: &Regime) -> Result<(f64, [f64; 2])> {
+/// The rows of the fidelity summary at `path`, which must have been measured in
+/// `regime`.
+fn measured(path: &Path, regime: &Regime) -> Result<serde_json::Value> {
     let file = path.display();
     let bad = |m: String| Error::BadInput(format!("proxy.gate_evidence = {file}: {m}"));
     let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
-    let v: serde_json::Value =
+    let mut v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
     let theirs: Regime = serde_json::from_value(v["regime"].clone()).map_err(|_| {
         bad("no \"regime\": not a fidelity.json of `rankprune fidelity` (re-run its --report-only to add it)".into())
@@ -149,28 +187,7 @@ fn measured(path: &Path, probe: &str, score: &str, regime: &Regime) -> Result<(f
             )));
         }
     }
-    let rows = v["rows"]
-        .as_array()
-        .ok_or_else(|| bad("no \"rows\"".into()))?;
-    let row = rows
-        .iter()
-        .find(|r| r["probe"] == probe && r["score"] == score)
-        .ok_or_else(|| {
-            bad(format!(
-                "no row for the step-0 signal {probe} {score} (run fidelity with --probes {probe})"
-            ))
-        })?;
-    let num = |x: &serde_json::Value| x.as_f64();
-    match (
-        num(&row["kendall_tau"]),
-        num(&row["tau_95"][0]),
-        num(&row["tau_95"][1]),
-    ) {
-        (Some(t), Some(lo), Some(hi)) => Ok((t, [lo, hi])),
-        _ => Err(bad(format!(
-            "{probe} {score}: no tau (the signal was constant over the candidates)"
-        ))),
-    }
+    Ok(v["rows"].take())
 }
 
 #[cfg(test)]
