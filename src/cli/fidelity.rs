@@ -9,6 +9,7 @@ use rankprune::config::LayerConfig;
 use rankprune::data::{ImageSet, Split};
 use rankprune::device::parse_device;
 use rankprune::ladder::fidelity::{self, RunFiles};
+use rankprune::ladder::recipes::{self, RecipeAgreement};
 use rankprune::ladder::{Context, Probe, score};
 use rankprune::outpath::{check_output, store_inputs, write_output};
 use rankprune::search::candidates::draw_candidates;
@@ -36,9 +37,11 @@ pub struct FidelityArgs {
     #[arg(long, alias = "signals", value_delimiter = ',', default_value = DEFAULT_PROBES)]
     pub probes: Vec<Probe>,
     /// Epochs of the final recipe every candidate is re-trained with, on the budget's
-    /// final.schedule (default: the budget's final.epochs)
-    #[arg(long)]
-    pub final_epochs: Option<usize>,
+    /// final.schedule (default: the budget's final.epochs). With a list (`1,2`) the
+    /// first is the reference and every other recipe re-trains each candidate with the
+    /// same paired seeds: the report gives the tau between the recipes' rankings
+    #[arg(long, value_delimiter = ',')]
+    pub final_epochs: Option<Vec<usize>>,
     /// Re-trainings of every candidate with the final recipe, with paired training seeds
     /// (the study's seed, plus 1, plus 2, ...): the reference is their mean, and with two
     /// or more the report gives their own noise (the ceiling of any probe's ranking).
@@ -126,7 +129,9 @@ const TABLE_FILE: &str = "fidelity.md";
 
 pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
     super::at_least_one("--candidates", args.candidates)?;
-    super::at_least_one_if_set("--final-epochs", args.final_epochs)?;
+    for &e in args.final_epochs.iter().flatten() {
+        super::at_least_one("--final-epochs", e)?;
+    }
     super::at_least_one_if_set("--gt-seeds", args.gt_seeds)?;
     let budget = Budget::load(&args.budget)?;
     let out = args.out.clone().unwrap_or_else(|| default_out(&budget));
@@ -147,7 +152,11 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
         ))
     })?;
     files.check_build(&ctx)?;
-    let epochs = args.final_epochs.unwrap_or(budget.final_stage.epochs);
+    let recipes = match &args.final_epochs {
+        Some(list) if !list.is_empty() => list.clone(),
+        _ => vec![budget.final_stage.epochs],
+    };
+    let epochs = recipes[0];
     // --report-only scores nothing: what is recorded is all there is.
     let recorded = match args.report_only {
         true => Some(files.records()?),
@@ -158,10 +167,15 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
             .as_ref()
             .map_or(2, |r| recorded_seeds(r, epochs).max(1))
     });
-    let finals: Vec<Probe> = (0..gt_seeds as u64)
-        .map(|seed| Probe::Final { epochs, seed })
-        .collect();
+    let seeds_of = |epochs| -> Vec<Probe> {
+        (0..gt_seeds as u64)
+            .map(|seed| Probe::Final { epochs, seed })
+            .collect()
+    };
+    let finals = seeds_of(epochs);
+    let others: Vec<Vec<Probe>> = recipes[1..].iter().map(|&e| seeds_of(e)).collect();
     let mut probes = args.probes.clone();
+    probes.extend(others.iter().flatten());
     probes.extend(&finals);
     tracing::info!(
         candidates = candidates.len(),
@@ -194,8 +208,13 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
         )?,
     };
     pb.finish_and_clear();
+    let agreements: Vec<RecipeAgreement> = others
+        .iter()
+        .filter_map(|o| recipes::agreement(&records, &finals, o))
+        .collect();
     report(
         &fidelity::summarize(&records, &finals),
+        &agreements,
         &candidates,
         &budget,
         &out,
@@ -216,6 +235,7 @@ fn recorded_seeds(records: &[fidelity::Record], epochs: usize) -> usize {
 /// Writes the summary (`fidelity.json`, `fidelity.md` in `out`) and prints it.
 fn report(
     summary: &fidelity::Summary,
+    agreements: &[RecipeAgreement],
     candidates: &[fidelity::Candidate],
     budget: &Budget,
     out: &Path,
@@ -228,6 +248,7 @@ fn report(
     let stored = serde_json::json!({
         "regime": Regime::of(budget)?,
         "gate": gate.as_ref().ok(),
+        "recipes": agreements,
         "candidates": candidates,
         "finals": summary.finals,
         "rows": summary.rows,
@@ -241,6 +262,7 @@ fn report(
             .as_bytes(),
     )?;
     let mut table = fidelity::table(summary);
+    table.push_str(&recipes::lines(agreements));
     table.push_str(&match &gate {
         Ok(g) => format!(
             "Step-0 gate in this regime: {}; a study with this summary as proxy.gate_evidence {}.\n",

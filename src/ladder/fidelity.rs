@@ -295,7 +295,7 @@ fn fidelity_row(
 
 /// The reference's validation accuracy per candidate, one value per probe of `finals`
 /// (only candidates re-trained with all of them).
-fn reference_runs(records: &[Record], finals: &[Probe]) -> BTreeMap<usize, Vec<f64>> {
+pub(crate) fn reference_runs(records: &[Record], finals: &[Probe]) -> BTreeMap<usize, Vec<f64>> {
     let mut runs: BTreeMap<usize, Vec<Option<f64>>> = BTreeMap::new();
     for r in records {
         if let Some(i) = finals.iter().position(|f| *f == r.probe)

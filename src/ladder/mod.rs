@@ -9,6 +9,7 @@
 pub mod cka;
 pub mod context;
 pub mod fidelity;
+pub mod recipes;
 
 pub use context::Context;
 

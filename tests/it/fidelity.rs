@@ -219,3 +219,73 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
         text(&o)
     );
 }
+
+/// `--final-epochs 1,2`: every candidate is re-trained with both recipes and the same
+/// paired seeds, and the report ranks the second recipe's means against the first's.
+/// The summary records the regime it was measured in (for a study's step-0 gate).
+#[test]
+fn fidelity_compares_two_final_recipes() {
+    let s = study(1, "batch_size = 16\neval_samples = 32", "");
+    let budget = s.budget().display().to_string();
+    let out = s.path("fidelity").display().to_string();
+    let weights = s.path("runs/base.safetensors").display().to_string();
+    std::fs::create_dir_all(s.path("runs")).unwrap();
+    let o = run(&[
+        "init",
+        "--arch",
+        "cfg_bn:8,M,16,M",
+        "--num-classes",
+        "4",
+        "--out",
+        &weights,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&[
+        "fidelity",
+        &budget,
+        "--candidates",
+        "3",
+        "--probes",
+        "compressed",
+        "--final-epochs",
+        "1,2",
+        "--gt-seeds",
+        "2",
+        "--out",
+        &out,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let dir = s.path("fidelity");
+    let results = std::fs::read_to_string(dir.join("results.jsonl")).unwrap();
+    // compressed, final:1 and final:1@1, final:2 and final:2@1, for each candidate.
+    assert_eq!(results.lines().count(), 3 * 5);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("fidelity.json")).unwrap()).unwrap();
+    let recipes = summary["recipes"].as_array().unwrap();
+    assert_eq!(recipes.len(), 1, "{summary}");
+    let r = &recipes[0];
+    assert_eq!(
+        (&r["reference"], &r["recipe"]),
+        (&"final:1".into(), &"final:2".into())
+    );
+    assert_eq!((&r["n"], &r["seeds"]), (&3.into(), &2.into()));
+    assert!(
+        r["kendall_tau"]
+            .as_f64()
+            .is_none_or(|t| (-1.0..=1.0).contains(&t)),
+        "{r}"
+    );
+    assert_eq!(
+        summary["regime"]["target"]["max_flops"].as_u64().is_some(),
+        true
+    );
+    assert_eq!(
+        summary["regime"]["weights_sha256"].as_str().unwrap().len(),
+        64
+    );
+    let md = std::fs::read_to_string(dir.join("fidelity.md")).unwrap();
+    assert!(
+        md.contains("Recipe sensitivity: final:2 ranks the 3 candidates"),
+        "{md}"
+    );
+}
