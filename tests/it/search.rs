@@ -865,6 +865,36 @@ fn an_anchored_study_runs_and_resumes() {
     );
 }
 
+/// The final stage re-trains a model once per seed: when a finalist is the heuristic's
+/// own config (an anchored space's first trial), the control takes its run.
+#[test]
+fn a_finalist_that_is_the_control_is_retrained_once() {
+    let s = study(
+        1,
+        FAST_PROXY,
+        "[final]\ntop_k = 1\nwarm_starts = 0\nepochs = 1",
+    );
+    std::fs::write(
+        s.dir.path().join("space.toml"),
+        "[anchored]\ncalibration = { min = 0.5, max = 1.0, step = 0.25 }",
+    )
+    .unwrap();
+    edit_budget(&s, "strategy = \"random\"", "strategy = \"bayes\"");
+    edit_budget(&s, "[final]", "[final]\ncontrol_calibration = 0.75");
+    let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let runs = s.store().final_runs(1).unwrap();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    // One training: the control's run is the finalist's, weights and all.
+    assert_eq!(runs[0].weights_path, runs[1].weights_path);
+    assert!(!s.path("runs/tiny-control-seed1.safetensors").exists());
+    assert_eq!(
+        (runs[0].val_top1, &runs[0].test_correct),
+        (runs[1].val_top1, &runs[1].test_correct)
+    );
+    assert_ne!(runs[0].subject, runs[1].subject);
+}
+
 /// Without a fidelity measurement of its signal (`proxy.gate_evidence`), the step-0 gate
 /// scores every trial but stops none, and the study records why.
 #[test]

@@ -161,12 +161,39 @@ impl Stage<'_> {
     ) -> Result<bool> {
         let (f, name) = (&self.budget.final_stage, &self.budget.study.name);
         let seed = self.first + i as u64;
-        let done = ctl.store.final_runs(ctl.study)?;
+        let mut done = ctl.store.final_runs(ctl.study)?;
         for e in &self.entries {
             if done
                 .iter()
                 .any(|r| r.subject == e.subject && r.seed == seed as i64)
             {
+                continue;
+            }
+            // The same model as a subject already re-trained with this seed (an anchored
+            // space's heuristic point among the finalists, and the control): the same run.
+            let twin = self
+                .entries
+                .iter()
+                .filter(|o| o.subject != e.subject && same_model(&o.config, &e.config))
+                .find_map(|o| {
+                    let run = done
+                        .iter()
+                        .find(|r| r.subject == o.subject && r.seed == seed as i64)?;
+                    Some((o.label.clone(), run.clone()))
+                });
+            if let Some((label, run)) = twin {
+                tracing::info!(
+                    subject = e.label,
+                    seed,
+                    twin = label,
+                    "final re-training reused: the same model as another subject, with the same seed"
+                );
+                let run = FinalRun {
+                    subject: e.subject,
+                    ..run
+                };
+                ctl.store.record_final_run(ctl.study, &run)?;
+                done.push(run);
                 continue;
             }
             let job = Retraining {
@@ -194,6 +221,7 @@ impl Stage<'_> {
                         "final re-training done"
                     );
                     ctl.store.record_final_run(ctl.study, &run)?;
+                    done.push(run);
                 }
                 Err(err) => {
                     tracing::warn!(subject = e.label, seed, "final re-training failed: {err}")
@@ -202,6 +230,17 @@ impl Stage<'_> {
         }
         Ok(true)
     }
+}
+
+/// Whether two configs (JSON) build the same model: the same ranks and ratios, whatever
+/// their provenance.
+fn same_model(a: &str, b: &str) -> bool {
+    let model = |c: &str| {
+        LayerConfig::from_json(c, "<final stage>")
+            .ok()
+            .map(|c| (c.decomposition, c.pruning))
+    };
+    matches!((model(a), model(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// The weights and checkpoint names of a subject's run with training seed `seed`,
