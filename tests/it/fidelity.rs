@@ -275,10 +275,7 @@ fn fidelity_compares_two_final_recipes() {
             .is_none_or(|t| (-1.0..=1.0).contains(&t)),
         "{r}"
     );
-    assert_eq!(
-        summary["regime"]["target"]["max_flops"].as_u64().is_some(),
-        true
-    );
+    assert!(summary["regime"]["target"]["max_flops"].as_u64().is_some());
     assert_eq!(
         summary["regime"]["weights_sha256"].as_str().unwrap().len(),
         64
