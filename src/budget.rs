@@ -97,6 +97,12 @@ pub struct Search {
     /// See `train::repair`.
     #[serde(default)]
     pub repair: usize,
+    /// Layer configs (JSON, e.g. another study's exported winner) that the strategy
+    /// proposes first, beside the heuristic's warm starts, snapped to the space's grids
+    /// and repaired to meet the target: a per-layer study refining an anchored study's
+    /// winner (coarse, then fine).
+    #[serde(default)]
+    pub warm_configs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -418,6 +424,7 @@ impl Budget {
         ]
         .into_iter()
         .chain(self.proxy.gate_evidence.as_mut())
+        .chain(self.search.warm_configs.iter_mut())
         {
             if p.is_relative() {
                 *p = dir.join(&*p);

@@ -9,6 +9,7 @@ use super::space::{KnobKind, Point};
 use crate::Result;
 use crate::compress::decompose::RankRecommendation;
 use crate::compress::slamp::PruneTarget;
+use crate::config::LayerConfig;
 use crate::weights::Weights;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -93,4 +94,91 @@ pub fn warm_start(
         }
     }
     Ok(out)
+}
+
+/// The point of a given config (another study's winner): an anchored space's knobs as
+/// its provenance records them; otherwise every rank and ratio snapped to the nearest
+/// level of its knob (a layer the config leaves whole at its highest rank, unpruned at
+/// ratio 0), then repaired to meet the target. None when no point of the space fits.
+pub fn snapped(problem: &Problem, config: &LayerConfig) -> Option<Point> {
+    if problem.space.anchored.is_some() {
+        return problem
+            .space
+            .point_of(config)
+            .ok()
+            .filter(|p| problem.feasible(p));
+    }
+    let ranks = config.decomposition.as_ref().map(|d| &d.ranks);
+    let ratios = config.pruning.as_ref().map(|p| &p.ratios);
+    let p: Point = problem
+        .space
+        .knobs
+        .iter()
+        .map(|k| {
+            let side = usize::from(k.kind == KnobKind::OutRank);
+            let v = match k.kind {
+                KnobKind::Ratio => ratios.and_then(|r| r.get(&k.layer)).copied().unwrap_or(0.0),
+                _ => ranks
+                    .and_then(|r| r.get(&k.layer))
+                    .map_or(k.value(k.levels - 1), |r| r[side] as f64),
+            };
+            k.nearest_level(v)
+        })
+        .collect();
+    problem.repair(p, &mut StdRng::seed_from_u64(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::ArchSpec;
+    use crate::search::problem::Target;
+    use crate::search::space::SpaceFile;
+    use rand::RngExt;
+
+    #[test]
+    fn a_given_config_snaps_to_the_nearest_levels() {
+        let base = ArchSpec::parse("cfg_bn:16,M,24,24,M").unwrap().build(10);
+        let space = SpaceFile::from_toml(
+            "[decomposition]\nrank = \"fraction\"\nmin = 0.0\nmax = 1.0\n[pruning]\nmax = 0.5\nstep = 0.25",
+            "t",
+        )
+        .unwrap()
+        .resolve(&base, None, "t")
+        .unwrap();
+        let problem = Problem::new(base, space, Target::default());
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..10 {
+            // A point's own config gives the point back.
+            let p = problem.space.random_point(&mut rng);
+            assert_eq!(snapped(&problem, &problem.config(&p)), Some(p.clone()));
+            // Off the grid: every value goes to its nearest level.
+            let mut c = problem.config(&p);
+            for r in c.pruning.as_mut().unwrap().ratios.values_mut() {
+                *r = (*r + rng.random_range(-0.1..0.1)).clamp(0.0, 0.5);
+            }
+            let q = snapped(&problem, &c).unwrap();
+            for (k, (&l, want)) in problem.space.knobs.iter().zip(q.iter().zip(&p)) {
+                if k.kind == KnobKind::Ratio {
+                    let v = c.pruning.as_ref().unwrap().ratios[&k.layer];
+                    assert_eq!(l, k.nearest_level(v), "{} {v}", k.layer);
+                } else {
+                    assert_eq!(l, *want);
+                }
+            }
+        }
+        // A layer the config leaves whole: its highest ranks; unpruned: ratio 0.
+        let mut c = problem.config(&problem.space.random_point(&mut rng));
+        c.decomposition = None;
+        c.pruning = None;
+        let q = snapped(&problem, &c).unwrap();
+        for (k, &l) in problem.space.knobs.iter().zip(&q) {
+            let want = if k.kind == KnobKind::Ratio {
+                0
+            } else {
+                k.levels - 1
+            };
+            assert_eq!(l, want, "{k:?}");
+        }
+    }
 }

@@ -895,6 +895,30 @@ fn a_finalist_that_is_the_control_is_retrained_once() {
     assert_ne!(runs[0].subject, runs[1].subject);
 }
 
+/// `search.warm_configs`: a given config (another study's winner, to refine) is the
+/// study's first proposal, ahead of the heuristic's warm starts.
+#[test]
+fn a_warm_config_is_proposed_first() {
+    let s = study(2, FAST_PROXY, "[final]\ntop_k = 0\nwarm_starts = 0");
+    let given = r#"{"decomposition":{"method":"tucker2","ranks":{"features.4":[4,8]}},"pruning":{"method":"l2_norm","ratios":{"features.0":0.25,"features.4_tucker_0":0.0,"features.4_tucker_1":0.25,"features.4_tucker_2":0.0}}}"#;
+    std::fs::write(s.path("given.json"), given).unwrap();
+    edit_budget(
+        &s,
+        "strategy = \"random\"",
+        "strategy = \"bayes\"\nwarm_configs = [\"given.json\"]",
+    );
+    let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let first: serde_json::Value =
+        serde_json::from_str(&s.store().trials(1).unwrap()[0].config).unwrap();
+    let given: serde_json::Value = serde_json::from_str(given).unwrap();
+    assert_eq!(
+        first["decomposition"]["ranks"],
+        given["decomposition"]["ranks"]
+    );
+    assert_eq!(first["pruning"]["ratios"], given["pruning"]["ratios"]);
+}
+
 /// Without a fidelity measurement of its signal (`proxy.gate_evidence`), the step-0 gate
 /// scores every trial but stops none, and the study records why.
 #[test]

@@ -7,6 +7,7 @@ use super::{Controller, Signals};
 use crate::arch::Arch;
 use crate::budget::{Budget, ObjectiveKind, StrategyName};
 use crate::compress::decompose::recommend_ranks;
+use crate::config::LayerConfig;
 use crate::cost;
 use crate::data::ImageSet;
 use crate::device::parse_device;
@@ -151,6 +152,22 @@ pub fn study_problem(
     let mut problem = Problem::new(base.clone(), space, target);
     if let Some(v) = vbmf.as_deref().filter(|_| warm) {
         problem.warm_starts = crate::search::warm::warm_start(&problem, weights, v)?;
+        // Given configs first (another study's winner to refine), then the heuristic's.
+        let mut given = Vec::new();
+        for path in &budget.search.warm_configs {
+            let config = LayerConfig::load(path)
+                .map_err(|e| Error::BadInput(format!("search.warm_configs: {e}")))?;
+            match crate::search::warm::snapped(&problem, &config) {
+                Some(p) => given.push(p),
+                None => tracing::warn!(
+                    config = %path.display(),
+                    "search.warm_configs: no point of the space fits this config"
+                ),
+            }
+        }
+        problem.warm_starts.retain(|p| !given.contains(p));
+        given.append(&mut problem.warm_starts);
+        problem.warm_starts = given;
         tracing::info!(points = problem.warm_starts.len(), "warm-start points");
     }
     Ok(problem)
