@@ -302,6 +302,11 @@ impl Controller {
         let external = self.budget.workers.processes;
         if external {
             self.store.requeue_expired(self.study)?;
+            // A stopped study's trial whose worker lost its lease (a slow worker under
+            // load) is queued again above: withdrawn like the rest, not left queued.
+            if state.stopping == Some(StopReason::Stopped) {
+                self.store.withdraw_queued(self.study)?;
+            }
         }
         let trials = self.store.trials(self.study)?;
         if external {
