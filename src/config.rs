@@ -82,7 +82,8 @@ pub struct LayerConfig {
     /// Figures of the model this config made (written by `export`; ignored on input).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<serde_json::Value>,
-    /// Where the config came from (written by `export`; ignored on input).
+    /// Where the config came from (written by `export`, and by an anchored search space
+    /// for its trials, whose knobs it records; kept on input, changing no layer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provenance: Option<serde_json::Value>,
 }

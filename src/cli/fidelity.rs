@@ -3,7 +3,6 @@
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use rankprune::Result;
 use rankprune::budget::Budget;
 use rankprune::config::LayerConfig;
 use rankprune::data::{ImageSet, Split};
@@ -16,6 +15,7 @@ use rankprune::search::candidates::draw_candidates;
 use rankprune::search::controller::study_problem;
 use rankprune::search::precheck::check_space;
 use rankprune::search::space::SpaceFile;
+use rankprune::{Error, Result};
 use std::path::{Path, PathBuf};
 
 const DEFAULT_PROBES: &str = "compressed,bn:8,recon:2,ft:60,ft:200,kd:200";
@@ -129,8 +129,14 @@ const TABLE_FILE: &str = "fidelity.md";
 
 pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
     super::at_least_one("--candidates", args.candidates)?;
-    for &e in args.final_epochs.iter().flatten() {
+    let listed = args.final_epochs.iter().flatten();
+    for (i, &e) in listed.clone().enumerate() {
         super::at_least_one("--final-epochs", e)?;
+        if listed.clone().take(i).any(|&f| f == e) {
+            return Err(Error::BadInput(format!(
+                "--final-epochs: {e} is listed twice (each recipe once)"
+            )));
+        }
     }
     super::at_least_one_if_set("--gt-seeds", args.gt_seeds)?;
     let budget = Budget::load(&args.budget)?;
@@ -244,7 +250,10 @@ fn report(
     // What the figures hold for: a study's step-0 gate reads them only in this regime,
     // and what they say about the budget's own step-0 signal.
     let rows = serde_json::to_value(&summary.rows).expect("rows serialize");
-    let gate = judge(budget, &rows, &out.join(JSON_FILE).display().to_string());
+    let gate = match budget.proxy.rungs.contains(&0) {
+        true => judge(budget, &rows, &out.join(JSON_FILE).display().to_string()),
+        false => Err("the budget has no step-0 rung (proxy.rungs)".into()),
+    };
     let stored = serde_json::json!({
         "regime": Regime::of(budget)?,
         "gate": gate.as_ref().ok(),

@@ -22,6 +22,13 @@ pub struct RankRecommendation {
     pub chosen: [usize; 2],
 }
 
+impl RankRecommendation {
+    /// `[in, out]` ranks at calibration `c` (the simple flow's `--calibration`).
+    pub fn at(&self, c: f64) -> [usize; 2] {
+        [0, 1].map(|s| calibrated_rank(self.vbmf[s], self.full[s], c))
+    }
+}
+
 fn conv_weight<'a>(weights: &'a Weights, name: &str) -> Result<&'a TensorF32> {
     let key = format!("{name}.weight");
     weights

@@ -9,7 +9,6 @@ use super::space::{Knob, KnobKind};
 use crate::Result;
 use crate::compress::decompose::{RankRecommendation, decompose_model};
 use crate::compress::slamp::{PruneTarget, recommend_ratios};
-use crate::compress::vbmf::calibrated_rank;
 use crate::config::{DECOMPOSITION_METHOD, Decomposition, LayerConfig, PRUNING_METHOD, Pruning};
 use crate::weights::Weights;
 use indexmap::IndexMap;
@@ -18,10 +17,7 @@ use indexmap::IndexMap;
 /// has no recommendation for).
 pub fn vbmf_rank(k: &Knob, vbmf: &[RankRecommendation], c: f64) -> f64 {
     match vbmf.iter().find(|r| r.layer == k.layer) {
-        Some(rec) => {
-            let side = usize::from(k.kind == KnobKind::OutRank);
-            calibrated_rank(rec.vbmf[side], rec.full[side], c) as f64
-        }
+        Some(rec) => rec.at(c)[usize::from(k.kind == KnobKind::OutRank)] as f64,
         None => k.value(k.levels - 1),
     }
 }
@@ -95,8 +91,7 @@ pub fn heuristic_config(
             .iter()
             .find(|r| &r.layer == layer)
             .ok_or_else(|| crate::Error::Failure(format!("{layer}: no VBMF ranks")))?;
-        let rank = [0, 1].map(|s| calibrated_rank(rec.vbmf[s], rec.full[s], calibration));
-        ranks.insert(layer.clone(), rank);
+        ranks.insert(layer.clone(), rec.at(calibration));
     }
     if !ranks.is_empty() {
         config.decomposition = Some(Decomposition {

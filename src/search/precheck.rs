@@ -37,11 +37,38 @@ pub fn check_space(budget: &Budget, space_file: &SpaceFile) -> Result<()> {
         }
     };
     reach.map_err(|m| Error::BadInput(format!("study {}: {m}", budget.study.name)))?;
-    // The gate's evidence names the base weights: it is checked now when they exist.
-    if budget.proxy.gate_evidence.is_some() && budget.model.weights.exists() {
-        super::gate::decide(budget)?;
+    // The gate's evidence names the base weights: it is checked in full when they
+    // exist, and for being there before they are trained.
+    if let Some(path) = &budget.proxy.gate_evidence {
+        if budget.model.weights.exists() {
+            super::gate::decide(budget)?;
+        } else if !path.is_file() {
+            return Err(Error::BadInput(format!(
+                "proxy.gate_evidence = {}: no such file",
+                path.display()
+            )));
+        }
     }
+    check_warm_configs(budget)?;
     check_outputs(budget)
+}
+
+/// Every `search.warm_configs` file reads as a layer config, for a strategy that
+/// proposes warm starts.
+fn check_warm_configs(budget: &Budget) -> Result<()> {
+    if budget.search.warm_configs.is_empty() {
+        return Ok(());
+    }
+    if budget.search.strategy == crate::budget::StrategyName::Random {
+        return Err(Error::BadInput(
+            "search.warm_configs: the random strategy proposes no warm starts; use evolution or bayes".into(),
+        ));
+    }
+    for path in &budget.search.warm_configs {
+        crate::config::LayerConfig::load(path)
+            .map_err(|e| Error::BadInput(format!("search.warm_configs: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Rank 1 for both sides of every conv a space may decompose.

@@ -93,6 +93,27 @@ impl Problem {
         }
     }
 
+    /// The point of a config: on a per-layer space's grids, or in an anchored space the
+    /// knobs its provenance records, provided that point still builds this model (the
+    /// target, the grids or the control's calibration may have changed since).
+    pub fn point_of(&self, config: &LayerConfig) -> Result<Point, String> {
+        let Some(a) = &self.space.anchored else {
+            return self.space.point_of(config);
+        };
+        let p = a.knobs_of(config)?;
+        // The same model: the same architecture (a stored config's ratios, read back
+        // from JSON, may differ from the computed ones in their last bit).
+        let arch = |c: &LayerConfig| c.apply(&self.base, "<stored config>").ok();
+        if arch(&self.config(&p)).is_none_or(|a| Some(a) != arch(config)) {
+            return Err(
+                "its knobs build another model now: the study's target, the space's grids or the control's calibration changed"
+                    .into(),
+            );
+        }
+        a.register(&p, config);
+        Ok(p)
+    }
+
     /// Exact cost of a point's model.
     pub fn cost(&self, p: &[usize]) -> Cost {
         let arch = self

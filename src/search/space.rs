@@ -522,8 +522,8 @@ impl Space {
     /// The point of a config, if the config is one (same layers, values on the grids).
     /// Layers the config omits must have 0 in their grid (pruning) to be a point.
     pub fn point_of(&self, config: &LayerConfig) -> Result<Point, String> {
-        if let Some(a) = &self.anchored {
-            return a.point_of(config);
+        if self.anchored.is_some() {
+            return Err("an anchored space's points are read by Problem::point_of".into());
         }
         let ranks = config.decomposition.as_ref().map(|d| &d.ranks);
         let ratios = config.pruning.as_ref().map(|p| &p.ratios);

@@ -99,14 +99,14 @@ pub fn warm_start(
 /// The point of a given config (another study's winner): an anchored space's knobs as
 /// its provenance records them; otherwise every rank and ratio snapped to the nearest
 /// level of its knob (a layer the config leaves whole at its highest rank, unpruned at
-/// ratio 0), then repaired to meet the target. None when no point of the space fits.
-pub fn snapped(problem: &Problem, config: &LayerConfig) -> Option<Point> {
+/// ratio 0), then repaired to meet the target. An error says why no point fits.
+pub fn snapped(problem: &Problem, config: &LayerConfig) -> Result<Point, String> {
     if problem.space.anchored.is_some() {
-        return problem
-            .space
-            .point_of(config)
-            .ok()
-            .filter(|p| problem.feasible(p));
+        let p = problem.point_of(config)?;
+        return match problem.feasible(&p) {
+            true => Ok(p),
+            false => Err("its point misses the study's target".into()),
+        };
     }
     let ranks = config.decomposition.as_ref().map(|d| &d.ranks);
     let ratios = config.pruning.as_ref().map(|p| &p.ratios);
@@ -125,7 +125,9 @@ pub fn snapped(problem: &Problem, config: &LayerConfig) -> Option<Point> {
             k.nearest_level(v)
         })
         .collect();
-    problem.repair(p, &mut StdRng::seed_from_u64(0))
+    problem
+        .repair(p, &mut StdRng::seed_from_u64(0))
+        .ok_or_else(|| "no point of the space near it meets the study's target".into())
 }
 
 #[cfg(test)]
@@ -151,7 +153,7 @@ mod tests {
         for _ in 0..10 {
             // A point's own config gives the point back.
             let p = problem.space.random_point(&mut rng);
-            assert_eq!(snapped(&problem, &problem.config(&p)), Some(p.clone()));
+            assert_eq!(snapped(&problem, &problem.config(&p)), Ok(p.clone()));
             // Off the grid: every value goes to its nearest level.
             let mut c = problem.config(&p);
             for r in c.pruning.as_mut().unwrap().ratios.values_mut() {

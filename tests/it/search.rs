@@ -919,6 +919,48 @@ fn a_warm_config_is_proposed_first() {
     assert_eq!(first["pruning"]["ratios"], given["pruning"]["ratios"]);
 }
 
+/// Bad search inputs are refused before any work, naming the key: warm configs for the
+/// random strategy or from a missing file, a missing gate evidence file, an anchored
+/// space without the control's calibration on its grid.
+#[test]
+fn bad_warm_configs_gate_evidence_and_anchors_are_refused() {
+    let s = study(1, FAST_PROXY, "[final]\ntop_k = 0\nwarm_starts = 0");
+    let refused = |from: &str, to: &str, want: &str| {
+        edit_budget(&s, from, to);
+        let o = run(&["search", s.budget().to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains(want), "{want}: {}", text(&o));
+        edit_budget(&s, to, from);
+    };
+    let random = "strategy = \"random\"";
+    refused(
+        random,
+        "strategy = \"random\"\nwarm_configs = [\"w.json\"]",
+        "the random strategy proposes no warm starts",
+    );
+    refused(
+        random,
+        "strategy = \"bayes\"\nwarm_configs = [\"w.json\"]",
+        "search.warm_configs",
+    );
+    refused(
+        "[proxy]\n",
+        "[proxy]\ngate_evidence = \"nowhere.json\"\n",
+        "proxy.gate_evidence",
+    );
+    std::fs::write(
+        s.path("space.toml"),
+        "[anchored]\ncalibration = { min = 0.5, max = 1.0, step = 0.25 }",
+    )
+    .unwrap();
+    refused(
+        "[final]",
+        "[final]\ncontrol_calibration = 0.1",
+        "misses 0.1",
+    );
+    assert!(!s.db.exists(), "nothing ran");
+}
+
 /// Without a fidelity measurement of its signal (`proxy.gate_evidence`), the step-0 gate
 /// scores every trial but stops none, and the study records why.
 #[test]

@@ -21,7 +21,6 @@ use super::space::{Knob, KnobKind, Layers, Point, SpaceError, pick_layers};
 use crate::arch::{Arch, ConvBody, Unit};
 use crate::compress::decompose::{RankRecommendation, TuckerCache, decompose_model};
 use crate::compress::slamp::{PruneTarget, conv_scores, ratios_for_scores};
-use crate::compress::vbmf::calibrated_rank;
 use crate::config::{DECOMPOSITION_METHOD, Decomposition, LayerConfig, PRUNING_METHOD, Pruning};
 use crate::cost::{self, Cost};
 use crate::weights::Weights;
@@ -166,6 +165,13 @@ fn resolve_knobs(
             c.min, c.max
         ));
     }
+    // The anchor is on the grid even where no stage has a calibration knob.
+    c.knob(
+        "anchored.calibration",
+        "",
+        KnobKind::Calibration,
+        calibration,
+    )?;
     let stage_of = stages(base);
     let mut all_stages: Vec<usize> = stage_of.values().copied().collect();
     all_stages.dedup();
@@ -264,9 +270,13 @@ pub struct Anchored {
     memo: Mutex<Memo>,
 }
 
+/// Configs kept by point before the memo starts over.
+const MEMO_POINTS: usize = 20_000;
+
 #[derive(Default)]
 struct Memo {
-    by_point: HashMap<Point, LayerConfig>,
+    /// By point and target (as `Debug` prints it).
+    by_point: HashMap<(Point, String), LayerConfig>,
     /// A model's first point (decomposition and pruning as JSON).
     by_model: HashMap<String, Point>,
 }
@@ -282,12 +292,24 @@ impl std::fmt::Debug for Anchored {
 
 impl PartialEq for Anchored {
     fn eq(&self, other: &Self) -> bool {
-        self.knobs == other.knobs && self.ranks == other.ranks && self.base == other.base
+        (
+            &self.knobs,
+            &self.slots,
+            &self.ranks,
+            &self.scores,
+            &self.base,
+        ) == (
+            &other.knobs,
+            &other.slots,
+            &other.ranks,
+            &other.scores,
+            &other.base,
+        ) && (self.max_ratio, self.anchor_level) == (other.max_ratio, other.anchor_level)
     }
 }
 
 /// Decomposition and pruning of a config as JSON: equal for equal models.
-fn model_key(c: &LayerConfig) -> String {
+pub fn model_key(c: &LayerConfig) -> String {
     serde_json::to_string(&(&c.decomposition, &c.pruning)).expect("configs serialize")
 }
 
@@ -308,11 +330,17 @@ impl Anchored {
             message,
         };
         let (knobs, decomposed, slots) = resolve_knobs(section, base, calibration).map_err(err)?;
-        let g = section.calibration;
-        let calibrations: Vec<f64> = (0..)
-            .map(|i| ((g.min + i as f64 * g.step) * 1e6).round() / 1e6)
-            .take_while(|&c| c <= g.max + 1e-9)
-            .collect();
+        // The calibration knobs' levels, whether or not a stage has one.
+        let grid = section
+            .calibration
+            .knob(
+                "anchored.calibration",
+                "",
+                KnobKind::Calibration,
+                calibration,
+            )
+            .map_err(err)?;
+        let calibrations: Vec<f64> = (0..grid.levels).map(|l| grid.value(l)).collect();
         let anchor_level = calibrations
             .iter()
             .position(|&c| (c - calibration).abs() < 1e-6)
@@ -323,10 +351,7 @@ impl Anchored {
                 .iter()
                 .find(|r| &r.layer == name)
                 .ok_or_else(|| err(format!("{name}: no VBMF ranks for a decomposed layer")))?;
-            let per_level: Vec<[usize; 2]> = calibrations
-                .iter()
-                .map(|&c| [0, 1].map(|s| calibrated_rank(rec.vbmf[s], rec.full[s], c)))
-                .collect();
+            let per_level: Vec<[usize; 2]> = calibrations.iter().map(|&c| rec.at(c)).collect();
             ranks.insert(name.clone(), per_level);
         }
         let mut scores = HashMap::new();
@@ -425,7 +450,8 @@ impl Anchored {
     /// cannot (the point is then infeasible).
     pub fn config(&self, p: &[usize], target: Option<PruneTarget>) -> LayerConfig {
         assert_eq!(p.len(), self.knobs.len(), "point of another space");
-        if let Some(c) = self.memo.lock().expect("memo lock").by_point.get(p) {
+        let memo_key = (p.to_vec(), format!("{target:?}"));
+        if let Some(c) = self.memo.lock().expect("memo lock").by_point.get(&memo_key) {
             return c.clone();
         }
         let ranks = self.ranks_at(p);
@@ -460,7 +486,11 @@ impl Anchored {
             .or_insert_with(|| p.to_vec())
             .clone();
         config.provenance = Some(self.provenance(&first));
-        memo.by_point.insert(p.to_vec(), config.clone());
+        // Bayes scores some 250 points per proposal: a bounded memo.
+        if memo.by_point.len() >= MEMO_POINTS {
+            memo.by_point.clear();
+        }
+        memo.by_point.insert(memo_key, config.clone());
         config
     }
 
@@ -475,16 +505,18 @@ impl Anchored {
         serde_json::json!({"space": "anchored", "knobs": knobs})
     }
 
-    /// The point a config's provenance names (configs this space made).
-    pub fn point_of(&self, config: &LayerConfig) -> Result<Point, String> {
-        let knobs = config
-            .provenance
-            .as_ref()
-            .filter(|v| v["space"] == "anchored")
+    /// The point a config's provenance names (configs this space made, as trials store
+    /// them or as `export` nests them under `search_space`). Whether that point still
+    /// builds the config is [`super::problem::Problem::point_of`]'s check.
+    pub fn knobs_of(&self, config: &LayerConfig) -> Result<Point, String> {
+        let prov = config.provenance.as_ref();
+        let knobs = prov
+            .into_iter()
+            .flat_map(|v| [v, &v["search_space"]])
+            .find(|v| v["space"] == "anchored")
             .and_then(|v| v["knobs"].as_object())
             .ok_or("the config carries no anchored-space knobs (provenance)")?;
-        let point = self
-            .knobs
+        self.knobs
             .iter()
             .map(|k| {
                 let name = knob_name(k);
@@ -495,12 +527,16 @@ impl Anchored {
                 k.level_of(v)
                     .ok_or_else(|| format!("{name} = {v} is off the space's grid"))
             })
-            .collect::<Result<Point, String>>()?;
+            .collect()
+    }
+
+    /// Records that `config` (stored, or given) is point `p`'s model, so that other
+    /// points of the same model name `p` in their provenance.
+    pub fn register(&self, p: &[usize], config: &LayerConfig) {
         let mut memo = self.memo.lock().expect("memo lock");
         memo.by_model
             .entry(model_key(config))
-            .or_insert_with(|| point.clone());
-        Ok(point)
+            .or_insert_with(|| p.to_vec());
     }
 
     /// Every conv of `arch` with its SLAMP scores at point `p`: the base scores times
@@ -584,11 +620,7 @@ pub fn cheapest_cost(
     let ranks: IndexMap<String, [usize; 2]> = decomposed
         .iter()
         .filter_map(|l| vbmf.iter().find(|r| &r.layer == l))
-        .map(|r| {
-            let c = section.calibration.min;
-            let rank = [0, 1].map(|s| calibrated_rank(r.vbmf[s], r.full[s], c));
-            (r.layer.clone(), rank)
-        })
+        .map(|r| (r.layer.clone(), r.at(section.calibration.min)))
         .collect();
     config.decomposition = (!ranks.is_empty()).then(|| Decomposition {
         method: DECOMPOSITION_METHOD.into(),

@@ -189,13 +189,29 @@ fn a_config_names_its_point() {
         // Stored as JSON and read back (a resumed study), the config gives its point, or
         // the first point of the same model.
         let back = LayerConfig::from_json(&c.to_json(), "t").unwrap();
-        let r = p.space.point_of(&back).unwrap();
+        let r = p.point_of(&back).unwrap();
         assert_eq!(model(&p.config(&r)), model(&c));
     }
     let h = anchored(&p).heuristic_point();
     let c = p.config(&h);
-    assert_eq!(p.space.point_of(&c).unwrap(), h);
-    assert!(p.space.point_of(&LayerConfig::for_arch(&p.base)).is_err());
+    assert_eq!(p.point_of(&c).unwrap(), h);
+    assert!(p.point_of(&LayerConfig::for_arch(&p.base)).is_err());
+}
+
+#[test]
+fn a_stored_config_is_its_point_only_while_it_builds_the_same_model() {
+    let (p, ..) = setup("[anchored]");
+    let h = anchored(&p).heuristic_point();
+    let c = p.config(&h);
+    // As `export` writes it: the trial's provenance nested under `search_space`.
+    let mut exported = c.clone();
+    exported.provenance = Some(serde_json::json!({"study": "s", "search_space": c.provenance}));
+    assert_eq!(p.point_of(&exported), Ok(h.clone()));
+    // The same knobs at another target build another model: not that point any more.
+    let mut other = p.clone();
+    other.target.max_flops = other.target.max_flops.map(|m| m * 9 / 10);
+    let e = other.point_of(&c).unwrap_err();
+    assert!(e.contains("another model"), "{e}");
 }
 
 #[test]

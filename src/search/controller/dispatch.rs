@@ -7,6 +7,7 @@ use super::shutdown::bar;
 use super::{Controller, EXTERNAL_QUEUE, EXTERNAL_TICK, Signals, StopReason, TICK};
 use crate::Result;
 use crate::budget::Budget;
+use crate::budget::Proxy;
 use crate::config::LayerConfig;
 use crate::device::parse_device;
 use crate::ladder::Context;
@@ -142,9 +143,17 @@ impl Controller {
         acc: f64,
         stopping: Option<StopReason>,
     ) -> Result<Verdict> {
-        // A step-0 gate that has not earned its place scores trials but stops none.
-        if stopping == Some(StopReason::Signal) || (step == 0 && !self.gate_stops) {
+        if stopping == Some(StopReason::Signal) {
             return Ok(Verdict::Continue);
+        }
+        // A step-0 gate that has not earned its place ranks nothing: only the minimum
+        // accuracy stops a trial there.
+        if step == 0 && !self.gate_stops {
+            let floor_only = Proxy {
+                early_stop_median: false,
+                ..self.budget.proxy.clone()
+            };
+            return Ok(verdict(&floor_only, 0, acc, &[]));
         }
         let others = self.store.values_at(self.study, step, trial)?;
         Ok(verdict(&self.budget.proxy, step as usize, acc, &others))

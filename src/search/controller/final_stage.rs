@@ -150,6 +150,21 @@ impl Stage<'_> {
         Ok(runs)
     }
 
+    /// The run with `seed` of another subject that builds the same model as `e` (an
+    /// anchored space's heuristic point among the finalists, and the control), with
+    /// that subject's label.
+    fn twin_run(&self, e: &Entry, seed: u64, done: &[FinalRun]) -> Option<(String, FinalRun)> {
+        self.entries
+            .iter()
+            .filter(|o| o.subject != e.subject && same_model(&o.config, &e.config))
+            .find_map(|o| {
+                let run = done
+                    .iter()
+                    .find(|r| r.subject == o.subject && r.seed == seed as i64)?;
+                Some((o.label.clone(), run.clone()))
+            })
+    }
+
     /// Re-trains every subject with the `i`-th seed (of `planned`), skipping the runs
     /// already stored: false when a signal interrupted it.
     async fn round(
@@ -169,19 +184,7 @@ impl Stage<'_> {
             {
                 continue;
             }
-            // The same model as a subject already re-trained with this seed (an anchored
-            // space's heuristic point among the finalists, and the control): the same run.
-            let twin = self
-                .entries
-                .iter()
-                .filter(|o| o.subject != e.subject && same_model(&o.config, &e.config))
-                .find_map(|o| {
-                    let run = done
-                        .iter()
-                        .find(|r| r.subject == o.subject && r.seed == seed as i64)?;
-                    Some((o.label.clone(), run.clone()))
-                });
-            if let Some((label, run)) = twin {
+            if let Some((label, run)) = self.twin_run(e, seed, &done) {
                 tracing::info!(
                     subject = e.label,
                     seed,

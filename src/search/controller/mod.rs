@@ -213,7 +213,7 @@ impl Controller {
             return Some(p.clone());
         }
         let config = LayerConfig::from_json(&t.config, "<stored trial>").ok()?;
-        match self.problem.space.point_of(&config) {
+        match self.problem.point_of(&config) {
             Ok(p) => {
                 self.points.insert(t.id, p.clone());
                 Some(p)

@@ -150,6 +150,20 @@ pub fn study_problem(
         _ => space_file.resolve(base, vbmf.as_deref(), &file)?,
     };
     let mut problem = Problem::new(base.clone(), space, target);
+    if let Some(a) = &problem.space.anchored {
+        // The anchor must be on the target: every other point is a move away from it.
+        let c = problem.cost(&a.heuristic_point());
+        if !problem.admits(&c) {
+            return Err(Error::BadInput(format!(
+                "{file}: the heuristic's own config (VBMF at final.control_calibration = {}, then SLAMP, at most {} of any conv's filters) reaches {:.2}x fewer FLOPs, {:.2}x fewer params: not on the study's target ({}); a calibration nearer the target is needed",
+                budget.final_stage.control_calibration,
+                a.max_ratio(),
+                problem.base_cost.flops as f64 / c.flops.max(1) as f64,
+                problem.base_cost.params as f64 / c.params.max(1) as f64,
+                problem.target,
+            )));
+        }
+    }
     if let Some(v) = vbmf.as_deref().filter(|_| warm) {
         problem.warm_starts = crate::search::warm::warm_start(&problem, weights, v)?;
         // Given configs first (another study's winner to refine), then the heuristic's.
@@ -158,10 +172,10 @@ pub fn study_problem(
             let config = LayerConfig::load(path)
                 .map_err(|e| Error::BadInput(format!("search.warm_configs: {e}")))?;
             match crate::search::warm::snapped(&problem, &config) {
-                Some(p) => given.push(p),
-                None => tracing::warn!(
+                Ok(p) => given.push(p),
+                Err(e) => tracing::warn!(
                     config = %path.display(),
-                    "search.warm_configs: no point of the space fits this config"
+                    "search.warm_configs: not proposed: {e}"
                 ),
             }
         }
@@ -204,6 +218,7 @@ pub(super) async fn open_study(
     .await
     .map_err(|e| Error::Failure(format!("study start: {e}")))??;
     lease.check()?;
+    let gate = crate::search::gate::decide(budget)?;
     let (mut store, study, requeued) = register(
         budget,
         budget_text,
@@ -211,7 +226,6 @@ pub(super) async fn open_study(
         &identity,
         allow_change,
     )?;
-    let gate = crate::search::gate::decide(budget)?;
     if let Some(g) = &gate {
         tracing::info!(study = %budget.study.name, "{}", g.describe());
         let json = serde_json::to_string(g).expect("a gate decision serializes");
