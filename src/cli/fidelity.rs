@@ -129,15 +129,7 @@ const TABLE_FILE: &str = "fidelity.md";
 
 pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
     super::at_least_one("--candidates", args.candidates)?;
-    let listed = args.final_epochs.iter().flatten();
-    for (i, &e) in listed.clone().enumerate() {
-        super::at_least_one("--final-epochs", e)?;
-        if listed.clone().take(i).any(|&f| f == e) {
-            return Err(Error::BadInput(format!(
-                "--final-epochs: {e} is listed twice (each recipe once)"
-            )));
-        }
-    }
+    check_recipes(args.final_epochs.as_deref().unwrap_or_default())?;
     super::at_least_one_if_set("--gt-seeds", args.gt_seeds)?;
     let budget = Budget::load(&args.budget)?;
     let out = args.out.clone().unwrap_or_else(|| default_out(&budget));
@@ -188,32 +180,28 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
         out = %out.display(),
         "fidelity run"
     );
-    let pb = ProgressBar::new(0);
-    pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}<{eta}]")
-            .expect("valid template"),
-    );
-    if args.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
     let records = match recorded {
         Some(records) => records,
-        None => fidelity::run(
-            &ctx,
-            &candidates,
-            &probes,
-            &files,
-            args.shard,
-            &device,
-            |done, total, what| {
-                pb.set_length(total as u64);
-                pb.set_position(done as u64);
-                pb.set_message(what.to_string());
-                tracing::debug!(done, total, "{what}");
-            },
-        )?,
+        None => {
+            let pb = progress_bar(args.json);
+            let records = fidelity::run(
+                &ctx,
+                &candidates,
+                &probes,
+                &files,
+                args.shard,
+                &device,
+                |done, total, what| {
+                    pb.set_length(total as u64);
+                    pb.set_position(done as u64);
+                    pb.set_message(what.to_string());
+                    tracing::debug!(done, total, "{what}");
+                },
+            )?;
+            pb.finish_and_clear();
+            records
+        }
     };
-    pb.finish_and_clear();
     let agreements: Vec<RecipeAgreement> = others
         .iter()
         .filter_map(|o| recipes::agreement(&records, &finals, o))
@@ -226,6 +214,32 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
         &out,
         args.json,
     )
+}
+
+/// Every `--final-epochs` recipe at least 1 epoch, and each listed once.
+fn check_recipes(listed: &[usize]) -> Result<()> {
+    for (i, &e) in listed.iter().enumerate() {
+        super::at_least_one("--final-epochs", e)?;
+        if listed[..i].contains(&e) {
+            return Err(Error::BadInput(format!(
+                "--final-epochs: {e} is listed twice (each recipe once)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The run's progress bar (hidden for --json and when stderr is no terminal).
+fn progress_bar(json: bool) -> ProgressBar {
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}<{eta}]")
+            .expect("valid template"),
+    );
+    if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    pb
 }
 
 /// How many paired re-trainings of `epochs` epochs (seeds 0, 1, ...) the records hold.

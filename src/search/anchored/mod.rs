@@ -139,6 +139,66 @@ fn resolve_knobs(
     base: &Arch,
     calibration: f64,
 ) -> Result<(Vec<Knob>, Vec<String>, Slots), String> {
+    let decomposed = decomposed_layers(section, base)?;
+    check_section(section, calibration)?;
+    let stage_of = stages(base);
+    let mut all_stages: Vec<usize> = stage_of.values().copied().collect();
+    all_stages.dedup();
+    let mut knobs = Vec::new();
+    let mut slots = Slots::default();
+    // A grid of one level fixes its knob: no dimension.
+    let mut push = |knob: Knob| -> Option<usize> {
+        (knob.levels > 1).then(|| {
+            knobs.push(knob);
+            knobs.len() - 1
+        })
+    };
+    for &s in &all_stages {
+        if decomposed.iter().any(|l| stage_of[l] == s) {
+            let name = format!("stage{s}");
+            let k = section.calibration.knob(
+                "anchored.calibration",
+                &name,
+                KnobKind::Calibration,
+                calibration,
+            )?;
+            if let Some(i) = push(k) {
+                slots.calibration.insert(s, i);
+            }
+        }
+    }
+    for &s in &all_stages {
+        let name = format!("stage{s}");
+        let k = section
+            .stage_scale
+            .knob("anchored.stage_scale", &name, KnobKind::Scale, 0.0)?;
+        if let Some(i) = push(k) {
+            slots.stage_scale.insert(s, i);
+        }
+    }
+    if !decomposed.is_empty() {
+        for (f, name) in [(0, "tucker_0"), (1, "tucker_2")] {
+            let g = &section.factor_scale;
+            slots.factor_scale[f] =
+                push(g.knob("anchored.factor_scale", name, KnobKind::Scale, 0.0)?);
+        }
+    }
+    let g = &section.cost_exponent;
+    slots.cost_exponent = push(g.knob(
+        "anchored.cost_exponent",
+        "flops",
+        KnobKind::CostExponent,
+        0.0,
+    )?);
+    if knobs.is_empty() {
+        return Err("[anchored]: every grid has one level: the space is one point".into());
+    }
+    Ok((knobs, decomposed, slots))
+}
+
+/// The convs a section decomposes (of those with more than 3 input channels), in
+/// architecture order.
+fn decomposed_layers(section: &AnchoredSection, base: &Arch) -> Result<Vec<String>, String> {
     let candidates: Vec<String> = base
         .conv_units()
         .filter_map(|u| match &u.body {
@@ -146,12 +206,17 @@ fn resolve_knobs(
             _ => None,
         })
         .collect();
-    let decomposed = pick_layers(&section.layers, candidates.iter().map(String::as_str))
+    let picked = pick_layers(&section.layers, candidates.iter().map(String::as_str))
         .map_err(|m| format!("anchored.layers: {m}"))?;
-    let decomposed: Vec<String> = candidates
+    Ok(candidates
         .into_iter()
-        .filter(|c| decomposed.contains(c))
-        .collect();
+        .filter(|c| picked.contains(c))
+        .collect())
+}
+
+/// The ratio cap and the calibration range, and the anchor on the calibration grid (even
+/// where no stage has a calibration knob).
+fn check_section(section: &AnchoredSection, calibration: f64) -> Result<(), String> {
     if !(0.0..1.0).contains(&section.max_ratio) {
         return Err(format!(
             "anchored.max_ratio = {}: allowed [0, 1)",
@@ -165,68 +230,13 @@ fn resolve_knobs(
             c.min, c.max
         ));
     }
-    // The anchor is on the grid even where no stage has a calibration knob.
     c.knob(
         "anchored.calibration",
         "",
         KnobKind::Calibration,
         calibration,
-    )?;
-    let stage_of = stages(base);
-    let mut all_stages: Vec<usize> = stage_of.values().copied().collect();
-    all_stages.dedup();
-    let mut knobs = Vec::new();
-    let mut slots = Slots::default();
-    let push = |knob: Knob, knobs: &mut Vec<Knob>| -> Option<usize> {
-        (knob.levels > 1).then(|| {
-            knobs.push(knob);
-            knobs.len() - 1
-        })
-    };
-    for &s in &all_stages {
-        if decomposed.iter().any(|l| stage_of[l] == s) {
-            let k = c.knob(
-                "anchored.calibration",
-                &format!("stage{s}"),
-                KnobKind::Calibration,
-                calibration,
-            )?;
-            if let Some(i) = push(k, &mut knobs) {
-                slots.calibration.insert(s, i);
-            }
-        }
-    }
-    for &s in &all_stages {
-        let k = section.stage_scale.knob(
-            "anchored.stage_scale",
-            &format!("stage{s}"),
-            KnobKind::Scale,
-            0.0,
-        )?;
-        if let Some(i) = push(k, &mut knobs) {
-            slots.stage_scale.insert(s, i);
-        }
-    }
-    if !decomposed.is_empty() {
-        for (f, name) in [(0, "tucker_0"), (1, "tucker_2")] {
-            let k =
-                section
-                    .factor_scale
-                    .knob("anchored.factor_scale", name, KnobKind::Scale, 0.0)?;
-            slots.factor_scale[f] = push(k, &mut knobs);
-        }
-    }
-    let k = section.cost_exponent.knob(
-        "anchored.cost_exponent",
-        "flops",
-        KnobKind::CostExponent,
-        0.0,
-    )?;
-    slots.cost_exponent = push(k, &mut knobs);
-    if knobs.is_empty() {
-        return Err("[anchored]: every grid has one level: the space is one point".into());
-    }
-    Ok((knobs, decomposed, slots))
+    )
+    .map(|_| ())
 }
 
 /// Refuses a study without a cost target: an anchored space projects every candidate
@@ -264,9 +274,9 @@ pub struct Anchored {
     anchor_level: usize,
     stage_of: IndexMap<String, usize>,
     /// Decomposed layer -> its ranks at each calibration level.
-    ranks: HashMap<String, Vec<[usize; 2]>>,
+    ranks: RankTable,
     /// SLAMP scores of a conv (plain, or a sub-conv at ranks) of the base weights.
-    scores: HashMap<(String, [usize; 2]), Vec<f64>>,
+    scores: ScoreTable,
     memo: Mutex<Memo>,
 }
 
@@ -345,7 +355,7 @@ impl Anchored {
             .iter()
             .position(|&c| (c - calibration).abs() < 1e-6)
             .expect("checked on the grid");
-        let mut ranks = HashMap::new();
+        let mut ranks = RankTable::new();
         for name in &decomposed {
             let rec = vbmf
                 .iter()
@@ -354,30 +364,7 @@ impl Anchored {
             let per_level: Vec<[usize; 2]> = calibrations.iter().map(|&c| rec.at(c)).collect();
             ranks.insert(name.clone(), per_level);
         }
-        let mut scores = HashMap::new();
-        let cache = TuckerCache::new(usize::MAX);
-        for level in 0..calibrations.len() {
-            let mut config = LayerConfig::for_arch(base);
-            config.decomposition = (!decomposed.is_empty()).then(|| Decomposition {
-                method: DECOMPOSITION_METHOD.into(),
-                ranks: decomposed
-                    .iter()
-                    .map(|l| (l.clone(), ranks[l][level]))
-                    .collect(),
-            });
-            let (arch, w, _) = decompose_model(base, weights, &config, file, Some(&cache), |_| {})
-                .map_err(|e| err(e.to_string()))?;
-            let unit_ranks = |conv: &str| {
-                let unit = conv.split("_tucker_").next().unwrap_or(conv);
-                ranks
-                    .get(unit)
-                    .map_or([0, 0], |r: &Vec<[usize; 2]>| r[level])
-            };
-            for (conv, s) in conv_scores(&arch, &w) {
-                let key = (conv.clone(), unit_ranks(&conv));
-                scores.entry(key).or_insert(s);
-            }
-        }
+        let scores = score_tables(base, weights, &ranks, calibrations.len(), file).map_err(err)?;
         Ok(Self {
             knobs,
             decomposed,
@@ -598,6 +585,47 @@ impl Anchored {
             })
             .collect()
     }
+}
+
+/// Per-layer ranks at each calibration level (`ranks`: decomposed layer -> its ranks per
+/// level).
+type RankTable = HashMap<String, Vec<[usize; 2]>>;
+
+/// SLAMP scores by (conv, its unit's ranks; `[0, 0]` for a plain conv).
+type ScoreTable = HashMap<(String, [usize; 2]), Vec<f64>>;
+
+/// The SLAMP scores of every conv of the base model decomposed at each calibration
+/// level's ranks (Tucker-2 once per distinct ranks), keyed by conv and its unit's ranks
+/// (`[0, 0]` for a plain conv).
+fn score_tables(
+    base: &Arch,
+    weights: &Weights,
+    ranks: &RankTable,
+    levels: usize,
+    file: &str,
+) -> Result<ScoreTable, String> {
+    let mut scores = HashMap::new();
+    let cache = TuckerCache::new(usize::MAX);
+    for level in 0..levels {
+        let mut config = LayerConfig::for_arch(base);
+        let at_level: IndexMap<String, [usize; 2]> = base
+            .layer_names()
+            .into_iter()
+            .filter_map(|l| Some((l.clone(), ranks.get(&l)?[level])))
+            .collect();
+        config.decomposition = (!at_level.is_empty()).then(|| Decomposition {
+            method: DECOMPOSITION_METHOD.into(),
+            ranks: at_level.clone(),
+        });
+        let (arch, w, _) = decompose_model(base, weights, &config, file, Some(&cache), |_| {})
+            .map_err(|e| e.to_string())?;
+        for (conv, s) in conv_scores(&arch, &w) {
+            let unit = conv.split("_tucker_").next().unwrap_or(&conv);
+            let key = (conv.clone(), at_level.get(unit).copied().unwrap_or([0, 0]));
+            scores.entry(key).or_insert(s);
+        }
+    }
+    Ok(scores)
 }
 
 /// The cheapest model an `[anchored]` section allows over `base`, whatever its weights:

@@ -17,7 +17,7 @@ use crate::search::anchored::Anchored;
 use crate::search::identity::Identity;
 use crate::search::lease::HeldLease;
 use crate::search::problem::{Problem, Target};
-use crate::search::space::{Space, SpaceFile};
+use crate::search::space::{Point, Space, SpaceFile};
 use crate::search::strategy;
 use crate::store::{StudyJson, StudyState, TrialState, TrialStore};
 use crate::train::{TrainConfig, train};
@@ -150,41 +150,59 @@ pub fn study_problem(
         _ => space_file.resolve(base, vbmf.as_deref(), &file)?,
     };
     let mut problem = Problem::new(base.clone(), space, target);
-    if let Some(a) = &problem.space.anchored {
-        // The anchor must be on the target: every other point is a move away from it.
-        let c = problem.cost(&a.heuristic_point());
-        if !problem.admits(&c) {
-            return Err(Error::BadInput(format!(
-                "{file}: the heuristic's own config (VBMF at final.control_calibration = {}, then SLAMP, at most {} of any conv's filters) reaches {:.2}x fewer FLOPs, {:.2}x fewer params: not on the study's target ({}); a calibration nearer the target is needed",
-                budget.final_stage.control_calibration,
-                a.max_ratio(),
-                problem.base_cost.flops as f64 / c.flops.max(1) as f64,
-                problem.base_cost.params as f64 / c.params.max(1) as f64,
-                problem.target,
-            )));
-        }
+    if problem.space.anchored.is_some() {
+        check_anchor(budget, &problem, &file)?;
     }
     if let Some(v) = vbmf.as_deref().filter(|_| warm) {
-        problem.warm_starts = crate::search::warm::warm_start(&problem, weights, v)?;
+        let heuristic = crate::search::warm::warm_start(&problem, weights, v)?;
         // Given configs first (another study's winner to refine), then the heuristic's.
-        let mut given = Vec::new();
-        for path in &budget.search.warm_configs {
-            let config = LayerConfig::load(path)
-                .map_err(|e| Error::BadInput(format!("search.warm_configs: {e}")))?;
-            match crate::search::warm::snapped(&problem, &config) {
-                Ok(p) => given.push(p),
-                Err(e) => tracing::warn!(
-                    config = %path.display(),
-                    "search.warm_configs: not proposed: {e}"
-                ),
-            }
-        }
-        problem.warm_starts.retain(|p| !given.contains(p));
-        given.append(&mut problem.warm_starts);
-        problem.warm_starts = given;
+        let mut points = given_warm_starts(budget, &problem)?;
+        let fresh: Vec<Point> = heuristic
+            .into_iter()
+            .filter(|p| !points.contains(p))
+            .collect();
+        points.extend(fresh);
+        problem.warm_starts = points;
         tracing::info!(points = problem.warm_starts.len(), "warm-start points");
     }
     Ok(problem)
+}
+
+/// Refuses an anchored space whose anchor, the heuristic's own config, is off the
+/// study's target: every other point is a move away from it.
+fn check_anchor(budget: &Budget, problem: &Problem, file: &str) -> Result<()> {
+    let a = problem.space.anchored.as_ref().expect("an anchored space");
+    let c = problem.cost(&a.heuristic_point());
+    if problem.admits(&c) {
+        return Ok(());
+    }
+    Err(Error::BadInput(format!(
+        "{file}: the heuristic's own config (VBMF at final.control_calibration = {}, then SLAMP, at most {} of any conv's filters) reaches {:.2}x fewer FLOPs, {:.2}x fewer params: not on the study's target ({}); a calibration nearer the target is needed",
+        budget.final_stage.control_calibration,
+        a.max_ratio(),
+        problem.base_cost.flops as f64 / c.flops.max(1) as f64,
+        problem.base_cost.params as f64 / c.params.max(1) as f64,
+        problem.target,
+    )))
+}
+
+/// The points of `search.warm_configs` (those a point of the space fits; the others are
+/// logged and left out).
+fn given_warm_starts(budget: &Budget, problem: &Problem) -> Result<Vec<Point>> {
+    let mut given = Vec::new();
+    for path in &budget.search.warm_configs {
+        let config = LayerConfig::load(path)
+            .map_err(|e| Error::BadInput(format!("search.warm_configs: {e}")))?;
+        match crate::search::warm::snapped(problem, &config) {
+            Ok(p) if !given.contains(&p) => given.push(p),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                config = %path.display(),
+                "search.warm_configs: not proposed: {e}"
+            ),
+        }
+    }
+    Ok(given)
 }
 
 /// Opens (or resumes) the study of `budget` in its store, ready for [`super::dispatch`]:
