@@ -7,9 +7,9 @@ use rankprune::arch::Arch;
 use rankprune::data::{DatasetKind, ImageSet, SPLIT_SEED, Split};
 use rankprune::device::parse_device;
 use rankprune::model::Vgg;
-use rankprune::outpath::check_output;
+use rankprune::outpath::{check_output, write_output};
 use rankprune::train::plateau::PlateauConfig;
-use rankprune::train::{Control, LrSchedule, TrainConfig, evaluate, train};
+use rankprune::train::{Control, LrSchedule, TrainConfig, evaluate, evaluate_each, train};
 use rankprune::weights::Weights;
 use rankprune::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -171,6 +171,10 @@ pub struct EvalArgs {
     /// Print one JSON object ({top1, top5, loss, samples}) as the last line
     #[arg(long)]
     pub json: bool,
+    /// Also write each image's top-1 correctness ('1' or '0', in the split's order) to
+    /// this file: paired comparisons of two models on the same images need it
+    #[arg(long)]
+    pub per_image: Option<PathBuf>,
 }
 
 impl TrainArgs {
@@ -367,7 +371,13 @@ pub fn run_eval(arch: &Arch, args: EvalArgs) -> Result<()> {
         "<eval>",
         &device,
     )?;
-    let r = evaluate(&model, &Arc::new(set), args.batch_size, None, &device)?;
+    if let Some(path) = &args.per_image {
+        check_output(path, "--per-image", &[("--weights", &args.weights)])?;
+    }
+    let (r, correct) = evaluate_each(&model, &Arc::new(set), args.batch_size, None, &device)?;
+    if let Some(path) = &args.per_image {
+        write_output(path, rankprune::store::bits_text(&correct).as_bytes())?;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&r).expect("result serializes"));
     } else {

@@ -346,6 +346,8 @@ fn train_then_eval_on_digits32() {
                 "--split",
                 "val",
                 "--json",
+                "--per-image",
+                dir.path().join("val.bits").to_str().unwrap(),
             ],
         ]
         .concat(),
@@ -353,6 +355,12 @@ fn train_then_eval_on_digits32() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
     assert_eq!(v["samples"], 100);
+    // Each image's correctness, in order: as many ones as the top-1 count.
+    let bits = std::fs::read_to_string(dir.path().join("val.bits")).unwrap();
+    assert_eq!(bits.len(), 100);
+    assert!(bits.chars().all(|c| c == '0' || c == '1'));
+    let ones = bits.chars().filter(|&c| c == '1').count();
+    assert!((ones as f64 / 100.0 - v["top1"].as_f64().unwrap()).abs() < 1e-12);
     for key in ["top1", "top5"] {
         let x = v[key].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&x), "{key} = {x}");
