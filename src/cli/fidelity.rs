@@ -15,6 +15,7 @@ use rankprune::search::candidates::draw_candidates;
 use rankprune::search::controller::study_problem;
 use rankprune::search::precheck::check_space;
 use rankprune::search::space::SpaceFile;
+use rankprune::store::{TrialState, TrialStore};
 use rankprune::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -65,6 +66,11 @@ pub struct FidelityArgs {
     /// a run stopped part way)
     #[arg(long)]
     pub report_only: bool,
+    /// Take the candidates from a study of the budget's store instead of drawing them:
+    /// its `--candidates` best completed trials by proxy accuracy (close together, as a
+    /// search's finalists are)
+    #[arg(long, value_name = "STUDY")]
+    pub top_of: Option<String>,
 }
 
 #[derive(Args)]
@@ -140,14 +146,17 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     let ctx = Context::load(&budget)?;
     let files = RunFiles::new(&out);
-    let candidates = files.candidates(|| {
-        let space = SpaceFile::load(&budget.search.space)?;
-        let problem = study_problem(&budget, &space, &ctx.base, &ctx.weights, true)?;
-        Ok(draw_candidates(
-            &problem,
-            args.candidates,
-            budget.search.seed,
-        ))
+    let candidates = files.candidates(|| match &args.top_of {
+        Some(study) => top_trials(&budget, study, args.candidates),
+        None => {
+            let space = SpaceFile::load(&budget.search.space)?;
+            let problem = study_problem(&budget, &space, &ctx.base, &ctx.weights, true)?;
+            Ok(draw_candidates(
+                &problem,
+                args.candidates,
+                budget.search.seed,
+            ))
+        }
     })?;
     files.check_build(&ctx)?;
     let recipes = match &args.final_epochs {
@@ -214,6 +223,42 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
         &out,
         args.json,
     )
+}
+
+/// The `n` best completed trials of `study` (in the budget's store) by proxy accuracy,
+/// as candidates (origin `trialN`); fewer than `n` is an error naming how many there are.
+fn top_trials(budget: &Budget, study: &str, n: usize) -> Result<Vec<fidelity::Candidate>> {
+    let store = TrialStore::open(&budget.study.db)?;
+    let row = rankprune::search::export::pick_study(&store, "", Some(study))?;
+    let mut trials: Vec<_> = store
+        .trials(row.id)?
+        .into_iter()
+        .filter(|t| t.state == TrialState::Complete && t.proxy_acc.is_some())
+        .collect();
+    if trials.len() < n {
+        return Err(Error::BadInput(format!(
+            "--top-of {study}: {} completed trials, --candidates asks for {n}",
+            trials.len()
+        )));
+    }
+    let acc = |t: &rankprune::store::Trial| t.proxy_acc.unwrap_or(f64::NEG_INFINITY);
+    trials.sort_by(|a, b| acc(b).total_cmp(&acc(a)));
+    trials
+        .into_iter()
+        .take(n)
+        .enumerate()
+        .map(|(index, t)| {
+            let config = serde_json::from_str(&t.config)
+                .map_err(|e| Error::Failure(format!("trial {}: {e}", t.number)))?;
+            Ok(fidelity::Candidate {
+                index,
+                origin: format!("trial{}", t.number),
+                config,
+                flops: t.cost.flops,
+                params: t.cost.params,
+            })
+        })
+        .collect()
 }
 
 /// Every `--final-epochs` recipe at least 1 epoch, and each listed once.

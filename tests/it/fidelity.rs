@@ -286,3 +286,59 @@ fn fidelity_compares_two_final_recipes() {
         "{md}"
     );
 }
+
+/// `--top-of STUDY`: the candidates are that study's best completed trials by proxy, in
+/// order; asking for more than it has is an input error.
+#[test]
+fn fidelity_takes_a_studys_best_trials_as_candidates() {
+    let s = study(
+        4,
+        crate::search::FAST_PROXY,
+        "[final]\ntop_k = 0\nwarm_starts = 0",
+    );
+    let budget = s.budget().display().to_string();
+    let o = run(&["search", &budget]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = s.path("top").display().to_string();
+    let args = |n: &str| {
+        run(&[
+            "fidelity",
+            &budget,
+            "--top-of",
+            "tiny",
+            "--candidates",
+            n,
+            "--probes",
+            "compressed",
+            "--final-epochs",
+            "1",
+            "--gt-seeds",
+            "1",
+            "--out",
+            &out,
+        ])
+    };
+    let o = args("9");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("--top-of tiny: 4 completed trials"),
+        "{}",
+        text(&o)
+    );
+    let o = args("3");
+    assert!(o.status.success(), "{}", text(&o));
+    let candidates: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(s.path("top/candidates.json")).unwrap())
+            .unwrap();
+    let trials = s.store().trials(1).unwrap();
+    let mut best: Vec<_> = trials.iter().collect();
+    best.sort_by(|a, b| b.proxy_acc.unwrap().total_cmp(&a.proxy_acc.unwrap()));
+    for (c, t) in candidates.iter().zip(&best) {
+        assert_eq!(c["origin"], format!("trial{}", t.number));
+        assert_eq!(
+            c["config"],
+            serde_json::from_str::<serde_json::Value>(&t.config).unwrap()
+        );
+    }
+    assert_eq!(candidates.len(), 3);
+}

@@ -52,7 +52,7 @@ impl Study {
         self.db.clone()
     }
 
-    fn store(&self) -> TrialStore {
+    pub(crate) fn store(&self) -> TrialStore {
         TrialStore::open(&self.db()).unwrap()
     }
 }
