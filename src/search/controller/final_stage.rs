@@ -22,7 +22,7 @@ use crate::store::{FinalResult, FinalRun, StudyJson, Subject, Trial};
 use crate::train::{Control, TrainConfig, evaluate_each, train};
 use crate::{Error, Result};
 use burn::tensor::Device;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// One subject of the final stage: a finalist (with why it was chosen) or the control.
@@ -254,6 +254,16 @@ pub fn output_stem(study: &str, label: &str, seed: u64) -> String {
     format!("{study}-{label}-seed{seed}")
 }
 
+/// `stem.ext`: appended, never replacing what follows a dot in the stem (a study called
+/// `bayes-10.5x` has no extension `5x-trial3-seed100`: all its runs would share one
+/// checkpoint).
+fn with_suffix(stem: &Path, ext: &str) -> PathBuf {
+    let mut name = stem.as_os_str().to_owned();
+    name.push(".");
+    name.push(ext);
+    PathBuf::from(name)
+}
+
 /// Runs one re-training on a blocking thread with a progress bar: None when a signal
 /// interrupted it.
 async fn run_one(
@@ -388,8 +398,8 @@ impl Retraining {
     fn run(self, on_epoch: impl FnMut(&crate::train::Report) -> Control) -> Result<FinalRun> {
         let config = LayerConfig::from_json(&self.config, "<stored config>")?;
         let Compressed { arch, weights, .. } = self.ctx.build(&config, "<final>", &self.device)?;
-        let ckpt = self.stem.with_extension("ckpt");
-        let out = self.stem.with_extension("safetensors");
+        let ckpt = with_suffix(&self.stem, "ckpt");
+        let out = with_suffix(&self.stem, "safetensors");
         let cfg = TrainConfig {
             resume: ckpt.join(crate::train::checkpoint::STATE_FILE).exists(),
             checkpoint_dir: Some(ckpt),
@@ -442,4 +452,21 @@ fn record_rung_fidelity(ctl: &mut Controller, budget: &Budget) -> Result<()> {
     }
     ctl.store.record_rung_fidelity(ctl.study, &rows)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dotted_study_name_keeps_every_run_apart() {
+        let stem = |label| PathBuf::from(output_stem("bayes-s0-10.5x", label, 100));
+        let ckpt = with_suffix(&stem("trial3"), "ckpt");
+        assert_eq!(ckpt, PathBuf::from("bayes-s0-10.5x-trial3-seed100.ckpt"));
+        assert_ne!(ckpt, with_suffix(&stem("control"), "ckpt"));
+        assert_eq!(
+            with_suffix(&stem("control"), "safetensors"),
+            PathBuf::from("bayes-s0-10.5x-control-seed100.safetensors")
+        );
+    }
 }
