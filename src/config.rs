@@ -147,6 +147,22 @@ impl LayerConfig {
         }
     }
 
+    /// Sets the Tucker-2 ranks, layer -> `[in, out]` (no decomposition when empty).
+    pub fn set_ranks(&mut self, ranks: IndexMap<String, [usize; 2]>) {
+        self.decomposition = (!ranks.is_empty()).then(|| Decomposition {
+            method: DECOMPOSITION_METHOD.into(),
+            ranks,
+        });
+    }
+
+    /// Sets the pruning ratios, conv -> fraction of its filters (no pruning when empty).
+    pub fn set_ratios(&mut self, ratios: IndexMap<String, f64>) {
+        self.pruning = (!ratios.is_empty()).then(|| Pruning {
+            method: PRUNING_METHOD.into(),
+            ratios,
+        });
+    }
+
     /// Parses JSON text; `file` names the source in errors.
     pub fn from_json(text: &str, file: &str) -> Result<Self, ConfigError> {
         serde_json::from_str(text).map_err(|e| {

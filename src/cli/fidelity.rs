@@ -13,9 +13,11 @@ use rankprune::ladder::{Context, Probe, score};
 use rankprune::outpath::{check_output, store_inputs, write_output};
 use rankprune::search::candidates::draw_candidates;
 use rankprune::search::controller::study_problem;
+use rankprune::search::finalists::finalists;
 use rankprune::search::precheck::check_space;
+use rankprune::search::problem::Target;
 use rankprune::search::space::SpaceFile;
-use rankprune::store::{TrialState, TrialStore};
+use rankprune::store::TrialStore;
 use rankprune::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -230,24 +232,19 @@ pub fn run_fidelity(args: FidelityArgs) -> Result<()> {
 fn top_trials(budget: &Budget, study: &str, n: usize) -> Result<Vec<fidelity::Candidate>> {
     let store = TrialStore::open(&budget.study.db)?;
     let row = rankprune::search::export::pick_study(&store, "", Some(study))?;
-    let mut trials: Vec<_> = store
-        .trials(row.id)?
-        .into_iter()
-        .filter(|t| t.state == TrialState::Complete && t.proxy_acc.is_some())
-        .collect();
-    if trials.len() < n {
+    let trials = store.trials(row.id)?;
+    // The final stage's ranking: completed trials, best proxy first (any cost).
+    let best = finalists(&trials, &Target::default(), usize::MAX, &[], 0);
+    if best.len() < n {
         return Err(Error::BadInput(format!(
             "--top-of {study}: {} completed trials, --candidates asks for {n}",
-            trials.len()
+            best.len()
         )));
     }
-    let acc = |t: &rankprune::store::Trial| t.proxy_acc.unwrap_or(f64::NEG_INFINITY);
-    trials.sort_by(|a, b| acc(b).total_cmp(&acc(a)));
-    trials
-        .into_iter()
+    best.into_iter()
         .take(n)
         .enumerate()
-        .map(|(index, t)| {
+        .map(|(index, (t, _))| {
             let config = serde_json::from_str(&t.config)
                 .map_err(|e| Error::Failure(format!("trial {}: {e}", t.number)))?;
             Ok(fidelity::Candidate {

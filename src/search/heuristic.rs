@@ -9,7 +9,7 @@ use super::space::{Knob, KnobKind};
 use crate::Result;
 use crate::compress::decompose::{RankRecommendation, decompose_model};
 use crate::compress::slamp::{PruneTarget, recommend_ratios};
-use crate::config::{DECOMPOSITION_METHOD, Decomposition, LayerConfig, PRUNING_METHOD, Pruning};
+use crate::config::LayerConfig;
 use crate::weights::Weights;
 use indexmap::IndexMap;
 
@@ -93,12 +93,7 @@ pub fn heuristic_config(
             .ok_or_else(|| crate::Error::Failure(format!("{layer}: no VBMF ranks")))?;
         ranks.insert(layer.clone(), rec.at(calibration));
     }
-    if !ranks.is_empty() {
-        config.decomposition = Some(Decomposition {
-            method: DECOMPOSITION_METHOD.into(),
-            ranks,
-        });
-    }
+    config.set_ranks(ranks);
     // An anchored space prunes every conv of the decomposed model.
     let decomposed_arch = config.apply(&problem.base, "<heuristic>")?;
     let ratio_layers: Vec<&str> = match problem.space.anchored {
@@ -115,14 +110,12 @@ pub fn heuristic_config(
         let Some(found) = slamp_ratios(problem, weights, &config, &[target])?.pop() else {
             return Ok(None);
         };
-        let ratios = ratio_layers
-            .iter()
-            .map(|l| (l.to_string(), found.get(*l).copied().unwrap_or(0.0)))
-            .collect();
-        config.pruning = Some(Pruning {
-            method: PRUNING_METHOD.into(),
-            ratios,
-        });
+        config.set_ratios(
+            ratio_layers
+                .iter()
+                .map(|l| (l.to_string(), found.get(*l).copied().unwrap_or(0.0)))
+                .collect(),
+        );
     }
     let cost = config
         .apply(&problem.base, "<heuristic>")

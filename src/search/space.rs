@@ -7,7 +7,7 @@ use super::anchored::{Anchored, AnchoredSection};
 use crate::arch::{Arch, ArchSpec, ConvBody};
 use crate::compress::decompose::RankRecommendation;
 use crate::compress::vbmf::calibrated_rank;
-use crate::config::{DECOMPOSITION_METHOD, Decomposition, LayerConfig, PRUNING_METHOD, Pruning};
+use crate::config::LayerConfig;
 use indexmap::IndexMap;
 use serde::Deserialize;
 use std::path::Path;
@@ -190,6 +190,16 @@ pub struct SpaceError {
     pub message: String,
 }
 
+impl SpaceError {
+    /// Makes the errors of space file `file` from their messages.
+    pub fn in_file(file: &str) -> impl Fn(String) -> SpaceError + Copy + '_ {
+        move |message| SpaceError {
+            file: file.to_string(),
+            message,
+        }
+    }
+}
+
 impl SpaceFile {
     pub fn from_toml(text: &str, file: &str) -> Result<Self, SpaceError> {
         let space: SpaceFile = toml::from_str(text).map_err(|e| SpaceError {
@@ -259,10 +269,7 @@ impl SpaceFile {
         vbmf: Option<&[RankRecommendation]>,
         file: &str,
     ) -> Result<Space, SpaceError> {
-        let err = |message: String| SpaceError {
-            file: file.to_string(),
-            message,
-        };
+        let err = SpaceError::in_file(file);
         if self.anchored.is_some() {
             return Err(err(
                 "an anchored space is resolved with the base weights (Anchored::resolve)".into(),
@@ -504,18 +511,8 @@ impl Space {
                 }
             }
         }
-        if !ranks.is_empty() {
-            config.decomposition = Some(Decomposition {
-                method: DECOMPOSITION_METHOD.into(),
-                ranks,
-            });
-        }
-        if !ratios.is_empty() {
-            config.pruning = Some(Pruning {
-                method: PRUNING_METHOD.into(),
-                ratios,
-            });
-        }
+        config.set_ranks(ranks);
+        config.set_ratios(ratios);
         config
     }
 

@@ -4,6 +4,22 @@
 
 use crate::search::{edit_budget, run, study, text, tiny_base_flops};
 
+/// Fresh base weights where the study's budget looks for them (`runs/base.safetensors`).
+fn init_base(s: &crate::search::Study) {
+    let weights = s.path("runs/base.safetensors").display().to_string();
+    std::fs::create_dir_all(s.path("runs")).unwrap();
+    let o = run(&[
+        "init",
+        "--arch",
+        "cfg_bn:8,M,16,M",
+        "--num-classes",
+        "4",
+        "--out",
+        &weights,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 const PROBES: &str = "compressed,bn:1,recon:1,ft:2,ftd:2,kd:2";
 
 #[test]
@@ -32,18 +48,7 @@ fn fidelity_scores_every_candidate_once_and_resumes() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("no such file"), "{}", text(&o));
 
-    let weights = s.path("runs/base.safetensors").display().to_string();
-    std::fs::create_dir_all(s.path("runs")).unwrap();
-    let o = run(&[
-        "init",
-        "--arch",
-        "cfg_bn:8,M,16,M",
-        "--num-classes",
-        "4",
-        "--out",
-        &weights,
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    init_base(&s);
 
     // Shard 1 of 2 scores candidates 1 and 3 only; the unsharded run then does the rest.
     let mut shard = args.to_vec();
@@ -228,18 +233,7 @@ fn fidelity_compares_two_final_recipes() {
     let s = study(1, "batch_size = 16\neval_samples = 32", "");
     let budget = s.budget().display().to_string();
     let out = s.path("fidelity").display().to_string();
-    let weights = s.path("runs/base.safetensors").display().to_string();
-    std::fs::create_dir_all(s.path("runs")).unwrap();
-    let o = run(&[
-        "init",
-        "--arch",
-        "cfg_bn:8,M,16,M",
-        "--num-classes",
-        "4",
-        "--out",
-        &weights,
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    init_base(&s);
     let o = run(&[
         "fidelity",
         &budget,

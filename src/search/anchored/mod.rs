@@ -21,7 +21,7 @@ use super::space::{Knob, KnobKind, Layers, Point, SpaceError, pick_layers};
 use crate::arch::{Arch, ConvBody, Unit};
 use crate::compress::decompose::{RankRecommendation, TuckerCache, decompose_model};
 use crate::compress::slamp::{PruneTarget, conv_scores, ratios_for_scores};
-use crate::config::{DECOMPOSITION_METHOD, Decomposition, LayerConfig, PRUNING_METHOD, Pruning};
+use crate::config::LayerConfig;
 use crate::cost::{self, Cost};
 use crate::weights::Weights;
 use indexmap::IndexMap;
@@ -335,10 +335,7 @@ impl Anchored {
         calibration: f64,
         file: &str,
     ) -> Result<Self, SpaceError> {
-        let err = |message: String| SpaceError {
-            file: file.to_string(),
-            message,
-        };
+        let err = SpaceError::in_file(file);
         let (knobs, decomposed, slots) = resolve_knobs(section, base, calibration).map_err(err)?;
         // The calibration knobs' levels, whether or not a stage has one.
         let grid = section
@@ -443,10 +440,7 @@ impl Anchored {
         }
         let ranks = self.ranks_at(p);
         let mut config = LayerConfig::for_arch(&self.base);
-        config.decomposition = (!ranks.is_empty()).then(|| Decomposition {
-            method: DECOMPOSITION_METHOD.into(),
-            ranks: ranks.clone(),
-        });
+        config.set_ranks(ranks.clone());
         let arch = config
             .apply(&self.base, "<anchored space>")
             .expect("ranks within the full ranks");
@@ -462,10 +456,7 @@ impl Anchored {
             };
             layers.iter().map(|(n, _)| (n.clone(), r)).collect()
         });
-        config.pruning = Some(Pruning {
-            method: PRUNING_METHOD.into(),
-            ratios,
-        });
+        config.set_ratios(ratios);
         let mut memo = self.memo.lock().expect("memo lock");
         let first = memo
             .by_model
@@ -613,10 +604,7 @@ fn score_tables(
             .into_iter()
             .filter_map(|l| Some((l.clone(), ranks.get(&l)?[level])))
             .collect();
-        config.decomposition = (!at_level.is_empty()).then(|| Decomposition {
-            method: DECOMPOSITION_METHOD.into(),
-            ranks: at_level.clone(),
-        });
+        config.set_ranks(at_level.clone());
         let (arch, w, _) = decompose_model(base, weights, &config, file, Some(&cache), |_| {})
             .map_err(|e| e.to_string())?;
         for (conv, s) in conv_scores(&arch, &w) {
@@ -639,10 +627,7 @@ pub fn cheapest_cost(
     calibration: f64,
     file: &str,
 ) -> Result<Cost, SpaceError> {
-    let err = |message: String| SpaceError {
-        file: file.to_string(),
-        message,
-    };
+    let err = SpaceError::in_file(file);
     let (_, decomposed, _) = resolve_knobs(section, base, calibration).map_err(err)?;
     let mut config = LayerConfig::for_arch(base);
     let ranks: IndexMap<String, [usize; 2]> = decomposed
@@ -650,18 +635,13 @@ pub fn cheapest_cost(
         .filter_map(|l| vbmf.iter().find(|r| &r.layer == l))
         .map(|r| (r.layer.clone(), r.at(section.calibration.min)))
         .collect();
-    config.decomposition = (!ranks.is_empty()).then(|| Decomposition {
-        method: DECOMPOSITION_METHOD.into(),
-        ranks,
-    });
+    config.set_ranks(ranks);
     let arch = config.apply(base, file).map_err(|e| err(e.to_string()))?;
-    config.pruning = Some(Pruning {
-        method: PRUNING_METHOD.into(),
-        ratios: arch
-            .convs()
+    config.set_ratios(
+        arch.convs()
             .map(|c| (c.name.clone(), section.max_ratio))
             .collect(),
-    });
+    );
     let arch = config.apply(base, file).map_err(|e| err(e.to_string()))?;
     Ok(cost::count(&arch))
 }

@@ -3,6 +3,7 @@ use crate::arch::ArchSpec;
 use crate::budget::{Objective, ObjectiveKind, StrategyName};
 use crate::compress::decompose::{ranks_config, recommend_ranks};
 use crate::compress::slamp::recommend_ratios;
+use crate::config::{Decomposition, Pruning};
 use crate::search::heuristic::{heuristic_config, prune_target};
 use crate::search::problem::{ON_TARGET, Observation, Problem};
 use crate::search::space::{Space, SpaceFile};
