@@ -44,6 +44,13 @@ pub struct Model {
     /// When `weights` does not exist yet: train the base model this many epochs with
     /// the reference recipe and write it there first.
     pub train_epochs: Option<usize>,
+    /// Side of the square images the model takes (32 for the CIFAR and IDX layouts).
+    #[serde(default = "default_input_size")]
+    pub input_size: usize,
+}
+
+fn default_input_size() -> usize {
+    crate::data::BINARY_SIDE
 }
 
 impl Model {
@@ -70,6 +77,13 @@ pub struct Data {
     pub dir: PathBuf,
     #[serde(default = "default_val_split")]
     pub val_split: usize,
+    /// Folder data: the shorter side images are resized to before the centre crop to
+    /// `model.input_size`; unset = no resize (every image must have one size).
+    pub resize: Option<usize>,
+    /// Folder data: per-channel mean and std (of pixels in [0, 1]) to normalise with;
+    /// unset = the training split's own, computed once and cached beside the data.
+    pub mean: Option<[f32; 3]>,
+    pub std: Option<[f32; 3]>,
 }
 
 fn default_val_split() -> usize {
@@ -442,22 +456,76 @@ impl Budget {
         }
     }
 
+    /// Where the study's images come from and how they are prepared.
+    pub fn source(&self) -> crate::data::Source {
+        crate::data::Source {
+            kind: self.data.dataset,
+            dir: self.data.dir.clone(),
+            folder: crate::data::FolderOptions {
+                side: self.model.input_size,
+                resize: self.data.resize,
+                norm: self
+                    .data
+                    .mean
+                    .zip(self.data.std)
+                    .map(|(mean, std)| crate::data::augment::Normalization { mean, std }),
+            },
+        }
+    }
+
+    /// The base (uncompressed) architecture: `model.arch` for `model.input_size` inputs.
+    pub fn base_arch(&self) -> crate::Result<crate::arch::Arch> {
+        let spec = crate::arch::ArchSpec::parse(&self.model.arch)
+            .map_err(|e| crate::Error::BadInput(format!("model.arch: {e}")))?;
+        Ok(spec.build_sized(self.model.num_classes, self.model.input_size))
+    }
+
     /// The training images and the held-out validation images the study scores on.
     pub fn train_val(&self) -> crate::Result<(crate::data::ImageSet, crate::data::ImageSet)> {
-        crate::data::ImageSet::train_val(
-            &self.data.dir,
-            self.data.dataset,
-            self.model.num_classes,
-            self.data.val_split,
-        )
-        .map_err(|e| crate::Error::BadInput(format!("data: {e}")))
+        self.source()
+            .train_val(self.model.num_classes, self.data.val_split)
+            .map_err(|e| crate::Error::BadInput(format!("data: {e}")))
     }
 
     /// Every value in its allowed range: the first that is not, as `key = value: allowed`.
     fn validate(&self) -> Result<(), String> {
         self.validate_counts()?;
         self.proxy.validate()?;
-        crate::arch::ArchSpec::parse(&self.model.arch).map_err(|e| format!("model.arch: {e}"))?;
+        let spec = crate::arch::ArchSpec::parse(&self.model.arch)
+            .map_err(|e| format!("model.arch: {e}"))?;
+        if self.model.input_size < spec.min_side() {
+            return Err(format!(
+                "model.input_size = {}: allowed {} or more (every max-pool of {} halves the maps)",
+                self.model.input_size,
+                spec.min_side(),
+                self.model.arch
+            ));
+        }
+        if self.data.dataset != DatasetKind::Folder {
+            for (key, set) in [
+                ("data.resize", self.data.resize.is_some()),
+                ("data.mean", self.data.mean.is_some()),
+                ("data.std", self.data.std.is_some()),
+            ] {
+                if set {
+                    return Err(format!(
+                        "{key}: only folder data (dataset = \"folder\") is prepared; the {:?} layout has fixed 32x32 images and statistics",
+                        self.data.dataset
+                    ));
+                }
+            }
+        }
+        if self.data.mean.is_some() != self.data.std.is_some() {
+            return Err("data.mean and data.std: give both or neither".into());
+        }
+        if let Some(std) = self.data.std
+            && std.iter().any(|s| !(s.is_finite() && *s > 0.0))
+        {
+            return Err(format!("data.std = {std:?}: allowed positive values"));
+        }
+        if self.data.resize == Some(0) {
+            return Err("data.resize = 0: allowed 1 or more".into());
+        }
         self.objective.validate()?;
         if let Some(h) = self.limits.max_wall_hours
             && !(h.is_finite() && h > 0.0)

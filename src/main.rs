@@ -89,6 +89,9 @@ enum Command {
     /// Recommend per-layer ranks or ratios from trained weights
     #[command(subcommand)]
     Recommend(Recommend),
+    /// Look at a data folder
+    #[command(subcommand)]
+    Data(DataCmd),
     /// Train or fine-tune with the reference recipe; writes the best-by-validation weights
     Train {
         #[command(flatten)]
@@ -187,6 +190,16 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum DataCmd {
+    /// Images per class, sizes, and per-channel mean and std of each split (a folder's
+    /// are decoded and cached on the way)
+    Stats {
+        #[command(flatten)]
+        args: cli::data::StatsArgs,
+    },
+}
+
+#[derive(Subcommand)]
 enum Recommend {
     /// VBMF ranks for every conv whose input has more than 3 channels
     Decomposition {
@@ -256,6 +269,7 @@ fn run(cli: Cli) -> Result<i32> {
             );
         }
         Command::Devices { json } => devices(json),
+        Command::Data(DataCmd::Stats { args }) => cli::data::run_stats(args)?,
         Command::Check {
             model,
             weights,

@@ -216,10 +216,28 @@ impl ArchSpec {
 
     /// Builds the architecture for 3x32x32 inputs and `num_classes` outputs.
     pub fn build(&self, num_classes: usize) -> Arch {
+        self.build_sized(num_classes, 32)
+    }
+
+    /// The smallest input side whose maps every max-pool can halve (2^pools).
+    pub fn min_side(&self) -> usize {
+        1 << self.cfg.iter().filter(|c| **c == VggCfgItem::Pool).count()
+    }
+
+    /// Builds the architecture for 3 x `side` x `side` inputs (at least [`min_side`];
+    /// a pool floors odd sizes, as PyTorch's does) and `num_classes` outputs.
+    ///
+    /// [`min_side`]: ArchSpec::min_side
+    pub fn build_sized(&self, num_classes: usize, side: usize) -> Arch {
+        assert!(
+            side >= self.min_side(),
+            "input side {side} below {}",
+            self.min_side()
+        );
         let mut units = Vec::new();
         let mut index = 0;
         let mut channels = 3;
-        let mut size = 32;
+        let mut size = side;
         for item in &self.cfg {
             match *item {
                 VggCfgItem::Pool => {
@@ -256,7 +274,7 @@ impl ArchSpec {
         }));
         Arch {
             model: self.text.clone(),
-            input: [3, 32, 32],
+            input: [3, side, side],
             units,
         }
     }

@@ -12,7 +12,7 @@ use rankprune::compress::prune::prune_model;
 use rankprune::compress::slamp::{PruneTarget, recommend_ratios};
 use rankprune::config::LayerConfig;
 use rankprune::cost;
-use rankprune::data::{DatasetKind, ImageSet, Split};
+use rankprune::data::{DatasetKind, Split};
 use rankprune::outpath::check_output;
 use rankprune::report;
 use rankprune::train::recalibrate::calibration_batches;
@@ -111,6 +111,8 @@ pub struct RepairData {
     /// Seed of the calibration images' shuffle (a search's search.seed)
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub folder: super::train::FolderArgs,
 }
 
 impl RepairData {
@@ -125,7 +127,9 @@ impl RepairData {
         let data = self.data.as_ref().ok_or_else(|| {
             Error::BadInput("--repair needs the training data: give --data (and --dataset)".into())
         })?;
-        let (train, _) = super::train::train_val(data, self.dataset, classes, self.val_split)?;
+        let side = reference.0.input[1];
+        let source = self.folder.source(self.dataset, data, side)?;
+        let (train, _) = super::train::train_val(&source, classes, self.val_split)?;
         let calibration = calibration_batches(&train, batches, self.batch_size, self.seed);
         let device = burn::tensor::Device::flex();
         repair_compressed(
@@ -362,7 +366,8 @@ pub fn run_compress(base: &BaseArgs, args: CompressArgs) -> Result<()> {
         let data = repair_data.data.as_ref().ok_or_else(|| {
             Error::BadInput("--repair needs the training data: give --data (and --dataset)".into())
         })?;
-        let files = ImageSet::source_files(data, repair_data.dataset, Split::Train)
+        let files = rankprune::data::Source::binary(repair_data.dataset, data)
+            .files(Split::Train)
             .map_err(|e| Error::BadInput(e.to_string()))?;
         inputs.extend(files.into_iter().map(|f| ("--data".to_string(), f)));
     }

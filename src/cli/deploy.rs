@@ -113,7 +113,7 @@ impl PredictArgs {
 /// Writes the logits of the first `limit` test images with the images themselves, as
 /// the model sees them (normalised): what other engines' outputs are checked against.
 pub fn run_predict(arch: &Arch, args: PredictArgs) -> Result<()> {
-    let set = args.data.test(arch.num_classes())?;
+    let set = args.data.test(arch)?;
     let n = args.limit.min(set.len());
     if n == 0 {
         return Err(Error::BadInput("--data: no test images to predict".into()));
@@ -130,7 +130,7 @@ pub fn run_predict(arch: &Arch, args: PredictArgs) -> Result<()> {
         .map_err(|e| Error::Failure(format!("{e:?}")))?;
     let classes = arch.num_classes();
     let v = serde_json::json!({
-        "shape": [n, 3, 32, 32],
+        "shape": [n, 3, set.side, set.side],
         "images": batch.images,
         "labels": batch.labels,
         "logits": logits.chunks(classes).collect::<Vec<_>>(),

@@ -5,7 +5,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rankprune::budget::Budget;
 use rankprune::config::LayerConfig;
-use rankprune::data::{ImageSet, Split};
+use rankprune::data::Split;
 use rankprune::device::parse_device;
 use rankprune::ladder::fidelity::{self, RunFiles};
 use rankprune::ladder::recipes::{self, RecipeAgreement};
@@ -111,7 +111,7 @@ fn check_outputs(budget_path: &Path, budget: &Budget, out: &Path) -> Result<()> 
         ("search.space".into(), budget.search.space.clone()),
     ];
     for split in [Split::Train, Split::Test] {
-        let files = ImageSet::source_files(&budget.data.dir, budget.data.dataset, split);
+        let files = budget.source().files(split);
         inputs.extend(files.into_iter().flatten().map(|f| ("data.dir".into(), f)));
     }
     inputs.extend(store_inputs("study.db", &budget.study.db));

@@ -3,6 +3,7 @@
 pub mod compress;
 pub mod daemon;
 pub mod dashboard;
+pub mod data;
 pub mod deploy;
 pub mod fidelity;
 pub mod search;
@@ -22,6 +23,10 @@ pub struct BaseArgs {
     /// Number of classes of the classifier
     #[arg(long, default_value_t = 100)]
     pub num_classes: usize,
+    /// Side of the square images the model takes (32 for the CIFAR and IDX layouts;
+    /// folder images are centre-cropped to it)
+    #[arg(long, default_value_t = 32)]
+    pub input_size: usize,
 }
 
 impl BaseArgs {
@@ -31,7 +36,15 @@ impl BaseArgs {
         }
         let spec =
             ArchSpec::parse(&self.arch).map_err(|e| Error::BadInput(format!("--arch: {e}")))?;
-        Ok(spec.build(self.num_classes))
+        if self.input_size < spec.min_side() {
+            return Err(Error::BadInput(format!(
+                "--input-size {}: allowed {} or more (every max-pool of {} halves the maps)",
+                self.input_size,
+                spec.min_side(),
+                self.arch
+            )));
+        }
+        Ok(spec.build_sized(self.num_classes, self.input_size))
     }
 }
 

@@ -4,7 +4,8 @@ use super::{at_least_one, at_least_one_if_set, in_range};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rankprune::arch::Arch;
-use rankprune::data::{DatasetKind, ImageSet, SPLIT_SEED, Split};
+use rankprune::data::augment::Normalization;
+use rankprune::data::{DatasetKind, FolderOptions, ImageSet, SPLIT_SEED, Source, Split};
 use rankprune::device::parse_device;
 use rankprune::model::Vgg;
 use rankprune::outpath::{check_output, write_output};
@@ -15,52 +16,119 @@ use rankprune::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// How class-folder images are prepared (`--dataset folder`).
+#[derive(Args, Clone, Default)]
+pub struct FolderArgs {
+    /// Folder data: resize each image's shorter side to this (bilinear) before the
+    /// centre crop to --input-size; without it every image must have one size
+    #[arg(long)]
+    pub resize: Option<usize>,
+    /// Folder data: per-channel mean of pixels in [0, 1] to normalise with (R,G,B);
+    /// default: the training split's own, computed once and cached beside the data
+    #[arg(long, value_delimiter = ',', requires = "std")]
+    pub mean: Option<Vec<f32>>,
+    /// Folder data: per-channel std to normalise with (R,G,B), with --mean
+    #[arg(long, value_delimiter = ',', requires = "mean")]
+    pub std: Option<Vec<f32>>,
+}
+
+impl FolderArgs {
+    /// The data in `dir` of layout `kind`, prepared for `side` x `side` inputs.
+    pub fn source(&self, kind: DatasetKind, dir: &Path, side: usize) -> Result<Source> {
+        let three = |flag: &str, v: &Option<Vec<f32>>| -> Result<Option<[f32; 3]>> {
+            v.as_ref()
+                .map(|v| {
+                    <[f32; 3]>::try_from(v.as_slice()).map_err(|_| {
+                        Error::BadInput(format!(
+                            "{flag} {v:?}: give three values, R,G,B (for example 0.5,0.5,0.5)"
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let (mean, std) = (three("--mean", &self.mean)?, three("--std", &self.std)?);
+        if let Some(std) = std {
+            for &v in &std {
+                in_range("--std", f64::from(v), |v| v > 0.0, "positive values")?;
+            }
+        }
+        at_least_one_if_set("--resize", self.resize)?;
+        let folder_only = self.resize.is_some() || mean.is_some();
+        if folder_only && kind != DatasetKind::Folder {
+            return Err(Error::BadInput(format!(
+                "--resize, --mean and --std prepare folder data (--dataset folder); the {kind:?} layout has fixed 32x32 images and statistics"
+            )));
+        }
+        Ok(Source {
+            kind,
+            dir: dir.to_path_buf(),
+            folder: FolderOptions {
+                side,
+                resize: self.resize,
+                norm: mean.zip(std).map(|(mean, std)| Normalization { mean, std }),
+            },
+        })
+    }
+}
+
 /// Where the images come from.
 #[derive(Args)]
 pub struct DataArgs {
-    /// Binary layout of the data directory
+    /// Layout of the data directory
     #[arg(long, value_enum, default_value = "cifar100")]
     pub dataset: DatasetKind,
-    /// Directory with train.bin/test.bin (cifar100), data_batch_*.bin/test_batch.bin (cifar10)
-    /// or the IDX files train-images-idx3-ubyte[.gz] etc. (fashion-mnist)
+    /// Directory with train.bin/test.bin (cifar100), data_batch_*.bin/test_batch.bin
+    /// (cifar10), the IDX files train-images-idx3-ubyte[.gz] etc. (fashion-mnist), or
+    /// train/CLASS/*.png and test/CLASS/*.png (folder)
     #[arg(long)]
     pub data: PathBuf,
     /// Training images held out for validation (the test set is never used to choose)
     #[arg(long, default_value_t = 5000)]
     pub val_split: usize,
+    #[command(flatten)]
+    pub folder: FolderArgs,
 }
 
 impl DataArgs {
-    /// (train, validation) from the training files.
-    fn train_val(&self, classes: usize) -> Result<(ImageSet, ImageSet)> {
-        train_val(&self.data, self.dataset, classes, self.val_split)
+    /// The data, prepared for `arch`'s input.
+    pub fn source(&self, arch: &Arch) -> Result<Source> {
+        self.folder.source(self.dataset, &self.data, arch.input[1])
     }
 
-    pub fn test(&self, classes: usize) -> Result<ImageSet> {
-        load(&self.data, self.dataset, Split::Test, classes)
+    /// (train, validation) from the training files.
+    fn train_val(&self, arch: &Arch) -> Result<(ImageSet, ImageSet)> {
+        train_val(&self.source(arch)?, arch.num_classes(), self.val_split)
+    }
+
+    pub fn test(&self, arch: &Arch) -> Result<ImageSet> {
+        load(&self.source(arch)?, Split::Test, arch.num_classes())
     }
 
     /// The data files, labelled as inputs for [`check_output`].
     pub fn inputs(&self) -> Vec<(String, PathBuf)> {
+        let source = Source::binary(self.dataset, &self.data);
         [Split::Train, Split::Test]
             .into_iter()
-            .filter_map(|s| ImageSet::source_files(&self.data, self.dataset, s).ok())
+            .filter_map(|s| source.files(s).ok())
             .flatten()
             .map(|f| ("--data".to_string(), f))
             .collect()
     }
 }
 
-/// Every image of `split` in `dir`; a label the model's `classes` cannot hold names
+/// Every image of `split`; a label the model's `classes` cannot hold names
 /// `--num-classes`.
-pub fn load(dir: &Path, kind: DatasetKind, split: Split, classes: usize) -> Result<ImageSet> {
+pub fn load(source: &Source, split: Split, classes: usize) -> Result<ImageSet> {
     // Every byte is a label here, so that any other error is told as it is.
-    let set = ImageSet::load(dir, kind, split, 256).map_err(|e| Error::BadInput(e.to_string()))?;
+    let set = source
+        .load(split, 256.max(classes))
+        .map_err(|e| Error::BadInput(e.to_string()))?;
     if let Some(&max) = set.labels.iter().max()
         && max as usize >= classes
     {
         // Read again against the model's classes, for the file and record at fault.
-        let at = ImageSet::load(dir, kind, split, classes)
+        let at = source
+            .load(split, classes)
             .err()
             .map_or(String::new(), |e| format!("{e}; "));
         return Err(Error::BadInput(format!(
@@ -71,20 +139,19 @@ pub fn load(dir: &Path, kind: DatasetKind, split: Split, classes: usize) -> Resu
     Ok(set)
 }
 
-/// `(train, validation)` from the training files of `dir`: `val_split` images held out
-/// exactly as [`ImageSet::train_val`] holds them out.
+/// `(train, validation)` from the training split: `val_split` images held out exactly
+/// as [`Source::train_val`] holds them out.
 pub fn train_val(
-    dir: &Path,
-    kind: DatasetKind,
+    source: &Source,
     classes: usize,
     val_split: usize,
 ) -> Result<(ImageSet, ImageSet)> {
-    let all = load(dir, kind, Split::Train, classes)?;
+    let all = load(source, Split::Train, classes)?;
     if val_split >= all.len() {
         return Err(Error::BadInput(format!(
             "--val-split {val_split}: leaves no training images ({} in the training files of {}); allowed below {}",
             all.len(),
-            dir.display(),
+            source.dir.display(),
             all.len()
         )));
     }
@@ -284,9 +351,8 @@ fn show_report(bar: &ProgressBar, r: &rankprune::train::Report) {
 
 pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
-    let classes = arch.num_classes();
-    let (train_set, val_set) = args.data.train_val(classes)?;
-    let test_set = args.data.test(classes)?;
+    let (train_set, val_set) = args.data.train_val(arch)?;
+    let test_set = args.data.test(arch)?;
     let weights = match &args.weights {
         Some(p) => Weights::load_for(p, arch)?,
         None => Weights::init(arch, args.seed),
@@ -305,6 +371,7 @@ pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
         "data loaded"
     );
     let started = std::time::Instant::now();
+    let mut data_wait = 0.0;
     let outcome = train(
         arch,
         weights,
@@ -314,6 +381,7 @@ pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
         &device,
         |r| {
             show_report(&bar, r);
+            data_wait = r.data_wait;
             Control::Continue
         },
     )?;
@@ -328,7 +396,7 @@ pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
     if args.json {
         let v = serde_json::json!({
             "out": args.out, "epochs": outcome.epochs_run, "steps": outcome.steps, "seconds": seconds,
-            "val": outcome.best_val, "test": test,
+            "val": outcome.best_val, "test": test, "data_wait": data_wait,
         });
         println!("{v}");
         return Ok(());
@@ -349,10 +417,11 @@ pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
         test.samples
     );
     println!(
-        "{} epochs, {} steps in {:.1} s; wrote {}",
+        "{} epochs, {} steps in {:.1} s (waiting for data {:.1}% of it); wrote {}",
         outcome.epochs_run,
         outcome.steps,
         seconds,
+        100.0 * data_wait,
         args.out.display()
     );
     Ok(())
@@ -360,10 +429,9 @@ pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
 
 pub fn run_eval(arch: &Arch, args: EvalArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
-    let classes = arch.num_classes();
     let set = match args.split {
-        EvalSplit::Test => args.data.test(classes)?,
-        EvalSplit::Val => args.data.train_val(classes)?.1,
+        EvalSplit::Test => args.data.test(arch)?,
+        EvalSplit::Val => args.data.train_val(arch)?.1,
     };
     let model = Vgg::from_weights(
         arch,

@@ -1,6 +1,5 @@
 //! What the dashboard's pages show, read from the store: plain data, no HTML.
 
-use crate::arch::ArchSpec;
 use crate::config::LayerConfig;
 use crate::search::pareto::pareto_front;
 use crate::search::summary::{budget_of, summary};
@@ -96,7 +95,7 @@ pub fn layer_bars(study: &StudyRow, config: &str) -> Result<Vec<LayerBar>> {
     let Some(budget) = budget_of(study) else {
         return Ok(Vec::new());
     };
-    let base = ArchSpec::parse(&budget.model.arch)?.build(budget.model.num_classes);
+    let base = budget.base_arch()?;
     let config = LayerConfig::from_json(config, "best trial").map_err(Error::from)?;
     Ok(base
         .convs()

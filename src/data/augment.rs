@@ -1,8 +1,8 @@
-//! Normalisation and the reference's training augmentation: random crop 32 with 4 zero
-//! pixels of padding, then random horizontal flip (torchvision's RandomCrop(32, padding=4)
-//! and RandomHorizontalFlip, applied before ToTensor and Normalize).
+//! Normalisation and the reference's training augmentation: random crop of the image's
+//! own size with 4 zero pixels of padding, then random horizontal flip (torchvision's
+//! RandomCrop(32, padding=4) and RandomHorizontalFlip, applied before ToTensor and
+//! Normalize). Images are square, CHW, of any side.
 
-use super::IMAGE_BYTES;
 use rand::{Rng, RngExt};
 
 /// Per-channel mean and std (of pixel values in [0, 1]) that images are normalised with.
@@ -33,7 +33,13 @@ impl Default for Normalization {
 }
 
 pub const PAD: usize = 4;
-const SIDE: usize = 32;
+
+/// The side of a square 3-channel CHW image of `len` bytes.
+fn side_of(len: usize) -> usize {
+    let side = ((len / 3) as f64).sqrt().round() as usize;
+    assert_eq!(3 * side * side, len, "not a square 3-channel image");
+    side
+}
 
 impl Normalization {
     fn apply(&self, c: usize, byte: u8) -> f32 {
@@ -43,9 +49,10 @@ impl Normalization {
 
 /// Writes the normalised image (CHW floats) into `out`.
 pub fn normalize(img: &[u8], n: &Normalization, out: &mut [f32]) {
-    assert_eq!((img.len(), out.len()), (IMAGE_BYTES, IMAGE_BYTES));
+    assert_eq!(img.len(), out.len());
+    let plane = img.len() / 3;
     for (i, (&b, o)) in img.iter().zip(out.iter_mut()).enumerate() {
-        *o = n.apply(i / (SIDE * SIDE), b);
+        *o = n.apply(i / plane, b);
     }
 }
 
@@ -53,22 +60,24 @@ pub fn normalize(img: &[u8], n: &Normalization, out: &mut [f32]) {
 /// normalised; padding pixels are black (0) before normalisation.
 pub fn crop_flip(img: &[u8], dy: usize, dx: usize, flip: bool, n: &Normalization, out: &mut [f32]) {
     assert!(dy <= 2 * PAD && dx <= 2 * PAD, "crop offset out of range");
+    assert_eq!(img.len(), out.len());
+    let side = side_of(img.len());
     for c in 0..3 {
-        let plane = &img[c * SIDE * SIDE..(c + 1) * SIDE * SIDE];
-        for y in 0..SIDE {
-            for x in 0..SIDE {
-                let sx = if flip { SIDE - 1 - x } else { x };
+        let plane = &img[c * side * side..(c + 1) * side * side];
+        for y in 0..side {
+            for x in 0..side {
+                let sx = if flip { side - 1 - x } else { x };
                 let (py, px) = (
                     (y + dy) as isize - PAD as isize,
                     (sx + dx) as isize - PAD as isize,
                 );
-                let inside = (0..SIDE as isize).contains(&py) && (0..SIDE as isize).contains(&px);
+                let inside = (0..side as isize).contains(&py) && (0..side as isize).contains(&px);
                 let byte = if inside {
-                    plane[py as usize * SIDE + px as usize]
+                    plane[py as usize * side + px as usize]
                 } else {
                     0
                 };
-                out[(c * SIDE + y) * SIDE + x] = n.apply(c, byte);
+                out[(c * side + y) * side + x] = n.apply(c, byte);
             }
         }
     }
@@ -87,6 +96,8 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
+
+    const IMAGE_BYTES: usize = crate::data::IMAGE_BYTES;
 
     fn ramp() -> Vec<u8> {
         (0..IMAGE_BYTES)

@@ -1,19 +1,21 @@
 //! Batches prepared on a background thread, so that decoding and augmentation overlap
 //! with the model's work.
 
+use super::ImageSet;
 use super::augment::{augment, normalize};
-use super::{IMAGE_BYTES, ImageSet};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 
-/// One batch: normalised images `[len, 3, 32, 32]` flattened, and labels.
+/// One batch: normalised images `[len, 3, side, side]` flattened, and labels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     pub images: Vec<f32>,
     pub labels: Vec<i64>,
+    /// Height and width of each image.
+    pub side: usize,
 }
 
 impl Batch {
@@ -38,10 +40,11 @@ pub struct EpochPlan {
 
 /// Builds the batches of one pass over `set` in order `plan` says, synchronously.
 pub fn batch_at(set: &ImageSet, order: &[usize], rng: Option<&mut StdRng>) -> Batch {
-    let mut images = vec![0.0f32; order.len() * IMAGE_BYTES];
+    let bytes = set.image_bytes();
+    let mut images = vec![0.0f32; order.len() * bytes];
     let mut rng = rng;
     for (slot, &i) in order.iter().enumerate() {
-        let out = &mut images[slot * IMAGE_BYTES..(slot + 1) * IMAGE_BYTES];
+        let out = &mut images[slot * bytes..(slot + 1) * bytes];
         match rng.as_deref_mut() {
             Some(r) => augment(set.image(i), &set.norm, r, out),
             None => normalize(set.image(i), &set.norm, out),
@@ -50,6 +53,7 @@ pub fn batch_at(set: &ImageSet, order: &[usize], rng: Option<&mut StdRng>) -> Ba
     Batch {
         images,
         labels: order.iter().map(|&i| i64::from(set.labels[i])).collect(),
+        side: set.side,
     }
 }
 
@@ -84,6 +88,7 @@ pub fn stream(set: Arc<ImageSet>, plan: EpochPlan) -> Receiver<Batch> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::IMAGE_BYTES;
 
     fn tiny_set(n: usize) -> ImageSet {
         ImageSet {

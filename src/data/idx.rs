@@ -172,6 +172,7 @@ pub fn load(dir: &Path, split: Split, num_classes: usize) -> Result<ImageSet, Da
         pixels,
         labels,
         norm: DatasetKind::FashionMnist.normalization(),
+        side: super::BINARY_SIDE,
     })
 }
 

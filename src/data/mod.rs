@@ -1,16 +1,23 @@
-//! Image data: CIFAR binary and IDX (Fashion-MNIST) readers, normalisation and
-//! augmentation, and batches prepared on a background thread.
+//! Image data: CIFAR binary, IDX (Fashion-MNIST) and class-folder readers,
+//! normalisation and augmentation, and batches prepared on a background thread.
 
 pub mod augment;
 pub mod batches;
+pub mod folder;
 pub mod idx;
+
+pub use folder::FolderOptions;
 
 use augment::Normalization;
 
 use std::path::{Path, PathBuf};
 
-/// Bytes of one 32x32 RGB image (1,024 R, then G, then B, row-major).
+/// Bytes of one 32x32 RGB image (1,024 R, then G, then B, row-major): the size of the
+/// binary data sets' images.
 pub const IMAGE_BYTES: usize = 3 * 32 * 32;
+
+/// Side of the binary data sets' images.
+pub const BINARY_SIDE: usize = 32;
 
 /// Which binary layout a data directory holds.
 #[derive(
@@ -25,6 +32,9 @@ pub enum DatasetKind {
     /// IDX files `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, `t10k-*` (each
     /// plain or `.gz`): 28x28 grey images, zero-padded to 32x32 and copied to 3 planes.
     FashionMnist,
+    /// Class folders of PNG/JPEG files, torchvision's ImageFolder layout:
+    /// `train/CLASS/*.png`, `test/CLASS/*.png` (or `val/`).
+    Folder,
 }
 
 /// Training or test files.
@@ -38,14 +48,14 @@ impl DatasetKind {
     fn label_bytes(self) -> usize {
         match self {
             DatasetKind::Cifar100 => 2,
-            DatasetKind::Cifar10 | DatasetKind::FashionMnist => 1,
+            DatasetKind::Cifar10 | DatasetKind::FashionMnist | DatasetKind::Folder => 1,
         }
     }
 
     /// The statistics images of this data set are normalised with.
     pub fn normalization(self) -> Normalization {
         match self {
-            DatasetKind::Cifar100 | DatasetKind::Cifar10 => augment::CIFAR,
+            DatasetKind::Cifar100 | DatasetKind::Cifar10 | DatasetKind::Folder => augment::CIFAR,
             DatasetKind::FashionMnist => augment::FASHION_MNIST,
         }
     }
@@ -63,7 +73,9 @@ impl DatasetKind {
                 .map(|i| dir.join(format!("data_batch_{i}.bin")))
                 .collect(),
             (DatasetKind::Cifar10, Split::Test) => vec![dir.join("test_batch.bin")],
-            (DatasetKind::FashionMnist, _) => unreachable!("IDX files are found by idx::load"),
+            (DatasetKind::FashionMnist | DatasetKind::Folder, _) => {
+                unreachable!("IDX files and folders are found by their own modules")
+            }
         }
     }
 }
@@ -79,13 +91,98 @@ pub struct DataError {
 /// Seed of the validation hold-out shared by every command.
 pub const SPLIT_SEED: u64 = 0;
 
-/// Images (uint8, CHW, 3x32x32) and labels held in memory, with the statistics they
-/// are normalised with.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Where a command's images come from: the layout, the folder, and how a class
+/// folder's images are prepared (`folder` is unused for the binary layouts).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    pub kind: DatasetKind,
+    pub dir: PathBuf,
+    pub folder: FolderOptions,
+}
+
+impl Source {
+    /// A binary data set (32x32 images) in `dir`.
+    pub fn binary(kind: DatasetKind, dir: &Path) -> Self {
+        Source {
+            kind,
+            dir: dir.to_path_buf(),
+            folder: FolderOptions {
+                side: BINARY_SIDE,
+                resize: None,
+                norm: None,
+            },
+        }
+    }
+
+    /// The files `load` reads for `split`.
+    pub fn files(&self, split: Split) -> Result<Vec<PathBuf>, DataError> {
+        match self.kind {
+            DatasetKind::FashionMnist => idx::files(&self.dir, split),
+            DatasetKind::Folder => folder::files(&self.dir, split),
+            kind => Ok(kind.files(&self.dir, split)),
+        }
+    }
+
+    /// Every image of `split`; labels must be below `num_classes`.
+    pub fn load(&self, split: Split, num_classes: usize) -> Result<ImageSet, DataError> {
+        match self.kind {
+            DatasetKind::Folder => folder::load(&self.dir, split, &self.folder, num_classes),
+            kind => {
+                if self.folder.side != BINARY_SIDE {
+                    return Err(DataError {
+                        file: self.dir.display().to_string(),
+                        message: format!(
+                            "the {kind:?} files hold {BINARY_SIDE}x{BINARY_SIDE} images, but the model takes {0}x{0} (input size)",
+                            self.folder.side
+                        ),
+                    });
+                }
+                ImageSet::load(&self.dir, kind, split, num_classes)
+            }
+        }
+    }
+
+    /// `(train, validation)` from the training split: `val_split` images held out with
+    /// [`SPLIT_SEED`], so every command (train, eval, search) holds out the same ones.
+    pub fn train_val(
+        &self,
+        num_classes: usize,
+        val_split: usize,
+    ) -> Result<(ImageSet, ImageSet), String> {
+        let all = self
+            .load(Split::Train, num_classes)
+            .map_err(|e| e.to_string())?;
+        if val_split >= all.len() {
+            return Err(format!(
+                "a validation split of {val_split} leaves no training images ({} in the training files of {})",
+                all.len(),
+                self.dir.display()
+            ));
+        }
+        Ok(all.split_off(val_split, SPLIT_SEED))
+    }
+}
+
+/// Images (uint8, CHW, 3 x side x side) and labels held in memory, with the statistics
+/// they are normalised with.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ImageSet {
     pub pixels: Vec<u8>,
     pub labels: Vec<u32>,
     pub norm: Normalization,
+    /// Height and width of every image.
+    pub side: usize,
+}
+
+impl Default for ImageSet {
+    fn default() -> Self {
+        ImageSet {
+            pixels: Vec::new(),
+            labels: Vec::new(),
+            norm: Normalization::default(),
+            side: BINARY_SIDE,
+        }
+    }
 }
 
 impl ImageSet {
@@ -97,8 +194,14 @@ impl ImageSet {
         self.labels.is_empty()
     }
 
+    /// Bytes of one image.
+    pub fn image_bytes(&self) -> usize {
+        3 * self.side * self.side
+    }
+
     pub fn image(&self, i: usize) -> &[u8] {
-        &self.pixels[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES]
+        let b = self.image_bytes();
+        &self.pixels[i * b..(i + 1) * b]
     }
 
     /// Parses records of `kind` from `bytes`; `file` names the source in errors. The label
@@ -125,6 +228,7 @@ impl ImageSet {
             pixels: Vec::with_capacity(n * IMAGE_BYTES),
             labels: Vec::with_capacity(n),
             norm: kind.normalization(),
+            side: BINARY_SIDE,
         };
         for (i, r) in bytes.chunks_exact(rec).enumerate() {
             let label = u32::from(r[kind.label_bytes() - 1]);
@@ -139,20 +243,8 @@ impl ImageSet {
         Ok(set)
     }
 
-    /// The files `load` reads for `split` from `dir`.
-    pub fn source_files(
-        dir: &Path,
-        kind: DatasetKind,
-        split: Split,
-    ) -> Result<Vec<PathBuf>, DataError> {
-        if kind == DatasetKind::FashionMnist {
-            return idx::files(dir, split);
-        }
-        Ok(kind.files(dir, split))
-    }
-
-    /// Reads every file of `split` from `dir`.
-    pub fn load(
+    /// Reads every file of `split` from `dir` (a binary layout: see [`Source::load`]).
+    fn load(
         dir: &Path,
         kind: DatasetKind,
         split: Split,
@@ -178,25 +270,6 @@ impl ImageSet {
         Ok(set)
     }
 
-    /// `(train, validation)` from the training files: `val_split` images held out with
-    /// [`SPLIT_SEED`], so every command (train, eval, search) holds out the same ones.
-    pub fn train_val(
-        dir: &Path,
-        kind: DatasetKind,
-        num_classes: usize,
-        val_split: usize,
-    ) -> Result<(ImageSet, ImageSet), String> {
-        let all = Self::load(dir, kind, Split::Train, num_classes).map_err(|e| e.to_string())?;
-        if val_split >= all.len() {
-            return Err(format!(
-                "a validation split of {val_split} leaves no training images ({} in the training files of {})",
-                all.len(),
-                dir.display()
-            ));
-        }
-        Ok(all.split_off(val_split, SPLIT_SEED))
-    }
-
     /// Splits off the last `n` images after a seeded shuffle: `(rest, held_out)`.
     pub fn split_off(&self, n: usize, seed: u64) -> (ImageSet, ImageSet) {
         use rand::SeedableRng;
@@ -211,6 +284,7 @@ impl ImageSet {
                 .collect(),
             labels: idx.iter().map(|&i| self.labels[i]).collect(),
             norm: self.norm,
+            side: self.side,
         };
         let cut = self.len() - n;
         (pick(&order[..cut]), pick(&order[cut..]))

@@ -4,7 +4,7 @@
 //! place, and the one candidate builder: compress, then repair. The controller, worker
 //! processes, the final stage, `fidelity` and `score` all build their candidates here.
 
-use crate::arch::{Arch, ArchSpec};
+use crate::arch::Arch;
 use crate::budget::{Budget, Proxy};
 use crate::compress::decompose::TuckerCache;
 use crate::compress::{Compressed, compress_model};
@@ -42,7 +42,7 @@ pub struct Context {
 
 /// The budget's base architecture and its training and validation images.
 pub fn study_inputs(budget: &Budget) -> Result<(Arch, Arc<ImageSet>, Arc<ImageSet>)> {
-    let base = ArchSpec::parse(&budget.model.arch)?.build(budget.model.num_classes);
+    let base = budget.base_arch()?;
     let (train, val) = budget.train_val()?;
     Ok((base, Arc::new(train), Arc::new(val)))
 }

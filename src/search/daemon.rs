@@ -8,7 +8,7 @@ use super::export::pick_study;
 use super::lease::{HeldLease, holder_name, live_holder};
 use super::space::SpaceFile;
 use crate::budget::Budget;
-use crate::data::{ImageSet, Split};
+use crate::data::Split;
 use crate::store::{DAEMON_SCOPE, StudyRow, StudyState, TrialStore, is_postgres, study_scope};
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -34,7 +34,9 @@ pub struct Submitted {
 /// touches the store): its training files, its search space and reachable target, and
 /// its base weights (or a way to train them).
 pub(crate) fn check_inputs(budget: &Budget) -> Result<()> {
-    for f in ImageSet::source_files(&budget.data.dir, budget.data.dataset, Split::Train)
+    for f in budget
+        .source()
+        .files(Split::Train)
         .map_err(|e| Error::BadInput(format!("data: {e}")))?
     {
         if !f.exists() {

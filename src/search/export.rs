@@ -3,7 +3,6 @@
 
 use super::problem::Target;
 use super::verdict::stored_verdict;
-use crate::arch::ArchSpec;
 use crate::budget::Budget;
 use crate::config::LayerConfig;
 use crate::cost::{self, Cost};
@@ -224,9 +223,8 @@ fn stored_gate(study: &StudyRow) -> Option<serde_json::Value> {
 /// The study's base architecture (from its stored budget).
 fn study_arch(study: &StudyRow) -> Result<crate::arch::Arch> {
     let b = Budget::of_study(study)?;
-    Ok(ArchSpec::parse(&b.model.arch)
-        .map_err(|e| Error::BadInput(format!("{}: {e}", study.name)))?
-        .build(b.model.num_classes))
+    b.base_arch()
+        .map_err(|e| Error::BadInput(format!("{}: {e}", study.name)))
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@
 
 use super::identity::sha256_file;
 use super::problem::Target;
-use crate::arch::ArchSpec;
 use crate::budget::{Budget, GateMode, Rung0Score};
 use crate::{Error, Result, cost};
 use serde::{Deserialize, Serialize};
@@ -25,7 +24,7 @@ pub struct Regime {
 
 impl Regime {
     pub fn of(budget: &Budget) -> Result<Self> {
-        let base = ArchSpec::parse(&budget.model.arch)?.build(budget.model.num_classes);
+        let base = budget.base_arch()?;
         Ok(Self {
             weights_sha256: sha256_file(&budget.model.weights)?,
             space_sha256: sha256_file(&budget.search.space)?,

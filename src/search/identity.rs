@@ -5,7 +5,7 @@
 //! of scoring trials on another model.
 
 use crate::budget::Budget;
-use crate::data::{ImageSet, Split};
+use crate::data::Split;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -55,10 +55,16 @@ impl Identity {
             Ok(())
         };
         add("model.weights".into(), &budget.model.weights)?;
-        let data = ImageSet::source_files(&budget.data.dir, budget.data.dataset, Split::Train)
+        let data = budget
+            .source()
+            .files(Split::Train)
             .map_err(|e| Error::BadInput(format!("data: {e}")))?;
         for path in data {
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            // Relative to the data folder: a class folder's files share names.
+            let name = path
+                .strip_prefix(&budget.data.dir)
+                .unwrap_or(&path)
+                .to_string_lossy();
             add(format!("data/{name}"), &path)?;
         }
         Ok(Self { files })

@@ -6,7 +6,7 @@
 use super::anchored::cheapest_cost;
 use super::problem::{Problem, Target, check_reach};
 use super::space::SpaceFile;
-use crate::arch::{Arch, ArchSpec, ConvBody};
+use crate::arch::{Arch, ConvBody};
 use crate::budget::Budget;
 use crate::compress::decompose::RankRecommendation;
 use crate::cost;
@@ -16,7 +16,7 @@ use std::path::Path;
 
 /// Checks `space_file` (the budget's `search.space`) against `budget`.
 pub fn check_space(budget: &Budget, space_file: &SpaceFile) -> Result<()> {
-    let base = ArchSpec::parse(&budget.model.arch)?.build(budget.model.num_classes);
+    let base = budget.base_arch()?;
     let file = budget.search.space.display().to_string();
     space_file.check_arch(&budget.model.arch, &file)?;
     // VBMF ranks need the base weights, which may not exist yet: every VBMF rank at its
@@ -99,8 +99,7 @@ fn check_outputs(budget: &Budget) -> Result<()> {
         ("search.space", budget.search.space.clone()),
     ];
     for split in [crate::data::Split::Train, crate::data::Split::Test] {
-        let files =
-            crate::data::ImageSet::source_files(&budget.data.dir, budget.data.dataset, split);
+        let files = budget.source().files(split);
         inputs.extend(files.into_iter().flatten().map(|f| ("data.dir", f)));
     }
     for (key, input) in &inputs {

@@ -126,6 +126,8 @@ pub struct Report {
     /// Present on validation reports.
     pub val: Option<EvalResult>,
     pub images_per_s: f64,
+    /// Share of the run's time the trainer waited for the next batch (data starvation).
+    pub data_wait: f64,
 }
 
 /// What the callback wants next.
@@ -161,10 +163,10 @@ fn sgd(cfg: &TrainConfig) -> ModuleOptimizer {
         .init()
 }
 
-/// A batch's images as `[n, 3, 32, 32]` on `device`.
+/// A batch's images as `[n, 3, side, side]` on `device`.
 pub fn images_tensor(b: &Batch, device: &Device) -> Tensor<4> {
     Tensor::from_data(
-        TensorData::new(b.images.clone(), [b.len(), 3, 32, 32]),
+        TensorData::new(b.images.clone(), [b.len(), 3, b.side, b.side]),
         device,
     )
 }
@@ -234,6 +236,8 @@ struct Tally {
     /// Images seen since the run started, and when it started.
     seen: usize,
     started: std::time::Instant,
+    /// Time spent waiting for batches from the data thread.
+    waited: std::time::Duration,
 }
 
 impl Tally {
@@ -244,6 +248,7 @@ impl Tally {
             count: 0,
             seen: 0,
             started: std::time::Instant::now(),
+            waited: std::time::Duration::ZERO,
         }
     }
 
@@ -257,6 +262,7 @@ impl Tally {
             train_acc: self.correct as f64 / self.count.max(1) as f64,
             val,
             images_per_s: self.seen as f64 / elapsed.max(1e-9),
+            data_wait: self.waited.as_secs_f64() / elapsed.max(1e-9),
         }
     }
 }
@@ -352,7 +358,11 @@ impl Run<'_> {
         };
         let t = &mut self.tally;
         (t.loss_sum, t.correct, t.count) = (0.0, 0, 0);
-        for batch in stream(train.clone(), plan) {
+        let batches = stream(train.clone(), plan);
+        loop {
+            let asked = std::time::Instant::now();
+            let Ok(batch) = batches.recv() else { break };
+            self.tally.waited += asked.elapsed();
             if cfg.max_steps.is_some_and(|m| self.state.step >= m) {
                 return Ok(true);
             }

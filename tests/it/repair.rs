@@ -28,6 +28,7 @@ fn batches(count: usize, size: usize, seed: u64) -> Vec<Batch> {
                 .map(|i| noise(i, seed * 1000 + b as u64))
                 .collect(),
             labels: vec![0; size],
+            side: 32,
         })
         .collect()
 }

@@ -58,13 +58,10 @@ pub(super) async fn final_stage(
         ctx,
         budget,
         test: Arc::new(
-            ImageSet::load(
-                &budget.data.dir,
-                budget.data.dataset,
-                Split::Test,
-                budget.model.num_classes,
-            )
-            .map_err(|e| Error::BadInput(format!("data: {e}")))?,
+            budget
+                .source()
+                .load(Split::Test, budget.model.num_classes)
+                .map_err(|e| Error::BadInput(format!("data: {e}")))?,
         ),
         progress,
     };
