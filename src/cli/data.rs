@@ -92,7 +92,7 @@ pub fn run_stats(args: StatsArgs) -> Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&splits).expect("stats serialize")
+            serde_json::to_string(&splits).expect("stats serialize")
         );
         return Ok(());
     }

@@ -12,6 +12,7 @@ mod daemon;
 mod dashboard;
 mod decomposition;
 mod fidelity;
+mod folder;
 mod layers;
 mod onnx_export;
 mod pruning;
