@@ -16,6 +16,10 @@ pub enum LayerKind {
     Conv,
     BatchNorm,
     MaxPool,
+    /// Average pooling, windowed or global.
+    AvgPool,
+    /// A residual sum.
+    Add,
     Linear,
 }
 

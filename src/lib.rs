@@ -45,6 +45,7 @@ pub mod data;
 pub mod deploy;
 pub mod device;
 pub mod error;
+pub mod graph;
 pub mod ladder;
 pub mod model;
 pub mod outpath;

@@ -11,6 +11,8 @@ fn kind_name(k: LayerKind) -> &'static str {
         LayerKind::Conv => "conv",
         LayerKind::BatchNorm => "bn",
         LayerKind::MaxPool => "maxpool",
+        LayerKind::AvgPool => "avgpool",
+        LayerKind::Add => "add",
         LayerKind::Linear => "linear",
     }
 }

@@ -120,7 +120,7 @@ fn grey_rgba_and_jpeg_files_are_read_as_rgb() {
     for (c, want) in [200i32, 100, 50].into_iter().enumerate() {
         assert!((i32::from(jpeg[c * 4]) - want).abs() <= 3, "{jpeg:?}");
     }
-    assert_eq!(&set.image(2)[..], &[5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7][..]);
+    assert_eq!(set.image(2), &[5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7][..]);
 }
 
 #[test]
