@@ -502,6 +502,12 @@ impl Budget {
             ));
         }
         if self.data.dataset != DatasetKind::Folder {
+            if self.model.input_size != crate::data::BINARY_SIDE {
+                return Err(format!(
+                    "model.input_size = {}: the {:?} layout has 32x32 images; other sizes need folder data (dataset = \"folder\")",
+                    self.model.input_size, self.data.dataset
+                ));
+            }
             for (key, set) in [
                 ("data.resize", self.data.resize.is_some()),
                 ("data.mean", self.data.mean.is_some()),
@@ -522,6 +528,11 @@ impl Budget {
             && std.iter().any(|s| !(s.is_finite() && *s > 0.0))
         {
             return Err(format!("data.std = {std:?}: allowed positive values"));
+        }
+        if let Some(mean) = self.data.mean
+            && mean.iter().any(|m| !m.is_finite())
+        {
+            return Err(format!("data.mean = {mean:?}: allowed finite values"));
         }
         if self.data.resize == Some(0) {
             return Err("data.resize = 0: allowed 1 or more".into());
@@ -893,6 +904,31 @@ early_stop_min_acc = 0.3
                 "val_split = 200",
                 "val_split = 0",
                 "data.val_split = 0: allowed >= 1",
+            ),
+            (
+                "num_classes = 10",
+                "num_classes = 10\ninput_size = 64",
+                "model.input_size = 64: the Cifar100 layout has 32x32 images",
+            ),
+            (
+                "num_classes = 10",
+                "num_classes = 10\ninput_size = 16",
+                "model.input_size = 16: allowed 32 or more",
+            ),
+            (
+                "val_split = 200",
+                "val_split = 200\nresize = 40",
+                "data.resize: only folder data",
+            ),
+            (
+                "dataset = \"cifar100\"",
+                "dataset = \"folder\"\nmean = [0.5, 0.5, 0.5]",
+                "data.mean and data.std: give both or neither",
+            ),
+            (
+                "dataset = \"cifar100\"",
+                "dataset = \"folder\"\nmean = [0.5, 0.5, nan]\nstd = [1.0, 1.0, 1.0]",
+                "data.mean = [0.5, 0.5, NaN]: allowed finite values",
             ),
             (
                 "max_wall_hours = 1.0",

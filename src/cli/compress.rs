@@ -96,7 +96,7 @@ pub struct CompressArgs {
 /// The training images a repair calibrates on (the same a search with these settings uses).
 #[derive(Args)]
 pub struct RepairData {
-    /// Binary layout of the data directory (with --repair)
+    /// Layout of the data directory (with --repair)
     #[arg(long, value_enum, default_value = "cifar100")]
     pub dataset: DatasetKind,
     /// Data directory (with --repair; see `train --help`)

@@ -52,6 +52,11 @@ impl FolderArgs {
                 in_range("--std", f64::from(v), |v| v > 0.0, "positive values")?;
             }
         }
+        if let Some(mean) = mean {
+            for &v in &mean {
+                in_range("--mean", f64::from(v), |_| true, "finite values")?;
+            }
+        }
         at_least_one_if_set("--resize", self.resize)?;
         let folder_only = self.resize.is_some() || mean.is_some();
         if folder_only && kind != DatasetKind::Folder {

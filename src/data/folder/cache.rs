@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+/// Bumped whenever decoding or preparation changes, so old caches are rebuilt.
 const MAGIC: &[u8; 8] = b"RPIMG01\n";
 
 /// The cache folder's name under the data root (never read as a class).
@@ -102,23 +103,16 @@ pub fn read(path: &Path, fingerprint: &str, pixels_too: bool) -> Option<(Header,
 pub fn write(path: &Path, header: &Header, pixels: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().expect("a cache file has a folder");
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
+    // A unique temporary name: two processes (or threads) writing the same cache each
+    // rename a whole file; the temporary is removed if anything fails.
+    let tmp = tempfile::Builder::new().suffix(".tmp").tempfile_in(dir)?;
     let json = serde_json::to_vec(header).expect("a header serializes");
-    let result = (|| {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        f.write_all(MAGIC)?;
-        f.write_all(&(json.len() as u64).to_le_bytes())?;
-        f.write_all(&json)?;
-        f.write_all(pixels)?;
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let mut f = std::io::BufWriter::new(tmp);
+    f.write_all(MAGIC)?;
+    f.write_all(&(json.len() as u64).to_le_bytes())?;
+    f.write_all(&json)?;
+    f.write_all(pixels)?;
+    let tmp = f.into_inner().map_err(|e| e.into_error())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map(|_| ()).map_err(|e| e.error)
 }

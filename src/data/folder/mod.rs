@@ -1,6 +1,6 @@
 //! Class folders of PNG and JPEG files (torchvision's `ImageFolder` layout):
-//! `ROOT/train/CLASS/*.png` and `ROOT/test/CLASS/*.png` (or `val/`), or one `ROOT/CLASS/`
-//! level holding the training split only.
+//! `ROOT/train/CLASS/*.png` and `ROOT/test/CLASS/*.png` (or `val/`); validation images
+//! are held out of `train/`.
 //!
 //! Each image is decoded once, converted to RGB, resized (shorter side, when asked) and
 //! centre-cropped to the model's input side: `convert("RGB")`, `Resize(resize)`,

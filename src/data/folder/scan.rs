@@ -29,20 +29,17 @@ fn error(path: &Path, message: impl Into<String>) -> DataError {
     }
 }
 
-/// The folder of `split` under `root`: `train/`, and `test/` or else `val/`; a root with
-/// neither `train/` nor `test/` is itself the training split.
+/// The folder of `split` under `root`: `train/`, and `test/` or else `val/`.
 pub fn split_dir(root: &Path, split: Split) -> Result<PathBuf, DataError> {
     if !root.is_dir() {
         return Err(error(root, "cannot read: not a folder"));
     }
     let train = root.join("train");
-    let plain = !train.is_dir() && !root.join("test").is_dir() && !root.join("val").is_dir();
     match split {
-        Split::Train if plain => Ok(root.to_path_buf()),
         Split::Train if train.is_dir() => Ok(train),
         Split::Train => Err(error(
             &train,
-            "cannot read: no such folder (the training split)",
+            "cannot read: no such folder (the layout is ROOT/train/CLASS/*.png and ROOT/test/CLASS/*.png)",
         )),
         Split::Test => ["test", "val"]
             .iter()

@@ -86,16 +86,27 @@ fn statistics_are_the_training_images_own() {
 }
 
 #[test]
-fn a_root_without_splits_is_the_training_split() {
+fn the_splits_are_train_and_test_or_val() {
     let dir = tempfile::tempdir().unwrap();
-    save(&coded(3, 3, 1), &dir.path().join("b/1.png"));
-    save(&coded(3, 3, 2), &dir.path().join("a/1.png"));
+    save(&coded(3, 3, 1), &dir.path().join("train/b/1.png"));
+    save(&coded(3, 3, 2), &dir.path().join("train/a/1.png"));
     let set = load(dir.path(), Split::Train, &opts(3), 2).unwrap();
     assert_eq!(set.labels, vec![0, 1]);
-    // Loading again reads the cache, which is not taken for a class.
-    assert_eq!(load(dir.path(), Split::Train, &opts(3), 2).unwrap(), set);
     let e = load(dir.path(), Split::Test, &opts(3), 2).unwrap_err();
     assert!(e.to_string().contains("no test/ or val/ folder"), "{e}");
+    save(&coded(3, 3, 3), &dir.path().join("val/b/1.png"));
+    assert_eq!(
+        load(dir.path(), Split::Test, &opts(3), 2).unwrap().labels,
+        [1]
+    );
+    // Class folders directly under the root are not a layout.
+    let flat = tempfile::tempdir().unwrap();
+    save(&coded(3, 3, 1), &flat.path().join("a/1.png"));
+    let e = load(flat.path(), Split::Train, &opts(3), 2).unwrap_err();
+    assert!(
+        e.to_string().contains("train: cannot read: no such folder"),
+        "{e}"
+    );
 }
 
 #[test]
