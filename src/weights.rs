@@ -115,9 +115,15 @@ impl Weights {
     /// Fresh weights for `arch`, as torchvision initialises VGG: convs Kaiming-normal
     /// (fan-out, ReLU gain), biases 0, BN gamma 1 and beta 0, linear N(0, 0.01).
     pub fn init(arch: &Arch, seed: u64) -> Self {
+        Self::init_shapes(expected_shapes(arch), seed)
+    }
+
+    /// [`Self::init`] for tensors given by key and PyTorch shape: 4-D are conv weights,
+    /// 2-D linear weights, `*.weight` of 1-D BN gammas, `*running_var` BN variances.
+    pub fn init_shapes(expected: Vec<(String, Vec<usize>)>, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut tensors = IndexMap::new();
-        for (key, shape) in expected_shapes(arch) {
+        for (key, shape) in expected {
             let n: usize = shape.iter().product();
             let normal = |std: f64, rng: &mut StdRng| {
                 let d = Normal::new(0.0, std).expect("a positive std");
@@ -146,9 +152,18 @@ impl Weights {
 
     /// Checks that these weights have exactly the tensors `arch` needs; `file` names the
     /// source in errors. Returns them reordered to architecture order.
-    pub fn matched_to(mut self, arch: &Arch, file: &str) -> Result<Self, WeightsError> {
+    pub fn matched_to(self, arch: &Arch, file: &str) -> Result<Self, WeightsError> {
+        self.matched_to_shapes(expected_shapes(arch), file)
+    }
+
+    /// [`Self::matched_to`] for tensors given by key and PyTorch shape.
+    pub fn matched_to_shapes(
+        mut self,
+        expected: Vec<(String, Vec<usize>)>,
+        file: &str,
+    ) -> Result<Self, WeightsError> {
         let mut tensors = IndexMap::new();
-        for (key, shape) in expected_shapes(arch) {
+        for (key, shape) in expected {
             let Some(t) = self.tensors.shift_remove(&key) else {
                 return Err(WeightsError::Missing {
                     file: file.to_string(),

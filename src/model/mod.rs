@@ -5,11 +5,13 @@ mod bn_relu;
 mod cnhw;
 mod conv_gemm;
 mod flex;
+mod graph_net;
 mod max_pool;
 mod memory;
 pub mod profile;
 mod winograd;
 
+pub use graph_net::{GraphNet, expected_shapes as graph_weight_shapes};
 pub use memory::keep_freed_memory;
 
 use crate::arch::{Arch, ConvSpec, Unit};

@@ -13,6 +13,7 @@ mod dashboard;
 mod decomposition;
 mod fidelity;
 mod folder;
+mod graph_net;
 mod layers;
 mod onnx_export;
 mod pruning;

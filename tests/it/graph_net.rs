@@ -1,0 +1,119 @@
+//! The graph model (residual networks): against PyTorch's logits, and its channel-major
+//! path against burn's own layers.
+
+use super::common::repo_path;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use rankprune::graph::Graph;
+use rankprune::graph::build::ResNetSpec;
+use rankprune::model::GraphNet;
+use rankprune::weights::Weights;
+
+fn resnet(text: &str, classes: usize, side: usize) -> Graph {
+    ResNetSpec::parse(text)
+        .unwrap()
+        .unwrap()
+        .build(classes, side)
+        .unwrap()
+}
+
+fn host(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+/// tests/fixtures/make_resnet_fixture.py: torchvision's resnet18 layout at width 1/32,
+/// both stems, loaded from its `.pt` state dicts.
+#[test]
+fn resnet18_logits_equal_pytorchs() {
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_path("tests/fixtures/resnet_logits.json")).unwrap(),
+    )
+    .unwrap();
+    let device = Device::flex();
+    for stem in ["cifar", "imagenet"] {
+        let side = json[stem]["side"].as_u64().unwrap() as usize;
+        let graph = resnet("resnet18@0.03125", 5, side);
+        let path = repo_path(&format!("tests/fixtures/resnet18_w32_{stem}.pt"));
+        let w = Weights::load(&path).unwrap();
+        let model = GraphNet::from_weights(&graph, w, "fixture", &device).unwrap();
+        let n = 2 * 3 * side * side;
+        let x: Vec<f32> = (0..n).map(|i| (0.1 * i as f64).sin() as f32).collect();
+        let x = Tensor::<4>::from_data(TensorData::new(x, [2, 3, side, side]), &device);
+        let want: Vec<f32> = json[stem]["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+            })
+            .collect();
+        for (name, got) in [
+            ("channel-major", host(model.forward(x.clone()))),
+            ("reference", host(model.forward_reference(x.clone()))),
+        ] {
+            assert_eq!(got.len(), want.len());
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-4, "{stem} {name}: {got:?} vs {want:?}");
+            }
+        }
+        // Weights of another architecture are refused, naming the tensor.
+        let other = resnet("resnet20", 5, side);
+        let e = GraphNet::from_weights(&other, Weights::load(&path).unwrap(), "f.pt", &device)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("f.pt: "), "{e}");
+    }
+}
+
+#[test]
+fn weights_round_trip_through_the_graph_model() {
+    let graph = resnet("resnet20@0.25", 3, 32);
+    let w = GraphNet::init_weights(&graph, 4);
+    let model = GraphNet::from_weights(&graph, w.clone(), "mem", &Device::flex()).unwrap();
+    assert_eq!(model.to_weights(), w);
+}
+
+/// Logits, the input gradient, every conv's weight gradient and the BN running
+/// statistics after one training-mode pass: channel-major against burn's layers.
+#[test]
+fn channel_major_residual_training_matches_burns_layers() {
+    let device = Device::flex().autodiff();
+    for (text, side) in [("resnet8@0.25", 16), ("resnet18@0.03125", 128)] {
+        let graph = resnet(text, 3, side);
+        let w = GraphNet::init_weights(&graph, 3);
+        let x0 = Tensor::<4>::random([2, 3, side, side], Distribution::Normal(0.0, 1.0), &device);
+        let run = |reference: bool| {
+            let model = GraphNet::from_weights(&graph, w.clone(), "mem", &device).unwrap();
+            let x = x0.clone().require_grad();
+            let y = if reference {
+                model.forward_reference(x.clone())
+            } else {
+                model.forward(x.clone())
+            };
+            let weights = Tensor::<2>::from_floats([[1.0, -2.0, 0.5]], &device);
+            let grads = (y.clone() * weights).sum().backward();
+            let mut all = vec![host(y.inner()), host(x.grad(&grads).unwrap().flatten(0, 3))];
+            for conv in &model.convs {
+                all.push(host(conv.weight.val().grad(&grads).unwrap().flatten(0, 3)));
+            }
+            for bn in &model.bns {
+                all.push(host(bn.running_var.value().inner().unsqueeze::<2>()));
+            }
+            all
+        };
+        let (ours, theirs) = (run(false), run(true));
+        assert_eq!(ours.len(), theirs.len());
+        for (k, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            for (p, q) in a.iter().zip(b) {
+                // As the VGG model's test: float32 rounding compounds through a network.
+                assert!(
+                    (p - q).abs() <= 1e-3 * scale + 1e-6,
+                    "{text} tensor {k}: {p} vs {q}"
+                );
+            }
+        }
+    }
+}
