@@ -17,7 +17,7 @@ fn resnet(text: &str, classes: usize, side: usize) -> Graph {
 }
 
 fn host(t: Tensor<2>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
 /// tests/fixtures/make_resnet_fixture.py: torchvision's resnet18 layout at width 1/32,
