@@ -14,11 +14,14 @@
 //!   (VGG plans with PyTorch layer names, Tucker units, current channel counts).
 //! - [`config`]: the per-layer JSON config (ranks, ratios): parse, validate, apply.
 //! - [`cost`]: exact params / MACs / FLOPs / size counter.
+//! - [`graph`]: a CNN as named nodes with residual adds (ResNets, and VGG from an
+//!   `arch`), shape checks, its cost and its dependency groups.
 //! - [`weights`]: named f32 tensors; safetensors and PyTorch state_dict files.
-//! - [`data`]: CIFAR binary and IDX (Fashion-MNIST) readers, augmentation, background
-//!   batches.
+//! - [`data`]: CIFAR binary, IDX (Fashion-MNIST) and class-folder (PNG/JPEG) readers,
+//!   augmentation, background batches.
 //! - [`device`]: the one place that turns `--device` into a burn device.
-//! - [`model`]: the burn `Vgg` module built from an architecture and weights, run
+//! - [`model`]: the burn `Vgg` module built from an architecture and weights (and
+//!   `GraphNet`, the model of any graph), run
 //!   channel-major with our flex CPU kernels (whole-batch conv products, fused
 //!   BatchNorm+ReLU, max-pooling; burn's layers on other devices).
 //! - [`compress`]: Tucker-2 decomposition, VBMF ranks, whole-model weight surgery.

@@ -9,7 +9,9 @@ use rankprune::arch::Arch;
 use rankprune::config::LayerConfig;
 use rankprune::cost;
 use rankprune::device::parse_device;
-use rankprune::model::Vgg;
+use rankprune::graph::Graph;
+use rankprune::graph::build::ResNetSpec;
+use rankprune::model::{GraphNet, Vgg};
 use rankprune::outpath::check_output;
 use rankprune::report;
 use rankprune::weights::Weights;
@@ -38,6 +40,32 @@ struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The graph of a residual network (`resnet20`, `resnet18@0.5`); `None` for a VGG
+    /// plan. Configs do not apply to residual networks yet.
+    fn residual(&self) -> Result<Option<Graph>> {
+        let Some(spec) = ResNetSpec::parse(&self.base.arch) else {
+            return Ok(None);
+        };
+        let spec = spec.map_err(|e| Error::BadInput(format!("--arch {e}")))?;
+        if self.config.is_some() {
+            return Err(Error::BadInput(format!(
+                "--config: compressed residual networks are not built yet; {} runs without a config",
+                self.base.arch
+            )));
+        }
+        cli::at_least_one("--num-classes", self.base.num_classes)?;
+        if self.base.input_size < 8 {
+            return Err(Error::BadInput(format!(
+                "--input-size {}: allowed 8 or more",
+                self.base.input_size
+            )));
+        }
+        let graph = spec
+            .build(self.base.num_classes, self.base.input_size)
+            .map_err(|e| Error::BadInput(format!("--arch {}: {e}", self.base.arch)))?;
+        Ok(Some(graph))
+    }
+
     /// The base arch and the arch after the config (the base itself without one).
     fn resolve(&self) -> Result<(Arch, Arch)> {
         let base = self.base.build()?;
@@ -241,6 +269,15 @@ fn run(cli: Cli) -> Result<i32> {
             args.check()?;
             cli::train::run_eval(&model.resolve()?.1, args)?
         }
+        Command::Metrics { model, json } if model.base.arch.starts_with("resnet") => {
+            let graph = model.residual()?.expect("a resnet name");
+            let c = rankprune::graph::cost::count(&graph);
+            if json {
+                println!("{}", serde_json::to_string(&c).expect("cost serializes"));
+            } else {
+                print!("{}", report::cost_table(&c));
+            }
+        }
         Command::Metrics { model, json } => {
             let (base, arch) = model.resolve()?;
             let c = cost::count(&arch);
@@ -256,11 +293,18 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Init { model, out, seed } => {
             let config = model.config.iter().map(|c| ("--config", c.as_path()));
             check_output(&out, "--out", &config.collect::<Vec<_>>())?;
-            let (_, arch) = model.resolve()?;
-            let w = Weights::init(&arch, seed);
+            let (w, c) = match model.residual()? {
+                Some(g) => (
+                    GraphNet::init_weights(&g, seed),
+                    rankprune::graph::cost::count(&g),
+                ),
+                None => {
+                    let (_, arch) = model.resolve()?;
+                    (Weights::init(&arch, seed), cost::count(&arch))
+                }
+            };
             w.save_safetensors(&out)
                 .map_err(|e| Error::Failure(e.to_string()))?;
-            let c = cost::count(&arch);
             println!(
                 "wrote {} ({} params, {:.2} MFLOPs)",
                 out.display(),
@@ -275,15 +319,33 @@ fn run(cli: Cli) -> Result<i32> {
             weights,
             device,
         } => {
-            let (_, arch) = model.resolve()?;
             let device = parse_device(&device)?;
             let file = weights.display().to_string();
             let w = Weights::load(&weights)?;
-            let vgg = Vgg::from_weights(&arch, w, &file, &device)?;
-            let [c, h, wd] = arch.input;
-            let x = burn::tensor::Tensor::<4>::zeros([1, c, h, wd], &device);
-            let y = vgg
-                .forward(x)
+            let (name, (tensors, y)) = match model.residual()? {
+                Some(g) => {
+                    let net = GraphNet::from_weights(&g, w, &file, &device)?;
+                    let x = burn::tensor::Tensor::<4>::zeros(
+                        [1, g.input[0], g.input[1], g.input[2]],
+                        &device,
+                    );
+                    (
+                        g.model.clone(),
+                        (net.to_weights().tensors.len(), net.forward(x)),
+                    )
+                }
+                None => {
+                    let (_, arch) = model.resolve()?;
+                    let vgg = Vgg::from_weights(&arch, w, &file, &device)?;
+                    let [c, h, wd] = arch.input;
+                    let x = burn::tensor::Tensor::<4>::zeros([1, c, h, wd], &device);
+                    (
+                        arch.model.clone(),
+                        (vgg.to_weights().tensors.len(), vgg.forward(x)),
+                    )
+                }
+            };
+            let y = y
                 .into_data()
                 .try_to_vec::<f32>()
                 .map_err(|e| Error::Failure(format!("{e:?}")))?;
@@ -293,9 +355,7 @@ fn run(cli: Cli) -> Result<i32> {
                 )));
             }
             println!(
-                "{file}: {} tensors fit {}; forward pass gives {} finite logits",
-                vgg.to_weights().tensors.len(),
-                arch.model,
+                "{file}: {tensors} tensors fit {name}; forward pass gives {} finite logits",
                 y.len()
             );
         }

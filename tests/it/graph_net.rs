@@ -117,3 +117,75 @@ fn channel_major_residual_training_matches_burns_layers() {
         }
     }
 }
+
+/// `metrics`, `init` and `check` take residual networks; the other commands refuse them
+/// with exit 2 and say so.
+#[test]
+fn residual_networks_through_the_cli() {
+    use super::common::rankprune;
+    let o = rankprune(&[
+        "metrics",
+        "--arch",
+        "resnet56",
+        "--num-classes",
+        "10",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        m["params"], 855_770,
+        "the count PyTorch gives (graph_counts.json)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("r.safetensors");
+    let w = w.to_str().unwrap();
+    let model = [
+        "--arch",
+        "resnet20@0.5",
+        "--num-classes",
+        "4",
+        "--input-size",
+        "16",
+    ];
+    let run = |cmd: &str, extra: &[&str]| {
+        let mut args = vec![cmd];
+        args.extend(model);
+        args.extend(extra);
+        rankprune(&args)
+    };
+    assert!(run("init", &["--out", w]).status.success());
+    let o = run("check", &["--weights", w]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success() && out.contains("4 finite logits"),
+        "{out}"
+    );
+    let o = rankprune(&[
+        "check",
+        "--arch",
+        "resnet20",
+        "--num-classes",
+        "4",
+        "--weights",
+        w,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = run(
+        "train",
+        &[
+            "--dataset",
+            "cifar100",
+            "--data",
+            "x",
+            "--out",
+            "y.safetensors",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("residual networks work with `metrics`"),
+        "{err}"
+    );
+}
