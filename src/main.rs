@@ -29,6 +29,12 @@ struct Cli {
     command: Command,
 }
 
+/// The graph and weights of an ONNX file; a file that cannot be imported is bad input
+/// (exit 2), named with the node and op at fault.
+fn import_onnx(path: &std::path::Path) -> Result<(Graph, Weights)> {
+    rankprune::deploy::onnx_import::import(path).map_err(|e| Error::BadInput(e.to_string()))
+}
+
 /// A base architecture, optionally compressed by a config.
 #[derive(Args)]
 struct ModelArgs {
@@ -40,9 +46,18 @@ struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// The graph of a residual network (`resnet20`, `resnet18@0.5`); `None` for a VGG
-    /// plan. Configs do not apply to residual networks yet.
+    /// The graph of a residual network (`resnet20`, `resnet18@0.5`) or of an ONNX file
+    /// (`--arch model.onnx`); `None` for a VGG plan. Configs do not apply to them yet.
     fn residual(&self) -> Result<Option<Graph>> {
+        if self.base.arch.ends_with(".onnx") {
+            if self.config.is_some() {
+                return Err(Error::BadInput(
+                    "--config: compressed imported networks are not built yet".into(),
+                ));
+            }
+            let (graph, _) = import_onnx(std::path::Path::new(&self.base.arch))?;
+            return Ok(Some(graph));
+        }
         let Some(spec) = ResNetSpec::parse(&self.base.arch) else {
             return Ok(None);
         };
@@ -269,7 +284,9 @@ fn run(cli: Cli) -> Result<i32> {
             args.check()?;
             cli::train::run_eval(&model.resolve()?.1, args)?
         }
-        Command::Metrics { model, json } if model.base.arch.starts_with("resnet") => {
+        Command::Metrics { model, json }
+            if model.base.arch.starts_with("resnet") || model.base.arch.ends_with(".onnx") =>
+        {
             let graph = model.residual()?.expect("a resnet name");
             let c = rankprune::graph::cost::count(&graph);
             if json {
@@ -321,7 +338,10 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let device = parse_device(&device)?;
             let file = weights.display().to_string();
-            let w = Weights::load(&weights)?;
+            let w = match weights.extension().and_then(|e| e.to_str()) {
+                Some("onnx") => import_onnx(&weights)?.1,
+                _ => Weights::load(&weights)?,
+            };
             let (name, (tensors, y)) = match model.residual()? {
                 Some(g) => {
                     let net = GraphNet::from_weights(&g, w, &file, &device)?;

@@ -188,4 +188,132 @@ fn residual_networks_through_the_cli() {
         err.contains("residual networks work with `metrics`"),
         "{err}"
     );
+    // An ONNX file as the architecture, and as the weights.
+    let onnx = repo_path("tests/fixtures/resnet18_w32_cifar.onnx");
+    let onnx = onnx.to_str().unwrap();
+    let o = rankprune(&["metrics", "--arch", onnx, "--json"]);
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ours = rankprune::graph::cost::count(&resnet("resnet18@0.03125", 5, 32));
+    assert_eq!(m["params"], ours.params);
+    let o = rankprune(&["check", "--arch", onnx, "--weights", onnx]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let junk = dir.path().join("junk.onnx");
+    std::fs::write(&junk, b"\xff\xff junk").unwrap();
+    let o = rankprune(&["metrics", "--arch", junk.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("junk.onnx: not an ONNX model"));
+}
+
+fn logits_of(json: &serde_json::Value, stem: &str) -> Vec<f32> {
+    json[stem]["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+        })
+        .collect()
+}
+
+/// The same models through `torch.onnx.export`: imported, they give PyTorch's logits,
+/// cost what our own resnet18 costs, and their weights carry PyTorch's keys.
+#[test]
+fn onnx_resnets_import_with_pytorchs_logits_and_names() {
+    use rankprune::deploy::onnx_import::import;
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_path("tests/fixtures/resnet_logits.json")).unwrap(),
+    )
+    .unwrap();
+    let device = Device::flex();
+    for stem in ["cifar", "imagenet"] {
+        let side = json[stem]["side"].as_u64().unwrap() as usize;
+        let path = repo_path(&format!("tests/fixtures/resnet18_w32_{stem}.onnx"));
+        let (graph, w) = import(&path).unwrap();
+        assert_eq!(graph.input, [3, side, side]);
+        let ours = resnet("resnet18@0.03125", 5, side);
+        let (a, b) = (
+            rankprune::graph::cost::count(&graph),
+            rankprune::graph::cost::count(&ours),
+        );
+        assert_eq!(
+            (a.params, a.macs, a.flops),
+            (b.params, b.macs, b.flops),
+            "{stem}"
+        );
+        // PyTorch's keys: the imported weights load into our own graph as they are.
+        GraphNet::from_weights(&ours, w.clone(), "onnx", &device).unwrap();
+        let model = GraphNet::from_weights(&graph, w, "onnx", &device).unwrap();
+        let n = 2 * 3 * side * side;
+        let x: Vec<f32> = (0..n).map(|i| (0.1 * i as f64).sin() as f32).collect();
+        let x = Tensor::<4>::from_data(TensorData::new(x, [2, 3, side, side]), &device);
+        let got = host(model.forward(x));
+        let want = logits_of(&json, stem);
+        for (p, q) in got.iter().zip(&want) {
+            assert!((p - q).abs() <= 1e-4, "{stem}: {got:?} vs {want:?}");
+        }
+    }
+}
+
+/// Unsupported ops and attributes, and shapes that do not fit, name the node and op.
+#[test]
+fn bad_onnx_graphs_name_the_node() {
+    use onnx_protobuf::{Message, ModelProto};
+    use rankprune::deploy::onnx_import::{from_model, import};
+    let path = repo_path("tests/fixtures/resnet18_w32_cifar.onnx");
+    let model = ModelProto::parse_from_bytes(&std::fs::read(&path).unwrap()).unwrap();
+    let conv = model
+        .graph
+        .node
+        .iter()
+        .position(|n| n.op_type == "Conv")
+        .unwrap();
+    let name = model.graph.node[conv].name.clone();
+    let err = |edit: &dyn Fn(&mut ModelProto)| {
+        let mut m = model.clone();
+        edit(&mut m);
+        from_model(&m, "t").unwrap_err()
+    };
+    let e = err(&|m| m.graph.mut_or_insert_default().node[conv].op_type = "Sigmoid".into());
+    assert!(
+        e.starts_with(&format!("node {name} (Sigmoid): unsupported op")),
+        "{e}"
+    );
+    let e = err(&|m| {
+        let node = &mut m.graph.mut_or_insert_default().node[conv];
+        let group = node
+            .attribute
+            .iter_mut()
+            .find(|a| a.name == "group")
+            .unwrap();
+        group.i = 2;
+    });
+    assert!(e.contains(&format!("node {name} (Conv): group > 1")), "{e}");
+    // The first conv's weight given one input channel too many.
+    let e = err(&|m| {
+        let w = m.graph.mut_or_insert_default().node[conv].input[1].clone();
+        let t = m
+            .graph
+            .mut_or_insert_default()
+            .initializer
+            .iter_mut()
+            .find(|t| t.name == w)
+            .unwrap();
+        let per_in = (t.dims[2] * t.dims[3]) as usize * 4;
+        t.dims[1] += 1;
+        let extra = t.dims[0] as usize * per_in;
+        t.raw_data.extend(vec![0u8; extra]);
+    });
+    assert!(
+        e.contains("(Conv): takes 4 input channels, receives 3"),
+        "{e}"
+    );
+    // Not an ONNX file at all: exit-2 material naming the file.
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.onnx");
+    std::fs::write(&junk, b"not protobuf at all \xff\xff").unwrap();
+    let e = import(&junk).unwrap_err().to_string();
+    assert!(e.contains("junk.onnx: not an ONNX model"), "{e}");
 }
