@@ -14,6 +14,7 @@ mod decomposition;
 mod fidelity;
 mod folder;
 mod graph_net;
+mod group_prune;
 mod layers;
 mod onnx_export;
 mod pruning;

@@ -1,0 +1,144 @@
+//! L2 filter pruning of a [`Graph`] by dependency group: the channels a residual add
+//! ties together are removed from every member conv, every BatchNorm on them and every
+//! layer that reads them, at once.
+//!
+//! A channel's importance is its group norm, the L2 norm of all the member filters that
+//! produce it (DepGraph, Fang et al., CVPR 2023, group-level L2 importance: the squared
+//! norms of the coupled parameters summed). A group is named by its first conv.
+
+use super::prune::{kept_indices, select};
+use crate::config::kept_filters;
+use crate::graph::groups::{Group, Reader, groups};
+use crate::graph::{Graph, NodeDef, Op};
+use crate::weights::{TensorF32, Weights};
+use std::collections::BTreeMap;
+
+/// Each channel's group norm: sqrt of the sum over members of its filter's squared norm.
+pub fn group_norms(graph: &Graph, weights: &Weights, group: &Group) -> Vec<f64> {
+    let mut sq: Vec<f64> = Vec::new();
+    for &m in &group.members {
+        let w = &weights.tensors[&format!("{}.weight", graph.nodes[m].name)];
+        let per = w.data.len() / w.shape[0];
+        sq.resize(w.shape[0], 0.0);
+        for (c, filter) in w.data.chunks_exact(per).enumerate() {
+            sq[c] += filter
+                .iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum::<f64>();
+        }
+    }
+    sq.into_iter().map(f64::sqrt).collect()
+}
+
+/// Keeps `idx` of the channels a Linear reads (`per_channel` consecutive features each).
+fn select_features(w: &TensorF32, per_channel: usize, idx: &[usize]) -> TensorF32 {
+    let cols: Vec<usize> = idx
+        .iter()
+        .flat_map(|&c| c * per_channel..(c + 1) * per_channel)
+        .collect();
+    select(w, 1, &cols)
+}
+
+/// `graph` and `weights` with each named group pruned by its ratio (the share of its
+/// channels removed; the lowest group norms go). A name that is a group member but not
+/// the group's first conv, or no conv at all, is an error naming the group to use.
+pub fn prune_groups(
+    graph: &Graph,
+    weights: &Weights,
+    ratios: &BTreeMap<String, f64>,
+) -> Result<(Graph, Weights), String> {
+    let gs = groups(graph);
+    for name in ratios.keys() {
+        if gs.iter().any(|g| &g.name == name) {
+            continue;
+        }
+        let owner = gs
+            .iter()
+            .find(|g| g.members.iter().any(|&m| graph.nodes[m].name == *name));
+        return Err(match owner {
+            Some(g) => format!(
+                "{name}: its channels are tied to group {:?} (a residual add joins them): give the ratio to {:?}",
+                g.name, g.name
+            ),
+            None => format!("{name}: no conv group of that name"),
+        });
+    }
+    let mut nodes: Vec<Op> = graph.nodes.iter().map(|n| n.op.clone()).collect();
+    let mut w = weights.clone();
+    for g in &gs {
+        let Some(&ratio) = ratios.get(&g.name) else {
+            continue;
+        };
+        if !(0.0..1.0).contains(&ratio) {
+            return Err(format!("{}: ratio {ratio}: allowed [0, 1)", g.name));
+        }
+        let norms = group_norms(graph, weights, g);
+        let keep = kept_indices(&norms, kept_filters(norms.len(), ratio));
+        apply(graph, g, &keep, &mut nodes, &mut w);
+    }
+    let defs = graph
+        .nodes
+        .iter()
+        .zip(nodes)
+        .map(|(n, op)| NodeDef {
+            name: n.name.clone(),
+            op,
+            inputs: n
+                .inputs
+                .iter()
+                .map(|&j| graph.nodes[j].name.clone())
+                .collect(),
+        })
+        .collect();
+    let pruned = Graph::new(&graph.model, graph.input, defs).map_err(|e| e.to_string())?;
+    Ok((pruned, w))
+}
+
+/// Keeps channels `keep` of group `g` in the ops and the weights.
+fn apply(graph: &Graph, g: &Group, keep: &[usize], ops: &mut [Op], w: &mut Weights) {
+    let n = keep.len();
+    let mut edit = |key: String, f: &dyn Fn(&TensorF32) -> TensorF32| {
+        let t = w
+            .tensors
+            .get_mut(&key)
+            .expect("weights matched to the graph");
+        *t = f(t);
+    };
+    for &m in &g.members {
+        let name = &graph.nodes[m].name;
+        if let Op::Conv(c) = &mut ops[m] {
+            c.out_channels = n;
+            if c.bias {
+                edit(format!("{name}.bias"), &|t| select(t, 0, keep));
+            }
+        }
+        edit(format!("{name}.weight"), &|t| select(t, 0, keep));
+    }
+    for &b in &g.bns {
+        ops[b] = Op::BatchNorm { channels: n };
+        for field in ["weight", "bias", "running_mean", "running_var"] {
+            edit(format!("{}.{field}", graph.nodes[b].name), &|t| {
+                select(t, 0, keep)
+            });
+        }
+    }
+    for r in &g.readers {
+        match *r {
+            Reader::Conv(i) => {
+                if let Op::Conv(c) = &mut ops[i] {
+                    c.in_channels = n;
+                }
+                edit(format!("{}.weight", graph.nodes[i].name), &|t| {
+                    select(t, 1, keep)
+                });
+            }
+            Reader::Linear { node, per_channel } => {
+                if let Op::Linear { in_features, .. } = &mut ops[node] {
+                    *in_features = n * per_channel;
+                }
+                let key = format!("{}.weight", graph.nodes[node].name);
+                edit(key, &|t| select_features(t, per_channel, keep));
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Pruning residual networks by dependency group: the channels a residual add ties are
+//! removed from every member, every BatchNorm on them and every reader, and only there.
+
+use burn::module::Module;
+use burn::tensor::{Device, Distribution, Tensor};
+use rankprune::compress::group_prune::{group_norms, prune_groups};
+use rankprune::compress::prune::{kept_indices, select};
+use rankprune::graph::Graph;
+use rankprune::graph::build::ResNetSpec;
+use rankprune::graph::groups::groups;
+use rankprune::model::GraphNet;
+use rankprune::weights::Weights;
+use std::collections::BTreeMap;
+
+fn resnet20() -> (Graph, Weights) {
+    let g = ResNetSpec::parse("resnet20@0.5")
+        .unwrap()
+        .unwrap()
+        .build(4, 16)
+        .unwrap();
+    let mut w = GraphNet::init_weights(&g, 7);
+    // BN statistics and biases away from identity, so every tensor matters.
+    for (k, t) in w.tensors.iter_mut() {
+        if k.ends_with("running_mean") || k.ends_with(".bias") {
+            for (i, v) in t.data.iter_mut().enumerate() {
+                *v = ((i as f32) * 0.37 + k.len() as f32).sin() * 0.2;
+            }
+        }
+    }
+    (g, w)
+}
+
+fn logits(g: &Graph, w: &Weights, x: &Tensor<4>) -> Vec<f32> {
+    let m = GraphNet::from_weights(g, w.clone(), "mem", &Device::flex()).unwrap();
+    m.forward(x.clone())
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn ratios_of_zero_are_the_identity() {
+    let (g, w) = resnet20();
+    let all: BTreeMap<String, f64> = groups(&g).into_iter().map(|x| (x.name, 0.0)).collect();
+    let (g2, w2) = prune_groups(&g, &w, &all).unwrap();
+    assert_eq!((&g2, &w2), (&g, &w));
+    let x = Tensor::<4>::random(
+        [2, 3, 16, 16],
+        Distribution::Normal(0.0, 1.0),
+        &Device::flex(),
+    );
+    assert_eq!(logits(&g, &w, &x), logits(&g2, &w2, &x));
+}
+
+#[test]
+fn a_residual_stream_loses_the_same_channels_everywhere_and_only_there() {
+    let (g, w) = resnet20();
+    let stream = groups(&g).into_iter().find(|x| x.name == "conv1").unwrap();
+    // The group norm by its definition, for one channel.
+    let norms = group_norms(&g, &w, &stream);
+    let by_hand: f64 = [
+        "conv1",
+        "layer1.0.conv2",
+        "layer1.1.conv2",
+        "layer1.2.conv2",
+    ]
+    .iter()
+    .map(|m| {
+        let t = &w.tensors[&format!("{m}.weight")];
+        let per = t.data.len() / t.shape[0];
+        t.data[3 * per..4 * per]
+            .iter()
+            .map(|&v| f64::from(v).powi(2))
+            .sum::<f64>()
+    })
+    .sum::<f64>()
+    .sqrt();
+    assert!((norms[3] - by_hand).abs() < 1e-9);
+    let keep = kept_indices(&norms, 4);
+    let ratios = BTreeMap::from([("conv1".to_string(), 0.5)]);
+    let (g2, w2) = prune_groups(&g, &w, &ratios).unwrap();
+    for (key, t) in &w2.tensors {
+        let old = &w.tensors[key];
+        let layer = key.rsplit_once('.').unwrap().0;
+        let member = [
+            "conv1",
+            "layer1.0.conv2",
+            "layer1.1.conv2",
+            "layer1.2.conv2",
+        ];
+        let bn = ["bn1", "layer1.0.bn2", "layer1.1.bn2", "layer1.2.bn2"];
+        let reader = [
+            "layer1.0.conv1",
+            "layer1.1.conv1",
+            "layer1.2.conv1",
+            "layer2.0.conv1",
+            "layer2.0.downsample.0",
+        ];
+        let want = if member.contains(&layer) || bn.contains(&layer) {
+            select(old, 0, &keep)
+        } else if reader.contains(&layer) {
+            select(old, 1, &keep)
+        } else {
+            old.clone()
+        };
+        assert_eq!(t, &want, "{key}");
+    }
+    // The pruned model runs, and its parameters are what the counter counts.
+    let m = GraphNet::from_weights(&g2, w2, "mem", &Device::flex()).unwrap();
+    let running: usize = m
+        .bns
+        .iter()
+        .map(|b| 2 * b.running_mean.value().dims()[0])
+        .sum();
+    let counted = rankprune::graph::cost::count(&g2).params;
+    assert_eq!((m.num_params() - running) as u64, counted);
+    assert!(counted < rankprune::graph::cost::count(&g).params);
+    let y = m.forward(Tensor::zeros([1, 3, 16, 16], &Device::flex()));
+    assert_eq!(y.dims(), [1, 4]);
+}
+
+#[test]
+fn the_last_stream_shrinks_the_classifier_and_members_are_refused() {
+    let (g, w) = resnet20();
+    let ratios = BTreeMap::from([("layer3.0.conv2".to_string(), 0.25)]);
+    let (g2, _) = prune_groups(&g, &w, &ratios).unwrap();
+    let fc = &g2.nodes[g2.find("fc").unwrap()].op;
+    assert_eq!(
+        fc,
+        &rankprune::graph::Op::Linear {
+            in_features: 24,
+            out_features: 4
+        }
+    );
+    let member = BTreeMap::from([("layer2.1.conv2".to_string(), 0.5)]);
+    let e = prune_groups(&g, &w, &member).unwrap_err();
+    assert!(
+        e.contains("layer2.1.conv2: its channels are tied to group \"layer2.0.conv2\""),
+        "{e}"
+    );
+    let e = prune_groups(&g, &w, &BTreeMap::from([("fc".to_string(), 0.5)])).unwrap_err();
+    assert!(e.contains("fc: no conv group"), "{e}");
+    let e = prune_groups(&g, &w, &BTreeMap::from([("conv1".to_string(), 1.0)])).unwrap_err();
+    assert!(e.contains("ratio 1: allowed [0, 1)"), "{e}");
+}
