@@ -144,3 +144,63 @@ fn the_last_stream_shrinks_the_classifier_and_members_are_refused() {
     let e = prune_groups(&g, &w, &BTreeMap::from([("conv1".to_string(), 1.0)])).unwrap_err();
     assert!(e.contains("ratio 1: allowed [0, 1)"), "{e}");
 }
+
+/// Tucker-2 on a residual network: at full ranks the logits stay; at lower ranks the
+/// chain's last 1x1 joins its residual group, and group pruning then trims it too.
+#[test]
+fn decomposed_convs_keep_their_place_in_the_residual_groups() {
+    use rankprune::compress::graph_tucker::decompose_graph;
+    let (g, w) = resnet20();
+    let x = Tensor::<4>::random(
+        [2, 3, 16, 16],
+        Distribution::Normal(0.0, 1.0),
+        &Device::flex(),
+    );
+    let full = BTreeMap::from([("layer1.0.conv2".to_string(), [8, 8])]);
+    let (gf, wf) = decompose_graph(&g, &w, &full).unwrap();
+    for (a, b) in logits(&g, &w, &x).iter().zip(logits(&gf, &wf, &x)) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    let ranks = BTreeMap::from([
+        ("layer1.0.conv2".to_string(), [3, 4]),
+        ("layer2.0.downsample.0".to_string(), [2, 5]),
+        ("layer3.2.conv1".to_string(), [6, 7]),
+    ]);
+    let (gd, wd) = decompose_graph(&g, &w, &ranks).unwrap();
+    let stream = groups(&gd).into_iter().find(|x| x.name == "conv1").unwrap();
+    let members: Vec<&str> = stream
+        .members
+        .iter()
+        .map(|&m| gd.nodes[m].name.as_str())
+        .collect();
+    assert!(members.contains(&"layer1.0.conv2_tucker_2"), "{members:?}");
+    let (gp, wp) = prune_groups(&gd, &wd, &BTreeMap::from([("conv1".to_string(), 0.5)])).unwrap();
+    assert_eq!(
+        wp.tensors["layer1.0.conv2_tucker_2.weight"].shape,
+        [4, 4, 1, 1]
+    );
+    assert_eq!(
+        wp.tensors["layer1.0.conv2_tucker_1.weight"].shape,
+        [4, 3, 3, 3]
+    );
+    let m = GraphNet::from_weights(&gp, wp, "mem", &Device::flex()).unwrap();
+    let running: usize = m
+        .bns
+        .iter()
+        .map(|b| 2 * b.running_mean.value().dims()[0])
+        .sum();
+    assert_eq!(
+        (m.num_params() - running) as u64,
+        rankprune::graph::cost::count(&gp).params
+    );
+    assert_eq!(m.forward(x).dims(), [2, 4]);
+    for (bad, want) in [
+        ("conv9", "conv9: no such layer"),
+        ("bn1", "bn1: not a conv"),
+        ("layer1.0.conv1", "ranks [9, 1]: allowed [1..=8, 1..=8]"),
+    ] {
+        let r = BTreeMap::from([(bad.to_string(), [9, 1])]);
+        let e = decompose_graph(&g, &w, &r).unwrap_err();
+        assert!(e.contains(want), "{e}");
+    }
+}

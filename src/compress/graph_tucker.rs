@@ -1,0 +1,109 @@
+//! Tucker-2 decomposition of a [`Graph`]'s convs: each named conv becomes the chain
+//! `NAME_tucker_0` (1x1, in -> r_in), `NAME_tucker_1` (the kernel, stride and padding,
+//! r_in -> r_out) and `NAME_tucker_2` (1x1, r_out -> out, with the bias), factored as
+//! [`super::tucker`] factors a VGG conv. The last 1x1 produces the original channels,
+//! so it takes the conv's place in its dependency group; the ranks are the chain's own.
+
+use super::tucker::{HOOI_MAX_ITERS, tucker2};
+use crate::graph::{Conv, Graph, NodeDef, Op};
+use crate::weights::{TensorF32, Weights};
+use std::collections::BTreeMap;
+
+fn conv(
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    bias: bool,
+) -> Op {
+    Op::Conv(Conv {
+        in_channels,
+        out_channels,
+        kernel,
+        stride,
+        padding,
+        bias,
+    })
+}
+
+/// `graph` and `weights` with each conv in `ranks` (`name -> [r_in, r_out]`)
+/// decomposed. An unknown name, a node that is not a conv and ranks out of range are
+/// errors naming the layer.
+pub fn decompose_graph(
+    graph: &Graph,
+    weights: &Weights,
+    ranks: &BTreeMap<String, [usize; 2]>,
+) -> Result<(Graph, Weights), String> {
+    for (name, &[r_in, r_out]) in ranks {
+        let Some(i) = graph.find(name) else {
+            return Err(format!("{name}: no such layer"));
+        };
+        let Op::Conv(c) = &graph.nodes[i].op else {
+            return Err(format!("{name}: not a conv"));
+        };
+        if !(1..=c.in_channels).contains(&r_in) || !(1..=c.out_channels).contains(&r_out) {
+            return Err(format!(
+                "{name}: ranks [{r_in}, {r_out}]: allowed [1..={}, 1..={}]",
+                c.in_channels, c.out_channels
+            ));
+        }
+    }
+    // What reads node j from now on: the chain's last conv where j was decomposed.
+    let output_of = |j: usize| -> String {
+        let n = &graph.nodes[j].name;
+        if ranks.contains_key(n) {
+            format!("{n}_tucker_2")
+        } else {
+            n.clone()
+        }
+    };
+    let mut defs = Vec::new();
+    let mut w = Weights::default();
+    for node in &graph.nodes {
+        let n = &node.name;
+        let inputs: Vec<String> = node.inputs.iter().map(|&j| output_of(j)).collect();
+        let (Op::Conv(c), Some(&[r_in, r_out])) = (&node.op, ranks.get(n)) else {
+            for (key, t) in &weights.tensors {
+                if key.rsplit_once('.').is_some_and(|(layer, _)| layer == n) {
+                    w.tensors.insert(key.clone(), t.clone());
+                }
+            }
+            defs.push(NodeDef {
+                name: n.clone(),
+                op: node.op.clone(),
+                inputs,
+            });
+            continue;
+        };
+        let kernel = &weights.tensors[&format!("{n}.weight")];
+        let shape = [c.out_channels, c.in_channels, c.kernel, c.kernel];
+        let factors = tucker2(&kernel.data, shape, r_in, r_out, HOOI_MAX_ITERS).conv_weights();
+        let ops = [
+            conv(c.in_channels, r_in, 1, 1, 0, false),
+            conv(r_in, r_out, c.kernel, c.stride, c.padding, false),
+            conv(r_out, c.out_channels, 1, 1, 0, c.bias),
+        ];
+        for (k, (op, (shape, data))) in ops.into_iter().zip(factors).enumerate() {
+            let name = format!("{n}_tucker_{k}");
+            w.tensors
+                .insert(format!("{name}.weight"), TensorF32::new(shape, data));
+            let from = if k == 0 {
+                inputs.clone()
+            } else {
+                vec![format!("{n}_tucker_{}", k - 1)]
+            };
+            defs.push(NodeDef {
+                name: name.clone(),
+                op,
+                inputs: from,
+            });
+        }
+        if c.bias {
+            let b = weights.tensors[&format!("{n}.bias")].clone();
+            w.tensors.insert(format!("{n}_tucker_2.bias"), b);
+        }
+    }
+    let out = Graph::new(&graph.model, graph.input, defs).map_err(|e| e.to_string())?;
+    Ok((out, w))
+}
