@@ -7,6 +7,7 @@
 //! `onnx.proto` (operator definitions: <https://onnx.ai/onnx/operators/>).
 
 use crate::arch::{Arch, Unit};
+use crate::graph::{Graph, Op, Window};
 use crate::weights::Weights;
 use onnx_protobuf::attribute_proto::AttributeType;
 use onnx_protobuf::tensor_proto::DataType;
@@ -39,17 +40,24 @@ pub fn to_bytes(arch: &Arch, weights: &Weights) -> Vec<u8> {
 
 /// The ONNX model of `arch` with `weights` (already matched to it).
 pub fn model(arch: &Arch, weights: &Weights) -> ModelProto {
+    let mut m = model_shell(&arch.model, arch.input, arch.num_classes(), weights);
+    m.graph.mut_or_insert_default().node = nodes(arch);
+    m
+}
+
+/// A model with its input, output and initializers, and no nodes yet.
+fn model_shell(name: &str, input: [usize; 3], classes: usize, weights: &Weights) -> ModelProto {
     let mut graph = GraphProto {
-        name: arch.model.clone(),
+        name: name.to_string(),
         ..Default::default()
     };
-    let [c, h, w] = arch.input;
+    let [c, h, w] = input;
     graph
         .input
         .push(value_info(INPUT, &[None, Some(c), Some(h), Some(w)]));
     graph
         .output
-        .push(value_info(OUTPUT, &[None, Some(arch.num_classes())]));
+        .push(value_info(OUTPUT, &[None, Some(classes)]));
     graph.initializer = weights
         .tensors
         .iter()
@@ -61,7 +69,6 @@ pub fn model(arch: &Arch, weights: &Weights) -> ModelProto {
             ..Default::default()
         })
         .collect();
-    graph.node = nodes(arch);
     ModelProto {
         ir_version: IR_VERSION,
         opset_import: vec![OperatorSetIdProto {
@@ -133,6 +140,91 @@ fn nodes(arch: &Arch) -> Vec<NodeProto> {
         }
     }
     out
+}
+
+/// The ONNX model of a [`Graph`] with `weights` (matched to it): one ONNX node per
+/// graph node (BatchNorms kept), each output named after its node, the last one
+/// [`OUTPUT`]; weights are initializers under their PyTorch keys.
+pub fn graph_model(g: &Graph, weights: &Weights) -> ModelProto {
+    let mut m = model_shell(
+        &g.model,
+        g.input,
+        g.nodes.last().map_or(0, |n| match n.op {
+            Op::Linear { out_features, .. } => out_features,
+            _ => 0,
+        }),
+        weights,
+    );
+    let last = g.nodes.len().saturating_sub(1);
+    let out = |i: usize| {
+        if i == last {
+            OUTPUT.to_string()
+        } else {
+            g.nodes[i].name.clone()
+        }
+    };
+    let window = |w: &Window| {
+        let (k, s, p) = (w.kernel as i64, w.stride as i64, w.padding as i64);
+        vec![
+            ints("kernel_shape", &[k, k]),
+            ints("strides", &[s, s]),
+            ints("pads", &[p, p, p, p]),
+        ]
+    };
+    let nodes = g.nodes.iter().enumerate().map(|(i, node)| {
+        let n = &node.name;
+        let mut inputs: Vec<String> = if node.inputs.is_empty() {
+            vec![INPUT.to_string()]
+        } else {
+            node.inputs.iter().map(|&j| out(j)).collect()
+        };
+        let (op, attrs) = match &node.op {
+            Op::Conv(c) => {
+                inputs.push(format!("{n}.weight"));
+                if c.bias {
+                    inputs.push(format!("{n}.bias"));
+                }
+                let w = Window {
+                    kernel: c.kernel,
+                    stride: c.stride,
+                    padding: c.padding,
+                };
+                ("Conv", window(&w))
+            }
+            Op::BatchNorm { .. } => {
+                for f in ["weight", "bias", "running_mean", "running_var"] {
+                    inputs.push(format!("{n}.{f}"));
+                }
+                let eps = float("epsilon", super::fold::BN_EPSILON as f32);
+                ("BatchNormalization", vec![eps])
+            }
+            Op::Relu => ("Relu", vec![]),
+            Op::MaxPool(w) => ("MaxPool", window(w)),
+            Op::AvgPool(w) => {
+                let mut a = window(w);
+                a.push(int("count_include_pad", 1));
+                ("AveragePool", a)
+            }
+            Op::GlobalAvgPool => ("GlobalAveragePool", vec![]),
+            Op::Add => ("Add", vec![]),
+            Op::Flatten => ("Flatten", vec![int("axis", 1)]),
+            Op::Linear { .. } => {
+                inputs.push(format!("{n}.weight"));
+                inputs.push(format!("{n}.bias"));
+                ("Gemm", vec![int("transB", 1)])
+            }
+        };
+        NodeProto {
+            name: n.clone(),
+            op_type: op.into(),
+            input: inputs,
+            output: vec![out(i)],
+            attribute: attrs,
+            ..Default::default()
+        }
+    });
+    m.graph.mut_or_insert_default().node = nodes.collect();
+    m
 }
 
 /// A float32 tensor value named `name` of `dims` (`None`: the dynamic batch).

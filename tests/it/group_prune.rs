@@ -204,3 +204,55 @@ fn decomposed_convs_keep_their_place_in_the_residual_groups() {
         assert!(e.contains(want), "{e}");
     }
 }
+
+/// A decomposed and group-pruned residual network exported as ONNX: onnxruntime gives
+/// its logits (within 1e-4), and the importer reads the file back to the same model.
+#[test]
+fn compressed_residual_networks_export_to_onnx() {
+    use super::onnx_export::{python, write_f32};
+    use onnx_protobuf::Message;
+    use rankprune::compress::graph_tucker::decompose_graph;
+    use rankprune::deploy::onnx::graph_model;
+    use rankprune::deploy::onnx_import::import;
+    let (g, w) = resnet20();
+    let ranks = BTreeMap::from([("layer2.1.conv2".to_string(), [5, 6])]);
+    let (g, w) = decompose_graph(&g, &w, &ranks).unwrap();
+    let ratios = BTreeMap::from([
+        ("conv1".to_string(), 0.25),
+        ("layer2.0.conv2".to_string(), 0.5),
+        ("layer3.1.conv1".to_string(), 0.5),
+    ]);
+    let (g, w) = prune_groups(&g, &w, &ratios).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.onnx");
+    std::fs::write(&file, graph_model(&g, &w).write_to_bytes().unwrap()).unwrap();
+    let x = Tensor::<4>::random(
+        [3, 3, 16, 16],
+        Distribution::Normal(0.0, 1.0),
+        &Device::flex(),
+    );
+    let ours = logits(&g, &w, &x);
+    let (g2, w2) = import(&file).unwrap();
+    for (a, b) in ours.iter().zip(logits(&g2, &w2, &x)) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    let Some(py) = python() else { return };
+    let images: Vec<f32> = x.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let (img, lg) = (dir.path().join("x.f32"), dir.path().join("y.f32"));
+    write_f32(&img, &images);
+    write_f32(&lg, &ours);
+    let o = std::process::Command::new(py)
+        .arg(super::common::repo_path("tests/fixtures/onnx_check.py"))
+        .arg(&img)
+        .args(["3", "3", "16", "16"])
+        .arg(&file)
+        .arg(&lg)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && report.contains(": ok"),
+        "{report}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

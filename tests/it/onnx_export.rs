@@ -23,7 +23,7 @@ const FD_PRUNED: &str = r#"{"decomposition": {"method": "tucker2",
 /// Python with onnxruntime, onnx and numpy: a venv under target/, made on first use.
 /// `None` (and a printed line) when the machine has no python3; a panic when it has one
 /// but the venv cannot be made (CI must run this test).
-fn python() -> Option<PathBuf> {
+pub(crate) fn python() -> Option<PathBuf> {
     if Command::new("python3").arg("--version").output().is_err() {
         println!("skipping the onnxruntime check: no python3 on this machine");
         return None;
@@ -83,7 +83,7 @@ fn weights(arch: &Arch) -> Weights {
     w
 }
 
-fn write_f32(path: &Path, values: &[f32]) {
+pub(crate) fn write_f32(path: &Path, values: &[f32]) {
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(path, bytes).unwrap();
 }
