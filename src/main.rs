@@ -10,7 +10,6 @@ use rankprune::config::LayerConfig;
 use rankprune::cost;
 use rankprune::device::parse_device;
 use rankprune::graph::Graph;
-use rankprune::graph::build::ResNetSpec;
 use rankprune::model::{GraphNet, Vgg};
 use rankprune::outpath::check_output;
 use rankprune::report;
@@ -29,12 +28,6 @@ struct Cli {
     command: Command,
 }
 
-/// The graph and weights of an ONNX file; a file that cannot be imported is bad input
-/// (exit 2), named with the node and op at fault.
-fn import_onnx(path: &std::path::Path) -> Result<(Graph, Weights)> {
-    rankprune::deploy::onnx_import::import(path).map_err(|e| Error::BadInput(e.to_string()))
-}
-
 /// A base architecture, optionally compressed by a config.
 #[derive(Args)]
 struct ModelArgs {
@@ -47,38 +40,21 @@ struct ModelArgs {
 
 impl ModelArgs {
     /// The graph of a residual network (`resnet20`, `resnet18@0.5`) or of an ONNX file
-    /// (`--arch model.onnx`); `None` for a VGG plan. Configs do not apply to them yet.
+    /// (`--arch model.onnx`), after the config if there is one; `None` for a VGG plan.
     fn residual(&self) -> Result<Option<Graph>> {
-        if self.base.arch.ends_with(".onnx") {
-            if self.config.is_some() {
-                return Err(Error::BadInput(
-                    "--config: compressed imported networks are not built yet".into(),
-                ));
-            }
-            let (graph, _) = import_onnx(std::path::Path::new(&self.base.arch))?;
-            return Ok(Some(graph));
-        }
-        let Some(spec) = ResNetSpec::parse(&self.base.arch) else {
+        let Some(graph) = self.base.graph()? else {
             return Ok(None);
         };
-        let spec = spec.map_err(|e| Error::BadInput(format!("--arch {e}")))?;
-        if self.config.is_some() {
-            return Err(Error::BadInput(format!(
-                "--config: compressed residual networks are not built yet; {} runs without a config",
-                self.base.arch
-            )));
-        }
-        cli::at_least_one("--num-classes", self.base.num_classes)?;
-        if self.base.input_size < 8 {
-            return Err(Error::BadInput(format!(
-                "--input-size {}: allowed 8 or more",
-                self.base.input_size
-            )));
-        }
-        let graph = spec
-            .build(self.base.num_classes, self.base.input_size)
-            .map_err(|e| Error::BadInput(format!("--arch {}: {e}", self.base.arch)))?;
-        Ok(Some(graph))
+        let Some(path) = &self.config else {
+            return Ok(Some(graph));
+        };
+        // The config's structure: applied to fresh weights (the counts do not depend
+        // on the values).
+        let w = GraphNet::init_weights(&graph, 0);
+        let config = LayerConfig::load(path)?;
+        let (g, _) = rankprune::compress::graph_config::apply_config(&graph, &w, &config)
+            .map_err(|e| Error::BadInput(format!("{}: {e}", path.display())))?;
+        Ok(Some(g))
     }
 
     /// The base arch and the arch after the config (the base itself without one).
@@ -293,6 +269,10 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("{}", serde_json::to_string(&c).expect("cost serializes"));
             } else {
                 print!("{}", report::cost_table(&c));
+                if let (Some(base), Some(_)) = (model.base.graph()?, &model.config) {
+                    let base = rankprune::graph::cost::count(&base);
+                    println!("{}", report::reduction_line(&base, &c));
+                }
             }
         }
         Command::Metrics { model, json } => {
@@ -339,7 +319,7 @@ fn run(cli: Cli) -> Result<i32> {
             let device = parse_device(&device)?;
             let file = weights.display().to_string();
             let w = match weights.extension().and_then(|e| e.to_str()) {
-                Some("onnx") => import_onnx(&weights)?.1,
+                Some("onnx") => cli::import_onnx(&weights)?.1,
                 _ => Weights::load(&weights)?,
             };
             let (name, (tensors, y)) = match model.residual()? {

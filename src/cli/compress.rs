@@ -372,6 +372,15 @@ pub fn run_compress(base: &BaseArgs, args: CompressArgs) -> Result<()> {
         inputs.extend(files.into_iter().map(|f| ("--data".to_string(), f)));
     }
     check_output(&out, "--out", &inputs)?;
+    if let Some(graph) = base.graph()? {
+        if repair > 0 {
+            return Err(Error::BadInput(
+                "--repair: residual and imported networks are compressed without repair so far"
+                    .into(),
+            ));
+        }
+        return compress_graph(&graph, &weights, &config, &out, json);
+    }
     let base = base.build()?;
     let file = config.display().to_string();
     let layer_config = LayerConfig::load(&config)?;
@@ -424,6 +433,43 @@ pub fn run_compress(base: &BaseArgs, args: CompressArgs) -> Result<()> {
             out.display(),
             file_bytes as f64 / 1e6
         );
+    }
+    Ok(())
+}
+
+/// `compress` for a residual or imported network: the config's ranks, then its ratios
+/// by group; writes safetensors, or ONNX when `out` ends with `.onnx`.
+fn compress_graph(
+    graph: &rankprune::graph::Graph,
+    weights: &Path,
+    config: &Path,
+    out: &Path,
+    json: bool,
+) -> Result<()> {
+    let w = super::graph_weights(graph, weights)?;
+    let layer_config = LayerConfig::load(config)?;
+    let (g, w) = rankprune::compress::graph_config::apply_config(graph, &w, &layer_config)
+        .map_err(|e| Error::BadInput(format!("{}: {e}", config.display())))?;
+    if out.extension().is_some_and(|e| e == "onnx") {
+        use onnx_protobuf::Message;
+        let bytes = rankprune::deploy::onnx::graph_model(&g, &w)
+            .write_to_bytes()
+            .map_err(|e| Error::Failure(e.to_string()))?;
+        rankprune::outpath::write_output(out, &bytes)?;
+    } else {
+        w.save_safetensors(out)?;
+    }
+    let (before, after) = (
+        rankprune::graph::cost::count(graph),
+        rankprune::graph::cost::count(&g),
+    );
+    if json {
+        let v = serde_json::json!({"out": out, "before": {"params": before.params, "flops": before.flops},
+            "after": {"params": after.params, "flops": after.flops}});
+        println!("{v}");
+    } else {
+        println!("{}", report::reduction_line(&before, &after));
+        println!("wrote {}", out.display());
     }
     Ok(())
 }

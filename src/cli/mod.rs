@@ -11,7 +11,28 @@ pub mod train;
 
 use clap::Args;
 use rankprune::arch::{Arch, ArchSpec};
+use rankprune::graph::Graph;
+use rankprune::graph::build::ResNetSpec;
+use rankprune::weights::Weights;
 use rankprune::{Error, Result};
+use std::path::Path;
+
+/// The graph and weights of an ONNX file; a file that cannot be imported is bad input
+/// (exit 2), named with the node and op at fault.
+pub fn import_onnx(path: &Path) -> Result<(Graph, Weights)> {
+    rankprune::deploy::onnx_import::import(path).map_err(|e| Error::BadInput(e.to_string()))
+}
+
+/// Weights for a graph: an ONNX file's initializers or a weights file, checked against
+/// the graph (`--weights` names the flag in errors).
+pub fn graph_weights(graph: &Graph, path: &Path) -> Result<Weights> {
+    let w = match path.extension().and_then(|e| e.to_str()) {
+        Some("onnx") => import_onnx(path)?.1,
+        _ => Weights::load(path)?,
+    };
+    let expected = rankprune::model::graph_weight_shapes(graph);
+    Ok(w.matched_to_shapes(expected, &path.display().to_string())?)
+}
 
 /// The base (uncompressed) architecture a command works on.
 #[derive(Args)]
@@ -30,6 +51,29 @@ pub struct BaseArgs {
 }
 
 impl BaseArgs {
+    /// The graph of a residual network (`resnet20`, `resnet18@0.5`) or of an ONNX file
+    /// (`--arch model.onnx`); `None` for a VGG plan.
+    pub fn graph(&self) -> Result<Option<Graph>> {
+        if self.arch.ends_with(".onnx") {
+            return Ok(Some(import_onnx(Path::new(&self.arch))?.0));
+        }
+        let Some(spec) = ResNetSpec::parse(&self.arch) else {
+            return Ok(None);
+        };
+        let spec = spec.map_err(|e| Error::BadInput(format!("--arch {e}")))?;
+        at_least_one("--num-classes", self.num_classes)?;
+        if self.input_size < 8 {
+            return Err(Error::BadInput(format!(
+                "--input-size {}: allowed 8 or more",
+                self.input_size
+            )));
+        }
+        let graph = spec
+            .build(self.num_classes, self.input_size)
+            .map_err(|e| Error::BadInput(format!("--arch {}: {e}", self.arch)))?;
+        Ok(Some(graph))
+    }
+
     pub fn build(&self) -> Result<Arch> {
         if self.num_classes == 0 {
             return Err(Error::BadInput("--num-classes must be at least 1".into()));

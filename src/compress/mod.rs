@@ -7,6 +7,7 @@
 //! - [`slamp`]: SLAMP per-layer pruning ratios for a global target.
 
 pub mod decompose;
+pub mod graph_config;
 pub mod graph_tucker;
 pub mod group_prune;
 pub mod prune;

@@ -197,6 +197,55 @@ fn residual_networks_through_the_cli() {
     assert_eq!(m["params"], ours.params);
     let o = rankprune(&["check", "--arch", onnx, "--weights", onnx]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Compressed by a config (ranks, then ratios by group) into ONNX, and checked.
+    let config = dir.path().join("c.json");
+    std::fs::write(
+        &config,
+        r#"{"decomposition": {"method": "tucker2", "ranks": {"layer2.0.conv2": [3, 3]}},
+            "pruning": {"method": "l2_norm", "ratios": {"conv1": 0.5, "layer2.0.conv2_tucker_2": 0.25}}}"#,
+    )
+    .unwrap();
+    let small = dir.path().join("small.onnx");
+    let (config, small) = (config.to_str().unwrap(), small.to_str().unwrap());
+    let o = rankprune(&[
+        "compress",
+        "--arch",
+        onnx,
+        "--weights",
+        onnx,
+        "--config",
+        config,
+        "--out",
+        small,
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = rankprune(&["metrics", "--arch", onnx, "--config", config, "--json"]);
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["after"]["params"], m["params"]);
+    assert!(m["params"].as_u64().unwrap() < ours.params);
+    let o = rankprune(&["check", "--arch", small, "--weights", small]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(
+        dir.path().join("bad.json"),
+        r#"{"pruning": {"method": "l2_norm", "ratios": {"layer1.1.conv2": 0.5}}}"#,
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.json");
+    let o = rankprune(&[
+        "compress",
+        "--arch",
+        onnx,
+        "--weights",
+        onnx,
+        "--config",
+        bad.to_str().unwrap(),
+        "--out",
+        small,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("give the ratio to \"conv1\""));
     let junk = dir.path().join("junk.onnx");
     std::fs::write(&junk, b"\xff\xff junk").unwrap();
     let o = rankprune(&["metrics", "--arch", junk.to_str().unwrap()]);
