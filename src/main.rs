@@ -372,7 +372,10 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::ExportModel { model, args } => {
             args.check(model.config.as_deref())?;
-            cli::deploy::run_export_model(&model.resolve()?.1, args)?
+            match model.residual()? {
+                Some(graph) => cli::deploy::run_export_graph(&graph, args)?,
+                None => cli::deploy::run_export_model(&model.resolve()?.1, args)?,
+            }
         }
     }
     Ok(0)

@@ -223,6 +223,9 @@ pub fn run_recommend_decomposition(base: &BaseArgs, args: DecompositionArgs) -> 
     if let Some(out) = &out {
         check_output(out, "--out", &[("--weights", weights.as_path())])?;
     }
+    if let Some(graph) = base.graph()? {
+        return recommend_graph_decomposition(&graph, &weights, calibration, out.as_deref(), json);
+    }
     let arch = base.build()?;
     let w = Weights::load_for(&weights, &arch)?;
     let bar = layer_bar(
@@ -259,6 +262,50 @@ pub fn run_recommend_decomposition(base: &BaseArgs, args: DecompositionArgs) -> 
             recs.len()
         );
         if let Some(path) = &out {
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// `recommend decomposition` for a residual or imported network.
+fn recommend_graph_decomposition(
+    graph: &rankprune::graph::Graph,
+    weights: &Path,
+    calibration: f64,
+    out: Option<&Path>,
+    json: bool,
+) -> Result<()> {
+    let w = super::graph_weights(graph, weights)?;
+    let recs =
+        rankprune::compress::decompose::recommend_graph_ranks(graph, &w, calibration, |_| {})?;
+    let mut config = LayerConfig {
+        model: Some(graph.model.clone()),
+        num_classes: None,
+        input: Some(graph.input),
+        decomposition: None,
+        pruning: None,
+        metrics: None,
+        provenance: None,
+    };
+    config.set_ranks(recs.iter().map(|r| (r.layer.clone(), r.chosen)).collect());
+    let (g, _) = rankprune::compress::graph_config::apply_config(graph, &w, &config)
+        .map_err(Error::Failure)?;
+    let (before, after) = (
+        rankprune::graph::cost::count(graph),
+        rankprune::graph::cost::count(&g),
+    );
+    if let Some(path) = out {
+        save_config(&config, path)?;
+    }
+    if json {
+        let v = serde_json::json!({"layers": recs, "calibration": calibration,
+            "before": cost_json(&before), "after": cost_json(&after), "config": config});
+        println!("{v}");
+    } else {
+        print!("{}", report::rank_table(&recs, &before, &after));
+        println!("{}", report::reduction_line(&before, &after));
+        if let Some(path) = out {
             println!("wrote {}", path.display());
         }
     }

@@ -83,6 +83,27 @@ pub fn run_export_model(arch: &Arch, args: ExportModelArgs) -> Result<()> {
     Ok(())
 }
 
+/// `export-model` for a residual or imported network (BatchNorms kept: folding covers
+/// VGG plans so far).
+pub fn run_export_graph(graph: &rankprune::graph::Graph, args: ExportModelArgs) -> Result<()> {
+    use onnx_protobuf::Message;
+    let w = super::graph_weights(graph, &args.weights)?;
+    let bytes = onnx::graph_model(graph, &w)
+        .write_to_bytes()
+        .map_err(|e| rankprune::Error::Failure(e.to_string()))?;
+    write_output(&args.out, &bytes)?;
+    let [c, h, wd] = graph.input;
+    println!(
+        "wrote {} ({:.1} MB, ONNX opset {}, BatchNorm kept): input \"{}\" [batch, {c}, {h}, {wd}], output \"{}\"",
+        args.out.display(),
+        bytes.len() as f64 / 1e6,
+        onnx::OPSET,
+        onnx::INPUT,
+        onnx::OUTPUT,
+    );
+    Ok(())
+}
+
 #[derive(Args)]
 pub struct PredictArgs {
     #[command(flatten)]

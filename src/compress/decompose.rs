@@ -63,23 +63,47 @@ pub fn recommend_ranks(
         }
         on_layer(&conv.name);
         let w = conv_weight(weights, &conv.name)?;
-        let (t, s, kk) = (
-            conv.out_channels,
-            conv.in_channels,
-            conv.kernel * conv.kernel,
-        );
-        let w = as_f64(w);
-        let out_rank = evbmf(&unfold0(&w, t, s, kk)).rank.max(1);
-        let in_rank = evbmf(&unfold1(&w, t, s, kk)).rank.max(1);
-        out.push(RankRecommendation {
-            layer: conv.name.clone(),
-            full: [s, t],
-            vbmf: [in_rank, out_rank],
-            chosen: [
-                calibrated_rank(in_rank, s, calibration),
-                calibrated_rank(out_rank, t, calibration),
-            ],
-        });
+        out.push(recommend_conv(&conv.name, w, calibration));
+    }
+    Ok(out)
+}
+
+/// VBMF ranks of one conv weight `[out, in, k, k]` (both channel modes), calibrated.
+pub fn recommend_conv(layer: &str, w: &TensorF32, calibration: f64) -> RankRecommendation {
+    let (t, s, kk) = (w.shape[0], w.shape[1], w.shape[2] * w.shape[3]);
+    let w = as_f64(w);
+    let out_rank = evbmf(&unfold0(&w, t, s, kk)).rank.max(1);
+    let in_rank = evbmf(&unfold1(&w, t, s, kk)).rank.max(1);
+    RankRecommendation {
+        layer: layer.to_string(),
+        full: [s, t],
+        vbmf: [in_rank, out_rank],
+        chosen: [
+            calibrated_rank(in_rank, s, calibration),
+            calibrated_rank(out_rank, t, calibration),
+        ],
+    }
+}
+
+/// [`recommend_ranks`] for a graph: every conv with a kernel larger than 1x1 and more
+/// than 3 input channels.
+pub fn recommend_graph_ranks(
+    graph: &crate::graph::Graph,
+    weights: &Weights,
+    calibration: f64,
+    mut on_layer: impl FnMut(&str),
+) -> Result<Vec<RankRecommendation>> {
+    let mut out = Vec::new();
+    for node in &graph.nodes {
+        let crate::graph::Op::Conv(c) = &node.op else {
+            continue;
+        };
+        if c.in_channels <= 3 || c.kernel == 1 {
+            continue;
+        }
+        on_layer(&node.name);
+        let w = conv_weight(weights, &node.name)?;
+        out.push(recommend_conv(&node.name, w, calibration));
     }
     Ok(out)
 }

@@ -246,6 +246,41 @@ fn residual_networks_through_the_cli() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("give the ratio to \"conv1\""));
+    // VBMF ranks for its 3x3 convs with more than 3 inputs: 11 of this narrow resnet18's
+    // 20 convs (not the stem, the three 1x1 projections, layer1's four and
+    // layer2.0.conv1, which read 2 channels), and the model exported as ONNX.
+    let ranks = dir.path().join("ranks.json");
+    let ranks = ranks.to_str().unwrap();
+    let o = rankprune(&[
+        "recommend",
+        "decomposition",
+        "--arch",
+        onnx,
+        "--weights",
+        onnx,
+        "--out",
+        ranks,
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["layers"].as_array().unwrap().len(), 11, "{r}");
+    let exported = dir.path().join("e.onnx");
+    let exported = exported.to_str().unwrap();
+    let o = rankprune(&[
+        "export-model",
+        "--arch",
+        onnx,
+        "--config",
+        config,
+        "--weights",
+        small,
+        "--out",
+        exported,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = rankprune(&["check", "--arch", exported, "--weights", small]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let junk = dir.path().join("junk.onnx");
     std::fs::write(&junk, b"\xff\xff junk").unwrap();
     let o = rankprune(&["metrics", "--arch", junk.to_str().unwrap()]);
