@@ -108,3 +108,73 @@ def load(arch, weights, config=None):
         raise ValueError(f"{weights} does not fit {arch} with that config: "
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval()
+
+
+class OnnxGraph(nn.Module):
+    """Any graph `rankprune compress` or `export-model` writes as ONNX (residual networks
+    included), run with torch ops: Conv, BatchNormalization, Relu, MaxPool, AveragePool,
+    GlobalAveragePool, Add, Flatten, Gemm and Identity. Every initializer becomes a
+    parameter (a buffer for BatchNorm statistics) under its PyTorch key, so the model can
+    be fine-tuned. Needs the `onnx` package to read the file."""
+
+    def __init__(self, model):
+        super().__init__()
+        from onnx import numpy_helper
+        self.nodes = []
+        self.keys = {}
+        for i, t in enumerate(model.graph.initializer):
+            value = torch.from_numpy(numpy_helper.to_array(t).copy())
+            key = f"p{i}"
+            if t.name.endswith(("running_mean", "running_var")):
+                self.register_buffer(key, value)
+            else:
+                self.register_parameter(key, nn.Parameter(value))
+            self.keys[t.name] = key
+        for n in model.graph.node:
+            attrs = {a.name: (list(a.ints) if a.ints else (a.f if a.type == 1 else a.i))
+                     for a in n.attribute}
+            self.nodes.append((n.op_type, list(n.input), list(n.output), attrs))
+        self.input = model.graph.input[0].name
+        self.output = model.graph.output[0].name
+
+    def forward(self, x):
+        env = {self.input: x}
+        get = lambda name: getattr(self, self.keys[name]) if name in self.keys else env[name]
+        for op, ins, outs, a in self.nodes:
+            v = [get(i) for i in ins if i]
+            if op == "Conv":
+                pad, stride = a.get("pads", [0] * 4), a.get("strides", [1, 1])
+                y = nn.functional.conv2d(v[0], v[1], v[2] if len(v) > 2 else None,
+                                         stride=stride, padding=pad[:2])
+            elif op == "BatchNormalization":
+                y = nn.functional.batch_norm(v[0], v[3], v[4], v[1], v[2], False, 0.0,
+                                             a.get("epsilon", 1e-5))
+            elif op == "Relu":
+                y = torch.relu(v[0])
+            elif op in ("MaxPool", "AveragePool"):
+                k, s = a["kernel_shape"], a.get("strides", [1, 1])
+                p = a.get("pads", [0] * 4)[:2]
+                y = (nn.functional.max_pool2d(v[0], k, s, p) if op == "MaxPool" else
+                     nn.functional.avg_pool2d(v[0], k, s, p,
+                                              count_include_pad=bool(a.get("count_include_pad", 0))))
+            elif op == "GlobalAveragePool":
+                y = v[0].mean(dim=(2, 3), keepdim=True)
+            elif op == "Add":
+                y = v[0] + v[1]
+            elif op == "Flatten":
+                y = torch.flatten(v[0], a.get("axis", 1))
+            elif op == "Gemm":
+                y = nn.functional.linear(v[0], v[1], v[2])
+            elif op == "Identity":
+                y = v[0]
+            else:
+                raise ValueError(f"unsupported op {op}")
+            env[outs[0]] = y
+        return env[self.output]
+
+
+def load_onnx(path):
+    """The ONNX model at `path` (rankprune's export of a residual, imported or compressed
+    network) as a PyTorch module, in eval mode."""
+    import onnx
+    return OnnxGraph(onnx.load(path)).eval()
