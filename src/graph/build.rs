@@ -143,6 +143,11 @@ impl ResNetSpec {
         let (blocks, widths): (Vec<usize>, Vec<usize>) = match depth {
             18 => (vec![2, 2, 2, 2], vec![64, 128, 256, 512]),
             34 => (vec![3, 4, 6, 3], vec![64, 128, 256, 512]),
+            50 | 101 | 152 => {
+                return Some(Err(format!(
+                    "{text:?}: torchvision's Bottleneck ResNets are not supported; BasicBlock ones are (resnet18, resnet34, and the CIFAR resnet20, 32, 44, 56, 110)"
+                )));
+            }
             d if d >= 8 && (d - 2) % 6 == 0 => (vec![(d - 2) / 6; 3], vec![16, 32, 64]),
             _ => {
                 return Some(Err(format!(

@@ -86,7 +86,13 @@ fn resnet_names_shapes_and_stems() {
         g.shapes().unwrap()[g.find("layer3.2.relu").unwrap()],
         vec![32, 8, 8]
     );
-    for bad in ["resnet21", "resnet20@0", "resnet20@x"] {
+    for bad in [
+        "resnet21",
+        "resnet20@0",
+        "resnet20@x",
+        "resnet50",
+        "resnet152",
+    ] {
         assert!(ResNetSpec::parse(bad).unwrap().is_err(), "{bad}");
     }
     assert!(ResNetSpec::parse("vgg19").is_none());
