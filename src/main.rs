@@ -258,7 +258,10 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Eval { model, args } => {
             args.check()?;
-            cli::train::run_eval(&model.resolve()?.1, args)?
+            match model.residual()? {
+                Some(graph) => cli::train::run_eval_graph(&graph, args)?,
+                None => cli::train::run_eval(&model.resolve()?.1, args)?,
+            }
         }
         Command::Metrics { model, json }
             if model.base.arch.starts_with("resnet") || model.base.arch.ends_with(".onnx") =>

@@ -95,18 +95,30 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    /// The data, prepared for `arch`'s input.
-    pub fn source(&self, arch: &Arch) -> Result<Source> {
-        self.folder.source(self.dataset, &self.data, arch.input[1])
-    }
-
     /// (train, validation) from the training files.
     fn train_val(&self, arch: &Arch) -> Result<(ImageSet, ImageSet)> {
-        train_val(&self.source(arch)?, arch.num_classes(), self.val_split)
+        self.train_val_for(arch.num_classes(), arch.input[1])
     }
 
     pub fn test(&self, arch: &Arch) -> Result<ImageSet> {
-        load(&self.source(arch)?, Split::Test, arch.num_classes())
+        self.split_for(EvalSplit::Test, arch.num_classes(), arch.input[1])
+    }
+
+    fn train_val_for(&self, classes: usize, side: usize) -> Result<(ImageSet, ImageSet)> {
+        let source = self.folder.source(self.dataset, &self.data, side)?;
+        train_val(&source, classes, self.val_split)
+    }
+
+    /// The test split, or the validation images, for a model of `classes` classes that
+    /// takes `side` x `side` images.
+    fn split_for(&self, split: EvalSplit, classes: usize, side: usize) -> Result<ImageSet> {
+        match split {
+            EvalSplit::Test => {
+                let source = self.folder.source(self.dataset, &self.data, side)?;
+                load(&source, Split::Test, classes)
+            }
+            EvalSplit::Val => Ok(self.train_val_for(classes, side)?.1),
+        }
     }
 
     /// The data files, labelled as inputs for [`check_output`].
@@ -434,20 +446,41 @@ pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
 
 pub fn run_eval(arch: &Arch, args: EvalArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
-    let set = match args.split {
-        EvalSplit::Test => args.data.test(arch)?,
-        EvalSplit::Val => args.data.train_val(arch)?.1,
-    };
+    let set = args
+        .data
+        .split_for(args.split, arch.num_classes(), arch.input[1])?;
     let model = Vgg::from_weights(
         arch,
         Weights::load_for(&args.weights, arch)?,
         "<eval>",
         &device,
     )?;
+    report_eval(&model, set, &args, &device)
+}
+
+/// `eval` for a residual or imported network.
+pub fn run_eval_graph(graph: &rankprune::graph::Graph, args: EvalArgs) -> Result<()> {
+    let device = parse_device(&args.device)?;
+    let classes = graph.shapes().map_err(|e| Error::BadInput(e.to_string()))?;
+    let classes = classes.last().map_or(0, |s| s[0]);
+    let set = args.data.split_for(args.split, classes, graph.input[1])?;
+    let w = super::graph_weights(graph, &args.weights)?;
+    let model = rankprune::model::GraphNet::from_weights(graph, w, "<eval>", &device)?;
+    report_eval(&model, set, &args, &device)
+}
+
+/// Evaluates `model` on `set` and prints the result (and writes `--per-image`).
+fn report_eval(
+    model: &impl rankprune::model::Classifier,
+    set: ImageSet,
+    args: &EvalArgs,
+    device: &burn::tensor::Device,
+) -> Result<()> {
+    let device = device.clone();
     if let Some(path) = &args.per_image {
         check_output(path, "--per-image", &[("--weights", &args.weights)])?;
     }
-    let (r, correct) = evaluate_each(&model, &Arc::new(set), args.batch_size, None, &device)?;
+    let (r, correct) = evaluate_each(model, &Arc::new(set), args.batch_size, None, &device)?;
     if let Some(path) = &args.per_image {
         write_output(path, rankprune::store::bits_text(&correct).as_bytes())?;
     }

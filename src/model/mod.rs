@@ -12,6 +12,24 @@ pub mod profile;
 mod winograd;
 
 pub use graph_net::{GraphNet, expected_shapes as graph_weight_shapes};
+
+/// A model that maps images `[batch, C, H, W]` to logits `[batch, classes]`: what
+/// evaluation needs of [`Vgg`] and [`GraphNet`] alike.
+pub trait Classifier {
+    fn logits(&self, x: Tensor<4>) -> Tensor<2>;
+}
+
+impl Classifier for Vgg {
+    fn logits(&self, x: Tensor<4>) -> Tensor<2> {
+        self.forward(x)
+    }
+}
+
+impl Classifier for GraphNet {
+    fn logits(&self, x: Tensor<4>) -> Tensor<2> {
+        self.forward(x)
+    }
+}
 pub use memory::keep_freed_memory;
 
 use crate::arch::{Arch, ConvSpec, Unit};

@@ -2,7 +2,7 @@
 
 use crate::data::ImageSet;
 use crate::data::batches::{EpochPlan, stream};
-use crate::model::Vgg;
+use crate::model::Classifier;
 use crate::{Error, Result};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
@@ -61,7 +61,7 @@ pub fn cross_entropy_sum(logits: &[f32], labels: &[i64]) -> f64 {
 /// Evaluates `model` (inference mode: BN uses running statistics) on the first `limit`
 /// images of `set`.
 pub fn evaluate(
-    model: &Vgg,
+    model: &impl Classifier,
     set: &Arc<ImageSet>,
     batch_size: usize,
     limit: Option<usize>,
@@ -72,7 +72,7 @@ pub fn evaluate(
 
 /// [`evaluate`], with each image's top-1 correctness in the set's order.
 pub fn evaluate_each(
-    model: &Vgg,
+    model: &impl Classifier,
     set: &Arc<ImageSet>,
     batch_size: usize,
     limit: Option<usize>,
@@ -87,7 +87,7 @@ pub fn evaluate_each(
     };
     for b in stream(set.clone(), plan) {
         let logits = model
-            .forward(super::images_tensor(&b, device))
+            .logits(super::images_tensor(&b, device))
             .into_data()
             .convert::<f32>()
             .try_into_vec::<f32>()

@@ -281,6 +281,24 @@ fn residual_networks_through_the_cli() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = rankprune(&["check", "--arch", exported, "--weights", small]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // eval: a fresh resnet20@0.25 on 4-class stripes (CIFAR-100 layout).
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    super::common::write_cifar100(&super::common::stripes(24, 4, 3), &data.join("test.bin"));
+    let r = dir.path().join("r25.safetensors");
+    let r = r.to_str().unwrap();
+    let net = ["--arch", "resnet20@0.25", "--num-classes", "4"];
+    let mut args = vec!["init"];
+    args.extend(net);
+    args.extend(["--out", r]);
+    assert!(rankprune(&args).status.success());
+    let mut args = vec!["eval"];
+    args.extend(net);
+    args.extend(["--weights", r, "--data", data.to_str().unwrap(), "--json"]);
+    let o = rankprune(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(e["samples"], 24, "{e}");
     let junk = dir.path().join("junk.onnx");
     std::fs::write(&junk, b"\xff\xff junk").unwrap();
     let o = rankprune(&["metrics", "--arch", junk.to_str().unwrap()]);
