@@ -371,7 +371,10 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Compress { base, args } => cli::compress::run_compress(&base, args)?,
         Command::Predict { model, args } => {
             args.check(model.config.as_deref())?;
-            cli::deploy::run_predict(&model.resolve()?.1, args)?
+            match model.residual()? {
+                Some(graph) => cli::deploy::run_predict_graph(&graph, args)?,
+                None => cli::deploy::run_predict(&model.resolve()?.1, args)?,
+            }
         }
         Command::ExportModel { model, args } => {
             args.check(model.config.as_deref())?;

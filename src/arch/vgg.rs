@@ -129,7 +129,7 @@ impl fmt::Display for ArchSpecError {
             None if self.text.starts_with("resnet") => write!(
                 f,
                 "{:?}: residual networks work with `metrics`, `init`, `check`, `eval`, \
-                 `recommend decomposition`, `compress` and `export-model` so far; training, `recommend \
+                 `predict`, `recommend decomposition`, `compress` and `export-model` so far; training, `recommend \
                  pruning` and search take VGG plans (vgg11|vgg13|vgg16|vgg19 with optional \
                  _bn and @WIDTH, or cfg:16,M,32 / cfg_bn:16,M,32)",
                 self.text
@@ -139,8 +139,8 @@ impl fmt::Display for ArchSpecError {
                 "unknown architecture {:?}: expected vgg11|vgg13|vgg16|vgg19 with optional _bn \
                  and @WIDTH (e.g. vgg19_bn@0.25), or cfg:16,M,32 / cfg_bn:16,M,32; \
                  resnet20|32|44|56|110, resnet18|34 (optionally @WIDTH) and FILE.onnx for \
-                 `metrics`, `init`, `check`, `eval`, `recommend decomposition`, `compress` \
-                 and `export-model`",
+                 `metrics`, `init`, `check`, `eval`, `predict`, `recommend decomposition`, \
+                 `compress` and `export-model`",
                 self.text
             ),
         }

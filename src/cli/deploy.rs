@@ -135,21 +135,42 @@ impl PredictArgs {
 /// the model sees them (normalised): what other engines' outputs are checked against.
 pub fn run_predict(arch: &Arch, args: PredictArgs) -> Result<()> {
     let set = args.data.test(arch)?;
+    let device = burn::tensor::Device::flex();
+    let w = Weights::load_for(&args.weights, arch)?;
+    let model = rankprune::model::Vgg::from_weights(arch, w, "<predict>", &device)?;
+    write_predictions(&model, &set, arch.num_classes(), &args, &device)
+}
+
+/// `predict` for a residual or imported network.
+pub fn run_predict_graph(graph: &rankprune::graph::Graph, args: PredictArgs) -> Result<()> {
+    let shapes = graph.shapes().map_err(|e| Error::BadInput(e.to_string()))?;
+    let classes = shapes.last().map_or(0, |s| s[0]);
+    let set = args.data.test_for(classes, graph.input[1])?;
+    let device = burn::tensor::Device::flex();
+    let w = super::graph_weights(graph, &args.weights)?;
+    let model = rankprune::model::GraphNet::from_weights(graph, w, "<predict>", &device)?;
+    write_predictions(&model, &set, classes, &args, &device)
+}
+
+/// Writes the logits of the first `--limit` images of `set` with the images.
+fn write_predictions(
+    model: &impl rankprune::model::Classifier,
+    set: &rankprune::data::ImageSet,
+    classes: usize,
+    args: &PredictArgs,
+    device: &burn::tensor::Device,
+) -> Result<()> {
     let n = args.limit.min(set.len());
     if n == 0 {
         return Err(Error::BadInput("--data: no test images to predict".into()));
     }
-    let device = burn::tensor::Device::flex();
-    let w = Weights::load_for(&args.weights, arch)?;
-    let model = rankprune::model::Vgg::from_weights(arch, w, "<predict>", &device)?;
     let order: Vec<usize> = (0..n).collect();
-    let batch = rankprune::data::batches::batch_at(&set, &order, None);
+    let batch = rankprune::data::batches::batch_at(set, &order, None);
     let logits = model
-        .forward(rankprune::train::images_tensor(&batch, &device))
+        .logits(rankprune::train::images_tensor(&batch, device))
         .into_data()
         .try_to_vec::<f32>()
         .map_err(|e| Error::Failure(format!("{e:?}")))?;
-    let classes = arch.num_classes();
     let v = serde_json::json!({
         "shape": [n, 3, set.side, set.side],
         "images": batch.images,

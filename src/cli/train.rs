@@ -101,7 +101,12 @@ impl DataArgs {
     }
 
     pub fn test(&self, arch: &Arch) -> Result<ImageSet> {
-        self.split_for(EvalSplit::Test, arch.num_classes(), arch.input[1])
+        self.test_for(arch.num_classes(), arch.input[1])
+    }
+
+    /// The test split for a model of `classes` classes taking `side` x `side` images.
+    pub fn test_for(&self, classes: usize, side: usize) -> Result<ImageSet> {
+        self.split_for(EvalSplit::Test, classes, side)
     }
 
     fn train_val_for(&self, classes: usize, side: usize) -> Result<(ImageSet, ImageSet)> {

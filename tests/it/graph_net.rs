@@ -299,6 +299,22 @@ fn residual_networks_through_the_cli() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(e["samples"], 24, "{e}");
+    let p = dir.path().join("p.json");
+    let mut args = vec!["predict"];
+    args.extend(net);
+    args.extend([
+        "--weights",
+        r,
+        "--data",
+        data.to_str().unwrap(),
+        "--limit",
+        "3",
+    ]);
+    args.extend(["--out", p.to_str().unwrap()]);
+    assert!(rankprune(&args).status.success());
+    let p: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    assert_eq!(p["logits"].as_array().unwrap().len(), 3);
+    assert_eq!(p["logits"][0].as_array().unwrap().len(), 4);
     let junk = dir.path().join("junk.onnx");
     std::fs::write(&junk, b"\xff\xff junk").unwrap();
     let o = rankprune(&["metrics", "--arch", junk.to_str().unwrap()]);
