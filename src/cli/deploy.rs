@@ -83,21 +83,30 @@ pub fn run_export_model(arch: &Arch, args: ExportModelArgs) -> Result<()> {
     Ok(())
 }
 
-/// `export-model` for a residual or imported network (BatchNorms kept: folding covers
-/// VGG plans so far).
+/// `export-model` for a residual or imported network: BatchNorms folded into the conv
+/// before them (where that conv feeds nothing else) unless `--keep-bn`.
 pub fn run_export_graph(graph: &rankprune::graph::Graph, args: ExportModelArgs) -> Result<()> {
     use onnx_protobuf::Message;
     let w = super::graph_weights(graph, &args.weights)?;
-    let bytes = onnx::graph_model(graph, &w)
+    let (graph, w) = match args.keep_bn {
+        true => (graph.clone(), w),
+        false => fold::fold_graph_batch_norms(graph, w),
+    };
+    let bytes = onnx::graph_model(&graph, &w)
         .write_to_bytes()
         .map_err(|e| rankprune::Error::Failure(e.to_string()))?;
     write_output(&args.out, &bytes)?;
     let [c, h, wd] = graph.input;
     println!(
-        "wrote {} ({:.1} MB, ONNX opset {}, BatchNorm kept): input \"{}\" [batch, {c}, {h}, {wd}], output \"{}\"",
+        "wrote {} ({:.1} MB, ONNX opset {}, BatchNorm {}): input \"{}\" [batch, {c}, {h}, {wd}], output \"{}\"",
         args.out.display(),
         bytes.len() as f64 / 1e6,
         onnx::OPSET,
+        if args.keep_bn {
+            "kept"
+        } else {
+            "folded into the convs"
+        },
         onnx::INPUT,
         onnx::OUTPUT,
     );

@@ -25,46 +25,102 @@ pub fn fold_batch_norms(
         let Some(bn) = c.bn.take() else { continue };
         let last = c.body.convs().len() - 1;
         let spec = &mut c.body.convs_mut()[last];
-        let take = |w: &mut Weights, field: &str| {
-            w.tensors
-                .shift_remove(&format!("{bn}.{field}"))
-                .expect("a checked model has its BatchNorm's tensors")
-        };
-        let (gamma, beta) = (take(&mut w, "weight"), take(&mut w, "bias"));
-        let (mean, var) = (take(&mut w, "running_mean"), take(&mut w, "running_var"));
-        let scale: Vec<f64> = gamma
-            .data
-            .iter()
-            .zip(&var.data)
-            .map(|(&g, &v)| f64::from(g) / (f64::from(v) + BN_EPSILON).sqrt())
-            .collect();
-        let weight = w
-            .tensors
-            .get_mut(&format!("{}.weight", spec.name))
-            .expect("a checked model has its conv weights");
-        let per_filter = weight.data.len() / scale.len();
-        for (filter, &s) in weight.data.chunks_mut(per_filter).zip(&scale) {
-            filter
-                .iter_mut()
-                .for_each(|v| *v = (f64::from(*v) * s) as f32);
-        }
-        let bias_key = format!("{}.bias", spec.name);
-        let old_bias = match spec.bias {
-            true => w.tensors[&bias_key].data.clone(),
-            false => vec![0.0; scale.len()],
-        };
-        let bias = (0..scale.len())
-            .map(|o| {
-                let b = f64::from(old_bias[o]) - f64::from(mean.data[o]);
-                (b * scale[o] + f64::from(beta.data[o])) as f32
-            })
-            .collect();
-        w.tensors
-            .insert(bias_key, TensorF32::new(vec![scale.len()], bias));
+        fold_into(&mut w, &bn, &spec.name, spec.bias);
         spec.bias = true;
     }
     let w = w.matched_to(&folded, file)?;
     Ok((folded, w))
+}
+
+/// Folds the BatchNorm `bn` into the conv `conv` (which has a bias if `had_bias`): the
+/// conv's weight is scaled, its bias set, and the BatchNorm's tensors removed.
+fn fold_into(w: &mut Weights, bn: &str, conv: &str, had_bias: bool) {
+    let take = |w: &mut Weights, field: &str| {
+        w.tensors
+            .shift_remove(&format!("{bn}.{field}"))
+            .expect("a checked model has its BatchNorm's tensors")
+    };
+    let (gamma, beta) = (take(w, "weight"), take(w, "bias"));
+    let (mean, var) = (take(w, "running_mean"), take(w, "running_var"));
+    let scale: Vec<f64> = gamma
+        .data
+        .iter()
+        .zip(&var.data)
+        .map(|(&g, &v)| f64::from(g) / (f64::from(v) + BN_EPSILON).sqrt())
+        .collect();
+    let weight = w
+        .tensors
+        .get_mut(&format!("{conv}.weight"))
+        .expect("a checked model has its conv weights");
+    let per_filter = weight.data.len() / scale.len();
+    for (filter, &s) in weight.data.chunks_mut(per_filter).zip(&scale) {
+        filter
+            .iter_mut()
+            .for_each(|v| *v = (f64::from(*v) * s) as f32);
+    }
+    let bias_key = format!("{conv}.bias");
+    let old_bias = match had_bias {
+        true => w.tensors[&bias_key].data.clone(),
+        false => vec![0.0; scale.len()],
+    };
+    let bias = (0..scale.len())
+        .map(|o| {
+            let b = f64::from(old_bias[o]) - f64::from(mean.data[o]);
+            (b * scale[o] + f64::from(beta.data[o])) as f32
+        })
+        .collect();
+    w.tensors
+        .insert(bias_key, TensorF32::new(vec![scale.len()], bias));
+}
+
+/// [`fold_batch_norms`] for a graph: every BatchNorm whose input is a conv that nothing
+/// else reads is folded into it and leaves the graph (its readers read the conv).
+pub fn fold_graph_batch_norms(
+    graph: &crate::graph::Graph,
+    weights: Weights,
+) -> (crate::graph::Graph, Weights) {
+    use crate::graph::{Graph, NodeDef, Op};
+    let mut readers = vec![0usize; graph.nodes.len()];
+    for n in &graph.nodes {
+        for &j in &n.inputs {
+            readers[j] += 1;
+        }
+    }
+    let mut w = weights;
+    let mut ops: Vec<Op> = graph.nodes.iter().map(|n| n.op.clone()).collect();
+    // replaced[i]: the node that now stands for node i's output.
+    let mut replaced: Vec<usize> = (0..graph.nodes.len()).collect();
+    let mut gone = vec![false; graph.nodes.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let (Op::BatchNorm { .. }, [j]) = (&node.op, node.inputs.as_slice()) else {
+            continue;
+        };
+        let Op::Conv(c) = &mut ops[*j] else { continue };
+        if readers[*j] != 1 {
+            continue;
+        }
+        fold_into(&mut w, &node.name, &graph.nodes[*j].name, c.bias);
+        c.bias = true;
+        replaced[i] = *j;
+        gone[i] = true;
+    }
+    let defs = graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !gone[*i])
+        .map(|(i, n)| NodeDef {
+            name: n.name.clone(),
+            op: ops[i].clone(),
+            inputs: n
+                .inputs
+                .iter()
+                .map(|&j| graph.nodes[replaced[j]].name.clone())
+                .collect(),
+        })
+        .collect();
+    let g = Graph::new(&graph.model, graph.input, defs).expect("folding keeps a valid graph");
+    (g, w)
 }
 
 #[cfg(test)]

@@ -279,7 +279,9 @@ fn residual_networks_through_the_cli() {
         exported,
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = rankprune(&["check", "--arch", exported, "--weights", small]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("BatchNorm folded into the convs"));
+    // The folded file carries its own (folded) weights.
+    let o = rankprune(&["check", "--arch", exported, "--weights", exported]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // eval: a fresh resnet20@0.25 on 4-class stripes (CIFAR-100 layout).
     let data = dir.path().join("data");

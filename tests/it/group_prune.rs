@@ -256,3 +256,28 @@ fn compressed_residual_networks_export_to_onnx() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// BatchNorms folded into the convs before them give the same logits (in eval mode),
+/// residual adds and projections included.
+#[test]
+fn folding_a_residual_networks_batch_norms_keeps_its_logits() {
+    use rankprune::deploy::fold::fold_graph_batch_norms;
+    let (g, w) = resnet20();
+    let (gf, wf) = fold_graph_batch_norms(&g, w.clone());
+    let bns = |g: &Graph| {
+        g.nodes
+            .iter()
+            .filter(|n| matches!(n.op, rankprune::graph::Op::BatchNorm { .. }))
+            .count()
+    };
+    assert_eq!((bns(&g), bns(&gf)), (21, 0));
+    assert!(wf.tensors.contains_key("layer2.0.downsample.0.bias"));
+    let x = Tensor::<4>::random(
+        [2, 3, 16, 16],
+        Distribution::Normal(0.0, 1.0),
+        &Device::flex(),
+    );
+    for (a, b) in logits(&g, &w, &x).iter().zip(logits(&gf, &wf, &x)) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+}
