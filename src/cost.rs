@@ -51,6 +51,20 @@ pub struct Cost {
 }
 
 impl Cost {
+    /// The totals of `layers`: their params, MACs and FLOPs summed, the size 4 bytes per
+    /// param and buffer.
+    pub fn of_layers(layers: Vec<LayerCost>) -> Self {
+        let params = layers.iter().map(|l| l.params).sum();
+        let buffers: u64 = layers.iter().map(|l| l.buffers).sum();
+        Cost {
+            params,
+            macs: layers.iter().map(|l| l.macs).sum(),
+            flops: layers.iter().map(|l| l.flops).sum(),
+            size_bytes: 4 * (params + buffers),
+            layers,
+        }
+    }
+
     pub fn mflops(&self) -> f64 {
         self.flops as f64 / 1e6
     }
@@ -139,15 +153,7 @@ pub fn count(arch: &Arch) -> Cost {
             }
         }
     }
-    let params = layers.iter().map(|l| l.params).sum();
-    let buffers: u64 = layers.iter().map(|l| l.buffers).sum();
-    Cost {
-        params,
-        macs: layers.iter().map(|l| l.macs).sum(),
-        flops: layers.iter().map(|l| l.flops).sum(),
-        size_bytes: 4 * (params + buffers),
-        layers,
-    }
+    Cost::of_layers(layers)
 }
 
 #[cfg(test)]

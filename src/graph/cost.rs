@@ -87,13 +87,5 @@ pub fn count(graph: &Graph) -> Cost {
             Op::Relu | Op::Flatten => {}
         }
     }
-    let params = layers.iter().map(|l| l.params).sum();
-    let buffers: u64 = layers.iter().map(|l| l.buffers).sum();
-    Cost {
-        params,
-        macs: layers.iter().map(|l| l.macs).sum(),
-        flops: layers.iter().map(|l| l.flops).sum(),
-        size_bytes: 4 * (params + buffers),
-        layers,
-    }
+    Cost::of_layers(layers)
 }
