@@ -59,16 +59,12 @@ pub fn decompose_graph(
         }
     };
     let mut defs = Vec::new();
-    let mut w = Weights::default();
+    // Every tensor stays but the decomposed convs', which their chains replace.
+    let mut w = weights.clone();
     for node in &graph.nodes {
         let n = &node.name;
         let inputs: Vec<String> = node.inputs.iter().map(|&j| output_of(j)).collect();
         let (Op::Conv(c), Some(&[r_in, r_out])) = (&node.op, ranks.get(n)) else {
-            for (key, t) in &weights.tensors {
-                if key.rsplit_once('.').is_some_and(|(layer, _)| layer == n) {
-                    w.tensors.insert(key.clone(), t.clone());
-                }
-            }
             defs.push(NodeDef {
                 name: n.clone(),
                 op: node.op.clone(),
@@ -76,7 +72,10 @@ pub fn decompose_graph(
             });
             continue;
         };
-        let kernel = &weights.tensors[&format!("{n}.weight")];
+        let kernel = w
+            .tensors
+            .shift_remove(&format!("{n}.weight"))
+            .expect("weights matched to the graph");
         let shape = [c.out_channels, c.in_channels, c.kernel, c.kernel];
         let factors = tucker2(&kernel.data, shape, r_in, r_out, HOOI_MAX_ITERS).conv_weights();
         let ops = [
@@ -99,8 +98,7 @@ pub fn decompose_graph(
                 inputs: from,
             });
         }
-        if c.bias {
-            let b = weights.tensors[&format!("{n}.bias")].clone();
+        if let Some(b) = w.tensors.shift_remove(&format!("{n}.bias")) {
             w.tensors.insert(format!("{n}_tucker_2.bias"), b);
         }
     }
