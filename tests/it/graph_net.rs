@@ -35,20 +35,8 @@ fn resnet18_logits_equal_pytorchs() {
         let path = repo_path(&format!("tests/fixtures/resnet18_w32_{stem}.pt"));
         let w = Weights::load(&path).unwrap();
         let model = GraphNet::from_weights(&graph, w, "fixture", &device).unwrap();
-        let n = 2 * 3 * side * side;
-        let x: Vec<f32> = (0..n).map(|i| (0.1 * i as f64).sin() as f32).collect();
-        let x = Tensor::<4>::from_data(TensorData::new(x, [2, 3, side, side]), &device);
-        let want: Vec<f32> = json[stem]["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-            })
-            .collect();
+        let x = fixture_input(side, &device);
+        let want = logits_of(&json, stem);
         for (name, got) in [
             ("channel-major", host(model.forward(x.clone()))),
             ("reference", host(model.forward_reference(x.clone()))),
@@ -324,6 +312,14 @@ fn residual_networks_through_the_cli() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("junk.onnx: not an ONNX model"));
 }
 
+/// The fixture script's two images of `side` x `side`: x[i] = sin(0.1 i), NCHW.
+fn fixture_input(side: usize, device: &Device) -> Tensor<4> {
+    let n = 2 * 3 * side * side;
+    let x: Vec<f32> = (0..n).map(|i| (0.1 * i as f64).sin() as f32).collect();
+    Tensor::<4>::from_data(TensorData::new(x, [2, 3, side, side]), device)
+}
+
+/// The fixture's PyTorch logits for `stem`, row after row.
 fn logits_of(json: &serde_json::Value, stem: &str) -> Vec<f32> {
     json[stem]["logits"]
         .as_array()
@@ -366,9 +362,7 @@ fn onnx_resnets_import_with_pytorchs_logits_and_names() {
         // PyTorch's keys: the imported weights load into our own graph as they are.
         GraphNet::from_weights(&ours, w.clone(), "onnx", &device).unwrap();
         let model = GraphNet::from_weights(&graph, w, "onnx", &device).unwrap();
-        let n = 2 * 3 * side * side;
-        let x: Vec<f32> = (0..n).map(|i| (0.1 * i as f64).sin() as f32).collect();
-        let x = Tensor::<4>::from_data(TensorData::new(x, [2, 3, side, side]), &device);
+        let x = fixture_input(side, &device);
         let got = host(model.forward(x));
         let want = logits_of(&json, stem);
         for (p, q) in got.iter().zip(&want) {
