@@ -10,6 +10,7 @@ use rankprune::config::LayerConfig;
 use rankprune::cost;
 use rankprune::device::parse_device;
 use rankprune::graph::Graph;
+use rankprune::graph::build::of_arch;
 use rankprune::model::{GraphNet, Vgg};
 use rankprune::outpath::check_output;
 use rankprune::report;
@@ -254,7 +255,15 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Score { args } => cli::fidelity::run_score(args)?,
         Command::Train { model, args } => {
             args.check(model.config.as_deref())?;
-            cli::train::run_train(&model.resolve()?.1, args)?
+            let (graph, arch) = match model.residual()? {
+                Some(g) => (g, None),
+                None => {
+                    let arch = model.resolve()?.1;
+                    (of_arch(&arch), Some(arch))
+                }
+            };
+            let weights = cli::train::start_weights(&graph, arch.as_ref(), &args)?;
+            cli::train::run_train(&graph, weights, args)?
         }
         Command::Eval { model, args } => {
             args.check()?;

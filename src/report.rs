@@ -3,6 +3,7 @@
 use crate::arch::Arch;
 use crate::compress::decompose::{LayerDecomposition, RankRecommendation};
 use crate::cost::{Cost, LayerKind};
+use crate::graph::Graph;
 use indexmap::IndexMap;
 use std::fmt::Write;
 
@@ -128,6 +129,32 @@ pub fn decomposition_table(layers: &[LayerDecomposition]) -> String {
 }
 
 /// Pruning ratios with filters before and after per conv.
+/// [`ratio_table`] for a graph's dependency groups (each named by its first conv; its
+/// member convs share the channel count).
+pub fn group_ratio_table(before: &Graph, after: &Graph, ratios: &IndexMap<String, f64>) -> String {
+    let mut s = String::new();
+    let w = ratios.keys().map(String::len).max().unwrap_or(5).max(5);
+    let _ = writeln!(
+        s,
+        "{:<w$}  {:>6}  {:>8}  {:>7}  {:>7}",
+        "group", "ratio", "channels", "kept", "members"
+    );
+    let groups = crate::graph::groups::groups(before);
+    let channels = |g: &Graph, name: &str| match g.find(name).map(|i| &g.nodes[i].op) {
+        Some(crate::graph::Op::Conv(c)) => c.out_channels,
+        _ => 0,
+    };
+    for (name, r) in ratios {
+        let members = groups
+            .iter()
+            .find(|g| &g.name == name)
+            .map_or(0, |g| g.members.len());
+        let (n, k) = (channels(before, name), channels(after, name));
+        let _ = writeln!(s, "{name:<w$}  {r:>6.3}  {n:>8}  {k:>7}  {members:>7}");
+    }
+    s
+}
+
 pub fn ratio_table(before: &Arch, after: &Arch, ratios: &IndexMap<String, f64>) -> String {
     let mut s = String::new();
     let w = ratios.keys().map(String::len).max().unwrap_or(5).max(5);

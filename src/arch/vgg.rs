@@ -128,10 +128,10 @@ impl fmt::Display for ArchSpecError {
             ),
             None if self.text.starts_with("resnet") => write!(
                 f,
-                "{:?}: residual networks work with `metrics`, `init`, `check`, `eval`, \
-                 `predict`, `recommend decomposition`, `compress` and `export-model` so far; training, `recommend \
-                 pruning` and search take VGG plans (vgg11|vgg13|vgg16|vgg19 with optional \
-                 _bn and @WIDTH, or cfg:16,M,32 / cfg_bn:16,M,32)",
+                "{:?}: residual networks work with every command but `search` (and the \
+                 commands that read a study: `fidelity`, `score`); search takes VGG plans \
+                 (vgg11|vgg13|vgg16|vgg19 with optional _bn and @WIDTH, or cfg:16,M,32 / \
+                 cfg_bn:16,M,32)",
                 self.text
             ),
             None => write!(

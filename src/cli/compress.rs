@@ -13,6 +13,7 @@ use rankprune::compress::slamp::{PruneTarget, recommend_ratios};
 use rankprune::config::LayerConfig;
 use rankprune::cost;
 use rankprune::data::{DatasetKind, Split};
+use rankprune::graph::Graph;
 use rankprune::outpath::check_output;
 use rankprune::report;
 use rankprune::train::recalibrate::calibration_batches;
@@ -270,7 +271,7 @@ pub fn run_recommend_decomposition(base: &BaseArgs, args: DecompositionArgs) -> 
 
 /// `recommend decomposition` for a residual or imported network.
 fn recommend_graph_decomposition(
-    graph: &rankprune::graph::Graph,
+    graph: &Graph,
     weights: &Path,
     calibration: f64,
     out: Option<&Path>,
@@ -279,15 +280,7 @@ fn recommend_graph_decomposition(
     let w = super::graph_weights(graph, weights)?;
     let recs =
         rankprune::compress::decompose::recommend_graph_ranks(graph, &w, calibration, |_| {})?;
-    let mut config = LayerConfig {
-        model: Some(graph.model.clone()),
-        num_classes: None,
-        input: Some(graph.input),
-        decomposition: None,
-        pruning: None,
-        metrics: None,
-        provenance: None,
-    };
+    let mut config = empty_config(graph);
     config.set_ranks(recs.iter().map(|r| (r.layer.clone(), r.chosen)).collect());
     let (g, _) = rankprune::compress::graph_config::apply_config(graph, &w, &config)
         .map_err(Error::Failure)?;
@@ -310,6 +303,55 @@ fn recommend_graph_decomposition(
         }
     }
     Ok(())
+}
+
+/// `graph` after `config`'s Tucker-2 ranks (its ratios ignored) and weights for it: the
+/// file's weights of the base graph, decomposed here, or weights of the decomposed graph
+/// already (a fine-tuned decomposition), as VGG's `compress` and `recommend pruning`
+/// take both.
+fn decomposed_graph(
+    graph: &Graph,
+    config: &LayerConfig,
+    path: &Path,
+    file: &str,
+) -> Result<(Graph, Weights)> {
+    use rankprune::compress::graph_config::apply_config;
+    use rankprune::model::{GraphNet, graph_weight_shapes};
+    let ranks_only = LayerConfig {
+        pruning: None,
+        ..config.clone()
+    };
+    let decompose = |w: &Weights| {
+        apply_config(graph, w, &ranks_only).map_err(|e| Error::BadInput(format!("{file}: {e}")))
+    };
+    let base_fit = super::graph_weights(graph, path);
+    if let Ok(w) = &base_fit {
+        return decompose(w);
+    }
+    // The decomposed graph's structure (the ranks alone fix it), and the file against it.
+    let (decomposed, _) = decompose(&GraphNet::init_weights(graph, 0))?;
+    let raw = match path.extension().and_then(|e| e.to_str()) {
+        Some("onnx") => super::import_onnx(path)?.1,
+        _ => Weights::load(path)?,
+    };
+    let name = path.display().to_string();
+    match raw.matched_to_shapes(graph_weight_shapes(&decomposed), &name) {
+        Ok(w) if decomposed != *graph => Ok((decomposed, w)),
+        _ => base_fit.map(|w| (graph.clone(), w)),
+    }
+}
+
+/// An empty config (no decomposition, no pruning) for `graph`.
+fn empty_config(graph: &Graph) -> LayerConfig {
+    LayerConfig {
+        model: Some(graph.model.clone()),
+        num_classes: None,
+        input: Some(graph.input),
+        decomposition: None,
+        pruning: None,
+        metrics: None,
+        provenance: None,
+    }
 }
 
 /// A model's params and FLOPs as the `--json` outputs give them.
@@ -345,6 +387,22 @@ pub fn run_recommend_pruning(base: &BaseArgs, args: PruningArgs) -> Result<()> {
         inputs.extend(config.as_deref().map(|c| ("--config", c)));
         check_output(out, "--out", &inputs)?;
     }
+    let target = match (ratio, flops_reduction, params_reduction) {
+        (Some(r), _, _) => PruneTarget::Ratio(r),
+        (_, Some(x), _) => PruneTarget::FlopsReduction(x),
+        (_, _, Some(x)) => PruneTarget::ParamsReduction(x),
+        _ => unreachable!("clap requires one target"),
+    };
+    if let Some(graph) = base.graph()? {
+        let ask = GroupPruning {
+            target,
+            max_ratio,
+            config: config.as_deref(),
+            out: out.as_deref(),
+            json,
+        };
+        return recommend_group_pruning(&graph, &weights, ask);
+    }
     let base = base.build()?;
     let (mut layer_config, file) = match &config {
         Some(p) => (LayerConfig::load(p)?, p.display().to_string()),
@@ -352,12 +410,6 @@ pub fn run_recommend_pruning(base: &BaseArgs, args: PruningArgs) -> Result<()> {
     };
     layer_config.pruning = None;
     let (decomposed, w, _, _) = decomposed_weights(&base, &layer_config, &weights, &file)?;
-    let target = match (ratio, flops_reduction, params_reduction) {
-        (Some(r), _, _) => PruneTarget::Ratio(r),
-        (_, Some(x), _) => PruneTarget::FlopsReduction(x),
-        (_, _, Some(x)) => PruneTarget::ParamsReduction(x),
-        _ => unreachable!("clap requires one target"),
-    };
     let (before, mid) = (cost::count(&base), cost::count(&decomposed));
     if target.met_by(&mid, &before) {
         let (want, reached) = target.describe(&mid, &before);
@@ -391,6 +443,66 @@ pub fn run_recommend_pruning(base: &BaseArgs, args: PruningArgs) -> Result<()> {
         if let Some(path) = &out {
             println!("wrote {}", path.display());
         }
+    }
+    Ok(())
+}
+
+/// What `recommend pruning` asks of a residual or imported network.
+struct GroupPruning<'a> {
+    target: PruneTarget,
+    max_ratio: f64,
+    config: Option<&'a Path>,
+    out: Option<&'a Path>,
+    json: bool,
+}
+
+/// `recommend pruning` for a graph: group SLAMP ratios (a group named by its first conv)
+/// after the `--config`'s ranks, if any, are applied to the base `weights`.
+fn recommend_group_pruning(graph: &Graph, weights: &Path, ask: GroupPruning) -> Result<()> {
+    use rankprune::compress::group_prune::{prune_groups, recommend_group_ratios};
+    use rankprune::graph::cost::count;
+    let mut config = match ask.config {
+        Some(p) => LayerConfig::load(p)?,
+        None => empty_config(graph),
+    };
+    config.pruning = None;
+    let file = ask
+        .config
+        .map_or("<no config>".into(), |p| p.display().to_string());
+    let (decomposed, dw) = decomposed_graph(graph, &config, weights, &file)?;
+    let (before, mid) = (count(graph), count(&decomposed));
+    if ask.target.met_by(&mid, &before) {
+        let (want, reached) = ask.target.describe(&mid, &before);
+        return Err(Error::BadInput(format!(
+            "the decomposition alone already reaches {reached}, past the target of {want}: no pruning is needed (ask for a larger reduction, or higher ranks)"
+        )));
+    }
+    let ratios = recommend_group_ratios(&decomposed, &dw, ask.target, ask.max_ratio, &before)?;
+    let by_group = ratios.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    let (pruned, _) = prune_groups(&decomposed, &dw, &by_group).map_err(Error::Failure)?;
+    let after = count(&pruned);
+    config.set_ratios(ratios.clone());
+    if let Some(path) = ask.out {
+        save_config(&config, path)?;
+    }
+    if ask.json {
+        let v = serde_json::json!({
+            "ratios": ratios, "before": cost_json(&mid), "after": cost_json(&after),
+            "config": config,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    print!(
+        "{}",
+        report::group_ratio_table(&decomposed, &pruned, &ratios)
+    );
+    if mid != before {
+        println!("decomposed: {}", report::reduction_line(&before, &mid));
+    }
+    println!("pruned:     {}", report::reduction_line(&before, &after));
+    if let Some(path) = ask.out {
+        println!("wrote {}", path.display());
     }
     Ok(())
 }
@@ -487,16 +599,22 @@ pub fn run_compress(base: &BaseArgs, args: CompressArgs) -> Result<()> {
 /// `compress` for a residual or imported network: the config's ranks, then its ratios
 /// by group; writes safetensors, or ONNX when `out` ends with `.onnx`.
 fn compress_graph(
-    graph: &rankprune::graph::Graph,
+    graph: &Graph,
     weights: &Path,
     config: &Path,
     out: &Path,
     json: bool,
 ) -> Result<()> {
-    let w = super::graph_weights(graph, weights)?;
     let layer_config = LayerConfig::load(config)?;
-    let (g, w) = rankprune::compress::graph_config::apply_config(graph, &w, &layer_config)
-        .map_err(|e| Error::BadInput(format!("{}: {e}", config.display())))?;
+    let file = config.display().to_string();
+    let (g, w) = decomposed_graph(graph, &layer_config, weights, &file)?;
+    let ratios = layer_config
+        .pruning
+        .iter()
+        .flat_map(|p| p.ratios.iter().map(|(k, v)| (k.clone(), *v)))
+        .collect();
+    let (g, w) = rankprune::compress::group_prune::prune_groups(&g, &w, &ratios)
+        .map_err(|e| Error::BadInput(format!("{file}: pruning: {e}")))?;
     if out.extension().is_some_and(|e| e == "onnx") {
         use onnx_protobuf::Message;
         let bytes = rankprune::deploy::onnx::graph_model(&g, &w)

@@ -7,7 +7,8 @@ use rankprune::arch::Arch;
 use rankprune::data::augment::Normalization;
 use rankprune::data::{DatasetKind, FolderOptions, ImageSet, SPLIT_SEED, Source, Split};
 use rankprune::device::parse_device;
-use rankprune::model::Vgg;
+use rankprune::graph::Graph;
+use rankprune::model::{GraphNet, Vgg};
 use rankprune::outpath::{check_output, write_output};
 use rankprune::train::plateau::PlateauConfig;
 use rankprune::train::{Control, LrSchedule, TrainConfig, evaluate, evaluate_each, train};
@@ -95,11 +96,6 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    /// (train, validation) from the training files.
-    fn train_val(&self, arch: &Arch) -> Result<(ImageSet, ImageSet)> {
-        self.train_val_for(arch.num_classes(), arch.input[1])
-    }
-
     pub fn test(&self, arch: &Arch) -> Result<ImageSet> {
         self.test_for(arch.num_classes(), arch.input[1])
     }
@@ -371,14 +367,26 @@ fn show_report(bar: &ProgressBar, r: &rankprune::train::Report) {
     }
 }
 
-pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
+/// The weights `train` starts from: `--weights`, checked against the network, or fresh
+/// ones seeded by `--seed` (torchvision's VGG initialisation when `arch` is the VGG plan
+/// `graph` was built from, its ResNet initialisation otherwise).
+pub fn start_weights(graph: &Graph, arch: Option<&Arch>, args: &TrainArgs) -> Result<Weights> {
+    Ok(match (&args.weights, arch) {
+        (Some(p), Some(arch)) => Weights::load_for(p, arch)?,
+        (Some(p), None) => super::graph_weights(graph, p)?,
+        (None, Some(arch)) => Weights::init(arch, args.seed),
+        (None, None) => GraphNet::init_weights(graph, args.seed),
+    })
+}
+
+/// `train`: `weights` of `graph`, trained with the recipe the options give.
+pub fn run_train(graph: &Graph, weights: Weights, args: TrainArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
-    let (train_set, val_set) = args.data.train_val(arch)?;
-    let test_set = args.data.test(arch)?;
-    let weights = match &args.weights {
-        Some(p) => Weights::load_for(p, arch)?,
-        None => Weights::init(arch, args.seed),
-    };
+    let classes = graph
+        .num_classes()
+        .map_err(|e| Error::BadInput(e.to_string()))?;
+    let (train_set, val_set) = args.data.train_val_for(classes, graph.input[1])?;
+    let test_set = args.data.test_for(classes, graph.input[1])?;
     let cfg = args.train_config();
     let total = cfg.planned_steps(train_set.len());
     let bar = ProgressBar::new(total as u64);
@@ -395,7 +403,7 @@ pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let mut data_wait = 0.0;
     let outcome = train(
-        arch,
+        graph,
         weights,
         Arc::new(train_set),
         Arc::new(val_set),
@@ -413,7 +421,7 @@ pub fn run_train(arch: &Arch, args: TrainArgs) -> Result<()> {
         .best_weights
         .save_safetensors(&args.out)
         .map_err(|e| Error::Failure(e.to_string()))?;
-    let best = Vgg::from_weights(arch, outcome.best_weights.clone(), "<best>", &device)?;
+    let best = GraphNet::from_weights(graph, outcome.best_weights.clone(), "<best>", &device)?;
     let test = evaluate(&best, &Arc::new(test_set), 256, None, &device)?;
     if args.json {
         let v = serde_json::json!({
@@ -464,13 +472,14 @@ pub fn run_eval(arch: &Arch, args: EvalArgs) -> Result<()> {
 }
 
 /// `eval` for a residual or imported network.
-pub fn run_eval_graph(graph: &rankprune::graph::Graph, args: EvalArgs) -> Result<()> {
+pub fn run_eval_graph(graph: &Graph, args: EvalArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
-    let classes = graph.shapes().map_err(|e| Error::BadInput(e.to_string()))?;
-    let classes = classes.last().map_or(0, |s| s[0]);
+    let classes = graph
+        .num_classes()
+        .map_err(|e| Error::BadInput(e.to_string()))?;
     let set = args.data.split_for(args.split, classes, graph.input[1])?;
     let w = super::graph_weights(graph, &args.weights)?;
-    let model = rankprune::model::GraphNet::from_weights(graph, w, "<eval>", &device)?;
+    let model = GraphNet::from_weights(graph, w, "<eval>", &device)?;
     report_eval(&model, set, &args, &device)
 }
 

@@ -7,10 +7,14 @@
 //! norms of the coupled parameters summed). A group is named by its first conv.
 
 use super::prune::{kept_indices, select};
+use super::slamp::{PruneTarget, check_target, slamp_scores, threshold_ratios};
 use crate::config::kept_filters;
+use crate::cost::Cost;
+use crate::graph::cost::count;
 use crate::graph::groups::{Group, Reader, groups};
 use crate::graph::{Graph, NodeDef, Op};
 use crate::weights::{TensorF32, Weights};
+use indexmap::IndexMap;
 use std::collections::BTreeMap;
 
 /// Each channel's group norm: sqrt of the sum over members of its filter's squared norm.
@@ -76,10 +80,42 @@ pub fn prune_groups(
         let keep = kept_indices(&norms, kept_filters(norms.len(), ratio));
         apply(graph, g, &keep, &mut nodes, &mut w);
     }
+    Ok((with_ops(graph, nodes)?, w))
+}
+
+/// Gives group `g` `n` channels in `ops`: its members' outputs, its BatchNorms and its
+/// readers' inputs.
+fn resize(g: &Group, n: usize, ops: &mut [Op]) {
+    for &m in &g.members {
+        if let Op::Conv(c) = &mut ops[m] {
+            c.out_channels = n;
+        }
+    }
+    for &b in &g.bns {
+        ops[b] = Op::BatchNorm { channels: n };
+    }
+    for r in &g.readers {
+        match (*r, r.node()) {
+            (Reader::Conv(_), i) => {
+                if let Op::Conv(c) = &mut ops[i] {
+                    c.in_channels = n;
+                }
+            }
+            (Reader::Linear { per_channel, .. }, i) => {
+                if let Op::Linear { in_features, .. } = &mut ops[i] {
+                    *in_features = n * per_channel;
+                }
+            }
+        }
+    }
+}
+
+/// `graph` with `ops` in place of its nodes' ops (same names and edges).
+fn with_ops(graph: &Graph, ops: Vec<Op>) -> Result<Graph, String> {
     let defs = graph
         .nodes
         .iter()
-        .zip(nodes)
+        .zip(ops)
         .map(|(n, op)| NodeDef {
             name: n.name.clone(),
             op,
@@ -90,13 +126,12 @@ pub fn prune_groups(
                 .collect(),
         })
         .collect();
-    let pruned = Graph::new(&graph.model, graph.input, defs).map_err(|e| e.to_string())?;
-    Ok((pruned, w))
+    Graph::new(&graph.model, graph.input, defs).map_err(|e| e.to_string())
 }
 
 /// Keeps channels `keep` of group `g` in the ops and the weights.
 fn apply(graph: &Graph, g: &Group, keep: &[usize], ops: &mut [Op], w: &mut Weights) {
-    let n = keep.len();
+    resize(g, keep.len(), ops);
     let mut edit = |key: String, f: &dyn Fn(&TensorF32) -> TensorF32| {
         let t = w
             .tensors
@@ -106,16 +141,12 @@ fn apply(graph: &Graph, g: &Group, keep: &[usize], ops: &mut [Op], w: &mut Weigh
     };
     for &m in &g.members {
         let name = &graph.nodes[m].name;
-        if let Op::Conv(c) = &mut ops[m] {
-            c.out_channels = n;
-            if c.bias {
-                edit(format!("{name}.bias"), &|t| select(t, 0, keep));
-            }
+        if matches!(&ops[m], Op::Conv(c) if c.bias) {
+            edit(format!("{name}.bias"), &|t| select(t, 0, keep));
         }
         edit(format!("{name}.weight"), &|t| select(t, 0, keep));
     }
     for &b in &g.bns {
-        ops[b] = Op::BatchNorm { channels: n };
         for field in ["weight", "bias", "running_mean", "running_var"] {
             edit(format!("{}.{field}", graph.nodes[b].name), &|t| {
                 select(t, 0, keep)
@@ -123,22 +154,52 @@ fn apply(graph: &Graph, g: &Group, keep: &[usize], ops: &mut [Op], w: &mut Weigh
         }
     }
     for r in &g.readers {
+        let key = format!("{}.weight", graph.nodes[r.node()].name);
         match *r {
-            Reader::Conv(i) => {
-                if let Op::Conv(c) = &mut ops[i] {
-                    c.in_channels = n;
-                }
-                edit(format!("{}.weight", graph.nodes[i].name), &|t| {
-                    select(t, 1, keep)
-                });
-            }
-            Reader::Linear { node, per_channel } => {
-                if let Op::Linear { in_features, .. } = &mut ops[node] {
-                    *in_features = n * per_channel;
-                }
-                let key = format!("{}.weight", graph.nodes[node].name);
-                edit(key, &|t| select_features(t, per_channel, keep));
+            Reader::Conv(_) => edit(key, &|t| select(t, 1, keep)),
+            Reader::Linear { per_channel, .. } => {
+                edit(key, &|t| select_features(t, per_channel, keep))
             }
         }
     }
+}
+
+/// Each group of `graph` (by name) with the SLAMP score of each of its channels: LAMP's
+/// normalisation (Lee et al., ICLR 2021, Eq. 2) over the group's channel norms
+/// ([`group_norms`], DepGraph's group importance), so that scores compare across groups.
+pub fn group_scores(graph: &Graph, weights: &Weights) -> Vec<(String, Vec<f64>)> {
+    groups(graph)
+        .iter()
+        .map(|g| {
+            (
+                g.name.clone(),
+                slamp_scores(&group_norms(graph, weights, g)),
+            )
+        })
+        .collect()
+}
+
+/// Per-group ratios from one global SLAMP threshold over every group's channel scores,
+/// the smallest that makes the pruned graph meet `target` (against `original`, the
+/// uncompressed model's cost), as [`crate::compress::slamp::recommend_ratios`] does for
+/// VGG plans: each group clamped to `max_ratio` and keeping a channel.
+pub fn recommend_group_ratios(
+    graph: &Graph,
+    weights: &Weights,
+    target: PruneTarget,
+    max_ratio: f64,
+    original: &Cost,
+) -> crate::Result<IndexMap<String, f64>> {
+    check_target(target, max_ratio)?;
+    let gs = groups(graph);
+    let layers = group_scores(graph, weights);
+    let ops: Vec<Op> = graph.nodes.iter().map(|n| n.op.clone()).collect();
+    let pruned_cost = |removed: &[usize]| {
+        let mut ops = ops.clone();
+        for ((g, (_, s)), &k) in gs.iter().zip(&layers).zip(removed) {
+            resize(g, s.len() - k, &mut ops);
+        }
+        count(&with_ops(graph, ops).expect("resizing a group keeps the graph valid"))
+    };
+    threshold_ratios(&layers, target, max_ratio, original, pruned_cost)
 }

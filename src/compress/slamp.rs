@@ -149,7 +149,6 @@ pub fn ratios_for_scores(
     max_ratio: f64,
     original: &cost::Cost,
 ) -> Result<IndexMap<String, f64>> {
-    let total_filters: usize = layers.iter().map(|(_, s)| s.len()).sum();
     let pruned_cost = |removed: &[usize]| {
         let mut a = arch.clone();
         for ((name, s), &k) in layers.iter().zip(removed) {
@@ -157,6 +156,20 @@ pub fn ratios_for_scores(
         }
         cost::count(&a)
     };
+    threshold_ratios(layers, target, max_ratio, original, pruned_cost)
+}
+
+/// The global threshold's ratios for `layers` (each a name and one score per filter, or
+/// per channel of a group): `pruned_cost` gives the model's cost with `removed[i]`
+/// filters gone from `layers[i]`.
+pub fn threshold_ratios(
+    layers: &[(String, Vec<f64>)],
+    target: PruneTarget,
+    max_ratio: f64,
+    original: &cost::Cost,
+    pruned_cost: impl Fn(&[usize]) -> cost::Cost,
+) -> Result<IndexMap<String, f64>> {
+    let total_filters: usize = layers.iter().map(|(_, s)| s.len()).sum();
     // Filters removed from each layer when every score <= t goes (clamped).
     let removed_at = |t: f64| -> Vec<usize> {
         layers

@@ -101,6 +101,12 @@ pub fn from_arch(arch: &Arch) -> Result<Graph, GraphError> {
     Graph::new(&arch.model, arch.input, b.defs)
 }
 
+/// [`from_arch`] of an architecture rankprune built or checked (its layer names,
+/// shapes and weights keys unchanged): the graph training runs for a VGG plan.
+pub fn of_arch(arch: &Arch) -> Graph {
+    from_arch(arch).expect("a checked architecture is a valid graph")
+}
+
 /// A ResNet of BasicBlocks: He et al. (2016)'s CIFAR `resnet20/32/44/56/110` (three
 /// stages of 16, 32, 64 channels) or torchvision's `resnet18/34` (four stages of 64 to
 /// 512), with an optional width multiplier (`resnet20@2`, `resnet18@0.25`).

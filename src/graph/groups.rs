@@ -18,6 +18,15 @@ pub enum Reader {
     Linear { node: usize, per_channel: usize },
 }
 
+impl Reader {
+    /// The reading node's index.
+    pub fn node(&self) -> usize {
+        match *self {
+            Reader::Conv(i) | Reader::Linear { node: i, .. } => i,
+        }
+    }
+}
+
 /// Convs tied to one channel set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {

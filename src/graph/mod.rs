@@ -229,6 +229,11 @@ impl Graph {
         }
     }
 
+    /// The classes the network scores: the last node's output size.
+    pub fn num_classes(&self) -> Result<usize, GraphError> {
+        Ok(self.shapes()?.last().map_or(0, |s| s[0]))
+    }
+
     /// Every node's output shape (`[C, H, W]`, or `[F]` after Flatten and Linear).
     pub fn shapes(&self) -> Result<Vec<Vec<usize>>, GraphError> {
         let mut shapes: Vec<Vec<usize>> = Vec::with_capacity(self.nodes.len());

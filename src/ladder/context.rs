@@ -11,7 +11,9 @@ use crate::compress::{Compressed, compress_model};
 use crate::config::LayerConfig;
 use crate::data::ImageSet;
 use crate::data::batches::Batch;
-use crate::model::Vgg;
+use crate::graph::build::of_arch;
+use crate::model::{GraphNet, Vgg};
+use crate::train::distill::{Distill, Teacher};
 use crate::train::recalibrate::calibration_batches;
 use crate::train::repair::repair_compressed;
 use crate::train::{LrSchedule, TrainConfig};
@@ -113,8 +115,18 @@ impl Context {
         calibration_batches(&self.train, batches, self.proxy.batch_size, self.seed)
     }
 
-    /// The uncompressed base model on `device`: the distillation teacher and the
-    /// reference of the KL and CKA scores.
+    /// The distillation teacher: the uncompressed base model on `device`.
+    pub fn teacher(&self, distill: Distill, device: &Device) -> Result<Teacher> {
+        let model = GraphNet::from_weights(
+            &of_arch(&self.base),
+            (*self.weights).clone(),
+            "<base>",
+            device,
+        )?;
+        Ok(Teacher { model, distill })
+    }
+
+    /// The uncompressed base model on `device`: the reference of the KL and CKA scores.
     pub fn base_model(&self, device: &Device) -> Result<Vgg> {
         Ok(Vgg::from_weights(
             &self.base,

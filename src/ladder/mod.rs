@@ -16,6 +16,7 @@ pub use context::Context;
 use crate::arch::Arch;
 use crate::compress::Compressed;
 use crate::data::batches::Batch;
+use crate::graph::build::of_arch;
 use crate::model::Vgg;
 use crate::train::distill::Teacher;
 use crate::train::recalibrate::recalibrate_bn;
@@ -246,10 +247,9 @@ pub fn score(
         | Probe::FineTuneDecayed { steps }
         | Probe::Distilled { steps } => {
             let teacher = match probe {
-                Probe::Distilled { .. } => Some(Teacher {
-                    model: base()?,
-                    distill: ctx.proxy.distill.unwrap_or_default(),
-                }),
+                Probe::Distilled { .. } => {
+                    Some(ctx.teacher(ctx.proxy.distill.unwrap_or_default(), device)?)
+                }
                 _ => None,
             };
             let cfg = probe.train_config(ctx, steps);
@@ -291,7 +291,7 @@ fn train_candidate(
 ) -> Result<(crate::train::TrainOutcome, f64)> {
     let mut tse = f64::NAN;
     let out = train_with(
-        arch,
+        &of_arch(arch),
         weights,
         ctx.train.clone(),
         ctx.val.clone(),

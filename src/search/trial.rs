@@ -5,9 +5,9 @@ use crate::arch::Arch;
 use crate::budget::Rung0Score;
 use crate::compress::Compressed;
 use crate::config::LayerConfig;
+use crate::graph::build::of_arch;
 use crate::ladder::Context;
 use crate::model::Vgg;
-use crate::train::distill::Teacher;
 use crate::train::recalibrate::recalibrate_bn;
 use crate::train::{Control, evaluate, train_with};
 use crate::weights::Weights;
@@ -102,15 +102,15 @@ pub fn run_trial(
     }
     let cfg = ctx.proxy_config();
     let teacher = match p.distill {
-        Some(distill) => match ctx.base_model(device) {
-            Ok(model) => Some(Teacher { model, distill }),
+        Some(distill) => match ctx.teacher(distill, device) {
+            Ok(teacher) => Some(teacher),
             Err(e) => return TrialEnd::Failed(format!("building the teacher: {e}")),
         },
         None => None,
     };
     let mut stopped_at = None;
     let outcome = train_with(
-        &arch,
+        &of_arch(&arch),
         weights,
         ctx.train.clone(),
         ctx.val.clone(),

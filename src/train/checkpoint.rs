@@ -5,7 +5,6 @@
 
 use super::metrics::EvalResult;
 use super::plateau::{Plateau, PlateauConfig};
-use crate::arch::Arch;
 use crate::weights::Weights;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -76,7 +75,9 @@ impl Checkpoint {
         std::fs::rename(&tmp, dir.join(STATE_FILE)).map_err(|e| fail(dir, e))
     }
 
-    pub fn load(dir: &Path, arch: &Arch) -> Result<Self> {
+    /// The checkpoint in `dir`, its weights checked against `expected` (keys and shapes,
+    /// as [`Weights::matched_to_shapes`]).
+    pub fn load(dir: &Path, expected: Vec<(String, Vec<usize>)>) -> Result<Self> {
         let state_path = dir.join(STATE_FILE);
         let text = std::fs::read_to_string(&state_path)
             .map_err(|e| Error::BadInput(format!("{}: cannot read: {e}", state_path.display())))?;
@@ -84,7 +85,7 @@ impl Checkpoint {
             .map_err(|e| Error::BadInput(format!("{}: {e}", state_path.display())))?;
         let load = |name: &str| -> Result<Weights> {
             let p = dir.join(name);
-            Ok(Weights::load(&p)?.matched_to(arch, &p.display().to_string())?)
+            Ok(Weights::load(&p)?.matched_to_shapes(expected.clone(), &p.display().to_string())?)
         };
         let best_weights = if dir.join(BEST_FILE).exists() {
             Some(load(BEST_FILE)?)

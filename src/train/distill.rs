@@ -4,7 +4,7 @@
 //! the KL averaged over the batch. Defaults T = 4, alpha = 0.9 are the KD baseline of
 //! Tian, Krishnan and Isola's distillation benchmark (CRD, ICLR 2020).
 
-use crate::model::Vgg;
+use crate::model::GraphNet;
 use burn::nn::loss::CrossEntropyLoss;
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Int, Tensor};
@@ -41,7 +41,7 @@ impl Default for Distill {
 
 /// The teacher (on the inference device) and how to learn from it.
 pub struct Teacher {
-    pub model: Vgg,
+    pub model: GraphNet,
     pub distill: Distill,
 }
 

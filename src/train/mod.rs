@@ -11,10 +11,10 @@ pub mod plateau;
 pub mod recalibrate;
 pub mod repair;
 
-use crate::arch::Arch;
 use crate::data::ImageSet;
 use crate::data::batches::{Batch, EpochPlan, stream};
-use crate::model::Vgg;
+use crate::graph::Graph;
+use crate::model::{GraphNet, graph_weight_shapes};
 use crate::weights::Weights;
 use crate::{Error, Result};
 use burn::module::Module;
@@ -182,11 +182,12 @@ fn teacher_logits(t: &Teacher, batch: &Batch, device: &Device, ad: &Device) -> T
     Tensor::from_data(logits.into_data(), ad)
 }
 
-/// Trains `weights` (of `arch`) on `train`, validating on `val`. With `cfg.resume`, the
-/// checkpoint in `cfg.checkpoint_dir` replaces `weights` and the counters.
-/// `on_report` sees every training and validation report and may stop the run.
+/// Trains `weights` (of `graph`: a VGG's [`crate::arch::Arch::graph`], a ResNet, an
+/// imported model) on `train`, validating on `val`. With `cfg.resume`, the checkpoint in
+/// `cfg.checkpoint_dir` replaces `weights` and the counters. `on_report` sees every
+/// training and validation report and may stop the run.
 pub fn train(
-    arch: &Arch,
+    graph: &Graph,
     weights: Weights,
     train: Arc<ImageSet>,
     val: Arc<ImageSet>,
@@ -194,13 +195,13 @@ pub fn train(
     device: &Device,
     on_report: impl FnMut(&Report) -> Control,
 ) -> Result<TrainOutcome> {
-    train_with(arch, weights, train, val, cfg, None, device, on_report)
+    train_with(graph, weights, train, val, cfg, None, device, on_report)
 }
 
 /// Where a run starts: fresh, or from the checkpoint in `cfg.checkpoint_dir` when
 /// `cfg.resume` (its weights, best weights, counters and optimizer state).
 fn start(
-    arch: &Arch,
+    graph: &Graph,
     weights: Weights,
     cfg: &TrainConfig,
 ) -> Result<(Weights, Option<Weights>, TrainState, ModuleOptimizer)> {
@@ -213,7 +214,7 @@ fn start(
         .checkpoint_dir
         .as_ref()
         .ok_or_else(|| Error::BadInput("--resume needs --checkpoint-dir".into()))?;
-    let ck = Checkpoint::load(dir, arch)?;
+    let ck = Checkpoint::load(dir, graph_weight_shapes(graph))?;
     let optim = optim
         .load(dir.join(checkpoint::OPTIM_FILE))
         .map_err(|e| Error::Failure(format!("{}: {e:?}", dir.display())))?;
@@ -281,11 +282,11 @@ impl Stepper<'_> {
     /// mean loss and its top-1 hits. A non-finite loss is an error naming where.
     fn step(
         &mut self,
-        model: Vgg,
+        model: GraphNet,
         batch: &Batch,
         lr: f64,
         state: &TrainState,
-    ) -> Result<(Vgg, f64, usize)> {
+    ) -> Result<(GraphNet, f64, usize)> {
         let (x, y) = batch_tensors(batch, &self.ad);
         let logits = model.forward(x);
         let loss = match self.teacher {
@@ -320,14 +321,14 @@ impl Stepper<'_> {
 }
 
 /// Validation of the model being trained.
-type Validate<'a> = dyn Fn(&Vgg) -> Result<EvalResult> + 'a;
+type Validate<'a> = dyn Fn(&GraphNet) -> Result<EvalResult> + 'a;
 
 /// A run between its start and its outcome.
 struct Run<'a> {
     cfg: &'a TrainConfig,
     stepper: Stepper<'a>,
     /// The model (taken by each step, which returns the next one).
-    model: Option<Vgg>,
+    model: Option<GraphNet>,
     state: TrainState,
     best_weights: Option<Weights>,
     best_val: Option<EvalResult>,
@@ -338,7 +339,7 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn model(&self) -> &Vgg {
+    fn model(&self) -> &GraphNet {
         self.model.as_ref().expect("a model between steps")
     }
 
@@ -433,7 +434,7 @@ impl Run<'_> {
 /// [`train`], learning from `teacher` as well as the labels when one is given.
 #[allow(clippy::too_many_arguments)]
 pub fn train_with(
-    arch: &Arch,
+    graph: &Graph,
     weights: Weights,
     train: Arc<ImageSet>,
     val: Arc<ImageSet>,
@@ -448,10 +449,10 @@ pub fn train_with(
         ));
     }
     let ad = device.clone().autodiff();
-    let (weights, best_weights, state, optim) = start(arch, weights, cfg)?;
+    let (weights, best_weights, state, optim) = start(graph, weights, cfg)?;
     let mut run = Run {
         cfg,
-        model: Some(Vgg::from_weights(arch, weights, "<train>", &ad)?),
+        model: Some(GraphNet::from_weights(graph, weights, "<train>", &ad)?),
         stepper: Stepper {
             optim,
             loss_fn: CrossEntropyLossConfig::new().init(&ad),
@@ -466,7 +467,8 @@ pub fn train_with(
         tally: Tally::new(),
         planned: cfg.planned_steps(train.len()),
     };
-    let validate = |m: &Vgg| evaluate(&m.valid(), &val, cfg.batch_size, cfg.eval_limit, device);
+    let validate =
+        |m: &GraphNet| evaluate(&m.valid(), &val, cfg.batch_size, cfg.eval_limit, device);
     let mut stopped_early = false;
     while run.state.epoch < cfg.epochs {
         if run.batches(&train, &validate, &mut on_report)? {

@@ -1,10 +1,11 @@
 //! The graph model (residual networks): against PyTorch's logits, and its channel-major
 //! path against burn's own layers.
 
-use super::common::repo_path;
+use super::common::{repo_path, stripes, write_cifar100};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use rankprune::graph::Graph;
 use rankprune::graph::build::ResNetSpec;
+use rankprune::graph::build::of_arch;
 use rankprune::model::GraphNet;
 use rankprune::weights::Weights;
 
@@ -106,6 +107,58 @@ fn channel_major_residual_training_matches_burns_layers() {
     }
 }
 
+/// A VGG plan's graph (what training runs) against the `Vgg` module built from the plan:
+/// the same logits, input and weight gradients and BN running statistics, for a plan
+/// with Tucker units and a plain (BN-less) conv, and the same weights keys.
+#[test]
+fn vgg_plans_run_through_the_graph_as_through_the_vgg_module() {
+    use rankprune::arch::ArchSpec;
+    use rankprune::model::Vgg;
+    let device = Device::flex().autodiff();
+    let mut arch = ArchSpec::parse("cfg_bn:4,M,6,M,5").unwrap().build(3);
+    arch.decompose("features.4", 2, 3).unwrap();
+    let w = Weights::init(&arch, 5);
+    let x0 = Tensor::<4>::random([3, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+    let mix = Tensor::<2>::from_floats([[1.0, -2.0, 0.5]], &device);
+    let graph_run = {
+        let model = GraphNet::from_weights(&of_arch(&arch), w.clone(), "mem", &device).unwrap();
+        assert_eq!(model.to_weights(), w);
+        let x = x0.clone().require_grad();
+        let y = model.forward(x.clone());
+        let grads = (y.clone() * mix.clone()).sum().backward();
+        let mut all = vec![host(y.inner()), host(x.grad(&grads).unwrap().flatten(0, 3))];
+        for conv in &model.convs {
+            all.push(host(conv.weight.val().grad(&grads).unwrap().flatten(0, 3)));
+        }
+        for bn in &model.bns {
+            all.push(host(bn.running_var.value().inner().unsqueeze::<2>()));
+        }
+        all
+    };
+    let vgg_run = {
+        let model = Vgg::from_weights(&arch, w.clone(), "mem", &device).unwrap();
+        let x = x0.clone().require_grad();
+        let y = model.forward(x.clone());
+        let grads = (y.clone() * mix).sum().backward();
+        let mut all = vec![host(y.inner()), host(x.grad(&grads).unwrap().flatten(0, 3))];
+        for conv in &model.convs {
+            all.push(host(conv.weight.val().grad(&grads).unwrap().flatten(0, 3)));
+        }
+        for bn in &model.bns {
+            all.push(host(bn.running_var.value().inner().unsqueeze::<2>()));
+        }
+        all
+    };
+    assert_eq!(graph_run.len(), vgg_run.len());
+    for (k, (a, b)) in graph_run.iter().zip(&vgg_run).enumerate() {
+        let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        for (p, q) in a.iter().zip(b) {
+            // The same kernels in the same order: equal up to summation order.
+            assert!((p - q).abs() <= 1e-5 * scale, "tensor {k}: {p} vs {q}");
+        }
+    }
+}
+
 /// `metrics`, `init` and `check` take residual networks; the other commands refuse them
 /// with exit 2 and say so.
 #[test]
@@ -159,23 +212,76 @@ fn residual_networks_through_the_cli() {
         w,
     ]);
     assert_eq!(o.status.code(), Some(2));
+    // Trained from the initialised weights on CIFAR-layout data (16x16 crops of it are
+    // refused: the binary layouts hold 32x32 images); the best weights evaluate to the
+    // accuracy train reported.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_cifar100(&stripes(64, 4, 1), &data.join("train.bin"));
+    write_cifar100(&stripes(32, 4, 2), &data.join("test.bin"));
+    let data = data.to_str().unwrap();
+    let trained = dir.path().join("t.safetensors");
+    let trained = trained.to_str().unwrap();
     let o = run(
         "train",
-        &[
-            "--dataset",
-            "cifar100",
-            "--data",
-            "x",
-            "--out",
-            "y.safetensors",
-        ],
+        &["--dataset", "cifar100", "--data", data, "--out", trained],
     );
     assert_eq!(o.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("residual networks work with `metrics`"),
-        "{err}"
-    );
+    let at32 = [
+        "--arch",
+        "resnet20@0.5",
+        "--num-classes",
+        "4",
+        "--dataset",
+        "cifar100",
+        "--data",
+        data,
+        "--val-split",
+        "16",
+    ];
+    let mut args = vec!["train"];
+    args.extend(at32);
+    args.extend([
+        "--weights",
+        w,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--out",
+        trained,
+        "--json",
+    ]);
+    let o = rankprune(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(t["steps"], 3);
+    let mut args = vec!["eval"];
+    args.extend(at32);
+    args.extend(["--weights", trained, "--json"]);
+    let o = rankprune(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(e["top1"], t["test"]["top1"]);
+    // Group SLAMP ratios for half the FLOPs; the config they write counts at least 2x.
+    let ratios = dir.path().join("ratios.json");
+    let ratios = ratios.to_str().unwrap();
+    let mut args = vec!["recommend", "pruning"];
+    args.extend(model);
+    args.extend(["--weights", w, "--flops-reduction", "2", "--out", ratios]);
+    let o = rankprune(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("members"));
+    let count = |extra: &[&str]| -> u64 {
+        let mut args = vec!["metrics"];
+        args.extend(model);
+        args.extend(extra);
+        args.push("--json");
+        let o = rankprune(&args);
+        let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        m["flops"].as_u64().unwrap()
+    };
+    assert!(count(&["--config", ratios]) * 2 <= count(&[]));
     // An ONNX file as the architecture, and as the weights.
     let onnx = repo_path("tests/fixtures/resnet18_w32_cifar.onnx");
     let onnx = onnx.to_str().unwrap();

@@ -281,3 +281,55 @@ fn folding_a_residual_networks_batch_norms_keeps_its_logits() {
         assert!((a - b).abs() < 1e-4, "{a} vs {b}");
     }
 }
+
+/// Group SLAMP: each channel's score is LAMP's over its group's norms (by definition,
+/// computed here from the members' filters), and the recommended ratios are those of
+/// the smallest global threshold meeting the target, found here by scanning every
+/// threshold in order; the pruned graph meets the target.
+#[test]
+fn group_slamp_picks_the_smallest_threshold_that_meets_the_target() {
+    use rankprune::compress::group_prune::{group_scores, recommend_group_ratios};
+    use rankprune::compress::slamp::PruneTarget;
+    use rankprune::graph::cost::count;
+    let (g, w) = resnet20();
+    let scores = group_scores(&g, &w);
+    let gs = groups(&g);
+    assert_eq!(scores.len(), gs.len());
+    // LAMP by its definition: ||c||^2 / sum of ||k||^2 over channels k at least as strong.
+    let stream = gs.iter().position(|x| x.name == "conv1").unwrap();
+    let norms = group_norms(&g, &w, &gs[stream]);
+    for (c, &s) in scores[stream].1.iter().enumerate() {
+        let stronger: f64 = norms
+            .iter()
+            .filter(|&&n| n >= norms[c])
+            .map(|n| n * n)
+            .sum();
+        assert!((s - norms[c] * norms[c] / stronger).abs() < 1e-12);
+    }
+    let original = count(&g);
+    let (target, max_ratio) = (PruneTarget::FlopsReduction(2.0), 0.8);
+    let ratios = recommend_group_ratios(&g, &w, target, max_ratio, &original).unwrap();
+    let pruned_at = |t: f64| {
+        let r: BTreeMap<String, f64> = scores
+            .iter()
+            .map(|(name, s)| {
+                let cap = ((s.len() as f64 * max_ratio + 1e-9).floor() as usize).min(s.len() - 1);
+                let k = s.iter().filter(|&&v| v <= t).count().min(cap);
+                (name.clone(), k as f64 / s.len() as f64)
+            })
+            .collect();
+        let (pg, _) = prune_groups(&g, &w, &r).unwrap();
+        (r, count(&pg))
+    };
+    let mut all: Vec<f64> = scores.iter().flat_map(|(_, s)| s.clone()).collect();
+    all.sort_by(f64::total_cmp);
+    let (want, cost) = all
+        .iter()
+        .map(|&t| pruned_at(t))
+        .find(|(_, c)| target.met_by(c, &original))
+        .expect("the target is reachable");
+    let got: BTreeMap<String, f64> = ratios.into_iter().collect();
+    assert_eq!(got, want);
+    assert!(cost.flops * 2 <= original.flops);
+    assert!(got.values().any(|&r| r > 0.0));
+}

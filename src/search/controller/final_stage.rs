@@ -13,6 +13,7 @@ use crate::compress::decompose::recommend_ranks;
 use crate::config::LayerConfig;
 use crate::data::{ImageSet, Split};
 use crate::device::parse_device;
+use crate::graph::build::of_arch;
 use crate::ladder::Context;
 use crate::model::Vgg;
 use crate::search::finalists::finalists;
@@ -404,7 +405,7 @@ impl Retraining {
             ..self.ctx.final_config(self.epochs)
         };
         let o = train(
-            &arch,
+            &of_arch(&arch),
             weights,
             self.ctx.train.clone(),
             self.ctx.val.clone(),

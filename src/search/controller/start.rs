@@ -11,6 +11,7 @@ use crate::config::LayerConfig;
 use crate::cost;
 use crate::data::ImageSet;
 use crate::device::parse_device;
+use crate::graph::build::of_arch;
 use crate::ladder::Context;
 use crate::ladder::context::{load_base_weights, study_inputs};
 use crate::search::anchored::Anchored;
@@ -57,7 +58,7 @@ pub(super) async fn base_weights(
             ..TrainConfig::default()
         };
         train(
-            &arch,
+            &of_arch(&arch),
             Weights::init(&arch, seed),
             train_set,
             val_set,
