@@ -260,17 +260,19 @@ fn main() {
         "| model | batch | steps | train images/s | inference images/s | train images/s, Vgg module | train images/s, burn's layers |"
     );
     println!("|---|---|---|---|---|---|---|");
-    // A third argument measures only part: `train` or `inference` (for timing the whole
-    // process from outside), or `ours` (both, without burn's layers); the other columns
+    // A third argument measures only part: `train`, `vgg` (training through the Vgg
+    // module) or `inference` (for timing the whole process from outside), or `ours`
+    // (train and inference, without the Vgg module and burn's layers); the other columns
     // then read 0.
     let part = args.next().unwrap_or_default();
     let train = matches!(part.as_str(), "" | "train" | "ours");
     let infer = matches!(part.as_str(), "" | "inference" | "ours");
+    let vgg_too = matches!(part.as_str(), "" | "vgg");
     let before_too = part.is_empty();
     for (name, arch) in models.iter().filter(|(n, _)| selected(n, &filter)) {
         let rate = |on: bool, f: &dyn Fn() -> f64| if on { f() } else { 0.0 };
         let train_rate = rate(train, &|| train_images_per_s(arch, steps, Path::Graph));
-        let vgg = rate(before_too, &|| train_images_per_s(arch, steps, Path::Vgg));
+        let vgg = rate(vgg_too, &|| train_images_per_s(arch, steps, Path::Vgg));
         let before = rate(before_too, &|| {
             train_images_per_s(arch, steps, Path::Reference)
         });
