@@ -17,6 +17,15 @@ pub fn repo_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
+/// The ResNet `text` names (`resnet20@0.5`) for `classes` classes and `side`-pixel inputs.
+pub fn resnet(text: &str, classes: usize, side: usize) -> rankprune::graph::Graph {
+    rankprune::graph::build::ResNetSpec::parse(text)
+        .expect("a resnet name")
+        .unwrap()
+        .build(classes, side)
+        .unwrap()
+}
+
 pub fn vgg19_bn() -> Arch {
     ArchSpec::parse("vgg19_bn").unwrap().build(100)
 }

@@ -1,21 +1,11 @@
 //! The graph model (residual networks): against PyTorch's logits, and its channel-major
 //! path against burn's own layers.
 
-use super::common::{repo_path, stripes, write_cifar100};
+use super::common::{repo_path, resnet, stripes, write_cifar100};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use rankprune::graph::Graph;
-use rankprune::graph::build::ResNetSpec;
 use rankprune::graph::build::of_arch;
 use rankprune::model::GraphNet;
 use rankprune::weights::Weights;
-
-fn resnet(text: &str, classes: usize, side: usize) -> Graph {
-    ResNetSpec::parse(text)
-        .unwrap()
-        .unwrap()
-        .build(classes, side)
-        .unwrap()
-}
 
 fn host(t: Tensor<2>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()

@@ -6,18 +6,13 @@ use burn::tensor::{Device, Distribution, Tensor};
 use rankprune::compress::group_prune::{group_norms, prune_groups};
 use rankprune::compress::prune::{kept_indices, select};
 use rankprune::graph::Graph;
-use rankprune::graph::build::ResNetSpec;
 use rankprune::graph::groups::groups;
 use rankprune::model::GraphNet;
 use rankprune::weights::Weights;
 use std::collections::BTreeMap;
 
 fn resnet20() -> (Graph, Weights) {
-    let g = ResNetSpec::parse("resnet20@0.5")
-        .unwrap()
-        .unwrap()
-        .build(4, 16)
-        .unwrap();
+    let g = crate::common::resnet("resnet20@0.5", 4, 16);
     let mut w = GraphNet::init_weights(&g, 7);
     // BN statistics and biases away from identity, so every tensor matters.
     for (k, t) in w.tensors.iter_mut() {

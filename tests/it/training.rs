@@ -78,14 +78,9 @@ fn tinted(n: usize, classes: usize, seed: u64) -> rankprune::data::ImageSet {
 /// shortcuts) learns a learnable problem, and resumes from its checkpoint exactly.
 #[test]
 fn residual_networks_train_and_resume_exactly() {
-    use rankprune::graph::build::ResNetSpec;
     use rankprune::model::GraphNet;
     let device = Device::flex();
-    let graph = ResNetSpec::parse("resnet8@0.25")
-        .unwrap()
-        .unwrap()
-        .build(3, 32)
-        .unwrap();
+    let graph = crate::common::resnet("resnet8@0.25", 3, 32);
     let (train_set, val_set) = (Arc::new(tinted(192, 3, 1)), Arc::new(tinted(60, 3, 2)));
     let run = |cfg: &TrainConfig, seed: u64| {
         let w = GraphNet::init_weights(&graph, seed);
