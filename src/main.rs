@@ -49,11 +49,8 @@ impl ModelArgs {
         let Some(path) = &self.config else {
             return Ok(Some(graph));
         };
-        // The config's structure: applied to fresh weights (the counts do not depend
-        // on the values).
-        let w = GraphNet::init_weights(&graph, 0);
         let config = LayerConfig::load(path)?;
-        let (g, _) = rankprune::compress::graph_config::apply_config(&graph, &w, &config)
+        let g = rankprune::compress::graph_config::config_layout(&graph, &config)
             .map_err(|e| Error::BadInput(format!("{}: {e}", path.display())))?;
         Ok(Some(g))
     }

@@ -316,7 +316,7 @@ fn decomposed_graph(
     file: &str,
 ) -> Result<(Graph, Weights)> {
     use rankprune::compress::graph_config::apply_config;
-    use rankprune::model::{GraphNet, graph_weight_shapes};
+    use rankprune::model::graph_weight_shapes;
     let ranks_only = LayerConfig {
         pruning: None,
         ..config.clone()
@@ -328,8 +328,9 @@ fn decomposed_graph(
     if let Ok(w) = &base_fit {
         return decompose(w);
     }
-    // The decomposed graph's structure (the ranks alone fix it), and the file against it.
-    let (decomposed, _) = decompose(&GraphNet::init_weights(graph, 0))?;
+    // The decomposed graph's layout (the ranks alone fix it), and the file against it.
+    let decomposed = rankprune::compress::graph_config::config_layout(graph, &ranks_only)
+        .map_err(|e| Error::BadInput(format!("{file}: {e}")))?;
     let raw = match path.extension().and_then(|e| e.to_str()) {
         Some("onnx") => super::import_onnx(path)?.1,
         _ => Weights::load(path)?,

@@ -35,6 +35,24 @@ pub fn decompose_graph(
     weights: &Weights,
     ranks: &BTreeMap<String, [usize; 2]>,
 ) -> Result<(Graph, Weights), String> {
+    let (g, w) = decompose(graph, Some(weights), ranks)?;
+    Ok((g, w.expect("weights given")))
+}
+
+/// The graph [`decompose_graph`] gives, without weights (no factorisation): what a
+/// config's ranks make of the network's layout and cost.
+pub fn decomposed_layout(
+    graph: &Graph,
+    ranks: &BTreeMap<String, [usize; 2]>,
+) -> Result<Graph, String> {
+    Ok(decompose(graph, None, ranks)?.0)
+}
+
+fn decompose(
+    graph: &Graph,
+    weights: Option<&Weights>,
+    ranks: &BTreeMap<String, [usize; 2]>,
+) -> Result<(Graph, Option<Weights>), String> {
     for (name, &[r_in, r_out]) in ranks {
         let Some(i) = graph.find(name) else {
             return Err(format!("{name}: no such layer"));
@@ -60,7 +78,7 @@ pub fn decompose_graph(
     };
     let mut defs = Vec::new();
     // Every tensor stays but the decomposed convs', which their chains replace.
-    let mut w = weights.clone();
+    let mut w = weights.cloned();
     for node in &graph.nodes {
         let n = &node.name;
         let inputs: Vec<String> = node.inputs.iter().map(|&j| output_of(j)).collect();
@@ -72,36 +90,46 @@ pub fn decompose_graph(
             });
             continue;
         };
-        let kernel = w
-            .tensors
-            .shift_remove(&format!("{n}.weight"))
-            .expect("weights matched to the graph");
-        let shape = [c.out_channels, c.in_channels, c.kernel, c.kernel];
-        let factors = tucker2(&kernel.data, shape, r_in, r_out, HOOI_MAX_ITERS).conv_weights();
         let ops = [
             conv(c.in_channels, r_in, 1, 1, 0, false),
             conv(r_in, r_out, c.kernel, c.stride, c.padding, false),
             conv(r_out, c.out_channels, 1, 1, 0, c.bias),
         ];
-        for (k, (op, (shape, data))) in ops.into_iter().zip(factors).enumerate() {
-            let name = format!("{n}_tucker_{k}");
-            w.tensors
-                .insert(format!("{name}.weight"), TensorF32::new(shape, data));
+        if let Some(w) = &mut w {
+            factor(w, n, c, [r_in, r_out]);
+        }
+        for (k, op) in ops.into_iter().enumerate() {
             let from = if k == 0 {
                 inputs.clone()
             } else {
                 vec![format!("{n}_tucker_{}", k - 1)]
             };
             defs.push(NodeDef {
-                name: name.clone(),
+                name: format!("{n}_tucker_{k}"),
                 op,
                 inputs: from,
             });
         }
-        if let Some(b) = w.tensors.shift_remove(&format!("{n}.bias")) {
-            w.tensors.insert(format!("{n}_tucker_2.bias"), b);
-        }
     }
     let out = Graph::new(&graph.model, graph.input, defs).map_err(|e| e.to_string())?;
     Ok((out, w))
+}
+
+/// Replaces conv `n`'s kernel (and bias) in `w` by its Tucker-2 chain's three.
+fn factor(w: &mut Weights, n: &str, c: &Conv, [r_in, r_out]: [usize; 2]) {
+    let kernel = w
+        .tensors
+        .shift_remove(&format!("{n}.weight"))
+        .expect("weights matched to the graph");
+    let shape = [c.out_channels, c.in_channels, c.kernel, c.kernel];
+    let factors = tucker2(&kernel.data, shape, r_in, r_out, HOOI_MAX_ITERS).conv_weights();
+    for (k, (shape, data)) in factors.into_iter().enumerate() {
+        w.tensors.insert(
+            format!("{n}_tucker_{k}.weight"),
+            TensorF32::new(shape, data),
+        );
+    }
+    if let Some(b) = w.tensors.shift_remove(&format!("{n}.bias")) {
+        w.tensors.insert(format!("{n}_tucker_2.bias"), b);
+    }
 }

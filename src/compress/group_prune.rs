@@ -51,6 +51,21 @@ pub fn prune_groups(
     weights: &Weights,
     ratios: &BTreeMap<String, f64>,
 ) -> Result<(Graph, Weights), String> {
+    let (g, w) = prune(graph, Some(weights), ratios)?;
+    Ok((g, w.expect("weights given")))
+}
+
+/// The graph [`prune_groups`] gives, without weights: what the ratios make of the
+/// network's layout and cost (the channel counts do not depend on which channels go).
+pub fn pruned_layout(graph: &Graph, ratios: &BTreeMap<String, f64>) -> Result<Graph, String> {
+    Ok(prune(graph, None, ratios)?.0)
+}
+
+fn prune(
+    graph: &Graph,
+    weights: Option<&Weights>,
+    ratios: &BTreeMap<String, f64>,
+) -> Result<(Graph, Option<Weights>), String> {
     let gs = groups(graph);
     for name in ratios.keys() {
         if gs.iter().any(|g| &g.name == name) {
@@ -68,7 +83,7 @@ pub fn prune_groups(
         });
     }
     let mut nodes: Vec<Op> = graph.nodes.iter().map(|n| n.op.clone()).collect();
-    let mut w = weights.clone();
+    let mut w = weights.cloned();
     for g in &gs {
         let Some(&ratio) = ratios.get(&g.name) else {
             continue;
@@ -76,9 +91,18 @@ pub fn prune_groups(
         if !(0.0..1.0).contains(&ratio) {
             return Err(format!("{}: ratio {ratio}: allowed [0, 1)", g.name));
         }
-        let norms = group_norms(graph, weights, g);
-        let keep = kept_indices(&norms, kept_filters(norms.len(), ratio));
-        apply(graph, g, &keep, &mut nodes, &mut w);
+        let channels = match &graph.nodes[g.members[0]].op {
+            Op::Conv(c) => c.out_channels,
+            _ => unreachable!("a group's members are convs"),
+        };
+        let kept = kept_filters(channels, ratio);
+        match (&mut w, weights) {
+            (Some(w), Some(original)) => {
+                let keep = kept_indices(&group_norms(graph, original, g), kept);
+                apply(graph, g, &keep, &mut nodes, w);
+            }
+            _ => resize(g, kept, &mut nodes),
+        }
     }
     Ok((with_ops(graph, nodes)?, w))
 }

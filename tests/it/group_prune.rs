@@ -328,3 +328,21 @@ fn group_slamp_picks_the_smallest_threshold_that_meets_the_target() {
     assert!(cost.flops * 2 <= original.flops);
     assert!(got.values().any(|&r| r > 0.0));
 }
+
+/// A config's layout alone (no factorisation, no norms) is the graph applying it to
+/// weights gives.
+#[test]
+fn a_configs_layout_is_the_graph_its_application_gives() {
+    use rankprune::compress::graph_config::{apply_config, config_layout};
+    use rankprune::config::LayerConfig;
+    let (g, w) = resnet20();
+    let config = LayerConfig::from_json(
+        r#"{"decomposition": {"method": "tucker2", "ranks": {"layer2.0.conv2": [5, 6], "layer1.1.conv1": [3, 2]}},
+            "pruning": {"method": "l2_norm", "ratios": {"conv1": 0.5, "layer2.0.conv2_tucker_2": 0.25, "layer3.1.conv1": 0.7}}}"#,
+        "mem",
+    )
+    .unwrap();
+    let (applied, _) = apply_config(&g, &w, &config).unwrap();
+    assert_eq!(config_layout(&g, &config).unwrap(), applied);
+    assert_ne!(applied, g);
+}
