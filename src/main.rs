@@ -11,7 +11,7 @@ use rankprune::cost;
 use rankprune::device::parse_device;
 use rankprune::graph::Graph;
 use rankprune::graph::build::of_arch;
-use rankprune::model::{GraphNet, Vgg};
+use rankprune::model::GraphNet;
 use rankprune::outpath::check_output;
 use rankprune::report;
 use rankprune::weights::Weights;
@@ -53,6 +53,18 @@ impl ModelArgs {
         let g = rankprune::compress::graph_config::config_layout(&graph, &config)
             .map_err(|e| Error::BadInput(format!("{}: {e}", path.display())))?;
         Ok(Some(g))
+    }
+
+    /// The network a command runs, as a graph: a residual or imported network, or a VGG
+    /// plan's graph (with the plan, after the config if any).
+    fn network(&self) -> Result<(Graph, Option<Arch>)> {
+        match self.residual()? {
+            Some(g) => Ok((g, None)),
+            None => {
+                let arch = self.resolve()?.1;
+                Ok((of_arch(&arch), Some(arch)))
+            }
+        }
     }
 
     /// The base arch and the arch after the config (the base itself without one).
@@ -252,22 +264,13 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Score { args } => cli::fidelity::run_score(args)?,
         Command::Train { model, args } => {
             args.check(model.config.as_deref())?;
-            let (graph, arch) = match model.residual()? {
-                Some(g) => (g, None),
-                None => {
-                    let arch = model.resolve()?.1;
-                    (of_arch(&arch), Some(arch))
-                }
-            };
+            let (graph, arch) = model.network()?;
             let weights = cli::train::start_weights(&graph, arch.as_ref(), &args)?;
             cli::train::run_train(&graph, weights, args)?
         }
         Command::Eval { model, args } => {
             args.check()?;
-            match model.residual()? {
-                Some(graph) => cli::train::run_eval_graph(&graph, args)?,
-                None => cli::train::run_eval(&model.resolve()?.1, args)?,
-            }
+            cli::train::run_eval(&model.network()?.0, args)?
         }
         Command::Metrics { model, json }
             if model.base.arch.starts_with("resnet") || model.base.arch.ends_with(".onnx") =>
@@ -331,29 +334,15 @@ fn run(cli: Cli) -> Result<i32> {
                 Some("onnx") => cli::import_onnx(&weights)?.1,
                 _ => Weights::load(&weights)?,
             };
-            let (name, (tensors, y)) = match model.residual()? {
-                Some(g) => {
-                    let net = GraphNet::from_weights(&g, w, &file, &device)?;
-                    let x = burn::tensor::Tensor::<4>::zeros(
-                        [1, g.input[0], g.input[1], g.input[2]],
-                        &device,
-                    );
-                    (
-                        g.model.clone(),
-                        (net.to_weights().tensors.len(), net.forward(x)),
-                    )
-                }
-                None => {
-                    let (_, arch) = model.resolve()?;
-                    let vgg = Vgg::from_weights(&arch, w, &file, &device)?;
-                    let [c, h, wd] = arch.input;
-                    let x = burn::tensor::Tensor::<4>::zeros([1, c, h, wd], &device);
-                    (
-                        arch.model.clone(),
-                        (vgg.to_weights().tensors.len(), vgg.forward(x)),
-                    )
-                }
-            };
+            let (g, _) = model.network()?;
+            let net = GraphNet::from_weights(&g, w, &file, &device)?;
+            let x =
+                burn::tensor::Tensor::<4>::zeros([1, g.input[0], g.input[1], g.input[2]], &device);
+            let (name, tensors, y) = (
+                g.model.clone(),
+                net.to_weights().tensors.len(),
+                net.forward(x),
+            );
             let y = y
                 .into_data()
                 .try_to_vec::<f32>()
@@ -377,10 +366,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Compress { base, args } => cli::compress::run_compress(&base, args)?,
         Command::Predict { model, args } => {
             args.check(model.config.as_deref())?;
-            match model.residual()? {
-                Some(graph) => cli::deploy::run_predict_graph(&graph, args)?,
-                None => cli::deploy::run_predict(&model.resolve()?.1, args)?,
-            }
+            cli::deploy::run_predict(&model.network()?.0, args)?
         }
         Command::ExportModel { model, args } => {
             args.check(model.config.as_deref())?;

@@ -142,18 +142,12 @@ impl PredictArgs {
 
 /// Writes the logits of the first `limit` test images with the images themselves, as
 /// the model sees them (normalised): what other engines' outputs are checked against.
-pub fn run_predict(arch: &Arch, args: PredictArgs) -> Result<()> {
-    let set = args.data.test(arch)?;
-    let device = burn::tensor::Device::flex();
-    let w = Weights::load_for(&args.weights, arch)?;
-    let model = rankprune::model::Vgg::from_weights(arch, w, "<predict>", &device)?;
-    write_predictions(&model, &set, arch.num_classes(), &args, &device)
-}
-
-/// `predict` for a residual or imported network.
-pub fn run_predict_graph(graph: &rankprune::graph::Graph, args: PredictArgs) -> Result<()> {
-    let shapes = graph.shapes().map_err(|e| Error::BadInput(e.to_string()))?;
-    let classes = shapes.last().map_or(0, |s| s[0]);
+/// `predict`: the logits of `--weights` of `graph` (a VGG plan's, a residual or an
+/// imported network) on the first test images.
+pub fn run_predict(graph: &rankprune::graph::Graph, args: PredictArgs) -> Result<()> {
+    let classes = graph
+        .num_classes()
+        .map_err(|e| Error::BadInput(e.to_string()))?;
     let set = args.data.test_for(classes, graph.input[1])?;
     let device = burn::tensor::Device::flex();
     let w = super::graph_weights(graph, &args.weights)?;

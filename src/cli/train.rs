@@ -8,7 +8,7 @@ use rankprune::data::augment::Normalization;
 use rankprune::data::{DatasetKind, FolderOptions, ImageSet, SPLIT_SEED, Source, Split};
 use rankprune::device::parse_device;
 use rankprune::graph::Graph;
-use rankprune::model::{GraphNet, Vgg};
+use rankprune::model::GraphNet;
 use rankprune::outpath::{check_output, write_output};
 use rankprune::train::plateau::PlateauConfig;
 use rankprune::train::{Control, LrSchedule, TrainConfig, evaluate, evaluate_each, train};
@@ -96,10 +96,6 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    pub fn test(&self, arch: &Arch) -> Result<ImageSet> {
-        self.test_for(arch.num_classes(), arch.input[1])
-    }
-
     /// The test split for a model of `classes` classes taking `side` x `side` images.
     pub fn test_for(&self, classes: usize, side: usize) -> Result<ImageSet> {
         self.split_for(EvalSplit::Test, classes, side)
@@ -457,22 +453,9 @@ pub fn run_train(graph: &Graph, weights: Weights, args: TrainArgs) -> Result<()>
     Ok(())
 }
 
-pub fn run_eval(arch: &Arch, args: EvalArgs) -> Result<()> {
-    let device = parse_device(&args.device)?;
-    let set = args
-        .data
-        .split_for(args.split, arch.num_classes(), arch.input[1])?;
-    let model = Vgg::from_weights(
-        arch,
-        Weights::load_for(&args.weights, arch)?,
-        "<eval>",
-        &device,
-    )?;
-    report_eval(&model, set, &args, &device)
-}
-
-/// `eval` for a residual or imported network.
-pub fn run_eval_graph(graph: &Graph, args: EvalArgs) -> Result<()> {
+/// `eval`: `--weights` of `graph` (a VGG plan's, a residual or an imported network)
+/// scored on the split asked for.
+pub fn run_eval(graph: &Graph, args: EvalArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     let classes = graph
         .num_classes()
