@@ -4,10 +4,12 @@
 //! calibration 0.25 + SLAMP 0.4). Compare with experiments/torch_train_bench.py (same
 //! models, same batch).
 //!
-//! Training runs through `GraphNet` (the arch's graph), as `rankprune train` does. The
-//! last two columns train through the `Vgg` module (the same kernels, driven by the unit
-//! list) and `Vgg::forward_reference` (burn's own conv2d, BatchNorm and relu,
-//! batch-major, what training ran before our kernels).
+//! And of resnet20 (He et al.'s CIFAR ResNet, 10 classes), which the PyTorch script does
+//! not have. Training and inference run through `GraphNet` (the model's graph), as
+//! `rankprune train` and `eval` do. The last two columns train the VGG plans through the
+//! `Vgg` module (the same kernels, driven by the unit list) and `Vgg::forward_reference`
+//! (burn's own conv2d, BatchNorm and relu, batch-major, what training ran before our
+//! kernels); they read 0 for resnet20.
 //!
 //! Run: cargo bench --bench train [-- STEPS [NAME-FILTER|=NAME [train|inference|ours]]];
 //! experiments/throughput runs
@@ -27,7 +29,8 @@ use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use common::config_arch;
 use rankprune::arch::{Arch, ArchSpec};
-use rankprune::graph::build::of_arch;
+use rankprune::graph::Graph;
+use rankprune::graph::build::{ResNetSpec, of_arch};
 use rankprune::model::profile;
 use rankprune::model::{GraphNet, Vgg};
 use rankprune::weights::Weights;
@@ -47,10 +50,41 @@ fn sgd() -> SgdConfig {
     ))
 }
 
-/// One batch of random images and labels cycling through `arch`'s classes.
-fn batch(arch: &Arch, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+/// A model measured: its graph (what `train` and `eval` run) and, for VGG plans, the
+/// plan (the `Vgg` module's and burn's-layers columns need it).
+struct Model {
+    name: &'static str,
+    graph: Graph,
+    arch: Option<Arch>,
+}
+
+impl Model {
+    fn vgg(name: &'static str, arch: Arch) -> Self {
+        let graph = of_arch(&arch);
+        Self {
+            name,
+            graph,
+            arch: Some(arch),
+        }
+    }
+
+    /// Fresh weights: torchvision's VGG init for plans, its ResNet init otherwise.
+    fn weights(&self) -> Weights {
+        match &self.arch {
+            Some(arch) => Weights::init(arch, 0),
+            None => GraphNet::init_weights(&self.graph, 0),
+        }
+    }
+
+    fn net(&self, device: &Device) -> GraphNet {
+        GraphNet::from_weights(&self.graph, self.weights(), "mem", device).expect("init fits")
+    }
+}
+
+/// One batch of random images and labels cycling through `graph`'s classes.
+fn batch(graph: &Graph, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
     let x = Tensor::<4>::random([BATCH, 3, 32, 32], Distribution::Normal(0.0, 1.0), device);
-    let classes = arch.num_classes() as i64;
+    let classes = graph.num_classes().expect("a valid graph") as i64;
     let labels: Vec<i64> = (0..BATCH as i64).map(|i| i % classes).collect();
     (
         x,
@@ -70,17 +104,17 @@ enum Path {
     Reference,
 }
 
-fn train_images_per_s(arch: &Arch, steps: usize, path: Path) -> f64 {
+/// Training images per second along `path` (0 for the `Vgg` paths of a graph that is
+/// no VGG plan).
+fn train_images_per_s(model: &Model, steps: usize, path: Path) -> f64 {
     let device = Device::flex().autodiff();
-    let (x, y) = batch(arch, &device);
+    let (x, y) = batch(&model.graph, &device);
     if path == Path::Graph {
-        let graph = of_arch(arch);
-        let w = Weights::init(arch, 0);
-        let model = GraphNet::from_weights(&graph, w, "mem", &device).expect("init fits");
         let first_weight: fn(&GraphNet) -> Tensor<4> = |m| m.convs[0].weight.val();
         let parts = (|m: &GraphNet, x| m.forward(x), first_weight);
-        return timed_steps(model, steps, parts, (x, y), &device);
+        return timed_steps(model.net(&device), steps, parts, (x, y), &device);
     }
+    let Some(arch) = &model.arch else { return 0.0 };
     let model = Vgg::init(arch, 0, &device);
     let forward = move |m: &Vgg, x| match path {
         Path::Reference => m.forward_reference(x),
@@ -116,9 +150,9 @@ fn timed_steps<M: Module>(
     (steps * BATCH) as f64 / t.elapsed().as_secs_f64()
 }
 
-fn inference_images_per_s(arch: &Arch, steps: usize) -> f64 {
+fn inference_images_per_s(model: &Model, steps: usize) -> f64 {
     let device = Device::flex();
-    let model = Vgg::init(arch, 0, &device);
+    let model = model.net(&device);
     let x = Tensor::<4>::random([BATCH, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     let _ = model.forward(x.clone()).into_data(); // warm-up
     let t = Instant::now();
@@ -129,12 +163,12 @@ fn inference_images_per_s(arch: &Arch, steps: usize) -> f64 {
 }
 
 /// Milliseconds per step of each part of training (`steps` steps) and of inference.
-fn profile_rows(arch: &Arch, steps: usize) -> Vec<(String, f64, f64)> {
+fn profile_rows(m: &Model, steps: usize) -> Vec<(String, f64, f64)> {
     let device = Device::flex().autodiff();
-    let mut model = Vgg::init(arch, 0, &device);
+    let mut model = m.net(&device);
     let mut optim = sgd().init();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let (x, y) = batch(arch, &device);
+    let (x, y) = batch(&m.graph, &device);
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3 / steps as f64;
     let (mut fwd, mut bwd, mut opt) = (0.0, 0.0, 0.0);
     for step in 0..=steps {
@@ -154,8 +188,9 @@ fn profile_rows(arch: &Arch, steps: usize) -> Vec<(String, f64, f64)> {
     }
     profile::enable(false);
     let train = profile::take();
-    let inference_model = Vgg::from_weights(arch, model.to_weights(), "mem", &Device::flex())
-        .expect("the trained weights fit their arch");
+    let inference_model =
+        GraphNet::from_weights(&m.graph, model.to_weights(), "mem", &Device::flex())
+            .expect("the trained weights fit their graph");
     let xi = x.inner();
     let _ = inference_model.forward(xi.clone()).into_data(); // warm-up
     profile::enable(true);
@@ -197,9 +232,9 @@ fn profile_rows(arch: &Arch, steps: usize) -> Vec<(String, f64, f64)> {
     rows
 }
 
-fn print_profile(models: &[(&str, Arch)], steps: usize) {
-    for (name, arch) in models {
-        let rows = profile_rows(arch, steps);
+fn print_profile(models: &[&Model], steps: usize) {
+    for m in models {
+        let (name, rows) = (m.name, profile_rows(m, steps));
         let (train, infer) = rows.last().map(|r| (r.1, r.2)).unwrap_or((1.0, 1.0));
         println!("\n{name}, batch {BATCH}, mean of {steps} steps:\n");
         println!("| op | train ms/step | share | inference ms/batch | share |");
@@ -234,26 +269,35 @@ fn main() {
     let filter = args.next().unwrap_or_default();
     let base = ArchSpec::parse("vgg19_bn").unwrap().build(100);
     let quarter = ArchSpec::parse("vgg19_bn@0.25").unwrap().build(10);
+    let resnet20 = ResNetSpec::parse("resnet20")
+        .expect("a resnet")
+        .and_then(|spec| spec.build(10, 32).map_err(|e| e.to_string()))
+        .expect("resnet20 builds");
     let models = [
-        ("vgg19_bn", base.clone()),
-        (
+        Model::vgg("vgg19_bn", base.clone()),
+        Model::vgg(
             "reference-config compressed",
             config_arch(&base, "experiments/reference-search-config.json"),
         ),
-        (
+        Model::vgg(
             "fmnist simple flow (vgg19_bn@0.25, 8.1x)",
             config_arch(
                 &quarter,
                 "experiments/results/fmnist-vgg19_bn-0.25-fidelity/fd-pruning.json",
             ),
         ),
+        Model {
+            name: "resnet20 (10 classes)",
+            graph: resnet20,
+            arch: None,
+        },
     ];
+    let chosen: Vec<&Model> = models
+        .iter()
+        .filter(|m| selected(m.name, &filter))
+        .collect();
     if profile {
-        let models: Vec<_> = models
-            .into_iter()
-            .filter(|(n, _)| selected(n, &filter))
-            .collect();
-        print_profile(&models, steps);
+        print_profile(&chosen, steps);
         return;
     }
     println!(
@@ -269,15 +313,16 @@ fn main() {
     let infer = matches!(part.as_str(), "" | "inference" | "ours");
     let vgg_too = matches!(part.as_str(), "" | "vgg");
     let before_too = part.is_empty();
-    for (name, arch) in models.iter().filter(|(n, _)| selected(n, &filter)) {
+    for m in chosen {
+        let name = m.name;
         let rate = |on: bool, f: &dyn Fn() -> f64| if on { f() } else { 0.0 };
-        let train_rate = rate(train, &|| train_images_per_s(arch, steps, Path::Graph));
-        let vgg = rate(vgg_too, &|| train_images_per_s(arch, steps, Path::Vgg));
+        let train_rate = rate(train, &|| train_images_per_s(m, steps, Path::Graph));
+        let vgg = rate(vgg_too, &|| train_images_per_s(m, steps, Path::Vgg));
         let before = rate(before_too, &|| {
-            train_images_per_s(arch, steps, Path::Reference)
+            train_images_per_s(m, steps, Path::Reference)
         });
         let infer = rate(infer, &|| {
-            inference_images_per_s(arch, INFERENCE_BATCHES * steps)
+            inference_images_per_s(m, INFERENCE_BATCHES * steps)
         });
         println!(
             "| {name} | {BATCH} | {steps} | {train_rate:.1} | {infer:.1} | {vgg:.1} | {before:.1} |"

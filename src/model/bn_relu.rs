@@ -1,4 +1,6 @@
-//! Train-mode BatchNorm followed by ReLU as one op of the flex CPU backend, on
+//! Train-mode BatchNorm followed by ReLU (or alone: `relu = false`, a residual block's
+//! last BatchNorm, whose output meets the shortcut before its ReLU) as one op of the
+//! flex CPU backend, on
 //! channel-major activations (`[C, N, H, W]`, so each channel's values are contiguous):
 //! two passes over the activation forward (statistics; normalise, scale, ReLU) and two
 //! backward (the two per-channel sums; the input gradient), each parallel over channels.
@@ -22,14 +24,16 @@ use rayon::prelude::*;
 
 #[backend_extension(Flex, Autodiff)]
 pub trait BnReluBackend: Backend {
-    /// `relu(batch_norm(x))` with the batch's statistics: `x` channel-major `[C, ...]`,
-    /// `gamma` and `beta` `[C]`. Returns the output, the batch mean and the biased batch
-    /// variance (`[C]` each; the last two carry no gradient).
+    /// `relu(batch_norm(x))` (`batch_norm(x)` without `relu`) with the batch's
+    /// statistics: `x` channel-major `[C, ...]`, `gamma` and `beta` `[C]`. Returns the
+    /// output, the batch mean and the biased batch variance (`[C]` each; the last two
+    /// carry no gradient).
     fn bn_relu_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        relu: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
@@ -37,7 +41,8 @@ pub trait BnReluBackend: Backend {
 /// only; autodiff devices take burn's layers).
 #[backend_extension(Flex)]
 pub trait BnReluEvalBackend: Backend {
-    /// `x` channel-major `[C, ...]`; `gamma`, `beta`, `mean` and `var` `[C]`.
+    /// `x` channel-major `[C, ...]`; `gamma`, `beta`, `mean` and `var` `[C]`; the ReLU
+    /// only with `relu`.
     fn bn_relu_eval(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -45,6 +50,7 @@ pub trait BnReluEvalBackend: Backend {
         mean: FloatTensor<Self>,
         var: FloatTensor<Self>,
         epsilon: f64,
+        relu: bool,
     ) -> FloatTensor<Self>;
 }
 
@@ -73,10 +79,16 @@ fn scale_shift(gamma: f32, beta: f32, mean: f32, var: f32, epsilon: f64) -> (f32
     (scale, beta - mean * scale)
 }
 
-/// `y = relu(x * scale + shift)`, one channel.
-fn normalize_relu(y: &mut [f32], x: &[f32], scale: f32, shift: f32) {
-    for (o, &v) in y.iter_mut().zip(x) {
-        *o = (v * scale + shift).max(0.0);
+/// `y = relu(x * scale + shift)` (without `relu`, `x * scale + shift`), one channel.
+fn normalize_relu(y: &mut [f32], x: &[f32], scale: f32, shift: f32, relu: bool) {
+    if relu {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = (v * scale + shift).max(0.0);
+        }
+    } else {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = v * scale + shift;
+        }
     }
 }
 
@@ -85,14 +97,20 @@ fn inv_std(var: f32, epsilon: f64) -> f32 {
 }
 
 /// [`statistics_and_output`], timed for the profile.
-fn forward(x: &Flat, gamma: &Flat, beta: &Flat, epsilon: f64) -> (Flat, Flat, Flat) {
+fn forward(x: &Flat, gamma: &Flat, beta: &Flat, epsilon: f64, relu: bool) -> (Flat, Flat, Flat) {
     timed(Op::BnReluForward, || {
-        statistics_and_output(x, gamma, beta, epsilon)
+        statistics_and_output(x, gamma, beta, epsilon, relu)
     })
 }
 
 /// Per channel: mean and biased variance (two passes, f64 sums), then the output.
-fn statistics_and_output(x: &Flat, gamma: &Flat, beta: &Flat, epsilon: f64) -> (Flat, Flat, Flat) {
+fn statistics_and_output(
+    x: &Flat,
+    gamma: &Flat,
+    beta: &Flat,
+    epsilon: f64,
+    relu: bool,
+) -> (Flat, Flat, Flat) {
     let shape = x.layout().shape().clone();
     let channels = shape[0];
     let (xs, gs, bs) = (values(x), values(gamma), values(beta));
@@ -106,7 +124,7 @@ fn statistics_and_output(x: &Flat, gamma: &Flat, beta: &Flat, epsilon: f64) -> (
             let mean = (sum_by(x, x, |v, _| v) / m as f64) as f32;
             let var = (sum_by(x, x, |v, _| (v - mean) * (v - mean)) / m as f64) as f32;
             let (scale, shift) = scale_shift(gs[c], bs[c], mean, var, epsilon);
-            normalize_relu(y, x, scale, shift);
+            normalize_relu(y, x, scale, shift, relu);
             (mean, var)
         })
         .collect();
@@ -119,16 +137,13 @@ fn statistics_and_output(x: &Flat, gamma: &Flat, beta: &Flat, epsilon: f64) -> (
     )
 }
 
+/// The forward op's inputs and statistics, what its backward reads.
+type Saved = (Flat, Flat, Flat, Flat, Flat, f64, bool);
+
 /// Gradients `(dx, dgamma, dbeta)` for upstream gradient `dy`.
-fn backward(
-    x: &Flat,
-    gamma: &Flat,
-    beta: &Flat,
-    mean: &Flat,
-    var: &Flat,
-    epsilon: f64,
-    dy: &Flat,
-) -> (Flat, Flat, Flat) {
+fn backward(saved: &Saved, dy: &Flat) -> (Flat, Flat, Flat) {
+    let (x, gamma, beta, mean, var, epsilon, relu) = saved;
+    let (epsilon, relu) = (*epsilon, *relu);
     let shape = x.layout().shape().clone();
     let channels = shape[0];
     let (xs, dys) = (values(x), values(dy));
@@ -142,8 +157,14 @@ fn backward(
         .map(|(c, (dx, (x, dy)))| {
             let (inv, mu) = (inv_std(vs[c], epsilon), ms[c]);
             let (scale, shift) = scale_shift(gs[c], bs[c], mu, vs[c], epsilon);
-            // Pass 1: the ReLU's mask and the two sums.
-            let live = |v: f32, g: f32| if v * scale + shift > 0.0 { g } else { 0.0 };
+            // Pass 1: the ReLU's mask (none without it) and the two sums.
+            let live = |v: f32, g: f32| {
+                if !relu || v * scale + shift > 0.0 {
+                    g
+                } else {
+                    0.0
+                }
+            };
             let dbeta = sum_by(x, dy, live);
             let dgamma = sum_by(x, dy, |v, g| live(v, g) * (v - mu) * inv);
             // Pass 2: the input gradient.
@@ -164,16 +185,26 @@ fn backward(
 }
 
 impl BnReluEvalBackend for Flex {
-    fn bn_relu_eval(x: Flat, gamma: Flat, beta: Flat, mean: Flat, var: Flat, eps: f64) -> Flat {
+    fn bn_relu_eval(
+        x: Flat,
+        gamma: Flat,
+        beta: Flat,
+        mean: Flat,
+        var: Flat,
+        eps: f64,
+        relu: bool,
+    ) -> Flat {
         timed(Op::BnReluInference, || {
-            inference(x, gamma, beta, mean, var, eps)
+            inference(x, (gamma, beta, mean, var), eps, relu)
         })
     }
 }
 
-/// Inference: `relu(x * scale + shift)` per channel, in `x`'s own buffer when nothing
-/// else holds it (as a conv's fresh output).
-fn inference(mut x: Flat, gamma: Flat, beta: Flat, mean: Flat, var: Flat, eps: f64) -> Flat {
+/// Inference: `relu(x * scale + shift)` per channel (no ReLU without `relu`), in `x`'s
+/// own buffer when nothing else holds it (as a conv's fresh output). `bn` holds gamma,
+/// beta, mean and variance.
+fn inference(mut x: Flat, bn: (Flat, Flat, Flat, Flat), eps: f64, relu: bool) -> Flat {
+    let (gamma, beta, mean, var) = bn;
     let shape = x.layout().shape().clone();
     let (gs, bs) = (values(&gamma), values(&beta));
     let (ms, vs) = (values(&mean), values(&var));
@@ -188,8 +219,9 @@ fn inference(mut x: Flat, gamma: Flat, beta: Flat, mean: Flat, var: Flat, eps: f
             .par_chunks_mut(m)
             .zip(&affine)
             .for_each(|(y, &(scale, shift))| {
+                let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
                 for v in y {
-                    *v = (*v * scale + shift).max(0.0);
+                    *v = (*v * scale + shift).max(floor);
                 }
             });
         return x;
@@ -199,13 +231,19 @@ fn inference(mut x: Flat, gamma: Flat, beta: Flat, mean: Flat, var: Flat, eps: f
     y.par_chunks_mut(m)
         .zip(xs.par_chunks(m))
         .zip(&affine)
-        .for_each(|((y, x), &(scale, shift))| normalize_relu(y, x, scale, shift));
+        .for_each(|((y, x), &(scale, shift))| normalize_relu(y, x, scale, shift, relu));
     tensor(y, shape)
 }
 
 impl BnReluBackend for Flex {
-    fn bn_relu_train(x: Flat, gamma: Flat, beta: Flat, epsilon: f64) -> (Flat, Flat, Flat) {
-        forward(&x, &gamma, &beta, epsilon)
+    fn bn_relu_train(
+        x: Flat,
+        gamma: Flat,
+        beta: Flat,
+        epsilon: f64,
+        relu: bool,
+    ) -> (Flat, Flat, Flat) {
+        forward(&x, &gamma, &beta, epsilon, relu)
     }
 }
 
@@ -213,16 +251,14 @@ impl BnReluBackend for Flex {
 struct BnReluBackward;
 
 impl Backward<Flex, 3> for BnReluBackward {
-    /// Input, gamma, beta, batch mean and variance (shared storage, not copies), epsilon.
-    type State = (Flat, Flat, Flat, Flat, Flat, f64);
+    /// Input, gamma, beta, batch mean and variance (shared storage, not copies),
+    /// epsilon, and whether the ReLU follows.
+    type State = Saved;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
-        let (x, gamma, beta, mean, var, epsilon) = ops.state;
-        let (dx, dgamma, dbeta) = timed(Op::BnReluBackward, || {
-            backward(&x, &gamma, &beta, &mean, &var, epsilon, &dy)
-        });
+        let (dx, dgamma, dbeta) = timed(Op::BnReluBackward, || backward(&ops.state, &dy));
         for (node, grad) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
             if let Some(node) = node {
                 grads.register::<Flex>(node.id, grad);
@@ -237,6 +273,7 @@ impl<C: CheckpointStrategy> BnReluBackend for Autodiff<Flex, C> {
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        relu: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let nodes = [x.node(), gamma.node(), beta.node()];
         let (x, gamma, beta) = (
@@ -244,7 +281,7 @@ impl<C: CheckpointStrategy> BnReluBackend for Autodiff<Flex, C> {
             gamma.into_primitive(),
             beta.into_primitive(),
         );
-        let (y, mean, var) = forward(&x, &gamma, &beta, epsilon);
+        let (y, mean, var) = forward(&x, &gamma, &beta, epsilon, relu);
         let stats = (
             Self::from_inner(mean.clone()),
             Self::from_inner(var.clone()),
@@ -254,7 +291,7 @@ impl<C: CheckpointStrategy> BnReluBackend for Autodiff<Flex, C> {
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish((x, gamma, beta, mean, var, epsilon), y),
+            OpsKind::Tracked(prep) => prep.finish((x, gamma, beta, mean, var, epsilon, relu), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         };
         (y, stats.0, stats.1)
@@ -286,8 +323,9 @@ mod tests {
     }
 
     /// Output, batch statistics and the gradients of x, gamma and beta against burn's
-    /// BatchNorm (train mode) and relu on the same input in batch-major layout.
-    fn check(n: usize, c: usize, hw: usize) {
+    /// BatchNorm (train mode), and its relu with `with_relu`, on the same input in
+    /// batch-major layout.
+    fn check(n: usize, c: usize, hw: usize, with_relu: bool) {
         let d = Device::flex().autodiff();
         let x0 = Tensor::<4>::random([n, c, hw, hw], Distribution::Normal(0.5, 2.0), &d);
         let g = Tensor::<4>::random([n, c, hw, hw], Distribution::Normal(0.0, 1.0), &d);
@@ -303,7 +341,8 @@ mod tests {
             ]
         };
         let x = x0.clone().require_grad();
-        let theirs_y = relu(bn.forward(x.clone()));
+        let theirs_y = bn.forward(x.clone());
+        let theirs_y = if with_relu { relu(theirs_y) } else { theirs_y };
         let theirs = (flat(theirs_y.clone()), gradients(theirs_y, &x));
         let theirs_mean = flat(
             x0.clone()
@@ -318,10 +357,11 @@ mod tests {
             bn.gamma.val().into_dispatch(),
             bn.beta.val().into_dispatch(),
             bn.epsilon,
+            with_relu,
         );
         let y = Tensor::<4>::from_dispatch(y).swap_dims(0, 1);
         let ours = (flat(y.clone()), gradients(y, &x));
-        let case = format!("n{n} c{c} {hw}x{hw}");
+        let case = format!("n{n} c{c} {hw}x{hw} relu {with_relu}");
         assert_close(&format!("{case} output"), ours.0, theirs.0);
         assert_close(
             &format!("{case} mean"),
@@ -345,21 +385,34 @@ mod tests {
         bn.beta = Param::from_tensor(stat(0.0, 0.5));
         bn.running_mean = burn::module::RunningState::new(stat(0.3, 0.5));
         bn.running_var = burn::module::RunningState::new(stat(2.0, 0.5).abs());
-        let theirs = flat(relu(bn.forward(x.clone())));
-        // The model's call on an inference device, which takes this kernel.
-        let run = |x: Tensor<4>| flat(super::super::cnhw::batch_norm_relu(&bn, x).swap_dims(0, 1));
-        // A strided view of a shared buffer (written to a new one), and a contiguous
-        // tensor nothing else holds (normalised in place).
-        let view = x.clone().swap_dims(0, 1);
-        let own = Tensor::<4>::from_data(view.to_data(), &d);
-        assert_close("inference, view", run(view), theirs.clone());
-        assert_close("inference, in place", run(own), theirs);
+        use super::super::cnhw::{batch_norm, batch_norm_relu};
+        for with_relu in [true, false] {
+            let theirs = bn.forward(x.clone());
+            let theirs = flat(if with_relu { relu(theirs) } else { theirs });
+            // The model's calls on an inference device, which take this kernel.
+            let run = |x: Tensor<4>| {
+                let y = if with_relu {
+                    batch_norm_relu(&bn, x)
+                } else {
+                    batch_norm(&bn, x)
+                };
+                flat(y.swap_dims(0, 1))
+            };
+            // A strided view of a shared buffer (written to a new one), and a contiguous
+            // tensor nothing else holds (normalised in place).
+            let view = x.clone().swap_dims(0, 1);
+            let own = Tensor::<4>::from_data(view.to_data(), &d);
+            assert_close("inference, view", run(view), theirs.clone());
+            assert_close("inference, in place", run(own), theirs);
+        }
     }
 
     #[test]
     fn fused_bn_relu_matches_burns_batch_norm_and_relu() {
-        check(4, 3, 5);
-        check(1, 1, 2); // batch 1, one channel, 2x2 map
-        check(16, 7, 4);
+        for with_relu in [true, false] {
+            check(4, 3, 5, with_relu);
+            check(1, 1, 2, with_relu); // batch 1, one channel, 2x2 map
+            check(16, 7, 4, with_relu);
+        }
     }
 }

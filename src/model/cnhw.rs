@@ -11,7 +11,7 @@ use burn::backend::Dispatch;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, PaddingConfig2d};
-use burn::tensor::activation::relu;
+use burn::tensor::activation;
 use burn::tensor::{Device, Tensor};
 
 /// `[N, C, H, W]` -> `[C, N, H, W]` (and back: the swap is its own inverse).
@@ -84,15 +84,21 @@ pub fn max_pool(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
     ))
 }
 
-/// `bn` applied to channel-major `x` (burn's BatchNorm, train or inference as it decides).
+/// `bn` applied to channel-major `x`, train or inference as it decides: the fused kernel
+/// of [`batch_norm_relu`] without its ReLU on the flex CPU backend, burn's layer elsewhere.
 pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
-    swap_batch_channels(bn.forward(swap_batch_channels(x)))
+    fused(bn, x, false)
 }
 
 /// `relu(bn(x))` on channel-major `x`. On the flex CPU backend this is a fused kernel
 /// ([`bn_relu`](super::bn_relu)): inference with the running statistics, or training,
 /// which updates them as burn's BatchNorm does. Anything else goes through burn's layers.
 pub fn batch_norm_relu(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    fused(bn, x, true)
+}
+
+/// [`batch_norm_relu`], or [`batch_norm`] without `relu`.
+fn fused(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
     let device = x.device();
     let flex = on_flex(&device);
     if flex && !device.is_autodiff() {
@@ -103,17 +109,20 @@ pub fn batch_norm_relu(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
             bn.running_mean.value().into_dispatch(),
             bn.running_var.value().into_dispatch(),
             bn.epsilon,
+            relu,
         );
         return Tensor::from_dispatch(y);
     }
     if !(flex && bn.training.is_enabled()) {
-        return relu(batch_norm(bn, x));
+        let y = swap_batch_channels(bn.forward(swap_batch_channels(x)));
+        return if relu { activation::relu(y) } else { y };
     }
     let (y, mean, var) = <Dispatch as BnReluBackend>::bn_relu_train(
         x.into_dispatch(),
         bn.gamma.val().into_dispatch(),
         bn.beta.val().into_dispatch(),
         bn.epsilon,
+        relu,
     );
     let m = bn.momentum;
     for (state, batch) in [(&bn.running_mean, mean), (&bn.running_var, var)] {
