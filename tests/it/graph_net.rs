@@ -281,6 +281,32 @@ fn residual_networks_through_the_cli() {
     assert_eq!(m["params"], ours.params);
     let o = rankprune(&["check", "--arch", onnx, "--weights", onnx]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Fine-tuned from its own initializers (5 classes, 32x32 like the data).
+    let tuned = dir.path().join("tuned.safetensors");
+    let tuned = tuned.to_str().unwrap();
+    let o = rankprune(&[
+        "train",
+        "--arch",
+        onnx,
+        "--weights",
+        onnx,
+        "--dataset",
+        "cifar100",
+        "--data",
+        data,
+        "--val-split",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--out",
+        tuned,
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = rankprune(&["check", "--arch", onnx, "--weights", tuned]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Compressed by a config (ranks, then ratios by group) into ONNX, and checked.
     let config = dir.path().join("c.json");
     std::fs::write(
