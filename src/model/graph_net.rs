@@ -257,40 +257,54 @@ impl GraphNet {
             if std::mem::take(&mut skip) {
                 continue; // the ReLU fused into the BatchNorm before it
             }
+            // An input read for the last time is moved, not shared, so that a kernel
+            // may write in its buffer (the fused BatchNorm's inference does).
             let inputs: Vec<Value> = if node.inputs.is_empty() {
                 vec![image.clone()]
             } else {
                 node.inputs
                     .iter()
-                    .map(|&j| values[j].clone().expect("an input computed before"))
+                    .enumerate()
+                    .map(|(k, &j)| {
+                        let again = node.inputs[k + 1..].contains(&j);
+                        let v = if last_use[j] == i && !again {
+                            values[j].take()
+                        } else {
+                            values[j].clone()
+                        };
+                        v.expect("an input computed before")
+                    })
                     .collect()
             };
-            let first = || inputs[0].clone().map(&node.name);
+            let mut inputs = inputs.into_iter();
+            let x0 = inputs.next().expect("a node reads an input");
             let s = self.slot[i];
             let out = match &node.op {
-                Op::Conv(_) if channel_major => Value::Map(cnhw::conv(&self.convs[s], first())),
-                Op::Conv(_) => Value::Map(self.convs[s].forward(first())),
+                Op::Conv(_) if channel_major => {
+                    Value::Map(cnhw::conv(&self.convs[s], x0.map(&node.name)))
+                }
+                Op::Conv(_) => Value::Map(self.convs[s].forward(x0.map(&node.name))),
                 Op::BatchNorm { .. } if channel_major && self.fuses_with_relu(i, &readers) => {
                     skip = true; // the result is the ReLU's
-                    Value::Map(cnhw::batch_norm_relu(&self.bns[s], first()))
+                    Value::Map(cnhw::batch_norm_relu(&self.bns[s], x0.map(&node.name)))
                 }
                 Op::BatchNorm { .. } if channel_major => {
-                    Value::Map(cnhw::batch_norm(&self.bns[s], first()))
+                    Value::Map(cnhw::batch_norm(&self.bns[s], x0.map(&node.name)))
                 }
-                Op::BatchNorm { .. } => Value::Map(self.bns[s].forward(first())),
-                Op::Relu => match inputs[0].clone() {
+                Op::BatchNorm { .. } => Value::Map(self.bns[s].forward(x0.map(&node.name))),
+                Op::Relu => match x0 {
                     Value::Map(x) => Value::Map(relu(x)),
                     Value::Flat(x) => Value::Flat(relu(x)),
                 },
-                Op::MaxPool(_) | Op::AvgPool(_) => Value::Map(pool(&node.op, first())),
-                Op::GlobalAvgPool => Value::Map(first().mean_dim(3).mean_dim(2)),
+                Op::MaxPool(_) | Op::AvgPool(_) => Value::Map(pool(&node.op, x0.map(&node.name))),
+                Op::GlobalAvgPool => Value::Map(x0.map(&node.name).mean_dim(3).mean_dim(2)),
                 Op::Add => {
-                    let mut it = inputs.iter().cloned().map(|v| v.map(&node.name));
+                    let mut it = std::iter::once(x0).chain(inputs).map(|v| v.map(&node.name));
                     let sum = it.next().expect("an add has inputs");
                     Value::Map(it.fold(sum, |a, b| a + b))
                 }
                 Op::Flatten => {
-                    let x = first();
+                    let x = x0.map(&node.name);
                     let x = if channel_major {
                         cnhw::swap_batch_channels(x)
                     } else {
@@ -299,7 +313,7 @@ impl GraphNet {
                     let [b, c, h, w] = x.dims();
                     Value::Flat(x.reshape([b, c * h * w]))
                 }
-                Op::Linear { .. } => match inputs[0].clone() {
+                Op::Linear { .. } => match x0 {
                     Value::Flat(x) => Value::Flat(self.linears[s].forward(x)),
                     Value::Map(_) => panic!("{} reads a map: flatten first", node.name),
                 },
