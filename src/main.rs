@@ -330,10 +330,7 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let device = parse_device(&device)?;
             let file = weights.display().to_string();
-            let w = match weights.extension().and_then(|e| e.to_str()) {
-                Some("onnx") => cli::import_onnx(&weights)?.1,
-                _ => Weights::load(&weights)?,
-            };
+            let w = cli::weights_file(&weights)?;
             let (g, _) = model.network()?;
             let net = GraphNet::from_weights(&g, w, &file, &device)?;
             let x =

@@ -324,21 +324,22 @@ fn decomposed_graph(
     let decompose = |w: &Weights| {
         apply_config(graph, w, &ranks_only).map_err(|e| Error::BadInput(format!("{file}: {e}")))
     };
-    let base_fit = super::graph_weights(graph, path);
+    let raw = super::weights_file(path)?;
+    let name = path.display().to_string();
+    let base_fit = raw
+        .clone()
+        .matched_to_shapes(graph_weight_shapes(graph), &name);
     if let Ok(w) = &base_fit {
         return decompose(w);
     }
     // The decomposed graph's layout (the ranks alone fix it), and the file against it.
     let decomposed = rankprune::compress::graph_config::config_layout(graph, &ranks_only)
         .map_err(|e| Error::BadInput(format!("{file}: {e}")))?;
-    let raw = match path.extension().and_then(|e| e.to_str()) {
-        Some("onnx") => super::import_onnx(path)?.1,
-        _ => Weights::load(path)?,
-    };
-    let name = path.display().to_string();
     match raw.matched_to_shapes(graph_weight_shapes(&decomposed), &name) {
         Ok(w) if decomposed != *graph => Ok((decomposed, w)),
-        _ => base_fit.map(|w| (graph.clone(), w)),
+        // Neither fits: the error against the base graph, which a user's file most
+        // often means.
+        _ => Err(base_fit.expect_err("a fit returned above").into()),
     }
 }
 
@@ -460,7 +461,7 @@ struct GroupPruning<'a> {
 /// `recommend pruning` for a graph: group SLAMP ratios (a group named by its first conv)
 /// after the `--config`'s ranks, if any, are applied to the base `weights`.
 fn recommend_group_pruning(graph: &Graph, weights: &Path, ask: GroupPruning) -> Result<()> {
-    use rankprune::compress::group_prune::{prune_groups, recommend_group_ratios};
+    use rankprune::compress::group_prune::{pruned_layout, recommend_group_ratios};
     use rankprune::graph::cost::count;
     let mut config = match ask.config {
         Some(p) => LayerConfig::load(p)?,
@@ -479,10 +480,11 @@ fn recommend_group_pruning(graph: &Graph, weights: &Path, ask: GroupPruning) -> 
         )));
     }
     let ratios = recommend_group_ratios(&decomposed, &dw, ask.target, ask.max_ratio, &before)?;
-    let by_group = ratios.iter().map(|(k, v)| (k.clone(), *v)).collect();
-    let (pruned, _) = prune_groups(&decomposed, &dw, &by_group).map_err(Error::Failure)?;
-    let after = count(&pruned);
     config.set_ratios(ratios.clone());
+    // The pruned layout is all the table and the counts need: no weight surgery.
+    let by_group = rankprune::compress::graph_config::ratios(&config);
+    let pruned = pruned_layout(&decomposed, &by_group).map_err(Error::Failure)?;
+    let after = count(&pruned);
     if let Some(path) = ask.out {
         save_config(&config, path)?;
     }
@@ -609,11 +611,7 @@ fn compress_graph(
     let layer_config = LayerConfig::load(config)?;
     let file = config.display().to_string();
     let (g, w) = decomposed_graph(graph, &layer_config, weights, &file)?;
-    let ratios = layer_config
-        .pruning
-        .iter()
-        .flat_map(|p| p.ratios.iter().map(|(k, v)| (k.clone(), *v)))
-        .collect();
+    let ratios = rankprune::compress::graph_config::ratios(&layer_config);
     let (g, w) = rankprune::compress::group_prune::prune_groups(&g, &w, &ratios)
         .map_err(|e| Error::BadInput(format!("{file}: pruning: {e}")))?;
     if out.extension().is_some_and(|e| e == "onnx") {

@@ -140,10 +140,9 @@ impl PredictArgs {
     }
 }
 
-/// Writes the logits of the first `limit` test images with the images themselves, as
+/// `predict`: writes the logits of `--weights` of `graph` (a VGG plan's, a residual or
+/// an imported network) on the first `limit` test images, with the images themselves as
 /// the model sees them (normalised): what other engines' outputs are checked against.
-/// `predict`: the logits of `--weights` of `graph` (a VGG plan's, a residual or an
-/// imported network) on the first test images.
 pub fn run_predict(graph: &rankprune::graph::Graph, args: PredictArgs) -> Result<()> {
     let classes = graph
         .num_classes()

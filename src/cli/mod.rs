@@ -23,15 +23,20 @@ pub fn import_onnx(path: &Path) -> Result<(Graph, Weights)> {
     rankprune::deploy::onnx_import::import(path).map_err(|e| Error::BadInput(e.to_string()))
 }
 
-/// Weights for a graph: an ONNX file's initializers or a weights file, checked against
-/// the graph (`--weights` names the flag in errors).
-pub fn graph_weights(graph: &Graph, path: &Path) -> Result<Weights> {
-    let w = match path.extension().and_then(|e| e.to_str()) {
+/// The tensors of a weights file: an ONNX file's initializers, or safetensors / a
+/// PyTorch state dict (by extension), unchecked.
+pub fn weights_file(path: &Path) -> Result<Weights> {
+    Ok(match path.extension().and_then(|e| e.to_str()) {
         Some("onnx") => import_onnx(path)?.1,
         _ => Weights::load(path)?,
-    };
+    })
+}
+
+/// Weights for a graph: [`weights_file`], checked against the graph (`--weights` names
+/// the flag in errors).
+pub fn graph_weights(graph: &Graph, path: &Path) -> Result<Weights> {
     let expected = rankprune::model::graph_weight_shapes(graph);
-    Ok(w.matched_to_shapes(expected, &path.display().to_string())?)
+    Ok(weights_file(path)?.matched_to_shapes(expected, &path.display().to_string())?)
 }
 
 /// The base (uncompressed) architecture a command works on.

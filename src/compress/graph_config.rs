@@ -16,33 +16,32 @@ pub fn apply_config(
     weights: &Weights,
     config: &LayerConfig,
 ) -> Result<(Graph, Weights), String> {
-    let (ranks, ratios) = parts(config);
-    let (g, w) =
-        decompose_graph(graph, weights, &ranks).map_err(|e| format!("decomposition: {e}"))?;
-    prune_groups(&g, &w, &ratios).map_err(|e| format!("pruning: {e}"))
+    let (g, w) = decompose_graph(graph, weights, &ranks(config))
+        .map_err(|e| format!("decomposition: {e}"))?;
+    prune_groups(&g, &w, &ratios(config)).map_err(|e| format!("pruning: {e}"))
 }
 
 /// The graph [`apply_config`] gives, without weights (no factorisation, no norms): the
 /// compressed network's layout, for counting it or checking weights against it.
 pub fn config_layout(graph: &Graph, config: &LayerConfig) -> Result<Graph, String> {
-    let (ranks, ratios) = parts(config);
-    let g = decomposed_layout(graph, &ranks).map_err(|e| format!("decomposition: {e}"))?;
-    pruned_layout(&g, &ratios).map_err(|e| format!("pruning: {e}"))
+    let g = decomposed_layout(graph, &ranks(config)).map_err(|e| format!("decomposition: {e}"))?;
+    pruned_layout(&g, &ratios(config)).map_err(|e| format!("pruning: {e}"))
 }
 
-/// The config's ranks and ratios by layer (group) name.
-type Parts = (BTreeMap<String, [usize; 2]>, BTreeMap<String, f64>);
-
-fn parts(config: &LayerConfig) -> Parts {
-    let ranks = config
+/// The config's Tucker-2 ranks by layer name.
+pub fn ranks(config: &LayerConfig) -> BTreeMap<String, [usize; 2]> {
+    config
         .decomposition
         .iter()
         .flat_map(|d| d.ranks.iter().map(|(k, v)| (k.clone(), *v)))
-        .collect();
-    let ratios = config
+        .collect()
+}
+
+/// The config's pruning ratios by group name.
+pub fn ratios(config: &LayerConfig) -> BTreeMap<String, f64> {
+    config
         .pruning
         .iter()
         .flat_map(|p| p.ratios.iter().map(|(k, v)| (k.clone(), *v)))
-        .collect();
-    (ranks, ratios)
+        .collect()
 }

@@ -2,6 +2,8 @@
 //! path against burn's own layers.
 
 use super::common::{repo_path, resnet, stripes, write_cifar100};
+use burn::nn::BatchNorm;
+use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use rankprune::graph::build::of_arch;
 use rankprune::model::GraphNet;
@@ -54,6 +56,37 @@ fn weights_round_trip_through_the_graph_model() {
     assert_eq!(model.to_weights(), w);
 }
 
+/// What one training-mode pass is compared by: the logits `y` of input `x`, the input's
+/// and every conv's weight gradient of `sum(y * [1, -2, 0.5])`, and every BN's running
+/// variance after the pass.
+fn pass_tensors(y: Tensor<2>, x: &Tensor<4>, convs: &[Conv2d], bns: &[BatchNorm]) -> Vec<Vec<f32>> {
+    let mix = Tensor::<2>::from_floats([[1.0, -2.0, 0.5]], &y.device());
+    let grads = (y.clone() * mix).sum().backward();
+    let mut all = vec![host(y.inner()), host(x.grad(&grads).unwrap().flatten(0, 3))];
+    for conv in convs {
+        all.push(host(conv.weight.val().grad(&grads).unwrap().flatten(0, 3)));
+    }
+    for bn in bns {
+        all.push(host(bn.running_var.value().inner().unsqueeze::<2>()));
+    }
+    all
+}
+
+/// Every value of `ours` within `rel` of the largest of its tensor in `theirs` (plus
+/// `abs`).
+fn assert_tensors_close(ours: &[Vec<f32>], theirs: &[Vec<f32>], rel: f32, abs: f32, case: &str) {
+    assert_eq!(ours.len(), theirs.len());
+    for (k, (a, b)) in ours.iter().zip(theirs).enumerate() {
+        let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        for (p, q) in a.iter().zip(b) {
+            assert!(
+                (p - q).abs() <= rel * scale + abs,
+                "{case} tensor {k}: {p} vs {q}"
+            );
+        }
+    }
+}
+
 /// Logits, the input gradient, every conv's weight gradient and the BN running
 /// statistics after one training-mode pass: channel-major against burn's layers.
 #[test]
@@ -71,29 +104,10 @@ fn channel_major_residual_training_matches_burns_layers() {
             } else {
                 model.forward(x.clone())
             };
-            let weights = Tensor::<2>::from_floats([[1.0, -2.0, 0.5]], &device);
-            let grads = (y.clone() * weights).sum().backward();
-            let mut all = vec![host(y.inner()), host(x.grad(&grads).unwrap().flatten(0, 3))];
-            for conv in &model.convs {
-                all.push(host(conv.weight.val().grad(&grads).unwrap().flatten(0, 3)));
-            }
-            for bn in &model.bns {
-                all.push(host(bn.running_var.value().inner().unsqueeze::<2>()));
-            }
-            all
+            pass_tensors(y, &x, &model.convs, &model.bns)
         };
-        let (ours, theirs) = (run(false), run(true));
-        assert_eq!(ours.len(), theirs.len());
-        for (k, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-            let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-            for (p, q) in a.iter().zip(b) {
-                // As the VGG model's test: float32 rounding compounds through a network.
-                assert!(
-                    (p - q).abs() <= 1e-3 * scale + 1e-6,
-                    "{text} tensor {k}: {p} vs {q}"
-                );
-            }
-        }
+        // As the VGG model's test: float32 rounding compounds through a network.
+        assert_tensors_close(&run(false), &run(true), 1e-3, 1e-6, text);
     }
 }
 
@@ -109,48 +123,24 @@ fn vgg_plans_run_through_the_graph_as_through_the_vgg_module() {
     arch.decompose("features.4", 2, 3).unwrap();
     let w = Weights::init(&arch, 5);
     let x0 = Tensor::<4>::random([3, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
-    let mix = Tensor::<2>::from_floats([[1.0, -2.0, 0.5]], &device);
     let graph_run = {
         let model = GraphNet::from_weights(&of_arch(&arch), w.clone(), "mem", &device).unwrap();
         assert_eq!(model.to_weights(), w);
         let x = x0.clone().require_grad();
-        let y = model.forward(x.clone());
-        let grads = (y.clone() * mix.clone()).sum().backward();
-        let mut all = vec![host(y.inner()), host(x.grad(&grads).unwrap().flatten(0, 3))];
-        for conv in &model.convs {
-            all.push(host(conv.weight.val().grad(&grads).unwrap().flatten(0, 3)));
-        }
-        for bn in &model.bns {
-            all.push(host(bn.running_var.value().inner().unsqueeze::<2>()));
-        }
-        all
+        pass_tensors(model.forward(x.clone()), &x, &model.convs, &model.bns)
     };
     let vgg_run = {
         let model = Vgg::from_weights(&arch, w.clone(), "mem", &device).unwrap();
         let x = x0.clone().require_grad();
-        let y = model.forward(x.clone());
-        let grads = (y.clone() * mix).sum().backward();
-        let mut all = vec![host(y.inner()), host(x.grad(&grads).unwrap().flatten(0, 3))];
-        for conv in &model.convs {
-            all.push(host(conv.weight.val().grad(&grads).unwrap().flatten(0, 3)));
-        }
-        for bn in &model.bns {
-            all.push(host(bn.running_var.value().inner().unsqueeze::<2>()));
-        }
-        all
+        pass_tensors(model.forward(x.clone()), &x, &model.convs, &model.bns)
     };
-    assert_eq!(graph_run.len(), vgg_run.len());
-    for (k, (a, b)) in graph_run.iter().zip(&vgg_run).enumerate() {
-        let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-        for (p, q) in a.iter().zip(b) {
-            // The same kernels in the same order: equal up to summation order.
-            assert!((p - q).abs() <= 1e-5 * scale, "tensor {k}: {p} vs {q}");
-        }
-    }
+    // The same kernels in the same order: equal up to summation order.
+    assert_tensors_close(&graph_run, &vgg_run, 1e-5, 0.0, "graph vs Vgg");
 }
 
-/// `metrics`, `init` and `check` take residual networks; the other commands refuse them
-/// with exit 2 and say so.
+/// Residual and imported networks through the commands: `metrics`, `init`, `check`,
+/// `train`, `eval`, `recommend pruning`, `compress` and `export-model`; a model at an
+/// input size the data does not have exits 2.
 #[test]
 fn residual_networks_through_the_cli() {
     use super::common::rankprune;
