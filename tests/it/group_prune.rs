@@ -3,9 +3,11 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
+use rankprune::arch::ArchSpec;
 use rankprune::compress::group_prune::{group_norms, prune_groups};
 use rankprune::compress::prune::{kept_indices, select};
 use rankprune::graph::Graph;
+use rankprune::graph::build::of_arch;
 use rankprune::graph::groups::groups;
 use rankprune::model::GraphNet;
 use rankprune::weights::Weights;
@@ -345,4 +347,38 @@ fn a_configs_layout_is_the_graph_its_application_gives() {
     let (applied, _) = apply_config(&g, &w, &config).unwrap();
     assert_eq!(config_layout(&g, &config).unwrap(), applied);
     assert_ne!(applied, g);
+}
+
+/// On a VGG plan, the graph path is the plan path: `decompose_graph` gives
+/// `decompose_model`'s weights and group SLAMP gives `recommend_ratios`' ratios (every
+/// group is one conv), so a search over the plan's graph proposes what it did over the
+/// plan.
+#[test]
+fn a_vgg_plans_graph_decomposes_and_gets_slamp_ratios_as_the_plan_does() {
+    use rankprune::compress::decompose::{decompose_model, ranks_config, recommend_ranks};
+    use rankprune::compress::graph_config::ranks;
+    use rankprune::compress::graph_tucker::decompose_graph;
+    use rankprune::compress::group_prune::recommend_group_ratios;
+    use rankprune::compress::slamp::{PruneTarget, recommend_ratios};
+    let base = ArchSpec::parse("cfg_bn:8,M,16,16,M,24").unwrap().build(5);
+    let w = crate::common::random_weights(&base, 4);
+    let recs = recommend_ranks(&base, &w, 0.0, |_| {}).unwrap();
+    let config = ranks_config(&base, &recs);
+    let (arch, aw, _) = decompose_model(&base, &w, &config, "t", None, |_| {}).unwrap();
+    let (graph, gw) = decompose_graph(&of_arch(&base), &w, &ranks(&config)).unwrap();
+    assert_eq!(graph, of_arch(&arch));
+    assert_eq!(gw.tensors.len(), aw.tensors.len());
+    for (k, t) in &aw.tensors {
+        assert_eq!(&gw.tensors[k], t, "{k}");
+    }
+    let original = rankprune::cost::count(&base);
+    for target in [
+        PruneTarget::FlopsReduction(3.0),
+        PruneTarget::ParamsReduction(2.5),
+        PruneTarget::Ratio(0.3),
+    ] {
+        let plan = recommend_ratios(&arch, &aw, target, 0.8, &original).unwrap();
+        let group = recommend_group_ratios(&graph, &gw, target, 0.8, &original).unwrap();
+        assert_eq!(plan, group, "{target:?}");
+    }
 }
