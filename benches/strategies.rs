@@ -5,6 +5,7 @@
 //! hypervolume in Pareto mode on (a) without a target; proposal latency at 500 observed
 //! trials. `BENCH_SEEDS=3` shortens it.
 
+use rankprune::graph::build::of_arch;
 use rankprune::arch::ArchSpec;
 use rankprune::budget::StrategyName;
 use rankprune::cost;
@@ -47,14 +48,14 @@ fn vgg19_problem(target: Option<f64>) -> Problem {
     let base = ArchSpec::parse("vgg19_bn").unwrap().build(100);
     let space = SpaceFile::load(Path::new("search_spaces/vgg19_bn.toml"))
         .unwrap()
-        .resolve(&base, None, "vgg19_bn.toml")
+        .resolve(&of_arch(&base), None, "vgg19_bn.toml")
         .unwrap();
     let flops = cost::count(&base).flops as f64;
     let t = Target {
         max_flops: target.map(|r| (flops / r) as u64),
         max_params: None,
     };
-    Problem::new(base, space, t)
+    Problem::new(base.into(), space, t)
 }
 
 fn ackley_problem() -> Problem {
@@ -66,10 +67,10 @@ fn ackley_problem() -> Problem {
         "ackley.toml",
     )
     .unwrap()
-    .resolve(&base, None, "ackley.toml")
+    .resolve(&of_arch(&base), None, "ackley.toml")
     .unwrap();
     assert_eq!(space.dims(), 46);
-    Problem::new(base, space, Target::default())
+    Problem::new(base.into(), space, Target::default())
 }
 
 /// One run: per trial the observed value, the true value and the FLOPs fraction.

@@ -473,11 +473,20 @@ impl Budget {
         }
     }
 
-    /// The base (uncompressed) architecture: `model.arch` for `model.input_size` inputs.
-    pub fn base_arch(&self) -> crate::Result<crate::arch::Arch> {
-        let spec = crate::arch::ArchSpec::parse(&self.model.arch)
-            .map_err(|e| crate::Error::BadInput(format!("model.arch: {e}")))?;
-        Ok(spec.build_sized(self.model.num_classes, self.model.input_size))
+    /// The base (uncompressed) network: `model.arch` for `model.input_size` inputs (an
+    /// ONNX file's path relative to the budget's folder).
+    pub fn base_network(&self) -> crate::Result<crate::network::Network> {
+        let arch = if self.model.arch.ends_with(".onnx") {
+            self.dir.join(&self.model.arch).display().to_string()
+        } else {
+            self.model.arch.clone()
+        };
+        crate::network::resolve(
+            &arch,
+            self.model.num_classes,
+            self.model.input_size,
+            "model.arch",
+        )
     }
 
     /// The training images and the held-out validation images the study scores on.
@@ -487,20 +496,34 @@ impl Budget {
             .map_err(|e| crate::Error::BadInput(format!("data: {e}")))
     }
 
+    /// `model.arch` names a network its input size suits (an ONNX file is read later).
+    fn validate_arch(&self) -> Result<(), String> {
+        let (arch, side) = (&self.model.arch, self.model.input_size);
+        if arch.ends_with(".onnx") {
+            return Ok(());
+        }
+        if let Some(spec) = crate::graph::build::ResNetSpec::parse(arch) {
+            spec.map_err(|e| format!("model.arch: {e}"))?;
+            if side < 8 {
+                return Err(format!("model.input_size = {side}: allowed 8 or more"));
+            }
+            return Ok(());
+        }
+        let spec = crate::arch::ArchSpec::parse(arch).map_err(|e| format!("model.arch: {e}"))?;
+        if side < spec.min_side() {
+            return Err(format!(
+                "model.input_size = {side}: allowed {} or more (every max-pool of {arch} halves the maps)",
+                spec.min_side(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Every value in its allowed range: the first that is not, as `key = value: allowed`.
     fn validate(&self) -> Result<(), String> {
         self.validate_counts()?;
         self.proxy.validate()?;
-        let spec = crate::arch::ArchSpec::parse(&self.model.arch)
-            .map_err(|e| format!("model.arch: {e}"))?;
-        if self.model.input_size < spec.min_side() {
-            return Err(format!(
-                "model.input_size = {}: allowed {} or more (every max-pool of {} halves the maps)",
-                self.model.input_size,
-                spec.min_side(),
-                self.model.arch
-            ));
-        }
+        self.validate_arch()?;
         if self.data.dataset != DatasetKind::Folder {
             if self.model.input_size != crate::data::BINARY_SIDE {
                 return Err(format!(

@@ -136,10 +136,16 @@ fn nearest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<
 impl LayerConfig {
     /// An empty config for `arch` (no decomposition, no pruning).
     pub fn for_arch(arch: &Arch) -> Self {
+        Self::for_model(&arch.model, arch.num_classes(), arch.input)
+    }
+
+    /// An empty config for the network `model` with `num_classes` classes and `input`
+    /// images `[C, H, W]`.
+    pub fn for_model(model: &str, num_classes: usize, input: [usize; 3]) -> Self {
         Self {
-            model: Some(arch.model.clone()),
-            num_classes: Some(arch.num_classes()),
-            input: Some(arch.input),
+            model: Some(model.to_string()),
+            num_classes: Some(num_classes),
+            input: Some(input),
             decomposition: None,
             pruning: None,
             metrics: None,

@@ -28,6 +28,8 @@
 //! - [`train`]: the reference training recipe, evaluation, checkpoints, BN
 //!   recalibration, distillation, least-squares repair.
 //! - [`deploy`]: BatchNorm folding and the ONNX graph.
+//! - [`network`]: the network a user names (VGG plan, ResNet or ONNX file) as a graph,
+//!   and its weights file.
 //! - [`budget`]: the budget file (TOML) of a study, and the budget a store keeps.
 //! - [`ladder`]: a study's context (base model, data, proxy settings, Tucker cache) and
 //!   its one candidate builder; cheap candidate probes (BN recalibration, layer-wise
@@ -51,6 +53,7 @@ pub mod error;
 pub mod graph;
 pub mod ladder;
 pub mod model;
+pub mod network;
 pub mod outpath;
 pub mod report;
 pub mod search;

@@ -13,31 +13,10 @@ use clap::Args;
 use rankprune::arch::{Arch, ArchSpec};
 use rankprune::graph::Graph;
 use rankprune::graph::build::ResNetSpec;
-use rankprune::weights::Weights;
 use rankprune::{Error, Result};
 use std::path::Path;
 
-/// The graph and weights of an ONNX file; a file that cannot be imported is bad input
-/// (exit 2), named with the node and op at fault.
-pub fn import_onnx(path: &Path) -> Result<(Graph, Weights)> {
-    rankprune::deploy::onnx_import::import(path).map_err(|e| Error::BadInput(e.to_string()))
-}
-
-/// The tensors of a weights file: an ONNX file's initializers, or safetensors / a
-/// PyTorch state dict (by extension), unchecked.
-pub fn weights_file(path: &Path) -> Result<Weights> {
-    Ok(match path.extension().and_then(|e| e.to_str()) {
-        Some("onnx") => import_onnx(path)?.1,
-        _ => Weights::load(path)?,
-    })
-}
-
-/// Weights for a graph: [`weights_file`], checked against the graph (`--weights` names
-/// the flag in errors).
-pub fn graph_weights(graph: &Graph, path: &Path) -> Result<Weights> {
-    let expected = rankprune::model::graph_weight_shapes(graph);
-    Ok(weights_file(path)?.matched_to_shapes(expected, &path.display().to_string())?)
-}
+pub use rankprune::network::{graph_weights, import_onnx, weights_file};
 
 /// The base (uncompressed) architecture a command works on.
 #[derive(Args)]

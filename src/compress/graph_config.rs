@@ -28,6 +28,17 @@ pub fn config_layout(graph: &Graph, config: &LayerConfig) -> Result<Graph, Strin
     pruned_layout(&g, &ratios(config)).map_err(|e| format!("pruning: {e}"))
 }
 
+/// An empty config (no decomposition, no pruning) for `graph`.
+pub fn empty_config(graph: &Graph) -> LayerConfig {
+    let classes = graph.num_classes().unwrap_or(0);
+    LayerConfig::for_model(&graph.model, classes, graph.input)
+}
+
+/// The cost of `config` applied to `graph` (counted on its layout, no weights needed).
+pub fn config_cost(graph: &Graph, config: &LayerConfig) -> Result<crate::cost::Cost, String> {
+    config_layout(graph, config).map(|g| crate::graph::cost::count(&g))
+}
+
 /// The config's Tucker-2 ranks by layer name.
 pub fn ranks(config: &LayerConfig) -> BTreeMap<String, [usize; 2]> {
     config

@@ -1,6 +1,9 @@
 //! What the dashboard's pages show, read from the store: plain data, no HTML.
 
 use crate::config::LayerConfig;
+use crate::graph::Op;
+use crate::graph::groups::groups;
+use std::collections::HashMap;
 use crate::search::pareto::pareto_front;
 use crate::search::summary::{budget_of, summary};
 use crate::store::{FinalResult, RungFidelity, StudyRow, Trial, TrialState, TrialStore};
@@ -95,22 +98,37 @@ pub fn layer_bars(study: &StudyRow, config: &str) -> Result<Vec<LayerBar>> {
     let Some(budget) = budget_of(study) else {
         return Ok(Vec::new());
     };
-    let base = budget.base_arch()?;
+    let base = budget.base_network()?.graph;
     let config = LayerConfig::from_json(config, "best trial").map_err(Error::from)?;
+    // A conv's ratio is its group's, named by the group's first conv (its Tucker chain's
+    // last conv when that one is decomposed).
+    let group_of: HashMap<usize, String> = groups(&base)
+        .into_iter()
+        .flat_map(|g| {
+            let name = g.name.clone();
+            g.members.into_iter().map(move |m| (m, name.clone()))
+        })
+        .collect();
     Ok(base
-        .convs()
-        .map(|c| LayerBar {
-            name: c.name.clone(),
-            in_channels: c.in_channels,
-            out_channels: c.out_channels,
-            ranks: config
-                .decomposition
-                .as_ref()
-                .and_then(|d| d.ranks.get(&c.name).copied()),
-            ratio: config.pruning.as_ref().and_then(|p| {
-                let last = format!("{}_tucker_2", c.name);
-                p.ratios.get(&c.name).or(p.ratios.get(&last)).copied()
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| match &n.op {
+            Op::Conv(c) => Some(LayerBar {
+                name: n.name.clone(),
+                in_channels: c.in_channels,
+                out_channels: c.out_channels,
+                ranks: config
+                    .decomposition
+                    .as_ref()
+                    .and_then(|d| d.ranks.get(&n.name).copied()),
+                ratio: config.pruning.as_ref().and_then(|p| {
+                    let group = group_of.get(&i).unwrap_or(&n.name);
+                    let last = format!("{group}_tucker_2");
+                    p.ratios.get(group).or(p.ratios.get(&last)).copied()
+                }),
             }),
+            _ => None,
         })
         .collect())
 }

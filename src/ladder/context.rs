@@ -6,13 +6,17 @@
 
 use crate::arch::Arch;
 use crate::budget::{Budget, Proxy};
+use crate::compress::compress_model;
 use crate::compress::decompose::TuckerCache;
-use crate::compress::{Compressed, compress_model};
+use crate::compress::graph_config::apply_config;
+use crate::compress::prune::Kept;
 use crate::config::LayerConfig;
 use crate::data::ImageSet;
 use crate::data::batches::Batch;
+use crate::graph::Graph;
 use crate::graph::build::of_arch;
-use crate::model::{GraphNet, Vgg};
+use crate::model::GraphNet;
+use crate::network::{Network, graph_weights};
 use crate::train::distill::{Distill, Teacher};
 use crate::train::recalibrate::calibration_batches;
 use crate::train::repair::repair_compressed;
@@ -25,7 +29,9 @@ use std::sync::Arc;
 /// What every candidate of a study is built from and scored against.
 #[derive(Clone)]
 pub struct Context {
-    pub base: Arch,
+    /// The base network: its graph, and its VGG plan if it is one (the Tucker cache and
+    /// the least-squares repair work on plans).
+    pub base: Network,
     pub weights: Arc<Weights>,
     pub train: Arc<ImageSet>,
     /// The held-out validation images every score is read on (never the test set).
@@ -42,15 +48,24 @@ pub struct Context {
     pub cache: Arc<TuckerCache>,
 }
 
-/// The budget's base architecture and its training and validation images.
-pub fn study_inputs(budget: &Budget) -> Result<(Arch, Arc<ImageSet>, Arc<ImageSet>)> {
-    let base = budget.base_arch()?;
+/// A candidate built from the base: its graph and weights, and for a VGG plan its
+/// plan and the channels its pruned convs kept (what the least-squares repair reads).
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub graph: Graph,
+    pub weights: Weights,
+    pub plan: Option<(Arch, Kept)>,
+}
+
+/// The budget's base network and its training and validation images.
+pub fn study_inputs(budget: &Budget) -> Result<(Network, Arc<ImageSet>, Arc<ImageSet>)> {
+    let base = budget.base_network()?;
     let (train, val) = budget.train_val()?;
     Ok((base, Arc::new(train), Arc::new(val)))
 }
 
 /// The budget's base weights, checked against `base`.
-pub fn load_base_weights(budget: &Budget, base: &Arch) -> Result<Weights> {
+pub fn load_base_weights(budget: &Budget, base: &Network) -> Result<Weights> {
     let path = &budget.model.weights;
     if !path.exists() {
         return Err(Error::BadInput(format!(
@@ -60,7 +75,10 @@ pub fn load_base_weights(budget: &Budget, base: &Arch) -> Result<Weights> {
             path.display()
         )));
     }
-    Ok(Weights::load(path)?.matched_to(base, &path.display().to_string())?)
+    match &base.plan {
+        Some(plan) => Ok(Weights::load(path)?.matched_to(plan, &path.display().to_string())?),
+        None => graph_weights(&base.graph, path),
+    }
 }
 
 impl Context {
@@ -68,7 +86,7 @@ impl Context {
     /// the base weights first when the budget asks for it).
     pub fn new(
         budget: &Budget,
-        base: Arch,
+        base: Network,
         weights: Arc<Weights>,
         train: Arc<ImageSet>,
         val: Arc<ImageSet>,
@@ -94,19 +112,33 @@ impl Context {
     }
 
     /// The candidate `config` describes (`file` names it in errors): compressed from the
-    /// base weights (Tucker factors from the shared cache), then repaired on the first
-    /// `repair` calibration batches (see [`crate::train::repair`]).
-    pub fn build(&self, config: &LayerConfig, file: &str, device: &Device) -> Result<Compressed> {
-        let c = compress_model(&self.base, &self.weights, config, file, Some(&self.cache))?;
+    /// base weights, then, for a VGG plan, repaired on the first `repair` calibration
+    /// batches (see [`crate::train::repair`]); a plan's Tucker factors come from the
+    /// shared cache.
+    pub fn build(&self, config: &LayerConfig, file: &str, device: &Device) -> Result<Built> {
+        let Some(plan) = &self.base.plan else {
+            if self.repair > 0 {
+                return Err(Error::BadInput(format!(
+                    "search.repair = {}: the least-squares repair works on VGG plans only; set it to 0 for {}",
+                    self.repair, self.base.graph.model
+                )));
+            }
+            let (graph, weights) = apply_config(&self.base.graph, &self.weights, config)
+                .map_err(|e| Error::BadInput(format!("{file}: {e}")))?;
+            return Ok(Built {
+                graph,
+                weights,
+                plan: None,
+            });
+        };
+        let c = compress_model(plan, &self.weights, config, file, Some(&self.cache))?;
         let calibration = self.calibration(self.repair);
-        repair_compressed(
-            &self.base,
-            &self.weights,
-            c,
-            &calibration,
-            self.seed,
-            device,
-        )
+        let c = repair_compressed(plan, &self.weights, c, &calibration, self.seed, device)?;
+        Ok(Built {
+            graph: of_arch(&c.arch),
+            weights: c.weights,
+            plan: Some((c.arch, c.kept)),
+        })
     }
 
     /// The first `batches` calibration batches (BN recalibration, repair, the KL and CKA
@@ -117,19 +149,14 @@ impl Context {
 
     /// The distillation teacher: the uncompressed base model on `device`.
     pub fn teacher(&self, distill: Distill, device: &Device) -> Result<Teacher> {
-        let model = GraphNet::from_weights(
-            &of_arch(&self.base),
-            (*self.weights).clone(),
-            "<base>",
-            device,
-        )?;
+        let model = self.base_model(device)?;
         Ok(Teacher { model, distill })
     }
 
     /// The uncompressed base model on `device`: the reference of the KL and CKA scores.
-    pub fn base_model(&self, device: &Device) -> Result<Vgg> {
-        Ok(Vgg::from_weights(
-            &self.base,
+    pub fn base_model(&self, device: &Device) -> Result<GraphNet> {
+        Ok(GraphNet::from_weights(
+            &self.base.graph,
             (*self.weights).clone(),
             "<base>",
             device,

@@ -11,13 +11,11 @@ pub mod context;
 pub mod fidelity;
 pub mod recipes;
 
-pub use context::Context;
+pub use context::{Built, Context};
 
-use crate::arch::Arch;
-use crate::compress::Compressed;
 use crate::data::batches::Batch;
-use crate::graph::build::of_arch;
-use crate::model::Vgg;
+use crate::graph::Graph;
+use crate::model::GraphNet;
 use crate::train::distill::Teacher;
 use crate::train::recalibrate::recalibrate_bn;
 use crate::train::repair::repair;
@@ -195,19 +193,18 @@ impl Probe {
 pub fn score(
     probe: Probe,
     ctx: &Context,
-    candidate: Compressed,
+    candidate: Built,
     device: &Device,
 ) -> Result<Scored> {
-    let Compressed {
-        arch,
+    let Built {
+        graph,
         weights,
-        kept,
+        plan,
     } = candidate;
-    let arch = &arch;
     let (wall, cpu) = (Instant::now(), process_cpu_seconds());
-    let model = |w: Weights| Vgg::from_weights(arch, w, "<candidate>", device);
+    let model = |w: Weights| GraphNet::from_weights(&graph, w, "<candidate>", device);
     let base = || ctx.base_model(device);
-    let recalibrated = |w: Weights, batches| -> Result<Vgg> {
+    let recalibrated = |w: Weights, batches| -> Result<GraphNet> {
         let m = model(w)?;
         Ok(recalibrate_bn(
             m,
@@ -218,7 +215,7 @@ pub fn score(
             device,
         ))
     };
-    let eval = |m: &Vgg, limit| evaluate(m, &ctx.val, ctx.proxy.batch_size, limit, device);
+    let eval = |m: &GraphNet, limit| evaluate(m, &ctx.val, ctx.proxy.batch_size, limit, device);
     let samples = Some(ctx.proxy.eval_samples);
     let scores = match probe {
         Probe::Compressed => {
@@ -235,12 +232,17 @@ pub fn score(
             scores(&[("cka", cka), ("kl", kl)])
         }
         Probe::Repair { batches } => {
+            let (Some((arch, kept)), Some(base_plan)) = (&plan, &ctx.base.plan) else {
+                return Err(Error::BadInput(format!(
+                    "probe {probe}: the least-squares repair works on VGG plans only"
+                )));
+            };
             let calibration = ctx.calibration(batches);
-            let base = base()?;
-            let (w, _) = repair(&base, arch, weights, &kept, &calibration, ctx.seed, device)?;
+            let w = ctx.weights.as_ref();
+            let (w, _) = repair(base_plan, w, arch, weights, kept, &calibration, ctx.seed, device)?;
             let m = model(w)?;
             let v = eval(&m, samples)?;
-            let (_, kl) = similarity(&base, &m, &calibration, device);
+            let (_, kl) = similarity(&base()?, &m, &calibration, device);
             scores(&[("acc", v.top1), ("loss", v.loss), ("kl", kl)])
         }
         Probe::FineTune { steps }
@@ -253,13 +255,13 @@ pub fn score(
                 _ => None,
             };
             let cfg = probe.train_config(ctx, steps);
-            let (out, tse) = train_candidate(ctx, arch, weights, &cfg, teacher.as_ref(), device)?;
+            let (out, tse) = train_candidate(ctx, &graph, weights, &cfg, teacher.as_ref(), device)?;
             let v = eval(&model(out.weights)?, samples)?;
             scores(&[("acc", v.top1), ("loss", v.loss), ("tse", tse)])
         }
         Probe::Final { epochs, .. } => {
             let cfg = probe.train_config(ctx, epochs);
-            let (out, _) = train_candidate(ctx, arch, weights, &cfg, None, device)?;
+            let (out, _) = train_candidate(ctx, &graph, weights, &cfg, None, device)?;
             let v = out
                 .best_val
                 .ok_or_else(|| Error::Failure("the final training ran no epoch".into()))?;
@@ -283,7 +285,7 @@ pub fn score(
 /// costs time.
 fn train_candidate(
     ctx: &Context,
-    arch: &Arch,
+    graph: &Graph,
     weights: Weights,
     cfg: &TrainConfig,
     teacher: Option<&Teacher>,
@@ -291,7 +293,7 @@ fn train_candidate(
 ) -> Result<(crate::train::TrainOutcome, f64)> {
     let mut tse = f64::NAN;
     let out = train_with(
-        &of_arch(arch),
+        graph,
         weights,
         ctx.train.clone(),
         ctx.val.clone(),
@@ -308,8 +310,8 @@ fn train_candidate(
 
 /// Logits of `m`, pushing the Gram matrix of every conv unit's output (after its BN,
 /// before the ReLU) to `grams`.
-fn forward_grams(m: &Vgg, x: Tensor<4>, grams: &mut Vec<(usize, Vec<f64>)>) -> Tensor<2> {
-    m.forward_with(x, |_, bn, x| {
+fn forward_grams(m: &GraphNet, x: Tensor<4>, grams: &mut Vec<(usize, Vec<f64>)>) -> Tensor<2> {
+    m.forward_with(x, |bn, x| {
         let y = match bn {
             Some((_, bn)) => bn.forward(x),
             None => x,
@@ -321,7 +323,9 @@ fn forward_grams(m: &Vgg, x: Tensor<4>, grams: &mut Vec<(usize, Vec<f64>)>) -> T
 
 /// Mean linear CKA over conv units and batches, and mean KL(base || candidate) of the
 /// softmax outputs per image.
-pub fn similarity(base: &Vgg, candidate: &Vgg, batches: &[Batch], device: &Device) -> (f64, f64) {
+pub fn similarity(
+    base: &GraphNet,
+    candidate: &GraphNet, batches: &[Batch], device: &Device) -> (f64, f64) {
     let (mut cka_sum, mut cka_n, mut kl_sum, mut images) = (0.0, 0usize, 0.0, 0usize);
     for b in batches {
         let x = images_tensor(b, device);

@@ -128,6 +128,12 @@ fn pool(op: &Op, x: Tensor<4>) -> Tensor<4> {
     }
 }
 
+/// What [`GraphNet::forward_with`] hands its hook: the BatchNorm (with its index among
+/// the BNs) whose output the hook computes, or `None` for a BN-less conv's output.
+pub type Unit<'a> = Option<(usize, &'a BatchNorm)>;
+
+type Hook<'h> = dyn for<'a> FnMut(Unit<'a>, Tensor<4>) -> Tensor<4> + 'h;
+
 const TWO_BY_TWO: Window = Window {
     kernel: 2,
     stride: 2,
@@ -222,12 +228,20 @@ impl GraphNet {
 
     /// Logits `[batch, classes]` for images `[batch, C, H, W]`, run channel-major.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        self.run(cnhw::swap_batch_channels(x), true)
+        self.run(cnhw::swap_batch_channels(x), true, None)
     }
 
     /// The same logits batch-major through burn's own layers.
     pub fn forward_reference(&self, x: Tensor<4>) -> Tensor<2> {
-        self.run(x, false)
+        self.run(x, false, None)
+    }
+
+    /// The batch-major logits with `unit` computing each unit's output, as
+    /// [`super::Vgg::forward_with`] does: every BatchNorm node is replaced by
+    /// `unit(Some((its index among the BNs, the BN)), its input)`, and a conv that a ReLU
+    /// reads directly (no BN between) is followed by `unit(None, its output)`.
+    pub fn forward_with(&self, x: Tensor<4>, mut unit: impl FnMut(Unit, Tensor<4>) -> Tensor<4>) -> Tensor<2> {
+        self.run(x, false, Some(&mut unit))
     }
 
     /// Whether node `i` is a BatchNorm whose only reader is the ReLU right after it.
@@ -240,7 +254,17 @@ impl GraphNet {
                 .is_some_and(|n| n.op == Op::Relu && n.inputs == [i])
     }
 
-    fn run(&self, x: Tensor<4>, channel_major: bool) -> Tensor<2> {
+    /// Whether node `i` is a conv whose only reader is the ReLU right after it.
+    fn feeds_relu(&self, i: usize, readers: &[usize]) -> bool {
+        let nodes = &self.graph.nodes;
+        matches!(nodes[i].op, Op::Conv(_))
+            && readers[i] == 1
+            && nodes
+                .get(i + 1)
+                .is_some_and(|n| n.op == Op::Relu && n.inputs == [i])
+    }
+
+    fn run(&self, x: Tensor<4>, channel_major: bool, mut hook: Option<&mut Hook>) -> Tensor<2> {
         let nodes = &self.graph.nodes;
         let mut readers = vec![0usize; nodes.len()];
         let mut last_use = vec![0usize; nodes.len()];
@@ -283,7 +307,13 @@ impl GraphNet {
                 Op::Conv(_) if channel_major => {
                     Value::Map(cnhw::conv(&self.convs[s], x0.map(&node.name)))
                 }
-                Op::Conv(_) => Value::Map(self.convs[s].forward(x0.map(&node.name))),
+                Op::Conv(_) => {
+                    let y = self.convs[s].forward(x0.map(&node.name));
+                    match hook.as_mut() {
+                        Some(h) if self.feeds_relu(i, &readers) => Value::Map(h(None, y)),
+                        _ => Value::Map(y),
+                    }
+                }
                 Op::BatchNorm { .. } if channel_major && self.fuses_with_relu(i, &readers) => {
                     skip = true; // the result is the ReLU's
                     Value::Map(cnhw::batch_norm_relu(&self.bns[s], x0.map(&node.name)))
@@ -291,7 +321,13 @@ impl GraphNet {
                 Op::BatchNorm { .. } if channel_major => {
                     Value::Map(cnhw::batch_norm(&self.bns[s], x0.map(&node.name)))
                 }
-                Op::BatchNorm { .. } => Value::Map(self.bns[s].forward(x0.map(&node.name))),
+                Op::BatchNorm { .. } => {
+                    let x = x0.map(&node.name);
+                    Value::Map(match hook.as_mut() {
+                        Some(h) => h(Some((s, &self.bns[s])), x),
+                        None => self.bns[s].forward(x),
+                    })
+                }
                 Op::Relu => match x0 {
                     Value::Map(x) => Value::Map(relu(x)),
                     Value::Flat(x) => Value::Flat(relu(x)),

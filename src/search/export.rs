@@ -5,7 +5,8 @@ use super::problem::Target;
 use super::verdict::stored_verdict;
 use crate::budget::Budget;
 use crate::config::LayerConfig;
-use crate::cost::{self, Cost};
+use crate::compress::graph_config::config_cost;
+use crate::cost::Cost;
 use crate::store::{FinalResult, FinalRun, StudyRow, Subject, Trial, TrialState, TrialStore};
 use crate::{Error, Result};
 
@@ -40,7 +41,7 @@ pub fn pick_study(store: &TrialStore, db: &str, name: Option<&str>) -> Result<St
 /// stored target (computed from that text for a study that has none stored).
 pub fn study_base(study: &StudyRow) -> Option<(Cost, Target)> {
     let b = Budget::of_study(study).ok()?;
-    let c = cost::count(&study_arch(study).ok()?);
+    let c = crate::graph::cost::count(&study_network(study).ok()?.graph);
     let stored = study
         .target
         .as_deref()
@@ -184,10 +185,7 @@ pub fn export_control(store: &TrialStore, study: &StudyRow, db: &str) -> Result<
         )));
     };
     let mut config = LayerConfig::from_json(text, &format!("{db}: study {} control", study.name))?;
-    let cost = config
-        .apply(&study_arch(study)?, "<control>")
-        .map(|a| cost::count(&a))
-        .ok();
+    let cost = config_cost(&study_network(study)?.graph, &config).ok();
     let base = study_base(study).map(|(c, _)| c);
     let runs = runs_of(store, study, Subject::Control)?;
     config.metrics = Some(serde_json::json!({
@@ -220,10 +218,10 @@ fn stored_gate(study: &StudyRow) -> Option<serde_json::Value> {
         .and_then(|g| serde_json::from_str(g).ok())
 }
 
-/// The study's base architecture (from its stored budget).
-fn study_arch(study: &StudyRow) -> Result<crate::arch::Arch> {
+/// The study's base network (from its stored budget).
+fn study_network(study: &StudyRow) -> Result<crate::network::Network> {
     let b = Budget::of_study(study)?;
-    b.base_arch()
+    b.base_network()
         .map_err(|e| Error::BadInput(format!("{}: {e}", study.name)))
 }
 

@@ -9,7 +9,7 @@
 use super::identity::sha256_file;
 use super::problem::Target;
 use crate::budget::{Budget, GateMode, Rung0Score};
-use crate::{Error, Result, cost};
+use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -24,11 +24,11 @@ pub struct Regime {
 
 impl Regime {
     pub fn of(budget: &Budget) -> Result<Self> {
-        let base = budget.base_arch()?;
+        let base = budget.base_network()?.graph;
         Ok(Self {
             weights_sha256: sha256_file(&budget.model.weights)?,
             space_sha256: sha256_file(&budget.search.space)?,
-            target: Target::from_objective(&cost::count(&base), &budget.objective),
+            target: Target::from_objective(&crate::graph::cost::count(&base), &budget.objective),
         })
     }
 }

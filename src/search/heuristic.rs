@@ -7,9 +7,13 @@
 use super::problem::Problem;
 use super::space::{Knob, KnobKind};
 use crate::Result;
-use crate::compress::decompose::{RankRecommendation, decompose_model};
-use crate::compress::slamp::{PruneTarget, recommend_ratios};
+use crate::compress::decompose::RankRecommendation;
+use crate::compress::graph_config::{config_cost, config_layout, empty_config, ranks};
+use crate::compress::graph_tucker::decompose_graph;
+use crate::compress::group_prune::recommend_group_ratios;
+use crate::compress::slamp::PruneTarget;
 use crate::config::LayerConfig;
+use crate::graph::groups::groups;
 use crate::weights::Weights;
 use indexmap::IndexMap;
 
@@ -36,22 +40,24 @@ pub fn max_ratio(problem: &Problem) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// SLAMP's ratios for each of `targets` on the model that `ranks` (a config without
-/// pruning) decomposes the base into; a target SLAMP cannot meet is left out (logged).
+/// SLAMP's ratios (by dependency group) for each of `targets` on the model that
+/// `rank_config` (a config without pruning) decomposes the base into; a target SLAMP
+/// cannot meet is left out (logged).
 pub fn slamp_ratios(
     problem: &Problem,
     weights: &Weights,
-    ranks: &LayerConfig,
+    rank_config: &LayerConfig,
     targets: &[PruneTarget],
 ) -> Result<Vec<IndexMap<String, f64>>> {
     let max = max_ratio(problem);
     if max <= 0.0 {
         return Ok(vec![IndexMap::new(); targets.len()]);
     }
-    let (arch, w, _) = decompose_model(&problem.base, weights, ranks, "<heuristic>", None, |_| {})?;
+    let (graph, w) = decompose_graph(&problem.base.graph, weights, &ranks(rank_config))
+        .map_err(|e| crate::Error::BadInput(format!("<heuristic>: {e}")))?;
     let mut out = Vec::new();
     for &t in targets {
-        match recommend_ratios(&arch, &w, t, max, &problem.base_cost) {
+        match recommend_group_ratios(&graph, &w, t, max, &problem.base_cost) {
             Ok(r) => out.push(r),
             Err(e) => tracing::debug!("heuristic: SLAMP {t:?}: {e}"),
         }
@@ -84,7 +90,7 @@ pub fn heuristic_config(
     let Some(target) = prune_target(problem, 1.0) else {
         return Ok(None);
     };
-    let mut config = LayerConfig::for_arch(&problem.base);
+    let mut config = empty_config(&problem.base.graph);
     let mut ranks: IndexMap<String, [usize; 2]> = IndexMap::new();
     for layer in &problem.space.decomposed {
         let rec = vbmf
@@ -94,16 +100,16 @@ pub fn heuristic_config(
         ranks.insert(layer.clone(), rec.at(calibration));
     }
     config.set_ranks(ranks);
-    // An anchored space prunes every conv of the decomposed model.
-    let decomposed_arch = config.apply(&problem.base, "<heuristic>")?;
-    let ratio_layers: Vec<&str> = match problem.space.anchored {
-        Some(_) => decomposed_arch.convs().map(|c| c.name.as_str()).collect(),
+    // An anchored space prunes every conv group of the decomposed model.
+    let layout = config_layout(&problem.base.graph, &config).map_err(crate::Error::BadInput)?;
+    let ratio_layers: Vec<String> = match problem.space.anchored {
+        Some(_) => groups(&layout).into_iter().map(|g| g.name).collect(),
         None => problem
             .space
             .knobs
             .iter()
             .filter(|k| k.kind == KnobKind::Ratio)
-            .map(|k| k.layer.as_str())
+            .map(|k| k.layer.clone())
             .collect(),
     };
     if !ratio_layers.is_empty() {
@@ -113,13 +119,11 @@ pub fn heuristic_config(
         config.set_ratios(
             ratio_layers
                 .iter()
-                .map(|l| (l.to_string(), found.get(*l).copied().unwrap_or(0.0)))
+                .map(|l| (l.clone(), found.get(l).copied().unwrap_or(0.0)))
                 .collect(),
         );
     }
-    let cost = config
-        .apply(&problem.base, "<heuristic>")
-        .map(|a| crate::cost::count(&a))?;
+    let cost = config_cost(&problem.base.graph, &config).map_err(crate::Error::BadInput)?;
     if !problem.target.admits(cost.flops, cost.params) {
         tracing::warn!(
             flops = cost.flops,

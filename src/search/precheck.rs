@@ -6,33 +6,37 @@
 use super::anchored::cheapest_cost;
 use super::problem::{Problem, Target, check_reach};
 use super::space::SpaceFile;
-use crate::arch::{Arch, ConvBody};
 use crate::budget::Budget;
 use crate::compress::decompose::RankRecommendation;
-use crate::cost;
+use crate::graph::cost::count;
+use crate::graph::{Graph, Op};
 use crate::outpath::same_file;
 use crate::{Error, Result};
 use std::path::Path;
 
 /// Checks `space_file` (the budget's `search.space`) against `budget`.
 pub fn check_space(budget: &Budget, space_file: &SpaceFile) -> Result<()> {
-    let base = budget.base_arch()?;
+    let base = budget.base_network()?;
     let file = budget.search.space.display().to_string();
     space_file.check_arch(&budget.model.arch, &file)?;
     // VBMF ranks need the base weights, which may not exist yet: every VBMF rank at its
     // lowest (1) gives the cheapest model any weights could give.
-    let lowest = space_file.needs_vbmf().then(|| lowest_vbmf_ranks(&base));
-    let target = Target::from_objective(&cost::count(&base), &budget.objective);
+    let lowest = space_file
+        .needs_vbmf()
+        .then(|| lowest_vbmf_ranks(&base.graph));
+    let base_cost = count(&base.graph);
+    let target = Target::from_objective(&base_cost, &budget.objective);
     let reach = match &space_file.anchored {
         Some(section) => {
             let calibration = budget.final_stage.control_calibration;
             let lowest = lowest.as_deref().unwrap_or_default();
-            let c = cheapest_cost(section, &base, lowest, calibration, &file)?;
+            let plan = super::anchored::plan_of(&base, &file)?;
+            let c = cheapest_cost(section, plan, lowest, calibration, &file)?;
             crate::search::anchored::check_target(&target, &file)?;
-            check_reach(&target, &c, &cost::count(&base), &budget.objective, &file)
+            check_reach(&target, &c, &base_cost, &budget.objective, &file)
         }
         None => {
-            let space = space_file.resolve(&base, lowest.as_deref(), &file)?;
+            let space = space_file.resolve(&base.graph, lowest.as_deref(), &file)?;
             Problem::new(base, space, target).check_reachable(&budget.objective, &file)
         }
     };
@@ -72,11 +76,12 @@ fn check_warm_configs(budget: &Budget) -> Result<()> {
 }
 
 /// Rank 1 for both sides of every conv a space may decompose.
-fn lowest_vbmf_ranks(base: &Arch) -> Vec<RankRecommendation> {
-    base.conv_units()
-        .filter_map(|u| match &u.body {
-            ConvBody::Plain(c) if c.in_channels > 3 => Some(RankRecommendation {
-                layer: c.name.clone(),
+fn lowest_vbmf_ranks(base: &Graph) -> Vec<RankRecommendation> {
+    base.nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::Conv(c) if c.in_channels > 3 && c.kernel > 1 => Some(RankRecommendation {
+                layer: n.name.clone(),
                 full: [c.in_channels, c.out_channels],
                 vbmf: [1, 1],
                 chosen: [1, 1],

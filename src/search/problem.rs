@@ -3,10 +3,11 @@
 //! before anything trains.
 
 use super::space::{Point, Space};
-use crate::arch::Arch;
 use crate::budget::Objective;
+use crate::compress::graph_config::{config_cost, config_layout};
 use crate::config::LayerConfig;
-use crate::cost::{self, Cost};
+use crate::cost::Cost;
+use crate::network::Network;
 use rand::{Rng, RngExt};
 
 /// An anchored space's point lands on its target when it costs at least this share of a
@@ -50,7 +51,8 @@ impl Target {
 /// Everything a strategy may know: no weights, no data, no store.
 #[derive(Debug, Clone)]
 pub struct Problem {
-    pub base: Arch,
+    /// The base network (a VGG plan's graph, a ResNet, an imported model).
+    pub base: Network,
     pub base_cost: Cost,
     pub space: Space,
     pub target: Target,
@@ -75,8 +77,8 @@ impl Problem {
         }
     }
 
-    pub fn new(base: Arch, space: Space, target: Target) -> Self {
-        let base_cost = cost::count(&base);
+    pub fn new(base: Network, space: Space, target: Target) -> Self {
+        let base_cost = crate::graph::cost::count(&base.graph);
         Self {
             base,
             base_cost,
@@ -89,7 +91,7 @@ impl Problem {
     pub fn config(&self, p: &[usize]) -> LayerConfig {
         match &self.space.anchored {
             Some(a) => a.config(p, super::heuristic::prune_target(self, 1.0)),
-            None => self.space.config(&self.base, p),
+            None => self.space.config(&self.base.graph, p),
         }
     }
 
@@ -103,7 +105,7 @@ impl Problem {
         let p = a.knobs_of(config)?;
         // The same model: the same architecture (a stored config's ratios, read back
         // from JSON, may differ from the computed ones in their last bit).
-        let arch = |c: &LayerConfig| c.apply(&self.base, "<stored config>").ok();
+        let arch = |c: &LayerConfig| config_layout(&self.base.graph, c).ok();
         if arch(&self.config(&p)).is_none_or(|a| Some(a) != arch(config)) {
             return Err(
                 "its knobs build another model now: the study's target, the space's grids or the control's calibration changed"
@@ -116,11 +118,8 @@ impl Problem {
 
     /// Exact cost of a point's model.
     pub fn cost(&self, p: &[usize]) -> Cost {
-        let arch = self
-            .config(p)
-            .apply(&self.base, "<search space>")
-            .expect("every point of a resolved space is a valid config");
-        cost::count(&arch)
+        config_cost(&self.base.graph, &self.config(p))
+            .expect("every point of a resolved space is a valid config")
     }
 
     /// An observation of `point` with its exact cost.

@@ -1,13 +1,18 @@
 //! Search spaces (TOML, `search_spaces/*.toml`): which convs are decomposed and their
 //! rank range, which convs and Tucker sub-convs are pruned and their ratio grid. A space
-//! file is resolved against a base architecture into a list of integer [`Knob`]s; a
-//! candidate ([`Point`]) is one level per knob.
+//! file is resolved against a base network's graph into a list of integer [`Knob`]s; a
+//! candidate ([`Point`]) is one level per knob. A pruning knob acts on a dependency
+//! group, named by its first conv (on a VGG plan every conv is a group of its own).
 
 use super::anchored::{Anchored, AnchoredSection};
-use crate::arch::{Arch, ArchSpec, ConvBody};
+use crate::arch::ArchSpec;
 use crate::compress::decompose::RankRecommendation;
+use crate::compress::graph_config::empty_config;
+use crate::compress::graph_tucker::decomposed_layout;
 use crate::compress::vbmf::calibrated_rank;
 use crate::config::LayerConfig;
+use crate::graph::groups::groups;
+use crate::graph::{Graph, Op};
 use indexmap::IndexMap;
 use serde::Deserialize;
 use std::path::Path;
@@ -265,7 +270,7 @@ impl SpaceFile {
     /// is `vbmf`. `file` names the space in errors.
     pub fn resolve(
         &self,
-        base: &Arch,
+        base: &Graph,
         vbmf: Option<&[RankRecommendation]>,
         file: &str,
     ) -> Result<Space, SpaceError> {
@@ -276,16 +281,14 @@ impl SpaceFile {
             ));
         }
         let mut knobs = Vec::new();
-        let mut arch = base.clone();
         let mut decomposed = Vec::new();
         if let Some(d) = &self.decomposition {
             decomposed = rank_knobs(d, base, vbmf, &mut knobs).map_err(err)?;
-            for name in &decomposed {
-                arch.decompose(name, 1, 1).map_err(err)?;
-            }
         }
         if let Some(p) = &self.pruning {
-            ratio_knobs(p, &arch, &mut knobs).map_err(err)?;
+            let ones = decomposed.iter().map(|n| (n.clone(), [1, 1])).collect();
+            let layout = decomposed_layout(base, &ones).map_err(err)?;
+            ratio_knobs(p, &layout, &mut knobs).map_err(err)?;
         }
         if knobs.is_empty() {
             return Err(err("the space selects no layer".into()));
@@ -299,18 +302,20 @@ impl SpaceFile {
 }
 
 /// The in- and out-rank knobs of the layers `d` decomposes (convs of `base` with more
-/// than 3 input channels), pushed to `knobs`; returns those layers' names.
+/// than 3 input channels and a kernel larger than 1x1), pushed to `knobs`; returns those
+/// layers' names.
 fn rank_knobs(
     d: &RankSection,
-    base: &Arch,
+    base: &Graph,
     vbmf: Option<&[RankRecommendation]>,
     knobs: &mut Vec<Knob>,
 ) -> Result<Vec<String>, String> {
     let candidates: Vec<(String, [usize; 2])> = base
-        .conv_units()
-        .filter_map(|u| match &u.body {
-            ConvBody::Plain(c) if c.in_channels > 3 => {
-                Some((c.name.clone(), [c.in_channels, c.out_channels]))
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::Conv(c) if c.in_channels > 3 && c.kernel > 1 => {
+                Some((n.name.clone(), [c.in_channels, c.out_channels]))
             }
             _ => None,
         })
@@ -360,16 +365,16 @@ fn rank_knobs(
     Ok(decomposed)
 }
 
-/// The ratio knobs of the convs `p` prunes (of `arch`, decomposed as the space says),
-/// pushed to `knobs`.
-fn ratio_knobs(p: &RatioSection, arch: &Arch, knobs: &mut Vec<Knob>) -> Result<(), String> {
-    let all: Vec<String> = arch.convs().map(|c| c.name.clone()).collect();
+/// The ratio knobs of the groups `p` prunes (of `layout`, the base decomposed as the
+/// space says), pushed to `knobs`.
+fn ratio_knobs(p: &RatioSection, layout: &Graph, knobs: &mut Vec<Knob>) -> Result<(), String> {
+    let all: Vec<String> = groups(layout).into_iter().map(|g| g.name).collect();
     let names = pick_layers(&p.layers, all.iter().map(String::as_str))
         .map_err(|m| format!("pruning.layers: {m}"))?;
     for key in p.layer.keys() {
         if !names.contains(key) {
             return Err(format!(
-                "pruning.layer.{key:?}: not a pruned conv (pruned: {})",
+                "pruning.layer.{key:?}: not a pruned conv group (pruned: {})",
                 names.join(", ")
             ));
         }
@@ -489,13 +494,13 @@ impl Space {
 
     /// The layer config of a point of a per-layer space, for `base` (an anchored space's
     /// configs come from [`super::problem::Problem::config`]).
-    pub fn config(&self, base: &Arch, point: &[usize]) -> LayerConfig {
+    pub fn config(&self, base: &Graph, point: &[usize]) -> LayerConfig {
         assert_eq!(point.len(), self.knobs.len(), "point of another space");
         assert!(
             self.anchored.is_none(),
             "an anchored space's config needs its target"
         );
-        let mut config = LayerConfig::for_arch(base);
+        let mut config = empty_config(base);
         let mut ranks: IndexMap<String, [usize; 2]> = IndexMap::new();
         let mut ratios = IndexMap::new();
         for (k, &level) in self.knobs.iter().zip(point) {

@@ -1,13 +1,11 @@
 //! One trial on one worker: build the candidate from the base weights (decompose +
 //! prune), proxy fine-tune, score on held-out validation images (never the test set).
 
-use crate::arch::Arch;
 use crate::budget::Rung0Score;
-use crate::compress::Compressed;
 use crate::config::LayerConfig;
-use crate::graph::build::of_arch;
-use crate::ladder::Context;
-use crate::model::Vgg;
+use crate::graph::Graph;
+use crate::ladder::{Built, Context};
+use crate::model::GraphNet;
 use crate::train::recalibrate::recalibrate_bn;
 use crate::train::{Control, evaluate, train_with};
 use crate::weights::Weights;
@@ -42,7 +40,7 @@ pub enum Verdict {
 /// step 0 is a rung, its validation accuracy then.
 fn first_rung(
     ctx: &Context,
-    arch: &Arch,
+    graph: &Graph,
     weights: Weights,
     device: &Device,
 ) -> crate::Result<(Weights, Option<f64>)> {
@@ -50,7 +48,7 @@ fn first_rung(
     if p.bn_recalibration == 0 && !p.rungs.contains(&0) {
         return Ok((weights, None));
     }
-    let mut model = Vgg::from_weights(arch, weights, "<trial>", device)?;
+    let mut model = GraphNet::from_weights(graph, weights, "<trial>", device)?;
     if p.bn_recalibration > 0 {
         model = recalibrate_bn(
             model,
@@ -83,7 +81,7 @@ pub fn run_trial(
     stop: &AtomicBool,
     mut on_eval: impl FnMut(usize, f64) -> Verdict,
 ) -> TrialEnd {
-    let Compressed { arch, weights, .. } = match ctx.build(config, "<trial>", device) {
+    let Built { graph, weights, .. } = match ctx.build(config, "<trial>", device) {
         Ok(x) => x,
         Err(e) => return TrialEnd::Failed(format!("building the candidate: {e}")),
     };
@@ -91,7 +89,7 @@ pub fn run_trial(
         return TrialEnd::Interrupted;
     }
     let p = &ctx.proxy;
-    let (weights, rung0) = match first_rung(ctx, &arch, weights, device) {
+    let (weights, rung0) = match first_rung(ctx, &graph, weights, device) {
         Ok(x) => x,
         Err(e) => return TrialEnd::Failed(format!("scoring the candidate at step 0: {e}")),
     };
@@ -110,7 +108,7 @@ pub fn run_trial(
     };
     let mut stopped_at = None;
     let outcome = train_with(
-        &of_arch(&arch),
+        &graph,
         weights,
         ctx.train.clone(),
         ctx.val.clone(),
@@ -140,7 +138,7 @@ pub fn run_trial(
     if stop.load(Ordering::Relaxed) {
         return TrialEnd::Interrupted;
     }
-    let scored = Vgg::from_weights(&arch, outcome.weights, "<trial>", device)
+    let scored = GraphNet::from_weights(&graph, outcome.weights, "<trial>", device)
         .map_err(crate::Error::from)
         .and_then(|m| evaluate(&m, &ctx.val, p.batch_size, Some(p.eval_samples), device));
     match scored {

@@ -146,9 +146,9 @@ mod tests {
             "t",
         )
         .unwrap()
-        .resolve(&base, None, "t")
+        .resolve(&crate::graph::build::of_arch(&base), None, "t")
         .unwrap();
-        let problem = Problem::new(base, space, Target::default());
+        let problem = Problem::new(base.into(), space, Target::default());
         let mut rng = StdRng::seed_from_u64(3);
         for _ in 0..10 {
             // A point's own config gives the point back.

@@ -6,7 +6,7 @@
 
 use crate::data::ImageSet;
 use crate::data::batches::{Batch, batch_at};
-use crate::model::{Vgg, values};
+use crate::model::{GraphNet, values};
 use burn::module::RunningState;
 use burn::tensor::module::batch_norm_train;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -50,13 +50,13 @@ impl Pooled {
 
 /// The BN statistics pooled over `batches` (one forward pass each, BN in train mode).
 pub fn pooled_bn_stats(
-    model: &Vgg,
+    model: &GraphNet,
     batches: &[Batch],
     device: &Device,
 ) -> Vec<(Vec<f32>, Vec<f32>)> {
     let mut pooled = vec![Pooled::default(); model.bns.len()];
     for b in batches {
-        model.forward_with(super::images_tensor(b, device), |_, bn, x| {
+        model.forward_with(super::images_tensor(b, device), |bn, x| {
             let Some((i, bn)) = bn else { return x };
             let [n, _, h, w] = x.dims();
             let r = batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
@@ -95,13 +95,13 @@ pub fn calibration_batches(
 /// augmentation: the statistics serve evaluation on un-augmented images). Every caller
 /// with the same set, sizes and seed uses the same images.
 pub fn recalibrate_bn(
-    mut model: Vgg,
+    mut model: GraphNet,
     set: &ImageSet,
     batches: usize,
     batch_size: usize,
     seed: u64,
     device: &Device,
-) -> Vgg {
+) -> GraphNet {
     let batches = calibration_batches(set, batches, batch_size, seed);
     if batches.is_empty() {
         return model;
@@ -136,13 +136,14 @@ mod tests {
         }
     }
 
-    fn model(device: &Device) -> Vgg {
+    fn model(device: &Device) -> GraphNet {
         let mut arch = ArchSpec::parse("cfg_bn:4,M,6,5").unwrap().build(3);
         arch.decompose("features.4", 2, 3).unwrap();
-        Vgg::from_weights(&arch, Weights::init(&arch, 7), "mem", device).unwrap()
+        let graph = crate::graph::build::of_arch(&arch);
+        GraphNet::from_weights(&graph, Weights::init(&arch, 7), "mem", device).unwrap()
     }
 
-    fn running(m: &Vgg) -> Vec<(Vec<f32>, Vec<f32>)> {
+    fn running(m: &GraphNet) -> Vec<(Vec<f32>, Vec<f32>)> {
         m.bns
             .iter()
             .map(|b| {
@@ -175,7 +176,7 @@ mod tests {
             bn.momentum = 1.0;
         }
         let b = &calibration_batches(&set, 1, 6, 3)[0];
-        let _ = reference.forward(crate::train::images_tensor(b, &ad));
+        let _ = reference.forward_reference(crate::train::images_tensor(b, &ad));
         // Values per channel each BN saw: batch x h x w (32x32, 16x16 after the pool).
         for ((mean, var), (bn, n)) in got
             .iter()

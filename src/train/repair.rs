@@ -403,10 +403,13 @@ impl Repairing<'_> {
 }
 
 /// `weights` of the compressed `arch` (whose pruned convs kept `kept` of the base's
-/// channels) with every conv unit's last conv refitted to the `base` model's outputs on
-/// `batches`, and each BatchNorm restated for its new input. Returns the refits in order.
+/// channels) with every conv unit's last conv refitted to the outputs of the `base` plan
+/// with `base_weights` on `batches`, and each BatchNorm restated for its new input.
+/// Returns the refits in order.
+#[allow(clippy::too_many_arguments)]
 pub fn repair(
-    base: &Vgg,
+    base: &Arch,
+    base_weights: &Weights,
     arch: &Arch,
     weights: Weights,
     kept: &Kept,
@@ -417,6 +420,7 @@ pub fn repair(
     if batches.is_empty() {
         return Ok((weights, Vec::new()));
     }
+    let base = Vgg::from_weights(base, base_weights.clone(), "<base>", device)?;
     let mut cand = Repairing {
         model: Vgg::from_weights(arch, weights.clone(), "<candidate>", device)?,
         weights,
@@ -473,9 +477,9 @@ pub fn repair_compressed(
     if calibration.is_empty() {
         return Ok(candidate);
     }
-    let base = Vgg::from_weights(base, base_weights.clone(), "<base>", device)?;
     let (weights, refits) = repair(
-        &base,
+        base,
+        base_weights,
         &candidate.arch,
         candidate.weights,
         &candidate.kept,

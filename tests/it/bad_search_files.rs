@@ -1,6 +1,7 @@
 //! Bad budget and search-space files: each gives an error naming the file and the key
 //! (and the line for syntax and type errors), never a panic; `search` exits with 2.
 
+use rankprune::graph::build::of_arch;
 use crate::common::vgg19_bn;
 use rankprune::budget::Budget;
 use rankprune::search::space::SpaceFile;
@@ -28,7 +29,7 @@ fn space_error(text: &str) -> String {
     let e = match SpaceFile::load(&path) {
         Err(e) => e.to_string(),
         Ok(s) => s
-            .resolve(&vgg19_bn(), None, &file)
+            .resolve(&of_arch(&vgg19_bn()), None, &file)
             .expect_err("the space should be rejected")
             .to_string(),
     };

@@ -10,7 +10,8 @@ use rankprune::compress::compress_model;
 use rankprune::compress::prune::{filter_norms, kept_indices};
 use rankprune::config::{LayerConfig, kept_filters};
 use rankprune::data::batches::Batch;
-use rankprune::model::Vgg;
+use rankprune::graph::build::of_arch;
+use rankprune::model::{GraphNet, Vgg};
 use rankprune::train::recalibrate::pooled_bn_stats;
 use rankprune::train::repair::repair;
 use rankprune::weights::Weights;
@@ -114,9 +115,9 @@ fn repair_restores_a_perturbed_candidate_that_can_match_the_base() {
         "the perturbation is too small to test: {before}"
     );
     let device = Device::flex();
-    let base_model = Vgg::from_weights(&base, bw.clone(), "base", &device).unwrap();
     let (repaired, refits) = repair(
-        &base_model,
+        &base,
+        &bw,
         &c.arch,
         w,
         &c.kept,
@@ -149,10 +150,10 @@ fn repair_brings_a_low_rank_candidate_closer_unit_by_unit() {
     let bw = random_weights(&base, 3);
     let c = compress_model(&base, &bw, &config, "inline", None).unwrap();
     let device = Device::flex();
-    let base_model = Vgg::from_weights(&base, bw.clone(), "base", &device).unwrap();
     let calibration = batches(2, 16, 11);
     let (repaired, refits) = repair(
-        &base_model,
+        &base,
+        &bw,
         &c.arch,
         c.weights.clone(),
         &c.kept,
@@ -185,7 +186,8 @@ fn repair_brings_a_low_rank_candidate_closer_unit_by_unit() {
     // calibration images, so training-mode BN (batch statistics) computes nearly what
     // inference does: the statistics a train-mode pass pools over the same images (each
     // batch normalised by its own) match the stored ones.
-    let model = Vgg::from_weights(&c.arch, repaired.clone(), "repaired", &device).unwrap();
+    let model = GraphNet::from_weights(&of_arch(&c.arch), repaired.clone(), "repaired", &device)
+        .unwrap();
     let pooled = pooled_bn_stats(&model, &calibration, &device);
     for (i, (mean, var)) in pooled.iter().enumerate() {
         let name = format!("features.{}", [1, 5, 9][i]);

@@ -2,6 +2,7 @@
 //! vgg19_bn space, encoding round-trips, and random search only proposes feasible, new
 //! points, reproducibly.
 
+use rankprune::graph::build::of_arch;
 use crate::common::{reference_config, repo_path, vgg19_bn};
 use rankprune::arch::ArchSpec;
 use rankprune::compress::decompose::RankRecommendation;
@@ -15,7 +16,7 @@ fn vgg19_space() -> rankprune::search::space::Space {
     let path = repo_path("search_spaces/vgg19_bn.toml");
     SpaceFile::load(&path)
         .unwrap()
-        .resolve(&vgg19_bn(), None, "vgg19_bn.toml")
+        .resolve(&of_arch(&vgg19_bn()), None, "vgg19_bn.toml")
         .unwrap()
 }
 
@@ -36,7 +37,7 @@ fn reference_config_is_a_point_of_the_vgg19_space() {
     assert_eq!(space.decomposed.len(), 15);
     let reference = reference_config();
     let point = space.point_of(&reference).unwrap();
-    let back = space.config(&vgg19_bn(), &point);
+    let back = space.config(&of_arch(&vgg19_bn()), &point);
     assert_eq!(back.decomposition, reference.decomposition);
     assert_eq!(back.pruning, reference.pruning);
     // Its cost is the reference figure (tests/fixtures/reference_params.py counts it
@@ -101,7 +102,7 @@ fn vbmf_ranges_follow_the_calibration_ratios() {
     let file = SpaceFile::load(&repo_path("search_spaces/demo-vgg.toml")).unwrap();
     assert!(file.needs_vbmf());
     let e = file
-        .resolve(&base, None, "demo-vgg.toml")
+        .resolve(&of_arch(&base), None, "demo-vgg.toml")
         .unwrap_err()
         .to_string();
     assert!(e.contains("needs the VBMF ranks"), "{e}");
@@ -119,7 +120,7 @@ fn vbmf_ranges_follow_the_calibration_ratios() {
             }
         })
         .collect();
-    let space = file.resolve(&base, Some(&recs), "demo-vgg.toml").unwrap();
+    let space = file.resolve(&of_arch(&base), Some(&recs), "demo-vgg.toml").unwrap();
     let k = &space.knobs[0];
     assert_eq!((k.layer.as_str(), k.kind), ("features.4", KnobKind::InRank));
     // features.4 has 16 inputs, VBMF 8: calibration -0.25 gives 6, +0.75 gives 14.
@@ -141,7 +142,7 @@ fn random_search_proposes_feasible_new_points_reproducibly() {
         max_flops: Some(c.flops / 8),
         max_params: None,
     };
-    let problem = Problem::new(base, space, target);
+    let problem = Problem::new(base.into(), space, target);
     let mut a = RandomSearch::new(3);
     let pa = a.propose(20, &problem);
     assert_eq!(pa.len(), 20);

@@ -1,6 +1,7 @@
 //! Strategies on cheap synthetic objectives: every proposal meets the cost target and is
 //! new, runs are reproducible by seed, and warm starts come first.
 
+use rankprune::graph::build::of_arch;
 use rankprune::arch::ArchSpec;
 use rankprune::budget::StrategyName;
 use rankprune::cost;
@@ -17,14 +18,14 @@ fn problem(reduction: f64) -> Problem {
         "s.toml",
     )
     .unwrap()
-    .resolve(&base, None, "s.toml")
+    .resolve(&of_arch(&base), None, "s.toml")
     .unwrap();
     let flops = cost::count(&base).flops;
     let target = Target {
         max_flops: Some((flops as f64 / reduction) as u64),
         max_params: None,
     };
-    Problem::new(base, space, target)
+    Problem::new(base.into(), space, target)
 }
 
 /// Runs `trials` proposals of `batch` at a time; returns every proposal in order.

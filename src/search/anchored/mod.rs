@@ -107,6 +107,16 @@ fn default_max_ratio() -> f64 {
     0.8
 }
 
+/// The VGG plan an anchored space needs: its stages and SLAMP scores are read on plans.
+pub fn plan_of<'a>(base: &'a crate::network::Network, file: &str) -> crate::Result<&'a Arch> {
+    base.plan.as_ref().ok_or_else(|| {
+        crate::Error::BadInput(format!(
+            "{file}: [anchored] spaces take VGG plans; {} is not one: use a per-layer space ([decomposition] and [pruning], e.g. search_spaces/resnet.toml)",
+            base.graph.model
+        ))
+    })
+}
+
 /// Stage (1-based: one more than the max-pools before it) of every conv unit of `arch`.
 fn stages(arch: &Arch) -> IndexMap<String, usize> {
     let mut stage = 1;

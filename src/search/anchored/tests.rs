@@ -68,7 +68,7 @@ fn setup(text: &str) -> (Problem, Weights, Vec<RankRecommendation>) {
     };
     let target = Target::from_objective(&cost::count(&base), &objective);
     (
-        Problem::new(base, Space::anchored(a), target),
+        Problem::new(base.into(), Space::anchored(a), target),
         weights,
         vbmf,
     )
@@ -114,9 +114,9 @@ fn the_heuristic_point_is_the_simple_flows_config() {
     let got = p.config(&point);
     // The simple flow, step by step: VBMF ranks at the calibration, Tucker-2, then SLAMP
     // on the decomposed weights for the study's target at the space's largest ratio.
-    let recs = recommend_ranks(&p.base, &weights, CALIBRATION, |_| {}).unwrap();
-    let ranks = ranks_config(&p.base, &recs);
-    let (arch, w, _) = decompose_model(&p.base, &weights, &ranks, "t", None, |_| {}).unwrap();
+    let recs = recommend_ranks(plan(&p), &weights, CALIBRATION, |_| {}).unwrap();
+    let ranks = ranks_config(plan(&p), &recs);
+    let (arch, w, _) = decompose_model(plan(&p), &weights, &ranks, "t", None, |_| {}).unwrap();
     let target = prune_target(&p, 1.0).unwrap();
     let ratios = recommend_ratios(&arch, &w, target, 0.8, &p.base_cost).unwrap();
     assert_eq!(got.decomposition, ranks.decomposition);
@@ -196,7 +196,7 @@ fn a_config_names_its_point() {
     let h = anchored(&p).heuristic_point();
     let c = p.config(&h);
     assert_eq!(p.point_of(&c).unwrap(), h);
-    assert!(p.point_of(&LayerConfig::for_arch(&p.base)).is_err());
+    assert!(p.point_of(&LayerConfig::for_arch(plan(&p))).is_err());
 }
 
 #[test]
@@ -281,15 +281,19 @@ fn bad_sections_are_refused_with_their_key() {
 #[test]
 fn the_cheapest_model_bounds_every_point() {
     let (p, weights, _) = setup("[anchored]");
-    let lowest: Vec<RankRecommendation> = recommend_ranks(&p.base, &weights, 0.0, |_| {})
+    let lowest: Vec<RankRecommendation> = recommend_ranks(plan(&p), &weights, 0.0, |_| {})
         .unwrap()
         .into_iter()
         .map(|r| RankRecommendation { vbmf: [1, 1], ..r })
         .collect();
-    let c = cheapest_cost(&section("[anchored]"), &p.base, &lowest, CALIBRATION, "t").unwrap();
+    let c = cheapest_cost(&section("[anchored]"), plan(&p), &lowest, CALIBRATION, "t").unwrap();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(2);
     for _ in 0..10 {
         let q = p.space.random_point(&mut rng);
         assert!(p.cost(&q).flops >= c.flops);
     }
+}
+
+fn plan(p: &Problem) -> &Arch {
+    p.base.plan.as_ref().expect("a VGG plan")
 }

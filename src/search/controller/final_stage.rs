@@ -8,14 +8,12 @@ use super::shutdown::{bar, blocking, epoch_progress};
 use super::{Controller, Signals};
 use crate::budget::Budget;
 use crate::budget::{AUTO_MIN_SEEDS, Seeds};
-use crate::compress::Compressed;
-use crate::compress::decompose::recommend_ranks;
+use crate::compress::decompose::recommend_graph_ranks;
 use crate::config::LayerConfig;
 use crate::data::{ImageSet, Split};
 use crate::device::parse_device;
-use crate::graph::build::of_arch;
-use crate::ladder::Context;
-use crate::model::Vgg;
+use crate::ladder::{Built, Context};
+use crate::model::GraphNet;
 use crate::search::finalists::finalists;
 use crate::search::heuristic::heuristic_config;
 use crate::search::verdict::{Sizing, Verdict, seeds_needed, verdict};
@@ -290,7 +288,7 @@ fn control_config(ctl: &mut Controller, ctx: &Context, calibration: f64) -> Resu
     if let Some(c) = ctl.store.study_row(ctl.study)?.and_then(|r| r.control) {
         return Ok(Some(c));
     }
-    let vbmf = recommend_ranks(&ctl.problem.base, &ctx.weights, 0.0, |_| {})?;
+    let vbmf = recommend_graph_ranks(&ctl.problem.base.graph, &ctx.weights, 0.0, |_| {})?;
     let Some(config) = heuristic_config(&ctl.problem, &ctx.weights, &vbmf, calibration)? else {
         tracing::warn!("no control: the study has no cost target, or SLAMP cannot meet it");
         return Ok(None);
@@ -395,7 +393,7 @@ impl Retraining {
     /// writes its best weights and scores them on the validation and test images.
     fn run(self, on_epoch: impl FnMut(&crate::train::Report) -> Control) -> Result<FinalRun> {
         let config = LayerConfig::from_json(&self.config, "<stored config>")?;
-        let Compressed { arch, weights, .. } = self.ctx.build(&config, "<final>", &self.device)?;
+        let Built { graph, weights, .. } = self.ctx.build(&config, "<final>", &self.device)?;
         let ckpt = with_suffix(&self.stem, "ckpt");
         let out = with_suffix(&self.stem, "safetensors");
         let cfg = TrainConfig {
@@ -405,7 +403,7 @@ impl Retraining {
             ..self.ctx.final_config(self.epochs)
         };
         let o = train(
-            &of_arch(&arch),
+            &graph,
             weights,
             self.ctx.train.clone(),
             self.ctx.val.clone(),
@@ -414,7 +412,7 @@ impl Retraining {
             on_epoch,
         )?;
         o.best_weights.save_safetensors(&out)?;
-        let m = Vgg::from_weights(&arch, o.best_weights, "<final>", &self.device)?;
+        let m = GraphNet::from_weights(&graph, o.best_weights, "<final>", &self.device)?;
         let (v, val_correct) = evaluate_each(&m, &self.ctx.val, 256, None, &self.device)?;
         let (e, test_correct) = evaluate_each(&m, &self.test, 256, None, &self.device)?;
         Ok(FinalRun {

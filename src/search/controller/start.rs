@@ -4,15 +4,14 @@
 
 use super::shutdown::{bar, blocking, epoch_progress};
 use super::{Controller, Signals};
-use crate::arch::Arch;
 use crate::budget::{Budget, ObjectiveKind, StrategyName};
-use crate::compress::decompose::recommend_ranks;
+use crate::compress::decompose::recommend_graph_ranks;
 use crate::config::LayerConfig;
-use crate::cost;
 use crate::data::ImageSet;
 use crate::device::parse_device;
-use crate::graph::build::of_arch;
+use crate::graph::cost::count as graph_cost;
 use crate::ladder::Context;
+use crate::network::Network;
 use crate::ladder::context::{load_base_weights, study_inputs};
 use crate::search::anchored::Anchored;
 use crate::search::identity::Identity;
@@ -31,7 +30,7 @@ use std::sync::atomic::AtomicBool;
 /// The base weights: loaded, or trained first when the budget says so.
 pub(super) async fn base_weights(
     budget: &Budget,
-    base: &Arch,
+    base: &Network,
     data: (&Arc<ImageSet>, &Arc<ImageSet>),
     signals: &mut Signals,
     progress: bool,
@@ -42,7 +41,7 @@ pub(super) async fn base_weights(
     };
     tracing::info!(epochs, out = %path.display(), "training the base model");
     let stop = Arc::new(AtomicBool::new(false));
-    let (arch, train_set, val_set) = (base.clone(), data.0.clone(), data.1.clone());
+    let (base, train_set, val_set) = (base.clone(), data.0.clone(), data.1.clone());
     let seed = budget.search.seed;
     let pb = bar(
         epochs as u64,
@@ -58,8 +57,8 @@ pub(super) async fn base_weights(
             ..TrainConfig::default()
         };
         train(
-            &of_arch(&arch),
-            Weights::init(&arch, seed),
+            &base.graph,
+            base.init_weights(seed),
             train_set,
             val_set,
             &cfg,
@@ -124,20 +123,21 @@ fn settle_target(
 pub fn study_problem(
     budget: &Budget,
     space_file: &SpaceFile,
-    base: &Arch,
+    base: &Network,
     weights: &Weights,
     warm: bool,
 ) -> Result<Problem> {
     let vbmf = if space_file.needs_vbmf() || warm {
-        Some(recommend_ranks(base, weights, 0.0, |_| {})?)
+        Some(recommend_graph_ranks(&base.graph, weights, 0.0, |_| {})?)
     } else {
         None
     };
     let file = budget.search.space.display().to_string();
-    let target = Target::from_objective(&cost::count(base), &budget.objective);
+    let target = Target::from_objective(&graph_cost(&base.graph), &budget.objective);
     let space = match (&space_file.anchored, vbmf.as_deref()) {
         (Some(section), Some(vbmf)) => {
             crate::search::anchored::check_target(&target, &file)?;
+            let base = crate::search::anchored::plan_of(base, &file)?;
             let calibration = budget.final_stage.control_calibration;
             Space::anchored(Anchored::resolve(
                 section,
@@ -148,7 +148,7 @@ pub fn study_problem(
                 &file,
             )?)
         }
-        _ => space_file.resolve(base, vbmf.as_deref(), &file)?,
+        _ => space_file.resolve(&base.graph, vbmf.as_deref(), &file)?,
     };
     let mut problem = Problem::new(base.clone(), space, target);
     if problem.space.anchored.is_some() {
