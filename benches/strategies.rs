@@ -5,10 +5,10 @@
 //! hypervolume in Pareto mode on (a) without a target; proposal latency at 500 observed
 //! trials. `BENCH_SEEDS=3` shortens it.
 
-use rankprune::graph::build::of_arch;
 use rankprune::arch::ArchSpec;
 use rankprune::budget::StrategyName;
 use rankprune::cost;
+use rankprune::graph::build::of_arch;
 use rankprune::search::problem::{Problem, Target};
 use rankprune::search::space::{Point, SpaceFile};
 use rankprune::search::strategy::make;

@@ -3,10 +3,10 @@
 use crate::config::LayerConfig;
 use crate::graph::Op;
 use crate::graph::groups::groups;
-use std::collections::HashMap;
 use crate::search::pareto::pareto_front;
 use crate::search::summary::{budget_of, summary};
 use crate::store::{FinalResult, RungFidelity, StudyRow, Trial, TrialState, TrialStore};
+use std::collections::HashMap;
 
 pub use crate::search::summary::{StudySummary, studies};
 use crate::{Error, Result};

@@ -190,12 +190,7 @@ impl Probe {
 }
 
 /// Scores the candidate with `probe` on `device`.
-pub fn score(
-    probe: Probe,
-    ctx: &Context,
-    candidate: Built,
-    device: &Device,
-) -> Result<Scored> {
+pub fn score(probe: Probe, ctx: &Context, candidate: Built, device: &Device) -> Result<Scored> {
     let Built {
         graph,
         weights,
@@ -239,7 +234,16 @@ pub fn score(
             };
             let calibration = ctx.calibration(batches);
             let w = ctx.weights.as_ref();
-            let (w, _) = repair(base_plan, w, arch, weights, kept, &calibration, ctx.seed, device)?;
+            let (w, _) = repair(
+                base_plan,
+                w,
+                arch,
+                weights,
+                kept,
+                &calibration,
+                ctx.seed,
+                device,
+            )?;
             let m = model(w)?;
             let v = eval(&m, samples)?;
             let (_, kl) = similarity(&base()?, &m, &calibration, device);
@@ -325,7 +329,10 @@ fn forward_grams(m: &GraphNet, x: Tensor<4>, grams: &mut Vec<(usize, Vec<f64>)>)
 /// softmax outputs per image.
 pub fn similarity(
     base: &GraphNet,
-    candidate: &GraphNet, batches: &[Batch], device: &Device) -> (f64, f64) {
+    candidate: &GraphNet,
+    batches: &[Batch],
+    device: &Device,
+) -> (f64, f64) {
     let (mut cka_sum, mut cka_n, mut kl_sum, mut images) = (0.0, 0usize, 0.0, 0usize);
     for b in batches {
         let x = images_tensor(b, device);

@@ -240,7 +240,11 @@ impl GraphNet {
     /// [`super::Vgg::forward_with`] does: every BatchNorm node is replaced by
     /// `unit(Some((its index among the BNs, the BN)), its input)`, and a conv that a ReLU
     /// reads directly (no BN between) is followed by `unit(None, its output)`.
-    pub fn forward_with(&self, x: Tensor<4>, mut unit: impl FnMut(Unit, Tensor<4>) -> Tensor<4>) -> Tensor<2> {
+    pub fn forward_with(
+        &self,
+        x: Tensor<4>,
+        mut unit: impl FnMut(Unit, Tensor<4>) -> Tensor<4>,
+    ) -> Tensor<2> {
         self.run(x, false, Some(&mut unit))
     }
 

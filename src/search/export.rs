@@ -4,8 +4,8 @@
 use super::problem::Target;
 use super::verdict::stored_verdict;
 use crate::budget::Budget;
-use crate::config::LayerConfig;
 use crate::compress::graph_config::config_cost;
+use crate::config::LayerConfig;
 use crate::cost::Cost;
 use crate::store::{FinalResult, FinalRun, StudyRow, Subject, Trial, TrialState, TrialStore};
 use crate::{Error, Result};

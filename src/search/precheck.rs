@@ -37,10 +37,16 @@ pub fn check_space(budget: &Budget, space_file: &SpaceFile) -> Result<()> {
         }
         None => {
             let space = space_file.resolve(&base.graph, lowest.as_deref(), &file)?;
-            Problem::new(base, space, target).check_reachable(&budget.objective, &file)
+            Problem::new(base.clone(), space, target).check_reachable(&budget.objective, &file)
         }
     };
     reach.map_err(|m| Error::BadInput(format!("study {}: {m}", budget.study.name)))?;
+    if budget.search.repair > 0 && base.plan.is_none() {
+        return Err(Error::BadInput(format!(
+            "search.repair = {}: the least-squares repair works on VGG plans only; set it to 0 for {}",
+            budget.search.repair, budget.model.arch
+        )));
+    }
     // The gate's evidence names the base weights: it is checked in full when they
     // exist, and for being there before they are trained.
     if let Some(path) = &budget.proxy.gate_evidence {

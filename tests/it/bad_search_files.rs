@@ -1,9 +1,9 @@
 //! Bad budget and search-space files: each gives an error naming the file and the key
 //! (and the line for syntax and type errors), never a panic; `search` exits with 2.
 
-use rankprune::graph::build::of_arch;
 use crate::common::vgg19_bn;
 use rankprune::budget::Budget;
+use rankprune::graph::build::of_arch;
 use rankprune::search::space::SpaceFile;
 
 const SPACE: &str = r#"

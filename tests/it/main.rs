@@ -20,6 +20,7 @@ mod onnx_export;
 mod pruning;
 mod pytorch_fixture;
 mod repair;
+mod residual_search;
 mod search;
 mod search_space;
 mod strategies;

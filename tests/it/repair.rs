@@ -186,8 +186,8 @@ fn repair_brings_a_low_rank_candidate_closer_unit_by_unit() {
     // calibration images, so training-mode BN (batch statistics) computes nearly what
     // inference does: the statistics a train-mode pass pools over the same images (each
     // batch normalised by its own) match the stored ones.
-    let model = GraphNet::from_weights(&of_arch(&c.arch), repaired.clone(), "repaired", &device)
-        .unwrap();
+    let model =
+        GraphNet::from_weights(&of_arch(&c.arch), repaired.clone(), "repaired", &device).unwrap();
     let pooled = pooled_bn_stats(&model, &calibration, &device);
     for (i, (mean, var)) in pooled.iter().enumerate() {
         let name = format!("features.{}", [1, 5, 9][i]);

@@ -499,7 +499,7 @@ fn wait_for(s: &Study, child: &mut Child, what: &str, mut done: impl FnMut(&Tria
     }
 }
 
-fn state_count(store: &TrialStore, state: TrialState) -> usize {
+pub(crate) fn state_count(store: &TrialStore, state: TrialState) -> usize {
     store
         .trials(1)
         .map(|t| t.iter().filter(|t| t.state == state).count())

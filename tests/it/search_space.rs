@@ -2,11 +2,11 @@
 //! vgg19_bn space, encoding round-trips, and random search only proposes feasible, new
 //! points, reproducibly.
 
-use rankprune::graph::build::of_arch;
 use crate::common::{reference_config, repo_path, vgg19_bn};
 use rankprune::arch::ArchSpec;
 use rankprune::compress::decompose::RankRecommendation;
 use rankprune::cost;
+use rankprune::graph::build::of_arch;
 use rankprune::search::problem::{Observation, Problem, Target};
 use rankprune::search::space::{KnobKind, SpaceFile};
 use rankprune::search::strategy::Strategy;
@@ -120,7 +120,9 @@ fn vbmf_ranges_follow_the_calibration_ratios() {
             }
         })
         .collect();
-    let space = file.resolve(&of_arch(&base), Some(&recs), "demo-vgg.toml").unwrap();
+    let space = file
+        .resolve(&of_arch(&base), Some(&recs), "demo-vgg.toml")
+        .unwrap();
     let k = &space.knobs[0];
     assert_eq!((k.layer.as_str(), k.kind), ("features.4", KnobKind::InRank));
     // features.4 has 16 inputs, VBMF 8: calibration -0.25 gives 6, +0.75 gives 14.

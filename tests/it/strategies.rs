@@ -1,10 +1,10 @@
 //! Strategies on cheap synthetic objectives: every proposal meets the cost target and is
 //! new, runs are reproducible by seed, and warm starts come first.
 
-use rankprune::graph::build::of_arch;
 use rankprune::arch::ArchSpec;
 use rankprune::budget::StrategyName;
 use rankprune::cost;
+use rankprune::graph::build::of_arch;
 use rankprune::search::problem::{Problem, Target};
 use rankprune::search::space::{Point, SpaceFile};
 use rankprune::search::strategy::make;

@@ -1,0 +1,131 @@
+//! Search on a residual network: a study of resnet8@0.25 runs end to end (warm starts
+//! from VBMF + group SLAMP, trials, final stage against the heuristic's control, export),
+//! and what works on VGG plans only is refused with exit code 2.
+
+use crate::search::{FAST_PROXY, Study, edit_budget, export, run, state_count, study, text};
+use rankprune::compress::graph_config::config_cost;
+use rankprune::config::LayerConfig;
+use rankprune::graph::groups::groups;
+use rankprune::store::TrialState;
+
+/// The tiny study moved to resnet8@0.25 (4 classes) with the residual space.
+fn residual_study(max_trials: usize, extra: &str) -> Study {
+    let s = study(max_trials, FAST_PROXY, extra);
+    edit_budget(&s, "arch = \"cfg_bn:8,M,16,M\"", "arch = \"resnet8@0.25\"");
+    edit_budget(&s, "strategy = \"random\"", "strategy = \"evolution\"");
+    std::fs::copy(
+        crate::common::repo_path("search_spaces/resnet.toml"),
+        s.path("space.toml"),
+    )
+    .unwrap();
+    s
+}
+
+#[test]
+fn a_residual_networks_study_runs_end_to_end_and_exports_group_ratios() {
+    let s = residual_study(4, "[final]\ntop_k = 1\nwarm_starts = 0\nepochs = 1");
+    let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Every trial trained and scored (none failed building or training the network).
+    let store = s.store();
+    let complete = state_count(&store, TrialState::Complete);
+    let early = state_count(&store, TrialState::EarlyStopped);
+    assert_eq!(complete + early, 4, "{}", text(&o));
+    assert!(complete >= 1 && store.final_runs(1).unwrap().len() == 2);
+    let base = crate::common::resnet("resnet8@0.25", 4, 32);
+    let base_flops = rankprune::graph::cost::count(&base).flops as f64;
+    let db = s.db();
+    for which in ["--best", "--control"] {
+        let json = export(&db, &[which], &s.path("c.json"));
+        let config = LayerConfig::from_json(&json.to_string(), which).unwrap();
+        // The config applies to the network and meets the target (1.2x fewer FLOPs).
+        let cost = config_cost(&base, &config).unwrap();
+        assert!(cost.flops as f64 <= base_flops / 1.2, "{which}: {json}");
+        // Its ratios name dependency groups of the decomposed network: a stage's
+        // stream is one group, named by its first conv.
+        let layout = rankprune::compress::graph_tucker::decomposed_layout(
+            &base,
+            &rankprune::compress::graph_config::ranks(&config),
+        )
+        .unwrap();
+        let names: Vec<String> = groups(&layout).into_iter().map(|g| g.name).collect();
+        let ratios = config.pruning.as_ref().map(|p| p.ratios.clone());
+        for r in ratios.iter().flat_map(|r| r.keys()) {
+            assert!(names.contains(r), "{which}: {r} is no group of {names:?}");
+        }
+    }
+    // The control's ranks are VBMF's at calibration 0, as `recommend decomposition`
+    // gives them for the same weights.
+    let control = export(&db, &["--control"], &s.path("control.json"));
+    let vbmf = s.path("vbmf.json");
+    let weights = s.path("runs/base.safetensors");
+    let o = run(&[
+        "recommend",
+        "decomposition",
+        "--arch",
+        "resnet8@0.25",
+        "--num-classes",
+        "4",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--calibration",
+        "0",
+        "--out",
+        vbmf.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&vbmf).unwrap()).unwrap();
+    assert_eq!(
+        control["decomposition"]["ranks"], v["decomposition"]["ranks"],
+        "{control}"
+    );
+    // The winner compresses and evaluates through the ordinary commands.
+    let best = s.path("best.json");
+    export(&db, &["--best"], &best);
+    let out = s.path("best.safetensors");
+    let o = run(&[
+        "compress",
+        "--arch",
+        "resnet8@0.25",
+        "--num-classes",
+        "4",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--config",
+        best.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn plan_only_settings_on_a_residual_network_exit_2() {
+    let s = residual_study(2, "");
+    std::fs::write(
+        s.path("space.toml"),
+        "[anchored]\nlayers = \"all\"\nmax_ratio = 0.8",
+    )
+    .unwrap();
+    let o = run(&["search", s.budget().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("[anchored] spaces take VGG plans"),
+        "{}",
+        text(&o)
+    );
+    std::fs::copy(
+        crate::common::repo_path("search_spaces/resnet.toml"),
+        s.path("space.toml"),
+    )
+    .unwrap();
+    edit_budget(&s, "seed = 1", "seed = 1\nrepair = 2");
+    let o = run(&["search", s.budget().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("search.repair = 2: the least-squares repair works on VGG plans only"),
+        "{}",
+        text(&o)
+    );
+}
