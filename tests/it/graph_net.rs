@@ -138,6 +138,67 @@ fn vgg_plans_run_through_the_graph_as_through_the_vgg_module() {
     assert_tensors_close(&graph_run, &vgg_run, 1e-5, 0.0, "graph vs Vgg");
 }
 
+/// The units the probes read (BN recalibration, CKA): on a VGG plan's graph,
+/// `GraphNet::forward_with` hands its hook what `Vgg::forward_with` hands its own, in the
+/// same order (each BN's input with the BN, a BN-less conv unit's output), and both give
+/// the same logits when the hook computes the BN in train mode.
+#[test]
+fn the_graphs_unit_hook_sees_the_vgg_modules_units() {
+    use burn::tensor::module::batch_norm_train;
+    use rankprune::arch::ArchSpec;
+    use rankprune::model::Vgg;
+    let device = Device::flex();
+    let mut arch = ArchSpec::parse("cfg_bn:4,M,6,M,5").unwrap().build(3);
+    arch.decompose("features.4", 2, 3).unwrap();
+    let mut plain = ArchSpec::parse("cfg:4,M,6").unwrap().build(3);
+    plain.decompose("features.3", 2, 2).unwrap();
+    for arch in [arch, plain] {
+        let w = Weights::init(&arch, 9);
+        let x = Tensor::<4>::random([2, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+        let values = |t: &Tensor<4>| {
+            t.clone()
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap()
+        };
+        let train_bn = |bn: &burn::nn::BatchNorm, x: Tensor<4>| {
+            batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon).output
+        };
+        let (mut seen_vgg, mut seen_graph) = (Vec::new(), Vec::new());
+        let vgg = Vgg::from_weights(&arch, w.clone(), "mem", &device).unwrap();
+        let y_vgg = vgg.forward_with(x.clone(), |_, bn, x| {
+            seen_vgg.push((bn.map(|b| b.0), values(&x)));
+            match bn {
+                Some((_, bn)) => train_bn(bn, x),
+                None => x,
+            }
+        });
+        let graph = GraphNet::from_weights(&of_arch(&arch), w, "mem", &device).unwrap();
+        let y_graph = graph.forward_with(x, |bn, x| {
+            seen_graph.push((bn.map(|b| b.0), values(&x)));
+            match bn {
+                Some((_, bn)) => train_bn(bn, x),
+                None => x,
+            }
+        });
+        assert!(!seen_vgg.is_empty());
+        assert_eq!(seen_vgg.len(), seen_graph.len(), "{}", arch.model);
+        for ((bv, xv), (bg, xg)) in seen_vgg.iter().zip(&seen_graph) {
+            assert_eq!(bv, bg);
+            assert_eq!(
+                xv, xg,
+                "the same layers in the same order: bit-equal inputs"
+            );
+        }
+        let (a, b) = (
+            y_vgg.into_data().to_vec::<f32>().unwrap(),
+            y_graph.into_data().to_vec::<f32>().unwrap(),
+        );
+        assert_eq!(a, b);
+    }
+}
+
 /// Residual and imported networks through the commands: `metrics`, `init`, `check`,
 /// `train`, `eval`, `recommend pruning`, `compress` and `export-model`; a model at an
 /// input size the data does not have exits 2.

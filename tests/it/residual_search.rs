@@ -98,6 +98,38 @@ fn a_residual_networks_study_runs_end_to_end_and_exports_group_ratios() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
+    // The cheap probes score it: BN recalibration, the CKA and KL against the base (on
+    // every BatchNorm's output), a short fine-tune; the repair probe is plan-only.
+    let budget = s.budget();
+    let (budget, best) = (budget.to_str().unwrap(), best.to_str().unwrap());
+    let o = run(&[
+        "score",
+        budget,
+        "--config",
+        best,
+        "--probes",
+        "bn:1,recon:1,ft:2",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let score = |probe: &str, name: &str| {
+        lines
+            .iter()
+            .find(|l| l["probe"] == probe)
+            .and_then(|l| l["scores"][name].as_f64())
+            .unwrap_or_else(|| panic!("{probe} {name}: {lines:?}"))
+    };
+    assert!((0.0..=1.0).contains(&score("bn:1", "acc")));
+    let cka = score("recon:1", "cka");
+    assert!(cka > 0.0 && cka <= 1.0 + 1e-9, "{cka}");
+    assert!(score("recon:1", "kl") >= -1e-9);
+    assert!(score("ft:2", "loss").is_finite());
+    let o = run(&["score", budget, "--config", best, "--probes", "repair:1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("works on VGG plans only"), "{}", text(&o));
 }
 
 #[test]
