@@ -129,8 +129,8 @@ pub struct LayerDecomposition {
 
 /// One conv's Tucker-2 replacement: the three conv weights and how well they fit.
 #[derive(Debug)]
-struct Factors {
-    convs: [TensorF32; 3],
+pub(crate) struct Factors {
+    pub(crate) convs: [TensorF32; 3],
     rel_error: f64,
     iterations: usize,
 }
@@ -219,6 +219,26 @@ fn factors(w: &TensorF32, name: &str, in_rank: usize, out_rank: usize) -> Result
     })
 }
 
+/// The Tucker-2 factors of conv `name` (weight `w`) at these ranks: from `cache` when it
+/// holds them, computed (and added to it) otherwise.
+pub(crate) fn cached_factors(
+    cache: Option<&TuckerCache>,
+    w: &TensorF32,
+    name: &str,
+    in_rank: usize,
+    out_rank: usize,
+) -> Result<Arc<Factors>> {
+    let key = (name.to_string(), in_rank, out_rank);
+    if let Some(f) = cache.and_then(|c| c.get(&key)) {
+        return Ok(f);
+    }
+    let f = Arc::new(factors(w, name, in_rank, out_rank)?);
+    if let Some(c) = cache {
+        c.put(key, f.clone());
+    }
+    Ok(f)
+}
+
 /// Decomposes the convs named in `config.decomposition` (pruning is not applied here).
 /// Returns the decomposed architecture and its weights, in architecture order. With a
 /// `cache` (which must belong to these `weights`), layers already decomposed at the same
@@ -244,17 +264,7 @@ pub fn decompose_model(
     for (name, &[in_rank, out_rank]) in &dec.ranks {
         on_layer(name);
         let w = conv_weight(weights, name)?;
-        let key = (name.clone(), in_rank, out_rank);
-        let f = match cache.and_then(|c| c.get(&key)) {
-            Some(f) => f,
-            None => {
-                let f = Arc::new(factors(w, name, in_rank, out_rank)?);
-                if let Some(c) = cache {
-                    c.put(key, f.clone());
-                }
-                f
-            }
-        };
+        let f = cached_factors(cache, w, name, in_rank, out_rank)?;
         out.tensors.shift_remove(&format!("{name}.weight"));
         let bias = out.tensors.shift_remove(&format!("{name}.bias"));
         for (i, t) in f.convs.iter().enumerate() {

@@ -3,7 +3,8 @@
 //! ([`super::group_prune`]), named as in the decomposed graph (a group by its first
 //! conv: `layer2.0.conv2`, or `layer2.0.conv2_tucker_2` once that conv is decomposed).
 
-use super::graph_tucker::{decompose_graph, decomposed_layout};
+use super::decompose::TuckerCache;
+use super::graph_tucker::{decompose_graph_cached, decomposed_layout};
 use super::group_prune::{prune_groups, pruned_layout};
 use crate::config::LayerConfig;
 use crate::graph::Graph;
@@ -16,7 +17,18 @@ pub fn apply_config(
     weights: &Weights,
     config: &LayerConfig,
 ) -> Result<(Graph, Weights), String> {
-    let (g, w) = decompose_graph(graph, weights, &ranks(config))
+    apply_config_cached(graph, weights, config, None)
+}
+
+/// [`apply_config`] with the Tucker factors from `cache` (see
+/// [`decompose_graph_cached`]).
+pub fn apply_config_cached(
+    graph: &Graph,
+    weights: &Weights,
+    config: &LayerConfig,
+    cache: Option<&TuckerCache>,
+) -> Result<(Graph, Weights), String> {
+    let (g, w) = decompose_graph_cached(graph, weights, &ranks(config), cache)
         .map_err(|e| format!("decomposition: {e}"))?;
     prune_groups(&g, &w, &ratios(config)).map_err(|e| format!("pruning: {e}"))
 }

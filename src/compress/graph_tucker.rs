@@ -4,9 +4,9 @@
 //! [`super::tucker`] factors a VGG conv. The last 1x1 produces the original channels,
 //! so it takes the conv's place in its dependency group; the ranks are the chain's own.
 
-use super::tucker::{HOOI_MAX_ITERS, tucker2};
+use super::decompose::{TuckerCache, cached_factors};
 use crate::graph::{Conv, Graph, NodeDef, Op};
-use crate::weights::{TensorF32, Weights};
+use crate::weights::Weights;
 use std::collections::BTreeMap;
 
 fn conv(
@@ -35,7 +35,18 @@ pub fn decompose_graph(
     weights: &Weights,
     ranks: &BTreeMap<String, [usize; 2]>,
 ) -> Result<(Graph, Weights), String> {
-    let (g, w) = decompose(graph, Some(weights), ranks)?;
+    decompose_graph_cached(graph, weights, ranks, None)
+}
+
+/// [`decompose_graph`] taking each conv's factors from `cache` (which must belong to
+/// these `weights`) when it holds them at the same ranks, and adding the new ones.
+pub fn decompose_graph_cached(
+    graph: &Graph,
+    weights: &Weights,
+    ranks: &BTreeMap<String, [usize; 2]>,
+    cache: Option<&TuckerCache>,
+) -> Result<(Graph, Weights), String> {
+    let (g, w) = decompose(graph, Some((weights, cache)), ranks)?;
     Ok((g, w.expect("weights given")))
 }
 
@@ -50,7 +61,7 @@ pub fn decomposed_layout(
 
 fn decompose(
     graph: &Graph,
-    weights: Option<&Weights>,
+    weights: Option<(&Weights, Option<&TuckerCache>)>,
     ranks: &BTreeMap<String, [usize; 2]>,
 ) -> Result<(Graph, Option<Weights>), String> {
     for (name, &[r_in, r_out]) in ranks {
@@ -78,7 +89,8 @@ fn decompose(
     };
     let mut defs = Vec::new();
     // Every tensor stays but the decomposed convs', which their chains replace.
-    let mut w = weights.cloned();
+    let cache = weights.and_then(|(_, c)| c);
+    let mut w = weights.map(|(w, _)| w.clone());
     for node in &graph.nodes {
         let n = &node.name;
         let inputs: Vec<String> = node.inputs.iter().map(|&j| output_of(j)).collect();
@@ -96,7 +108,7 @@ fn decompose(
             conv(r_out, c.out_channels, 1, 1, 0, c.bias),
         ];
         if let Some(w) = &mut w {
-            factor(w, n, c, [r_in, r_out]);
+            factor(w, n, [r_in, r_out], cache)?;
         }
         for (k, op) in ops.into_iter().enumerate() {
             let from = if k == 0 {
@@ -116,20 +128,23 @@ fn decompose(
 }
 
 /// Replaces conv `n`'s kernel (and bias) in `w` by its Tucker-2 chain's three.
-fn factor(w: &mut Weights, n: &str, c: &Conv, [r_in, r_out]: [usize; 2]) {
+fn factor(
+    w: &mut Weights,
+    n: &str,
+    [r_in, r_out]: [usize; 2],
+    cache: Option<&TuckerCache>,
+) -> Result<(), String> {
     let kernel = w
         .tensors
         .shift_remove(&format!("{n}.weight"))
-        .expect("weights matched to the graph");
-    let shape = [c.out_channels, c.in_channels, c.kernel, c.kernel];
-    let factors = tucker2(&kernel.data, shape, r_in, r_out, HOOI_MAX_ITERS).conv_weights();
-    for (k, (shape, data)) in factors.into_iter().enumerate() {
-        w.tensors.insert(
-            format!("{n}_tucker_{k}.weight"),
-            TensorF32::new(shape, data),
-        );
+        .ok_or_else(|| format!("{n}: the weights have no {n}.weight"))?;
+    let f = cached_factors(cache, &kernel, n, r_in, r_out).map_err(|e| e.to_string())?;
+    for (k, t) in f.convs.iter().enumerate() {
+        w.tensors
+            .insert(format!("{n}_tucker_{k}.weight"), t.clone());
     }
     if let Some(b) = w.tensors.shift_remove(&format!("{n}.bias")) {
         w.tensors.insert(format!("{n}_tucker_2.bias"), b);
     }
+    Ok(())
 }

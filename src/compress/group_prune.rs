@@ -215,15 +215,30 @@ pub fn recommend_group_ratios(
     original: &Cost,
 ) -> crate::Result<IndexMap<String, f64>> {
     check_target(target, max_ratio)?;
-    let gs = groups(graph);
     let layers = group_scores(graph, weights);
+    ratios_for_group_scores(graph, &layers, target, max_ratio, original)
+}
+
+/// [`recommend_group_ratios`] on given per-channel scores (`layers`: every group of
+/// `graph`, in [`groups`]' order, with one score per channel; a channel goes when its
+/// score is at most the threshold), as [`crate::compress::slamp::ratios_for_scores`]
+/// does for VGG plans.
+pub fn ratios_for_group_scores(
+    graph: &Graph,
+    layers: &[(String, Vec<f64>)],
+    target: PruneTarget,
+    max_ratio: f64,
+    original: &Cost,
+) -> crate::Result<IndexMap<String, f64>> {
+    let gs = groups(graph);
+    debug_assert!(gs.iter().zip(layers).all(|(g, (n, _))| &g.name == n));
     let ops: Vec<Op> = graph.nodes.iter().map(|n| n.op.clone()).collect();
     let pruned_cost = |removed: &[usize]| {
         let mut ops = ops.clone();
-        for ((g, (_, s)), &k) in gs.iter().zip(&layers).zip(removed) {
+        for ((g, (_, s)), &k) in gs.iter().zip(layers).zip(removed) {
             resize(g, s.len() - k, &mut ops);
         }
         count(&with_ops(graph, ops).expect("resizing a group keeps the graph valid"))
     };
-    threshold_ratios(&layers, target, max_ratio, original, pruned_cost)
+    threshold_ratios(layers, target, max_ratio, original, pruned_cost)
 }

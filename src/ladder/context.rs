@@ -8,7 +8,7 @@ use crate::arch::Arch;
 use crate::budget::{Budget, Proxy};
 use crate::compress::compress_model;
 use crate::compress::decompose::TuckerCache;
-use crate::compress::graph_config::apply_config;
+use crate::compress::graph_config::apply_config_cached;
 use crate::compress::prune::Kept;
 use crate::config::LayerConfig;
 use crate::data::ImageSet;
@@ -112,9 +112,8 @@ impl Context {
     }
 
     /// The candidate `config` describes (`file` names it in errors): compressed from the
-    /// base weights, then, for a VGG plan, repaired on the first `repair` calibration
-    /// batches (see [`crate::train::repair`]); a plan's Tucker factors come from the
-    /// shared cache.
+    /// base weights (Tucker factors from the shared cache), then, for a VGG plan,
+    /// repaired on the first `repair` calibration batches (see [`crate::train::repair`]).
     pub fn build(&self, config: &LayerConfig, file: &str, device: &Device) -> Result<Built> {
         let Some(plan) = &self.base.plan else {
             if self.repair > 0 {
@@ -123,8 +122,10 @@ impl Context {
                     self.repair, self.base.graph.model
                 )));
             }
-            let (graph, weights) = apply_config(&self.base.graph, &self.weights, config)
-                .map_err(|e| Error::BadInput(format!("{file}: {e}")))?;
+            let cache = Some(self.cache.as_ref());
+            let (graph, weights) =
+                apply_config_cached(&self.base.graph, &self.weights, config, cache)
+                    .map_err(|e| Error::BadInput(format!("{file}: {e}")))?;
             return Ok(Built {
                 graph,
                 weights,

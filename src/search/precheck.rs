@@ -30,8 +30,7 @@ pub fn check_space(budget: &Budget, space_file: &SpaceFile) -> Result<()> {
         Some(section) => {
             let calibration = budget.final_stage.control_calibration;
             let lowest = lowest.as_deref().unwrap_or_default();
-            let plan = super::anchored::plan_of(&base, &file)?;
-            let c = cheapest_cost(section, plan, lowest, calibration, &file)?;
+            let c = cheapest_cost(section, &base.graph, lowest, calibration, &file)?;
             crate::search::anchored::check_target(&target, &file)?;
             check_reach(&target, &c, &base_cost, &budget.objective, &file)
         }

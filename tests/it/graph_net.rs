@@ -159,7 +159,7 @@ fn the_graphs_unit_hook_sees_the_vgg_modules_units() {
             t.clone()
                 .into_data()
                 .convert::<f32>()
-                .to_vec::<f32>()
+                .try_to_vec::<f32>()
                 .unwrap()
         };
         let train_bn = |bn: &burn::nn::BatchNorm, x: Tensor<4>| {
@@ -192,8 +192,8 @@ fn the_graphs_unit_hook_sees_the_vgg_modules_units() {
             );
         }
         let (a, b) = (
-            y_vgg.into_data().to_vec::<f32>().unwrap(),
-            y_graph.into_data().to_vec::<f32>().unwrap(),
+            y_vgg.into_data().try_to_vec::<f32>().unwrap(),
+            y_graph.into_data().try_to_vec::<f32>().unwrap(),
         );
         assert_eq!(a, b);
     }

@@ -3,13 +3,16 @@
 //! explore them (a per-layer space of vgg19_bn has 76 dimensions).
 //!
 //! - `calibration.stageS`: the VBMF calibration ratio of the decomposed convs of stage S
-//!   (a stage: the convs between two max-pools);
-//! - `scale.stageS`: log2 of a multiplier on the SLAMP scores of stage S's convs (a
-//!   higher score keeps more filters);
+//!   (a stage: the convs whose maps have one size; on VGG, those between two max-pools);
+//! - `scale.stageS`: log2 of a multiplier on the SLAMP scores of stage S's conv groups (a
+//!   higher score keeps more channels);
 //! - `scale.tucker_0`, `scale.tucker_2`: log2 multipliers on the scores of the Tucker
 //!   factors' 1x1 convs, against the cores and plain convs;
-//! - `cost_exponent` b: each score is divided by (FLOPs per filter / their geometric
-//!   mean)^b, so that b > 0 prunes the convs whose filters cost most first.
+//! - `cost_exponent` b: each score is divided by (FLOPs per channel / their geometric
+//!   mean)^b, so that b > 0 prunes the groups whose channels cost most first.
+//!
+//! Scores are group SLAMP's ([`crate::compress::group_prune`]): on a VGG plan every conv
+//! is a group of its own, and a residual network's stream (the convs an add ties) is one.
 //!
 //! Every point is projected onto the study's cost target exactly: SLAMP solves for its
 //! global threshold after the ranks are chosen, as the simple flow does. The heuristic's
@@ -18,11 +21,15 @@
 
 use super::problem::Target;
 use super::space::{Knob, KnobKind, Layers, Point, SpaceError, pick_layers};
-use crate::arch::{Arch, ConvBody, Unit};
-use crate::compress::decompose::{RankRecommendation, TuckerCache, decompose_model};
-use crate::compress::slamp::{PruneTarget, conv_scores, ratios_for_scores};
+use crate::compress::decompose::{RankRecommendation, TuckerCache};
+use crate::compress::graph_config::{config_cost, empty_config};
+use crate::compress::graph_tucker::{decompose_graph_cached, decomposed_layout};
+use crate::compress::group_prune::{group_scores, ratios_for_group_scores};
+use crate::compress::slamp::PruneTarget;
 use crate::config::LayerConfig;
-use crate::cost::{self, Cost};
+use crate::cost::Cost;
+use crate::graph::groups::{Group, groups};
+use crate::graph::{Graph, Op};
 use crate::weights::Weights;
 use indexmap::IndexMap;
 use serde::Deserialize;
@@ -107,30 +114,36 @@ fn default_max_ratio() -> f64 {
     0.8
 }
 
-/// The VGG plan an anchored space needs: its stages and SLAMP scores are read on plans.
-pub fn plan_of<'a>(base: &'a crate::network::Network, file: &str) -> crate::Result<&'a Arch> {
-    base.plan.as_ref().ok_or_else(|| {
-        crate::Error::BadInput(format!(
-            "{file}: [anchored] spaces take VGG plans; {} is not one: use a per-layer space ([decomposition] and [pruning], e.g. search_spaces/resnet.toml)",
-            base.graph.model
-        ))
-    })
+/// Stage (1-based) of every conv of `graph`: one more than the number of distinct map
+/// sides larger than its output's among the graph's node outputs (on a VGG plan, one
+/// more than the max-pools before it).
+fn stages(graph: &Graph) -> IndexMap<String, usize> {
+    let shapes = graph.shapes().expect("a built graph has shapes");
+    let mut sides: Vec<usize> = shapes
+        .iter()
+        .filter(|s| s.len() == 3)
+        .map(|s| s[1])
+        .collect();
+    sides.sort_unstable_by(|a, b| b.cmp(a));
+    sides.dedup();
+    graph
+        .nodes
+        .iter()
+        .zip(&shapes)
+        .filter(|(n, _)| matches!(n.op, Op::Conv(_)))
+        .map(|(n, s)| {
+            (
+                n.name.clone(),
+                1 + sides.iter().filter(|&&d| d > s[1]).count(),
+            )
+        })
+        .collect()
 }
 
-/// Stage (1-based: one more than the max-pools before it) of every conv unit of `arch`.
-fn stages(arch: &Arch) -> IndexMap<String, usize> {
-    let mut stage = 1;
-    let mut out = IndexMap::new();
-    for u in &arch.units {
-        match u {
-            Unit::Conv(c) => {
-                out.insert(c.body.name().to_string(), stage);
-            }
-            Unit::MaxPool { .. } => stage += 1,
-            Unit::Linear(_) => {}
-        }
-    }
-    out
+/// The base conv a conv of a decomposed graph comes from (`features.3_tucker_1` comes
+/// from `features.3`).
+fn unit_of(conv: &str) -> &str {
+    conv.split("_tucker_").next().unwrap_or(conv)
 }
 
 /// Where each anchored knob sits in the point (None: the grid has one level).
@@ -146,7 +159,7 @@ struct Slots {
 /// the decomposed layers, and where each knob sits. Grids of one level give no knob.
 fn resolve_knobs(
     section: &AnchoredSection,
-    base: &Arch,
+    base: &Graph,
     calibration: f64,
 ) -> Result<(Vec<Knob>, Vec<String>, Slots), String> {
     let decomposed = decomposed_layers(section, base)?;
@@ -206,13 +219,14 @@ fn resolve_knobs(
     Ok((knobs, decomposed, slots))
 }
 
-/// The convs a section decomposes (of those with more than 3 input channels), in
-/// architecture order.
-fn decomposed_layers(section: &AnchoredSection, base: &Arch) -> Result<Vec<String>, String> {
+/// The convs a section decomposes (of those larger than 1x1 with more than 3 input
+/// channels), in graph order.
+fn decomposed_layers(section: &AnchoredSection, base: &Graph) -> Result<Vec<String>, String> {
     let candidates: Vec<String> = base
-        .conv_units()
-        .filter_map(|u| match &u.body {
-            ConvBody::Plain(c) if c.in_channels > 3 => Some(c.name.clone()),
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::Conv(c) if c.in_channels > 3 && c.kernel > 1 => Some(n.name.clone()),
             _ => None,
         })
         .collect();
@@ -271,13 +285,13 @@ pub fn knob_name(k: &Knob) -> String {
 }
 
 /// A resolved anchored space: its knobs and the tables that map a point to its config
-/// without weights (each decomposed conv's ranks per calibration level, and the SLAMP
-/// scores of its three sub-convs at those ranks).
+/// without weights (each decomposed conv's ranks per calibration level, and the group
+/// SLAMP scores of the decomposed network at those ranks).
 pub struct Anchored {
     pub knobs: Vec<Knob>,
     pub decomposed: Vec<String>,
     slots: Slots,
-    base: Arch,
+    base: Graph,
     base_cost: Cost,
     max_ratio: f64,
     /// Its level for the control's calibration.
@@ -339,7 +353,7 @@ impl Anchored {
     /// ranks of each calibration level (once per distinct ranks) for the score tables.
     pub fn resolve(
         section: &AnchoredSection,
-        base: &Arch,
+        base: &Graph,
         weights: &Weights,
         vbmf: &[RankRecommendation],
         calibration: f64,
@@ -377,7 +391,7 @@ impl Anchored {
             decomposed,
             slots,
             base: base.clone(),
-            base_cost: cost::count(base),
+            base_cost: crate::graph::cost::count(base),
             max_ratio: section.max_ratio,
             anchor_level,
             stage_of: stages(base),
@@ -440,7 +454,7 @@ impl Anchored {
     }
 
     /// The config of point `p` for a study whose cost target is `target`: SLAMP ratios
-    /// meeting it on the scaled scores; every conv at the largest ratio when they
+    /// meeting it on the scaled scores; every group at the largest ratio when they
     /// cannot (the point is then infeasible).
     pub fn config(&self, p: &[usize], target: Option<PruneTarget>) -> LayerConfig {
         assert_eq!(p.len(), self.knobs.len(), "point of another space");
@@ -449,14 +463,13 @@ impl Anchored {
             return c.clone();
         }
         let ranks = self.ranks_at(p);
-        let mut config = LayerConfig::for_arch(&self.base);
+        let mut config = empty_config(&self.base);
         config.set_ranks(ranks.clone());
-        let arch = config
-            .apply(&self.base, "<anchored space>")
-            .expect("ranks within the full ranks");
-        let layers = self.scaled_scores(p, &arch, &ranks);
+        let by_name = ranks.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let layout = decomposed_layout(&self.base, &by_name).expect("ranks within the full ranks");
+        let layers = self.scaled_scores(p, &layout, &ranks);
         let found = target.and_then(|t| {
-            ratios_for_scores(&arch, &layers, t, self.max_ratio, &self.base_cost).ok()
+            ratios_for_group_scores(&layout, &layers, t, self.max_ratio, &self.base_cost).ok()
         });
         let ratios = found.unwrap_or_else(|| {
             let r = if target.is_some() {
@@ -527,45 +540,55 @@ impl Anchored {
             .or_insert_with(|| p.to_vec());
     }
 
-    /// Every conv of `arch` with its SLAMP scores at point `p`: the base scores times
-    /// the stage's and the factor's multipliers, over (FLOPs per filter / their
-    /// geometric mean)^b.
+    /// Every group of `layout` (the base decomposed at `ranks`) with its SLAMP scores at
+    /// point `p`: the base scores times the stage's and the factor's multipliers, over
+    /// (FLOPs per channel / their geometric mean)^b.
     fn scaled_scores(
         &self,
         p: &[usize],
-        arch: &Arch,
+        layout: &Graph,
         ranks: &IndexMap<String, [usize; 2]>,
     ) -> Vec<(String, Vec<f64>)> {
+        let gs = groups(layout);
         let b = self.value(p, self.slots.cost_exponent);
-        let per_filter: HashMap<String, f64> = if b != 0.0 {
-            cost::count(arch)
+        let per_channel: Vec<f64> = if b != 0.0 {
+            let flops: HashMap<String, u64> = crate::graph::cost::count(layout)
                 .layers
-                .iter()
-                .filter_map(|l| {
-                    let pos = arch.find_conv(&l.name)?;
-                    Some((
-                        l.name.clone(),
-                        l.flops as f64 / arch.conv(pos).out_channels as f64,
-                    ))
+                .into_iter()
+                .map(|l| (l.name, l.flops))
+                .collect();
+            gs.iter()
+                .map(|g| {
+                    let total: u64 = g
+                        .members
+                        .iter()
+                        .map(|&m| flops[&layout.nodes[m].name])
+                        .sum();
+                    let channels = match &layout.nodes[g.members[0]].op {
+                        Op::Conv(c) => c.out_channels,
+                        _ => unreachable!("a group's members are convs"),
+                    };
+                    total as f64 / channels as f64
                 })
                 .collect()
         } else {
-            HashMap::new()
+            Vec::new()
         };
-        let gmean = if per_filter.is_empty() {
+        let gmean = if per_channel.is_empty() {
             1.0
         } else {
-            (per_filter.values().map(|v| v.max(1.0).ln()).sum::<f64>() / per_filter.len() as f64)
+            (per_channel.iter().map(|v| v.max(1.0).ln()).sum::<f64>() / per_channel.len() as f64)
                 .exp()
         };
-        arch.convs()
-            .map(|c| {
-                let (unit, factor) = match c.name.split_once("_tucker_") {
-                    Some((u, f)) => (u, f.parse::<usize>().ok()),
-                    None => (c.name.as_str(), None),
-                };
-                let key = (c.name.clone(), ranks.get(unit).copied().unwrap_or([0, 0]));
-                let base = &self.scores[&key];
+        gs.iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let unit = unit_of(&g.name);
+                let factor = g
+                    .name
+                    .split_once("_tucker_")
+                    .and_then(|(_, f)| f.parse::<usize>().ok());
+                let base = &self.scores[&score_key(layout, g, ranks)];
                 let mut log2 =
                     self.value(p, self.slots.stage_scale.get(&self.stage_of[unit]).copied());
                 log2 += match factor {
@@ -575,31 +598,47 @@ impl Anchored {
                 };
                 let mut m = 2f64.powf(log2);
                 if b != 0.0 {
-                    m /= (per_filter[&c.name].max(1.0) / gmean).powf(b);
+                    m /= (per_channel[i].max(1.0) / gmean).powf(b);
                 }
                 let scores = if m == 1.0 {
                     base.clone()
                 } else {
                     base.iter().map(|s| s * m).collect()
                 };
-                (c.name.clone(), scores)
+                (g.name.clone(), scores)
             })
             .collect()
     }
+}
+
+/// A group's key in the score table: its name and the ranks of every member's unit
+/// (`[0, 0]` for a plain conv), which its channel norms depend on.
+fn score_key(layout: &Graph, g: &Group, ranks: &IndexMap<String, [usize; 2]>) -> ScoreKey {
+    let member_ranks = g
+        .members
+        .iter()
+        .map(|&m| {
+            let unit = unit_of(&layout.nodes[m].name);
+            ranks.get(unit).copied().unwrap_or([0, 0])
+        })
+        .collect();
+    (g.name.clone(), member_ranks)
 }
 
 /// Per-layer ranks at each calibration level (`ranks`: decomposed layer -> its ranks per
 /// level).
 type RankTable = HashMap<String, Vec<[usize; 2]>>;
 
-/// SLAMP scores by (conv, its unit's ranks; `[0, 0]` for a plain conv).
-type ScoreTable = HashMap<(String, [usize; 2]), Vec<f64>>;
+/// A group's name and its members' unit ranks ([`score_key`]).
+type ScoreKey = (String, Vec<[usize; 2]>);
 
-/// The SLAMP scores of every conv of the base model decomposed at each calibration
-/// level's ranks (Tucker-2 once per distinct ranks), keyed by conv and its unit's ranks
-/// (`[0, 0]` for a plain conv).
+/// Group SLAMP scores by [`score_key`].
+type ScoreTable = HashMap<ScoreKey, Vec<f64>>;
+
+/// The group SLAMP scores of the base network decomposed at each calibration level's
+/// ranks (Tucker-2 once per conv and distinct ranks), keyed by [`score_key`].
 fn score_tables(
-    base: &Arch,
+    base: &Graph,
     weights: &Weights,
     ranks: &RankTable,
     levels: usize,
@@ -608,19 +647,17 @@ fn score_tables(
     let mut scores = HashMap::new();
     let cache = TuckerCache::new(usize::MAX);
     for level in 0..levels {
-        let mut config = LayerConfig::for_arch(base);
         let at_level: IndexMap<String, [usize; 2]> = base
-            .layer_names()
-            .into_iter()
-            .filter_map(|l| Some((l.clone(), ranks.get(&l)?[level])))
+            .nodes
+            .iter()
+            .filter_map(|n| Some((n.name.clone(), ranks.get(&n.name)?[level])))
             .collect();
-        config.set_ranks(at_level.clone());
-        let (arch, w, _) = decompose_model(base, weights, &config, file, Some(&cache), |_| {})
-            .map_err(|e| e.to_string())?;
-        for (conv, s) in conv_scores(&arch, &w) {
-            let unit = conv.split("_tucker_").next().unwrap_or(&conv);
-            let key = (conv.clone(), at_level.get(unit).copied().unwrap_or([0, 0]));
-            scores.entry(key).or_insert(s);
+        let by_name = at_level.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let (g, w) = decompose_graph_cached(base, weights, &by_name, Some(&cache))
+            .map_err(|e| format!("{file}: {e}"))?;
+        for (group, (name, s)) in groups(&g).iter().zip(group_scores(&g, &w)) {
+            debug_assert_eq!(group.name, name);
+            scores.entry(score_key(&g, group, &at_level)).or_insert(s);
         }
     }
     Ok(scores)
@@ -632,28 +669,29 @@ fn score_tables(
 /// the target is within reach, before the base weights exist.
 pub fn cheapest_cost(
     section: &AnchoredSection,
-    base: &Arch,
+    base: &Graph,
     vbmf: &[RankRecommendation],
     calibration: f64,
     file: &str,
 ) -> Result<Cost, SpaceError> {
     let err = SpaceError::in_file(file);
     let (_, decomposed, _) = resolve_knobs(section, base, calibration).map_err(err)?;
-    let mut config = LayerConfig::for_arch(base);
+    let mut config = empty_config(base);
     let ranks: IndexMap<String, [usize; 2]> = decomposed
         .iter()
         .filter_map(|l| vbmf.iter().find(|r| &r.layer == l))
         .map(|r| (r.layer.clone(), r.at(section.calibration.min)))
         .collect();
+    let by_name = ranks.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    let layout = decomposed_layout(base, &by_name).map_err(err)?;
     config.set_ranks(ranks);
-    let arch = config.apply(base, file).map_err(|e| err(e.to_string()))?;
     config.set_ratios(
-        arch.convs()
-            .map(|c| (c.name.clone(), section.max_ratio))
+        groups(&layout)
+            .into_iter()
+            .map(|g| (g.name, section.max_ratio))
             .collect(),
     );
-    let arch = config.apply(base, file).map_err(|e| err(e.to_string()))?;
-    Ok(cost::count(&arch))
+    config_cost(base, &config).map_err(err)
 }
 
 #[cfg(test)]

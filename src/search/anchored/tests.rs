@@ -1,9 +1,11 @@
 use super::*;
-use crate::arch::ArchSpec;
+use crate::arch::{Arch, ArchSpec};
 use crate::budget::{Objective, ObjectiveKind, StrategyName};
+use crate::compress::decompose::decompose_model;
 use crate::compress::decompose::{ranks_config, recommend_ranks};
 use crate::compress::slamp::recommend_ratios;
 use crate::config::{Decomposition, Pruning};
+use crate::graph::build::of_arch;
 use crate::search::heuristic::{heuristic_config, prune_target};
 use crate::search::problem::{ON_TARGET, Observation, Problem};
 use crate::search::space::{Space, SpaceFile};
@@ -25,8 +27,12 @@ fn section(text: &str) -> AnchoredSection {
 /// plus noise), as trained convs do: VBMF finds ranks between 1 and full, and SLAMP
 /// scores differ between layers. Kaiming-random weights give VBMF rank 1 everywhere.
 fn structured(base: &Arch) -> Weights {
+    with_spectra(Weights::init(base, 5))
+}
+
+/// `w` with every conv kernel replaced as [`structured`] says.
+fn with_spectra(mut w: Weights) -> Weights {
     use rand::{RngExt, SeedableRng};
-    let mut w = Weights::init(base, 5);
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     for (name, t) in w.tensors.iter_mut() {
         if t.shape.len() != 4 || !name.ends_with(".weight") {
@@ -60,13 +66,21 @@ fn setup(text: &str) -> (Problem, Weights, Vec<RankRecommendation>) {
         .build(10);
     let weights = structured(&base);
     let vbmf = recommend_ranks(&base, &weights, 0.0, |_| {}).unwrap();
-    let a = Anchored::resolve(&section(text), &base, &weights, &vbmf, CALIBRATION, "t").unwrap();
+    let a = Anchored::resolve(
+        &section(text),
+        &of_arch(&base),
+        &weights,
+        &vbmf,
+        CALIBRATION,
+        "t",
+    )
+    .unwrap();
     let objective = Objective {
         kind: ObjectiveKind::Constrained,
         target_flops_reduction: Some(REDUCTION),
         target_params_reduction: None,
     };
-    let target = Target::from_objective(&cost::count(&base), &objective);
+    let target = Target::from_objective(&crate::cost::count(&base), &objective);
     (
         Problem::new(base.into(), Space::anchored(a), target),
         weights,
@@ -254,7 +268,7 @@ fn the_scales_move_pruning_between_stages() {
 #[test]
 fn bad_sections_are_refused_with_their_key() {
     let base = ArchSpec::parse("cfg_bn:16,M,24,24,M").unwrap().build(10);
-    let err = |text: &str| resolve_knobs(&section(text), &base, 0.0).unwrap_err();
+    let err = |text: &str| resolve_knobs(&section(text), &of_arch(&base), 0.0).unwrap_err();
     let e = err("[anchored]\ncalibration = { min = 0.1, max = 0.9, step = 0.2 }");
     assert!(
         e.contains("anchored.calibration") && e.contains("misses 0"),
@@ -286,7 +300,14 @@ fn the_cheapest_model_bounds_every_point() {
         .into_iter()
         .map(|r| RankRecommendation { vbmf: [1, 1], ..r })
         .collect();
-    let c = cheapest_cost(&section("[anchored]"), plan(&p), &lowest, CALIBRATION, "t").unwrap();
+    let c = cheapest_cost(
+        &section("[anchored]"),
+        &p.base.graph,
+        &lowest,
+        CALIBRATION,
+        "t",
+    )
+    .unwrap();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(2);
     for _ in 0..10 {
         let q = p.space.random_point(&mut rng);
@@ -296,4 +317,66 @@ fn the_cheapest_model_bounds_every_point() {
 
 fn plan(p: &Problem) -> &Arch {
     p.base.plan.as_ref().expect("a VGG plan")
+}
+
+/// On a residual network the anchored space's stages are the map sizes, a stream group
+/// gets its stage's scale, and the heuristic's own point is the simple flow's config:
+/// VBMF ranks at the control's calibration, then group SLAMP on the decomposed weights.
+#[test]
+fn a_residual_networks_heuristic_point_is_its_simple_flow() {
+    use crate::compress::decompose::recommend_graph_ranks;
+    use crate::compress::graph_config::ranks;
+    use crate::compress::graph_tucker::decompose_graph;
+    use crate::compress::group_prune::recommend_group_ratios;
+    use crate::graph::build::ResNetSpec;
+    let graph = ResNetSpec::parse("resnet8@0.5")
+        .unwrap()
+        .unwrap()
+        .build(10, 32)
+        .unwrap();
+    let weights = with_spectra(crate::model::GraphNet::init_weights(&graph, 5));
+    let vbmf = recommend_graph_ranks(&graph, &weights, 0.0, |_| {}).unwrap();
+    let a = Anchored::resolve(
+        &section("[anchored]"),
+        &graph,
+        &weights,
+        &vbmf,
+        CALIBRATION,
+        "t",
+    )
+    .unwrap();
+    let names: Vec<String> = a.knobs.iter().map(knob_name).collect();
+    for s in 1..=3 {
+        assert!(
+            names.contains(&format!("calibration.stage{s}")),
+            "{names:?}"
+        );
+        assert!(names.contains(&format!("scale.stage{s}")), "{names:?}");
+    }
+    let objective = Objective {
+        kind: ObjectiveKind::Constrained,
+        target_flops_reduction: Some(REDUCTION),
+        target_params_reduction: None,
+    };
+    let target = Target::from_objective(&crate::graph::cost::count(&graph), &objective);
+    let network = crate::network::Network {
+        graph: graph.clone(),
+        plan: None,
+    };
+    let p = Problem::new(network, Space::anchored(a), target);
+    let got = p.config(&anchored(&p).heuristic_point());
+    let recs = recommend_graph_ranks(&graph, &weights, CALIBRATION, |_| {}).unwrap();
+    let want: IndexMap<String, [usize; 2]> =
+        recs.iter().map(|r| (r.layer.clone(), r.chosen)).collect();
+    assert_eq!(got.decomposition.as_ref().unwrap().ranks, want);
+    let (g, w) = decompose_graph(&graph, &weights, &ranks(&got)).unwrap();
+    let t = prune_target(&p, 1.0).unwrap();
+    let ratios = recommend_group_ratios(&g, &w, t, 0.8, &p.base_cost).unwrap();
+    assert_eq!(got.pruning.as_ref().unwrap().ratios, ratios);
+    // The first stage's stream is one group, named by the stem.
+    assert!(
+        ratios.contains_key("conv1") && ratios.values().any(|&r| r > 0.0),
+        "{ratios:?}"
+    );
+    assert!(p.feasible(&anchored(&p).heuristic_point()));
 }

@@ -137,11 +137,10 @@ pub fn study_problem(
     let space = match (&space_file.anchored, vbmf.as_deref()) {
         (Some(section), Some(vbmf)) => {
             crate::search::anchored::check_target(&target, &file)?;
-            let base = crate::search::anchored::plan_of(base, &file)?;
             let calibration = budget.final_stage.control_calibration;
             Space::anchored(Anchored::resolve(
                 section,
-                base,
+                &base.graph,
                 weights,
                 vbmf,
                 calibration,
