@@ -1,5 +1,5 @@
-//! Benchmark (not a test): inference latency of rankprune's own forward pass (burn flex,
-//! our kernels) at batch 1 and batch 128, median over many runs, for vgg19_bn and the
+//! Benchmark (not a test): inference latency of rankprune's own forward pass (the graph
+//! model every command runs, burn flex, our kernels) at batch 1 and batch 128, median over many runs, for vgg19_bn and the
 //! reference-config compressed model. `experiments/latency` runs it beside onnxruntime
 //! and PyTorch and prints the table.
 //!
@@ -11,13 +11,16 @@ mod common;
 use burn::tensor::{Device, Distribution, Tensor};
 use common::config_arch;
 use rankprune::arch::{Arch, ArchSpec};
-use rankprune::model::Vgg;
+use rankprune::graph::build::of_arch;
+use rankprune::model::GraphNet;
+use rankprune::weights::Weights;
 use std::time::Instant;
 
 /// (median, min) milliseconds of `runs` forward passes of a `batch`, after two warm-ups.
 fn latency(arch: &Arch, batch: usize, runs: usize) -> (f64, f64) {
     let device = Device::flex();
-    let model = Vgg::init(arch, 0, &device);
+    let model = GraphNet::from_weights(&of_arch(arch), Weights::init(arch, 0), "init", &device)
+        .expect("weights made for the plan");
     let x = Tensor::<4>::random([batch, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     for _ in 0..2 {
         let _ = model.forward(x.clone()).into_data();

@@ -281,4 +281,55 @@ mod tests {
             "-"
         );
     }
+
+    /// A residual network's chart: a bar per conv of the base network, its ranks where
+    /// the config decomposes it, and its dependency group's ratio (a stream's members
+    /// share the stem's; a decomposed group's ratio is keyed by its chain's last conv).
+    #[test]
+    fn a_residual_networks_bars_show_each_convs_group_ratio() {
+        let budget = r#"
+[study]
+name = "s"
+db = "s.sqlite"
+[model]
+arch = "resnet8@0.5"
+num_classes = 4
+weights = "w.safetensors"
+[data]
+dataset = "cifar100"
+dir = "d"
+[search]
+space = "space.toml"
+strategy = "random"
+[objective]
+kind = "constrained"
+target_flops_reduction = 2
+[limits]
+max_trials = 1
+[proxy]
+steps = 1
+[workers]
+cpu = 1
+"#;
+        let study = StudyRow {
+            budget: budget.into(),
+            ..study_row()
+        };
+        let config = r#"{"decomposition": {"method": "tucker2", "ranks": {"layer1.0.conv2": [3, 4]}},
+            "pruning": {"method": "l2_norm", "ratios": {"conv1": 0.5, "layer2.0.conv1": 0.25}}}"#;
+        let bars = layer_bars(&study, config).unwrap();
+        let bar = |name: &str| bars.iter().find(|b| b.name == name).unwrap();
+        assert_eq!(
+            bars.len(),
+            9,
+            "stem, 3 blocks x 2, 2 projections, no classifier"
+        );
+        // The first stage's stream: the stem and the block's last conv (decomposed).
+        assert_eq!(bar("conv1").ratio, Some(0.5));
+        assert_eq!(bar("layer1.0.conv2").ratio, Some(0.5));
+        assert_eq!(bar("layer1.0.conv2").ranks, Some([3, 4]));
+        assert_eq!(bar("layer2.0.conv1").ratio, Some(0.25));
+        assert_eq!(bar("layer1.0.conv1").ratio, None);
+        assert_eq!(bar("layer2.0.conv2").ratio, None);
+    }
 }
