@@ -12,7 +12,7 @@ use crate::config::kept_filters;
 use crate::cost::Cost;
 use crate::graph::cost::count;
 use crate::graph::groups::{Group, Reader, groups};
-use crate::graph::{Graph, NodeDef, Op};
+use crate::graph::{Graph, Op};
 use crate::weights::{TensorF32, Weights};
 use indexmap::IndexMap;
 use std::collections::BTreeMap;
@@ -136,21 +136,13 @@ fn resize(g: &Group, n: usize, ops: &mut [Op]) {
 
 /// `graph` with `ops` in place of its nodes' ops (same names and edges).
 fn with_ops(graph: &Graph, ops: Vec<Op>) -> Result<Graph, String> {
-    let defs = graph
-        .nodes
-        .iter()
-        .zip(ops)
-        .map(|(n, op)| NodeDef {
-            name: n.name.clone(),
-            op,
-            inputs: n
-                .inputs
-                .iter()
-                .map(|&j| graph.nodes[j].name.clone())
-                .collect(),
-        })
-        .collect();
-    Graph::new(&graph.model, graph.input, defs).map_err(|e| e.to_string())
+    // The same nodes in the same (topological) order: only the shapes need checking.
+    let mut g = graph.clone();
+    for (node, op) in g.nodes.iter_mut().zip(ops) {
+        node.op = op;
+    }
+    g.shapes().map_err(|e| e.to_string())?;
+    Ok(g)
 }
 
 /// Keeps channels `keep` of group `g` in the ops and the weights.
