@@ -5,15 +5,17 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rankprune::arch::Arch;
 use rankprune::compress::Compressed;
-use rankprune::compress::decompose::{
-    LayerDecomposition, decompose_model, ranks_config, recommend_ranks,
-};
-use rankprune::compress::prune::prune_model;
-use rankprune::compress::slamp::{PruneTarget, recommend_ratios};
+use rankprune::compress::decompose::{LayerDecomposition, TuckerCache, recommend_graph_ranks};
+use rankprune::compress::graph_config::{config_cost, config_layout, empty_config, ranks, ratios};
+use rankprune::compress::graph_tucker::decompose_graph_with;
+use rankprune::compress::group_prune::{prune_groups_kept, pruned_layout, recommend_group_ratios};
+use rankprune::compress::slamp::PruneTarget;
 use rankprune::config::LayerConfig;
-use rankprune::cost;
+use rankprune::cost::Cost;
 use rankprune::data::{DatasetKind, Split};
-use rankprune::graph::Graph;
+use rankprune::graph::cost::count;
+use rankprune::graph::{Graph, Op};
+use rankprune::model::graph_weight_shapes;
 use rankprune::outpath::check_output;
 use rankprune::report;
 use rankprune::train::recalibrate::calibration_batches;
@@ -117,14 +119,28 @@ pub struct RepairData {
 }
 
 impl RepairData {
-    /// `c` repaired on `batches` calibration batches towards `reference`.
+    /// The weights of `c` (compressed from `dec` as `config` says, on VGG plan `plan`)
+    /// repaired on `batches` calibration batches towards the model the weights file
+    /// describes: the base plan when `dec` was decomposed here, the decomposed plan when
+    /// the file held it.
     fn repair(
         &self,
-        reference: (&Arch, &Weights),
+        plan: &Arch,
+        config: &LayerConfig,
+        dec: &Decomposed,
         c: Compressed,
         batches: usize,
-        classes: usize,
-    ) -> Result<Compressed> {
+    ) -> Result<Weights> {
+        let ranks_only = LayerConfig {
+            pruning: None,
+            ..config.clone()
+        };
+        let (arch, weights) = match &dec.base_weights {
+            Some(w) => (plan.clone(), w),
+            None => (ranks_only.apply(plan, "<config>")?, &dec.weights),
+        };
+        let reference = (&arch, weights);
+        let classes = plan.num_classes();
         let data = self.data.as_ref().ok_or_else(|| {
             Error::BadInput("--repair needs the training data: give --data (and --dataset)".into())
         })?;
@@ -133,60 +149,16 @@ impl RepairData {
         let (train, _) = super::train::train_val(&source, classes, self.val_split)?;
         let calibration = calibration_batches(&train, batches, self.batch_size, self.seed);
         let device = burn::tensor::Device::flex();
-        repair_compressed(
+        Ok(repair_compressed(
             reference.0,
             reference.1,
             c,
             &calibration,
             self.seed,
             &device,
-        )
+        )?
+        .weights)
     }
-}
-
-/// Weights for the model `config` decomposes from `base`: given as such, or given for
-/// `base` and decomposed here (then with the per-layer report).
-/// With the base model's weights when they were given (and decomposed here).
-fn decomposed_weights(
-    base: &Arch,
-    config: &LayerConfig,
-    path: &Path,
-    file: &str,
-) -> Result<(Arch, Weights, Vec<LayerDecomposition>, Option<Weights>)> {
-    let ranks_only = LayerConfig {
-        pruning: None,
-        ..config.clone()
-    };
-    let arch = ranks_only.apply(base, file)?;
-    let raw = Weights::load(path)?;
-    let name = path.display().to_string();
-    match raw.clone().matched_to(&arch, &name) {
-        Ok(w) => Ok((arch, w, Vec::new(), None)),
-        Err(fit_err) => match raw.matched_to(base, &name) {
-            Ok(w) if arch != *base => {
-                let (arch, dw, layers) = decompose_with_progress(base, &w, &ranks_only, file)?;
-                Ok((arch, dw, layers, Some(w)))
-            }
-            _ => Err(fit_err.into()),
-        },
-    }
-}
-
-/// [`decompose_model`] with a per-layer progress bar.
-fn decompose_with_progress(
-    base: &Arch,
-    weights: &Weights,
-    config: &LayerConfig,
-    file: &str,
-) -> Result<(Arch, Weights, Vec<LayerDecomposition>)> {
-    let n = config.decomposition.as_ref().map_or(0, |d| d.ranks.len());
-    let bar = layer_bar(n, "Tucker-2");
-    let out = decompose_model(base, weights, config, file, None, |name| {
-        bar.set_message(name.to_string());
-        bar.inc(1);
-    })?;
-    bar.finish_and_clear();
-    Ok(out)
 }
 
 /// Writes a config, mapping an I/O error to a failure that names the file.
@@ -208,6 +180,73 @@ fn layer_bar(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
+/// A graph decomposed as a config's ranks say, with its weights: decomposed here from the
+/// base weights (then with the per-layer report, and those base weights), or read as
+/// such (a fine-tuned decomposition).
+struct Decomposed {
+    graph: Graph,
+    weights: Weights,
+    layers: Vec<LayerDecomposition>,
+    base_weights: Option<Weights>,
+}
+
+/// `graph` after `config`'s Tucker-2 ranks (its ratios ignored) and weights for it: the
+/// file's weights of the base graph, decomposed here (with a progress bar), or weights
+/// of the decomposed graph already, as `compress` and `recommend pruning` take both.
+fn decomposed_graph(
+    graph: &Graph,
+    config: &LayerConfig,
+    path: &Path,
+    file: &str,
+) -> Result<Decomposed> {
+    let by_layer = ranks(config);
+    let raw = super::weights_file(path)?;
+    let name = path.display().to_string();
+    let base_fit = raw
+        .clone()
+        .matched_to_shapes(graph_weight_shapes(graph), &name);
+    if let Ok(w) = base_fit {
+        let bar = layer_bar(by_layer.len(), "Tucker-2");
+        let cache: Option<&TuckerCache> = None;
+        let (g, dw, layers) = decompose_graph_with(graph, &w, &by_layer, cache, |layer| {
+            bar.set_message(layer.to_string());
+            bar.inc(1);
+        })
+        .map_err(|e| Error::BadInput(format!("{file}: {e}")))?;
+        bar.finish_and_clear();
+        let base_weights = (!layers.is_empty()).then_some(w);
+        return Ok(Decomposed {
+            graph: g,
+            weights: dw,
+            layers,
+            base_weights,
+        });
+    }
+    // The decomposed graph's layout (the ranks alone fix it), and the file against it.
+    let ranks_only = LayerConfig {
+        pruning: None,
+        ..config.clone()
+    };
+    let decomposed =
+        config_layout(graph, &ranks_only).map_err(|e| Error::BadInput(format!("{file}: {e}")))?;
+    match raw.matched_to_shapes(graph_weight_shapes(&decomposed), &name) {
+        Ok(w) if decomposed != *graph => Ok(Decomposed {
+            graph: decomposed,
+            weights: w,
+            layers: Vec::new(),
+            base_weights: None,
+        }),
+        // Neither fits: the error against the base graph, which a user's file most
+        // often means.
+        _ => Err(base_fit.expect_err("a fit returned above").into()),
+    }
+}
+
+/// A model's params and FLOPs as the `--json` outputs give them.
+fn cost_json(c: &Cost) -> serde_json::Value {
+    serde_json::json!({"params": c.params, "flops": c.flops})
+}
+
 pub fn run_recommend_decomposition(base: &BaseArgs, args: DecompositionArgs) -> Result<()> {
     let DecompositionArgs {
         weights,
@@ -224,27 +263,25 @@ pub fn run_recommend_decomposition(base: &BaseArgs, args: DecompositionArgs) -> 
     if let Some(out) = &out {
         check_output(out, "--out", &[("--weights", weights.as_path())])?;
     }
-    if let Some(graph) = base.graph()? {
-        return recommend_graph_decomposition(&graph, &weights, calibration, out.as_deref(), json);
-    }
-    let arch = base.build()?;
-    let w = Weights::load_for(&weights, &arch)?;
-    let bar = layer_bar(
-        arch.conv_units()
-            .filter(|u| u.body.in_channels() > 3)
-            .count(),
-        "VBMF",
-    );
+    let graph = base.network()?.graph;
+    let w = super::graph_weights(&graph, &weights)?;
+    let decomposable = graph
+        .nodes
+        .iter()
+        .filter(|n| matches!(&n.op, Op::Conv(c) if c.in_channels > 3 && c.kernel > 1))
+        .count();
+    let bar = layer_bar(decomposable, "VBMF");
     let started = std::time::Instant::now();
-    let recs = recommend_ranks(&arch, &w, calibration, |name| {
+    let recs = recommend_graph_ranks(&graph, &w, calibration, |name| {
         bar.set_message(name.to_string());
         bar.inc(1);
     })?;
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let config = ranks_config(&arch, &recs);
-    let new_arch = config.apply(&arch, "<recommendation>")?;
-    let (before, after) = (cost::count(&arch), cost::count(&new_arch));
+    let mut config = empty_config(&graph);
+    config.set_ranks(recs.iter().map(|r| (r.layer.clone(), r.chosen)).collect());
+    let before = count(&graph);
+    let after = config_cost(&graph, &config).map_err(Error::Failure)?;
     if let Some(path) = &out {
         save_config(&config, path)?;
     }
@@ -267,98 +304,6 @@ pub fn run_recommend_decomposition(base: &BaseArgs, args: DecompositionArgs) -> 
         }
     }
     Ok(())
-}
-
-/// `recommend decomposition` for a residual or imported network.
-fn recommend_graph_decomposition(
-    graph: &Graph,
-    weights: &Path,
-    calibration: f64,
-    out: Option<&Path>,
-    json: bool,
-) -> Result<()> {
-    let w = super::graph_weights(graph, weights)?;
-    let recs =
-        rankprune::compress::decompose::recommend_graph_ranks(graph, &w, calibration, |_| {})?;
-    let mut config = empty_config(graph);
-    config.set_ranks(recs.iter().map(|r| (r.layer.clone(), r.chosen)).collect());
-    let (g, _) = rankprune::compress::graph_config::apply_config(graph, &w, &config)
-        .map_err(Error::Failure)?;
-    let (before, after) = (
-        rankprune::graph::cost::count(graph),
-        rankprune::graph::cost::count(&g),
-    );
-    if let Some(path) = out {
-        save_config(&config, path)?;
-    }
-    if json {
-        let v = serde_json::json!({"layers": recs, "calibration": calibration,
-            "before": cost_json(&before), "after": cost_json(&after), "config": config});
-        println!("{v}");
-    } else {
-        print!("{}", report::rank_table(&recs, &before, &after));
-        println!("{}", report::reduction_line(&before, &after));
-        if let Some(path) = out {
-            println!("wrote {}", path.display());
-        }
-    }
-    Ok(())
-}
-
-/// `graph` after `config`'s Tucker-2 ranks (its ratios ignored) and weights for it: the
-/// file's weights of the base graph, decomposed here, or weights of the decomposed graph
-/// already (a fine-tuned decomposition), as VGG's `compress` and `recommend pruning`
-/// take both.
-fn decomposed_graph(
-    graph: &Graph,
-    config: &LayerConfig,
-    path: &Path,
-    file: &str,
-) -> Result<(Graph, Weights)> {
-    use rankprune::compress::graph_config::apply_config;
-    use rankprune::model::graph_weight_shapes;
-    let ranks_only = LayerConfig {
-        pruning: None,
-        ..config.clone()
-    };
-    let decompose = |w: &Weights| {
-        apply_config(graph, w, &ranks_only).map_err(|e| Error::BadInput(format!("{file}: {e}")))
-    };
-    let raw = super::weights_file(path)?;
-    let name = path.display().to_string();
-    let base_fit = raw
-        .clone()
-        .matched_to_shapes(graph_weight_shapes(graph), &name);
-    if let Ok(w) = &base_fit {
-        return decompose(w);
-    }
-    // The decomposed graph's layout (the ranks alone fix it), and the file against it.
-    let decomposed = rankprune::compress::graph_config::config_layout(graph, &ranks_only)
-        .map_err(|e| Error::BadInput(format!("{file}: {e}")))?;
-    match raw.matched_to_shapes(graph_weight_shapes(&decomposed), &name) {
-        Ok(w) if decomposed != *graph => Ok((decomposed, w)),
-        // Neither fits: the error against the base graph, which a user's file most
-        // often means.
-        _ => Err(base_fit.expect_err("a fit returned above").into()),
-    }
-}
-
-/// An empty config (no decomposition, no pruning) for `graph`.
-fn empty_config(graph: &Graph) -> LayerConfig {
-    LayerConfig {
-        model: Some(graph.model.clone()),
-        num_classes: None,
-        input: Some(graph.input),
-        decomposition: None,
-        pruning: None,
-        metrics: None,
-        provenance: None,
-    }
-}
-
-/// A model's params and FLOPs as the `--json` outputs give them.
-fn cost_json(c: &rankprune::cost::Cost) -> serde_json::Value {
-    serde_json::json!({"params": c.params, "flops": c.flops})
 }
 
 pub fn run_recommend_pruning(base: &BaseArgs, args: PruningArgs) -> Result<()> {
@@ -395,116 +340,45 @@ pub fn run_recommend_pruning(base: &BaseArgs, args: PruningArgs) -> Result<()> {
         (_, _, Some(x)) => PruneTarget::ParamsReduction(x),
         _ => unreachable!("clap requires one target"),
     };
-    if let Some(graph) = base.graph()? {
-        let ask = GroupPruning {
-            target,
-            max_ratio,
-            config: config.as_deref(),
-            out: out.as_deref(),
-            json,
-        };
-        return recommend_group_pruning(&graph, &weights, ask);
-    }
-    let base = base.build()?;
-    let (mut layer_config, file) = match &config {
-        Some(p) => (LayerConfig::load(p)?, p.display().to_string()),
-        None => (LayerConfig::for_arch(&base), "<no config>".to_string()),
+    let graph = base.network()?.graph;
+    let mut layer_config = match &config {
+        Some(p) => LayerConfig::load(p)?,
+        None => empty_config(&graph),
     };
     layer_config.pruning = None;
-    let (decomposed, w, _, _) = decomposed_weights(&base, &layer_config, &weights, &file)?;
-    let (before, mid) = (cost::count(&base), cost::count(&decomposed));
+    let file = config
+        .as_deref()
+        .map_or("<no config>".into(), |p| p.display().to_string());
+    let dec = decomposed_graph(&graph, &layer_config, &weights, &file)?;
+    let (before, mid) = (count(&graph), count(&dec.graph));
     if target.met_by(&mid, &before) {
         let (want, reached) = target.describe(&mid, &before);
         return Err(Error::BadInput(format!(
             "the decomposition alone already reaches {reached}, past the target of {want}: no pruning is needed (ask for a larger reduction, or higher ranks)"
         )));
     }
-    let ratios = recommend_ratios(&decomposed, &w, target, max_ratio, &before)?;
-    layer_config.pruning = Some(rankprune::config::Pruning {
-        method: rankprune::config::PRUNING_METHOD.to_string(),
-        ratios: ratios.clone(),
-    });
-    let pruned = layer_config.apply(&base, &file)?;
-    let after = cost::count(&pruned);
+    let found = recommend_group_ratios(&dec.graph, &dec.weights, target, max_ratio, &before)?;
+    layer_config.set_ratios(found.clone());
+    // The pruned layout is all the table and the counts need: no weight surgery.
+    let pruned = pruned_layout(&dec.graph, &ratios(&layer_config)).map_err(Error::Failure)?;
+    let after = count(&pruned);
     if let Some(path) = &out {
         save_config(&layer_config, path)?;
     }
     if json {
         let v = serde_json::json!({
-            "ratios": ratios,
-            "before": cost_json(&mid), "after": cost_json(&after),
+            "ratios": found, "before": cost_json(&mid), "after": cost_json(&after),
             "config": layer_config,
-        });
-        println!("{v}");
-    } else {
-        print!("{}", report::ratio_table(&decomposed, &pruned, &ratios));
-        if mid != before {
-            println!("decomposed: {}", report::reduction_line(&before, &mid));
-        }
-        println!("pruned:     {}", report::reduction_line(&before, &after));
-        if let Some(path) = &out {
-            println!("wrote {}", path.display());
-        }
-    }
-    Ok(())
-}
-
-/// What `recommend pruning` asks of a residual or imported network.
-struct GroupPruning<'a> {
-    target: PruneTarget,
-    max_ratio: f64,
-    config: Option<&'a Path>,
-    out: Option<&'a Path>,
-    json: bool,
-}
-
-/// `recommend pruning` for a graph: group SLAMP ratios (a group named by its first conv)
-/// after the `--config`'s ranks, if any, are applied to the base `weights`.
-fn recommend_group_pruning(graph: &Graph, weights: &Path, ask: GroupPruning) -> Result<()> {
-    use rankprune::compress::group_prune::{pruned_layout, recommend_group_ratios};
-    use rankprune::graph::cost::count;
-    let mut config = match ask.config {
-        Some(p) => LayerConfig::load(p)?,
-        None => empty_config(graph),
-    };
-    config.pruning = None;
-    let file = ask
-        .config
-        .map_or("<no config>".into(), |p| p.display().to_string());
-    let (decomposed, dw) = decomposed_graph(graph, &config, weights, &file)?;
-    let (before, mid) = (count(graph), count(&decomposed));
-    if ask.target.met_by(&mid, &before) {
-        let (want, reached) = ask.target.describe(&mid, &before);
-        return Err(Error::BadInput(format!(
-            "the decomposition alone already reaches {reached}, past the target of {want}: no pruning is needed (ask for a larger reduction, or higher ranks)"
-        )));
-    }
-    let ratios = recommend_group_ratios(&decomposed, &dw, ask.target, ask.max_ratio, &before)?;
-    config.set_ratios(ratios.clone());
-    // The pruned layout is all the table and the counts need: no weight surgery.
-    let by_group = rankprune::compress::graph_config::ratios(&config);
-    let pruned = pruned_layout(&decomposed, &by_group).map_err(Error::Failure)?;
-    let after = count(&pruned);
-    if let Some(path) = ask.out {
-        save_config(&config, path)?;
-    }
-    if ask.json {
-        let v = serde_json::json!({
-            "ratios": ratios, "before": cost_json(&mid), "after": cost_json(&after),
-            "config": config,
         });
         println!("{v}");
         return Ok(());
     }
-    print!(
-        "{}",
-        report::group_ratio_table(&decomposed, &pruned, &ratios)
-    );
+    print!("{}", report::group_ratio_table(&dec.graph, &pruned, &found));
     if mid != before {
         println!("decomposed: {}", report::reduction_line(&before, &mid));
     }
     println!("pruned:     {}", report::reduction_line(&before, &after));
-    if let Some(path) = ask.out {
+    if let Some(path) = &out {
         println!("wrote {}", path.display());
     }
     Ok(())
@@ -534,60 +408,47 @@ pub fn run_compress(base: &BaseArgs, args: CompressArgs) -> Result<()> {
         inputs.extend(files.into_iter().map(|f| ("--data".to_string(), f)));
     }
     check_output(&out, "--out", &inputs)?;
-    if let Some(graph) = base.graph()? {
-        if repair > 0 {
-            return Err(Error::BadInput(
-                "--repair: residual and imported networks are compressed without repair so far"
-                    .into(),
-            ));
-        }
-        return compress_graph(&graph, &weights, &config, &out, json);
+    let net = base.network()?;
+    if repair > 0 && net.plan.is_none() {
+        return Err(Error::BadInput(format!(
+            "--repair: the least-squares repair works on VGG plans only; {} is compressed without it",
+            net.graph.model
+        )));
     }
-    let base = base.build()?;
     let file = config.display().to_string();
     let layer_config = LayerConfig::load(&config)?;
     // Validate the whole config before any slow work.
-    layer_config.apply(&base, &file)?;
+    config_layout(&net.graph, &layer_config)
+        .map_err(|e| Error::BadInput(format!("{file}: {e}")))?;
     // The weights may be the base model's or already decomposed at the config's ranks
     // (e.g. a fine-tuned decomposed model about to be pruned).
-    let (dec_arch, dec_w, layers, base_w) =
-        decomposed_weights(&base, &layer_config, &weights, &file)?;
-    let (arch, new_w, kept) = prune_model(&base, &dec_arch, &dec_w, &layer_config, &file)?;
-    let c = Compressed {
-        arch,
-        weights: new_w,
-        kept,
+    let dec = decomposed_graph(&net.graph, &layer_config, &weights, &file)?;
+    let (g, w, kept) = prune_groups_kept(&dec.graph, &dec.weights, &ratios(&layer_config))
+        .map_err(|e| Error::BadInput(format!("{file}: pruning: {e}")))?;
+    let w = match &net.plan {
+        Some(plan) if repair > 0 => {
+            let c = Compressed {
+                arch: layer_config.apply(plan, &file)?,
+                weights: w,
+                kept,
+            };
+            repair_data.repair(plan, &layer_config, &dec, c, repair)?
+        }
+        _ => w,
     };
-    let c = if repair > 0 {
-        // The model the weights file describes, which the repair matches.
-        let reference = match &base_w {
-            Some(w) => (&base, w),
-            None => (&dec_arch, &dec_w),
-        };
-        repair_data.repair(reference, c, repair, base.num_classes())?
-    } else {
-        c
-    };
-    let Compressed {
-        arch,
-        weights: new_w,
-        ..
-    } = c;
-    new_w
-        .save_safetensors(&out)
-        .map_err(|e| Error::Failure(e.to_string()))?;
-    let (before, after) = (cost::count(&base), cost::count(&arch));
+    write_model(&g, &w, &out)?;
+    let (before, after) = (count(&net.graph), count(&g));
     let file_bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     if json {
         let v = serde_json::json!({
-            "layers": layers, "out": out, "file_bytes": file_bytes,
+            "layers": dec.layers, "out": out, "file_bytes": file_bytes,
             "before": {"params": before.params, "flops": before.flops, "size_bytes": before.size_bytes},
             "after": {"params": after.params, "flops": after.flops, "size_bytes": after.size_bytes},
         });
         println!("{v}");
     } else {
-        if !layers.is_empty() {
-            print!("{}", report::decomposition_table(&layers));
+        if !dec.layers.is_empty() {
+            print!("{}", report::decomposition_table(&dec.layers));
         }
         println!("{}", report::reduction_line(&before, &after));
         println!(
@@ -599,41 +460,17 @@ pub fn run_compress(base: &BaseArgs, args: CompressArgs) -> Result<()> {
     Ok(())
 }
 
-/// `compress` for a residual or imported network: the config's ranks, then its ratios
-/// by group; writes safetensors, or ONNX when `out` ends with `.onnx`.
-fn compress_graph(
-    graph: &Graph,
-    weights: &Path,
-    config: &Path,
-    out: &Path,
-    json: bool,
-) -> Result<()> {
-    let layer_config = LayerConfig::load(config)?;
-    let file = config.display().to_string();
-    let (g, w) = decomposed_graph(graph, &layer_config, weights, &file)?;
-    let ratios = rankprune::compress::graph_config::ratios(&layer_config);
-    let (g, w) = rankprune::compress::group_prune::prune_groups(&g, &w, &ratios)
-        .map_err(|e| Error::BadInput(format!("{file}: pruning: {e}")))?;
+/// Writes a compressed model: ONNX when `out` ends with `.onnx` (BatchNorms kept),
+/// safetensors otherwise.
+fn write_model(g: &Graph, w: &Weights, out: &Path) -> Result<()> {
     if out.extension().is_some_and(|e| e == "onnx") {
         use onnx_protobuf::Message;
-        let bytes = rankprune::deploy::onnx::graph_model(&g, &w)
+        let bytes = rankprune::deploy::onnx::graph_model(g, w)
             .write_to_bytes()
             .map_err(|e| Error::Failure(e.to_string()))?;
         rankprune::outpath::write_output(out, &bytes)?;
-    } else {
-        w.save_safetensors(out)?;
+        return Ok(());
     }
-    let (before, after) = (
-        rankprune::graph::cost::count(graph),
-        rankprune::graph::cost::count(&g),
-    );
-    if json {
-        let v = serde_json::json!({"out": out, "before": {"params": before.params, "flops": before.flops},
-            "after": {"params": after.params, "flops": after.flops}});
-        println!("{v}");
-    } else {
-        println!("{}", report::reduction_line(&before, &after));
-        println!("wrote {}", out.display());
-    }
-    Ok(())
+    w.save_safetensors(out)
+        .map_err(|e| Error::Failure(e.to_string()))
 }

@@ -35,6 +35,14 @@ pub struct BaseArgs {
 }
 
 impl BaseArgs {
+    /// The network `--arch` names: a VGG plan, a residual network or an ONNX file.
+    pub fn network(&self) -> Result<rankprune::network::Network> {
+        match self.graph()? {
+            Some(graph) => Ok(rankprune::network::Network { graph, plan: None }),
+            None => Ok(self.build()?.into()),
+        }
+    }
+
     /// The graph of a residual network (`resnet20`, `resnet18@0.5`) or of an ONNX file
     /// (`--arch model.onnx`); `None` for a VGG plan.
     pub fn graph(&self) -> Result<Option<Graph>> {

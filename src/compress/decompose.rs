@@ -131,8 +131,8 @@ pub struct LayerDecomposition {
 #[derive(Debug)]
 pub(crate) struct Factors {
     pub(crate) convs: [TensorF32; 3],
-    rel_error: f64,
-    iterations: usize,
+    pub(crate) rel_error: f64,
+    pub(crate) iterations: usize,
 }
 
 impl Factors {

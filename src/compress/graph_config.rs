@@ -5,7 +5,8 @@
 
 use super::decompose::TuckerCache;
 use super::graph_tucker::{decompose_graph_cached, decomposed_layout};
-use super::group_prune::{prune_groups, pruned_layout};
+use super::group_prune::{prune_groups_kept, pruned_layout};
+use super::prune::Kept;
 use crate::config::LayerConfig;
 use crate::graph::Graph;
 use crate::weights::Weights;
@@ -17,20 +18,21 @@ pub fn apply_config(
     weights: &Weights,
     config: &LayerConfig,
 ) -> Result<(Graph, Weights), String> {
-    apply_config_cached(graph, weights, config, None)
+    let (g, w, _) = apply_config_cached(graph, weights, config, None)?;
+    Ok((g, w))
 }
 
 /// [`apply_config`] with the Tucker factors from `cache` (see
-/// [`decompose_graph_cached`]).
+/// [`decompose_graph_cached`]), and the channels each pruned group kept.
 pub fn apply_config_cached(
     graph: &Graph,
     weights: &Weights,
     config: &LayerConfig,
     cache: Option<&TuckerCache>,
-) -> Result<(Graph, Weights), String> {
+) -> Result<(Graph, Weights, Kept), String> {
     let (g, w) = decompose_graph_cached(graph, weights, &ranks(config), cache)
         .map_err(|e| format!("decomposition: {e}"))?;
-    prune_groups(&g, &w, &ratios(config)).map_err(|e| format!("pruning: {e}"))
+    prune_groups_kept(&g, &w, &ratios(config)).map_err(|e| format!("pruning: {e}"))
 }
 
 /// The graph [`apply_config`] gives, without weights (no factorisation, no norms): the

@@ -4,7 +4,7 @@
 //! [`super::tucker`] factors a VGG conv. The last 1x1 produces the original channels,
 //! so it takes the conv's place in its dependency group; the ranks are the chain's own.
 
-use super::decompose::{TuckerCache, cached_factors};
+use super::decompose::{LayerDecomposition, TuckerCache, cached_factors};
 use crate::graph::{Conv, Graph, NodeDef, Op};
 use crate::weights::Weights;
 use std::collections::BTreeMap;
@@ -46,8 +46,43 @@ pub fn decompose_graph_cached(
     ranks: &BTreeMap<String, [usize; 2]>,
     cache: Option<&TuckerCache>,
 ) -> Result<(Graph, Weights), String> {
-    let (g, w) = decompose(graph, Some((weights, cache)), ranks)?;
-    Ok((g, w.expect("weights given")))
+    let (g, w, _) = decompose_graph_with(graph, weights, ranks, cache, |_| {})?;
+    Ok((g, w))
+}
+
+/// [`decompose_graph_cached`] that calls `on_layer` with each conv's name before it is
+/// factored (a progress bar) and reports every factorisation (ranks, relative error,
+/// HOOI iterations) in graph order. The weights come in the decomposed graph's order.
+pub fn decompose_graph_with(
+    graph: &Graph,
+    weights: &Weights,
+    ranks: &BTreeMap<String, [usize; 2]>,
+    cache: Option<&TuckerCache>,
+    mut on_layer: impl FnMut(&str),
+) -> Result<(Graph, Weights, Vec<LayerDecomposition>), String> {
+    let mut report = Vec::new();
+    let mut run = Factoring {
+        weights: weights.clone(),
+        cache,
+        on_layer: &mut on_layer,
+        report: &mut report,
+    };
+    let g = decompose(graph, Some(&mut run), ranks)?;
+    // In the decomposed graph's order, as a file of its weights has them.
+    let w = run
+        .weights
+        .matched_to_shapes(crate::model::graph_weight_shapes(&g), "<decomposed>")
+        .map_err(|e| e.to_string())?;
+    Ok((g, w, report))
+}
+
+/// A decomposition with weights: the tensors being rewritten, the factor cache, the
+/// progress callback and the per-layer report.
+struct Factoring<'a> {
+    weights: Weights,
+    cache: Option<&'a TuckerCache>,
+    on_layer: &'a mut dyn FnMut(&str),
+    report: &'a mut Vec<LayerDecomposition>,
 }
 
 /// The graph [`decompose_graph`] gives, without weights (no factorisation): what a
@@ -56,14 +91,14 @@ pub fn decomposed_layout(
     graph: &Graph,
     ranks: &BTreeMap<String, [usize; 2]>,
 ) -> Result<Graph, String> {
-    Ok(decompose(graph, None, ranks)?.0)
+    decompose(graph, None, ranks)
 }
 
 fn decompose(
     graph: &Graph,
-    weights: Option<(&Weights, Option<&TuckerCache>)>,
+    mut weights: Option<&mut Factoring>,
     ranks: &BTreeMap<String, [usize; 2]>,
-) -> Result<(Graph, Option<Weights>), String> {
+) -> Result<Graph, String> {
     for (name, &[r_in, r_out]) in ranks {
         let Some(i) = graph.find(name) else {
             return Err(format!("{name}: no such layer"));
@@ -89,8 +124,7 @@ fn decompose(
     };
     let mut defs = Vec::new();
     // Every tensor stays but the decomposed convs', which their chains replace.
-    let cache = weights.and_then(|(_, c)| c);
-    let mut w = weights.map(|(w, _)| w.clone());
+
     for node in &graph.nodes {
         let n = &node.name;
         let inputs: Vec<String> = node.inputs.iter().map(|&j| output_of(j)).collect();
@@ -107,8 +141,8 @@ fn decompose(
             conv(r_in, r_out, c.kernel, c.stride, c.padding, false),
             conv(r_out, c.out_channels, 1, 1, 0, c.bias),
         ];
-        if let Some(w) = &mut w {
-            factor(w, n, [r_in, r_out], cache)?;
+        if let Some(f) = weights.as_deref_mut() {
+            factor(f, n, [r_in, r_out])?;
         }
         for (k, op) in ops.into_iter().enumerate() {
             let from = if k == 0 {
@@ -123,22 +157,24 @@ fn decompose(
             });
         }
     }
-    let out = Graph::new(&graph.model, graph.input, defs).map_err(|e| e.to_string())?;
-    Ok((out, w))
+    Graph::new(&graph.model, graph.input, defs).map_err(|e| e.to_string())
 }
 
 /// Replaces conv `n`'s kernel (and bias) in `w` by its Tucker-2 chain's three.
-fn factor(
-    w: &mut Weights,
-    n: &str,
-    [r_in, r_out]: [usize; 2],
-    cache: Option<&TuckerCache>,
-) -> Result<(), String> {
+fn factor(run: &mut Factoring, n: &str, [r_in, r_out]: [usize; 2]) -> Result<(), String> {
+    (run.on_layer)(n);
+    let w = &mut run.weights;
     let kernel = w
         .tensors
         .shift_remove(&format!("{n}.weight"))
         .ok_or_else(|| format!("{n}: the weights have no {n}.weight"))?;
-    let f = cached_factors(cache, &kernel, n, r_in, r_out).map_err(|e| e.to_string())?;
+    let f = cached_factors(run.cache, &kernel, n, r_in, r_out).map_err(|e| e.to_string())?;
+    run.report.push(LayerDecomposition {
+        layer: n.to_string(),
+        ranks: [r_in, r_out],
+        rel_error: f.rel_error,
+        hooi_iterations: f.iterations,
+    });
     for (k, t) in f.convs.iter().enumerate() {
         w.tensors
             .insert(format!("{n}_tucker_{k}.weight"), t.clone());

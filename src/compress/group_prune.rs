@@ -6,7 +6,7 @@
 //! produce it (DepGraph, Fang et al., CVPR 2023, group-level L2 importance: the squared
 //! norms of the coupled parameters summed). A group is named by its first conv.
 
-use super::prune::{kept_indices, select};
+use super::prune::{Kept, kept_indices, select};
 use super::slamp::{PruneTarget, check_target, slamp_scores, threshold_ratios};
 use crate::config::kept_filters;
 use crate::cost::Cost;
@@ -51,8 +51,20 @@ pub fn prune_groups(
     weights: &Weights,
     ratios: &BTreeMap<String, f64>,
 ) -> Result<(Graph, Weights), String> {
-    let (g, w) = prune(graph, Some(weights), ratios)?;
-    Ok((g, w.expect("weights given")))
+    let (g, w, _) = prune_groups_kept(graph, weights, ratios)?;
+    Ok((g, w))
+}
+
+/// [`prune_groups`], with the channels each named group kept (by group name; on a VGG
+/// plan, what [`super::prune::prune_model`] reports per conv).
+pub fn prune_groups_kept(
+    graph: &Graph,
+    weights: &Weights,
+    ratios: &BTreeMap<String, f64>,
+) -> Result<(Graph, Weights, Kept), String> {
+    let mut kept = Kept::new();
+    let (g, w) = prune(graph, Some((weights, &mut kept)), ratios)?;
+    Ok((g, w.expect("weights given"), kept))
 }
 
 /// The graph [`prune_groups`] gives, without weights: what the ratios make of the
@@ -63,7 +75,7 @@ pub fn pruned_layout(graph: &Graph, ratios: &BTreeMap<String, f64>) -> Result<Gr
 
 fn prune(
     graph: &Graph,
-    weights: Option<&Weights>,
+    mut weights: Option<(&Weights, &mut Kept)>,
     ratios: &BTreeMap<String, f64>,
 ) -> Result<(Graph, Option<Weights>), String> {
     let gs = groups(graph);
@@ -83,7 +95,7 @@ fn prune(
         });
     }
     let mut nodes: Vec<Op> = graph.nodes.iter().map(|n| n.op.clone()).collect();
-    let mut w = weights.cloned();
+    let mut w = weights.as_ref().map(|(w, _)| (*w).clone());
     for g in &gs {
         let Some(&ratio) = ratios.get(&g.name) else {
             continue;
@@ -96,10 +108,11 @@ fn prune(
             _ => unreachable!("a group's members are convs"),
         };
         let kept = kept_filters(channels, ratio);
-        match (&mut w, weights) {
-            (Some(w), Some(original)) => {
+        match (&mut w, &mut weights) {
+            (Some(w), Some((original, record))) => {
                 let keep = kept_indices(&group_norms(graph, original, g), kept);
                 apply(graph, g, &keep, &mut nodes, w);
+                record.insert(g.name.clone(), keep);
             }
             _ => resize(g, kept, &mut nodes),
         }

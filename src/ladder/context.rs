@@ -6,7 +6,7 @@
 
 use crate::arch::Arch;
 use crate::budget::{Budget, Proxy};
-use crate::compress::compress_model;
+use crate::compress::Compressed;
 use crate::compress::decompose::TuckerCache;
 use crate::compress::graph_config::apply_config_cached;
 use crate::compress::prune::Kept;
@@ -14,7 +14,6 @@ use crate::config::LayerConfig;
 use crate::data::ImageSet;
 use crate::data::batches::Batch;
 use crate::graph::Graph;
-use crate::graph::build::of_arch;
 use crate::model::GraphNet;
 use crate::network::{Network, graph_weights};
 use crate::train::distill::{Distill, Teacher};
@@ -115,6 +114,10 @@ impl Context {
     /// base weights (Tucker factors from the shared cache), then, for a VGG plan,
     /// repaired on the first `repair` calibration batches (see [`crate::train::repair`]).
     pub fn build(&self, config: &LayerConfig, file: &str, device: &Device) -> Result<Built> {
+        let cache = Some(self.cache.as_ref());
+        let (graph, weights, kept) =
+            apply_config_cached(&self.base.graph, &self.weights, config, cache)
+                .map_err(|e| Error::BadInput(format!("{file}: {e}")))?;
         let Some(plan) = &self.base.plan else {
             if self.repair > 0 {
                 return Err(Error::BadInput(format!(
@@ -122,21 +125,21 @@ impl Context {
                     self.repair, self.base.graph.model
                 )));
             }
-            let cache = Some(self.cache.as_ref());
-            let (graph, weights) =
-                apply_config_cached(&self.base.graph, &self.weights, config, cache)
-                    .map_err(|e| Error::BadInput(format!("{file}: {e}")))?;
             return Ok(Built {
                 graph,
                 weights,
                 plan: None,
             });
         };
-        let c = compress_model(plan, &self.weights, config, file, Some(&self.cache))?;
+        let c = Compressed {
+            arch: config.apply(plan, file)?,
+            weights,
+            kept,
+        };
         let calibration = self.calibration(self.repair);
         let c = repair_compressed(plan, &self.weights, c, &calibration, self.seed, device)?;
         Ok(Built {
-            graph: of_arch(&c.arch),
+            graph,
             weights: c.weights,
             plan: Some((c.arch, c.kept)),
         })

@@ -382,3 +382,32 @@ fn a_vgg_plans_graph_decomposes_and_gets_slamp_ratios_as_the_plan_does() {
         assert_eq!(plan, group, "{target:?}");
     }
 }
+
+/// On a VGG plan, group pruning of the plan's graph is the plan's own L2 pruning: the
+/// same tensors, bit for bit, for a decomposed plan with ratios on plain convs, on Tucker
+/// sub-convs and on the last conv (whose channels the classifier reads).
+#[test]
+fn a_vgg_plans_graph_prunes_as_the_plan_does() {
+    use rankprune::compress::decompose::decompose_model;
+    use rankprune::compress::graph_config::ratios;
+    use rankprune::compress::prune::prune_model;
+    use rankprune::config::LayerConfig;
+    let base = ArchSpec::parse("cfg_bn:8,M,16,16,M,24").unwrap().build(5);
+    let w = crate::common::random_weights(&base, 6);
+    let config = LayerConfig::from_json(
+        r#"{"decomposition": {"method": "tucker2", "ranks": {"features.4": [5, 7]}},
+            "pruning": {"method": "l2_norm", "ratios": {"features.0": 0.25,
+              "features.4_tucker_0": 0.4, "features.4_tucker_1": 0.3, "features.4_tucker_2": 0.5,
+              "features.7": 0.2, "features.11": 0.5}}}"#,
+        "inline",
+    )
+    .unwrap();
+    let (arch, dw, _) = decompose_model(&base, &w, &config, "t", None, |_| {}).unwrap();
+    let (pruned_arch, pw, _) = prune_model(&base, &arch, &dw, &config, "t").unwrap();
+    let (graph, gw) = prune_groups(&of_arch(&arch), &dw, &ratios(&config)).unwrap();
+    assert_eq!(graph, of_arch(&pruned_arch));
+    assert_eq!(gw.tensors.len(), pw.tensors.len());
+    for (k, t) in &pw.tensors {
+        assert_eq!(&gw.tensors[k], t, "{k}");
+    }
+}
