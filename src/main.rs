@@ -7,14 +7,13 @@ use cli::BaseArgs;
 use clap::{Args, Parser, Subcommand};
 use rankprune::arch::Arch;
 use rankprune::config::LayerConfig;
-use rankprune::cost;
 use rankprune::device::parse_device;
 use rankprune::graph::Graph;
-use rankprune::graph::build::of_arch;
+use rankprune::graph::cost::count;
 use rankprune::model::GraphNet;
+use rankprune::network::Network;
 use rankprune::outpath::check_output;
 use rankprune::report;
-use rankprune::weights::Weights;
 use rankprune::{Error, Result};
 use std::path::PathBuf;
 
@@ -55,15 +54,13 @@ impl ModelArgs {
         Ok(Some(g))
     }
 
-    /// The network a command runs, as a graph: a residual or imported network, or a VGG
-    /// plan's graph (with the plan, after the config if any).
-    fn network(&self) -> Result<(Graph, Option<Arch>)> {
+    /// The network a command runs, after the config if any: a residual or imported
+    /// network's graph, or a VGG plan's graph with the plan (configs on plans are checked
+    /// by the plan, whose errors suggest the nearest layer name).
+    fn network(&self) -> Result<Network> {
         match self.residual()? {
-            Some(g) => Ok((g, None)),
-            None => {
-                let arch = self.resolve()?.1;
-                Ok((of_arch(&arch), Some(arch)))
-            }
+            Some(graph) => Ok(Network { graph, plan: None }),
+            None => Ok(self.resolve()?.1.into()),
         }
     }
 
@@ -264,54 +261,31 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Score { args } => cli::fidelity::run_score(args)?,
         Command::Train { model, args } => {
             args.check(model.config.as_deref())?;
-            let (graph, arch) = model.network()?;
-            let weights = cli::train::start_weights(&graph, arch.as_ref(), &args)?;
-            cli::train::run_train(&graph, weights, args)?
+            let net = model.network()?;
+            let weights = cli::train::start_weights(&net, &args)?;
+            cli::train::run_train(&net.graph, weights, args)?
         }
         Command::Eval { model, args } => {
             args.check()?;
-            cli::train::run_eval(&model.network()?.0, args)?
-        }
-        Command::Metrics { model, json }
-            if model.base.arch.starts_with("resnet") || model.base.arch.ends_with(".onnx") =>
-        {
-            let graph = model.residual()?.expect("a resnet name");
-            let c = rankprune::graph::cost::count(&graph);
-            if json {
-                println!("{}", serde_json::to_string(&c).expect("cost serializes"));
-            } else {
-                print!("{}", report::cost_table(&c));
-                if let (Some(base), Some(_)) = (model.base.graph()?, &model.config) {
-                    let base = rankprune::graph::cost::count(&base);
-                    println!("{}", report::reduction_line(&base, &c));
-                }
-            }
+            cli::train::run_eval(&model.network()?.graph, args)?
         }
         Command::Metrics { model, json } => {
-            let (base, arch) = model.resolve()?;
-            let c = cost::count(&arch);
+            let c = count(&model.network()?.graph);
             if json {
                 println!("{}", serde_json::to_string(&c).expect("cost serializes"));
             } else {
                 print!("{}", report::cost_table(&c));
                 if model.config.is_some() {
-                    println!("{}", report::reduction_line(&cost::count(&base), &c));
+                    let base = count(&model.base.network()?.graph);
+                    println!("{}", report::reduction_line(&base, &c));
                 }
             }
         }
         Command::Init { model, out, seed } => {
             let config = model.config.iter().map(|c| ("--config", c.as_path()));
             check_output(&out, "--out", &config.collect::<Vec<_>>())?;
-            let (w, c) = match model.residual()? {
-                Some(g) => (
-                    GraphNet::init_weights(&g, seed),
-                    rankprune::graph::cost::count(&g),
-                ),
-                None => {
-                    let (_, arch) = model.resolve()?;
-                    (Weights::init(&arch, seed), cost::count(&arch))
-                }
-            };
+            let net = model.network()?;
+            let (w, c) = (net.init_weights(seed), count(&net.graph));
             w.save_safetensors(&out)
                 .map_err(|e| Error::Failure(e.to_string()))?;
             println!(
@@ -331,7 +305,7 @@ fn run(cli: Cli) -> Result<i32> {
             let device = parse_device(&device)?;
             let file = weights.display().to_string();
             let w = cli::weights_file(&weights)?;
-            let (g, _) = model.network()?;
+            let g = model.network()?.graph;
             let net = GraphNet::from_weights(&g, w, &file, &device)?;
             let x =
                 burn::tensor::Tensor::<4>::zeros([1, g.input[0], g.input[1], g.input[2]], &device);
@@ -363,7 +337,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Compress { base, args } => cli::compress::run_compress(&base, args)?,
         Command::Predict { model, args } => {
             args.check(model.config.as_deref())?;
-            cli::deploy::run_predict(&model.network()?.0, args)?
+            cli::deploy::run_predict(&model.network()?.graph, args)?
         }
         Command::ExportModel { model, args } => {
             args.check(model.config.as_deref())?;

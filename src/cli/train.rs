@@ -3,12 +3,12 @@
 use super::{at_least_one, at_least_one_if_set, in_range};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use rankprune::arch::Arch;
 use rankprune::data::augment::Normalization;
 use rankprune::data::{DatasetKind, FolderOptions, ImageSet, SPLIT_SEED, Source, Split};
 use rankprune::device::parse_device;
 use rankprune::graph::Graph;
 use rankprune::model::GraphNet;
+use rankprune::network::Network;
 use rankprune::outpath::{check_output, write_output};
 use rankprune::train::plateau::PlateauConfig;
 use rankprune::train::{Control, LrSchedule, TrainConfig, evaluate, evaluate_each, train};
@@ -364,14 +364,12 @@ fn show_report(bar: &ProgressBar, r: &rankprune::train::Report) {
 }
 
 /// The weights `train` starts from: `--weights`, checked against the network, or fresh
-/// ones seeded by `--seed` (torchvision's VGG initialisation when `arch` is the VGG plan
-/// `graph` was built from, its ResNet initialisation otherwise).
-pub fn start_weights(graph: &Graph, arch: Option<&Arch>, args: &TrainArgs) -> Result<Weights> {
-    Ok(match (&args.weights, arch) {
-        (Some(p), Some(arch)) => Weights::load_for(p, arch)?,
-        (Some(p), None) => super::graph_weights(graph, p)?,
-        (None, Some(arch)) => Weights::init(arch, args.seed),
-        (None, None) => GraphNet::init_weights(graph, args.seed),
+/// ones seeded by `--seed` (torchvision's VGG initialisation for a VGG plan, its ResNet
+/// initialisation otherwise).
+pub fn start_weights(net: &Network, args: &TrainArgs) -> Result<Weights> {
+    Ok(match &args.weights {
+        Some(p) => super::graph_weights(&net.graph, p)?,
+        None => net.init_weights(args.seed),
     })
 }
 
