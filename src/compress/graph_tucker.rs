@@ -5,7 +5,7 @@
 //! so it takes the conv's place in its dependency group; the ranks are the chain's own.
 
 use super::decompose::{LayerDecomposition, TuckerCache, cached_factors};
-use crate::graph::{Conv, Graph, NodeDef, Op};
+use crate::graph::{Conv, Graph, Node, Op};
 use crate::weights::Weights;
 use std::collections::BTreeMap;
 
@@ -113,27 +113,20 @@ fn decompose(
             ));
         }
     }
-    // What reads node j from now on: the chain's last conv where j was decomposed.
-    let output_of = |j: usize| -> String {
-        let n = &graph.nodes[j].name;
-        if ranks.contains_key(n) {
-            format!("{n}_tucker_2")
-        } else {
-            n.clone()
-        }
-    };
-    let mut defs = Vec::new();
-    // Every tensor stays but the decomposed convs', which their chains replace.
-
-    for node in &graph.nodes {
+    // Each chain takes its conv's place, so the order stays topological; `carrier[j]` is
+    // the new index of the node that carries old node j's output (a chain's last conv).
+    let mut nodes: Vec<Node> = Vec::with_capacity(graph.nodes.len() + 2 * ranks.len());
+    let mut carrier = vec![0usize; graph.nodes.len()];
+    for (j, node) in graph.nodes.iter().enumerate() {
         let n = &node.name;
-        let inputs: Vec<String> = node.inputs.iter().map(|&j| output_of(j)).collect();
+        let inputs: Vec<usize> = node.inputs.iter().map(|&i| carrier[i]).collect();
         let (Op::Conv(c), Some(&[r_in, r_out])) = (&node.op, ranks.get(n)) else {
-            defs.push(NodeDef {
+            nodes.push(Node {
                 name: n.clone(),
                 op: node.op.clone(),
                 inputs,
             });
+            carrier[j] = nodes.len() - 1;
             continue;
         };
         let ops = [
@@ -145,19 +138,30 @@ fn decompose(
             factor(f, n, [r_in, r_out])?;
         }
         for (k, op) in ops.into_iter().enumerate() {
+            let name = format!("{n}_tucker_{k}");
+            if graph.find(&name).is_some() {
+                return Err(format!("{n}: the graph already has a node {name}"));
+            }
             let from = if k == 0 {
                 inputs.clone()
             } else {
-                vec![format!("{n}_tucker_{}", k - 1)]
+                vec![nodes.len() - 1]
             };
-            defs.push(NodeDef {
-                name: format!("{n}_tucker_{k}"),
+            nodes.push(Node {
+                name,
                 op,
                 inputs: from,
             });
         }
+        carrier[j] = nodes.len() - 1;
     }
-    Graph::new(&graph.model, graph.input, defs).map_err(|e| e.to_string())
+    let out = Graph {
+        model: graph.model.clone(),
+        input: graph.input,
+        nodes,
+    };
+    out.shapes().map_err(|e| e.to_string())?;
+    Ok(out)
 }
 
 /// Replaces conv `n`'s kernel (and bias) in `w` by its Tucker-2 chain's three.
