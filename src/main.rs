@@ -341,10 +341,7 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::ExportModel { model, args } => {
             args.check(model.config.as_deref())?;
-            match model.residual()? {
-                Some(graph) => cli::deploy::run_export_graph(&graph, args)?,
-                None => cli::deploy::run_export_model(&model.resolve()?.1, args)?,
-            }
+            cli::deploy::run_export_model(&model.network()?.graph, args)?
         }
     }
     Ok(0)

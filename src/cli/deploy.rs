@@ -1,10 +1,8 @@
 //! `rankprune export-model`: a model as a file another engine runs.
 
 use clap::{Args, ValueEnum};
-use rankprune::arch::Arch;
 use rankprune::deploy::{fold, onnx};
 use rankprune::outpath::{check_output, write_output};
-use rankprune::weights::Weights;
 use rankprune::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -50,42 +48,9 @@ impl ExportModelArgs {
     }
 }
 
-pub fn run_export_model(arch: &Arch, args: ExportModelArgs) -> Result<()> {
-    let ExportModelArgs {
-        weights,
-        format: ModelFormat::Onnx,
-        out,
-        keep_bn,
-    } = args;
-    let file = weights.display().to_string();
-    let w = Weights::load_for(&weights, arch)?;
-    let (arch, w) = match keep_bn {
-        true => (arch.clone(), w),
-        false => fold::fold_batch_norms(arch, w, &file)?,
-    };
-    let bytes = onnx::to_bytes(&arch, &w);
-    write_output(&out, &bytes)?;
-    let [c, h, wd] = arch.input;
-    println!(
-        "wrote {} ({:.1} MB, ONNX opset {}, BatchNorm {}): input \"{}\" [batch, {c}, {h}, {wd}], output \"{}\" [batch, {}]",
-        out.display(),
-        bytes.len() as f64 / 1e6,
-        onnx::OPSET,
-        if keep_bn {
-            "kept"
-        } else {
-            "folded into the convs"
-        },
-        onnx::INPUT,
-        onnx::OUTPUT,
-        arch.num_classes()
-    );
-    Ok(())
-}
-
-/// `export-model` for a residual or imported network: BatchNorms folded into the conv
-/// before them (where that conv feeds nothing else) unless `--keep-bn`.
-pub fn run_export_graph(graph: &rankprune::graph::Graph, args: ExportModelArgs) -> Result<()> {
+/// `export-model`: the network as ONNX, BatchNorms folded into the conv before them
+/// (where that conv feeds nothing else) unless `--keep-bn`.
+pub fn run_export_model(graph: &rankprune::graph::Graph, args: ExportModelArgs) -> Result<()> {
     use onnx_protobuf::Message;
     let w = super::graph_weights(graph, &args.weights)?;
     let (graph, w) = match args.keep_bn {
@@ -98,7 +63,7 @@ pub fn run_export_graph(graph: &rankprune::graph::Graph, args: ExportModelArgs) 
     write_output(&args.out, &bytes)?;
     let [c, h, wd] = graph.input;
     println!(
-        "wrote {} ({:.1} MB, ONNX opset {}, BatchNorm {}): input \"{}\" [batch, {c}, {h}, {wd}], output \"{}\"",
+        "wrote {} ({:.1} MB, ONNX opset {}, BatchNorm {}): input \"{}\" [batch, {c}, {h}, {wd}], output \"{}\" [batch, {}]",
         args.out.display(),
         bytes.len() as f64 / 1e6,
         onnx::OPSET,
@@ -109,6 +74,7 @@ pub fn run_export_graph(graph: &rankprune::graph::Graph, args: ExportModelArgs) 
         },
         onnx::INPUT,
         onnx::OUTPUT,
+        graph.num_classes().unwrap_or(0),
     );
     Ok(())
 }

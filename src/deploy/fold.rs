@@ -4,33 +4,10 @@
 //! `(s W) x + (s (b - mean) + beta)` (PyTorch's `torch.nn.utils.fusion.fuse_conv_bn_eval`
 //! does the same). The tests check the folded network's logits against the original's.
 
-use crate::arch::{Arch, Unit};
-use crate::weights::{TensorF32, Weights, WeightsError};
+use crate::weights::{TensorF32, Weights};
 
 /// The epsilon of every BatchNorm rankprune builds (PyTorch's default).
 pub const BN_EPSILON: f64 = 1e-5;
-
-/// `arch` and `weights` (checked against it first) with every BatchNorm folded into
-/// the conv before it: the units lose their BatchNorm, that conv gains a bias, and the
-/// BatchNorm's tensors are gone.
-pub fn fold_batch_norms(
-    arch: &Arch,
-    weights: Weights,
-    file: &str,
-) -> Result<(Arch, Weights), WeightsError> {
-    let mut w = weights.matched_to(arch, file)?;
-    let mut folded = arch.clone();
-    for unit in &mut folded.units {
-        let Unit::Conv(c) = unit else { continue };
-        let Some(bn) = c.bn.take() else { continue };
-        let last = c.body.convs().len() - 1;
-        let spec = &mut c.body.convs_mut()[last];
-        fold_into(&mut w, &bn, &spec.name, spec.bias);
-        spec.bias = true;
-    }
-    let w = w.matched_to(&folded, file)?;
-    Ok((folded, w))
-}
 
 /// Folds the BatchNorm `bn` into the conv `conv` (which has a bias if `had_bias`): the
 /// conv's weight is scaled, its bias set, and the BatchNorm's tensors removed.
@@ -73,8 +50,9 @@ fn fold_into(w: &mut Weights, bn: &str, conv: &str, had_bias: bool) {
         .insert(bias_key, TensorF32::new(vec![scale.len()], bias));
 }
 
-/// [`fold_batch_norms`] for a graph: every BatchNorm whose input is a conv that nothing
-/// else reads is folded into it and leaves the graph (its readers read the conv).
+/// `graph` and `weights` with every BatchNorm whose input is a conv that nothing else
+/// reads folded into that conv: the conv gains a bias, the BatchNorm and its tensors
+/// leave the graph, and its readers read the conv.
 pub fn fold_graph_batch_norms(
     graph: &crate::graph::Graph,
     weights: Weights,
@@ -126,8 +104,9 @@ pub fn fold_graph_batch_norms(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::ArchSpec;
-    use crate::model::Vgg;
+    use crate::arch::{Arch, ArchSpec, Unit};
+    use crate::graph::build::of_arch;
+    use crate::model::GraphNet;
     use burn::tensor::{Device, Distribution, Tensor};
 
     /// Weights with BatchNorm statistics and affine parameters far from the identity.
@@ -164,20 +143,21 @@ mod tests {
         let mut arch = ArchSpec::parse("cfg_bn:4,M,6,M,5").unwrap().build(3);
         arch.decompose("features.4", 2, 3).unwrap();
         let w = with_batch_norm_spread(&arch, 5);
-        let (folded, fw) = fold_batch_norms(&arch, w.clone(), "mem").unwrap();
+        let graph = of_arch(&arch);
+        let (folded, fw) = fold_graph_batch_norms(&graph, w.clone());
         assert!(
             folded
-                .units
+                .nodes
                 .iter()
-                .all(|u| !matches!(u, Unit::Conv(c) if c.bn.is_some()))
+                .all(|n| !matches!(n.op, crate::graph::Op::BatchNorm { .. }))
         );
         assert!(fw.tensors.keys().all(|k| !k.contains("running")));
         let x = Tensor::<4>::random([3, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
-        let logits = |arch: &Arch, w: Weights| {
-            let m = Vgg::from_weights(arch, w, "mem", &device).unwrap();
+        let logits = |g: &crate::graph::Graph, w: Weights| {
+            let m = GraphNet::from_weights(g, w, "mem", &device).unwrap();
             crate::model::values(m.forward(x.clone())).data
         };
-        let (a, b) = (logits(&arch, w), logits(&folded, fw));
+        let (a, b) = (logits(&graph, w), logits(&folded, fw));
         let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
         for (p, q) in a.iter().zip(&b) {
             assert!((p - q).abs() <= 1e-4 * scale, "{p} vs folded {q}");
