@@ -1,25 +1,31 @@
-//! Benchmark (not a test) on a randomly initialised vgg19_bn: VBMF rank recommendation,
-//! Tucker-2 decomposition, SLAMP ratios and applying the full reference config.
+//! Benchmark (not a test) on a randomly initialised vgg19_bn's graph: VBMF rank
+//! recommendation, Tucker-2 decomposition, group SLAMP ratios and applying the full
+//! reference config.
 //! Prints a Markdown table.
 //!
 //! Run: cargo bench --bench compress
 
 use rankprune::arch::ArchSpec;
-use rankprune::compress::decompose::{decompose_model, ranks_config, recommend_ranks};
-use rankprune::compress::prune::prune_model;
-use rankprune::compress::slamp::{PruneTarget, recommend_ratios};
+use rankprune::compress::decompose::recommend_graph_ranks;
+use rankprune::compress::graph_config::{apply_config, ranks, ratios as config_ratios};
+use rankprune::compress::graph_tucker::decompose_graph_with;
+use rankprune::compress::group_prune::{prune_groups, recommend_group_ratios};
+use rankprune::compress::slamp::PruneTarget;
 use rankprune::compress::vbmf::evbmf;
+use rankprune::graph::build::of_arch;
+use rankprune::graph::cost::count;
 use rankprune::weights::Weights;
 use std::time::Instant;
 
 fn main() {
     let arch = ArchSpec::parse("vgg19_bn").unwrap().build(100);
     let weights = Weights::init(&arch, 0);
+    let graph = of_arch(&arch);
     println!("| step | layers | seconds |");
     println!("|---|---|---|");
 
     let t = Instant::now();
-    let recs = recommend_ranks(&arch, &weights, 0.0, |_| {}).unwrap();
+    let recs = recommend_graph_ranks(&graph, &weights, 0.0, |_| {}).unwrap();
     println!(
         "| VBMF recommendation (random init) | {} | {:.3} |",
         recs.len(),
@@ -37,7 +43,7 @@ fn main() {
     config.pruning = None;
     let t = Instant::now();
     let (decomposed, dw, layers) =
-        decompose_model(&arch, &weights, &config, "ref", None, |_| {}).unwrap();
+        decompose_graph_with(&graph, &weights, &ranks(&config), None, |_| {}).unwrap();
     let sweeps: usize = layers.iter().map(|l| l.hooi_iterations).sum();
     println!(
         "| Tucker-2 HOSVD+HOOI at the reference ranks ({sweeps} HOOI sweeps) | {} | {:.3} |",
@@ -46,12 +52,12 @@ fn main() {
     );
 
     let t = Instant::now();
-    let ratios = recommend_ratios(
+    let ratios = recommend_group_ratios(
         &decomposed,
         &dw,
         PruneTarget::FlopsReduction(2.0),
         0.9,
-        &rankprune::cost::count(&decomposed),
+        &count(&decomposed),
     )
     .unwrap();
     println!(
@@ -62,26 +68,25 @@ fn main() {
 
     let full = rankprune::config::LayerConfig::from_json(&reference, "ref").unwrap();
     let t = Instant::now();
-    let (_, _, _) = decompose_model(&arch, &weights, &full, "ref", None, |_| {}).unwrap();
-    let (pruned, _, _) = prune_model(&arch, &decomposed, &dw, &full, "ref").unwrap();
+    let (pruned, _) = apply_config(&graph, &weights, &full).unwrap();
     println!(
         "| full reference config (Tucker-2 then pruning) to {:.2}M params | {} | {:.3} |",
-        rankprune::cost::count(&pruned).mparams(),
+        count(&pruned).mparams(),
         layers.len(),
         t.elapsed().as_secs_f64()
     );
     let t = Instant::now();
-    let _ = prune_model(&arch, &decomposed, &dw, &full, "ref").unwrap();
+    let _ = prune_groups(&decomposed, &dw, &config_ratios(&full)).unwrap();
     println!(
         "| pruning step alone (reference ratios) | {} | {:.4} |",
         ratios.len(),
         t.elapsed().as_secs_f64()
     );
 
-    let ranks_at_vbmf = ranks_config(&arch, &recs);
+    let ranks_at_vbmf = recs.iter().map(|r| (r.layer.clone(), r.chosen)).collect();
     let t = Instant::now();
     let (_, _, layers) =
-        decompose_model(&arch, &weights, &ranks_at_vbmf, "vbmf", None, |_| {}).unwrap();
+        decompose_graph_with(&graph, &weights, &ranks_at_vbmf, None, |_| {}).unwrap();
     println!(
         "| Tucker-2 HOSVD+HOOI at the VBMF ranks | {} | {:.3} |",
         layers.len(),

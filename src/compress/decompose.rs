@@ -1,10 +1,9 @@
-//! Whole-model decomposition: VBMF rank recommendation for every conv, and the
-//! decomposed model's weights for a config's ranks.
+//! VBMF rank recommendation for every conv of a network, and the Tucker-2 factors of
+//! one conv (shared between candidates through [`TuckerCache`]); the whole-network
+//! decomposition is [`super::graph_tucker`]'s.
 
 use super::tucker::{HOOI_MAX_ITERS, tucker2, unfold0, unfold1};
 use super::vbmf::{calibrated_rank, evbmf};
-use crate::arch::{Arch, ConvBody, Unit};
-use crate::config::{DECOMPOSITION_METHOD, Decomposition, LayerConfig};
 use crate::weights::{TensorF32, Weights};
 use crate::{Error, Result};
 use indexmap::IndexMap;
@@ -40,34 +39,6 @@ fn as_f64(t: &TensorF32) -> Vec<f64> {
     t.data.iter().map(|&v| f64::from(v)).collect()
 }
 
-/// VBMF ranks for every plain conv of `arch` whose input has more than 3 channels
-/// (3-channel input convs stay plain, as in the reference), then calibrated by `c`.
-pub fn recommend_ranks(
-    arch: &Arch,
-    weights: &Weights,
-    calibration: f64,
-    mut on_layer: impl FnMut(&str),
-) -> Result<Vec<RankRecommendation>> {
-    if !(-1.0..=1.0).contains(&calibration) {
-        return Err(Error::BadInput(format!(
-            "--calibration {calibration}: allowed range [-1, 1]"
-        )));
-    }
-    let mut out = Vec::new();
-    for unit in arch.conv_units() {
-        let ConvBody::Plain(conv) = &unit.body else {
-            continue;
-        };
-        if conv.in_channels <= 3 {
-            continue;
-        }
-        on_layer(&conv.name);
-        let w = conv_weight(weights, &conv.name)?;
-        out.push(recommend_conv(&conv.name, w, calibration));
-    }
-    Ok(out)
-}
-
 /// VBMF ranks of one conv weight `[out, in, k, k]` (both channel modes), calibrated.
 pub fn recommend_conv(layer: &str, w: &TensorF32, calibration: f64) -> RankRecommendation {
     let (t, s, kk) = (w.shape[0], w.shape[1], w.shape[2] * w.shape[3]);
@@ -85,14 +56,20 @@ pub fn recommend_conv(layer: &str, w: &TensorF32, calibration: f64) -> RankRecom
     }
 }
 
-/// [`recommend_ranks`] for a graph: every conv with a kernel larger than 1x1 and more
-/// than 3 input channels.
+/// VBMF ranks, calibrated by `calibration`, for every conv of `graph` with a kernel
+/// larger than 1x1 and more than 3 input channels (3-channel input convs stay plain, as
+/// in the reference); `on_layer` sees each conv's name first (a progress bar).
 pub fn recommend_graph_ranks(
     graph: &crate::graph::Graph,
     weights: &Weights,
     calibration: f64,
     mut on_layer: impl FnMut(&str),
 ) -> Result<Vec<RankRecommendation>> {
+    if !(-1.0..=1.0).contains(&calibration) {
+        return Err(Error::BadInput(format!(
+            "--calibration {calibration}: allowed range [-1, 1]"
+        )));
+    }
     let mut out = Vec::new();
     for node in &graph.nodes {
         let crate::graph::Op::Conv(c) = &node.op else {
@@ -106,16 +83,6 @@ pub fn recommend_graph_ranks(
         out.push(recommend_conv(&node.name, w, calibration));
     }
     Ok(out)
-}
-
-/// A config (reference format) holding the chosen ranks.
-pub fn ranks_config(arch: &Arch, recs: &[RankRecommendation]) -> LayerConfig {
-    let mut config = LayerConfig::for_arch(arch);
-    config.decomposition = Some(Decomposition {
-        method: DECOMPOSITION_METHOD.to_string(),
-        ranks: recs.iter().map(|r| (r.layer.clone(), r.chosen)).collect(),
-    });
-    config
 }
 
 /// Per-layer outcome of a decomposition.
@@ -237,50 +204,4 @@ pub(crate) fn cached_factors(
         c.put(key, f.clone());
     }
     Ok(f)
-}
-
-/// Decomposes the convs named in `config.decomposition` (pruning is not applied here).
-/// Returns the decomposed architecture and its weights, in architecture order. With a
-/// `cache` (which must belong to these `weights`), layers already decomposed at the same
-/// ranks are taken from it, and new ones are added.
-pub fn decompose_model(
-    base: &Arch,
-    weights: &Weights,
-    config: &LayerConfig,
-    file: &str,
-    cache: Option<&TuckerCache>,
-    mut on_layer: impl FnMut(&str),
-) -> Result<(Arch, Weights, Vec<LayerDecomposition>)> {
-    let ranks_only = LayerConfig {
-        pruning: None,
-        ..config.clone()
-    };
-    let arch = ranks_only.apply(base, file)?;
-    let mut out = weights.clone();
-    let mut report = Vec::new();
-    let Some(dec) = &config.decomposition else {
-        return Ok((arch, out.matched_to(base, "<weights>")?, report));
-    };
-    for (name, &[in_rank, out_rank]) in &dec.ranks {
-        on_layer(name);
-        let w = conv_weight(weights, name)?;
-        let f = cached_factors(cache, w, name, in_rank, out_rank)?;
-        out.tensors.shift_remove(&format!("{name}.weight"));
-        let bias = out.tensors.shift_remove(&format!("{name}.bias"));
-        for (i, t) in f.convs.iter().enumerate() {
-            out.tensors
-                .insert(format!("{name}_tucker_{i}.weight"), t.clone());
-        }
-        if let Some(b) = bias {
-            out.tensors.insert(format!("{name}_tucker_2.bias"), b);
-        }
-        report.push(LayerDecomposition {
-            layer: name.clone(),
-            ranks: [in_rank, out_rank],
-            rel_error: f.rel_error,
-            hooi_iterations: f.iterations,
-        });
-    }
-    debug_assert!(arch.units.iter().any(|u| matches!(u, Unit::Linear(_))));
-    Ok((arch.clone(), out.matched_to(&arch, file)?, report))
 }

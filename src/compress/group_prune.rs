@@ -210,8 +210,9 @@ pub fn group_scores(graph: &Graph, weights: &Weights) -> Vec<(String, Vec<f64>)>
 
 /// Per-group ratios from one global SLAMP threshold over every group's channel scores,
 /// the smallest that makes the pruned graph meet `target` (against `original`, the
-/// uncompressed model's cost), as [`crate::compress::slamp::recommend_ratios`] does for
-/// VGG plans: each group clamped to `max_ratio` and keeping a channel.
+/// uncompressed model's cost): each group clamped to `max_ratio` and keeping a channel.
+/// All zeros when the graph already meets it; an error naming the closest reachable
+/// figure when it cannot.
 pub fn recommend_group_ratios(
     graph: &Graph,
     weights: &Weights,
@@ -226,8 +227,7 @@ pub fn recommend_group_ratios(
 
 /// [`recommend_group_ratios`] on given per-channel scores (`layers`: every group of
 /// `graph`, in [`groups`]' order, with one score per channel; a channel goes when its
-/// score is at most the threshold), as [`crate::compress::slamp::ratios_for_scores`]
-/// does for VGG plans.
+/// score is at most the threshold).
 pub fn ratios_for_group_scores(
     graph: &Graph,
     layers: &[(String, Vec<f64>)],

@@ -2,7 +2,10 @@
 //!
 //! - [`tucker`]: Tucker-2 (HOSVD + HOOI) of one conv weight.
 //! - [`vbmf`]: empirical VBMF rank estimation and the calibration ratio.
-//! - [`decompose`]: whole-model decomposition and rank recommendation.
+//! - [`decompose`]: VBMF rank recommendation and the Tucker factors of one conv.
+//! - [`graph_tucker`]: Tucker-2 of a network's convs (its chains and weights).
+//! - [`group_prune`]: pruning by dependency group, group SLAMP.
+//! - [`graph_config`]: a layer config applied to a network.
 //! - [`prune`]: L2-norm filter removal through one dependency mechanism.
 //! - [`slamp`]: SLAMP per-layer pruning ratios for a global target.
 
@@ -28,9 +31,10 @@ pub struct Compressed {
     pub kept: prune::Kept,
 }
 
-/// The compressed model a config describes: Tucker-2 at its ranks, then L2-norm pruning
-/// at its ratios, applied to `weights` of the undecomposed `base` (Tucker factors come
-/// from `cache` when it has them; see [`decompose::decompose_model`]).
+/// The compressed model a config describes on the VGG plan `base`, with the plan it
+/// compresses to (the least-squares repair reads it): Tucker-2 at its ranks, then
+/// L2-norm pruning at its ratios, applied to `weights` through the plan's graph
+/// ([`graph_config::apply_config_cached`]; Tucker factors from `cache` when it has them).
 pub fn compress_model(
     base: &Arch,
     weights: &Weights,
@@ -38,8 +42,10 @@ pub fn compress_model(
     file: &str,
     cache: Option<&decompose::TuckerCache>,
 ) -> Result<Compressed> {
-    let (arch, w, _) = decompose::decompose_model(base, weights, config, file, cache, |_| {})?;
-    let (arch, weights, kept) = prune::prune_model(base, &arch, &w, config, file)?;
+    let arch = config.apply(base, file)?;
+    let graph = crate::graph::build::of_arch(base);
+    let (_, weights, kept) = graph_config::apply_config_cached(&graph, weights, config, cache)
+        .map_err(|e| crate::Error::BadInput(format!("{file}: {e}")))?;
     Ok(Compressed {
         arch,
         weights,

@@ -1,11 +1,8 @@
-//! Structured filter pruning by L2 norm, with one dependency mechanism: removing a
-//! conv's output channels removes them from every consumer the architecture names
-//! (the BN after it, the next conv's or sub-conv's inputs, the classifier's features).
+//! The pieces of L2-norm filter pruning: filter norms, the filters a ratio keeps, and
+//! selecting channels of a tensor; [`super::group_prune`] removes them from every member
+//! and reader of a dependency group.
 
-use crate::arch::{Arch, Consumer, ConvPos, Unit};
-use crate::config::{LayerConfig, kept_filters};
-use crate::weights::{TensorF32, Weights};
-use crate::{Error, Result};
+use crate::weights::TensorF32;
 use std::collections::BTreeMap;
 
 /// L2 norm of each filter (output channel) of a conv weight `[out, in, k, k]`.
@@ -48,94 +45,8 @@ pub fn select(t: &TensorF32, axis: usize, idx: &[usize]) -> TensorF32 {
     TensorF32::new(shape, data)
 }
 
-fn take(weights: &mut Weights, key: &str) -> TensorF32 {
-    weights
-        .tensors
-        .get(key)
-        .cloned()
-        .unwrap_or_else(|| panic!("weights matched to the arch have {key}"))
-}
-
-/// Removes every output channel of the conv at `pos` not in `keep` (ascending), from the
-/// conv, its BN, and the consumer of its outputs, in `weights` and in `arch` alike.
-pub fn remove_filters(arch: &mut Arch, weights: &mut Weights, pos: ConvPos, keep: &[usize]) {
-    let conv = arch.conv(pos).clone();
-    for field in ["weight", "bias"] {
-        let key = format!("{}.{field}", conv.name);
-        if weights.tensors.contains_key(&key) {
-            let t = select(&take(weights, &key), 0, keep);
-            weights.tensors.insert(key, t);
-        }
-    }
-    if let Some(bn) = arch.bn_after(pos) {
-        for field in ["weight", "bias", "running_mean", "running_var"] {
-            let key = format!("{bn}.{field}");
-            let t = select(&take(weights, &key), 0, keep);
-            weights.tensors.insert(key, t);
-        }
-    }
-    match arch.consumer(pos) {
-        Some(Consumer::Conv(next)) => {
-            let key = format!("{}.weight", arch.conv(next).name);
-            let t = select(&take(weights, &key), 1, keep);
-            weights.tensors.insert(key, t);
-        }
-        Some(Consumer::Linear { unit, per_channel }) => {
-            let Unit::Linear(l) = &arch.units[unit] else {
-                unreachable!("consumer is a Linear unit")
-            };
-            let key = format!("{}.weight", l.name);
-            let cols: Vec<usize> = keep
-                .iter()
-                .flat_map(|&c| c * per_channel..(c + 1) * per_channel)
-                .collect();
-            let t = select(&take(weights, &key), 1, &cols);
-            weights.tensors.insert(key, t);
-        }
-        None => {}
-    }
-    arch.set_out_channels(pos, keep.len());
-}
-
 /// The output channels each pruned layer keeps (ascending), by layer name.
 pub type Kept = BTreeMap<String, Vec<usize>>;
-
-/// Prunes `arch` (already decomposed as the config says) by the config's ratios. Filters
-/// are chosen by L2 norm on the weights as given, before any removal, so the result does
-/// not depend on the order of the ratios. Checks the result against `config.apply(base)`.
-/// Also returns which channels each pruned layer kept.
-pub fn prune_model(
-    base: &Arch,
-    arch: &Arch,
-    weights: &Weights,
-    config: &LayerConfig,
-    file: &str,
-) -> Result<(Arch, Weights, Kept)> {
-    let target = config.apply(base, file)?;
-    let mut out_arch = arch.clone();
-    let mut out = weights.clone().matched_to(arch, file)?;
-    let mut kept = Kept::new();
-    let Some(pruning) = &config.pruning else {
-        return Ok((out_arch, out, kept));
-    };
-    for (name, &ratio) in &pruning.ratios {
-        let w = &out.tensors[&format!("{name}.weight")];
-        let keep = kept_indices(&filter_norms(w), kept_filters(w.shape[0], ratio));
-        kept.insert(name.clone(), keep);
-    }
-    for (name, keep) in &kept {
-        let pos = arch
-            .find_conv(name)
-            .ok_or_else(|| Error::BadInput(format!("{file}: no conv {name}")))?;
-        remove_filters(&mut out_arch, &mut out, pos, keep);
-    }
-    assert_eq!(
-        out_arch, target,
-        "weight surgery and the config disagree on the pruned architecture"
-    );
-    let out = out.matched_to(&out_arch, file)?;
-    Ok((out_arch, out, kept))
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,11 +1,9 @@
 //! SLAMP: a structured LAMP score per filter (Lee et al., ICLR 2021, "Layer-adaptive
 //! sparsity for the magnitude-based pruning", Eq. 2, with filters in place of weights),
-//! and a global threshold chosen so that the pruned model meets a target.
+//! and a global threshold chosen so that the pruned model meets a target (its groups'
+//! scores and costs come from [`super::group_prune`]).
 
-use super::prune::filter_norms;
-use crate::arch::Arch;
 use crate::cost;
-use crate::weights::Weights;
 use crate::{Error, Result};
 use indexmap::IndexMap;
 
@@ -86,40 +84,6 @@ pub fn slamp_scores(norms: &[f64]) -> Vec<f64> {
     scores
 }
 
-/// Each conv of `arch` (plain convs and Tucker sub-convs, in order) with the SLAMP
-/// scores of its filters in `weights`.
-pub fn conv_scores(arch: &Arch, weights: &Weights) -> Vec<(String, Vec<f64>)> {
-    arch.convs()
-        .map(|c| {
-            let w = weights
-                .get(&format!("{}.weight", c.name))
-                .expect("weights matched to the arch");
-            (c.name.clone(), slamp_scores(&filter_norms(w)))
-        })
-        .collect()
-}
-
-/// Per-layer ratios from a global SLAMP threshold: the smallest threshold whose pruned
-/// model meets `target` (reductions against `original`, the uncompressed model's cost),
-/// each layer clamped to `max_ratio` and keeping one filter. All zeros when `arch`
-/// already meets it; an error naming the closest reachable figure when it cannot.
-pub fn recommend_ratios(
-    arch: &Arch,
-    weights: &Weights,
-    target: PruneTarget,
-    max_ratio: f64,
-    original: &cost::Cost,
-) -> Result<IndexMap<String, f64>> {
-    check_target(target, max_ratio)?;
-    ratios_for_scores(
-        arch,
-        &conv_scores(arch, weights),
-        target,
-        max_ratio,
-        original,
-    )
-}
-
 /// Refuses a ratio cap or a target out of range.
 pub fn check_target(target: PruneTarget, max_ratio: f64) -> Result<()> {
     if !(0.0..1.0).contains(&max_ratio) {
@@ -138,25 +102,6 @@ pub fn check_target(target: PruneTarget, max_ratio: f64) -> Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-/// [`recommend_ratios`] on given per-filter scores (`layers`: every conv of `arch` with
-/// one score per filter; a filter goes when its score is at most the threshold).
-pub fn ratios_for_scores(
-    arch: &Arch,
-    layers: &[(String, Vec<f64>)],
-    target: PruneTarget,
-    max_ratio: f64,
-    original: &cost::Cost,
-) -> Result<IndexMap<String, f64>> {
-    let pruned_cost = |removed: &[usize]| {
-        let mut a = arch.clone();
-        for ((name, s), &k) in layers.iter().zip(removed) {
-            a.set_out_channels(a.find_conv(name).expect("layer of arch"), s.len() - k);
-        }
-        cost::count(&a)
-    };
-    threshold_ratios(layers, target, max_ratio, original, pruned_cost)
 }
 
 /// The global threshold's ratios for `layers` (each a name and one score per filter, or

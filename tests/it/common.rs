@@ -65,6 +65,23 @@ pub fn assert_counter_matches_model(model: &rankprune::model::Vgg, arch: &Arch) 
     );
 }
 
+/// The graph model's trainable parameters (BN running statistics left out) equal the
+/// graph cost counter's params.
+pub fn assert_graph_counter_matches_model(model: &rankprune::model::GraphNet) {
+    use burn::module::Module;
+    let running: usize = model
+        .bns
+        .iter()
+        .map(|bn| 2 * bn.running_mean.value().dims()[0])
+        .sum();
+    assert_eq!(
+        (model.num_params() - running) as u64,
+        rankprune::graph::cost::count(&model.graph).params,
+        "{}",
+        model.graph.model
+    );
+}
+
 /// Class c = a bright horizontal stripe in band c of the image, plus pixel noise.
 pub fn stripes(n: usize, classes: usize, seed: u64) -> ImageSet {
     let mut state = seed

@@ -3,11 +3,9 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
-use rankprune::arch::ArchSpec;
 use rankprune::compress::group_prune::{group_norms, prune_groups};
 use rankprune::compress::prune::{kept_indices, select};
 use rankprune::graph::Graph;
-use rankprune::graph::build::of_arch;
 use rankprune::graph::groups::groups;
 use rankprune::model::GraphNet;
 use rankprune::weights::Weights;
@@ -347,67 +345,4 @@ fn a_configs_layout_is_the_graph_its_application_gives() {
     let (applied, _) = apply_config(&g, &w, &config).unwrap();
     assert_eq!(config_layout(&g, &config).unwrap(), applied);
     assert_ne!(applied, g);
-}
-
-/// On a VGG plan, the graph path is the plan path: `decompose_graph` gives
-/// `decompose_model`'s weights and group SLAMP gives `recommend_ratios`' ratios (every
-/// group is one conv), so a search over the plan's graph proposes what it did over the
-/// plan.
-#[test]
-fn a_vgg_plans_graph_decomposes_and_gets_slamp_ratios_as_the_plan_does() {
-    use rankprune::compress::decompose::{decompose_model, ranks_config, recommend_ranks};
-    use rankprune::compress::graph_config::ranks;
-    use rankprune::compress::graph_tucker::decompose_graph;
-    use rankprune::compress::group_prune::recommend_group_ratios;
-    use rankprune::compress::slamp::{PruneTarget, recommend_ratios};
-    let base = ArchSpec::parse("cfg_bn:8,M,16,16,M,24").unwrap().build(5);
-    let w = crate::common::random_weights(&base, 4);
-    let recs = recommend_ranks(&base, &w, 0.0, |_| {}).unwrap();
-    let config = ranks_config(&base, &recs);
-    let (arch, aw, _) = decompose_model(&base, &w, &config, "t", None, |_| {}).unwrap();
-    let (graph, gw) = decompose_graph(&of_arch(&base), &w, &ranks(&config)).unwrap();
-    assert_eq!(graph, of_arch(&arch));
-    assert_eq!(gw.tensors.len(), aw.tensors.len());
-    for (k, t) in &aw.tensors {
-        assert_eq!(&gw.tensors[k], t, "{k}");
-    }
-    let original = rankprune::cost::count(&base);
-    for target in [
-        PruneTarget::FlopsReduction(3.0),
-        PruneTarget::ParamsReduction(2.5),
-        PruneTarget::Ratio(0.3),
-    ] {
-        let plan = recommend_ratios(&arch, &aw, target, 0.8, &original).unwrap();
-        let group = recommend_group_ratios(&graph, &gw, target, 0.8, &original).unwrap();
-        assert_eq!(plan, group, "{target:?}");
-    }
-}
-
-/// On a VGG plan, group pruning of the plan's graph is the plan's own L2 pruning: the
-/// same tensors, bit for bit, for a decomposed plan with ratios on plain convs, on Tucker
-/// sub-convs and on the last conv (whose channels the classifier reads).
-#[test]
-fn a_vgg_plans_graph_prunes_as_the_plan_does() {
-    use rankprune::compress::decompose::decompose_model;
-    use rankprune::compress::graph_config::ratios;
-    use rankprune::compress::prune::prune_model;
-    use rankprune::config::LayerConfig;
-    let base = ArchSpec::parse("cfg_bn:8,M,16,16,M,24").unwrap().build(5);
-    let w = crate::common::random_weights(&base, 6);
-    let config = LayerConfig::from_json(
-        r#"{"decomposition": {"method": "tucker2", "ranks": {"features.4": [5, 7]}},
-            "pruning": {"method": "l2_norm", "ratios": {"features.0": 0.25,
-              "features.4_tucker_0": 0.4, "features.4_tucker_1": 0.3, "features.4_tucker_2": 0.5,
-              "features.7": 0.2, "features.11": 0.5}}}"#,
-        "inline",
-    )
-    .unwrap();
-    let (arch, dw, _) = decompose_model(&base, &w, &config, "t", None, |_| {}).unwrap();
-    let (pruned_arch, pw, _) = prune_model(&base, &arch, &dw, &config, "t").unwrap();
-    let (graph, gw) = prune_groups(&of_arch(&arch), &dw, &ratios(&config)).unwrap();
-    assert_eq!(graph, of_arch(&pruned_arch));
-    assert_eq!(gw.tensors.len(), pw.tensors.len());
-    for (k, t) in &pw.tensors {
-        assert_eq!(&gw.tensors[k], t, "{k}");
-    }
 }

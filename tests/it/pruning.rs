@@ -1,16 +1,21 @@
-//! Filter pruning against masking: the physically smaller model computes exactly what
-//! the original computes with the removed filters' outputs forced to zero.
+//! Filter pruning of VGG plans' graphs against masking: the physically smaller model
+//! computes exactly what the original computes with the removed filters' outputs forced
+//! to zero (the mask built from the plan's own unit list); SLAMP's ratios meet their
+//! targets as the plan's own counter counts them.
 
-use crate::common::{assert_counter_matches_model, random_weights};
+use crate::common::{assert_graph_counter_matches_model, random_weights};
 
 use crate::common::{reference_config, vgg19_bn};
 use burn::tensor::{Device, Distribution, Tensor};
 use rankprune::arch::{Arch, ArchSpec};
-use rankprune::compress::prune::{filter_norms, kept_indices, prune_model};
-use rankprune::compress::slamp::{PruneTarget, recommend_ratios};
+use rankprune::compress::graph_config::ratios;
+use rankprune::compress::group_prune::{prune_groups, recommend_group_ratios};
+use rankprune::compress::prune::{filter_norms, kept_indices};
+use rankprune::compress::slamp::PruneTarget;
 use rankprune::config::{LayerConfig, kept_filters};
 use rankprune::cost;
-use rankprune::model::Vgg;
+use rankprune::graph::build::of_arch;
+use rankprune::model::GraphNet;
 use rankprune::weights::Weights;
 
 /// SLAMP ratios for a target against `base` itself (nothing decomposed first).
@@ -20,7 +25,7 @@ fn slamp(
     target: PruneTarget,
     max_ratio: f64,
 ) -> rankprune::Result<indexmap::IndexMap<String, f64>> {
-    recommend_ratios(base, w, target, max_ratio, &cost::count(base))
+    recommend_group_ratios(&of_arch(base), w, target, max_ratio, &cost::count(base))
 }
 
 /// Zeroes the removed filters' weights and bias, and the gamma and beta of the BN after
@@ -63,12 +68,17 @@ fn assert_pruned_equals_masked(base: &Arch, json: &str, seed: u64) {
     };
     let arch = ranks_only.apply(base, "inline").unwrap();
     let w = random_weights(&arch, seed);
-    let (pruned_arch, pruned_w, _) = prune_model(base, &arch, &w, &config, "inline").unwrap();
-    assert!(cost::count(&pruned_arch).params < cost::count(&arch).params);
+    let (pruned_graph, pruned_w) = prune_groups(&of_arch(&arch), &w, &ratios(&config)).unwrap();
+    // The layout the plan's own config application gives.
+    assert_eq!(
+        pruned_graph,
+        of_arch(&config.apply(base, "inline").unwrap())
+    );
+    assert!(cost::count(&config.apply(base, "inline").unwrap()).params < cost::count(&arch).params);
 
-    let reference =
-        Vgg::from_weights(&arch, masked(&arch, &w, &config), "masked", &device).unwrap();
-    let pruned = Vgg::from_weights(&pruned_arch, pruned_w, "pruned", &device).unwrap();
+    let masked = masked(&arch, &w, &config);
+    let reference = GraphNet::from_weights(&of_arch(&arch), masked, "masked", &device).unwrap();
+    let pruned = GraphNet::from_weights(&pruned_graph, pruned_w, "pruned", &device).unwrap();
     let x = Tensor::<4>::random([3, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     let a = reference
         .forward(x.clone())
@@ -125,7 +135,9 @@ fn reference_config_prunes_a_random_vgg19_bn_to_the_counted_size() {
     .apply(&base, "ref")
     .unwrap();
     let w = Weights::init(&decomposed, 4);
-    let (arch, pw, _) = prune_model(&base, &decomposed, &w, &config, "ref").unwrap();
+    let (graph, pw) = prune_groups(&of_arch(&decomposed), &w, &ratios(&config)).unwrap();
+    let arch = config.apply(&base, "ref").unwrap();
+    assert_eq!(graph, of_arch(&arch));
     let stored: usize = pw
         .tensors
         .iter()
@@ -134,8 +146,8 @@ fn reference_config_prunes_a_random_vgg19_bn_to_the_counted_size() {
         .sum();
     assert_eq!(stored as u64, cost::count(&arch).params);
     assert_eq!(format!("{:.2}", stored as f64 / 1e6), "0.66");
-    let model = Vgg::from_weights(&arch, pw, "pruned", &device).unwrap();
-    assert_counter_matches_model(&model, &arch);
+    let model = GraphNet::from_weights(&graph, pw, "pruned", &device).unwrap();
+    assert_graph_counter_matches_model(&model);
     assert_eq!(
         model.forward(Tensor::zeros([1, 3, 32, 32], &device)).dims(),
         [1, 100]
@@ -201,8 +213,8 @@ fn ratio_zero_changes_nothing() {
         method: "l2_norm".into(),
         ratios: r,
     });
-    let (arch, pw, _) = prune_model(&base, &base, &w, &c, "zero").unwrap();
-    assert_eq!(arch, base);
+    let (graph, pw) = prune_groups(&of_arch(&base), &w, &ratios(&c)).unwrap();
+    assert_eq!(graph, of_arch(&base));
     assert_eq!(pw, w);
 }
 

@@ -1,9 +1,10 @@
 use super::*;
 use crate::arch::{Arch, ArchSpec};
 use crate::budget::{Objective, ObjectiveKind, StrategyName};
-use crate::compress::decompose::decompose_model;
-use crate::compress::decompose::{ranks_config, recommend_ranks};
-use crate::compress::slamp::recommend_ratios;
+use crate::compress::decompose::recommend_graph_ranks;
+use crate::compress::graph_config::ranks as rank_map;
+use crate::compress::graph_tucker::decompose_graph;
+use crate::compress::group_prune::recommend_group_ratios;
 use crate::config::{Decomposition, Pruning};
 use crate::graph::build::of_arch;
 use crate::search::heuristic::{heuristic_config, prune_target};
@@ -65,7 +66,7 @@ fn setup(text: &str) -> (Problem, Weights, Vec<RankRecommendation>) {
         .unwrap()
         .build(10);
     let weights = structured(&base);
-    let vbmf = recommend_ranks(&base, &weights, 0.0, |_| {}).unwrap();
+    let vbmf = recommend_graph_ranks(&of_arch(&base), &weights, 0.0, |_| {}).unwrap();
     let a = Anchored::resolve(
         &section(text),
         &of_arch(&base),
@@ -128,11 +129,13 @@ fn the_heuristic_point_is_the_simple_flows_config() {
     let got = p.config(&point);
     // The simple flow, step by step: VBMF ranks at the calibration, Tucker-2, then SLAMP
     // on the decomposed weights for the study's target at the space's largest ratio.
-    let recs = recommend_ranks(plan(&p), &weights, CALIBRATION, |_| {}).unwrap();
-    let ranks = ranks_config(plan(&p), &recs);
-    let (arch, w, _) = decompose_model(plan(&p), &weights, &ranks, "t", None, |_| {}).unwrap();
+    let graph = &p.base.graph;
+    let recs = recommend_graph_ranks(graph, &weights, CALIBRATION, |_| {}).unwrap();
+    let mut ranks = crate::compress::graph_config::empty_config(graph);
+    ranks.set_ranks(recs.iter().map(|r| (r.layer.clone(), r.chosen)).collect());
+    let (g, w) = decompose_graph(graph, &weights, &rank_map(&ranks)).unwrap();
     let target = prune_target(&p, 1.0).unwrap();
-    let ratios = recommend_ratios(&arch, &w, target, 0.8, &p.base_cost).unwrap();
+    let ratios = recommend_group_ratios(&g, &w, target, 0.8, &p.base_cost).unwrap();
     assert_eq!(got.decomposition, ranks.decomposition);
     assert_eq!(got.pruning.as_ref().unwrap().ratios, ratios);
     assert!(
@@ -295,11 +298,12 @@ fn bad_sections_are_refused_with_their_key() {
 #[test]
 fn the_cheapest_model_bounds_every_point() {
     let (p, weights, _) = setup("[anchored]");
-    let lowest: Vec<RankRecommendation> = recommend_ranks(plan(&p), &weights, 0.0, |_| {})
-        .unwrap()
-        .into_iter()
-        .map(|r| RankRecommendation { vbmf: [1, 1], ..r })
-        .collect();
+    let lowest: Vec<RankRecommendation> =
+        recommend_graph_ranks(&p.base.graph, &weights, 0.0, |_| {})
+            .unwrap()
+            .into_iter()
+            .map(|r| RankRecommendation { vbmf: [1, 1], ..r })
+            .collect();
     let c = cheapest_cost(
         &section("[anchored]"),
         &p.base.graph,
