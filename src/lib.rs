@@ -10,8 +10,8 @@
 //! - [`store`]: the trial store of searches (a SQLite file or a PostgreSQL database),
 //!   with the leases of daemons and controllers; it knows nothing of strategies.
 //! - [`outpath`]: outputs that must not be inputs, written through a temporary file.
-//! - [`arch`]: the plain architecture description every other part reads
-//!   (VGG plans with PyTorch layer names, Tucker units, current channel counts).
+//! - [`arch`]: VGG plans (PyTorch layer names, Tucker units, current channel counts),
+//!   which build VGG graphs and check configs on plans.
 //! - [`config`]: the per-layer JSON config (ranks, ratios): parse, validate, apply.
 //! - [`cost`]: exact params / MACs / FLOPs / size counter.
 //! - [`graph`]: a CNN as named nodes with residual adds (ResNets, and VGG from an
@@ -20,11 +20,11 @@
 //! - [`data`]: CIFAR binary, IDX (Fashion-MNIST) and class-folder (PNG/JPEG) readers,
 //!   augmentation, background batches.
 //! - [`device`]: the one place that turns `--device` into a burn device.
-//! - [`model`]: the burn `Vgg` module built from an architecture and weights (and
-//!   `GraphNet`, the model of any graph), run
-//!   channel-major with our flex CPU kernels (whole-batch conv products, fused
-//!   BatchNorm+ReLU, max-pooling; burn's layers on other devices).
-//! - [`compress`]: Tucker-2 decomposition, VBMF ranks, whole-model weight surgery.
+//! - [`model`]: `GraphNet`, the burn model of any graph, run channel-major with our flex
+//!   CPU kernels (whole-batch conv products, fused BatchNorm+ReLU, max-pooling; burn's
+//!   layers on other devices); the `Vgg` module of a plan serves the least-squares repair.
+//! - [`compress`]: Tucker-2 decomposition, VBMF ranks, pruning by dependency group, group
+//!   SLAMP, a config applied to a graph.
 //! - [`train`]: the reference training recipe, evaluation, checkpoints, BN
 //!   recalibration, distillation, least-squares repair.
 //! - [`deploy`]: BatchNorm folding and the ONNX graph.
