@@ -1,5 +1,5 @@
 //! A study's context: what every candidate of a study is built from and scored against
-//! (the base architecture and weights, the training and validation images, the proxy
+//! (the base network and weights, the training and validation images, the proxy
 //! settings and a Tucker cache shared by the candidates), made from a budget in one
 //! place, and the one candidate builder: compress, then repair. The controller, worker
 //! processes, the final stage, `fidelity` and `score` all build their candidates here.
@@ -28,8 +28,8 @@ use std::sync::Arc;
 /// What every candidate of a study is built from and scored against.
 #[derive(Clone)]
 pub struct Context {
-    /// The base network: its graph, and its VGG plan if it is one (the Tucker cache and
-    /// the least-squares repair work on plans).
+    /// The base network: its graph, and its VGG plan if it is one (the least-squares
+    /// repair works on plans).
     pub base: Network,
     pub weights: Arc<Weights>,
     pub train: Arc<ImageSet>,
@@ -74,10 +74,7 @@ pub fn load_base_weights(budget: &Budget, base: &Network) -> Result<Weights> {
             path.display()
         )));
     }
-    match &base.plan {
-        Some(plan) => Ok(Weights::load(path)?.matched_to(plan, &path.display().to_string())?),
-        None => graph_weights(&base.graph, path),
-    }
+    graph_weights(&base.graph, path)
 }
 
 impl Context {
