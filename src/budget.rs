@@ -485,7 +485,7 @@ impl Budget {
             &arch,
             self.model.num_classes,
             self.model.input_size,
-            "model.arch",
+            &crate::network::BUDGET,
         )
     }
 
@@ -498,25 +498,13 @@ impl Budget {
 
     /// `model.arch` names a network its input size suits (an ONNX file is read later).
     fn validate_arch(&self) -> Result<(), String> {
-        let (arch, side) = (&self.model.arch, self.model.input_size);
-        if arch.ends_with(".onnx") {
-            return Ok(());
-        }
-        if let Some(spec) = crate::graph::build::ResNetSpec::parse(arch) {
-            spec.map_err(|e| format!("model.arch: {e}"))?;
-            if side < 8 {
-                return Err(format!("model.input_size = {side}: allowed 8 or more"));
-            }
-            return Ok(());
-        }
-        let spec = crate::arch::ArchSpec::parse(arch).map_err(|e| format!("model.arch: {e}"))?;
-        if side < spec.min_side() {
-            return Err(format!(
-                "model.input_size = {side}: allowed {} or more (every max-pool of {arch} halves the maps)",
-                spec.min_side(),
-            ));
-        }
-        Ok(())
+        let m = &self.model;
+        crate::network::check(
+            &m.arch,
+            m.num_classes,
+            m.input_size,
+            &crate::network::BUDGET,
+        )
     }
 
     /// Every value in its allowed range: the first that is not, as `key = value: allowed`.

@@ -11,7 +11,7 @@ use crate::{Error, Result};
 use std::path::Path;
 
 /// A named network: its graph, and the VGG plan it is the graph of, if it is one (the
-/// plan-only tools read it: the Tucker cache, the least-squares repair, anchored spaces).
+/// least-squares repair reads plans).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Network {
     pub graph: Graph,
@@ -28,36 +28,103 @@ impl From<Arch> for Network {
     }
 }
 
-/// The network `arch` names, for `num_classes` classes and `side`-pixel images. Errors
-/// are bad input (exit 2) that say what is allowed; `key` names the setting (`--arch`,
-/// `model.arch`).
-pub fn resolve(arch: &str, num_classes: usize, side: usize, key: &str) -> Result<Network> {
-    let bad = |m: String| Error::BadInput(format!("{key} = {arch:?}: {m}"));
-    if num_classes == 0 {
-        return Err(bad("0 classes: allowed 1 or more".into()));
+/// The settings that name a network, its classes and its input side, as errors cite
+/// them (`--input-size 4: ...`, `model.input_size = 4: ...`).
+pub struct Keys {
+    pub arch: &'static str,
+    pub classes: &'static str,
+    pub side: &'static str,
+    /// Between a key and its value in messages.
+    pub assign: &'static str,
+}
+
+/// The command-line flags.
+pub const FLAGS: Keys = Keys {
+    arch: "--arch",
+    classes: "--num-classes",
+    side: "--input-size",
+    assign: " ",
+};
+
+/// A budget's `[model]` keys.
+pub const BUDGET: Keys = Keys {
+    arch: "model.arch",
+    classes: "model.num_classes",
+    side: "model.input_size",
+    assign: " = ",
+};
+
+/// What a network name names, its class count and input side checked.
+enum Named {
+    Onnx,
+    ResNet(ResNetSpec),
+    Vgg(ArchSpec),
+}
+
+/// Reads the name `arch` for `classes` classes and `side`-pixel images (an ONNX file is
+/// not opened here); the error says which key is wrong and what it allows.
+fn named(
+    arch: &str,
+    classes: usize,
+    side: usize,
+    keys: &Keys,
+) -> std::result::Result<Named, String> {
+    let Keys {
+        arch: arch_key,
+        classes: classes_key,
+        side: side_key,
+        assign,
+    } = keys;
+    if classes == 0 {
+        return Err(format!("{classes_key}{assign}0: allowed 1 or more"));
     }
     if arch.ends_with(".onnx") {
-        let graph = import_onnx(Path::new(arch))?.0;
-        return Ok(Network { graph, plan: None });
+        return Ok(Named::Onnx);
     }
     if let Some(spec) = ResNetSpec::parse(arch) {
-        let spec = spec.map_err(bad)?;
+        let spec = spec.map_err(|e| format!("{arch_key}: {e}"))?;
         if side < 8 {
-            return Err(bad(format!("input size {side}: allowed 8 or more")));
+            return Err(format!("{side_key}{assign}{side}: allowed 8 or more"));
         }
-        let graph = spec
-            .build(num_classes, side)
-            .map_err(|e| bad(e.to_string()))?;
-        return Ok(Network { graph, plan: None });
+        return Ok(Named::ResNet(spec));
     }
-    let spec = ArchSpec::parse(arch).map_err(|e| bad(e.to_string()))?;
+    let spec = ArchSpec::parse(arch).map_err(|e| format!("{arch_key}: {e}"))?;
     if side < spec.min_side() {
-        return Err(bad(format!(
-            "input size {side}: allowed {} or more (every max-pool halves the maps)",
+        return Err(format!(
+            "{side_key}{assign}{side}: allowed {} or more (every max-pool of {arch} halves the maps)",
             spec.min_side()
-        )));
+        ));
     }
-    Ok(spec.build_sized(num_classes, side).into())
+    Ok(Named::Vgg(spec))
+}
+
+/// Whether `arch` names a network `classes` classes and `side`-pixel images suit (an
+/// ONNX file is read later, by [`resolve`]).
+pub fn check(
+    arch: &str,
+    classes: usize,
+    side: usize,
+    keys: &Keys,
+) -> std::result::Result<(), String> {
+    named(arch, classes, side, keys).map(|_| ())
+}
+
+/// The network `arch` names, for `classes` classes and `side`-pixel images. Errors are
+/// bad input (exit 2) that name the key at fault and say what it allows.
+pub fn resolve(arch: &str, classes: usize, side: usize, keys: &Keys) -> Result<Network> {
+    match named(arch, classes, side, keys).map_err(Error::BadInput)? {
+        Named::Onnx => {
+            let graph = import_onnx(Path::new(arch))?.0;
+            Ok(Network { graph, plan: None })
+        }
+        Named::ResNet(spec) => {
+            let graph = spec
+                .build(classes, side)
+                .map_err(|e| Error::BadInput(format!("{} {arch}: {e}", keys.arch)))?;
+            Ok(Network { graph, plan: None })
+        }
+        Named::Vgg(spec) => Ok(spec.build_sized(classes, side).into()),
+    }
 }
 
 /// The graph and weights of an ONNX file; a file that cannot be imported is bad input

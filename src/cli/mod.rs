@@ -10,13 +10,12 @@ pub mod search;
 pub mod train;
 
 use clap::Args;
-use rankprune::arch::{Arch, ArchSpec};
+use rankprune::arch::Arch;
 use rankprune::graph::Graph;
-use rankprune::graph::build::ResNetSpec;
+use rankprune::network::Network;
 use rankprune::{Error, Result};
-use std::path::Path;
 
-pub use rankprune::network::{graph_weights, import_onnx, weights_file};
+pub use rankprune::network::{graph_weights, weights_file};
 
 /// The base (uncompressed) architecture a command works on.
 #[derive(Args)]
@@ -36,51 +35,23 @@ pub struct BaseArgs {
 
 impl BaseArgs {
     /// The network `--arch` names: a VGG plan, a residual network or an ONNX file.
-    pub fn network(&self) -> Result<rankprune::network::Network> {
-        match self.graph()? {
-            Some(graph) => Ok(rankprune::network::Network { graph, plan: None }),
-            None => Ok(self.build()?.into()),
-        }
+    pub fn network(&self) -> Result<Network> {
+        let (arch, classes, side) = (&self.arch, self.num_classes, self.input_size);
+        rankprune::network::resolve(arch, classes, side, &rankprune::network::FLAGS)
     }
 
     /// The graph of a residual network (`resnet20`, `resnet18@0.5`) or of an ONNX file
     /// (`--arch model.onnx`); `None` for a VGG plan.
     pub fn graph(&self) -> Result<Option<Graph>> {
-        if self.arch.ends_with(".onnx") {
-            return Ok(Some(import_onnx(Path::new(&self.arch))?.0));
-        }
-        let Some(spec) = ResNetSpec::parse(&self.arch) else {
-            return Ok(None);
-        };
-        let spec = spec.map_err(|e| Error::BadInput(format!("--arch {e}")))?;
-        at_least_one("--num-classes", self.num_classes)?;
-        if self.input_size < 8 {
-            return Err(Error::BadInput(format!(
-                "--input-size {}: allowed 8 or more",
-                self.input_size
-            )));
-        }
-        let graph = spec
-            .build(self.num_classes, self.input_size)
-            .map_err(|e| Error::BadInput(format!("--arch {}: {e}", self.arch)))?;
-        Ok(Some(graph))
+        let net = self.network()?;
+        Ok(net.plan.is_none().then_some(net.graph))
     }
 
+    /// The VGG plan `--arch` names; another network is an error.
     pub fn build(&self) -> Result<Arch> {
-        if self.num_classes == 0 {
-            return Err(Error::BadInput("--num-classes must be at least 1".into()));
-        }
-        let spec =
-            ArchSpec::parse(&self.arch).map_err(|e| Error::BadInput(format!("--arch: {e}")))?;
-        if self.input_size < spec.min_side() {
-            return Err(Error::BadInput(format!(
-                "--input-size {}: allowed {} or more (every max-pool of {} halves the maps)",
-                self.input_size,
-                spec.min_side(),
-                self.arch
-            )));
-        }
-        Ok(spec.build_sized(self.num_classes, self.input_size))
+        self.network()?
+            .plan
+            .ok_or_else(|| Error::BadInput(format!("--arch {}: not a VGG plan", self.arch)))
     }
 }
 

@@ -48,34 +48,32 @@ pub fn random_weights(arch: &Arch, seed: u64) -> rankprune::weights::Weights {
     w
 }
 
-/// The model's own parameter count equals the cost counter's. burn counts BN running
-/// statistics among a module's parameters; the counter does not.
-pub fn assert_counter_matches_model(model: &rankprune::model::Vgg, arch: &Arch) {
-    use burn::module::Module;
-    let running: usize = model
-        .bns
+/// A module's parameter count without its BatchNorms' running statistics, which burn
+/// counts among a module's parameters and the cost counter does not.
+fn trainable_params(num_params: usize, bns: &[burn::nn::BatchNorm]) -> u64 {
+    let running: usize = bns
         .iter()
         .map(|bn| 2 * bn.running_mean.value().dims()[0])
         .sum();
+    (num_params - running) as u64
+}
+
+/// The model's own parameter count equals the cost counter's.
+pub fn assert_counter_matches_model(model: &rankprune::model::Vgg, arch: &Arch) {
+    use burn::module::Module;
     assert_eq!(
-        (model.num_params() - running) as u64,
+        trainable_params(model.num_params(), &model.bns),
         rankprune::cost::count(arch).params,
         "{}",
         arch.model
     );
 }
 
-/// The graph model's trainable parameters (BN running statistics left out) equal the
-/// graph cost counter's params.
+/// The graph model's parameter count equals the graph cost counter's.
 pub fn assert_graph_counter_matches_model(model: &rankprune::model::GraphNet) {
     use burn::module::Module;
-    let running: usize = model
-        .bns
-        .iter()
-        .map(|bn| 2 * bn.running_mean.value().dims()[0])
-        .sum();
     assert_eq!(
-        (model.num_params() - running) as u64,
+        trainable_params(model.num_params(), &model.bns),
         rankprune::graph::cost::count(&model.graph).params,
         "{}",
         model.graph.model

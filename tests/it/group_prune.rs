@@ -179,15 +179,7 @@ fn decomposed_convs_keep_their_place_in_the_residual_groups() {
         [4, 3, 3, 3]
     );
     let m = GraphNet::from_weights(&gp, wp, "mem", &Device::flex()).unwrap();
-    let running: usize = m
-        .bns
-        .iter()
-        .map(|b| 2 * b.running_mean.value().dims()[0])
-        .sum();
-    assert_eq!(
-        (m.num_params() - running) as u64,
-        rankprune::graph::cost::count(&gp).params
-    );
+    crate::common::assert_graph_counter_matches_model(&m);
     assert_eq!(m.forward(x).dims(), [2, 4]);
     for (bad, want) in [
         ("conv9", "conv9: no such layer"),
