@@ -138,9 +138,7 @@ impl fmt::Display for ArchSpecError {
                 f,
                 "unknown architecture {:?}: expected vgg11|vgg13|vgg16|vgg19 with optional _bn \
                  and @WIDTH (e.g. vgg19_bn@0.25), or cfg:16,M,32 / cfg_bn:16,M,32; \
-                 resnet20|32|44|56|110, resnet18|34 (optionally @WIDTH) and FILE.onnx for \
-                 `metrics`, `init`, `check`, `eval`, `predict`, `recommend decomposition`, \
-                 `compress` and `export-model`",
+                 or resnet20|32|44|56|110, resnet18|34 (optionally @WIDTH), or FILE.onnx",
                 self.text
             ),
         }
