@@ -13,6 +13,7 @@
 
 use super::flex::{Flat, tensor, values};
 use super::profile::{Op, timed};
+use super::simd::vectorized;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -56,6 +57,7 @@ pub trait BnReluEvalBackend: Backend {
 
 /// `sum f(a_i, b_i)`, each term in f32, summed in four f64 lanes (so that it vectorises
 /// and cancelling sums such as the gradients' keep their precision).
+#[inline(always)]
 fn sum_by(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
     let mut lanes = [0f64; 4];
     let (ac, bc) = (a.chunks_exact(4), b.chunks_exact(4));
@@ -74,12 +76,14 @@ fn sum_by(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
 }
 
 /// BatchNorm of one channel as `x * scale + shift`.
+#[inline(always)]
 fn scale_shift(gamma: f32, beta: f32, mean: f32, var: f32, epsilon: f64) -> (f32, f32) {
     let scale = gamma * inv_std(var, epsilon);
     (scale, beta - mean * scale)
 }
 
 /// `y = relu(x * scale + shift)` (without `relu`, `x * scale + shift`), one channel.
+#[inline(always)]
 fn normalize_relu(y: &mut [f32], x: &[f32], scale: f32, shift: f32, relu: bool) {
     if relu {
         for (o, &v) in y.iter_mut().zip(x) {
@@ -92,6 +96,7 @@ fn normalize_relu(y: &mut [f32], x: &[f32], scale: f32, shift: f32, relu: bool) 
     }
 }
 
+#[inline(always)]
 fn inv_std(var: f32, epsilon: f64) -> f32 {
     (1.0 / (f64::from(var) + epsilon).sqrt()) as f32
 }
@@ -121,11 +126,16 @@ fn statistics_and_output(
         .zip(xs.par_chunks(m))
         .enumerate()
         .map(|(c, (y, x))| {
-            let mean = (sum_by(x, x, |v, _| v) / m as f64) as f32;
-            let var = (sum_by(x, x, |v, _| (v - mean) * (v - mean)) / m as f64) as f32;
-            let (scale, shift) = scale_shift(gs[c], bs[c], mean, var, epsilon);
-            normalize_relu(y, x, scale, shift, relu);
-            (mean, var)
+            vectorized(
+                #[inline(always)]
+                || {
+                    let mean = (sum_by(x, x, |v, _| v) / m as f64) as f32;
+                    let var = (sum_by(x, x, |v, _| (v - mean) * (v - mean)) / m as f64) as f32;
+                    let (scale, shift) = scale_shift(gs[c], bs[c], mean, var, epsilon);
+                    normalize_relu(y, x, scale, shift, relu);
+                    (mean, var)
+                },
+            )
         })
         .collect();
     let (mean, var) = stats.into_iter().unzip();
@@ -155,24 +165,10 @@ fn backward(saved: &Saved, dy: &Flat) -> (Flat, Flat, Flat) {
         .zip(xs.par_chunks(m).zip(dys.par_chunks(m)))
         .enumerate()
         .map(|(c, (dx, (x, dy)))| {
-            let (inv, mu) = (inv_std(vs[c], epsilon), ms[c]);
-            let (scale, shift) = scale_shift(gs[c], bs[c], mu, vs[c], epsilon);
-            // Pass 1: the ReLU's mask (none without it) and the two sums.
-            let live = |v: f32, g: f32| {
-                if !relu || v * scale + shift > 0.0 {
-                    g
-                } else {
-                    0.0
-                }
-            };
-            let dbeta = sum_by(x, dy, live);
-            let dgamma = sum_by(x, dy, |v, g| live(v, g) * (v - mu) * inv);
-            // Pass 2: the input gradient.
-            let (db, dg) = ((dbeta / m as f64) as f32, (dgamma / m as f64) as f32);
-            for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
-                *o = scale * (live(v, g) - db - (v - mu) * inv * dg);
-            }
-            (dgamma as f32, dbeta as f32)
+            vectorized(
+                #[inline(always)]
+                || channel_backward(dx, x, dy, m, (gs[c], bs[c], ms[c], vs[c]), epsilon, relu),
+            )
         })
         .collect();
     let (dgamma, dbeta) = sums.into_iter().unzip();
@@ -182,6 +178,38 @@ fn backward(saved: &Saved, dy: &Flat) -> (Flat, Flat, Flat) {
         tensor(dgamma, stat_shape.clone()),
         tensor(dbeta, stat_shape),
     )
+}
+
+/// One channel's `dx` (written) and `(dgamma, dbeta)`, from its `x`, `dy`, its
+/// `(gamma, beta, mean, var)` and the ReLU's mask when `relu`.
+#[inline(always)]
+fn channel_backward(
+    dx: &mut [f32],
+    x: &[f32],
+    dy: &[f32],
+    m: usize,
+    (gamma, beta, mu, var): (f32, f32, f32, f32),
+    epsilon: f64,
+    relu: bool,
+) -> (f32, f32) {
+    let inv = inv_std(var, epsilon);
+    let (scale, shift) = scale_shift(gamma, beta, mu, var, epsilon);
+    // Pass 1: the ReLU's mask (none without it) and the two sums.
+    let live = |v: f32, g: f32| {
+        if !relu || v * scale + shift > 0.0 {
+            g
+        } else {
+            0.0
+        }
+    };
+    let dbeta = sum_by(x, dy, live);
+    let dgamma = sum_by(x, dy, |v, g| live(v, g) * (v - mu) * inv);
+    // Pass 2: the input gradient.
+    let (db, dg) = ((dbeta / m as f64) as f32, (dgamma / m as f64) as f32);
+    for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
+        *o = scale * (live(v, g) - db - (v - mu) * inv * dg);
+    }
+    (dgamma as f32, dbeta as f32)
 }
 
 impl BnReluEvalBackend for Flex {
@@ -220,9 +248,14 @@ fn inference(mut x: Flat, bn: (Flat, Flat, Flat, Flat), eps: f64, relu: bool) ->
             .zip(&affine)
             .for_each(|(y, &(scale, shift))| {
                 let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
-                for v in y {
-                    *v = (*v * scale + shift).max(floor);
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for v in y {
+                            *v = (*v * scale + shift).max(floor);
+                        }
+                    },
+                )
             });
         return x;
     }
@@ -231,7 +264,12 @@ fn inference(mut x: Flat, bn: (Flat, Flat, Flat, Flat), eps: f64, relu: bool) ->
     y.par_chunks_mut(m)
         .zip(xs.par_chunks(m))
         .zip(&affine)
-        .for_each(|((y, x), &(scale, shift))| normalize_relu(y, x, scale, shift, relu));
+        .for_each(|((y, x), &(scale, shift))| {
+            vectorized(
+                #[inline(always)]
+                || normalize_relu(y, x, scale, shift, relu),
+            )
+        });
     tensor(y, shape)
 }
 
@@ -301,6 +339,7 @@ impl<C: CheckpointStrategy> BnReluBackend for Autodiff<Flex, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::simd::{Level, with_level};
     use burn::backend::Dispatch;
     use burn::module::Param;
     use burn::nn::BatchNormConfig;
@@ -373,9 +412,16 @@ mod tests {
         }
     }
 
-    /// Inference with running statistics against burn's BatchNorm on an inference device.
+    /// Inference with running statistics against burn's BatchNorm on an inference device,
+    /// compiled for every instruction set this CPU has (see `simd`).
     #[test]
     fn fused_inference_matches_burns_batch_norm_and_relu() {
+        for level in Level::ALL {
+            with_level(level, inference_matches_burn);
+        }
+    }
+
+    fn inference_matches_burn() {
         let d = Device::flex();
         let (n, c, hw) = (3, 4, 5);
         let x = Tensor::<4>::random([n, c, hw, hw], Distribution::Normal(0.5, 2.0), &d);
@@ -407,12 +453,19 @@ mod tests {
         }
     }
 
+    /// Training forward and backward, compiled for every instruction set this CPU has
+    /// (see `simd`).
     #[test]
     fn fused_bn_relu_matches_burns_batch_norm_and_relu() {
-        for with_relu in [true, false] {
-            check(4, 3, 5, with_relu);
-            check(1, 1, 2, with_relu); // batch 1, one channel, 2x2 map
-            check(16, 7, 4, with_relu);
+        for level in Level::ALL {
+            with_level(level, || {
+                for with_relu in [true, false] {
+                    check(4, 3, 5, with_relu);
+                    check(1, 1, 2, with_relu); // batch 1, one channel, 2x2 map
+                    check(16, 7, 4, with_relu);
+                    check(2, 3, 9, with_relu); // 162 values a channel: a vector tail
+                }
+            });
         }
     }
 }

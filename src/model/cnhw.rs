@@ -139,6 +139,7 @@ fn fused(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::simd::{Level, with_level};
     use burn::module::Param;
     use burn::tensor::{Device, Distribution};
 
@@ -229,18 +230,31 @@ mod tests {
             check(20, 8, 4, 32, 3, 1, true);
             check(20, 8, 4, 32, 3, 1, false); // without a bias (products write y)
         });
-        // Winograd's F(2x2, 3x3) forward and input gradient (16 channels or more on both
-        // sides, 64 tiles or more): odd maps whose last tiles hang over the edge, 1x1 and
-        // 2x2 maps, one chunk after the other with the products shared, and chunks one
-        // per thread (8 images, 2 each).
-        check(8, 16, 16, 5, 3, 1, true);
-        check(64, 17, 20, 2, 3, 1, false);
-        check(64, 16, 16, 1, 3, 1, true);
-        check(4, 24, 16, 7, 3, 1, false);
-        two_threads.install(|| {
-            check(8, 16, 16, 32, 3, 1, true);
-            check(8, 16, 17, 31, 3, 1, false);
-        });
+    }
+
+    /// Winograd's F(2x2, 3x3) forward, input and weight gradients (16 channels or more
+    /// on both sides, 64 tiles or more): odd maps whose last tiles hang over the edge,
+    /// 1x1 and 2x2 maps, one chunk after the other with the products shared, and chunks
+    /// one per thread (8 images, 2 each); each compiled for every instruction set this
+    /// CPU has (AVX-512, AVX2, baseline), see `simd`.
+    #[test]
+    fn winograd_matches_burns_conv2d_on_every_instruction_set() {
+        let two_threads = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for level in Level::ALL {
+            with_level(level, || {
+                check(8, 16, 16, 5, 3, 1, true);
+                check(64, 17, 20, 2, 3, 1, false);
+                check(64, 16, 16, 1, 3, 1, true);
+                check(4, 24, 16, 7, 3, 1, false);
+                two_threads.install(|| {
+                    check(8, 16, 16, 32, 3, 1, true);
+                    check(8, 16, 17, 31, 3, 1, false);
+                });
+            });
+        }
     }
 
     #[test]

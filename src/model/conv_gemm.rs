@@ -310,7 +310,7 @@ impl<'a> View<'a> {
         }
     }
 
-    fn t(self) -> Self {
+    pub(super) fn t(self) -> Self {
         Self {
             rows: self.cols,
             cols: self.rows,
@@ -400,7 +400,7 @@ fn matmul_add(dst: &mut [f32], lhs: View, rhs: View) {
 }
 
 /// [`matmul_add`] on all of rayon's threads or on this one.
-fn matmul_add_on(dst: &mut [f32], lhs: View, rhs: View, threads: bool) {
+pub(super) fn matmul_add_on(dst: &mut [f32], lhs: View, rhs: View, threads: bool) {
     assert_eq!(dst.len(), lhs.rows * rhs.cols, "destination size");
     check_rows(dst.len(), rhs.cols, lhs, rhs);
     // SAFETY: every written value lies in `dst`, initialised and borrowed mutably.
@@ -435,7 +435,7 @@ fn matmul_add_long(dst: &mut [f32], lhs: View, rhs: View) {
 /// `dst += sum of part(run)` over `parts` consecutive runs of `0..len`, the parts
 /// computed in parallel and added in order, so that the sum does not depend on which
 /// thread ran what.
-fn add_parts(
+pub(super) fn add_parts(
     dst: &mut [f32],
     len: usize,
     parts: usize,
@@ -556,7 +556,14 @@ fn backward(
     let (xs, dys, w) = (values(x), values(dy), values(weight));
     let [_, dx_op, dw_op] = g.ops();
     let winograd_dx = want[0].then(|| winograd_input_grad(g, &dys, &w)).flatten();
-    let want = [want[0] && winograd_dx.is_none(), want[1], want[2]];
+    let winograd_dw = want[1]
+        .then(|| winograd_weight_grad(g, &xs, &dys))
+        .flatten();
+    let want = [
+        want[0] && winograd_dx.is_none(),
+        want[1] && winograd_dw.is_none(),
+        want[2],
+    ];
     // A pointwise conv's input gradient is its column gradient, written by the product.
     let mut dx = want[0].then(|| match g.pointwise() {
         true => Vec::new(),
@@ -635,7 +642,7 @@ fn backward(
     }
     [
         winograd_dx.or_else(|| dx.map(|d| tensor(d, vec![g.c, g.n, g.h, g.w]))),
-        dw.map(|d| tensor(d, weight.layout().shape().to_vec())),
+        winograd_dw.or_else(|| dw.map(|d| tensor(d, weight.layout().shape().to_vec()))),
         want[2].then(|| bias_grad(&dys, g)),
     ]
 }
@@ -654,6 +661,15 @@ fn winograd_input_grad(g: Geometry, dys: &[f32], w: &[f32]) -> Option<Flat> {
             tensor(winograd::input_grad(dys, w, s), vec![g.c, g.n, g.h, g.w])
         })
     })
+}
+
+/// The weight gradient by Winograd ([`winograd::weight_grad`]), where the conv is 3x3
+/// with padding 1 and Winograd pays.
+fn winograd_weight_grad(g: Geometry, xs: &[f32], dys: &[f32]) -> Option<Flat> {
+    let s = g.winograd()?;
+    Some(timed(Op::WinogradWeightGrad, || {
+        tensor(winograd::weight_grad(xs, dys, s), vec![g.out, g.c, 3, 3])
+    }))
 }
 
 /// The bias gradient: each output channel's row of `dy` summed (in f64).

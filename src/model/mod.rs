@@ -9,6 +9,7 @@ mod graph_net;
 mod max_pool;
 mod memory;
 pub mod profile;
+pub mod simd;
 mod winograd;
 
 pub use graph_net::{GraphNet, expected_shapes as graph_weight_shapes};

@@ -15,6 +15,8 @@ pub enum Op {
     /// A 3x3 conv's input gradient by Winograd's F(2x2, 3x3).
     WinogradInputGrad,
     ConvWeightGrad,
+    /// A 3x3 conv's weight gradient by Winograd's F(2x2, 3x3).
+    WinogradWeightGrad,
     PointwiseForward,
     PointwiseInputGrad,
     PointwiseWeightGrad,
@@ -41,6 +43,7 @@ impl Op {
             self,
             Op::ConvInputGrad
                 | Op::WinogradInputGrad
+                | Op::WinogradWeightGrad
                 | Op::ConvWeightGrad
                 | Op::PointwiseInputGrad
                 | Op::PointwiseWeightGrad
@@ -50,12 +53,13 @@ impl Op {
         )
     }
 
-    pub const ALL: [Op; 15] = [
+    pub const ALL: [Op; 16] = [
         Op::ConvForward,
         Op::WinogradForward,
         Op::ConvInputGrad,
         Op::WinogradInputGrad,
         Op::ConvWeightGrad,
+        Op::WinogradWeightGrad,
         Op::PointwiseForward,
         Op::PointwiseInputGrad,
         Op::PointwiseWeightGrad,
@@ -74,6 +78,7 @@ impl Op {
             Op::WinogradForward => "3x3 conv forward (Winograd)",
             Op::ConvInputGrad => "kxk conv input gradient",
             Op::WinogradInputGrad => "3x3 conv input gradient (Winograd)",
+            Op::WinogradWeightGrad => "3x3 conv weight gradient (Winograd)",
             Op::ConvWeightGrad => "kxk conv weight (+bias) gradient",
             Op::PointwiseForward => "1x1 conv forward",
             Op::PointwiseInputGrad => "1x1 conv input gradient",

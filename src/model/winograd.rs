@@ -8,10 +8,14 @@
 //! chunk per thread when there are chunks enough. The input and output transforms run
 //! along a whole row of tiles at a time (contiguous, so they vectorise). `cnhw`'s tests
 //! check the output against burn's `conv2d`. The input gradient is the same kind of
-//! convolution (of the output's gradient, by the turned weights), so it runs here too;
-//! the weight gradient stays the im2col kernel's.
+//! convolution (of the output's gradient, by the turned weights), so it runs here too.
+//! So does the weight gradient: the forward pass is bilinear in `U` and `V`, so
+//! `dU_e = dM_e V_e^T` summed over the tiles, with `dM = A dY A^T` per tile, and
+//! `dg = G^T dU G`: 16 products of `[O, tiles] x [tiles, C]`, 4 multiplies per output
+//! pixel and channel pair instead of im2col's 9.
 
-use super::conv_gemm::{Shared, View, gemm_raw, image_runs, min_len};
+use super::conv_gemm::{Shared, View, add_parts, gemm_raw, image_runs, matmul_add_on, min_len};
+use super::simd::vectorized;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -170,6 +174,166 @@ pub fn input_grad(dy: &[f32], weight: &[f32], s: Sizes) -> Vec<f32> {
     forward(dy, &turned, &vec![0.0; s.c], adjoint)
 }
 
+/// The weight gradient of that convolution for the output's gradient `dy`
+/// (`[O, N, H, W]` channel-major): `dW` as `[O, C, 3, 3]`. Chunks of images as in
+/// [`forward`]; chunks that run one per thread each add to their thread's own `dU`, and
+/// those are summed in a fixed order.
+pub fn weight_grad(x: &[f32], dy: &[f32], s: Sizes) -> Vec<f32> {
+    let oc = s.out * s.c;
+    let (per_chunk, per_thread) = s.chunking();
+    let chunks: Vec<Range<usize>> = image_runs(s.n, per_chunk).collect();
+    // `dU_e += dM_e V_e^T` for the chunk's tiles.
+    let add_chunk = |du: &mut [f32], imgs: Range<usize>| {
+        let tiles = imgs.len() * s.image_tiles();
+        let v = transform_inputs(x, s, imgs.clone(), per_thread);
+        let dm = transform_output_grads(dy, s, imgs, per_thread);
+        du.par_chunks_mut(oc)
+            .with_min_len(min_len(per_thread))
+            .enumerate()
+            .for_each(|(e, du_e)| {
+                let lhs = View::rows(&dm[e * s.out * tiles..][..s.out * tiles], s.out, tiles);
+                let rhs = View::rows(&v[e * s.c * tiles..][..s.c * tiles], s.c, tiles);
+                matmul_add_on(du_e, lhs, rhs.t(), false);
+            });
+    };
+    let mut du = vec![0f32; 16 * oc];
+    if per_thread {
+        let parts = rayon::current_num_threads().min(chunks.len());
+        add_parts(&mut du, chunks.len(), parts, |run| {
+            let mut part = vec![0f32; 16 * oc];
+            for imgs in &chunks[run] {
+                add_chunk(&mut part, imgs.clone());
+            }
+            part
+        });
+    } else {
+        for imgs in chunks {
+            add_chunk(&mut du, imgs);
+        }
+    }
+    untransform_weights(&du, s)
+}
+
+/// `dg = G^T dU G` for every `(o, c)`: the adjoint of [`transform_weights`], from
+/// `[16, O, C]` to `[O, C, 3, 3]`.
+fn untransform_weights(du: &[f32], s: Sizes) -> Vec<f32> {
+    let oc = s.out * s.c;
+    // `G^T v` for a 4-vector `v` (the rows of `G^T` are `G`'s columns).
+    let gt = |v: [f32; 4]| {
+        [
+            v[0] + 0.5 * (v[1] + v[2]),
+            0.5 * (v[1] - v[2]),
+            0.5 * (v[1] + v[2]) + v[3],
+        ]
+    };
+    let mut dw = vec![0f32; 9 * oc];
+    dw.par_chunks_mut(9 * 256)
+        .enumerate()
+        .for_each(|(block, pairs)| {
+            for (p, out) in pairs.chunks_exact_mut(9).enumerate() {
+                let k = block * 256 + p;
+                let at = |i: usize, j: usize| du[(i * 4 + j) * oc + k];
+                // dU G: each row `i` of dU combined over its columns; then G^T of that.
+                let rows: [[f32; 3]; 4] =
+                    std::array::from_fn(|i| gt([at(i, 0), at(i, 1), at(i, 2), at(i, 3)]));
+                for q in 0..3 {
+                    let col = gt([rows[0][q], rows[1][q], rows[2][q], rows[3][q]]);
+                    for (p, v) in col.into_iter().enumerate() {
+                        out[p * 3 + q] = v;
+                    }
+                }
+            }
+        });
+    dw
+}
+
+/// `dM = A dY A^T` of every 2x2 output tile of images `imgs` (zeros past the map's
+/// edge), laid out `[16, O, tiles]`: the adjoint of [`transform_outputs`]'s `A^T M A`,
+/// with `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
+fn transform_output_grads(dy: &[f32], s: Sizes, imgs: Range<usize>, per_thread: bool) -> Vec<f32> {
+    let tiles = imgs.len() * s.image_tiles();
+    let mut dm = Vec::<f32>::with_capacity(16 * s.out * tiles);
+    let out = Shared(dm.as_mut_ptr());
+    (0..s.out)
+        .into_par_iter()
+        .with_min_len(min_len(per_thread))
+        // SAFETY: `dm` has room for `[16, O, tiles]`; channel `o`'s rows are this task's.
+        .for_each(|o| {
+            vectorized(
+                #[inline(always)]
+                || unsafe { output_grad_channel(dy, s, imgs.clone(), o, out) },
+            )
+        });
+    // SAFETY: every channel wrote its 16 rows of `tiles` values: each image and tile row
+    // one run of `tx_n`, and the runs tile the row.
+    unsafe { dm.set_len(16 * s.out * tiles) };
+    dm
+}
+
+/// [`transform_output_grads`] of output channel `o`.
+///
+/// # Safety
+/// `out` must have room for all of `dM`, and no other thread may write channel `o`'s
+/// rows meanwhile.
+#[inline(always)]
+unsafe fn output_grad_channel(dy: &[f32], s: Sizes, imgs: Range<usize>, o: usize, out: Shared) {
+    let (ty_n, n) = (s.tiles_y(), s.tiles_x());
+    let tiles = imgs.len() * s.image_tiles();
+    // A tile row's two rows of `dY`, each as its even and odd columns (zeros past the
+    // edge): `[row][even, odd][t]`.
+    let mut halves: [[Vec<f32>; 2]; 2] =
+        std::array::from_fn(|_| std::array::from_fn(|_| vec![0f32; n]));
+    // One row of `A dY` as its even and odd columns.
+    let (mut re, mut ro) = (vec![0f32; n], vec![0f32; n]);
+    for (b, img) in imgs.clone().enumerate() {
+        let plane = &dy[(o * s.n + img) * s.h * s.w..][..s.h * s.w];
+        for ty in 0..ty_n {
+            for (oy, [even, odd]) in halves.iter_mut().enumerate() {
+                even.fill(0.0);
+                odd.fill(0.0);
+                if 2 * ty + oy < s.h {
+                    let row = &plane[(2 * ty + oy) * s.w..][..s.w];
+                    let pairs = row.chunks_exact(2);
+                    if let [last] = pairs.remainder() {
+                        even[s.w / 2] = *last;
+                    }
+                    for ((pair, e), d) in pairs.zip(even.iter_mut()).zip(odd.iter_mut()) {
+                        *e = pair[0];
+                        *d = pair[1];
+                    }
+                }
+            }
+            let [[e0, o0], [e1, o1]] = &halves;
+            let (e0, o0, e1, o1) = (&e0[..n], &o0[..n], &e1[..n], &o1[..n]);
+            let first = (b * ty_n + ty) * n;
+            for i in 0..4 {
+                let (re, ro) = (&mut re[..n], &mut ro[..n]);
+                for t in 0..n {
+                    (re[t], ro[t]) = match i {
+                        0 => (e0[t], o0[t]),
+                        1 => (e0[t] + e1[t], o0[t] + o1[t]),
+                        2 => (e0[t] - e1[t], o0[t] - o1[t]),
+                        _ => (-e1[t], -o1[t]),
+                    };
+                }
+                // SAFETY: rows `(i 4 + j, o)` of `dM`, tiles `first..first + n`: inside
+                // `dM` and disjoint, and channel `o` is this task's alone.
+                let [d0, d1, d2, d3] = std::array::from_fn(|j| unsafe {
+                    let at = ((i * 4 + j) * s.out + o) * tiles + first;
+                    let at = out.get().add(at).cast::<MaybeUninit<f32>>();
+                    std::slice::from_raw_parts_mut(at, n)
+                });
+                for t in 0..n {
+                    d0[t].write(re[t]);
+                    d1[t].write(re[t] + ro[t]);
+                    d2[t].write(re[t] - ro[t]);
+                    d3[t].write(-ro[t]);
+                }
+            }
+        }
+    }
+}
+
 /// `V = B^T d B` of every tile of images `imgs`, laid out `[16, C, tiles]` (tiles in
 /// image, tile-row, tile-column order), with
 /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
@@ -181,7 +345,12 @@ fn transform_inputs(x: &[f32], s: Sizes, imgs: Range<usize>, per_thread: bool) -
         .into_par_iter()
         .with_min_len(min_len(per_thread))
         // SAFETY: `v` has room for `[16, C, tiles]`; channel `ch`'s rows are this task's.
-        .for_each(|ch| unsafe { input_channel(x, s, imgs.clone(), ch, out) });
+        .for_each(|ch| {
+            vectorized(
+                #[inline(always)]
+                || unsafe { input_channel(x, s, imgs.clone(), ch, out) },
+            )
+        });
     // SAFETY: every channel wrote its 16 rows of `tiles` values: each image, tile row and
     // part `(i, j)` one run of `tx_n`, and the runs tile the row.
     unsafe { v.set_len(16 * s.c * tiles) };
@@ -189,50 +358,51 @@ fn transform_inputs(x: &[f32], s: Sizes, imgs: Range<usize>, per_thread: bool) -
 }
 
 /// [`transform_inputs`] of input channel `ch`: its 16 rows of `V` (`[16, C, tiles]`
-/// for the tiles of images `imgs`, at `out`).
+/// for the tiles of images `imgs`, at `out`). Each input row's `d B` (its four parts) is
+/// computed once and serves the two tile rows that read it; every loop runs over a row
+/// of tiles on slices of one length, so that it vectorises.
 ///
 /// # Safety
 /// `out` must have room for all of `V`, and no other thread may write channel `ch`'s
 /// rows meanwhile.
+#[inline(always)]
 unsafe fn input_channel(x: &[f32], s: Sizes, imgs: Range<usize>, ch: usize, out: Shared) {
-    let (ty_n, tx_n) = (s.tiles_y(), s.tiles_x());
+    let (ty_n, n) = (s.tiles_y(), s.tiles_x());
     let tiles = imgs.len() * s.image_tiles();
     // One input row padded by a zero on the left (and right, to even length), split
     // into its even and odd columns: tile t reads padded columns 2t..2t+4.
-    let mut even = vec![0f32; tx_n + 1];
-    let mut odd = vec![0f32; tx_n + 1];
-    // The row transform `d B` of the tile row's four input rows: [row][part][t].
+    let mut even = vec![0f32; n + 1];
+    let mut odd = vec![0f32; n + 1];
+    // `d B` of the four input rows of a tile row, `[row][part]`, each `n` long: rows 2
+    // and 3 of one tile row are rows 0 and 1 of the next.
     let mut r4: [[Vec<f32>; 4]; 4] =
-        std::array::from_fn(|_| std::array::from_fn(|_| vec![0f32; tx_n]));
+        std::array::from_fn(|_| std::array::from_fn(|_| vec![0f32; n]));
     for (b, img) in imgs.clone().enumerate() {
         let plane = &x[(ch * s.n + img) * s.h * s.w..][..s.h * s.w];
         for ty in 0..ty_n {
-            for (i, r) in r4.iter_mut().enumerate() {
+            let fresh = if ty == 0 {
+                0
+            } else {
+                r4.swap(0, 2);
+                r4.swap(1, 3);
+                2
+            };
+            for (i, parts) in r4.iter_mut().enumerate().skip(fresh) {
                 let iy = (2 * ty + i).checked_sub(1).filter(|&iy| iy < s.h);
                 split_row(iy.map(|iy| &plane[iy * s.w..][..s.w]), &mut even, &mut odd);
-                let [r0, r1, r2, r3] = r;
-                let (e0, e1) = (&even[..tx_n], &even[1..]);
-                let (o0, o1) = (&odd[..tx_n], &odd[1..]);
-                for t in 0..tx_n {
-                    let (a, bb, c, d) = (e0[t], o0[t], e1[t], o1[t]);
-                    r0[t] = a - c;
-                    r1[t] = bb + c;
-                    r2[t] = c - bb;
-                    r3[t] = bb - d;
-                }
+                row_transform(&even, &odd, parts, n);
             }
-            let first = (b * ty_n + ty) * tx_n;
-            let [p0, p1, p2, p3] = &r4;
+            let first = (b * ty_n + ty) * n;
             for j in 0..4 {
-                let (r0, r1, r2, r3) = (&p0[j], &p1[j], &p2[j], &p3[j]);
-                // SAFETY: rows `(i 4 + j, ch)` of `V`, tiles `first..first + tx_n`:
-                // inside `V` and disjoint, and channel `ch` is this task's alone.
+                let [r0, r1, r2, r3] = std::array::from_fn(|i| &r4[i][j][..n]);
+                // SAFETY: rows `(i 4 + j, ch)` of `V`, tiles `first..first + n`: inside
+                // `V` and disjoint, and channel `ch` is this task's alone.
                 let [d0, d1, d2, d3] = std::array::from_fn(|i| unsafe {
                     let at = ((i * 4 + j) * s.c + ch) * tiles + first;
                     let at = out.get().add(at).cast::<MaybeUninit<f32>>();
-                    std::slice::from_raw_parts_mut(at, tx_n)
+                    std::slice::from_raw_parts_mut(at, n)
                 });
-                for t in 0..tx_n {
+                for t in 0..n {
                     d0[t].write(r0[t] - r2[t]);
                     d1[t].write(r1[t] + r2[t]);
                     d2[t].write(r2[t] - r1[t]);
@@ -243,8 +413,25 @@ unsafe fn input_channel(x: &[f32], s: Sizes, imgs: Range<usize>, ch: usize, out:
     }
 }
 
+/// `d B` of one padded input row given as its even and odd columns (`n + 1` each): the
+/// four parts of every tile `t`, whose columns are `(e[t], o[t], e[t + 1], o[t + 1])`.
+#[inline(always)]
+fn row_transform(even: &[f32], odd: &[f32], parts: &mut [Vec<f32>; 4], n: usize) {
+    let (e0, e1) = (&even[..n], &even[1..n + 1]);
+    let (o0, o1) = (&odd[..n], &odd[1..n + 1]);
+    let [p0, p1, p2, p3] = parts;
+    let (p0, p1, p2, p3) = (&mut p0[..n], &mut p1[..n], &mut p2[..n], &mut p3[..n]);
+    for t in 0..n {
+        p0[t] = e0[t] - e1[t];
+        p1[t] = o0[t] + e1[t];
+        p2[t] = e1[t] - o0[t];
+        p3[t] = o0[t] - o1[t];
+    }
+}
+
 /// Input row `row` (zeros when `None`: padding) with one zero before it, as its even
 /// and odd columns (`even[t]` is padded column `2t`, `odd[t]` column `2t + 1`).
+#[inline(always)]
 fn split_row(row: Option<&[f32]>, even: &mut [f32], odd: &mut [f32]) {
     even.fill(0.0);
     odd.fill(0.0);
@@ -308,7 +495,12 @@ unsafe fn transform_outputs(
         .with_min_len(min_len(per_thread))
         // SAFETY: each task writes output channel `o`'s planes of images `imgs` alone
         // (the caller vouches for other threads).
-        .for_each(|o| unsafe { output_channel(m, bias, s, imgs.clone(), o, y) });
+        .for_each(|o| {
+            vectorized(
+                #[inline(always)]
+                || unsafe { output_channel(m, bias, s, imgs.clone(), o, y) },
+            )
+        });
 }
 
 /// [`transform_outputs`] of output channel `o`.
@@ -316,6 +508,7 @@ unsafe fn transform_outputs(
 /// # Safety
 /// As [`transform_outputs`], and no other thread may write channel `o`'s planes of
 /// images `imgs` meanwhile.
+#[inline(always)]
 unsafe fn output_channel(
     m: &[f32],
     bias: &[f32],
@@ -324,12 +517,14 @@ unsafe fn output_channel(
     o: usize,
     y: Shared,
 ) {
-    let (ty_n, tx_n) = (s.tiles_y(), s.tiles_x());
+    let (ty_n, n) = (s.tiles_y(), s.tiles_x());
     let tiles = imgs.len() * s.image_tiles();
     // The column transform `M A` of a tile row: [tile row i][output column][t].
     let mut half: [[Vec<f32>; 2]; 4] =
-        std::array::from_fn(|_| std::array::from_fn(|_| vec![0f32; tx_n]));
-    let mut line = vec![0f32; 2 * tx_n];
+        std::array::from_fn(|_| std::array::from_fn(|_| vec![0f32; n]));
+    // One output row's even and odd columns, then the row itself.
+    let mut cols: [Vec<f32>; 2] = std::array::from_fn(|_| vec![0f32; n]);
+    let mut line = vec![0f32; 2 * n];
     let bo = bias[o];
     for (b, img) in imgs.clone().enumerate() {
         // SAFETY: the planes of output channel `o`, image `img`: inside `y`, and
@@ -339,25 +534,33 @@ unsafe fn output_channel(
             std::slice::from_raw_parts_mut(at.cast::<MaybeUninit<f32>>(), s.h * s.w)
         };
         for ty in 0..ty_n {
-            let first = (b * ty_n + ty) * tx_n;
-            let row = |e: usize| &m[(e * s.out + o) * tiles + first..][..tx_n];
+            let first = (b * ty_n + ty) * n;
             for (i, [h0, h1]) in half.iter_mut().enumerate() {
-                let (m0, m1, m2, m3) = (row(i * 4), row(i * 4 + 1), row(i * 4 + 2), row(i * 4 + 3));
-                for t in 0..tx_n {
+                let [m0, m1, m2, m3] =
+                    std::array::from_fn(|j| &m[((i * 4 + j) * s.out + o) * tiles + first..][..n]);
+                let (h0, h1) = (&mut h0[..n], &mut h1[..n]);
+                for t in 0..n {
                     h0[t] = m0[t] + m1[t] + m2[t];
                     h1[t] = m1[t] - m2[t] - m3[t];
                 }
             }
-            let [h0, h1, h2, h3] = &half;
             for oy in 0..2.min(s.h - 2 * ty) {
-                for (t, pair) in line.chunks_exact_mut(2).enumerate() {
-                    for (ox, v) in pair.iter_mut().enumerate() {
-                        *v = bo
-                            + match oy {
-                                0 => h0[ox][t] + h1[ox][t] + h2[ox][t],
-                                _ => h1[ox][t] - h2[ox][t] - h3[ox][t],
-                            };
+                for (ox, col) in cols.iter_mut().enumerate() {
+                    let [h0, h1, h2, h3] = std::array::from_fn(|i| &half[i][ox][..n]);
+                    let col = &mut col[..n];
+                    if oy == 0 {
+                        for t in 0..n {
+                            col[t] = bo + h0[t] + h1[t] + h2[t];
+                        }
+                    } else {
+                        for t in 0..n {
+                            col[t] = bo + h1[t] - h2[t] - h3[t];
+                        }
                     }
+                }
+                for ((pair, &c0), &c1) in line.chunks_exact_mut(2).zip(&cols[0]).zip(&cols[1]) {
+                    pair[0] = c0;
+                    pair[1] = c1;
                 }
                 plane[(2 * ty + oy) * s.w..][..s.w].write_copy_of_slice(&line[..s.w]);
             }
