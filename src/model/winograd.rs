@@ -393,6 +393,8 @@ unsafe fn input_channel(x: &[f32], s: Sizes, imgs: Range<usize>, ch: usize, out:
                 row_transform(&even, &odd, parts, n);
             }
             let first = (b * ty_n + ty) * n;
+            // `j` picks a part of each row and places the rows it writes.
+            #[allow(clippy::needless_range_loop)]
             for j in 0..4 {
                 let [r0, r1, r2, r3] = std::array::from_fn(|i| &r4[i][j][..n]);
                 // SAFETY: rows `(i 4 + j, ch)` of `V`, tiles `first..first + n`: inside
