@@ -85,6 +85,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Predict a model's inference latency on this machine from the per-layer latency
+    /// table (each layer shape timed once, cached in --table), and with --measure time
+    /// the whole model beside it
+    Latency {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        args: cli::latency::LatencyArgs,
+    },
     /// Write freshly initialised weights (torchvision's VGG init) as safetensors
     Init {
         #[command(flatten)]
@@ -338,6 +347,9 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Predict { model, args } => {
             args.check(model.config.as_deref())?;
             cli::deploy::run_predict(&model.network()?.graph, args)?
+        }
+        Command::Latency { model, args } => {
+            cli::latency::run_latency(&model.network()?.graph, args)?
         }
         Command::ExportModel { model, args } => {
             args.check(model.config.as_deref())?;

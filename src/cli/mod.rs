@@ -6,6 +6,7 @@ pub mod dashboard;
 pub mod data;
 pub mod deploy;
 pub mod fidelity;
+pub mod latency;
 pub mod search;
 pub mod train;
 

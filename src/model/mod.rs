@@ -6,6 +6,7 @@ mod cnhw;
 mod conv_gemm;
 mod flex;
 mod graph_net;
+pub mod latency;
 mod max_pool;
 mod memory;
 pub mod profile;

@@ -1,0 +1,369 @@
+//! Per-layer latency tables (in the spirit of NetAdapt, Yang et al., ECCV 2018): every
+//! layer of a network, keyed by its op and input shape at one batch size, is timed once
+//! on this machine's engine (our channel-major forward, the one every command runs),
+//! alone in a graph of its own; a network's predicted latency is the sum of its layers'
+//! entries. A search then prices a candidate in
+//! microseconds, and a table is cached in a JSON file between runs. [`measure`] times
+//! a whole network for the check the table must pass (its sum against the measured
+//! latency).
+
+use super::GraphNet;
+use crate::graph::{Conv, Graph, INPUT, Node, NodeDef, Op};
+use burn::tensor::{Device, Distribution, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// A table of layer latencies (milliseconds) on one machine, engine and batch size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyTable {
+    /// What the entries were measured on: CPU model, threads and engine.
+    pub machine: String,
+    pub batch: usize,
+    /// Median milliseconds per layer key (see [`layer_keys`]).
+    pub entries: BTreeMap<String, f64>,
+}
+
+/// The machine a table describes: `lscpu`'s model name (from `/proc/cpuinfo`), rayon's
+/// threads and the engine.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    format!(
+        "{cpu}, {} threads, rankprune flex",
+        rayon::current_num_threads()
+    )
+}
+
+/// Timed runs per layer or network (after two warm-ups), cut short past [`BUDGET_MS`].
+const RUNS: usize = 15;
+
+/// A measurement stops taking runs once they have taken this long in all.
+const BUDGET_MS: f64 = 400.0;
+
+impl LatencyTable {
+    /// An empty table for this machine at `batch`.
+    pub fn new(batch: usize) -> Self {
+        Self {
+            machine: machine(),
+            batch,
+            entries: BTreeMap::new(),
+        }
+    }
+
+    /// The table cached in `path` when it was measured on this machine at `batch`, else
+    /// an empty one (a table of another machine or batch size would mislead).
+    pub fn load_or_new(path: &std::path::Path, batch: usize) -> Self {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| serde_json::from_str::<Self>(&s).ok())
+            .filter(|t| t.machine == machine() && t.batch == batch)
+            .unwrap_or_else(|| Self::new(batch))
+    }
+
+    /// Writes the table to `path` (through a temporary file, so that a crash leaves the
+    /// old one whole).
+    pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_string_pretty(self).expect("a table serialises"),
+        )?;
+        std::fs::rename(tmp, path)
+    }
+
+    /// Predicted milliseconds of one forward pass of `graph`: the sum of its layers'
+    /// entries, measuring the layers the table lacks.
+    pub fn predict(&mut self, graph: &Graph) -> f64 {
+        self.rows(graph).iter().map(|r| r.1).sum()
+    }
+
+    /// `(key, milliseconds)` of each of `graph`'s [`layers`], in order, measuring the
+    /// layers the table lacks.
+    pub fn rows(&mut self, graph: &Graph) -> Vec<(String, f64)> {
+        layers(graph)
+            .into_iter()
+            .map(|layer| {
+                let ms = *self
+                    .entries
+                    .entry(layer.key.clone())
+                    .or_insert_with(|| time_probe(&layer.probe, self.batch));
+                (layer.key, ms)
+            })
+            .collect()
+    }
+}
+
+/// A layer to time alone: a graph whose node `timed` is the layer (its other nodes feed
+/// it).
+#[derive(Debug, Clone)]
+struct Probe {
+    graph: Graph,
+    timed: usize,
+}
+
+/// One layer of a network: a node, or a BatchNorm with the ReLU the forward pass fuses
+/// into it.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// The node's index and name (the BatchNorm's, when fused).
+    pub node: usize,
+    pub name: String,
+    /// Its table key: op, settings and input shape.
+    pub key: String,
+    probe: Probe,
+}
+
+/// `graph`'s layers in order. (The image's swap to channel-major is a view: the first
+/// conv's copy of it is part of that conv's time.)
+pub fn layers(graph: &Graph) -> Vec<Layer> {
+    let shapes = graph.shapes().expect("a checked graph");
+    let mut readers = vec![0usize; graph.nodes.len()];
+    for n in &graph.nodes {
+        for &j in &n.inputs {
+            readers[j] += 1;
+        }
+    }
+    let mut out = Vec::new();
+    let mut skip = false;
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        let ins = graph.input_shapes(&shapes, i);
+        skip = GraphNet::fuses(graph, i, &readers);
+        let (key, probe) = probe_of(node, &ins, skip);
+        out.push(Layer {
+            node: i,
+            name: node.name.clone(),
+            key,
+            probe,
+        });
+    }
+    out
+}
+
+/// `"12x32x32"` for `[12, 32, 32]`.
+fn dims(s: &[usize]) -> String {
+    s.iter().map(usize::to_string).collect::<Vec<_>>().join("x")
+}
+
+/// A graph of `defs` reading an image of `input`.
+fn graph_of(input: [usize; 3], defs: Vec<NodeDef>) -> Graph {
+    Graph::new("probe", input, defs).expect("a probe graph is well formed")
+}
+
+fn def(name: &str, op: Op, inputs: &[&str]) -> NodeDef {
+    NodeDef {
+        name: name.into(),
+        op,
+        inputs: inputs.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// The key and probe of `node` with inputs of `ins` (`fused`: a BatchNorm with its ReLU).
+fn probe_of(node: &Node, ins: &[Vec<usize>], fused: bool) -> (String, Probe) {
+    let s = &ins[0];
+    let map = |s: &[usize]| -> [usize; 3] {
+        match s {
+            [c, h, w] => [*c, *h, *w],
+            [f] => [*f, 1, 1],
+            _ => unreachable!("a node's input is a map or features"),
+        }
+    };
+    let one = |op: Op| graph_of(map(s), vec![def("x", op, &[INPUT])]);
+    let (key, graph, timed) = match &node.op {
+        Op::Conv(Conv {
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            bias,
+        }) => (
+            format!(
+                "conv {in_channels}>{out_channels} k{kernel} s{stride} p{padding}{} on {}",
+                if *bias { " bias" } else { "" },
+                dims(s)
+            ),
+            one(node.op.clone()),
+            0,
+        ),
+        Op::BatchNorm { .. } => {
+            let mut defs = vec![def("x", node.op.clone(), &[INPUT])];
+            if fused {
+                defs.push(def("r", Op::Relu, &["x"]));
+            }
+            let name = if fused { "bn+relu" } else { "bn" };
+            (format!("{name} on {}", dims(s)), graph_of(map(s), defs), 0)
+        }
+        Op::Add => {
+            // The summands: the image through ReLUs (untimed) as distinct inputs.
+            let names: Vec<String> = (0..ins.len()).map(|k| format!("a{k}")).collect();
+            let mut defs: Vec<NodeDef> = names.iter().map(|n| def(n, Op::Relu, &[INPUT])).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            defs.push(def("x", Op::Add, &refs));
+            let timed = defs.len() - 1;
+            (
+                format!("add{} on {}", ins.len(), dims(s)),
+                graph_of(map(s), defs),
+                timed,
+            )
+        }
+        Op::Linear { .. } => {
+            // Features arrive flat: a flatten (untimed) first.
+            let defs = vec![
+                def("f", Op::Flatten, &[INPUT]),
+                def("x", node.op.clone(), &["f"]),
+            ];
+            (
+                format!("{} on {}", op_name(&node.op), dims(s)),
+                graph_of(map(s), defs),
+                1,
+            )
+        }
+        Op::Relu if s.len() == 1 => {
+            let defs = vec![def("f", Op::Flatten, &[INPUT]), def("x", Op::Relu, &["f"])];
+            (format!("relu on {}", dims(s)), graph_of(map(s), defs), 1)
+        }
+        op => (
+            format!("{} on {}", op_name(op), dims(s)),
+            one(op.clone()),
+            0,
+        ),
+    };
+    (key, Probe { graph, timed })
+}
+
+/// An op and its settings, for keys.
+fn op_name(op: &Op) -> String {
+    match op {
+        Op::MaxPool(w) => format!("maxpool k{} s{} p{}", w.kernel, w.stride, w.padding),
+        Op::AvgPool(w) => format!("avgpool k{} s{} p{}", w.kernel, w.stride, w.padding),
+        Op::Linear {
+            in_features,
+            out_features,
+        } => format!("linear {in_features}>{out_features}"),
+        op => op.kind().to_lowercase(),
+    }
+}
+
+/// Median milliseconds of `probe`'s layer at `batch`.
+fn time_probe(probe: &Probe, batch: usize) -> f64 {
+    let device = Device::flex();
+    let weights = GraphNet::init_weights(&probe.graph, 0);
+    let net =
+        GraphNet::from_weights(&probe.graph, weights, "probe", &device).expect("fresh weights fit");
+    let [c, h, w] = probe.graph.input;
+    // Channel-major and contiguous, as a layer's input is inside a network.
+    let x = Tensor::<4>::random([c, batch, h, w], Distribution::Normal(0.0, 1.0), &device);
+    let evict = vec![1f32; EVICT_FLOATS];
+    median(runs(|| {
+        evict_caches(&evict);
+        net.time_nodes(x.clone())[probe.timed]
+    }))
+}
+
+/// Floats read before each timed run of a probe (16 MiB): more than every core's L2, so
+/// that the layer's weights and input come from further out, as they do inside a
+/// network, where the layers before it have used the caches since its last run.
+const EVICT_FLOATS: usize = 1 << 22;
+
+/// Reads `buffer` on every thread (each core's private caches).
+fn evict_caches(buffer: &[f32]) {
+    use rayon::prelude::*;
+    let sum: f32 = buffer
+        .par_chunks(1 << 14)
+        .map(|c| c.iter().sum::<f32>())
+        .sum();
+    std::hint::black_box(sum);
+}
+
+/// Up to [`RUNS`] results of `run` after two warm-ups: fewer once they have taken
+/// [`BUDGET_MS`] in all, but at least 3.
+fn runs<T>(mut run: impl FnMut() -> T) -> Vec<T> {
+    for _ in 0..2 {
+        run();
+    }
+    let start = Instant::now();
+    let mut out = Vec::with_capacity(RUNS);
+    while out.len() < RUNS && (out.len() < 3 || start.elapsed().as_secs_f64() * 1e3 < BUDGET_MS) {
+        out.push(run());
+    }
+    out
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A whole network timed: the median milliseconds of its forward pass on a random
+/// batch (logits read back, as a command's `predict` would), and each of its
+/// [`layers`]' median milliseconds within those passes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Measured {
+    pub total_ms: f64,
+    pub layer_ms: Vec<f64>,
+}
+
+/// [`Measured`] of `net` at `batch`.
+pub fn measure(net: &GraphNet, batch: usize) -> Measured {
+    let device = Device::flex();
+    let [c, h, w] = net.graph.input;
+    let x = Tensor::<4>::random([batch, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+    let samples = runs(|| net.time_forward(x.clone()));
+    Measured {
+        total_ms: median(samples.iter().map(|s| s.0).collect()),
+        layer_ms: layers(&net.graph)
+            .iter()
+            .map(|l| median(samples.iter().map(|s| s.1[l.node]).collect()))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::ArchSpec;
+    use crate::graph::build::of_arch;
+
+    /// Every node is a layer but the ReLUs fused into their BatchNorms; the keys name
+    /// the op, its settings and its input shape, so that equal layers share an entry.
+    #[test]
+    fn layers_are_the_nodes_the_forward_pass_runs() {
+        let g = of_arch(&ArchSpec::parse("cfg_bn:8,M,8,8").unwrap().build(10));
+        let keys: Vec<String> = layers(&g).into_iter().map(|l| l.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "conv 3>8 k3 s1 p1 bias on 3x32x32",
+                "bn+relu on 8x32x32",
+                "maxpool k2 s2 p0 on 8x32x32",
+                "conv 8>8 k3 s1 p1 bias on 8x16x16",
+                "bn+relu on 8x16x16",
+                "conv 8>8 k3 s1 p1 bias on 8x16x16",
+                "bn+relu on 8x16x16",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(layers(&g).into_iter().skip(7).map(|l| l.key))
+            .collect::<Vec<_>>()
+        );
+        let fused = g.nodes.iter().filter(|n| n.op == Op::Relu).count();
+        assert_eq!(layers(&g).len(), g.nodes.len() - fused);
+        // Probes build and run: one timing per distinct key.
+        let mut table = LatencyTable::new(2);
+        let ms = table.predict(&g);
+        assert!(ms > 0.0 && ms.is_finite());
+        let distinct: std::collections::BTreeSet<String> = keys.into_iter().collect();
+        assert_eq!(table.entries.len(), distinct.len());
+    }
+}
