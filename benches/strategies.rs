@@ -54,6 +54,7 @@ fn vgg19_problem(target: Option<f64>) -> Problem {
     let t = Target {
         max_flops: target.map(|r| (flops / r) as u64),
         max_params: None,
+        max_latency_us: None,
     };
     Problem::new(base.into(), space, t)
 }

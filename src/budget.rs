@@ -134,6 +134,23 @@ pub struct Objective {
     pub kind: ObjectiveKind,
     pub target_flops_reduction: Option<f64>,
     pub target_params_reduction: Option<f64>,
+    /// At most 1/this of the base model's inference latency, as the study's per-layer
+    /// latency table predicts it on the controller's machine (our engine) at
+    /// `latency_batch` images.
+    #[serde(default)]
+    pub target_latency_reduction: Option<f64>,
+    /// Images per forward pass the latency is predicted at.
+    #[serde(default = "one")]
+    pub latency_batch: usize,
+    /// The latency table (JSON; relative to the budget file), read when it was measured
+    /// on this machine at `latency_batch` and extended: by default `STUDY.latency.json`
+    /// beside the store.
+    #[serde(default)]
+    pub latency_table: Option<PathBuf>,
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -438,6 +455,7 @@ impl Budget {
         ]
         .into_iter()
         .chain(self.proxy.gate_evidence.as_mut())
+        .chain(self.objective.latency_table.as_mut())
         .chain(self.search.warm_configs.iter_mut())
         {
             if p.is_relative() {
@@ -454,6 +472,14 @@ impl Budget {
         } else {
             self.study.db.with_file_name(file)
         }
+    }
+
+    /// The study's latency table file (see [`Objective::latency_table`]).
+    pub fn latency_table(&self) -> PathBuf {
+        self.objective
+            .latency_table
+            .clone()
+            .unwrap_or_else(|| self.output_path(&format!("{}.latency.json", self.study.name)))
     }
 
     /// Where the study's images come from and how they are prepared.
@@ -616,6 +642,10 @@ impl Objective {
                 "objective.target_params_reduction",
                 self.target_params_reduction,
             ),
+            (
+                "objective.target_latency_reduction",
+                self.target_latency_reduction,
+            ),
         ] {
             if let Some(x) = v
                 && !(x.is_finite() && x >= 1.0)
@@ -628,8 +658,12 @@ impl Objective {
         if self.kind == ObjectiveKind::Constrained
             && self.target_flops_reduction.is_none()
             && self.target_params_reduction.is_none()
+            && self.target_latency_reduction.is_none()
         {
-            return Err("objective: kind = \"constrained\" needs target_flops_reduction or target_params_reduction".into());
+            return Err("objective: kind = \"constrained\" needs target_flops_reduction, target_params_reduction or target_latency_reduction".into());
+        }
+        if self.latency_batch == 0 {
+            return Err("objective.latency_batch = 0: allowed >= 1".into());
         }
         Ok(())
     }

@@ -258,10 +258,32 @@ fn trials_table(
     base_flops: Option<u64>,
 ) -> String {
     let mut s = String::new();
+    // A study with a latency target shows each trial's predicted latency.
+    let latency = trials.iter().any(|t| t.cost.latency_us.is_some());
+    let ms = |t: &Trial| match (latency, t.cost.latency_us) {
+        (false, _) => String::new(),
+        (true, us) => format!(
+            "  {:>10}",
+            us.map_or("-".into(), |us| format!("{:.3}", us as f64 / 1e3))
+        ),
+    };
     let _ = writeln!(
         s,
-        "{:>5}  {:<11}  {:>8}  {:>9}  {:>7}  {:>8}  {:>7}  {:>7}  {:>9}",
-        "trial", "state", "proxy %", "MFLOPs", "FLOPs÷", "params M", "worker", "secs", "test %"
+        "{:>5}  {:<11}  {:>8}  {:>9}  {:>7}  {:>8}  {:>7}  {:>7}  {:>9}{}",
+        "trial",
+        "state",
+        "proxy %",
+        "MFLOPs",
+        "FLOPs÷",
+        "params M",
+        "worker",
+        "secs",
+        "test %",
+        if latency {
+            format!("  {:>10}", "latency ms")
+        } else {
+            String::new()
+        }
     );
     for (t, f) in trials.iter().zip(finals) {
         let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}", 100.0 * v));
@@ -271,7 +293,7 @@ fn trials_table(
         };
         let _ = writeln!(
             s,
-            "{:>5}  {:<11}  {:>8}  {:>9.2}  {:>7}  {:>8.3}  {:>7}  {:>7}  {:>9}",
+            "{:>5}  {:<11}  {:>8}  {:>9.2}  {:>7}  {:>8.3}  {:>7}  {:>7}  {:>9}{}",
             t.number,
             t.state.as_str(),
             pct(t.proxy_acc),
@@ -283,7 +305,8 @@ fn trials_table(
             t.cost.params as f64 / 1e6,
             t.worker.as_deref().unwrap_or("-"),
             secs,
-            pct(f.as_ref().map(|f| f.top1))
+            pct(f.as_ref().map(|f| f.top1)),
+            ms(t)
         );
         if let Some(e) = &t.error {
             let _ = writeln!(s, "       error: {e}");

@@ -397,6 +397,9 @@ fn trial_facts(row: &TrialRow, base: Option<&crate::cost::Cost>) -> Markup {
             tr { th.l { "FLOPs" } td.l { (format!("{:.2} M", t.cost.flops as f64 / 1e6)) ", reduction " (reduction(base.map(|b| b.flops), t.cost.flops)) } }
             tr { th.l { "params" } td.l { (format!("{:.3} M", t.cost.params as f64 / 1e6)) ", reduction " (reduction(base.map(|b| b.params), t.cost.params)) } }
             tr { th.l { "size" } td.l { (format!("{:.2} MB", t.cost.size_bytes as f64 / 1e6)) } }
+            @if let Some(us) = t.cost.latency_us {
+                tr { th.l { "latency" } td.l { (format!("{:.3} ms (predicted by the study's latency table)", us as f64 / 1e3)) } }
+            }
             tr { th.l { "worker" } td.l { (t.worker.as_deref().unwrap_or("-")) } }
             tr { th.l { "queued" } td.l { (when(t.queued_at)) } }
             tr { th.l { "started" } td.l { (t.started_at.map_or("-".into(), when)) } }

@@ -153,7 +153,7 @@ pub fn best_so_far(view: &StudyView) -> Vec<(i64, f64)> {
     let mut out = Vec::new();
     for r in &view.trials {
         let t = &r.trial;
-        if t.state == TrialState::Complete && target.admits(t.cost.flops, t.cost.params) {
+        if t.state == TrialState::Complete && target.admits(&t.cost) {
             let a = t.proxy_acc.unwrap_or(0.0);
             best = Some(best.map_or(a, |b: f64| b.max(a)));
         }
@@ -216,6 +216,7 @@ mod tests {
                 target: Some(Target {
                     max_flops: Some(100),
                     max_params: None,
+                    max_latency_us: None,
                 }),
                 wall_s: 0.0,
                 controller: None,

@@ -66,7 +66,7 @@ pub fn best_trial(
         None => (false, t.proxy_acc.unwrap_or(0.0)),
     };
     for t in store.trials(study.id)? {
-        if !target.admits(t.cost.flops, t.cost.params) {
+        if !target.admits(&t.cost) {
             continue;
         }
         let f = store.final_result(t.id)?;
@@ -145,6 +145,7 @@ pub fn export_config(
         "flops": trial.cost.flops,
         "params": trial.cost.params,
         "size_bytes": trial.cost.size_bytes,
+        "latency_ms": trial.cost.latency_us.map(|us| us as f64 / 1e3),
         "rung_scores": store.reports(trial.id)?,
         "final_runs": runs_of(store, study, Subject::Trial(trial.id))?,
         "flops_reduction": base.map(|b| b.flops as f64 / trial.cost.flops.max(1) as f64),
@@ -240,6 +241,7 @@ mod tests {
             flops: 1,
             params: 1,
             size_bytes: 4,
+            latency_us: None,
         };
         let mut ids = Vec::new();
         for (i, proxy) in [0.9, 0.5, 0.7].into_iter().enumerate() {

@@ -25,7 +25,7 @@ pub fn finalists<'a>(
     warm_start_ids: &[i64],
     warm_starts: usize,
 ) -> Vec<(&'a Trial, &'static str)> {
-    let admitted = |t: &&Trial| target.admits(t.cost.flops, t.cost.params);
+    let admitted = |t: &&Trial| target.admits(&t.cost);
     let by_proxy = |a: &&Trial, b: &&Trial| {
         b.proxy_acc
             .unwrap_or(0.0)
@@ -80,6 +80,7 @@ mod tests {
         let target = Target {
             max_flops: Some(100),
             max_params: None,
+            max_latency_us: None,
         };
         let warm = [1, 2, 3, 4, 5, 10];
         // Top-3 by proxy among completed trials meeting the target: 6, 7, 10.

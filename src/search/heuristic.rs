@@ -75,7 +75,12 @@ pub fn prune_target(problem: &Problem, factor: f64) -> Option<PruneTarget> {
         (None, Some(m)) => Some(PruneTarget::ParamsReduction(
             factor * base.params as f64 / m as f64,
         )),
-        (None, None) => None,
+        // A latency bound alone: as many times fewer FLOPs (latency falls more slowly,
+        // so the repair takes such a point further).
+        (None, None) => problem.target.max_latency_us.map(|m| {
+            let base_us = problem.latency_us_of(&problem.base.graph).unwrap_or(m);
+            PruneTarget::FlopsReduction(factor * base_us as f64 / m.max(1) as f64)
+        }),
     }
 }
 
@@ -124,7 +129,7 @@ pub fn heuristic_config(
         );
     }
     let cost = config_cost(&problem.base.graph, &config).map_err(crate::Error::BadInput)?;
-    if !problem.target.admits(cost.flops, cost.params) {
+    if !problem.target.admits_counts(cost.flops, cost.params) {
         tracing::warn!(
             flops = cost.flops,
             params = cost.params,

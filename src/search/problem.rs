@@ -7,8 +7,11 @@ use crate::budget::Objective;
 use crate::compress::graph_config::{config_cost, config_layout};
 use crate::config::LayerConfig;
 use crate::cost::Cost;
+use crate::model::latency::LatencyTable;
 use crate::network::Network;
+use crate::store::CandidateCost;
 use rand::{Rng, RngExt};
+use std::sync::{Arc, Mutex};
 
 /// An anchored space's point lands on its target when it costs at least this share of a
 /// bound (SLAMP's threshold steps are a filter at a time: far finer on real networks).
@@ -19,6 +22,9 @@ pub const ON_TARGET: f64 = 0.95;
 pub struct Target {
     pub max_flops: Option<u64>,
     pub max_params: Option<u64>,
+    /// Predicted inference latency in microseconds (the study's latency table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency_us: Option<u64>,
 }
 
 impl std::fmt::Display for Target {
@@ -29,7 +35,11 @@ impl std::fmt::Display for Target {
             "FLOPs {}, params {}",
             bound(self.max_flops),
             bound(self.max_params)
-        )
+        )?;
+        match self.max_latency_us {
+            Some(us) => write!(f, ", latency <= {:.3} ms", us as f64 / 1e3),
+            None => Ok(()),
+        }
     }
 }
 
@@ -40,11 +50,22 @@ impl Target {
         Self {
             max_flops: bound(base.flops, objective.target_flops_reduction),
             max_params: bound(base.params, objective.target_params_reduction),
+            max_latency_us: None,
         }
     }
 
-    pub fn admits(&self, flops: u64, params: u64) -> bool {
+    /// Whether FLOPs and params are within their bounds.
+    pub fn admits_counts(&self, flops: u64, params: u64) -> bool {
         self.max_flops.is_none_or(|m| flops <= m) && self.max_params.is_none_or(|m| params <= m)
+    }
+
+    /// Whether a candidate meets every bound (one of unknown latency misses a latency
+    /// bound).
+    pub fn admits(&self, c: &CandidateCost) -> bool {
+        self.admits_counts(c.flops, c.params)
+            && self
+                .max_latency_us
+                .is_none_or(|m| c.latency_us.is_some_and(|l| l <= m))
     }
 }
 
@@ -58,6 +79,33 @@ pub struct Problem {
     pub target: Target,
     /// Warm-start points (feasible) that model-aware strategies propose first.
     pub warm_starts: Vec<Point>,
+    /// The latency table that prices candidates, in a study with a latency target.
+    pub latency: Option<Latency>,
+}
+
+/// A study's latency table, shared by the problem's clones, and the file it is saved
+/// in.
+#[derive(Debug, Clone)]
+pub struct Latency {
+    pub table: Arc<Mutex<LatencyTable>>,
+    pub path: std::path::PathBuf,
+}
+
+impl Latency {
+    /// Predicted microseconds of `graph`'s forward pass (layers the table lacks are
+    /// timed now).
+    pub fn predict_us(&self, graph: &crate::graph::Graph) -> u64 {
+        let ms = self.table.lock().expect("the latency table").predict(graph);
+        (ms * 1e3).round() as u64
+    }
+
+    /// Writes the table to its file.
+    pub fn save(&self) -> std::io::Result<()> {
+        self.table
+            .lock()
+            .expect("the latency table")
+            .save(&self.path)
+    }
 }
 
 impl Problem {
@@ -85,7 +133,46 @@ impl Problem {
             space,
             target,
             warm_starts: Vec::new(),
+            latency: None,
         }
+    }
+
+    /// Predicted latency of `graph` in microseconds, with a latency table.
+    pub fn latency_us_of(&self, graph: &crate::graph::Graph) -> Option<u64> {
+        self.latency.as_ref().map(|l| l.predict_us(graph))
+    }
+
+    /// Predicted latency of a point's model in microseconds, with a latency table.
+    pub fn latency_us(&self, p: &[usize]) -> Option<u64> {
+        let latency = self.latency.as_ref()?;
+        let layout = config_layout(&self.base.graph, &self.config(p))
+            .expect("every point of a resolved space is a valid config");
+        Some(latency.predict_us(&layout))
+    }
+
+    /// A point's cost as a trial stores it: the counts, and the predicted latency where
+    /// the study has a latency table.
+    pub fn candidate_cost(&self, p: &[usize]) -> CandidateCost {
+        let c = self.cost(p);
+        CandidateCost {
+            flops: c.flops,
+            params: c.params,
+            size_bytes: c.size_bytes,
+            latency_us: self.latency_us(p),
+        }
+    }
+
+    /// Whether point `p`, whose counts are `c`, meets the whole target: the counts
+    /// first, then (only then priced) its latency.
+    fn fits(&self, p: &[usize], c: &Cost) -> bool {
+        self.target.admits_counts(c.flops, c.params)
+            && (self.target.max_latency_us.is_none()
+                || self.target.admits(&CandidateCost {
+                    flops: c.flops,
+                    params: c.params,
+                    size_bytes: c.size_bytes,
+                    latency_us: self.latency_us(p),
+                }))
     }
 
     pub fn config(&self, p: &[usize]) -> LayerConfig {
@@ -139,16 +226,16 @@ impl Problem {
     }
 
     pub fn feasible(&self, p: &[usize]) -> bool {
-        self.admits(&self.cost(p))
+        self.admits(p, &self.cost(p))
     }
 
     /// Whether a point of this space costing `c` may be proposed: it meets the target,
     /// and in an anchored space it also lands on it (within [`ON_TARGET`] of a bound),
     /// where ranks alone can undershoot it: such a point spends a fraction of the budget
     /// (at a calibration where VBMF gives rank 1, 40x fewer FLOPs for an 8x target).
-    pub fn admits(&self, c: &Cost) -> bool {
+    pub fn admits(&self, p: &[usize], c: &Cost) -> bool {
         let on = |v: u64, m: Option<u64>| m.is_some_and(|m| v as f64 >= ON_TARGET * m as f64);
-        self.target.admits(c.flops, c.params)
+        self.fits(p, c)
             && (self.space.anchored.is_none()
                 || on(c.flops, self.target.max_flops)
                 || on(c.params, self.target.max_params))
@@ -174,10 +261,12 @@ impl Problem {
         }
         loop {
             let c = self.cost(&p);
-            if self.target.admits(c.flops, c.params) {
+            if self.fits(&p, &c) {
                 return Some(p);
             }
-            let by_flops = self.target.max_flops.is_some_and(|m| c.flops > m);
+            // Latency follows FLOPs most closely: a latency bound alone moves by FLOPs.
+            let by_flops = self.target.max_flops.is_some_and(|m| c.flops > m)
+                || self.target.admits_counts(c.flops, c.params);
             let weight = |name: &str| {
                 c.layers
                     .iter()
@@ -227,10 +316,10 @@ impl Problem {
         use super::space::KnobKind;
         for _ in 0..4 * p.len() {
             let c = self.cost(&p);
-            if self.admits(&c) {
+            if self.admits(&p, &c) {
                 return Some(p);
             }
-            let over = !self.target.admits(c.flops, c.params);
+            let over = !self.fits(&p, &c);
             let moves: Vec<usize> = (0..p.len())
                 .filter(|&i| {
                     let k = &self.space.knobs[i];

@@ -97,6 +97,8 @@ pub struct CandidateCost {
     pub flops: u64,
     pub params: u64,
     pub size_bytes: u64,
+    /// Predicted inference latency in microseconds, in a study with a latency target.
+    pub latency_us: Option<u64>,
 }
 
 /// One trial as stored.
@@ -133,6 +135,7 @@ impl Trial {
                 flops,
                 params: 10,
                 size_bytes: 40,
+                latency_us: None,
             },
             proxy_acc: proxy,
             proxy_loss: None,

@@ -106,4 +106,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE studies ADD COLUMN verdict TEXT;",
     // v10: a study's step-0 gate decision.
     "ALTER TABLE studies ADD COLUMN gate TEXT;",
+    // v11: a trial's predicted latency.
+    "ALTER TABLE trials ADD COLUMN latency_us BIGINT;",
 ];

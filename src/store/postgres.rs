@@ -50,7 +50,7 @@ fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 const TRIAL_COLUMNS: &str = "id, study_id, number, state, config, flops, params, size_bytes, proxy_acc, \
-     proxy_loss, worker, error, queued_at, started_at, finished_at";
+     proxy_loss, worker, error, queued_at, started_at, finished_at, latency_us";
 
 fn trial_from_row(r: &Row) -> Result<Trial, String> {
     let state: String = r.get(3);
@@ -64,6 +64,7 @@ fn trial_from_row(r: &Row) -> Result<Trial, String> {
             flops: r.get::<_, i64>(5) as u64,
             params: r.get::<_, i64>(6) as u64,
             size_bytes: r.get::<_, i64>(7) as u64,
+            latency_us: r.get::<_, Option<i64>>(15).map(|v| v as u64),
         },
         proxy_acc: r.get(8),
         proxy_loss: r.get(9),
@@ -368,16 +369,17 @@ impl Store for PgStore {
             cost.size_bytes as i64,
         );
         let t = now();
+        let latency = cost.latency_us.map(|v| v as i64);
         self.run(|c| {
             let mut tx = c.transaction()?;
             // The study row's lock orders concurrent enqueues, so numbers never clash.
             tx.execute("SELECT id FROM studies WHERE id = $1 FOR UPDATE", &[&study])?;
             let id = tx
                 .query_one(
-                    "INSERT INTO trials (study_id, number, state, config, flops, params, size_bytes, queued_at) \
-                     SELECT $1, COALESCE(MAX(number) + 1, 0), 'queued', $2, $3, $4, $5, $6 \
+                    "INSERT INTO trials (study_id, number, state, config, flops, params, size_bytes, queued_at, latency_us) \
+                     SELECT $1, COALESCE(MAX(number) + 1, 0), 'queued', $2, $3, $4, $5, $6, $7 \
                      FROM trials WHERE study_id = $1 RETURNING id",
-                    &[&study, &config, &flops, &params, &size, &t],
+                    &[&study, &config, &flops, &params, &size, &t, &latency],
                 )?
                 .get(0);
             tx.commit()?;

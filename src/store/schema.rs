@@ -150,6 +150,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE studies ADD COLUMN verdict TEXT;",
     // v10: whether a study's step-0 gate stops trials, and the measurement behind it.
     "ALTER TABLE studies ADD COLUMN gate TEXT;",
+    // v11: a trial's predicted inference latency in microseconds (the study's latency
+    // table at its batch size), for studies with a latency target; NULL otherwise.
+    "ALTER TABLE trials ADD COLUMN latency_us INTEGER;",
 ];
 
 /// The schema version this build writes.

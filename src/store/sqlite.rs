@@ -29,7 +29,7 @@ fn parse_state(s: &str) -> rusqlite::Result<TrialState> {
 }
 
 const TRIAL_COLUMNS: &str = "id, study_id, number, state, config, flops, params, size_bytes, proxy_acc, \
-     proxy_loss, worker, error, queued_at, started_at, finished_at";
+     proxy_loss, worker, error, queued_at, started_at, finished_at, latency_us";
 
 fn trial_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Trial> {
     Ok(Trial {
@@ -42,6 +42,7 @@ fn trial_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Trial> {
             flops: r.get::<_, i64>(5)? as u64,
             params: r.get::<_, i64>(6)? as u64,
             size_bytes: r.get::<_, i64>(7)? as u64,
+            latency_us: r.get::<_, Option<i64>>(15)?.map(|v| v as u64),
         },
         proxy_acc: r.get(8)?,
         proxy_loss: r.get(9)?,
@@ -288,9 +289,9 @@ impl Store for SqliteStore {
             )
             .map_err(&err)?;
         tx.execute(
-            "INSERT INTO trials (study_id, number, state, config, flops, params, size_bytes, queued_at) \
-             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7)",
-            params![study, number, config, cost.flops as i64, cost.params as i64, cost.size_bytes as i64, now()],
+            "INSERT INTO trials (study_id, number, state, config, flops, params, size_bytes, queued_at, latency_us) \
+             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![study, number, config, cost.flops as i64, cost.params as i64, cost.size_bytes as i64, now(), cost.latency_us.map(|v| v as i64)],
         )
         .map_err(&err)?;
         let id = tx.last_insert_rowid();

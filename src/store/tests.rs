@@ -4,6 +4,7 @@ const COST: CandidateCost = CandidateCost {
     flops: 10,
     params: 20,
     size_bytes: 30,
+    latency_us: Some(40),
 };
 
 /// Runs `test` on a fresh store of each kind: a SQLite file, and a PostgreSQL database
@@ -79,6 +80,10 @@ fn lifecycle(at: &Path) {
     let t = s.claim(study, "cpu-0").unwrap().unwrap();
     assert_eq!((t.id, t.number, t.state), (a, 0, TrialState::Running));
     assert_eq!(t.worker.as_deref(), Some("cpu-0"));
+    assert_eq!(
+        t.cost, COST,
+        "the costs, predicted latency included, read back"
+    );
     s.report(a, 10, 0.5).unwrap();
     s.report(a, 20, 0.6).unwrap();
     assert_eq!(s.reports(a).unwrap(), vec![(10, 0.5), (20, 0.6)]);

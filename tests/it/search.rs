@@ -1153,3 +1153,71 @@ step = 0.25
     assert_eq!(out["stopped"], "exhausted", "{out}");
     assert_eq!(s.store().trials(1).unwrap().len(), 3);
 }
+
+/// A latency target alone: the study measures its latency table (cached beside the
+/// store), stores the bound, prices every trial by the table and admits only those
+/// under the bound; `trials`, `export` and `rankprune latency` show the same figures.
+#[test]
+fn a_latency_target_prices_every_trial_by_the_table() {
+    let s = study(4, FAST_PROXY, "[final]\ntop_k = 0\nwarm_starts = 0");
+    edit_budget(
+        &s,
+        "target_flops_reduction = 1.2",
+        "target_latency_reduction = 1.1\nlatency_batch = 16",
+    );
+    let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let table_file = s.path("runs/tiny.latency.json");
+    let table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&table_file).unwrap()).unwrap();
+    assert_eq!(table["batch"], 16);
+    assert!(table["entries"].as_object().unwrap().len() >= 5, "{table}");
+    let store = s.store();
+    let row = store.studies().unwrap().remove(0);
+    let target: serde_json::Value = serde_json::from_str(row.target.as_deref().unwrap()).unwrap();
+    let bound = target["max_latency_us"].as_u64().expect("a latency bound");
+    let trials = store.trials(1).unwrap();
+    assert_eq!(trials.len(), 4);
+    for t in &trials {
+        let us = t.cost.latency_us.expect("every trial is priced");
+        assert!(
+            us <= bound,
+            "trial {}: {us} us over the bound {bound} us",
+            t.number
+        );
+    }
+    let db = s.db();
+    let o = run(&["trials", "--db", db.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("latency ms"),
+        "{}",
+        text(&o)
+    );
+    let best = s.path("best.json");
+    let w = export(&db, &["--best"], &best);
+    let ms = w["metrics"]["latency_ms"]
+        .as_f64()
+        .expect("the export's latency");
+    // The CLI reads the same table: the same prediction for the exported config.
+    let o = run(&[
+        "latency",
+        "--arch",
+        "cfg_bn:8,M,16,M",
+        "--num-classes",
+        "4",
+        "--config",
+        best.to_str().unwrap(),
+        "--batch",
+        "16",
+        "--table",
+        table_file.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let report = last_json(&o);
+    let predicted = report["predicted_ms"].as_f64().unwrap();
+    assert!(
+        (predicted - ms).abs() < 1e-3,
+        "CLI {predicted} ms, trial {ms} ms"
+    );
+}

@@ -143,6 +143,7 @@ fn random_search_proposes_feasible_new_points_reproducibly() {
     let target = Target {
         max_flops: Some(c.flops / 8),
         max_params: None,
+        max_latency_us: None,
     };
     let problem = Problem::new(base.into(), space, target);
     let mut a = RandomSearch::new(3);

@@ -24,6 +24,7 @@ fn problem(reduction: f64) -> Problem {
     let target = Target {
         max_flops: Some((flops as f64 / reduction) as u64),
         max_params: None,
+        max_latency_us: None,
     };
     Problem::new(base.into(), space, target)
 }

@@ -80,6 +80,9 @@ fn setup(text: &str) -> (Problem, Weights, Vec<RankRecommendation>) {
         kind: ObjectiveKind::Constrained,
         target_flops_reduction: Some(REDUCTION),
         target_params_reduction: None,
+        target_latency_reduction: None,
+        latency_batch: 1,
+        latency_table: None,
     };
     let target = Target::from_objective(&crate::cost::count(&base), &objective);
     (
@@ -361,6 +364,9 @@ fn a_residual_networks_heuristic_point_is_its_simple_flow() {
         kind: ObjectiveKind::Constrained,
         target_flops_reduction: Some(REDUCTION),
         target_params_reduction: None,
+        target_latency_reduction: None,
+        latency_batch: 1,
+        latency_table: None,
     };
     let target = Target::from_objective(&crate::graph::cost::count(&graph), &objective);
     let network = crate::network::Network {

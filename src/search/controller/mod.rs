@@ -15,7 +15,7 @@ use super::strategy::Strategy;
 use crate::budget::Budget;
 use crate::config::LayerConfig;
 use crate::store::{
-    CandidateCost, FinalResult, StudyState, Trial, TrialState, TrialStore, is_postgres, study_scope,
+    FinalResult, StudyState, Trial, TrialState, TrialStore, is_postgres, study_scope,
 };
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -252,22 +252,17 @@ impl Controller {
                 if self.store.has_config(self.study, &config)? {
                     continue;
                 }
-                let c = self.problem.cost(&p);
-                let id = self.store.enqueue(
-                    self.study,
-                    &config,
-                    CandidateCost {
-                        flops: c.flops,
-                        params: c.params,
-                        size_bytes: c.size_bytes,
-                    },
-                )?;
+                let cost = self.problem.candidate_cost(&p);
+                let id = self.store.enqueue(self.study, &config, cost)?;
                 self.points.insert(id, p);
                 added += 1;
             }
             if added == need {
                 break;
             }
+        }
+        if added > 0 {
+            start::save_latency(&self.problem)?;
         }
         Ok(false)
     }

@@ -150,6 +150,7 @@ pub fn study_problem(
         _ => space_file.resolve(&base.graph, vbmf.as_deref(), &file)?,
     };
     let mut problem = Problem::new(base.clone(), space, target);
+    attach_latency(budget, &mut problem, &file)?;
     if problem.space.anchored.is_some() {
         check_anchor(budget, &problem, &file)?;
     }
@@ -168,12 +169,63 @@ pub fn study_problem(
     Ok(problem)
 }
 
+/// With `objective.target_latency_reduction`, gives the problem the study's latency
+/// table (read from its file when measured on this machine at this batch size, else
+/// measured now, layer by layer) and the latency bound: the base model's predicted
+/// latency over the reduction. Refuses a target that even the space's most compressed
+/// model misses.
+fn attach_latency(budget: &Budget, problem: &mut Problem, space: &str) -> Result<()> {
+    let Some(reduction) = budget.objective.target_latency_reduction else {
+        return Ok(());
+    };
+    let path = budget.latency_table();
+    let batch = budget.objective.latency_batch;
+    let table = crate::model::latency::LatencyTable::load_or_new(&path, batch);
+    let latency = crate::search::problem::Latency {
+        table: Arc::new(std::sync::Mutex::new(table)),
+        path,
+    };
+    let base_us = latency.predict_us(&problem.base.graph);
+    let bound = (base_us as f64 / reduction).floor() as u64;
+    problem.target.max_latency_us = Some(bound);
+    problem.latency = Some(latency);
+    let cheapest = problem.cheapest_point();
+    let cheapest_us = problem.latency_us(&cheapest).expect("a latency table");
+    save_latency(problem)?;
+    tracing::info!(
+        base_ms = base_us as f64 / 1e3,
+        bound_ms = bound as f64 / 1e3,
+        batch,
+        "latency target"
+    );
+    if cheapest_us > bound {
+        return Err(Error::BadInput(format!(
+            "objective.target_latency_reduction = {reduction}: the most compressed model of {space} reaches {:.2}x lower latency ({:.3} ms against the base's {:.3} ms at batch {batch}); no point can meet it",
+            base_us as f64 / cheapest_us.max(1) as f64,
+            cheapest_us as f64 / 1e3,
+            base_us as f64 / 1e3,
+        )));
+    }
+    Ok(())
+}
+
+/// Writes the problem's latency table (if it has one) to its file.
+pub fn save_latency(problem: &Problem) -> Result<()> {
+    match &problem.latency {
+        Some(l) => l
+            .save()
+            .map_err(|e| Error::Failure(format!("latency table {}: {e}", l.path.display()))),
+        None => Ok(()),
+    }
+}
+
 /// Refuses an anchored space whose anchor, the heuristic's own config, is off the
 /// study's target: every other point is a move away from it.
 fn check_anchor(budget: &Budget, problem: &Problem, file: &str) -> Result<()> {
     let a = problem.space.anchored.as_ref().expect("an anchored space");
-    let c = problem.cost(&a.heuristic_point());
-    if problem.admits(&c) {
+    let anchor = a.heuristic_point();
+    let c = problem.cost(&anchor);
+    if problem.admits(&anchor, &c) {
         return Ok(());
     }
     Err(Error::BadInput(format!(

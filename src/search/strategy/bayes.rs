@@ -227,7 +227,7 @@ impl Bayes {
             return None;
         }
         let c = problem.cost(p);
-        if !problem.admits(&c) {
+        if !problem.admits(p, &c) {
             return None;
         }
         let (m, v) = gp.predict(&problem.space.encode(p));
