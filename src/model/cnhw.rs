@@ -252,6 +252,9 @@ mod tests {
                 two_threads.install(|| {
                     check(8, 16, 16, 32, 3, 1, true);
                     check(8, 16, 17, 31, 3, 1, false);
+                    // One image overflows a chunk: bands of tile rows, one per thread,
+                    // the last hanging over an odd map's edge.
+                    check(2, 16, 16, 63, 3, 1, true);
                 });
             });
         }

@@ -53,21 +53,69 @@ impl Sizes {
         self.tiles_y() * self.tiles_x()
     }
 
-    /// Images per chunk, and whether chunks run one per thread (each single-threaded)
+    /// The batch's chunks, and whether they run one per thread (each single-threaded)
     /// or one after the other (each with its 16 products shared among the threads).
-    fn chunking(&self) -> (usize, bool) {
-        let per_image = 16 * (self.c + self.out) * self.image_tiles();
-        let small = (CHUNK_FLOATS / per_image).clamp(1, self.n);
+    /// A chunk is a run of images, or a band of one image's tile rows where one image's
+    /// transformed data alone would overflow a core's cache.
+    fn chunks(&self) -> (Vec<Chunk>, bool) {
+        let ty_n = self.tiles_y();
+        let per_row = 16 * (self.c + self.out) * self.tiles_x();
+        let per_image = per_row * ty_n;
         let weights = 16 * self.out * self.c;
-        // Per thread, each chunk streams all of `U`: only where that is small next to
-        // the chunk's own data.
-        if self.n.div_ceil(small) >= 2 * rayon::current_num_threads()
-            && weights <= small * per_image
-        {
-            (small, true)
+        let threads = rayon::current_num_threads();
+        let images = |per: usize| -> Vec<Chunk> {
+            image_runs(self.n, per)
+                .map(|imgs| Chunk {
+                    imgs,
+                    rows: 0..ty_n,
+                })
+                .collect()
+        };
+        if per_image <= CHUNK_FLOATS {
+            let small = (CHUNK_FLOATS / per_image).clamp(1, self.n);
+            // Per thread, each chunk streams all of `U`: only where that is small next
+            // to the chunk's own data.
+            if self.n.div_ceil(small) >= 2 * threads && weights <= small * per_image {
+                return (images(small), true);
+            }
         } else {
-            ((BIG_CHUNK_FLOATS / per_image).clamp(1, self.n), false)
+            let rows = (CHUNK_FLOATS / per_row).clamp(1, ty_n);
+            if self.n * ty_n.div_ceil(rows) >= 2 * threads && weights <= rows * per_row {
+                let bands = (0..self.n)
+                    .flat_map(|img| {
+                        image_runs(ty_n, rows).map(move |rows| Chunk {
+                            imgs: img..img + 1,
+                            rows,
+                        })
+                    })
+                    .collect();
+                return (bands, true);
+            }
         }
+        (
+            images((BIG_CHUNK_FLOATS / per_image).clamp(1, self.n)),
+            false,
+        )
+    }
+}
+
+/// Part of a batch that the transforms and products take at once: tile rows `rows` of
+/// images `imgs` (all of them, `0..tiles_y`, unless it is a band of one image). Its
+/// tiles are numbered by image, tile row within `rows`, tile column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Chunk {
+    imgs: Range<usize>,
+    rows: Range<usize>,
+}
+
+impl Chunk {
+    fn tiles(&self, s: Sizes) -> usize {
+        self.imgs.len() * self.rows.len() * s.tiles_x()
+    }
+
+    /// Tile `(b, ty, 0)`'s number: image `b` of the chunk, tile row `ty` of the map.
+    fn first(&self, s: Sizes, b: usize, ty: usize) -> usize {
+        (b * self.rows.len() + ty - self.rows.start) * s.tiles_x()
     }
 }
 
@@ -79,7 +127,7 @@ const MIN_CHANNELS: usize = 16;
 const MIN_TILES: usize = 64;
 
 /// About 1 MiB of transformed inputs and products per chunk, when chunks run one per
-/// thread.
+/// thread (within a core's L2 beside the transformed weights).
 const CHUNK_FLOATS: usize = 1 << 18;
 
 /// About 16 MiB per chunk when chunks run one after the other.
@@ -133,20 +181,20 @@ pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], s: Sizes) -> Vec<f32> {
     let total = s.out * s.n * s.h * s.w;
     let mut y = Vec::<f32>::with_capacity(total);
     let dst = Shared(y.as_mut_ptr());
-    let (per_chunk, per_thread) = s.chunking();
-    let chunks: Vec<Range<usize>> = image_runs(s.n, per_chunk).collect();
-    let run = |imgs: Range<usize>| {
-        let v = transform_inputs(x, s, imgs.clone(), per_thread);
-        let m = products(&u, &v, s, imgs.len() * s.image_tiles(), per_thread);
+    let (chunks, per_thread) = s.chunks();
+    let run = |chunk: Chunk| {
+        let v = transform_inputs(x, s, &chunk, per_thread);
+        let m = products(&u, &v, s, chunk.tiles(s), per_thread);
         // SAFETY: `y` has room for `total` values; each chunk writes the output pixels of
-        // its own images only, every one of them (see `transform_outputs`).
-        unsafe { transform_outputs(&m, bias, s, imgs, per_thread, dst) };
+        // its own tile rows of its own images only, every one of them (see
+        // `transform_outputs`).
+        unsafe { transform_outputs(&m, bias, s, &chunk, per_thread, dst) };
     };
     match per_thread {
         true => chunks.into_par_iter().for_each(run),
         false => chunks.into_iter().for_each(run),
     }
-    // SAFETY: the chunks' images tile `0..n`, and each wrote all its output pixels.
+    // SAFETY: the chunks tile the batch's tile rows, and each wrote all its pixels.
     unsafe { y.set_len(total) };
     y
 }
@@ -180,13 +228,12 @@ pub fn input_grad(dy: &[f32], weight: &[f32], s: Sizes) -> Vec<f32> {
 /// those are summed in a fixed order.
 pub fn weight_grad(x: &[f32], dy: &[f32], s: Sizes) -> Vec<f32> {
     let oc = s.out * s.c;
-    let (per_chunk, per_thread) = s.chunking();
-    let chunks: Vec<Range<usize>> = image_runs(s.n, per_chunk).collect();
+    let (chunks, per_thread) = s.chunks();
     // `dU_e += dM_e V_e^T` for the chunk's tiles.
-    let add_chunk = |du: &mut [f32], imgs: Range<usize>| {
-        let tiles = imgs.len() * s.image_tiles();
-        let v = transform_inputs(x, s, imgs.clone(), per_thread);
-        let dm = transform_output_grads(dy, s, imgs, per_thread);
+    let add_chunk = |du: &mut [f32], chunk: &Chunk| {
+        let tiles = chunk.tiles(s);
+        let v = transform_inputs(x, s, chunk, per_thread);
+        let dm = transform_output_grads(dy, s, chunk, per_thread);
         du.par_chunks_mut(oc)
             .with_min_len(min_len(per_thread))
             .enumerate()
@@ -201,14 +248,14 @@ pub fn weight_grad(x: &[f32], dy: &[f32], s: Sizes) -> Vec<f32> {
         let parts = rayon::current_num_threads().min(chunks.len());
         add_parts(&mut du, chunks.len(), parts, |run| {
             let mut part = vec![0f32; 16 * oc];
-            for imgs in &chunks[run] {
-                add_chunk(&mut part, imgs.clone());
+            for chunk in &chunks[run] {
+                add_chunk(&mut part, chunk);
             }
             part
         });
     } else {
-        for imgs in chunks {
-            add_chunk(&mut du, imgs);
+        for chunk in &chunks {
+            add_chunk(&mut du, chunk);
         }
     }
     untransform_weights(&du, s)
@@ -247,11 +294,11 @@ fn untransform_weights(du: &[f32], s: Sizes) -> Vec<f32> {
     dw
 }
 
-/// `dM = A dY A^T` of every 2x2 output tile of images `imgs` (zeros past the map's
+/// `dM = A dY A^T` of every 2x2 output tile of `chunk` (zeros past the map's
 /// edge), laid out `[16, O, tiles]`: the adjoint of [`transform_outputs`]'s `A^T M A`,
 /// with `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
-fn transform_output_grads(dy: &[f32], s: Sizes, imgs: Range<usize>, per_thread: bool) -> Vec<f32> {
-    let tiles = imgs.len() * s.image_tiles();
+fn transform_output_grads(dy: &[f32], s: Sizes, chunk: &Chunk, per_thread: bool) -> Vec<f32> {
+    let tiles = chunk.tiles(s);
     let mut dm = Vec::<f32>::with_capacity(16 * s.out * tiles);
     let out = Shared(dm.as_mut_ptr());
     (0..s.out)
@@ -261,7 +308,7 @@ fn transform_output_grads(dy: &[f32], s: Sizes, imgs: Range<usize>, per_thread: 
         .for_each(|o| {
             vectorized(
                 #[inline(always)]
-                || unsafe { output_grad_channel(dy, s, imgs.clone(), o, out) },
+                || unsafe { output_grad_channel(dy, s, chunk, o, out) },
             )
         });
     // SAFETY: every channel wrote its 16 rows of `tiles` values: each image and tile row
@@ -276,18 +323,18 @@ fn transform_output_grads(dy: &[f32], s: Sizes, imgs: Range<usize>, per_thread: 
 /// `out` must have room for all of `dM`, and no other thread may write channel `o`'s
 /// rows meanwhile.
 #[inline(always)]
-unsafe fn output_grad_channel(dy: &[f32], s: Sizes, imgs: Range<usize>, o: usize, out: Shared) {
-    let (ty_n, n) = (s.tiles_y(), s.tiles_x());
-    let tiles = imgs.len() * s.image_tiles();
+unsafe fn output_grad_channel(dy: &[f32], s: Sizes, chunk: &Chunk, o: usize, out: Shared) {
+    let n = s.tiles_x();
+    let tiles = chunk.tiles(s);
     // A tile row's two rows of `dY`, each as its even and odd columns (zeros past the
     // edge): `[row][even, odd][t]`.
     let mut halves: [[Vec<f32>; 2]; 2] =
         std::array::from_fn(|_| std::array::from_fn(|_| vec![0f32; n]));
     // One row of `A dY` as its even and odd columns.
     let (mut re, mut ro) = (vec![0f32; n], vec![0f32; n]);
-    for (b, img) in imgs.clone().enumerate() {
+    for (b, img) in chunk.imgs.clone().enumerate() {
         let plane = &dy[(o * s.n + img) * s.h * s.w..][..s.h * s.w];
-        for ty in 0..ty_n {
+        for ty in chunk.rows.clone() {
             for (oy, [even, odd]) in halves.iter_mut().enumerate() {
                 even.fill(0.0);
                 odd.fill(0.0);
@@ -305,7 +352,7 @@ unsafe fn output_grad_channel(dy: &[f32], s: Sizes, imgs: Range<usize>, o: usize
             }
             let [[e0, o0], [e1, o1]] = &halves;
             let (e0, o0, e1, o1) = (&e0[..n], &o0[..n], &e1[..n], &o1[..n]);
-            let first = (b * ty_n + ty) * n;
+            let first = chunk.first(s, b, ty);
             for i in 0..4 {
                 let (re, ro) = (&mut re[..n], &mut ro[..n]);
                 for t in 0..n {
@@ -334,11 +381,11 @@ unsafe fn output_grad_channel(dy: &[f32], s: Sizes, imgs: Range<usize>, o: usize
     }
 }
 
-/// `V = B^T d B` of every tile of images `imgs`, laid out `[16, C, tiles]` (tiles in
+/// `V = B^T d B` of every tile of `chunk`, laid out `[16, C, tiles]` (tiles in
 /// image, tile-row, tile-column order), with
 /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
-fn transform_inputs(x: &[f32], s: Sizes, imgs: Range<usize>, per_thread: bool) -> Vec<f32> {
-    let tiles = imgs.len() * s.image_tiles();
+fn transform_inputs(x: &[f32], s: Sizes, chunk: &Chunk, per_thread: bool) -> Vec<f32> {
+    let tiles = chunk.tiles(s);
     let mut v = Vec::<f32>::with_capacity(16 * s.c * tiles);
     let out = Shared(v.as_mut_ptr());
     (0..s.c)
@@ -348,7 +395,7 @@ fn transform_inputs(x: &[f32], s: Sizes, imgs: Range<usize>, per_thread: bool) -
         .for_each(|ch| {
             vectorized(
                 #[inline(always)]
-                || unsafe { input_channel(x, s, imgs.clone(), ch, out) },
+                || unsafe { input_channel(x, s, chunk, ch, out) },
             )
         });
     // SAFETY: every channel wrote its 16 rows of `tiles` values: each image, tile row and
@@ -358,7 +405,7 @@ fn transform_inputs(x: &[f32], s: Sizes, imgs: Range<usize>, per_thread: bool) -
 }
 
 /// [`transform_inputs`] of input channel `ch`: its 16 rows of `V` (`[16, C, tiles]`
-/// for the tiles of images `imgs`, at `out`). Each input row's `d B` (its four parts) is
+/// for the tiles of `chunk`, at `out`). Each input row's `d B` (its four parts) is
 /// computed once and serves the two tile rows that read it; every loop runs over a row
 /// of tiles on slices of one length, so that it vectorises.
 ///
@@ -366,9 +413,9 @@ fn transform_inputs(x: &[f32], s: Sizes, imgs: Range<usize>, per_thread: bool) -
 /// `out` must have room for all of `V`, and no other thread may write channel `ch`'s
 /// rows meanwhile.
 #[inline(always)]
-unsafe fn input_channel(x: &[f32], s: Sizes, imgs: Range<usize>, ch: usize, out: Shared) {
-    let (ty_n, n) = (s.tiles_y(), s.tiles_x());
-    let tiles = imgs.len() * s.image_tiles();
+unsafe fn input_channel(x: &[f32], s: Sizes, chunk: &Chunk, ch: usize, out: Shared) {
+    let n = s.tiles_x();
+    let tiles = chunk.tiles(s);
     // One input row padded by a zero on the left (and right, to even length), split
     // into its even and odd columns: tile t reads padded columns 2t..2t+4.
     let mut even = vec![0f32; n + 1];
@@ -377,10 +424,10 @@ unsafe fn input_channel(x: &[f32], s: Sizes, imgs: Range<usize>, ch: usize, out:
     // and 3 of one tile row are rows 0 and 1 of the next.
     let mut r4: [[Vec<f32>; 4]; 4] =
         std::array::from_fn(|_| std::array::from_fn(|_| vec![0f32; n]));
-    for (b, img) in imgs.clone().enumerate() {
+    for (b, img) in chunk.imgs.clone().enumerate() {
         let plane = &x[(ch * s.n + img) * s.h * s.w..][..s.h * s.w];
-        for ty in 0..ty_n {
-            let fresh = if ty == 0 {
+        for ty in chunk.rows.clone() {
+            let fresh = if ty == chunk.rows.start {
                 0
             } else {
                 r4.swap(0, 2);
@@ -392,7 +439,7 @@ unsafe fn input_channel(x: &[f32], s: Sizes, imgs: Range<usize>, ch: usize, out:
                 split_row(iy.map(|iy| &plane[iy * s.w..][..s.w]), &mut even, &mut odd);
                 row_transform(&even, &odd, parts, n);
             }
-            let first = (b * ty_n + ty) * n;
+            let first = chunk.first(s, b, ty);
             // `j` picks a part of each row and places the rows it writes.
             #[allow(clippy::needless_range_loop)]
             for j in 0..4 {
@@ -477,30 +524,30 @@ fn products(u: &[f32], v: &[f32], s: Sizes, tiles: usize, per_thread: bool) -> V
     m
 }
 
-/// `y = A^T M A + bias` for every tile of images `imgs`, written into `y`
+/// `y = A^T M A + bias` for every tile of `chunk`, written into `y`
 /// (`[O, N, H, W]`), with `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`. A tile past an odd
 /// map's edge writes only its pixels inside the map.
 ///
 /// # Safety
-/// `y` must have room for `O N H W` values, and no other thread may write the pixels
-/// of images `imgs` meanwhile.
+/// `y` must have room for `O N H W` values, and no other thread may write the chunk's
+/// pixels meanwhile.
 unsafe fn transform_outputs(
     m: &[f32],
     bias: &[f32],
     s: Sizes,
-    imgs: Range<usize>,
+    chunk: &Chunk,
     per_thread: bool,
     y: Shared,
 ) {
     (0..s.out)
         .into_par_iter()
         .with_min_len(min_len(per_thread))
-        // SAFETY: each task writes output channel `o`'s planes of images `imgs` alone
+        // SAFETY: each task writes output channel `o`'s rows of the chunk alone
         // (the caller vouches for other threads).
         .for_each(|o| {
             vectorized(
                 #[inline(always)]
-                || unsafe { output_channel(m, bias, s, imgs.clone(), o, y) },
+                || unsafe { output_channel(m, bias, s, chunk, o, y) },
             )
         });
 }
@@ -508,19 +555,12 @@ unsafe fn transform_outputs(
 /// [`transform_outputs`] of output channel `o`.
 ///
 /// # Safety
-/// As [`transform_outputs`], and no other thread may write channel `o`'s planes of
-/// images `imgs` meanwhile.
+/// As [`transform_outputs`], and no other thread may write channel `o`'s pixels of the
+/// chunk meanwhile.
 #[inline(always)]
-unsafe fn output_channel(
-    m: &[f32],
-    bias: &[f32],
-    s: Sizes,
-    imgs: Range<usize>,
-    o: usize,
-    y: Shared,
-) {
-    let (ty_n, n) = (s.tiles_y(), s.tiles_x());
-    let tiles = imgs.len() * s.image_tiles();
+unsafe fn output_channel(m: &[f32], bias: &[f32], s: Sizes, chunk: &Chunk, o: usize, y: Shared) {
+    let n = s.tiles_x();
+    let tiles = chunk.tiles(s);
     // The column transform `M A` of a tile row: [tile row i][output column][t].
     let mut half: [[Vec<f32>; 2]; 4] =
         std::array::from_fn(|_| std::array::from_fn(|_| vec![0f32; n]));
@@ -528,15 +568,19 @@ unsafe fn output_channel(
     let mut cols: [Vec<f32>; 2] = std::array::from_fn(|_| vec![0f32; n]);
     let mut line = vec![0f32; 2 * n];
     let bo = bias[o];
-    for (b, img) in imgs.clone().enumerate() {
-        // SAFETY: the planes of output channel `o`, image `img`: inside `y`, and
-        // written by this task alone (the caller vouches for other threads).
-        let plane = unsafe {
-            let at = y.get().add((o * s.n + img) * s.h * s.w);
-            std::slice::from_raw_parts_mut(at.cast::<MaybeUninit<f32>>(), s.h * s.w)
+    // The chunk's output rows of each of its images' planes.
+    let top = 2 * chunk.rows.start;
+    let bottom = (2 * chunk.rows.end).min(s.h);
+    for (b, img) in chunk.imgs.clone().enumerate() {
+        // SAFETY: rows `top..bottom` of output channel `o`'s plane of image `img`:
+        // inside `y`, and written by this task alone (the caller vouches for other
+        // threads; another band of the image has other rows).
+        let band = unsafe {
+            let at = y.get().add(((o * s.n + img) * s.h + top) * s.w);
+            std::slice::from_raw_parts_mut(at.cast::<MaybeUninit<f32>>(), (bottom - top) * s.w)
         };
-        for ty in 0..ty_n {
-            let first = (b * ty_n + ty) * n;
+        for ty in chunk.rows.clone() {
+            let first = chunk.first(s, b, ty);
             for (i, [h0, h1]) in half.iter_mut().enumerate() {
                 let [m0, m1, m2, m3] =
                     std::array::from_fn(|j| &m[((i * 4 + j) * s.out + o) * tiles + first..][..n]);
@@ -564,7 +608,7 @@ unsafe fn output_channel(
                     pair[0] = c0;
                     pair[1] = c1;
                 }
-                plane[(2 * ty + oy) * s.w..][..s.w].write_copy_of_slice(&line[..s.w]);
+                band[(2 * ty + oy - top) * s.w..][..s.w].write_copy_of_slice(&line[..s.w]);
             }
         }
     }
@@ -608,8 +652,30 @@ mod tests {
             .build()
             .unwrap();
         two_threads.install(|| {
-            assert_eq!(sizes(16, 16, 8, 32).chunking(), (2, true));
-            assert!(!sizes(16, 16, 8, 5).chunking().1);
+            // Two images a chunk, one per thread.
+            let (chunks, per_thread) = sizes(16, 16, 8, 32).chunks();
+            assert!(per_thread);
+            assert_eq!(chunks.len(), 4);
+            assert_eq!(
+                chunks[1],
+                Chunk {
+                    imgs: 2..4,
+                    rows: 0..16
+                }
+            );
+            assert!(!sizes(16, 16, 8, 5).chunks().1);
+            // One image's data overflows a chunk: bands of 8 of its 16 tile rows.
+            let (chunks, per_thread) = sizes(64, 64, 4, 32).chunks();
+            assert!(per_thread);
+            assert_eq!(chunks.len(), 8);
+            assert_eq!(
+                chunks[1],
+                Chunk {
+                    imgs: 0..1,
+                    rows: 8..16
+                }
+            );
+            assert_eq!(chunks[1].first(sizes(64, 64, 4, 32), 0, 9), 16);
         });
     }
 }
