@@ -52,7 +52,8 @@ pub fn run_latency(graph: &Graph, args: LatencyArgs) -> Result<()> {
     if args.batch == 0 {
         return Err(Error::BadInput("--batch 0: allowed >= 1".into()));
     }
-    let mut table = LatencyTable::load_or_new(&args.table, args.batch);
+    let mut table = LatencyTable::open(&args.table, args.batch)
+        .map_err(|e| Error::BadInput(format!("--table {e}")))?;
     let known = table.entries.len();
     let rows = table.rows(graph);
     if table.entries.len() > known {

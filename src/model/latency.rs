@@ -58,14 +58,26 @@ impl LatencyTable {
         }
     }
 
-    /// The table cached in `path` when it was measured on this machine at `batch`, else
-    /// an empty one (a table of another machine or batch size would mislead).
-    pub fn load_or_new(path: &std::path::Path, batch: usize) -> Self {
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|s| serde_json::from_str::<Self>(&s).ok())
-            .filter(|t| t.machine == machine() && t.batch == batch)
-            .unwrap_or_else(|| Self::new(batch))
+    /// The table cached in `path`, or an empty one when there is no such file. A file
+    /// that is not a latency table, or holds one of another machine or batch size (which
+    /// would mislead), is an error: it is never overwritten.
+    pub fn open(path: &std::path::Path, batch: usize) -> Result<Self, String> {
+        let shown = path.display();
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::new(batch)),
+            Err(e) => return Err(format!("{shown}: {e}")),
+        };
+        let table: Self = serde_json::from_str(&text)
+            .map_err(|e| format!("{shown}: not a latency table ({e})"))?;
+        let here = machine();
+        if table.machine != here || table.batch != batch {
+            return Err(format!(
+                "{shown} holds the latency table of {} at batch {}, not of this machine ({here}) at batch {batch}: name another file",
+                table.machine, table.batch
+            ));
+        }
+        Ok(table)
     }
 
     /// Writes the table to `path` (through a temporary file, so that a crash leaves the
@@ -363,5 +375,26 @@ mod tests {
         assert!(ms > 0.0 && ms.is_finite());
         let distinct: std::collections::BTreeSet<String> = keys.into_iter().collect();
         assert_eq!(table.entries.len(), distinct.len());
+        // Saved and opened again at its batch size; refused at another, and a file
+        // that is not a table is refused, never overwritten.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.json");
+        assert_eq!(LatencyTable::open(&path, 2).unwrap().entries.len(), 0);
+        table.save(&path).unwrap();
+        // (JSON keeps each value to its last bit or so.)
+        let back = LatencyTable::open(&path, 2).unwrap();
+        assert_eq!((&back.machine, back.batch), (&table.machine, table.batch));
+        assert!(back.entries.keys().eq(table.entries.keys()));
+        for (a, b) in back.entries.values().zip(table.entries.values()) {
+            assert!((a - b).abs() <= 1e-12 * b.abs(), "{a} vs {b}");
+        }
+        let e = LatencyTable::open(&path, 4).unwrap_err();
+        assert!(
+            e.contains("at batch 2") && e.contains("name another file"),
+            "{e}"
+        );
+        std::fs::write(&path, "{\"weights\": 1}").unwrap();
+        let e = LatencyTable::open(&path, 2).unwrap_err();
+        assert!(e.contains("not a latency table"), "{e}");
     }
 }

@@ -180,7 +180,8 @@ fn attach_latency(budget: &Budget, problem: &mut Problem, space: &str) -> Result
     };
     let path = budget.latency_table();
     let batch = budget.objective.latency_batch;
-    let table = crate::model::latency::LatencyTable::load_or_new(&path, batch);
+    let table = crate::model::latency::LatencyTable::open(&path, batch)
+        .map_err(|e| Error::BadInput(format!("objective.latency_table: {e}")))?;
     let latency = crate::search::problem::Latency {
         table: Arc::new(std::sync::Mutex::new(table)),
         path,
