@@ -1220,4 +1220,9 @@ fn a_latency_target_prices_every_trial_by_the_table() {
         (predicted - ms).abs() < 1e-3,
         "CLI {predicted} ms, trial {ms} ms"
     );
+    // Run again, the study resumes: the cached table gives the base the same latency,
+    // so the stored bound stands (a re-measured one would read as a changed target).
+    let o = run(&["search", s.budget().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(s.store().trials(1).unwrap(), trials);
 }
