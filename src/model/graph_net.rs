@@ -128,6 +128,20 @@ fn pool(op: &Op, x: Tensor<4>) -> Tensor<4> {
     }
 }
 
+/// For each node of `graph`: how many inputs of later nodes read it, and the last node
+/// that does.
+pub(super) fn uses(graph: &Graph) -> (Vec<usize>, Vec<usize>) {
+    let mut readers = vec![0usize; graph.nodes.len()];
+    let mut last_use = vec![0usize; graph.nodes.len()];
+    for (i, n) in graph.nodes.iter().enumerate() {
+        for &j in &n.inputs {
+            readers[j] += 1;
+            last_use[j] = i;
+        }
+    }
+    (readers, last_use)
+}
+
 /// What [`GraphNet::forward_with`] hands its hook: the BatchNorm (with its index among
 /// the BNs) whose output the hook computes, or `None` for a BN-less conv's output.
 pub type Unit<'a> = Option<(usize, &'a BatchNorm)>;
@@ -313,14 +327,7 @@ impl GraphNet {
         mut times: Option<&mut Vec<f64>>,
     ) -> Value {
         let nodes = &self.graph.nodes;
-        let mut readers = vec![0usize; nodes.len()];
-        let mut last_use = vec![0usize; nodes.len()];
-        for (i, n) in nodes.iter().enumerate() {
-            for &j in &n.inputs {
-                readers[j] += 1;
-                last_use[j] = i;
-            }
-        }
+        let (readers, last_use) = uses(&self.graph);
         let mut values: Vec<Option<Value>> = vec![None; nodes.len()];
         let image = Value::Map(x);
         let mut skip = false;

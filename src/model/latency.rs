@@ -137,12 +137,7 @@ pub struct Layer {
 /// conv's copy of it is part of that conv's time.)
 pub fn layers(graph: &Graph) -> Vec<Layer> {
     let shapes = graph.shapes().expect("a checked graph");
-    let mut readers = vec![0usize; graph.nodes.len()];
-    for n in &graph.nodes {
-        for &j in &n.inputs {
-            readers[j] += 1;
-        }
-    }
+    let (readers, _) = super::graph_net::uses(graph);
     let mut out = Vec::new();
     let mut skip = false;
     for (i, node) in graph.nodes.iter().enumerate() {

@@ -298,23 +298,47 @@ fn untransform_weights(du: &[f32], s: Sizes) -> Vec<f32> {
 /// edge), laid out `[16, O, tiles]`: the adjoint of [`transform_outputs`]'s `A^T M A`,
 /// with `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
 fn transform_output_grads(dy: &[f32], s: Sizes, chunk: &Chunk, per_thread: bool) -> Vec<f32> {
-    let tiles = chunk.tiles(s);
-    let mut dm = Vec::<f32>::with_capacity(16 * s.out * tiles);
-    let out = Shared(dm.as_mut_ptr());
-    (0..s.out)
+    // SAFETY: `output_grad_channel` writes channel `o`'s 16 rows of the chunk's tiles:
+    // each image and tile row one run of `tx_n`, and the runs tile the row.
+    unsafe {
+        by_channel(
+            s.out,
+            chunk.tiles(s),
+            per_thread,
+            #[inline(always)]
+            |o, out| output_grad_channel(dy, s, chunk, o, out),
+        )
+    }
+}
+
+/// A `[16, channels, tiles]` buffer whose rows of channel `ch` the call `fill(ch, out)`
+/// writes (`out`: the buffer), in parallel over the channels (on this thread alone
+/// when `per_thread`), each call compiled for the widest instruction set the CPU has
+/// (see `simd`; `fill` should be `#[inline(always)]`).
+///
+/// # Safety
+/// `fill(ch, out)` must write every value of channel `ch`'s 16 rows and nothing else.
+unsafe fn by_channel(
+    channels: usize,
+    tiles: usize,
+    per_thread: bool,
+    fill: impl Fn(usize, Shared) + Sync,
+) -> Vec<f32> {
+    let mut buffer = Vec::<f32>::with_capacity(16 * channels * tiles);
+    let out = Shared(buffer.as_mut_ptr());
+    (0..channels)
         .into_par_iter()
         .with_min_len(min_len(per_thread))
-        // SAFETY: `dm` has room for `[16, O, tiles]`; channel `o`'s rows are this task's.
-        .for_each(|o| {
+        .for_each(|ch| {
             vectorized(
                 #[inline(always)]
-                || unsafe { output_grad_channel(dy, s, chunk, o, out) },
+                || fill(ch, out),
             )
         });
-    // SAFETY: every channel wrote its 16 rows of `tiles` values: each image and tile row
-    // one run of `tx_n`, and the runs tile the row.
-    unsafe { dm.set_len(16 * s.out * tiles) };
-    dm
+    // SAFETY: every channel wrote all its values (the caller vouches), and the
+    // channels' rows tile the buffer.
+    unsafe { buffer.set_len(16 * channels * tiles) };
+    buffer
 }
 
 /// [`transform_output_grads`] of output channel `o`.
@@ -385,23 +409,17 @@ unsafe fn output_grad_channel(dy: &[f32], s: Sizes, chunk: &Chunk, o: usize, out
 /// image, tile-row, tile-column order), with
 /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
 fn transform_inputs(x: &[f32], s: Sizes, chunk: &Chunk, per_thread: bool) -> Vec<f32> {
-    let tiles = chunk.tiles(s);
-    let mut v = Vec::<f32>::with_capacity(16 * s.c * tiles);
-    let out = Shared(v.as_mut_ptr());
-    (0..s.c)
-        .into_par_iter()
-        .with_min_len(min_len(per_thread))
-        // SAFETY: `v` has room for `[16, C, tiles]`; channel `ch`'s rows are this task's.
-        .for_each(|ch| {
-            vectorized(
-                #[inline(always)]
-                || unsafe { input_channel(x, s, chunk, ch, out) },
-            )
-        });
-    // SAFETY: every channel wrote its 16 rows of `tiles` values: each image, tile row and
-    // part `(i, j)` one run of `tx_n`, and the runs tile the row.
-    unsafe { v.set_len(16 * s.c * tiles) };
-    v
+    // SAFETY: `input_channel` writes channel `ch`'s 16 rows of the chunk's tiles: each
+    // image, tile row and part `(i, j)` one run of `tx_n`, and the runs tile the row.
+    unsafe {
+        by_channel(
+            s.c,
+            chunk.tiles(s),
+            per_thread,
+            #[inline(always)]
+            |ch, out| input_channel(x, s, chunk, ch, out),
+        )
+    }
 }
 
 /// [`transform_inputs`] of input channel `ch`: its 16 rows of `V` (`[16, C, tiles]`

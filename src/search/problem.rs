@@ -4,7 +4,7 @@
 
 use super::space::{Point, Space};
 use crate::budget::Objective;
-use crate::compress::graph_config::{config_cost, config_layout};
+use crate::compress::graph_config::config_layout;
 use crate::config::LayerConfig;
 use crate::cost::Cost;
 use crate::model::latency::LatencyTable;
@@ -62,10 +62,13 @@ impl Target {
     /// Whether a candidate meets every bound (one of unknown latency misses a latency
     /// bound).
     pub fn admits(&self, c: &CandidateCost) -> bool {
-        self.admits_counts(c.flops, c.params)
-            && self
-                .max_latency_us
-                .is_none_or(|m| c.latency_us.is_some_and(|l| l <= m))
+        self.admits_counts(c.flops, c.params) && self.admits_latency(c.latency_us)
+    }
+
+    /// Whether a latency (None: unknown) is within the latency bound, if any.
+    pub fn admits_latency(&self, latency_us: Option<u64>) -> bool {
+        self.max_latency_us
+            .is_none_or(|m| latency_us.is_some_and(|l| l <= m))
     }
 }
 
@@ -144,21 +147,25 @@ impl Problem {
 
     /// Predicted latency of a point's model in microseconds, with a latency table.
     pub fn latency_us(&self, p: &[usize]) -> Option<u64> {
-        let latency = self.latency.as_ref()?;
-        let layout = config_layout(&self.base.graph, &self.config(p))
-            .expect("every point of a resolved space is a valid config");
-        Some(latency.predict_us(&layout))
+        self.latency_us_of(&self.layout(p))
+    }
+
+    /// The layout (decomposed and pruned graph) of a point's model.
+    fn layout(&self, p: &[usize]) -> crate::graph::Graph {
+        config_layout(&self.base.graph, &self.config(p))
+            .expect("every point of a resolved space is a valid config")
     }
 
     /// A point's cost as a trial stores it: the counts, and the predicted latency where
     /// the study has a latency table.
     pub fn candidate_cost(&self, p: &[usize]) -> CandidateCost {
-        let c = self.cost(p);
+        let layout = self.layout(p);
+        let c = crate::graph::cost::count(&layout);
         CandidateCost {
             flops: c.flops,
             params: c.params,
             size_bytes: c.size_bytes,
-            latency_us: self.latency_us(p),
+            latency_us: self.latency_us_of(&layout),
         }
     }
 
@@ -167,12 +174,7 @@ impl Problem {
     fn fits(&self, p: &[usize], c: &Cost) -> bool {
         self.target.admits_counts(c.flops, c.params)
             && (self.target.max_latency_us.is_none()
-                || self.target.admits(&CandidateCost {
-                    flops: c.flops,
-                    params: c.params,
-                    size_bytes: c.size_bytes,
-                    latency_us: self.latency_us(p),
-                }))
+                || self.target.admits_latency(self.latency_us(p)))
     }
 
     pub fn config(&self, p: &[usize]) -> LayerConfig {
@@ -205,8 +207,7 @@ impl Problem {
 
     /// Exact cost of a point's model.
     pub fn cost(&self, p: &[usize]) -> Cost {
-        config_cost(&self.base.graph, &self.config(p))
-            .expect("every point of a resolved space is a valid config")
+        crate::graph::cost::count(&self.layout(p))
     }
 
     /// An observation of `point` with its exact cost.
