@@ -95,13 +95,7 @@ impl Geometry {
 
     /// The conv's sizes for [`winograd`], where it applies (3x3, padding 1) and pays.
     fn winograd(&self) -> Option<winograd::Sizes> {
-        let s = winograd::Sizes {
-            c: self.c,
-            n: self.n,
-            h: self.h,
-            w: self.w,
-            out: self.out,
-        };
+        let s = winograd::Sizes::new(self.c, self.n, self.h, self.w, self.out);
         (self.k == 3 && self.p == 1 && s.worth_it()).then_some(s)
     }
 
@@ -651,11 +645,7 @@ fn backward(
 /// padding 1 and Winograd pays for its adjoint (`O` input channels, `C` output).
 fn winograd_input_grad(g: Geometry, dys: &[f32], w: &[f32]) -> Option<Flat> {
     let s = g.winograd()?;
-    let adjoint = winograd::Sizes {
-        c: g.out,
-        out: g.c,
-        ..s
-    };
+    let adjoint = winograd::Sizes::new(g.out, g.n, g.h, g.w, g.c);
     adjoint.worth_it().then(|| {
         timed(Op::WinogradInputGrad, || {
             tensor(winograd::input_grad(dys, w, s), vec![g.c, g.n, g.h, g.w])

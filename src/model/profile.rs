@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     ConvForward,
-    /// A 3x3 conv's forward by Winograd's F(2x2, 3x3).
+    /// A 3x3 conv's forward by Winograd's F(4x4, 3x3) or F(2x2, 3x3).
     WinogradForward,
     ConvInputGrad,
-    /// A 3x3 conv's input gradient by Winograd's F(2x2, 3x3).
+    /// A 3x3 conv's input gradient by Winograd's F(4x4, 3x3) or F(2x2, 3x3).
     WinogradInputGrad,
     ConvWeightGrad,
     /// A 3x3 conv's weight gradient by Winograd's F(2x2, 3x3).
