@@ -13,7 +13,10 @@
 //!
 //! Run: cargo bench --bench train [-- STEPS [NAME-FILTER|=NAME [train|inference|ours]]];
 //! experiments/throughput runs
-//! it beside the PyTorch script and prints the ratios.
+//! it beside the PyTorch script and prints the ratios. `BENCH_DEVICE=wgpu:N` (a build
+//! with `--features wgpu`) measures training and inference on that device instead (what
+//! `experiments/gpu-check` does); the last column is the first, warm-up training step's
+//! seconds (kernel compilation and autotuning on a GPU).
 //!
 //! `cargo bench --bench train -- profile [STEPS [NAME-FILTER]]` prints instead a per-op
 //! profile of one training step and one inference batch: the wall time of each kind of
@@ -104,17 +107,25 @@ enum Path {
     Reference,
 }
 
+/// The device measured: `BENCH_DEVICE` (as `--device` takes it), else the CPU.
+fn bench_device() -> Device {
+    let name = std::env::var("BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    rankprune::device::parse_device(&name).unwrap_or_else(|e| panic!("BENCH_DEVICE: {e}"))
+}
+
 /// Training images per second along `path` (0 for the `Vgg` paths of a graph that is
-/// no VGG plan).
-fn train_images_per_s(model: &Model, steps: usize, path: Path) -> f64 {
-    let device = Device::flex().autodiff();
+/// no VGG plan), and the warm-up step's seconds.
+fn train_images_per_s(model: &Model, steps: usize, path: Path) -> (f64, f64) {
+    let device = bench_device().autodiff();
     let (x, y) = batch(&model.graph, &device);
     if path == Path::Graph {
         let first_weight: fn(&GraphNet) -> Tensor<4> = |m| m.convs[0].weight.val();
         let parts = (|m: &GraphNet, x| m.forward(x), first_weight);
         return timed_steps(model.net(&device), steps, parts, (x, y), &device);
     }
-    let Some(arch) = &model.arch else { return 0.0 };
+    let Some(arch) = &model.arch else {
+        return (0.0, 0.0);
+    };
     let model = Vgg::init(arch, 0, &device);
     let forward = move |m: &Vgg, x| match path {
         Path::Reference => m.forward_reference(x),
@@ -124,14 +135,15 @@ fn train_images_per_s(model: &Model, steps: usize, path: Path) -> f64 {
     timed_steps(model, steps, (forward, first_weight), (x, y), &device)
 }
 
-/// Images per second of `steps` SGD steps of `model` (after one warm-up step).
+/// Images per second of `steps` SGD steps of `model` (after one warm-up step), and the
+/// warm-up step's seconds.
 fn timed_steps<M: Module>(
     mut model: M,
     steps: usize,
     (forward, first_weight): (impl Fn(&M, Tensor<4>) -> Tensor<2>, fn(&M) -> Tensor<4>),
     (x, y): (Tensor<4>, Tensor<1, Int>),
     device: &Device,
-) -> f64 {
+) -> (f64, f64) {
     let mut optim = sgd().init();
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     let mut step = |model: M| {
@@ -141,17 +153,19 @@ fn timed_steps<M: Module>(
         let _ = first_weight(&model).into_data(); // sync
         model
     };
+    let t = Instant::now();
     model = step(model); // warm-up
+    let warm_up = t.elapsed().as_secs_f64();
     let t = Instant::now();
     for _ in 0..steps {
         model = step(model);
     }
     let _ = model.num_params();
-    (steps * BATCH) as f64 / t.elapsed().as_secs_f64()
+    ((steps * BATCH) as f64 / t.elapsed().as_secs_f64(), warm_up)
 }
 
 fn inference_images_per_s(model: &Model, steps: usize) -> f64 {
-    let device = Device::flex();
+    let device = bench_device();
     let model = model.net(&device);
     let x = Tensor::<4>::random([BATCH, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
     let _ = model.forward(x.clone()).into_data(); // warm-up
@@ -301,9 +315,9 @@ fn main() {
         return;
     }
     println!(
-        "| model | batch | steps | train images/s | inference images/s | train images/s, Vgg module | train images/s, burn's layers |"
+        "| model | batch | steps | train images/s | inference images/s | train images/s, Vgg module | train images/s, burn's layers | first step s |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     // A third argument measures only part: `train`, `vgg` (training through the Vgg
     // module) or `inference` (for timing the whole process from outside), or `ours`
     // (train and inference, without the Vgg module and burn's layers); the other columns
@@ -315,17 +329,17 @@ fn main() {
     let before_too = part.is_empty();
     for m in chosen {
         let name = m.name;
-        let rate = |on: bool, f: &dyn Fn() -> f64| if on { f() } else { 0.0 };
-        let train_rate = rate(train, &|| train_images_per_s(m, steps, Path::Graph));
-        let vgg = rate(vgg_too, &|| train_images_per_s(m, steps, Path::Vgg));
-        let before = rate(before_too, &|| {
+        let rate = |on: bool, f: &dyn Fn() -> (f64, f64)| if on { f() } else { (0.0, 0.0) };
+        let (train_rate, warm_up) = rate(train, &|| train_images_per_s(m, steps, Path::Graph));
+        let (vgg, _) = rate(vgg_too, &|| train_images_per_s(m, steps, Path::Vgg));
+        let (before, _) = rate(before_too, &|| {
             train_images_per_s(m, steps, Path::Reference)
         });
-        let infer = rate(infer, &|| {
-            inference_images_per_s(m, INFERENCE_BATCHES * steps)
+        let (infer, _) = rate(infer, &|| {
+            (inference_images_per_s(m, INFERENCE_BATCHES * steps), 0.0)
         });
         println!(
-            "| {name} | {BATCH} | {steps} | {train_rate:.1} | {infer:.1} | {vgg:.1} | {before:.1} |"
+            "| {name} | {BATCH} | {steps} | {train_rate:.1} | {infer:.1} | {vgg:.1} | {before:.1} | {warm_up:.1} |"
         );
     }
 }

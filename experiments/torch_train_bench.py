@@ -4,7 +4,7 @@ classes) and of compressed models rebuilt from `rankprune metrics --json` output
 conv's channel counts; kernel and bias follow from its parameter count: Tucker 1x1 ->
 kxk -> 1x1, bias only on the last). Prints a Markdown table.
 
-Run: python3 experiments/torch_train_bench.py [--steps N] [--threads T] [NAME=METRICS.json ...]
+Run: python3 experiments/torch_train_bench.py [--steps N] [--threads T] [--device cpu|cuda] [NAME=METRICS.json ...]
 (needs torch; experiments/throughput runs this and the Rust bench side by side)
 """
 import argparse
@@ -57,9 +57,17 @@ def from_metrics(path):
     return model, classifier.out_features
 
 
-def train_rate(model, classes, steps, batch=128):
+def sync(device):
+    """Waits for the device's queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_rate(model, classes, steps, device, batch=128):
+    model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x, y = torch.randn(batch, 3, 32, 32), torch.arange(batch) % classes
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = (torch.arange(batch) % classes).to(device)
     model.train()
 
     def step():
@@ -68,20 +76,25 @@ def train_rate(model, classes, steps, batch=128):
         opt.step()
 
     step()
+    sync(device)
     t = time.time()
     for _ in range(steps):
         step()
+    sync(device)
     return steps * batch / (time.time() - t)
 
 
-def inference_rate(model, steps, batch=128):
-    x = torch.randn(batch, 3, 32, 32)
+def inference_rate(model, steps, device, batch=128):
+    model.to(device)
+    x = torch.randn(batch, 3, 32, 32, device=device)
     model.eval()
     with torch.no_grad():
         model(x)
+        sync(device)
         t = time.time()
         for _ in range(steps):
             model(x)
+        sync(device)
     return steps * batch / (time.time() - t)
 
 
@@ -89,22 +102,24 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--filter", default="", help="run models whose name contains it (=NAME: that one)")
     ap.add_argument("models", nargs="*", help="NAME=METRICS.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     models = [("vgg19_bn", vgg19_bn)] + [
         (name, lambda p=path: from_metrics(p)) for name, path in (m.split("=", 1) for m in args.models)
     ]
-    print(f"| model | batch | steps | train images/s | inference images/s |  (PyTorch {torch.__version__}, {torch.get_num_threads()} threads)")
+    print(f"| model | batch | steps | train images/s | inference images/s |  (PyTorch {torch.__version__}, {torch.get_num_threads()} threads, {device})")
     print("|---|---|---|---|---|")
     for name, build in models:
         exact = args.filter.startswith("=")
         if (name != args.filter[1:]) if exact else (args.filter not in name):
             continue
         model, classes = build()
-        train = train_rate(model, classes, args.steps)
-        infer = inference_rate(model, 4 * args.steps)  # as many batches as cargo bench --bench train
+        train = train_rate(model, classes, args.steps, device)
+        infer = inference_rate(model, 4 * args.steps, device)  # as many batches as cargo bench --bench train
         print(f"| {name} | 128 | {args.steps} | {train:.1f} | {infer:.1f} |", flush=True)
 
 

@@ -110,8 +110,16 @@ fn stop_on_signal() -> Result<Arc<AtomicBool>> {
     }
 }
 
+/// How long a trial may go on after a signal before the worker hands it back and exits
+/// without waiting for it: a trial sees its stop flag between training steps only, and
+/// one step on a slow device (a wgpu kernel being compiled or autotuned) can take
+/// minutes.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// Renews `trial`'s lease every third of the lease until `done`; sets `lost` (and `stop`)
-/// when the lease was taken away, and `stop` on a signal.
+/// when the lease was taken away, and `stop` on a signal. A trial still running
+/// [`STOP_GRACE`] after the signal is handed back here, and the process exits (0, as a
+/// signalled worker does).
 fn heartbeats(
     opts: &WorkerOptions,
     store: Shared,
@@ -126,10 +134,22 @@ fn heartbeats(
         let every = Duration::from_secs_f64(lease / 3.0);
         let tick = Duration::from_millis(50).min(every);
         let mut waited = Duration::ZERO;
+        let mut signalled: Option<std::time::Instant> = None;
         while !done.load(Ordering::Relaxed) {
             std::thread::sleep(tick);
             if signal.load(Ordering::Relaxed) {
                 stop.store(true, Ordering::Relaxed);
+                let since = *signalled.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= STOP_GRACE && !done.load(Ordering::Relaxed) {
+                    tracing::warn!(
+                        trial,
+                        "the trial did not stop within {STOP_GRACE:?} of the signal: handed back, exiting"
+                    );
+                    if let Err(e) = with(&store, |s| s.hand_back(trial)) {
+                        tracing::warn!(trial, "hand-back failed ({e}): its lease will expire");
+                    }
+                    std::process::exit(0);
+                }
             }
             waited += tick;
             if waited < every {

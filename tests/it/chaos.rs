@@ -578,3 +578,38 @@ fn a_second_controller_of_a_study_is_refused() {
         "the first search goes on"
     );
 }
+
+/// A worker whose trial does not look at its stop flag for a long time (a dry-run trial
+/// asleep for 40 s, as a training step inside a slow device call would be) hands the
+/// trial back and exits 0 within the grace period after SIGTERM, not when the trial
+/// would have ended; the trial is queued again.
+#[test]
+fn a_signalled_worker_stuck_in_a_long_step_hands_its_trial_back() {
+    let s = chaos_study("stuck", "random", 2, 0);
+    let db = shared_db(&s);
+    let mut c = Cluster::new(&db, &s.path(""), 1, 120_000);
+    c.daemon();
+    c.submit(&s);
+    let running = |c: &Cluster| {
+        let store = c.store();
+        let rows = store.studies().unwrap();
+        rows.iter()
+            .flat_map(|r| store.trials(r.id).unwrap())
+            .filter(|t| t.state == TrialState::Running)
+            .count()
+    };
+    c.wait("the worker to claim a trial", None, |c| running(c) == 1);
+    std::thread::sleep(Duration::from_secs(1));
+    let t0 = Instant::now();
+    c.workers[0].0.terminate();
+    let st = c.workers[0].0.0.wait().unwrap();
+    let took = t0.elapsed();
+    assert!(st.success(), "worker exit {st}");
+    assert!(
+        took < Duration::from_secs(25),
+        "SIGTERM took {took:?}: the trial was waited for"
+    );
+    assert_eq!(running(&c), 0, "the trial was handed back");
+    let log = std::fs::read_to_string(s.path("w0.0.log")).unwrap();
+    assert!(log.contains("handed back, exiting"), "{log}");
+}
