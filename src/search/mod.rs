@@ -24,3 +24,10 @@ pub mod trial;
 pub mod verdict;
 pub mod warm;
 pub mod worker;
+
+/// How long a trial may go on after SIGINT/SIGTERM before its worker (a `worker`
+/// process, or `search`'s own threads) gives up waiting for it: a trial sees its stop
+/// flag between training steps only, and one step on a slow device (a wgpu kernel being
+/// compiled or autotuned) can take minutes. The trial is then handed back, or marked
+/// interrupted, and the process exits without it.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);

@@ -9,6 +9,7 @@
 //! study the worker checks the SHA-256 of the base weights and data files it reads
 //! against those the study started with, and refuses a mismatch.
 
+use super::STOP_GRACE;
 use super::identity::Identity;
 use super::trial::{TrialEnd, Verdict, run_trial};
 use crate::budget::Budget;
@@ -109,12 +110,6 @@ fn stop_on_signal() -> Result<Arc<AtomicBool>> {
         _ => Err(Error::Failure("cannot install the signal handlers".into())),
     }
 }
-
-/// How long a trial may go on after a signal before the worker hands it back and exits
-/// without waiting for it: a trial sees its stop flag between training steps only, and
-/// one step on a slow device (a wgpu kernel being compiled or autotuned) can take
-/// minutes.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Renews `trial`'s lease every third of the lease until `done`; sets `lost` (and `stop`)
 /// when the lease was taken away, and `stop` on a signal. A trial still running

@@ -11,6 +11,7 @@ use crate::budget::Proxy;
 use crate::config::LayerConfig;
 use crate::device::parse_device;
 use crate::ladder::Context;
+use crate::search::STOP_GRACE;
 use crate::search::promotion::verdict;
 use crate::search::trial::{TrialEnd, Verdict, run_trial};
 use crate::store::{Trial, TrialState};
@@ -281,6 +282,8 @@ pub struct Dispatched {
 /// Where the loop stands between ticks.
 struct LoopState {
     stopping: Option<StopReason>,
+    /// When the signal came, if one did.
+    signalled_at: Option<Instant>,
     exhausted: bool,
     /// Finished trials already told to the strategy.
     observed: HashSet<i64>,
@@ -291,6 +294,7 @@ impl LoopState {
     fn new(ctl: &Controller) -> Result<Self> {
         Ok(Self {
             stopping: None,
+            signalled_at: None,
             exhausted: false,
             observed: ctl
                 .store
@@ -380,6 +384,24 @@ impl Controller {
         Ok(())
     }
 
+    /// Marks the trials still running on this controller's threads [`STOP_GRACE`] after
+    /// a signal interrupted, as their own end would, and stops waiting for them: each
+    /// is inside one long step (a slow device call) that does not see the stop flag.
+    /// Their threads are left to the process's exit.
+    fn abandon(&mut self, slots: &mut [Slot]) -> Result<()> {
+        for slot in slots.iter_mut() {
+            if let Some(trial) = slot.busy.take() {
+                tracing::warn!(
+                    trial,
+                    worker = %slot.name,
+                    "the trial did not stop within {STOP_GRACE:?} of the signal: marked interrupted, not waited for"
+                );
+                self.store.interrupt(trial)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the loop ends now, with `state.stopping` saying why. On a signal the
     /// controller waits for its own threads' trials only: worker processes go on with
     /// theirs, and the next controller collects them. Before the loop ends for want of
@@ -452,6 +474,12 @@ pub(super) async fn dispatch(
             ctl.propose_and_start(&mut slots, &trials, &mut state, ctx, &tx)?;
         }
         refresh(ctl, &pb, &trials);
+        if state
+            .signalled_at
+            .is_some_and(|at| at.elapsed() >= STOP_GRACE)
+        {
+            ctl.abandon(&mut slots)?;
+        }
         if ctl.loop_ends(&slots, &trials, &mut state) {
             break;
         }
@@ -463,6 +491,7 @@ pub(super) async fn dispatch(
             _ = signals.recv(), if state.stopping != Some(StopReason::Signal) => {
                 tracing::warn!("signal received: stopping; running trials are marked interrupted");
                 state.stopping = Some(StopReason::Signal);
+                state.signalled_at = Some(Instant::now());
                 ctl.stop.store(true, Ordering::Relaxed);
             }
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if state.stopping.is_none() && deadline.is_some() => {

@@ -87,10 +87,13 @@ pub fn run_search(budget_path: &Path, progress: bool, allow_change: bool) -> Res
         .enable_all()
         .build()
         .map_err(|e| Error::Failure(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(async {
+    let out = rt.block_on(async {
         let signals = Signals::new()?;
         run_study(budget, text, lease, signals, progress, allow_change).await
-    })
+    });
+    // Without waiting for a trial thread abandoned after a signal (see `STOP_GRACE`).
+    rt.shutdown_background();
+    out
 }
 
 /// Checks the budget's inputs (data files, space and target, base weights), then takes
