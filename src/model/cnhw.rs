@@ -219,6 +219,13 @@ mod tests {
         check(2, 3, 3, 6, 3, 0, true); // valid 3x3
         check(2, 2, 3, 5, 5, 2, true); // 5x5 same
         check(2, 2, 2, 3, 5, 1, true); // kernel wider than map plus padding on one side
+        // Few output pixels and many weights (`skinny`): 4 pixels with C k k = 1224
+        // (not a multiple of 16 lanes), 3 (not a multiple of 4 pixels), 8 over two
+        // images, and a 1x1.
+        check(1, 136, 216, 2, 3, 1, true);
+        check(3, 128, 240, 1, 3, 1, false);
+        check(2, 120, 256, 2, 3, 1, true);
+        check(2, 520, 512, 2, 1, 0, true);
         // Blocks of images one after the other, every thread on each (two of 1 + 1 on
         // two threads), and in parallel, one per thread (20 of one image each).
         let two_threads = rayon::ThreadPoolBuilder::new()
@@ -232,7 +239,7 @@ mod tests {
         });
     }
 
-    /// Winograd's F(2x2, 3x3) forward, input and weight gradients (16 channels or more
+    /// Winograd's forward, input and weight gradients (16 channels or more
     /// on both sides, 64 tiles or more): odd maps whose last tiles hang over the edge,
     /// 1x1 and 2x2 maps, one chunk after the other with the products shared, and chunks
     /// one per thread (8 images, 2 each); each compiled for every instruction set this

@@ -16,6 +16,7 @@
 
 use super::flex::{Flat, tensor, values};
 use super::profile::{Op, timed};
+use super::skinny;
 use super::winograd;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -473,7 +474,40 @@ fn forward(x: &Flat, weight: &Flat, bias: &Flat, padding: usize) -> Flat {
             tensor(y, vec![g.out, g.n, g.h, g.w])
         });
     }
+    if g.pixels() <= skinny::MAX_PIXELS && g.out * g.c * g.k * g.k >= skinny::MIN_WEIGHTS {
+        return timed(g.ops()[0], || {
+            let cols_t = columns_t(&values(x), g);
+            let (weight, bias) = (values(weight), values(bias));
+            let y = skinny::forward(&weight, &cols_t, &bias, g.c * g.k * g.k, g.pixels());
+            tensor(y, vec![g.out, g.n, g.oh(), g.ow()])
+        });
+    }
     timed(g.ops()[0], || forward_of(g, x, weight, bias))
+}
+
+/// The batch's im2col columns pixel-major, `[P, C k k]` with `P` the pixels rounded up
+/// to [`skinny::GROUP`] (the rows past them zero): for [`skinny::forward`].
+fn columns_t(x: &[f32], g: Geometry) -> Vec<f32> {
+    let (oh, ow, k) = (g.oh(), g.ow(), g.k);
+    let ckk = g.c * k * k;
+    let mut t = vec![0f32; g.pixels().next_multiple_of(skinny::GROUP) * ckk];
+    for (p, dst) in t.chunks_exact_mut(ckk).take(g.pixels()).enumerate() {
+        let (b, oy, ox) = (p / (oh * ow), p / ow % oh, p % ow);
+        for (ch, taps) in dst.chunks_exact_mut(k * k).enumerate() {
+            let plane = &x[(ch * g.n + b) * g.h * g.w..][..g.h * g.w];
+            for (i, row) in taps.chunks_exact_mut(k).enumerate() {
+                let Some(iy) = (oy + i).checked_sub(g.p).filter(|&v| v < g.h) else {
+                    continue;
+                };
+                for (j, v) in row.iter_mut().enumerate() {
+                    if let Some(ix) = (ox + j).checked_sub(g.p).filter(|&v| v < g.w) {
+                        *v = plane[iy * g.w + ix];
+                    }
+                }
+            }
+        }
+    }
+    t
 }
 
 /// `y = W cols + b`, block by block (in parallel, one block per thread, when

@@ -11,6 +11,7 @@ mod max_pool;
 mod memory;
 pub mod profile;
 pub mod simd;
+mod skinny;
 mod winograd;
 
 pub use graph_net::{GraphNet, expected_shapes as graph_weight_shapes};
