@@ -12,7 +12,8 @@
 //! cache); otherwise one after the other, with im2col and col2im parallel over rows
 //! and channels and the products over blocks of their result. `tests` checks the output and
 //! the three gradients against burn's `conv2d`. A 3x3 conv with padding 1 takes
-//! [`winograd`] for its forward pass and its input gradient where that pays.
+//! [`winograd`] for its forward pass and its input gradient where that pays, and a conv
+//! with few output pixels and large weights takes [`skinny`] for its forward pass.
 
 use super::flex::{Flat, tensor, values};
 use super::profile::{Op, timed};
@@ -474,7 +475,7 @@ fn forward(x: &Flat, weight: &Flat, bias: &Flat, padding: usize) -> Flat {
             tensor(y, vec![g.out, g.n, g.h, g.w])
         });
     }
-    if g.pixels() <= skinny::MAX_PIXELS && g.out * g.c * g.k * g.k >= skinny::MIN_WEIGHTS {
+    if skinny::applies(g.pixels(), g.out * g.c * g.k * g.k) {
         return timed(g.ops()[0], || {
             let cols_t = columns_t(&values(x), g);
             let (weight, bias) = (values(weight), values(bias));

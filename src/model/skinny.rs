@@ -1,10 +1,10 @@
 //! The forward pass of a convolution with few output pixels over the batch (the deep
-//! layers of a CNN at batch 1: 2x2 and 4x4 maps), where `y = W cols` is a matrix of
+//! layers of a CNN at batch 1: 2x2 maps) and large weights, where `y = W cols` is a matrix of
 //! `O x few` and the time is reading `W` (9.4 MB for a 512-channel 3x3 conv). A general
 //! product packs `W` on every call, which reads and writes it again. Here each
 //! row of `W` is read once and dotted with every pixel's column of `cols`. The columns
 //! are laid out pixel-major (`cols^T`, small enough to stay in cache), four pixels at a
-//! time, in 16-lane accumulators. `conv_gemm`'s tests check it against burn's `conv2d`.
+//! time, in 16-lane accumulators. `cnhw`'s tests check it against burn's `conv2d`.
 
 use super::simd::vectorized;
 use rayon::prelude::*;
@@ -13,15 +13,22 @@ use rayon::prelude::*;
 /// batch 1 (AVX-512 Xeon, 2 cores): its 512-channel convs on 2x2 maps (4 pixels) took
 /// 0.75 ms here against 1.1-1.5 ms through `gemm`, but on 4x4 maps (16 pixels) 1.6-1.8 ms
 /// against 1.2-1.4 ms: with four groups of pixels the products, not `W`, take the time.
-pub const MAX_PIXELS: usize = 8;
+const MAX_PIXELS: usize = 8;
 
 /// The fewest weights (floats) that take this path: where `W` comes from memory rather
 /// than cache, so that reading it once is what counts (the reference config's small
 /// Tucker cores at batch 1 were no faster here).
-pub const MIN_WEIGHTS: usize = 1 << 18;
+const MIN_WEIGHTS: usize = 1 << 18;
 
-/// Pixels dotted at once with a row of `W`.
+/// Whether a conv with `pixels` output pixels over the batch and `weights` weights
+/// takes this path.
+pub fn applies(pixels: usize, weights: usize) -> bool {
+    pixels <= MAX_PIXELS && weights >= MIN_WEIGHTS
+}
+
+/// Pixels dotted at once with a row of `W` ([`dots`] is written for four).
 pub const GROUP: usize = 4;
+const _: () = assert!(GROUP == 4);
 
 /// Lanes of each accumulator.
 const LANES: usize = 16;
