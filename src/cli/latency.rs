@@ -54,16 +54,13 @@ pub fn run_latency(graph: &Graph, args: LatencyArgs) -> Result<()> {
     }
     let mut table = LatencyTable::open(&args.table, args.batch)
         .map_err(|e| Error::BadInput(format!("--table {e}")))?;
-    let known = table.entries.len();
     let rows = table.rows(graph);
-    if table.entries.len() > known {
-        table.save(&args.table).map_err(|e| {
-            Error::Failure(format!(
-                "writing the latency table {}: {e}",
-                args.table.display()
-            ))
-        })?;
-    }
+    table.save(&args.table).map_err(|e| {
+        Error::Failure(format!(
+            "writing the latency table {}: {e}",
+            args.table.display()
+        ))
+    })?;
     let predicted_ms: f64 = rows.iter().map(|r| r.1).sum();
     let measured = args.measure.then(|| {
         let weights = GraphNet::init_weights(graph, 0);

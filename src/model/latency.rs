@@ -22,6 +22,9 @@ pub struct LatencyTable {
     pub batch: usize,
     /// Median milliseconds per layer key (see [`layer_keys`]).
     pub entries: BTreeMap<String, f64>,
+    /// How many of the entries its file holds (read from it, or last written).
+    #[serde(skip)]
+    saved: usize,
 }
 
 /// The machine a table describes: `lscpu`'s model name (from `/proc/cpuinfo`), rayon's
@@ -55,6 +58,7 @@ impl LatencyTable {
             machine: machine(),
             batch,
             entries: BTreeMap::new(),
+            saved: 0,
         }
     }
 
@@ -68,8 +72,9 @@ impl LatencyTable {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::new(batch)),
             Err(e) => return Err(format!("{shown}: {e}")),
         };
-        let table: Self = serde_json::from_str(&text)
+        let mut table: Self = serde_json::from_str(&text)
             .map_err(|e| format!("{shown}: not a latency table ({e})"))?;
+        table.saved = table.entries.len();
         let here = machine();
         if table.machine != here || table.batch != batch {
             return Err(format!(
@@ -80,15 +85,16 @@ impl LatencyTable {
         Ok(table)
     }
 
-    /// Writes the table to `path` (through a temporary file, so that a crash leaves the
-    /// old one whole).
-    pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_string_pretty(self).expect("a table serialises"),
-        )?;
-        std::fs::rename(tmp, path)
+    /// Writes the table to `path` when it has entries its file lacks (through a
+    /// temporary file, so that a crash leaves the old one whole).
+    pub fn save(&mut self, path: &std::path::Path) -> std::io::Result<()> {
+        if self.entries.len() == self.saved {
+            return Ok(());
+        }
+        let text = serde_json::to_string_pretty(self).expect("a table serialises");
+        crate::outpath::write_atomic(path, text.as_bytes())?;
+        self.saved = self.entries.len();
+        Ok(())
     }
 
     /// Predicted milliseconds of one forward pass of `graph`: the sum of its layers'
