@@ -469,18 +469,46 @@ fn product_on(lhs: View, rhs: View, threads: bool) -> Vec<f32> {
 
 fn forward(x: &Flat, weight: &Flat, bias: &Flat, padding: usize) -> Flat {
     let g = Geometry::of(x, weight, padding);
+    let y = forward_values(g, &values(x), &values(weight), &values(bias));
+    tensor(y, vec![g.out, g.n, g.oh(), g.ow()])
+}
+
+/// [`forward`] on values: `x` channel-major `[C, N, H, W]` (`dims`), `weight`
+/// `[O, C, k, k]`, `bias` `[O]`; the output channel-major `[O, N, OH, OW]`. The
+/// inference engine's path for convs with many output pixels.
+pub(super) fn conv_values(
+    x: &[f32],
+    dims: [usize; 4],
+    weight: &[f32],
+    bias: &[f32],
+    k: usize,
+    padding: usize,
+) -> Vec<f32> {
+    let [c, n, h, w] = dims;
+    let out = bias.len();
+    assert_eq!(weight.len(), out * c * k * k, "weight [O, C, k, k]");
+    let g = Geometry {
+        c,
+        n,
+        h,
+        w,
+        out,
+        k,
+        p: padding,
+    };
+    forward_values(g, x, weight, bias)
+}
+
+fn forward_values(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
     if let Some(s) = g.winograd() {
         return timed(Op::WinogradForward, || {
-            let y = winograd::forward(&values(x), &values(weight), &values(bias), s);
-            tensor(y, vec![g.out, g.n, g.h, g.w])
+            winograd::forward(x, weight, bias, s)
         });
     }
     if skinny::applies(g.pixels(), g.out * g.c * g.k * g.k) {
         return timed(g.ops()[0], || {
-            let cols_t = columns_t(&values(x), g);
-            let (weight, bias) = (values(weight), values(bias));
-            let y = skinny::forward(&weight, &cols_t, &bias, g.c * g.k * g.k, g.pixels());
-            tensor(y, vec![g.out, g.n, g.oh(), g.ow()])
+            let cols_t = columns_t(x, g);
+            skinny::forward(weight, &cols_t, bias, g.c * g.k * g.k, g.pixels())
         });
     }
     timed(g.ops()[0], || forward_of(g, x, weight, bias))
@@ -514,9 +542,8 @@ fn columns_t(x: &[f32], g: Geometry) -> Vec<f32> {
 /// `y = W cols + b`, block by block (in parallel, one block per thread, when
 /// [`Geometry::blocks_per_thread`]). Without a bias (all zeros: a Tucker unit's first
 /// 1x1 and core), the products write `y` directly instead of adding to a filled one.
-fn forward_of(g: Geometry, x: &Flat, weight: &Flat, bias: &Flat) -> Flat {
+fn forward_of(g: Geometry, xs: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
     let ckk = g.c * g.k * g.k;
-    let (xs, weight, bias) = (values(x), values(weight), values(bias));
     let total = g.out * g.pixels();
     let mut y: Vec<f32> = Vec::with_capacity(total);
     let biased = bias.iter().any(|&b| b != 0.0);
@@ -528,9 +555,9 @@ fn forward_of(g: Geometry, x: &Flat, weight: &Flat, bias: &Flat) -> Flat {
     let dst = Shared(y.as_mut_ptr());
     let per_thread = g.blocks_per_thread();
     let block = |imgs: Range<usize>| {
-        let cols = columns(&xs, g, imgs.clone());
+        let cols = columns(xs, g, imgs.clone());
         let (start, len) = (imgs.start * g.image_pixels(), imgs.len() * g.image_pixels());
-        let (lhs, rhs) = (View::rows(&weight, g.out, ckk), View::rows(&cols, ckk, len));
+        let (lhs, rhs) = (View::rows(weight, g.out, ckk), View::rows(&cols, ckk, len));
         check_rows(total - start, g.pixels(), lhs, rhs);
         // SAFETY: the product writes (or, biased, adds to) `out` rows of `len` values,
         // `pixels` apart from `start`: inside `y`'s `total` values (checked above), and
@@ -552,7 +579,7 @@ fn forward_of(g: Geometry, x: &Flat, weight: &Flat, bias: &Flat) -> Flat {
         // products above wrote all `out x pixels` values.
         unsafe { y.set_len(total) };
     }
-    tensor(y, vec![g.out, g.n, g.oh(), g.ow()])
+    y
 }
 
 /// A pointer that blocks running on several threads write through, each to its own

@@ -289,43 +289,14 @@ impl GraphNet {
     }
 
     fn run(&self, x: Tensor<4>, channel_major: bool, hook: Option<&mut Hook>) -> Tensor<2> {
-        match self.run_values(x, channel_major, hook, None) {
+        match self.run_values(x, channel_major, hook) {
             Value::Flat(y) => y,
             Value::Map(_) => panic!("a graph ends with its classifier's features"),
         }
     }
 
-    /// Milliseconds each node's op took in one channel-major forward pass of `x`, which
-    /// is channel-major already (`[C, N, H, W]`); 0 for a ReLU fused into the BatchNorm
-    /// before it. The graph may end with a map.
-    pub(super) fn time_nodes(&self, x: Tensor<4>) -> Vec<f64> {
-        let mut times = vec![0.0; self.graph.nodes.len()];
-        let _ = self.run_values(x, true, None, Some(&mut times));
-        times
-    }
-
-    /// Milliseconds of one whole forward pass of images `x` (`[N, C, H, W]`, logits read
-    /// back, as [`GraphNet::forward`] then `into_data`), and of each node's op within it
-    /// (as [`GraphNet::time_nodes`]).
-    pub(super) fn time_forward(&self, x: Tensor<4>) -> (f64, Vec<f64>) {
-        let start = std::time::Instant::now();
-        let mut times = vec![0.0; self.graph.nodes.len()];
-        let y = self.run_values(cnhw::swap_batch_channels(x), true, None, Some(&mut times));
-        match y {
-            Value::Flat(y) => drop(y.into_data()),
-            Value::Map(y) => drop(y.into_data()),
-        }
-        (start.elapsed().as_secs_f64() * 1e3, times)
-    }
-
-    /// The last node's value, each node's op timed into `times` when given.
-    fn run_values(
-        &self,
-        x: Tensor<4>,
-        channel_major: bool,
-        mut hook: Option<&mut Hook>,
-        mut times: Option<&mut Vec<f64>>,
-    ) -> Value {
+    /// The last node's value.
+    fn run_values(&self, x: Tensor<4>, channel_major: bool, mut hook: Option<&mut Hook>) -> Value {
         let nodes = &self.graph.nodes;
         let (readers, last_use) = uses(&self.graph);
         let mut values: Vec<Option<Value>> = vec![None; nodes.len()];
@@ -357,7 +328,6 @@ impl GraphNet {
             let mut inputs = inputs.into_iter();
             let x0 = inputs.next().expect("a node reads an input");
             let s = self.slot[i];
-            let start = std::time::Instant::now();
             let out = match &node.op {
                 Op::Conv(_) if channel_major => {
                     Value::Map(cnhw::conv(&self.convs[s], x0.map(&node.name)))
@@ -409,9 +379,6 @@ impl GraphNet {
                     Value::Map(_) => panic!("{} reads a map: flatten first", node.name),
                 },
             };
-            if let Some(t) = times.as_mut() {
-                t[i] = start.elapsed().as_secs_f64() * 1e3;
-            }
             values[if skip { i + 1 } else { i }] = Some(out);
             for &j in &node.inputs {
                 if last_use[j] == i {

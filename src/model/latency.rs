@@ -1,15 +1,18 @@
 //! Per-layer latency tables (in the spirit of NetAdapt, Yang et al., ECCV 2018): every
-//! layer of a network, keyed by its op and input shape at one batch size, is timed once
-//! on this machine's engine (our channel-major forward, the one every command runs),
-//! alone in a graph of its own; a network's predicted latency is the sum of its layers'
+//! layer of a network (a step of the inference [`Engine`]: a conv with its BatchNorm and
+//! ReLU, a pool, ...), keyed by its op and input shape at one batch size, is timed once
+//! on this machine's inference engine, alone in a graph of its own; a network's predicted latency is the sum of its layers'
 //! entries. A search then prices a candidate in
 //! microseconds, and a table is cached in a JSON file between runs. [`measure`] times
 //! a whole network for the check the table must pass (its sum against the measured
 //! latency).
 
-use super::GraphNet;
-use crate::graph::{Conv, Graph, INPUT, Node, NodeDef, Op};
-use burn::tensor::{Device, Distribution, Tensor};
+use super::infer::plan::{Span, spans};
+use super::{Engine, GraphNet};
+use crate::graph::{Conv, Graph, INPUT, NodeDef, Op};
+use burn::tensor::Device;
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -40,7 +43,7 @@ pub fn machine() -> String {
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     format!(
-        "{cpu}, {} threads, rankprune flex",
+        "{cpu}, {} threads, rankprune engine",
         rayon::current_num_threads()
     )
 }
@@ -127,11 +130,11 @@ struct Probe {
     timed: usize,
 }
 
-/// One layer of a network: a node, or a BatchNorm with the ReLU the forward pass fuses
-/// into it.
+/// One layer of a network: a step of the [`Engine`] (a node, or a conv with the
+/// BatchNorm and ReLU it folds, or a node with its ReLU).
 #[derive(Debug, Clone)]
 pub struct Layer {
-    /// The node's index and name (the BatchNorm's, when fused).
+    /// The step's first node: its index and name.
     pub node: usize,
     pub name: String,
     /// Its table key: op, settings and input shape.
@@ -139,28 +142,22 @@ pub struct Layer {
     probe: Probe,
 }
 
-/// `graph`'s layers in order. (The image's swap to channel-major is a view: the first
-/// conv's copy of it is part of that conv's time.)
+/// `graph`'s layers in order: the [`Engine`]'s steps.
 pub fn layers(graph: &Graph) -> Vec<Layer> {
     let shapes = graph.shapes().expect("a checked graph");
-    let (readers, _) = super::graph_net::uses(graph);
-    let mut out = Vec::new();
-    let mut skip = false;
-    for (i, node) in graph.nodes.iter().enumerate() {
-        if std::mem::take(&mut skip) {
-            continue;
-        }
-        let ins = graph.input_shapes(&shapes, i);
-        skip = GraphNet::fuses(graph, i, &readers);
-        let (key, probe) = probe_of(node, &ins, skip);
-        out.push(Layer {
-            node: i,
-            name: node.name.clone(),
-            key,
-            probe,
-        });
-    }
-    out
+    spans(graph)
+        .into_iter()
+        .map(|span| {
+            let ins = graph.input_shapes(&shapes, span.first);
+            let (key, probe) = probe_of(graph, span, &ins);
+            Layer {
+                node: span.first,
+                name: graph.nodes[span.first].name.clone(),
+                key,
+                probe,
+            }
+        })
+        .collect()
 }
 
 /// `"12x32x32"` for `[12, 32, 32]`.
@@ -181,9 +178,25 @@ fn def(name: &str, op: Op, inputs: &[&str]) -> NodeDef {
     }
 }
 
-/// The key and probe of `node` with inputs of `ins` (`fused`: a BatchNorm with its ReLU).
-fn probe_of(node: &Node, ins: &[Vec<usize>], fused: bool) -> (String, Probe) {
+/// The key and probe of the step `span` of `graph`, with inputs of `ins`.
+fn probe_of(graph: &Graph, span: Span, ins: &[Vec<usize>]) -> (String, Probe) {
+    let node = &graph.nodes[span.first];
     let s = &ins[0];
+    // What the step applies after its node: a folded BatchNorm, a ReLU.
+    let mut after = Vec::new();
+    if let Some(b) = span.bn {
+        after.push(def("bn", graph.nodes[b].op.clone(), &["x"]));
+    }
+    if span.relu {
+        let last = after.last().map_or("x", |d| d.name.as_str()).to_string();
+        after.push(def("relu", Op::Relu, &[&last]));
+    }
+    let suffix = match (span.bn.is_some(), span.relu) {
+        (true, true) => "+bn+relu",
+        (true, false) => "+bn",
+        (false, true) => "+relu",
+        (false, false) => "",
+    };
     let map = |s: &[usize]| -> [usize; 3] {
         match s {
             [c, h, w] => [*c, *h, *w],
@@ -191,7 +204,11 @@ fn probe_of(node: &Node, ins: &[Vec<usize>], fused: bool) -> (String, Probe) {
             _ => unreachable!("a node's input is a map or features"),
         }
     };
-    let one = |op: Op| graph_of(map(s), vec![def("x", op, &[INPUT])]);
+    let one = |op: Op| {
+        let mut defs = vec![def("x", op, &[INPUT])];
+        defs.extend(after.iter().cloned());
+        graph_of(map(s), defs)
+    };
     let (key, graph, timed) = match &node.op {
         Op::Conv(Conv {
             in_channels,
@@ -202,21 +219,18 @@ fn probe_of(node: &Node, ins: &[Vec<usize>], fused: bool) -> (String, Probe) {
             bias,
         }) => (
             format!(
-                "conv {in_channels}>{out_channels} k{kernel} s{stride} p{padding}{} on {}",
+                "conv {in_channels}>{out_channels} k{kernel} s{stride} p{padding}{}{suffix} on {}",
                 if *bias { " bias" } else { "" },
                 dims(s)
             ),
             one(node.op.clone()),
             0,
         ),
-        Op::BatchNorm { .. } => {
-            let mut defs = vec![def("x", node.op.clone(), &[INPUT])];
-            if fused {
-                defs.push(def("r", Op::Relu, &["x"]));
-            }
-            let name = if fused { "bn+relu" } else { "bn" };
-            (format!("{name} on {}", dims(s)), graph_of(map(s), defs), 0)
-        }
+        Op::BatchNorm { .. } => (
+            format!("bn{suffix} on {}", dims(s)),
+            one(node.op.clone()),
+            0,
+        ),
         Op::Add => {
             // The summands: the image through ReLUs (untimed) as distinct inputs.
             let names: Vec<String> = (0..ins.len()).map(|k| format!("a{k}")).collect();
@@ -224,20 +238,22 @@ fn probe_of(node: &Node, ins: &[Vec<usize>], fused: bool) -> (String, Probe) {
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
             defs.push(def("x", Op::Add, &refs));
             let timed = defs.len() - 1;
+            defs.extend(after.iter().cloned());
             (
-                format!("add{} on {}", ins.len(), dims(s)),
+                format!("add{}{suffix} on {}", ins.len(), dims(s)),
                 graph_of(map(s), defs),
                 timed,
             )
         }
         Op::Linear { .. } => {
             // Features arrive flat: a flatten (untimed) first.
-            let defs = vec![
+            let mut defs = vec![
                 def("f", Op::Flatten, &[INPUT]),
                 def("x", node.op.clone(), &["f"]),
             ];
+            defs.extend(after.iter().cloned());
             (
-                format!("{} on {}", op_name(&node.op), dims(s)),
+                format!("{}{suffix} on {}", op_name(&node.op), dims(s)),
                 graph_of(map(s), defs),
                 1,
             )
@@ -270,18 +286,32 @@ fn op_name(op: &Op) -> String {
 
 /// Median milliseconds of `probe`'s layer at `batch`.
 fn time_probe(probe: &Probe, batch: usize) -> f64 {
-    let device = Device::flex();
-    let weights = GraphNet::init_weights(&probe.graph, 0);
-    let net =
-        GraphNet::from_weights(&probe.graph, weights, "probe", &device).expect("fresh weights fit");
-    let [c, h, w] = probe.graph.input;
-    // Channel-major and contiguous, as a layer's input is inside a network.
-    let x = Tensor::<4>::random([c, batch, h, w], Distribution::Normal(0.0, 1.0), &device);
+    let engine = engine_of(&probe.graph);
+    let images = images(&probe.graph, batch);
+    let mut times = vec![0.0; probe.graph.nodes.len()];
     let evict = vec![1f32; EVICT_FLOATS];
     median(runs(|| {
         evict_caches(&evict);
-        net.time_nodes(x.clone())[probe.timed]
+        engine.forward_timed(&images, batch, &mut times);
+        times[probe.timed]
     }))
+}
+
+/// The engine of `graph` with fresh weights.
+fn engine_of(graph: &Graph) -> Engine {
+    let weights = GraphNet::init_weights(graph, 0);
+    let net =
+        GraphNet::from_weights(graph, weights, "init", &Device::flex()).expect("fresh weights fit");
+    Engine::new(&net)
+}
+
+/// A batch of standard-normal images for `graph` (`[N, C, H, W]`), seeded.
+fn images(graph: &Graph, batch: usize) -> Vec<f32> {
+    let [c, h, w] = graph.input;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    (0..batch * c * h * w)
+        .map(|_| StandardNormal.sample(&mut rng))
+        .collect()
 }
 
 /// Floats read before each timed run of a probe (16 MiB): more than every core's L2, so
@@ -318,21 +348,25 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// A whole network timed: the median milliseconds of its forward pass on a random
-/// batch (logits read back, as a command's `predict` would), and each of its
-/// [`layers`]' median milliseconds within those passes.
+/// A whole network timed: the median milliseconds of its [`Engine`]'s forward pass on
+/// a random batch (images in, logits out), and each of its [`layers`]' median
+/// milliseconds within those passes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Measured {
     pub total_ms: f64,
     pub layer_ms: Vec<f64>,
 }
 
-/// [`Measured`] of `net` at `batch`.
+/// [`Measured`] of `net`'s [`Engine`] at `batch`.
 pub fn measure(net: &GraphNet, batch: usize) -> Measured {
-    let device = Device::flex();
-    let [c, h, w] = net.graph.input;
-    let x = Tensor::<4>::random([batch, c, h, w], Distribution::Normal(0.0, 1.0), &device);
-    let samples = runs(|| net.time_forward(x.clone()));
+    let engine = Engine::new(net);
+    let images = images(&net.graph, batch);
+    let samples = runs(|| {
+        let mut times = vec![0.0; net.graph.nodes.len()];
+        let start = Instant::now();
+        std::hint::black_box(engine.forward_timed(&images, batch, &mut times));
+        (start.elapsed().as_secs_f64() * 1e3, times)
+    });
     Measured {
         total_ms: median(samples.iter().map(|s| s.0).collect()),
         layer_ms: layers(&net.graph)
@@ -348,28 +382,26 @@ mod tests {
     use crate::arch::ArchSpec;
     use crate::graph::build::of_arch;
 
-    /// Every node is a layer but the ReLUs fused into their BatchNorms; the keys name
-    /// the op, its settings and its input shape, so that equal layers share an entry.
+    /// The layers are the engine's steps (a conv with its BatchNorm and ReLU is one);
+    /// the keys name the op, its settings and its input shape, so that equal layers
+    /// share an entry.
     #[test]
-    fn layers_are_the_nodes_the_forward_pass_runs() {
+    fn layers_are_the_steps_the_engine_runs() {
         let g = of_arch(&ArchSpec::parse("cfg_bn:8,M,8,8").unwrap().build(10));
         let keys: Vec<String> = layers(&g).into_iter().map(|l| l.key).collect();
         assert_eq!(
             keys,
             [
-                "conv 3>8 k3 s1 p1 bias on 3x32x32",
-                "bn+relu on 8x32x32",
+                "conv 3>8 k3 s1 p1 bias+bn+relu on 3x32x32",
                 "maxpool k2 s2 p0 on 8x32x32",
-                "conv 8>8 k3 s1 p1 bias on 8x16x16",
-                "bn+relu on 8x16x16",
-                "conv 8>8 k3 s1 p1 bias on 8x16x16",
-                "bn+relu on 8x16x16",
+                "conv 8>8 k3 s1 p1 bias+bn+relu on 8x16x16",
+                "conv 8>8 k3 s1 p1 bias+bn+relu on 8x16x16",
                 "flatten on 8x16x16",
                 "linear 2048>10 on 2048",
             ]
         );
-        let fused = g.nodes.iter().filter(|n| n.op == Op::Relu).count();
-        assert_eq!(layers(&g).len(), g.nodes.len() - fused);
+        // Three convs, each with its BatchNorm and ReLU folded in.
+        assert_eq!(layers(&g).len(), g.nodes.len() - 2 * 3);
         // Probes build and run: one timing per distinct key.
         let mut table = LatencyTable::new(2);
         let ms = table.predict(&g);

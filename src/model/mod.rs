@@ -6,6 +6,7 @@ mod cnhw;
 mod conv_gemm;
 mod flex;
 mod graph_net;
+pub mod infer;
 pub mod latency;
 mod max_pool;
 mod memory;
@@ -15,6 +16,7 @@ mod skinny;
 mod winograd;
 
 pub use graph_net::{GraphNet, expected_shapes as graph_weight_shapes};
+pub use infer::Engine;
 
 /// A model that maps images `[batch, C, H, W]` to logits `[batch, classes]`: what
 /// evaluation needs of [`Vgg`] and [`GraphNet`] alike.

@@ -1,0 +1,489 @@
+//! The inference engine: a trained [`GraphNet`] compiled once into steps with their
+//! weights prepared (as onnxruntime prepares a session), then run on plain `f32`
+//! buffers, channel-major (`[C, N, H, W]`; features `[F, N]`).
+//!
+//! - A BatchNorm that only its conv reads is folded into the conv's weights and bias,
+//!   and a ReLU that is the only reader of a conv, BatchNorm, Add or Linear is applied
+//!   as its values are written ([`plan`]).
+//! - A conv with few output pixels over the batch (every conv at batch 1 but the first
+//!   maps'), any strided conv and every Linear is one product with `W` packed once
+//!   ([`packed`]): no per-call repacking of weights, no zero-fills between layers.
+//! - A stride-1 conv with many output pixels takes the training kernels' forward pass
+//!   (Winograd or `gemm`, `conv_gemm`).
+//!
+//! No burn tensors and no autodiff bookkeeping between layers. `tests` check whole
+//! networks (VGG, Tucker-compressed VGG, ResNet) against burn's own layers.
+
+mod maps;
+mod packed;
+pub mod plan;
+
+use super::GraphNet;
+use super::conv_gemm::conv_values;
+use crate::graph::{Conv, Graph, Op, Window};
+use crate::weights::Weights;
+use maps::Dims;
+use packed::{Act, Packed};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// The most output pixels over the batch for which a stride-1 conv takes the packed
+/// product rather than the training kernels' forward pass.
+const PACKED_MAX_PIXELS: usize = 256;
+
+/// A compiled network.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    graph: Graph,
+    steps: Vec<Step>,
+    /// Each node's per-image output shape.
+    shapes: Vec<Vec<usize>>,
+}
+
+#[derive(Debug, Clone)]
+struct Step {
+    span: plan::Span,
+    kernel: Kernel,
+}
+
+#[derive(Debug, Clone)]
+enum Kernel {
+    Conv(ConvStep),
+    Affine { scale: Vec<f32>, shift: Vec<f32> },
+    Relu,
+    MaxPool(Window),
+    AvgPool(Window),
+    GlobalAvgPool,
+    Add,
+    Flatten,
+    Linear(Packed),
+}
+
+/// A conv with its BatchNorm folded in: its weights packed, and as `[O, C, k, k]` for
+/// the training kernels.
+#[derive(Debug, Clone)]
+struct ConvStep {
+    conv: Conv,
+    packed: Packed,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// A node's value: a map `[C, N, H, W]` or features `[F, N]`.
+type Value = Vec<f32>;
+
+impl Engine {
+    /// `net` compiled: BatchNorms folded into convs, weights packed.
+    pub fn new(net: &GraphNet) -> Self {
+        let eps: Vec<f32> = net.bns.iter().map(|b| b.epsilon as f32).collect();
+        Self::from_weights(&net.graph, &net.to_weights(), &eps)
+    }
+
+    /// `graph` compiled with `weights` (PyTorch keys and layouts, as
+    /// [`GraphNet::to_weights`]), `eps[b]` the epsilon of its `b`-th BatchNorm.
+    fn from_weights(graph: &Graph, weights: &Weights, eps: &[f32]) -> Self {
+        let nodes = &graph.nodes;
+        let get = |node: usize, field: &str| -> &[f32] {
+            &weights.tensors[&format!("{}.{field}", nodes[node].name)].data
+        };
+        let bn_index = |node: usize| {
+            nodes[..node]
+                .iter()
+                .filter(|n| matches!(n.op, Op::BatchNorm { .. }))
+                .count()
+        };
+        // A BatchNorm as `x * scale + shift`.
+        let bn = |node: usize| -> (Vec<f32>, Vec<f32>) {
+            let e = eps[bn_index(node)];
+            let (gamma, beta) = (get(node, "weight"), get(node, "bias"));
+            let (mean, var) = (get(node, "running_mean"), get(node, "running_var"));
+            let scale: Vec<f32> = gamma
+                .iter()
+                .zip(var)
+                .map(|(g, v)| g / (v + e).sqrt())
+                .collect();
+            let shift = beta
+                .iter()
+                .zip(mean)
+                .zip(&scale)
+                .map(|((b, m), s)| b - m * s)
+                .collect();
+            (scale, shift)
+        };
+        let steps = plan::spans(graph)
+            .into_iter()
+            .map(|span| {
+                let i = span.first;
+                let kernel = match &nodes[i].op {
+                    Op::Conv(c) => {
+                        let mut weight = get(i, "weight").to_vec();
+                        let mut bias = match c.bias {
+                            true => get(i, "bias").to_vec(),
+                            false => vec![0.0; c.out_channels],
+                        };
+                        if let Some(b) = span.bn {
+                            let (scale, shift) = bn(b);
+                            let per_out = weight.len() / c.out_channels;
+                            for (o, row) in weight.chunks_mut(per_out).enumerate() {
+                                row.iter_mut().for_each(|w| *w *= scale[o]);
+                                bias[o] = bias[o] * scale[o] + shift[o];
+                            }
+                        }
+                        let depth = c.in_channels * c.kernel * c.kernel;
+                        Kernel::Conv(ConvStep {
+                            conv: c.clone(),
+                            packed: Packed::new(&weight, &bias, c.out_channels, depth),
+                            weight,
+                            bias,
+                        })
+                    }
+                    Op::BatchNorm { .. } => {
+                        let (scale, shift) = bn(i);
+                        Kernel::Affine { scale, shift }
+                    }
+                    Op::Relu => Kernel::Relu,
+                    Op::MaxPool(w) => Kernel::MaxPool(*w),
+                    Op::AvgPool(w) => Kernel::AvgPool(*w),
+                    Op::GlobalAvgPool => Kernel::GlobalAvgPool,
+                    Op::Add => Kernel::Add,
+                    Op::Flatten => Kernel::Flatten,
+                    Op::Linear {
+                        in_features,
+                        out_features,
+                    } => Kernel::Linear(Packed::new(
+                        get(i, "weight"),
+                        get(i, "bias"),
+                        *out_features,
+                        *in_features,
+                    )),
+                };
+                Step { span, kernel }
+            })
+            .collect();
+        Self {
+            graph: graph.clone(),
+            steps,
+            shapes: graph.shapes().expect("a checked graph"),
+        }
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Logits `[batch, classes]` (row-major) of images `[batch, C, H, W]`.
+    pub fn forward(&self, images: &[f32], batch: usize) -> Vec<f32> {
+        self.run(images, batch, None)
+    }
+
+    /// [`Engine::forward`] with the milliseconds of each step written at its first
+    /// node in `times` (one per node; the other nodes of a step keep 0).
+    pub fn forward_timed(&self, images: &[f32], batch: usize, times: &mut [f64]) -> Vec<f32> {
+        self.run(images, batch, Some(times))
+    }
+
+    /// [`Engine::steps`] on one of rayon's threads, the pool's other threads kept
+    /// awake meanwhile. A parallel loop started from outside the pool hands itself to
+    /// the pool and back, and one whose helpers sleep waits for them to wake: either
+    /// costs some microseconds, as much as a small layer takes. (onnxruntime's threads
+    /// spin between layers likewise.)
+    fn run(&self, images: &[f32], batch: usize, times: Option<&mut [f64]>) -> Vec<f32> {
+        let done = AtomicBool::new(false);
+        rayon::scope(|s| {
+            for _ in 1..rayon::current_num_threads() {
+                s.spawn(|_| stay_awake(&done));
+            }
+            let y = self.steps(images, batch, times);
+            done.store(true, Ordering::Release);
+            y
+        })
+    }
+
+    fn steps(&self, images: &[f32], batch: usize, mut times: Option<&mut [f64]>) -> Vec<f32> {
+        let [c, h, w] = self.graph.input;
+        assert_eq!(images.len(), batch * c * h * w, "images [N, C, H, W]");
+        let image = to_channel_major(images, batch, c, h * w);
+        let nodes = &self.graph.nodes;
+        let last_read = self.last_reads();
+        let mut values: Vec<Option<Value>> = vec![None; nodes.len()];
+        for (s, step) in self.steps.iter().enumerate() {
+            let start = Instant::now();
+            let i = step.span.first;
+            let ins: Vec<&[f32]> = match nodes[i].inputs.as_slice() {
+                [] => vec![&image],
+                inputs => inputs
+                    .iter()
+                    .map(|&j| values[j].as_deref().expect("an input runs first"))
+                    .collect(),
+            };
+            let in_shape = self.graph.input_shapes(&self.shapes, i).swap_remove(0);
+            let y = self.apply(step, &ins, &in_shape, batch);
+            if let Some(t) = times.as_deref_mut() {
+                t[i] = start.elapsed().as_secs_f64() * 1e3;
+            }
+            values[step.span.last] = Some(y);
+            for (j, v) in values.iter_mut().enumerate() {
+                if last_read[j] == Some(s) {
+                    *v = None;
+                }
+            }
+        }
+        let out = values.pop().flatten().expect("the last node's value");
+        match self.shapes.last().map(Vec::as_slice) {
+            // Features `[F, N]` to `[N, F]`.
+            Some([f]) => transpose(&out, *f, batch),
+            _ => out,
+        }
+    }
+
+    /// For each node, the last step that reads it (`None`: read by none, or the output).
+    fn last_reads(&self) -> Vec<Option<usize>> {
+        let mut last = vec![None; self.graph.nodes.len()];
+        for (s, step) in self.steps.iter().enumerate() {
+            for &j in &self.graph.nodes[step.span.first].inputs {
+                last[j] = Some(s);
+            }
+        }
+        last
+    }
+
+    /// One step on inputs `ins`, the first of per-image shape `shape`.
+    fn apply(&self, step: &Step, ins: &[&[f32]], shape: &[usize], n: usize) -> Value {
+        let act = match step.span.relu {
+            true => Act::Relu,
+            false => Act::Identity,
+        };
+        let dims = || match *shape {
+            [c, h, w] => Dims { c, n, h, w },
+            _ => panic!(
+                "{} reads features where a map is due",
+                step_name(self, step)
+            ),
+        };
+        let x = ins[0];
+        match &step.kernel {
+            Kernel::Conv(cs) => conv(cs, x, dims(), act),
+            Kernel::Affine { scale, shift } => {
+                maps::affine(x.to_vec(), scale, shift, step.span.relu)
+            }
+            Kernel::Relu => maps::relu(x.to_vec()),
+            Kernel::MaxPool(w) => maps::max_pool(x, dims(), w),
+            Kernel::AvgPool(w) => maps::avg_pool(x, dims(), w),
+            Kernel::GlobalAvgPool => maps::global_avg_pool(x, dims()),
+            Kernel::Add => maps::add(ins, step.span.relu),
+            Kernel::Flatten => maps::flatten(x, dims()),
+            Kernel::Linear(p) => p.apply(x, n, act),
+        }
+    }
+}
+
+fn step_name<'a>(engine: &'a Engine, step: &Step) -> &'a str {
+    &engine.graph.nodes[step.span.first].name
+}
+
+/// Runs the pool's pending tasks, or spins, until `done`.
+fn stay_awake(done: &AtomicBool) {
+    while !done.load(Ordering::Acquire) {
+        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// A conv step on `x` of `d`.
+fn conv(cs: &ConvStep, x: &[f32], d: Dims, act: Act) -> Value {
+    let Conv {
+        kernel: k,
+        stride,
+        padding: p,
+        ..
+    } = cs.conv;
+    let side = |s: usize| (s + 2 * p - k) / stride + 1;
+    let pixels = d.n * side(d.h) * side(d.w);
+    if stride == 1 && pixels > PACKED_MAX_PIXELS {
+        let y = conv_values(x, [d.c, d.n, d.h, d.w], &cs.weight, &cs.bias, k, p);
+        return match act {
+            Act::Relu => maps::relu(y),
+            Act::Identity => y,
+        };
+    }
+    if k == 1 && stride == 1 && p == 0 {
+        return cs.packed.apply(x, pixels, act);
+    }
+    let cols = maps::im2col(x, d, k, stride, p);
+    cs.packed.apply(&cols, pixels, act)
+}
+
+/// `[N, F]` to `[F, N]` or back (`rows x cols` to `cols x rows`).
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            y[c * rows + r] = x[r * cols + c];
+        }
+    }
+    y
+}
+
+/// Images `[N, C, H, W]` to channel-major `[C, N, H, W]` (planes of `hw` values).
+fn to_channel_major(images: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
+    let mut out = vec![0f32; images.len()];
+    for (p, plane) in images.chunks_exact(hw).enumerate() {
+        let (b, ch) = (p / c, p % c);
+        out[(ch * n + b) * hw..][..hw].copy_from_slice(plane);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::ArchSpec;
+    use crate::graph::build::of_arch;
+    use crate::graph::{INPUT, NodeDef};
+    use crate::model::simd::{Level, with_level};
+    use burn::tensor::{Device, Tensor, TensorData};
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    /// Weights for `graph` with BatchNorm statistics, scales and shifts away from 1 and
+    /// 0, and conv biases non-zero, so that folding them is put to the test.
+    fn weights(graph: &Graph, seed: u64) -> Weights {
+        let mut w = GraphNet::init_weights(graph, seed);
+        let mut rng = StdRng::seed_from_u64(seed);
+        for (key, t) in w.tensors.iter_mut() {
+            if t.shape.len() != 1 {
+                continue;
+            }
+            for v in t.data.iter_mut() {
+                *v = match key.rsplit('.').next() {
+                    Some("running_var") => rng.random_range(0.3..2.0),
+                    Some("weight") => rng.random_range(0.5..1.5),
+                    _ => rng.random_range(-0.3..0.3),
+                };
+            }
+        }
+        w
+    }
+
+    /// The engine's logits against burn's own layers (batch-major, [`GraphNet`]'s
+    /// reference path) on random images, at every SIMD level.
+    fn check(graph: &Graph, batch: usize, seed: u64) {
+        let name = &graph.nodes[0].name;
+        let device = Device::flex();
+        let net = GraphNet::from_weights(graph, weights(graph, seed), "test", &device).unwrap();
+        let engine = Engine::new(&net);
+        let [c, h, w] = graph.input;
+        let mut rng = StdRng::seed_from_u64(seed + 1);
+        let images: Vec<f32> = (0..batch * c * h * w)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let x = Tensor::<4>::from_data(TensorData::new(images.clone(), [batch, c, h, w]), &device);
+        let want = net
+            .forward_reference(x)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+        for lv in Level::ALL {
+            let got = with_level(lv, || engine.forward(&images, batch));
+            assert_eq!(got.len(), want.len());
+            for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - r).abs() <= 1e-4 * scale,
+                    "graph of {name}.. batch {batch} {lv:?}: logit {i} is {g}, burn's {r}"
+                );
+            }
+        }
+    }
+
+    /// A VGG with BatchNorms, at batch 1 (every conv but the first maps' on the packed
+    /// product) and 3 (the training kernels' forward pass on the larger maps).
+    #[test]
+    fn a_vgg_matches_burns_layers() {
+        let g = of_arch(&ArchSpec::parse("cfg_bn:8,M,16,M,24").unwrap().build(10));
+        check(&g, 1, 1);
+        check(&g, 3, 2);
+    }
+
+    /// A Tucker-compressed VGG: 1x1 convs without bias, a core without BatchNorm.
+    #[test]
+    fn a_tucker_compressed_vgg_matches_burns_layers() {
+        let mut arch = ArchSpec::parse("cfg_bn:8,M,16,M,24").unwrap().build(10);
+        for name in arch.layer_names().into_iter().skip(1).take(2) {
+            arch.decompose(&name, 5, 7).unwrap();
+        }
+        let g = of_arch(&arch);
+        check(&g, 1, 3);
+        check(&g, 2, 4);
+    }
+
+    /// A ResNet: strided convs, shortcut Adds with their ReLU, global average pooling.
+    #[test]
+    fn a_resnet_matches_burns_layers() {
+        let g = crate::network::resolve("resnet8", 10, 16, &crate::network::FLAGS)
+            .unwrap()
+            .graph;
+        check(&g, 1, 5);
+        check(&g, 2, 6);
+    }
+
+    /// The ops no built-in network has: padded, strided pools, a BatchNorm after a pool,
+    /// a ReLU read twice, a Linear's ReLU.
+    #[test]
+    fn padded_pools_and_unfolded_batchnorms_match_burns_layers() {
+        let def = |name: &str, op: Op, inputs: &[&str]| NodeDef {
+            name: name.into(),
+            op,
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+        };
+        let win = |kernel, stride, padding| Window {
+            kernel,
+            stride,
+            padding,
+        };
+        let conv = |cin, cout, kernel, stride, padding| {
+            Op::Conv(Conv {
+                in_channels: cin,
+                out_channels: cout,
+                kernel,
+                stride,
+                padding,
+                bias: true,
+            })
+        };
+        let g = Graph::new(
+            "ops",
+            [3, 11, 11],
+            vec![
+                def("c", conv(3, 6, 3, 2, 1), &[INPUT]),
+                def("a", Op::AvgPool(win(3, 1, 1)), &["c"]),
+                def("m", Op::MaxPool(win(3, 2, 1)), &["a"]),
+                def("b", Op::BatchNorm { channels: 6 }, &["m"]),
+                def("r", Op::Relu, &["b"]),
+                def("s", Op::Add, &["r", "r"]),
+                def("f", Op::Flatten, &["s"]),
+                def(
+                    "l",
+                    Op::Linear {
+                        in_features: 6 * 3 * 3,
+                        out_features: 20,
+                    },
+                    &["f"],
+                ),
+                def("lr", Op::Relu, &["l"]),
+                def(
+                    "o",
+                    Op::Linear {
+                        in_features: 20,
+                        out_features: 4,
+                    },
+                    &["lr"],
+                ),
+            ],
+        )
+        .unwrap();
+        check(&g, 1, 7);
+        check(&g, 3, 8);
+    }
+}
