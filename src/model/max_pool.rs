@@ -40,12 +40,22 @@ fn forward(x: &Flat) -> Flat {
 /// Each 2x2 window's maximum, plane by plane.
 fn pool(x: &Flat) -> Flat {
     let [a, b, h, w] = x.layout().shape().dims::<4>();
+    tensor(pool_values(&values(x), h, w), [a, b, h / 2, w / 2])
+}
+
+/// Input values a thread takes at least (a task per small plane costs more than it
+/// pools).
+const MIN_PLANE_VALUES: usize = 1 << 14;
+
+/// [`pool`] on values: planes of `h x w` (both even) in, of `h/2 x w/2` out. The
+/// inference engine's 2x2 pooling too.
+pub(super) fn pool_values(xs: &[f32], h: usize, w: usize) -> Vec<f32> {
     assert!(h % 2 == 0 && w % 2 == 0, "2x2 pooling of an odd map");
-    let xs = values(x);
     let (oh, ow) = (h / 2, w / 2);
-    let mut y = vec![0f32; a * b * oh * ow];
+    let mut y = vec![0f32; xs.len() / 4];
     y.par_chunks_mut(oh * ow)
         .zip(xs.par_chunks(h * w))
+        .with_min_len(MIN_PLANE_VALUES.div_ceil(h * w))
         .for_each(|(y, x)| {
             for oy in 0..oh {
                 let (r0, r1) = (&x[2 * oy * w..][..w], &x[(2 * oy + 1) * w..][..w]);
@@ -56,7 +66,7 @@ fn pool(x: &Flat) -> Flat {
                 }
             }
         });
-    tensor(y, [a, b, oh, ow])
+    y
 }
 
 /// Each window's gradient goes to its first maximum, zero to the other three; the

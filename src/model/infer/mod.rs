@@ -20,6 +20,7 @@ pub mod plan;
 
 use super::GraphNet;
 use super::conv_gemm::conv_values;
+use super::max_pool::pool_values;
 use crate::graph::{Conv, Graph, Op, Window};
 use crate::weights::Weights;
 use maps::Dims;
@@ -28,8 +29,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// The most output pixels over the batch for which a stride-1 conv takes the packed
-/// product rather than the training kernels' forward pass.
-const PACKED_MAX_PIXELS: usize = 256;
+/// product rather than the training kernels' forward pass (Winograd or `gemm`). Measured
+/// on vgg19_bn and the reference-config model at batch 1 (AVX-512 Xeon, 2 cores, whole
+/// model, `rankprune latency --measure`): limits of 8, 16 and 64 pixels gave 7.38, 7.42
+/// and 8.02 ms, and 1.14, 1.16 and 1.41 ms. Above 2x2 maps, Winograd's fewer products
+/// and `gemm`'s kernels win over reading `W` once.
+const PACKED_MAX_PIXELS: usize = 8;
+
+/// VGG's pooling, which has a kernel of its own.
+const TWO_BY_TWO: Window = Window {
+    kernel: 2,
+    stride: 2,
+    padding: 0,
+};
 
 /// A compiled network.
 #[derive(Debug, Clone)]
@@ -267,7 +279,13 @@ impl Engine {
                 maps::affine(x.to_vec(), scale, shift, step.span.relu)
             }
             Kernel::Relu => maps::relu(x.to_vec()),
-            Kernel::MaxPool(w) => maps::max_pool(x, dims(), w),
+            Kernel::MaxPool(w) => {
+                let d = dims();
+                match *w == TWO_BY_TWO && d.h % 2 == 0 && d.w % 2 == 0 {
+                    true => pool_values(x, d.h, d.w),
+                    false => maps::max_pool(x, d, w),
+                }
+            }
             Kernel::AvgPool(w) => maps::avg_pool(x, dims(), w),
             Kernel::GlobalAvgPool => maps::global_avg_pool(x, dims()),
             Kernel::Add => maps::add(ins, step.span.relu),

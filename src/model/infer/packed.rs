@@ -23,6 +23,9 @@ pub const GROUP: usize = 6;
 /// `x`, so that the panel is read from memory once and then from cache.
 const BLOCK_GROUPS: usize = 16;
 
+/// Depth per pass over a tile's groups: two panels' chunk is 32 KiB.
+const DEPTH_CHUNK: usize = 256;
+
 /// Multiply-adds below which a product runs on the calling thread: rayon's hand-off
 /// (some microseconds) would cost more than it saves.
 const PARALLEL_MACS: usize = 1 << 19;
@@ -125,18 +128,26 @@ impl Packed {
         lv: Level,
         y: Shared,
     ) {
-        let size = self.depth * LANES;
-        let w = |q: usize| &self.panels[q * size..][..size];
-        for g in groups {
-            let xg = &xp[g * self.depth * GROUP..][..self.depth * GROUP];
-            let mut acc = [[[0f32; LANES]; GROUP]; 2];
-            match (panels.len(), lv) {
-                (2, _) => group::<2, true>([w(panels.start), w(panels.start + 1)], xg, &mut acc),
-                (_, Level::Scalar) => group::<1, false>([w(panels.start)], xg, &mut acc),
-                _ => group::<1, true>([w(panels.start)], xg, &mut acc),
+        let (depth, size) = (self.depth, self.depth * LANES);
+        // The depth in chunks of DEPTH_CHUNK, each chunk's panels (32 KiB) staying in
+        // L1 while every group of the tile goes through it; the groups' sums so far
+        // wait in `accs`.
+        let mut accs = vec![[[[0f32; LANES]; GROUP]; 2]; groups.len()];
+        for k0 in (0..depth).step_by(DEPTH_CHUNK) {
+            let k1 = (k0 + DEPTH_CHUNK).min(depth);
+            let w = |q: usize| &self.panels[q * size + k0 * LANES..q * size + k1 * LANES];
+            for (g, acc) in groups.clone().zip(&mut accs) {
+                let xg = &xp[(g * depth + k0) * GROUP..(g * depth + k1) * GROUP];
+                match (panels.len(), lv) {
+                    (2, _) => group::<2, true>([w(panels.start), w(panels.start + 1)], xg, acc),
+                    (_, Level::Scalar) => group::<1, false>([w(panels.start)], xg, acc),
+                    _ => group::<1, true>([w(panels.start)], xg, acc),
+                }
             }
+        }
+        for (g, acc) in groups.zip(&accs) {
             let live_cols = (cols - g * GROUP).min(GROUP);
-            for (q, acc) in panels.clone().zip(&acc) {
+            for (q, acc) in panels.clone().zip(acc) {
                 let row0 = q * LANES;
                 let live = (self.rows - row0).min(LANES);
                 for (l, bias) in self.bias[row0..row0 + live].iter().enumerate() {
@@ -181,7 +192,7 @@ fn pack_columns(x: &[f32], depth: usize, cols: usize) -> Vec<f32> {
 /// Values below which [`pack_columns`] runs on the calling thread.
 const PARALLEL_VALUES: usize = 1 << 16;
 
-/// `acc[p][c][l] = sum_k w[p][k][l] xg[k][c]` for `p < P`: the micro-kernel, `P` panels of `W`
+/// `acc[p][c][l] += sum_k w[p][k][l] xg[k][c]` for `p < P`: the micro-kernel, `P` panels of `W`
 /// against one group of columns. With `FMA` each step is a fused multiply-add (one
 /// instruction where the level has FMA; a slow library call where not, so only levels
 /// with FMA ask for it).
@@ -193,7 +204,7 @@ fn group<const P: usize, const FMA: bool>(
 ) {
     // One array per panel, each step spelled out: LLVM keeps these in registers (an
     // array indexed by panel, or a returned one, it kept in memory or left scalar).
-    let (mut a0, mut a1) = ([[0f32; LANES]; GROUP], [[0f32; LANES]; GROUP]);
+    let (mut a0, mut a1) = (acc[0], acc[1]);
     let step = |a: &mut [[f32; LANES]; GROUP], wk: &[f32; LANES], xk: &[f32; GROUP]| {
         for c in 0..GROUP {
             for l in 0..LANES {
