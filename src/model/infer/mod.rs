@@ -281,7 +281,7 @@ impl Engine {
             Kernel::Relu => maps::relu(x.to_vec()),
             Kernel::MaxPool(w) => {
                 let d = dims();
-                match *w == TWO_BY_TWO && d.h % 2 == 0 && d.w % 2 == 0 {
+                match *w == TWO_BY_TWO && d.h.is_multiple_of(2) && d.w.is_multiple_of(2) {
                     true => pool_values(x, d.h, d.w),
                     false => maps::max_pool(x, d, w),
                 }
