@@ -50,7 +50,10 @@ const MIN_PLANE_VALUES: usize = 1 << 14;
 /// [`pool`] on values: planes of `h x w` (both even) in, of `h/2 x w/2` out. The
 /// inference engine's 2x2 pooling too.
 pub(super) fn pool_values(xs: &[f32], h: usize, w: usize) -> Vec<f32> {
-    assert!(h.is_multiple_of(2) && w.is_multiple_of(2), "2x2 pooling of an odd map");
+    assert!(
+        h.is_multiple_of(2) && w.is_multiple_of(2),
+        "2x2 pooling of an odd map"
+    );
     let (oh, ow) = (h / 2, w / 2);
     let mut y = vec![0f32; xs.len() / 4];
     y.par_chunks_mut(oh * ow)

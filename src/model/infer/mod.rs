@@ -21,10 +21,13 @@ pub mod plan;
 use super::GraphNet;
 use super::conv_gemm::conv_values;
 use super::max_pool::pool_values;
+use super::profile::{Op as ProfileOp, timed};
+use super::winograd::{self, Tile};
 use crate::graph::{Conv, Graph, Op, Window};
 use crate::weights::Weights;
 use maps::Dims;
 use packed::{Act, Packed};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -79,6 +82,11 @@ struct ConvStep {
     packed: Packed,
     weight: Vec<f32>,
     bias: Vec<f32>,
+    /// The weights transformed for Winograd's F(2x2) and F(4x4), made on first use and
+    /// kept (the training kernels transform them on every call). Kept transforms did
+    /// not make Winograd pay where the training kernels' rule says it does not: at
+    /// batch 1 on 8x8 maps it took 2.05 ms against im2col's 1.30 (vgg19_bn, whole model).
+    winograd: [OnceLock<Vec<f32>>; 2],
 }
 
 /// A node's value: a map `[C, N, H, W]` or features `[F, N]`.
@@ -147,6 +155,7 @@ impl Engine {
                             packed: Packed::new(&weight, &bias, c.out_channels, depth),
                             weight,
                             bias,
+                            winograd: Default::default(),
                         })
                     }
                     Op::BatchNorm { .. } => {
@@ -319,7 +328,17 @@ fn conv(cs: &ConvStep, x: &[f32], d: Dims, act: Act) -> Value {
     let side = |s: usize| (s + 2 * p - k) / stride + 1;
     let pixels = d.n * side(d.h) * side(d.w);
     if stride == 1 && pixels > PACKED_MAX_PIXELS {
-        let y = conv_values(x, [d.c, d.n, d.h, d.w], &cs.weight, &cs.bias, k, p);
+        let out = cs.bias.len();
+        let s = winograd::Sizes::new(d.c, d.n, d.h, d.w, out);
+        let y = if k == 3 && p == 1 && s.worth_it() {
+            let u = cs.winograd[(s.tile == Tile::F4) as usize]
+                .get_or_init(|| winograd::transform(&cs.weight, s));
+            timed(ProfileOp::WinogradForward, || {
+                winograd::forward_transformed(x, u, &cs.bias, s)
+            })
+        } else {
+            conv_values(x, [d.c, d.n, d.h, d.w], &cs.weight, &cs.bias, k, p)
+        };
         return match act {
             Act::Relu => maps::relu(y),
             Act::Identity => y,
@@ -422,6 +441,29 @@ mod tests {
         let g = of_arch(&ArchSpec::parse("cfg_bn:8,M,16,M,24").unwrap().build(10));
         check(&g, 1, 1);
         check(&g, 3, 2);
+    }
+
+    /// A VGG whose 3x3 convs run by Winograd (enough channels and tiles), F(4x4) on the
+    /// larger maps and F(2x2) on 4x4 ones, with the transformed weights kept between
+    /// passes.
+    #[test]
+    fn winograd_with_kept_weights_matches_burns_layers() {
+        let g = of_arch(
+            &ArchSpec::parse("cfg_bn:16,M,24,M,16,M,16")
+                .unwrap()
+                .build(10),
+        );
+        check(&g, 16, 9);
+        let net = GraphNet::from_weights(&g, weights(&g, 9), "test", &Device::flex()).unwrap();
+        let engine = Engine::new(&net);
+        engine.forward(&vec![0.5; 16 * 3 * 32 * 32], 16);
+        let kept = |tile: usize| {
+            engine.steps.iter().any(|s| match &s.kernel {
+                Kernel::Conv(c) => c.winograd[tile].get().is_some(),
+                _ => false,
+            })
+        };
+        assert!(kept(0) && kept(1), "both tilings ran");
     }
 
     /// A Tucker-compressed VGG: 1x1 convs without bias, a core without BatchNorm.

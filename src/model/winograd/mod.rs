@@ -302,14 +302,39 @@ pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], s: Sizes) -> Vec<f32> {
 }
 
 fn forward_with<T: Tiling>(x: &[f32], weight: &[f32], bias: &[f32], s: Sizes) -> Vec<f32> {
-    let u = transform_weights::<T>(weight, s);
+    forward_u::<T>(x, &transform_weights::<T>(weight, s), bias, s)
+}
+
+/// The weights `[O, C, 3, 3]` transformed for `s.tile`: [`forward_transformed`]'s `u`,
+/// which the inference engine keeps rather than transforming on every call.
+pub fn transform(weight: &[f32], s: Sizes) -> Vec<f32> {
+    match s.tile {
+        Tile::F2 => transform_weights::<F2>(weight, s),
+        Tile::F4 => transform_weights::<F4>(weight, s),
+    }
+}
+
+/// [`forward`] with the weights transformed already (by [`transform`], for `s.tile`).
+pub fn forward_transformed(x: &[f32], u: &[f32], bias: &[f32], s: Sizes) -> Vec<f32> {
+    assert_eq!(
+        u.len(),
+        s.tile.elems() * s.out * s.c,
+        "weights transformed for s.tile"
+    );
+    match s.tile {
+        Tile::F2 => forward_u::<F2>(x, u, bias, s),
+        Tile::F4 => forward_u::<F4>(x, u, bias, s),
+    }
+}
+
+fn forward_u<T: Tiling>(x: &[f32], u: &[f32], bias: &[f32], s: Sizes) -> Vec<f32> {
     let total = s.out * s.n * s.h * s.w;
     let mut y = Vec::<f32>::with_capacity(total);
     let dst = Shared(y.as_mut_ptr());
     let (chunks, per_thread) = s.chunks();
     let run = |chunk: Chunk| {
         let v = transform_inputs::<T>(x, s, &chunk, per_thread);
-        let m = products(&u, &v, s, chunk.tiles(s), per_thread);
+        let m = products(u, &v, s, chunk.tiles(s), per_thread);
         // SAFETY: `y` has room for `total` values; each chunk writes the output pixels of
         // its own tile rows of its own images only, every one of them (see
         // `transform_outputs`).
