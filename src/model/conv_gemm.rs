@@ -179,6 +179,10 @@ fn columns(x: &[f32], g: Geometry, imgs: Range<usize>) -> Cow<'_, [f32]> {
     }))
 }
 
+/// Values of `cols` a thread's task of [`im2col`] writes at least: a task per short row
+/// (64 values at batch 1 on 8x8 maps) cost more than its copy.
+const IM2COL_TASK_VALUES: usize = 1 << 13;
+
 /// Images `imgs` as `[C k k, imgs.len() OH OW]`: row `(ch, i, j)` holds input channel
 /// `ch` shifted by `(i - p, j - p)`, zero where that falls in the padding. Every value
 /// is written once (no zero-fill first), and the rows' short runs are copied by plain
@@ -191,7 +195,7 @@ fn im2col(x: &[f32], g: Geometry, imgs: Range<usize>) -> Vec<f32> {
     let spare = &mut cols.spare_capacity_mut()[..total];
     spare
         .par_chunks_mut(len)
-        .with_min_len(min_len(g.blocks_per_thread()))
+        .with_min_len(min_len(g.blocks_per_thread()).max(IM2COL_TASK_VALUES.div_ceil(len)))
         .enumerate()
         .for_each(|(r, row)| {
             let (ch, i, j) = (r / kk, r % kk / g.k, r % g.k);
