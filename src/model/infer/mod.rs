@@ -28,7 +28,7 @@ use crate::weights::Weights;
 use maps::Dims;
 use packed::{Act, Packed};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// The most output pixels over the batch for which a stride-1 conv takes the packed
@@ -210,9 +210,21 @@ impl Engine {
     /// spin between layers likewise.)
     fn run(&self, images: &[f32], batch: usize, times: Option<&mut [f64]>) -> Vec<f32> {
         let done = AtomicBool::new(false);
+        let awake = AtomicUsize::new(0);
         rayon::scope(|s| {
-            for _ in 1..rayon::current_num_threads() {
-                s.spawn(|_| stay_awake(&done));
+            let helpers = rayon::current_num_threads() - 1;
+            for _ in 0..helpers {
+                s.spawn(|_| {
+                    awake.fetch_add(1, Ordering::AcqRel);
+                    stay_awake(&done)
+                });
+            }
+            // The first step starts with the helpers awake, as every later one does (a
+            // latency table times a layer as a network's first step). Not forever: the
+            // pool's other threads may be busy elsewhere.
+            let start = Instant::now();
+            while awake.load(Ordering::Acquire) < helpers && start.elapsed() < WAKE_WAIT {
+                std::hint::spin_loop();
             }
             let y = self.steps(images, batch, times);
             done.store(true, Ordering::Release);
@@ -307,6 +319,9 @@ impl Engine {
 fn step_name<'a>(engine: &'a Engine, step: &Step) -> &'a str {
     &engine.graph.nodes[step.span.first].name
 }
+
+/// How long a pass waits for the pool's threads to wake before it starts.
+const WAKE_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Runs the pool's pending tasks, or spins, until `done`.
 fn stay_awake(done: &AtomicBool) {
