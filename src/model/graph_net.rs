@@ -148,7 +148,8 @@ pub type Unit<'a> = Option<(usize, &'a BatchNorm)>;
 
 type Hook<'h> = dyn for<'a> FnMut(Unit<'a>, Tensor<4>) -> Tensor<4> + 'h;
 
-const TWO_BY_TWO: Window = Window {
+/// VGG's pooling, which has a kernel of its own.
+pub(super) const TWO_BY_TWO: Window = Window {
     kernel: 2,
     stride: 2,
     padding: 0,

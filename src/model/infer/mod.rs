@@ -5,14 +5,16 @@
 //! - A BatchNorm that only its conv reads is folded into the conv's weights and bias,
 //!   and a ReLU that is the only reader of a conv, BatchNorm, Add or Linear is applied
 //!   as its values are written ([`plan`]).
-//! - A conv with few output pixels over the batch (every conv at batch 1 but the first
-//!   maps'), any strided conv and every Linear is one product with `W` packed once
-//!   ([`packed`]): no per-call repacking of weights, no zero-fills between layers.
-//! - A stride-1 conv with many output pixels takes the training kernels' forward pass
-//!   (Winograd or `gemm`, `conv_gemm`).
+//! - A conv with 8 output pixels or fewer over the batch (the 2x2 maps at batch 1), any
+//!   strided conv and every Linear is one product with `W` packed once (`packed`): no
+//!   per-call repacking of weights.
+//! - Other convs take the training kernels' forward pass (`conv_gemm`: Winograd or
+//!   `gemm`), a Winograd conv with its transformed weights kept between passes.
+//! - The pool's threads stay awake during a pass, as onnxruntime's spin between layers.
 //!
 //! No burn tensors and no autodiff bookkeeping between layers. `tests` check whole
-//! networks (VGG, Tucker-compressed VGG, ResNet) against burn's own layers.
+//! networks (VGG, Tucker-compressed VGG, ResNet, Winograd with both tilings, padded
+//! pools) against burn's own layers at every SIMD level.
 
 mod maps;
 mod packed;
@@ -20,6 +22,7 @@ pub mod plan;
 
 use super::GraphNet;
 use super::conv_gemm::conv_values;
+use super::graph_net::TWO_BY_TWO;
 use super::max_pool::pool_values;
 use super::profile::{Op as ProfileOp, timed};
 use super::winograd::{self, Tile};
@@ -38,13 +41,6 @@ use std::time::Instant;
 /// and 8.02 ms, and 1.14, 1.16 and 1.41 ms. Above 2x2 maps, Winograd's fewer products
 /// and `gemm`'s kernels win over reading `W` once.
 const PACKED_MAX_PIXELS: usize = 8;
-
-/// VGG's pooling, which has a kernel of its own.
-const TWO_BY_TWO: Window = Window {
-    kernel: 2,
-    stride: 2,
-    padding: 0,
-};
 
 /// A compiled network.
 #[derive(Debug, Clone)]
@@ -74,12 +70,12 @@ enum Kernel {
     Linear(Packed),
 }
 
-/// A conv with its BatchNorm folded in: its weights packed, and as `[O, C, k, k]` for
-/// the training kernels.
+/// A conv with its BatchNorm folded in: its weights as `[O, C, k, k]` for the training
+/// kernels, and packed for the packed product (made on first use).
 #[derive(Debug, Clone)]
 struct ConvStep {
     conv: Conv,
-    packed: Packed,
+    packed: OnceLock<Packed>,
     weight: Vec<f32>,
     bias: Vec<f32>,
     /// The weights transformed for Winograd's F(2x2) and F(4x4), made on first use and
@@ -87,6 +83,97 @@ struct ConvStep {
     /// not make Winograd pay where the training kernels' rule says it does not: at
     /// batch 1 on 8x8 maps it took 2.05 ms against im2col's 1.30 (vgg19_bn, whole model).
     winograd: [OnceLock<Vec<f32>>; 2],
+}
+
+/// A graph's weights (PyTorch keys and layouts), and its BatchNorms' epsilons in order.
+struct Source<'a> {
+    graph: &'a Graph,
+    weights: &'a Weights,
+    eps: &'a [f32],
+}
+
+impl Source<'_> {
+    fn get(&self, node: usize, field: &str) -> &[f32] {
+        let name = &self.graph.nodes[node].name;
+        &self.weights.tensors[&format!("{name}.{field}")].data
+    }
+
+    /// The BatchNorm of node `node` as `x * scale + shift`.
+    fn batch_norm(&self, node: usize) -> (Vec<f32>, Vec<f32>) {
+        let index = self.graph.nodes[..node]
+            .iter()
+            .filter(|n| matches!(n.op, Op::BatchNorm { .. }))
+            .count();
+        let e = self.eps[index];
+        let (gamma, beta) = (self.get(node, "weight"), self.get(node, "bias"));
+        let (mean, var) = (
+            self.get(node, "running_mean"),
+            self.get(node, "running_var"),
+        );
+        let scale: Vec<f32> = gamma
+            .iter()
+            .zip(var)
+            .map(|(g, v)| g / (v + e).sqrt())
+            .collect();
+        let shift = beta
+            .iter()
+            .zip(mean)
+            .zip(&scale)
+            .map(|((b, m), s)| b - m * s)
+            .collect();
+        (scale, shift)
+    }
+
+    /// Conv node `node` with the BatchNorm `bn` folded in: `s W` and `s (b - mean) +
+    /// beta`, `s = gamma / sqrt(var + eps)`.
+    fn conv(&self, c: &Conv, node: usize, bn: Option<usize>) -> ConvStep {
+        let mut weight = self.get(node, "weight").to_vec();
+        let mut bias = match c.bias {
+            true => self.get(node, "bias").to_vec(),
+            false => vec![0.0; c.out_channels],
+        };
+        if let Some(b) = bn {
+            let (scale, shift) = self.batch_norm(b);
+            let per_out = weight.len() / c.out_channels;
+            for (o, row) in weight.chunks_mut(per_out).enumerate() {
+                row.iter_mut().for_each(|w| *w *= scale[o]);
+                bias[o] = bias[o] * scale[o] + shift[o];
+            }
+        }
+        ConvStep {
+            conv: c.clone(),
+            packed: OnceLock::new(),
+            weight,
+            bias,
+            winograd: Default::default(),
+        }
+    }
+
+    fn kernel(&self, span: plan::Span) -> Kernel {
+        let i = span.first;
+        match &self.graph.nodes[i].op {
+            Op::Conv(c) => Kernel::Conv(self.conv(c, i, span.bn)),
+            Op::BatchNorm { .. } => {
+                let (scale, shift) = self.batch_norm(i);
+                Kernel::Affine { scale, shift }
+            }
+            Op::Relu => Kernel::Relu,
+            Op::MaxPool(w) => Kernel::MaxPool(*w),
+            Op::AvgPool(w) => Kernel::AvgPool(*w),
+            Op::GlobalAvgPool => Kernel::GlobalAvgPool,
+            Op::Add => Kernel::Add,
+            Op::Flatten => Kernel::Flatten,
+            Op::Linear {
+                in_features,
+                out_features,
+            } => Kernel::Linear(Packed::new(
+                self.get(i, "weight"),
+                self.get(i, "bias"),
+                *out_features,
+                *in_features,
+            )),
+        }
+    }
 }
 
 /// A node's value: a map `[C, N, H, W]` or features `[F, N]`.
@@ -102,83 +189,16 @@ impl Engine {
     /// `graph` compiled with `weights` (PyTorch keys and layouts, as
     /// [`GraphNet::to_weights`]), `eps[b]` the epsilon of its `b`-th BatchNorm.
     fn from_weights(graph: &Graph, weights: &Weights, eps: &[f32]) -> Self {
-        let nodes = &graph.nodes;
-        let get = |node: usize, field: &str| -> &[f32] {
-            &weights.tensors[&format!("{}.{field}", nodes[node].name)].data
-        };
-        let bn_index = |node: usize| {
-            nodes[..node]
-                .iter()
-                .filter(|n| matches!(n.op, Op::BatchNorm { .. }))
-                .count()
-        };
-        // A BatchNorm as `x * scale + shift`.
-        let bn = |node: usize| -> (Vec<f32>, Vec<f32>) {
-            let e = eps[bn_index(node)];
-            let (gamma, beta) = (get(node, "weight"), get(node, "bias"));
-            let (mean, var) = (get(node, "running_mean"), get(node, "running_var"));
-            let scale: Vec<f32> = gamma
-                .iter()
-                .zip(var)
-                .map(|(g, v)| g / (v + e).sqrt())
-                .collect();
-            let shift = beta
-                .iter()
-                .zip(mean)
-                .zip(&scale)
-                .map(|((b, m), s)| b - m * s)
-                .collect();
-            (scale, shift)
+        let source = Source {
+            graph,
+            weights,
+            eps,
         };
         let steps = plan::spans(graph)
             .into_iter()
-            .map(|span| {
-                let i = span.first;
-                let kernel = match &nodes[i].op {
-                    Op::Conv(c) => {
-                        let mut weight = get(i, "weight").to_vec();
-                        let mut bias = match c.bias {
-                            true => get(i, "bias").to_vec(),
-                            false => vec![0.0; c.out_channels],
-                        };
-                        if let Some(b) = span.bn {
-                            let (scale, shift) = bn(b);
-                            let per_out = weight.len() / c.out_channels;
-                            for (o, row) in weight.chunks_mut(per_out).enumerate() {
-                                row.iter_mut().for_each(|w| *w *= scale[o]);
-                                bias[o] = bias[o] * scale[o] + shift[o];
-                            }
-                        }
-                        let depth = c.in_channels * c.kernel * c.kernel;
-                        Kernel::Conv(ConvStep {
-                            conv: c.clone(),
-                            packed: Packed::new(&weight, &bias, c.out_channels, depth),
-                            weight,
-                            bias,
-                            winograd: Default::default(),
-                        })
-                    }
-                    Op::BatchNorm { .. } => {
-                        let (scale, shift) = bn(i);
-                        Kernel::Affine { scale, shift }
-                    }
-                    Op::Relu => Kernel::Relu,
-                    Op::MaxPool(w) => Kernel::MaxPool(*w),
-                    Op::AvgPool(w) => Kernel::AvgPool(*w),
-                    Op::GlobalAvgPool => Kernel::GlobalAvgPool,
-                    Op::Add => Kernel::Add,
-                    Op::Flatten => Kernel::Flatten,
-                    Op::Linear {
-                        in_features,
-                        out_features,
-                    } => Kernel::Linear(Packed::new(
-                        get(i, "weight"),
-                        get(i, "bias"),
-                        *out_features,
-                        *in_features,
-                    )),
-                };
-                Step { span, kernel }
+            .map(|span| Step {
+                span,
+                kernel: source.kernel(span),
             })
             .collect();
         Self {
@@ -359,11 +379,15 @@ fn conv(cs: &ConvStep, x: &[f32], d: Dims, act: Act) -> Value {
             Act::Identity => y,
         };
     }
+    let packed = cs.packed.get_or_init(|| {
+        let depth = cs.weight.len() / cs.bias.len();
+        Packed::new(&cs.weight, &cs.bias, cs.bias.len(), depth)
+    });
     if k == 1 && stride == 1 && p == 0 {
-        return cs.packed.apply(x, pixels, act);
+        return packed.apply(x, pixels, act);
     }
     let cols = maps::im2col(x, d, k, stride, p);
-    cs.packed.apply(&cols, pixels, act)
+    packed.apply(&cols, pixels, act)
 }
 
 /// `[N, F]` to `[F, N]` or back (`rows x cols` to `cols x rows`).
