@@ -77,6 +77,9 @@ pub fn im2col(x: &[f32], d: Dims, k: usize, stride: usize, pad: usize) -> Vec<f3
     let row = |(r, dst): (usize, &mut [f32])| {
         let (ch, i, j) = (r / (k * k), r % (k * k) / k, r % k);
         let (lo, hi) = sx.valid(j);
+        if lo == hi {
+            return; // the tap reads padding only (a 3x3 conv on a 1x1 map)
+        }
         for b in 0..d.n {
             let plane = &x[(ch * d.n + b) * d.plane()..][..d.plane()];
             for oy in 0..oh {

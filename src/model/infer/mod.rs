@@ -6,8 +6,8 @@
 //!   and a ReLU that is the only reader of a conv, BatchNorm, Add or Linear is applied
 //!   as its values are written ([`plan`]).
 //! - A conv with 8 output pixels or fewer over the batch (the 2x2 maps at batch 1), any
-//!   strided conv and every Linear is one product with `W` packed once (`packed`): no
-//!   per-call repacking of weights.
+//!   strided conv and every Linear is one product with `W` packed once (`packed`; a
+//!   conv's on its first such pass): no per-call repacking of weights.
 //! - Other convs take the training kernels' forward pass (`conv_gemm`: Winograd or
 //!   `gemm`), a Winograd conv with its transformed weights kept between passes.
 //! - The pool's threads stay awake during a pass, as onnxruntime's spin between layers.
@@ -180,7 +180,7 @@ impl Source<'_> {
 type Value = Vec<f32>;
 
 impl Engine {
-    /// `net` compiled: BatchNorms folded into convs, weights packed.
+    /// `net` compiled: BatchNorms folded into convs, Linears' weights packed.
     pub fn new(net: &GraphNet) -> Self {
         let eps: Vec<f32> = net.bns.iter().map(|b| b.epsilon as f32).collect();
         Self::from_weights(&net.graph, &net.to_weights(), &eps)
@@ -229,9 +229,16 @@ impl Engine {
     /// costs some microseconds, as much as a small layer takes. (onnxruntime's threads
     /// spin between layers likewise.)
     fn run(&self, images: &[f32], batch: usize, times: Option<&mut [f64]>) -> Vec<f32> {
+        let [c, h, w] = self.graph.input;
+        assert_eq!(images.len(), batch * c * h * w, "images [N, C, H, W]");
         let done = AtomicBool::new(false);
         let awake = AtomicUsize::new(0);
+        // (The helpers stop however the pass ends: a panic in it would otherwise leave
+        // the scope waiting for them forever. The calling thread never runs a helper of
+        // its own: rayon's other threads steal the oldest jobs first, and the helpers are
+        // spawned before anything else.)
         rayon::scope(|s| {
+            let _stop = Stop(&done);
             let helpers = rayon::current_num_threads() - 1;
             for _ in 0..helpers {
                 s.spawn(|_| {
@@ -246,15 +253,12 @@ impl Engine {
             while awake.load(Ordering::Acquire) < helpers && start.elapsed() < WAKE_WAIT {
                 std::hint::spin_loop();
             }
-            let y = self.steps(images, batch, times);
-            done.store(true, Ordering::Release);
-            y
+            self.steps(images, batch, times)
         })
     }
 
     fn steps(&self, images: &[f32], batch: usize, mut times: Option<&mut [f64]>) -> Vec<f32> {
         let [c, h, w] = self.graph.input;
-        assert_eq!(images.len(), batch * c * h * w, "images [N, C, H, W]");
         let image = to_channel_major(images, batch, c, h * w);
         let nodes = &self.graph.nodes;
         let last_read = self.last_reads();
@@ -285,6 +289,8 @@ impl Engine {
         match self.shapes.last().map(Vec::as_slice) {
             // Features `[F, N]` to `[N, F]`.
             Some([f]) => transpose(&out, *f, batch),
+            // A map `[C, N, H, W]` to `[N, C, H, W]`.
+            Some([c, h, w]) => from_channel_major(&out, batch, *c, h * w),
             _ => out,
         }
     }
@@ -343,6 +349,26 @@ fn step_name<'a>(engine: &'a Engine, step: &Step) -> &'a str {
 /// How long a pass waits for the pool's threads to wake before it starts.
 const WAKE_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// Sets its flag when dropped: when a pass ends, normally or by a panic.
+struct Stop<'a>(&'a AtomicBool);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// `cell`'s value, made by `make` if it has none. Unlike `OnceLock::get_or_init`, a
+/// thread that `make` (a parallel loop) sends into another pass on the same cell makes
+/// it again rather than waiting for itself.
+fn kept<T>(cell: &OnceLock<T>, make: impl FnOnce() -> T) -> &T {
+    if let Some(v) = cell.get() {
+        return v;
+    }
+    let _ = cell.set(make());
+    cell.get().expect("set above, here or by another thread")
+}
+
 /// Runs the pool's pending tasks, or spins, until `done`.
 fn stay_awake(done: &AtomicBool) {
     while !done.load(Ordering::Acquire) {
@@ -366,8 +392,9 @@ fn conv(cs: &ConvStep, x: &[f32], d: Dims, act: Act) -> Value {
         let out = cs.bias.len();
         let s = winograd::Sizes::new(d.c, d.n, d.h, d.w, out);
         let y = if k == 3 && p == 1 && s.worth_it() {
-            let u = cs.winograd[(s.tile == Tile::F4) as usize]
-                .get_or_init(|| winograd::transform(&cs.weight, s));
+            let u = kept(&cs.winograd[(s.tile == Tile::F4) as usize], || {
+                winograd::transform(&cs.weight, s)
+            });
             timed(ProfileOp::WinogradForward, || {
                 winograd::forward_transformed(x, u, &cs.bias, s)
             })
@@ -379,7 +406,7 @@ fn conv(cs: &ConvStep, x: &[f32], d: Dims, act: Act) -> Value {
             Act::Identity => y,
         };
     }
-    let packed = cs.packed.get_or_init(|| {
+    let packed = kept(&cs.packed, || {
         let depth = cs.weight.len() / cs.bias.len();
         Packed::new(&cs.weight, &cs.bias, cs.bias.len(), depth)
     });
@@ -399,6 +426,16 @@ fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     y
+}
+
+/// Channel-major `[C, N, H, W]` to `[N, C, H, W]` (planes of `hw` values).
+fn from_channel_major(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (p, plane) in x.chunks_exact(hw).enumerate() {
+        let (ch, b) = (p / n, p % n);
+        out[(b * c + ch) * hw..][..hw].copy_from_slice(plane);
+    }
+    out
 }
 
 /// Images `[N, C, H, W]` to channel-major `[C, N, H, W]` (planes of `hw` values).
@@ -473,8 +510,8 @@ mod tests {
         }
     }
 
-    /// A VGG with BatchNorms, at batch 1 (every conv but the first maps' on the packed
-    /// product) and 3 (the training kernels' forward pass on the larger maps).
+    /// A VGG with BatchNorms, at batch 1 and 3 (its convs on the training kernels'
+    /// forward pass, its Linear on the packed product).
     #[test]
     fn a_vgg_matches_burns_layers() {
         let g = of_arch(&ArchSpec::parse("cfg_bn:8,M,16,M,24").unwrap().build(10));
@@ -525,6 +562,132 @@ mod tests {
             .graph;
         check(&g, 1, 5);
         check(&g, 2, 6);
+    }
+
+    /// A graph of `defs` on images of `input`.
+    fn graph(input: [usize; 3], defs: &[(&str, Op, &[&str])]) -> Graph {
+        let defs = defs
+            .iter()
+            .map(|(name, op, inputs)| NodeDef {
+                name: name.to_string(),
+                op: op.clone(),
+                inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            })
+            .collect();
+        Graph::new("test", input, defs).unwrap()
+    }
+
+    fn conv(cin: usize, cout: usize, kernel: usize, padding: usize) -> Op {
+        Op::Conv(Conv {
+            in_channels: cin,
+            out_channels: cout,
+            kernel,
+            stride: 1,
+            padding,
+            bias: false,
+        })
+    }
+
+    /// Small maps, where stride-1 convs take the packed product (8 output pixels or
+    /// fewer: 2x2 maps at batch 1 and 2), a 1x1 conv reads its input directly, a ReLU
+    /// read twice stays a step of its own, a BatchNorm after an Add has no ReLU, and a
+    /// 3x3 conv runs on a 1x1 map (taps in the padding only). The same layers ending in
+    /// a map give that map batch-major.
+    #[test]
+    fn small_maps_and_unfused_layers_match_burns_layers() {
+        let body: Vec<(&str, Op, &[&str])> = vec![
+            ("c", conv(3, 8, 3, 1), &[INPUT]),
+            ("bn", Op::BatchNorm { channels: 8 }, &["c"]),
+            ("r", Op::Relu, &["bn"]),
+            ("p", conv(8, 6, 1, 0), &["r"]),
+            ("pr", Op::Relu, &["p"]),
+            ("s", Op::Add, &["p", "pr"]),
+            ("sb", Op::BatchNorm { channels: 6 }, &["s"]),
+            (
+                "m",
+                Op::MaxPool(Window {
+                    kernel: 2,
+                    stride: 2,
+                    padding: 0,
+                }),
+                &["sb"],
+            ),
+            ("one", conv(6, 5, 3, 1), &["m"]),
+        ];
+        let head: Vec<(&str, Op, &[&str])> = vec![
+            ("f", Op::Flatten, &["one"]),
+            (
+                "l",
+                Op::Linear {
+                    in_features: 5,
+                    out_features: 4,
+                },
+                &["f"],
+            ),
+        ];
+        let classifier = graph([3, 2, 2], &[body.clone(), head].concat());
+        check(&classifier, 1, 10);
+        check(&classifier, 2, 11);
+        // Ending in the 1x1 map: the flattened features of `classifier` before its
+        // Linear, batch-major.
+        let maps = graph([3, 2, 2], &body);
+        let features = graph(
+            [3, 2, 2],
+            &[body, vec![("f", Op::Flatten, &["one"] as &[&str])]].concat(),
+        );
+        let w = weights(&classifier, 12);
+        let net = |g: &Graph| {
+            let w = crate::weights::Weights {
+                tensors: w
+                    .tensors
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with("l."))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            };
+            Engine::new(&GraphNet::from_weights(g, w, "test", &Device::flex()).unwrap())
+        };
+        let images: Vec<f32> = (0..3 * 12).map(|i| (i as f32 * 0.37).sin()).collect();
+        assert_eq!(
+            net(&maps).forward(&images, 3),
+            net(&features).forward(&images, 3)
+        );
+    }
+
+    /// A pass that panics (here: images of the wrong size) panics, on a pool of two
+    /// threads, instead of waiting forever for the threads it kept awake.
+    #[test]
+    fn a_failing_pass_panics_rather_than_hangs() {
+        let g = graph([3, 2, 2], &[("c", conv(3, 4, 3, 1), &[INPUT])]);
+        let net = GraphNet::from_weights(&g, weights(&g, 13), "test", &Device::flex()).unwrap();
+        let engine = Engine::new(&net);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.install(|| engine.forward(&[0.0; 5], 1))
+        }));
+        assert!(run.is_err());
+        // And a pass whose step panics inside the scope.
+        let maps = graph(
+            [3, 2, 2],
+            &[
+                ("c", conv(3, 4, 3, 1), &[INPUT]),
+                ("f", Op::Flatten, &["c"]),
+            ],
+        );
+        let bad = Engine {
+            shapes: vec![vec![99], vec![99]],
+            ..Engine::new(
+                &GraphNet::from_weights(&maps, weights(&maps, 14), "test", &Device::flex())
+                    .unwrap(),
+            )
+        };
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.install(|| bad.forward(&[0.0; 12], 1))
+        }));
+        assert!(run.is_err());
     }
 
     /// The ops no built-in network has: padded, strided pools, a BatchNorm after a pool,

@@ -1,5 +1,5 @@
-//! The inference engine's matrix product `y = act(W x + b)`, with `W` packed once when
-//! the engine is built rather than on every call (a general product, `gemm`'s, packs
+//! The inference engine's matrix product `y = act(W x + b)`, with `W` packed once
+//! rather than on every call (a general product, `gemm`'s, packs
 //! `W` each time, which at batch 1 costs as much as the product). `W` (`[rows, depth]`)
 //! is stored in panels of [`LANES`] rows, each depth-major (`[depth][LANES]`), so that
 //! one step of the inner loop loads one vector of `W` and multiplies it with
@@ -70,6 +70,9 @@ impl Packed {
     /// `act(W x + b)` as `[rows, cols]`, for `x` as `[depth, cols]` (row-major).
     pub fn apply(&self, x: &[f32], cols: usize, act: Act) -> Vec<f32> {
         assert_eq!(x.len(), self.depth * cols, "x is [depth, cols]");
+        if cols == 0 {
+            return Vec::new();
+        }
         let xp = pack_columns(x, self.depth, cols);
         let lv = level();
         // Panels per micro-kernel call: two on AVX-512 (12 accumulators of its 32
