@@ -36,7 +36,15 @@ impl Builder {
     }
 }
 
-fn conv(cin: usize, cout: usize, kernel: usize, stride: usize, padding: usize, bias: bool) -> Op {
+/// A conv op.
+pub(crate) fn conv(
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    bias: bool,
+) -> Op {
     Op::Conv(Conv {
         in_channels: cin,
         out_channels: cout,

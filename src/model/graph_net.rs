@@ -270,7 +270,7 @@ impl GraphNet {
 
     /// Whether the channel-major forward pass fuses node `i` of `graph` with the ReLU
     /// after it: a BatchNorm whose only reader (of `readers[i]`) is that ReLU.
-    pub(super) fn fuses(graph: &Graph, i: usize, readers: &[usize]) -> bool {
+    fn fuses(graph: &Graph, i: usize, readers: &[usize]) -> bool {
         let nodes = &graph.nodes;
         matches!(nodes[i].op, Op::BatchNorm { .. })
             && readers[i] == 1

@@ -259,7 +259,7 @@ impl Engine {
 
     fn steps(&self, images: &[f32], batch: usize, mut times: Option<&mut [f64]>) -> Vec<f32> {
         let [c, h, w] = self.graph.input;
-        let image = to_channel_major(images, batch, c, h * w);
+        let image = swap_leading(images, batch, c, h * w);
         let nodes = &self.graph.nodes;
         let last_read = self.last_reads();
         let mut values: Vec<Option<Value>> = vec![None; nodes.len()];
@@ -279,9 +279,9 @@ impl Engine {
                 t[i] = start.elapsed().as_secs_f64() * 1e3;
             }
             values[step.span.last] = Some(y);
-            for (j, v) in values.iter_mut().enumerate() {
+            for &j in &nodes[i].inputs {
                 if last_read[j] == Some(s) {
-                    *v = None;
+                    values[j] = None; // no later step reads it
                 }
             }
         }
@@ -290,7 +290,7 @@ impl Engine {
             // Features `[F, N]` to `[N, F]`.
             Some([f]) => transpose(&out, *f, batch),
             // A map `[C, N, H, W]` to `[N, C, H, W]`.
-            Some([c, h, w]) => from_channel_major(&out, batch, *c, h * w),
+            Some([c, h, w]) => swap_leading(&out, *c, batch, h * w),
             _ => out,
         }
     }
@@ -428,22 +428,13 @@ fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     y
 }
 
-/// Channel-major `[C, N, H, W]` to `[N, C, H, W]` (planes of `hw` values).
-fn from_channel_major(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
+/// `[A, B, hw]` to `[B, A, hw]`, planes of `hw` values: images `[N, C, H, W]` to
+/// channel-major `[C, N, H, W]` (`a = N`, `b = C`), and back (`a = C`, `b = N`).
+fn swap_leading(x: &[f32], a: usize, b: usize, hw: usize) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     for (p, plane) in x.chunks_exact(hw).enumerate() {
-        let (ch, b) = (p / n, p % n);
-        out[(b * c + ch) * hw..][..hw].copy_from_slice(plane);
-    }
-    out
-}
-
-/// Images `[N, C, H, W]` to channel-major `[C, N, H, W]` (planes of `hw` values).
-fn to_channel_major(images: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
-    let mut out = vec![0f32; images.len()];
-    for (p, plane) in images.chunks_exact(hw).enumerate() {
-        let (b, ch) = (p / c, p % c);
-        out[(ch * n + b) * hw..][..hw].copy_from_slice(plane);
+        let (i, j) = (p / b, p % b);
+        out[(j * a + i) * hw..][..hw].copy_from_slice(plane);
     }
     out
 }
@@ -452,7 +443,7 @@ fn to_channel_major(images: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::arch::ArchSpec;
-    use crate::graph::build::of_arch;
+    use crate::graph::build::{conv, of_arch};
     use crate::graph::{INPUT, NodeDef};
     use crate::model::simd::{Level, with_level};
     use burn::tensor::{Device, Tensor, TensorData};
@@ -577,17 +568,6 @@ mod tests {
         Graph::new("test", input, defs).unwrap()
     }
 
-    fn conv(cin: usize, cout: usize, kernel: usize, padding: usize) -> Op {
-        Op::Conv(Conv {
-            in_channels: cin,
-            out_channels: cout,
-            kernel,
-            stride: 1,
-            padding,
-            bias: false,
-        })
-    }
-
     /// Small maps, where stride-1 convs take the packed product (8 output pixels or
     /// fewer: 2x2 maps at batch 1 and 2), a 1x1 conv reads its input directly, a ReLU
     /// read twice stays a step of its own, a BatchNorm after an Add has no ReLU, and a
@@ -596,10 +576,10 @@ mod tests {
     #[test]
     fn small_maps_and_unfused_layers_match_burns_layers() {
         let body: Vec<(&str, Op, &[&str])> = vec![
-            ("c", conv(3, 8, 3, 1), &[INPUT]),
+            ("c", conv(3, 8, 3, 1, 1, false), &[INPUT]),
             ("bn", Op::BatchNorm { channels: 8 }, &["c"]),
             ("r", Op::Relu, &["bn"]),
-            ("p", conv(8, 6, 1, 0), &["r"]),
+            ("p", conv(8, 6, 1, 1, 0, false), &["r"]),
             ("pr", Op::Relu, &["p"]),
             ("s", Op::Add, &["p", "pr"]),
             ("sb", Op::BatchNorm { channels: 6 }, &["s"]),
@@ -612,7 +592,7 @@ mod tests {
                 }),
                 &["sb"],
             ),
-            ("one", conv(6, 5, 3, 1), &["m"]),
+            ("one", conv(6, 5, 3, 1, 1, false), &["m"]),
         ];
         let head: Vec<(&str, Op, &[&str])> = vec![
             ("f", Op::Flatten, &["one"]),
@@ -658,7 +638,7 @@ mod tests {
     /// threads, instead of waiting forever for the threads it kept awake.
     #[test]
     fn a_failing_pass_panics_rather_than_hangs() {
-        let g = graph([3, 2, 2], &[("c", conv(3, 4, 3, 1), &[INPUT])]);
+        let g = graph([3, 2, 2], &[("c", conv(3, 4, 3, 1, 1, false), &[INPUT])]);
         let net = GraphNet::from_weights(&g, weights(&g, 13), "test", &Device::flex()).unwrap();
         let engine = Engine::new(&net);
         let pool = rayon::ThreadPoolBuilder::new()
@@ -673,7 +653,7 @@ mod tests {
         let maps = graph(
             [3, 2, 2],
             &[
-                ("c", conv(3, 4, 3, 1), &[INPUT]),
+                ("c", conv(3, 4, 3, 1, 1, false), &[INPUT]),
                 ("f", Op::Flatten, &["c"]),
             ],
         );
@@ -694,57 +674,30 @@ mod tests {
     /// a ReLU read twice, a Linear's ReLU.
     #[test]
     fn padded_pools_and_unfolded_batchnorms_match_burns_layers() {
-        let def = |name: &str, op: Op, inputs: &[&str]| NodeDef {
-            name: name.into(),
-            op,
-            inputs: inputs.iter().map(|s| s.to_string()).collect(),
-        };
         let win = |kernel, stride, padding| Window {
             kernel,
             stride,
             padding,
         };
-        let conv = |cin, cout, kernel, stride, padding| {
-            Op::Conv(Conv {
-                in_channels: cin,
-                out_channels: cout,
-                kernel,
-                stride,
-                padding,
-                bias: true,
-            })
+        let linear = |in_features, out_features| Op::Linear {
+            in_features,
+            out_features,
         };
-        let g = Graph::new(
-            "ops",
+        let g = graph(
             [3, 11, 11],
-            vec![
-                def("c", conv(3, 6, 3, 2, 1), &[INPUT]),
-                def("a", Op::AvgPool(win(3, 1, 1)), &["c"]),
-                def("m", Op::MaxPool(win(3, 2, 1)), &["a"]),
-                def("b", Op::BatchNorm { channels: 6 }, &["m"]),
-                def("r", Op::Relu, &["b"]),
-                def("s", Op::Add, &["r", "r"]),
-                def("f", Op::Flatten, &["s"]),
-                def(
-                    "l",
-                    Op::Linear {
-                        in_features: 6 * 3 * 3,
-                        out_features: 20,
-                    },
-                    &["f"],
-                ),
-                def("lr", Op::Relu, &["l"]),
-                def(
-                    "o",
-                    Op::Linear {
-                        in_features: 20,
-                        out_features: 4,
-                    },
-                    &["lr"],
-                ),
+            &[
+                ("c", conv(3, 6, 3, 2, 1, true), &[INPUT]),
+                ("a", Op::AvgPool(win(3, 1, 1)), &["c"]),
+                ("m", Op::MaxPool(win(3, 2, 1)), &["a"]),
+                ("b", Op::BatchNorm { channels: 6 }, &["m"]),
+                ("r", Op::Relu, &["b"]),
+                ("s", Op::Add, &["r", "r"]),
+                ("f", Op::Flatten, &["s"]),
+                ("l", linear(6 * 3 * 3, 20), &["f"]),
+                ("lr", Op::Relu, &["l"]),
+                ("o", linear(20, 4), &["lr"]),
             ],
-        )
-        .unwrap();
+        );
         check(&g, 1, 7);
         check(&g, 3, 8);
     }

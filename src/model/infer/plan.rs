@@ -3,6 +3,7 @@
 //! reader of a conv, BatchNorm, Add or Linear applied to that node's values as they are
 //! written. The latency table times the same steps.
 
+use super::super::graph_net::uses;
 use crate::graph::{Graph, Op};
 
 /// One step: nodes `first..=last` of the graph, whose value is node `last`'s.
@@ -16,21 +17,10 @@ pub struct Span {
     pub relu: bool,
 }
 
-/// For each node of `graph`: how many inputs of later nodes read it.
-fn readers(graph: &Graph) -> Vec<usize> {
-    let mut readers = vec![0usize; graph.nodes.len()];
-    for n in &graph.nodes {
-        for &j in &n.inputs {
-            readers[j] += 1;
-        }
-    }
-    readers
-}
-
 /// `graph`'s steps, in order; every node is in exactly one.
 pub fn spans(graph: &Graph) -> Vec<Span> {
     let nodes = &graph.nodes;
-    let readers = readers(graph);
+    let (readers, _) = uses(graph);
     // Whether node `i + 1` exists, is `want` and reads only node `i`, its only reader.
     let next_reads = |i: usize, want: &dyn Fn(&Op) -> bool| {
         readers[i] == 1
