@@ -1,9 +1,9 @@
 //! Per-layer latency tables (in the spirit of NetAdapt, Yang et al., ECCV 2018): every
 //! layer of a network (a step of the inference [`Engine`]: a conv with its BatchNorm and
 //! ReLU, a pool, ...), keyed by its op and input shape at one batch size, is timed once
-//! on this machine's inference engine, alone in a graph of its own; a network's predicted latency is the sum of its layers'
-//! entries. A search then prices a candidate in
-//! microseconds, and a table is cached in a JSON file between runs. [`measure`] times
+//! on this machine's inference engine, alone in a graph of its own; a network's
+//! predicted latency is the sum of its layers' entries. A search then prices a candidate
+//! in microseconds, and a table is cached in a JSON file between runs. [`measure`] times
 //! a whole network for the check the table must pass (its sum against the measured
 //! latency).
 
