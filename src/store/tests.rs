@@ -580,11 +580,14 @@ fn busy_writers(at: &Path) {
         s.enqueue(id, &i.to_string(), COST).unwrap();
         s.requeue_expired(id).unwrap();
     }
+    // Until every trial is finished, or a worker has stopped (it can only have failed:
+    // the join below then reports its error, where waiting would never end).
     while s
         .trials(id)
         .unwrap()
         .iter()
         .any(|t| t.finished_at.is_none())
+        && !workers.iter().any(|w| w.is_finished())
     {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
