@@ -6,6 +6,7 @@
 
 use super::flex::{Flat, tensor, values};
 use super::profile::{Op, timed};
+use super::simd::vectorized;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -43,9 +44,10 @@ fn pool(x: &Flat) -> Flat {
     tensor(pool_values(&values(x), h, w), [a, b, h / 2, w / 2])
 }
 
-/// Input values a thread takes at least (a task per small plane costs more than it
-/// pools).
-const MIN_PLANE_VALUES: usize = 1 << 14;
+/// Input values a task takes at least: a 2x2 pool runs at some 20 values a
+/// nanosecond, so a smaller task would cost more in rayon's hand-off than it pools
+/// (a batch-1 map of vgg19_bn pools in 2-4 µs on one thread).
+const MIN_TASK_VALUES: usize = 1 << 17;
 
 /// [`pool`] on values: planes of `h x w` (both even) in, of `h/2 x w/2` out. The
 /// inference engine's 2x2 pooling too.
@@ -54,22 +56,37 @@ pub(super) fn pool_values(xs: &[f32], h: usize, w: usize) -> Vec<f32> {
         h.is_multiple_of(2) && w.is_multiple_of(2),
         "2x2 pooling of an odd map"
     );
-    let (oh, ow) = (h / 2, w / 2);
+    let (plane, out_plane) = (h * w, h * w / 4);
     let mut y = vec![0f32; xs.len() / 4];
-    y.par_chunks_mut(oh * ow)
-        .zip(xs.par_chunks(h * w))
-        .with_min_len(MIN_PLANE_VALUES.div_ceil(h * w))
-        .for_each(|(y, x)| {
-            for oy in 0..oh {
-                let (r0, r1) = (&x[2 * oy * w..][..w], &x[(2 * oy + 1) * w..][..w]);
-                for (ox, o) in y[oy * ow..][..ow].iter_mut().enumerate() {
-                    *o = r0[2 * ox]
-                        .max(r0[2 * ox + 1])
-                        .max(r1[2 * ox].max(r1[2 * ox + 1]));
-                }
-            }
-        });
+    let planes = MIN_TASK_VALUES.div_ceil(plane);
+    let task = |(y, x): (&mut [f32], &[f32])| vectorized(|| pool_planes(x, y, w));
+    if xs.len() <= MIN_TASK_VALUES {
+        task((&mut y, xs));
+    } else {
+        y.par_chunks_mut(planes * out_plane)
+            .zip(xs.par_chunks(planes * plane))
+            .for_each(task);
+    }
     y
+}
+
+/// 2x2 pooling of whole planes `x` (rows of `w`) into `y`, written so that it
+/// vectorises: each output row from two input rows, window by window.
+#[inline(always)]
+fn pool_planes(x: &[f32], y: &mut [f32], w: usize) {
+    // `f32::max`'s NaN rule costs a compare and a blend per value; PyTorch's pool
+    // compares with `>` too.
+    let max = |a: f32, b: f32| if a > b { a } else { b };
+    for (out, rows) in y.chunks_exact_mut(w / 2).zip(x.chunks_exact(2 * w)) {
+        let (r0, r1) = rows.split_at(w);
+        for ((o, a), b) in out
+            .iter_mut()
+            .zip(r0.chunks_exact(2))
+            .zip(r1.chunks_exact(2))
+        {
+            *o = max(max(a[0], b[0]), max(a[1], b[1]));
+        }
+    }
 }
 
 /// Each window's gradient goes to its first maximum, zero to the other three; the

@@ -27,15 +27,15 @@ const PARALLEL_VALUES: usize = 1 << 15;
 /// A window's geometry over one input side: output side and the input index of output
 /// `o`'s tap `t` (`None` in the padding).
 #[derive(Clone, Copy)]
-struct Side {
+pub struct Side {
     size: usize,
-    out: usize,
+    pub out: usize,
     stride: usize,
     pad: usize,
 }
 
 impl Side {
-    fn new(size: usize, kernel: usize, stride: usize, pad: usize) -> Self {
+    pub fn new(size: usize, kernel: usize, stride: usize, pad: usize) -> Self {
         Self {
             size,
             out: (size + 2 * pad - kernel) / stride + 1,
@@ -44,65 +44,11 @@ impl Side {
         }
     }
 
-    fn at(&self, o: usize, t: usize) -> Option<usize> {
+    pub fn at(&self, o: usize, t: usize) -> Option<usize> {
         (o * self.stride + t)
             .checked_sub(self.pad)
             .filter(|&i| i < self.size)
     }
-
-    /// The outputs `lo..hi` whose tap `t` falls inside the input.
-    fn valid(&self, t: usize) -> (usize, usize) {
-        let lo = (0..self.out)
-            .find(|&o| self.at(o, t).is_some())
-            .unwrap_or(0);
-        let hi = (lo..self.out)
-            .take_while(|&o| self.at(o, t).is_some())
-            .last()
-            .map_or(lo, |o| o + 1);
-        (lo, hi)
-    }
-}
-
-/// im2col of a `k x k` conv with `stride` and `pad`: `[C k k, N OH OW]`, row
-/// `(ch, i, j)` holding channel `ch` at offset `(i, j)` of each output's window, zero in
-/// the padding.
-pub fn im2col(x: &[f32], d: Dims, k: usize, stride: usize, pad: usize) -> Vec<f32> {
-    let (sy, sx) = (
-        Side::new(d.h, k, stride, pad),
-        Side::new(d.w, k, stride, pad),
-    );
-    let (oh, ow) = (sy.out, sx.out);
-    let len = d.n * oh * ow;
-    let mut cols = vec![0f32; d.c * k * k * len];
-    let row = |(r, dst): (usize, &mut [f32])| {
-        let (ch, i, j) = (r / (k * k), r % (k * k) / k, r % k);
-        let (lo, hi) = sx.valid(j);
-        if lo == hi {
-            return; // the tap reads padding only (a 3x3 conv on a 1x1 map)
-        }
-        for b in 0..d.n {
-            let plane = &x[(ch * d.n + b) * d.plane()..][..d.plane()];
-            for oy in 0..oh {
-                let Some(iy) = sy.at(oy, i) else { continue };
-                let src = &plane[iy * d.w..][..d.w];
-                let out = &mut dst[(b * oh + oy) * ow..][lo..hi];
-                let first = lo * stride + j - pad;
-                if stride == 1 {
-                    out.copy_from_slice(&src[first..first + out.len()]);
-                } else {
-                    for (o, v) in out.iter_mut().enumerate() {
-                        *v = src[first + o * stride];
-                    }
-                }
-            }
-        }
-    };
-    if cols.len() < PARALLEL_VALUES {
-        cols.chunks_mut(len).enumerate().for_each(row);
-    } else {
-        cols.par_chunks_mut(len).enumerate().for_each(row);
-    }
-    cols
 }
 
 /// `f(plane in, plane out)` for every plane, in parallel when large.

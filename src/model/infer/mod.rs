@@ -37,10 +37,11 @@ use std::time::Instant;
 /// The most output pixels over the batch for which a stride-1 conv takes the packed
 /// product rather than the training kernels' forward pass (Winograd or `gemm`). Measured
 /// on vgg19_bn and the reference-config model at batch 1 (AVX-512 Xeon, 2 cores, whole
-/// model, `rankprune latency --measure`): limits of 8, 16 and 64 pixels gave 7.38, 7.42
-/// and 8.02 ms, and 1.14, 1.16 and 1.41 ms. Above 2x2 maps, Winograd's fewer products
-/// and `gemm`'s kernels win over reading `W` once.
-const PACKED_MAX_PIXELS: usize = 8;
+/// model, `rankprune latency --measure`, two runs each): limits of 8, 16 and 64 pixels
+/// gave 3.88-3.91, 3.54-3.61 and 3.58-3.67 ms, and 0.73-0.75, 0.74 and 0.90-0.92 ms.
+/// On 4x4 maps at batch 1 the product that reads `W` once wins; on 8x8 maps `gemm`'s
+/// kernels win for the compressed model's narrow convs.
+const PACKED_MAX_PIXELS: usize = 16;
 
 /// A compiled network.
 #[derive(Debug, Clone)]
@@ -413,8 +414,8 @@ fn conv(cs: &ConvStep, x: &[f32], d: Dims, act: Act) -> Value {
     if k == 1 && stride == 1 && p == 0 {
         return packed.apply(x, pixels, act);
     }
-    let cols = maps::im2col(x, d, k, stride, p);
-    packed.apply(&cols, pixels, act)
+    let (xp, cols) = packed::pack_windows(x, d, k, stride, p);
+    packed.apply_packed(&xp, cols, act)
 }
 
 /// `[N, F]` to `[F, N]` or back (`rows x cols` to `cols x rows`).
