@@ -31,7 +31,8 @@ pub struct LatencyTable {
 }
 
 /// The machine a table describes: `lscpu`'s model name (from `/proc/cpuinfo`), rayon's
-/// threads and the engine.
+/// threads and the engine, with the version of its kernels and of the timing method
+/// (a table from an earlier version is refused: its entries would be stale).
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -43,10 +44,15 @@ pub fn machine() -> String {
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     format!(
-        "{cpu}, {} threads, rankprune engine",
+        "{cpu}, {} threads, rankprune engine v{TABLE_VERSION}",
         rayon::current_num_threads()
     )
 }
+
+/// Raised when the engine's kernels or the timing method change what a layer's entry
+/// would be. 2: convs on 4x4 maps at batch 1 take the packed product, and caches are
+/// evicted by one L2 per thread.
+const TABLE_VERSION: u32 = 2;
 
 /// Timed runs per layer or network (after two warm-ups), cut short past [`BUDGET_MS`].
 const RUNS: usize = 15;
@@ -289,7 +295,7 @@ fn time_probe(probe: &Probe, batch: usize) -> f64 {
     let engine = engine_of(&probe.graph);
     let images = images(&probe.graph, batch);
     let mut times = vec![0.0; probe.graph.nodes.len()];
-    let evict = vec![1f32; EVICT_FLOATS];
+    let evict = vec![1f32; evict_floats()];
     median(runs(|| {
         evict_caches(&evict);
         engine.forward_timed(&images, batch, &mut times);
@@ -314,10 +320,39 @@ fn images(graph: &Graph, batch: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Floats read before each timed run of a probe (16 MiB): more than every core's L2, so
-/// that the layer's weights and input come from further out, as they do inside a
-/// network, where the layers before it have used the caches since its last run.
-const EVICT_FLOATS: usize = 1 << 22;
+/// Floats read before each timed run of a probe: as much as each thread's core's L2
+/// holds, so that the layer's weights come from L3 or memory, as they do inside a
+/// network, where the layers before it have used the L2 since its last run. More is
+/// worse for small layers: reading 16 MiB (8 L2s here) made every step of the
+/// reference-config model slower alone than inside the network (the table's sum +19%
+/// at batch 1), where 4 MiB gave +2.8% (and +2.6% for vgg19_bn; +1.2% and +2.0% at
+/// batch 16, -6.7% and -13.1% at batch 128, against +1.1, -4.3 and -0.6% for
+/// vgg19_bn with 16 MiB; AVX-512 Xeon, 2 MiB L2 per core, 2 threads).
+fn evict_floats() -> usize {
+    let l2 = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index2/size")
+        .ok()
+        .and_then(|s| parse_cache_size(s.trim()))
+        .unwrap_or(DEFAULT_L2_BYTES);
+    l2 * rayon::current_num_threads() / size_of::<f32>()
+}
+
+/// The L2 size assumed where sysfs does not say (2 MiB).
+const DEFAULT_L2_BYTES: usize = 2 << 20;
+
+/// Bytes of a sysfs cache size (`2048K`, `1M`, `512`).
+fn parse_cache_size(s: &str) -> Option<usize> {
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let scale = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        _ => return None,
+    };
+    digits.parse::<usize>().ok().map(|n| n * scale)
+}
 
 /// Reads `buffer` on every thread (each core's private caches).
 fn evict_caches(buffer: &[f32]) {
@@ -381,6 +416,16 @@ mod tests {
     use super::*;
     use crate::arch::ArchSpec;
     use crate::graph::build::of_arch;
+
+    /// sysfs's cache sizes, in each of its units, and what is not one.
+    #[test]
+    fn cache_sizes_parse() {
+        assert_eq!(parse_cache_size("2048K"), Some(2 << 20));
+        assert_eq!(parse_cache_size("1M"), Some(1 << 20));
+        assert_eq!(parse_cache_size("512"), Some(512));
+        assert_eq!(parse_cache_size("2G"), None);
+        assert_eq!(parse_cache_size("K"), None);
+    }
 
     /// The layers are the engine's steps (a conv with its BatchNorm and ReLU is one);
     /// the keys name the op, its settings and its input shape, so that equal layers

@@ -5,9 +5,10 @@
 //! - A BatchNorm that only its conv reads is folded into the conv's weights and bias,
 //!   and a ReLU that is the only reader of a conv, BatchNorm, Add or Linear is applied
 //!   as its values are written ([`plan`]).
-//! - A conv with 8 output pixels or fewer over the batch (the 2x2 maps at batch 1), any
-//!   strided conv and every Linear is one product with `W` packed once (`packed`; a
-//!   conv's on its first such pass): no per-call repacking of weights.
+//! - A conv with 16 output pixels or fewer over the batch (the 2x2 and 4x4 maps at
+//!   batch 1), any strided conv and every Linear is one product with `W` packed once
+//!   (`packed`; a conv's on its first such pass): no per-call repacking of weights, and
+//!   the conv's windows gathered from the map straight into the product's layout.
 //! - Other convs take the training kernels' forward pass (`conv_gemm`: Winograd or
 //!   `gemm`), a Winograd conv with its transformed weights kept between passes.
 //! - The pool's threads stay awake during a pass, as onnxruntime's spin between layers.
@@ -569,7 +570,7 @@ mod tests {
         Graph::new("test", input, defs).unwrap()
     }
 
-    /// Small maps, where stride-1 convs take the packed product (8 output pixels or
+    /// Small maps, where stride-1 convs take the packed product (16 output pixels or
     /// fewer: 2x2 maps at batch 1 and 2), a 1x1 conv reads its input directly, a ReLU
     /// read twice stays a step of its own, a BatchNorm after an Add has no ReLU, and a
     /// 3x3 conv runs on a 1x1 map (taps in the padding only). The same layers ending in
