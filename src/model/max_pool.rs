@@ -1,7 +1,7 @@
 //! 2x2 max-pooling with stride 2 as an op of the flex CPU backend: one pass over each
 //! `[H, W]` plane forward, and backward one pass that recomputes each window's maximum
 //! and routes the gradient to it (the first maximum in row-major order, as PyTorch's
-//! `max_pool2d` does). Planes run in parallel. `tests` checks the output and the input
+//! `max_pool2d` does). Runs of whole planes run in parallel. `tests` checks the output and the input
 //! gradient against burn's `MaxPool2d`.
 
 use super::flex::{Flat, tensor, values};
@@ -59,7 +59,12 @@ pub(super) fn pool_values(xs: &[f32], h: usize, w: usize) -> Vec<f32> {
     let (plane, out_plane) = (h * w, h * w / 4);
     let mut y = vec![0f32; xs.len() / 4];
     let planes = MIN_TASK_VALUES.div_ceil(plane);
-    let task = |(y, x): (&mut [f32], &[f32])| vectorized(|| pool_planes(x, y, w));
+    let task = |(y, x): (&mut [f32], &[f32])| {
+        vectorized(
+            #[inline(always)]
+            || pool_planes(x, y, w),
+        )
+    };
     if xs.len() <= MIN_TASK_VALUES {
         task((&mut y, xs));
     } else {
@@ -74,9 +79,9 @@ pub(super) fn pool_values(xs: &[f32], h: usize, w: usize) -> Vec<f32> {
 /// vectorises: each output row from two input rows, window by window.
 #[inline(always)]
 fn pool_planes(x: &[f32], y: &mut [f32], w: usize) {
-    // `f32::max`'s NaN rule costs a compare and a blend per value; PyTorch's pool
-    // compares with `>` too.
-    let max = |a: f32, b: f32| if a > b { a } else { b };
+    // A NaN wins, as in PyTorch's pool (`val > max || isnan(val)`); `f32::max` would
+    // drop it.
+    let max = |a: f32, b: f32| if a > b || a.is_nan() { a } else { b };
     for (out, rows) in y.chunks_exact_mut(w / 2).zip(x.chunks_exact(2 * w)) {
         let (r0, r1) = rows.split_at(w);
         for ((o, a), b) in out
@@ -178,6 +183,19 @@ mod tests {
 
     /// Output and input gradient against burn's MaxPool2d, on random values and on a
     /// ReLU'd input full of tied zeros.
+    /// A NaN anywhere in a window makes its maximum NaN (PyTorch's rule), and the
+    /// windows beside it are untouched.
+    #[test]
+    fn a_nan_in_a_window_wins() {
+        for at in [0, 1, 4, 5] {
+            let mut x: Vec<f32> = (0..16).map(|v| v as f32).collect();
+            x[at] = f32::NAN;
+            let y = pool_values(&x, 4, 4);
+            assert!(y[0].is_nan(), "NaN at {at}: window maximum {}", y[0]);
+            assert_eq!(&y[1..], &[7.0, 13.0, 15.0], "NaN at {at}: other windows");
+        }
+    }
+
     #[test]
     fn pooling_matches_burns_max_pool2d() {
         let d = Device::flex().autodiff();

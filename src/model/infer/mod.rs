@@ -571,7 +571,7 @@ mod tests {
     }
 
     /// Small maps, where stride-1 convs take the packed product (16 output pixels or
-    /// fewer: 2x2 maps at batch 1 and 2), a 1x1 conv reads its input directly, a ReLU
+    /// fewer: here 2x2 maps at batch 1 and 2), a 1x1 conv reads its input directly, a ReLU
     /// read twice stays a step of its own, a BatchNorm after an Add has no ReLU, and a
     /// 3x3 conv runs on a 1x1 map (taps in the padding only). The same layers ending in
     /// a map give that map batch-major.

@@ -124,7 +124,7 @@ impl Packed {
     }
 
     /// Panels `panels` of `W` against column groups `groups` of `xp` (packed by
-    /// [`pack_columns`]), written into `y`.
+    /// [`pack_columns`] or [`pack_windows`]), written into `y`.
     ///
     /// # Safety
     /// `y` points at `[rows, cols]` values, and no other thread writes these panels'
@@ -203,8 +203,9 @@ fn pack_columns(x: &[f32], depth: usize, cols: usize) -> Vec<f32> {
 }
 
 /// The columns of a `k x k` conv with `stride` and `pad` on `x` (channel-major, `d`),
-/// packed as [`pack_columns`] packs im2col's matrix (`[C k k, N OH OW]`, zero in the
-/// padding; [`super::maps::im2col`]) but without that matrix between: each value is
+/// packed as [`pack_columns`] packs im2col's matrix (`[C k k, N OH OW]`, row `(ch, i, j)`
+/// holding channel `ch` at offset `(i, j)` of each output's window, zero in the padding)
+/// but without that matrix between: each value is
 /// read from `x` once, where im2col's rows of a small map are copies of one or two
 /// values each. Returns the packed values and the columns (output pixels).
 pub fn pack_windows(x: &[f32], d: Dims, k: usize, stride: usize, pad: usize) -> (Vec<f32>, usize) {
@@ -217,9 +218,13 @@ pub fn pack_windows(x: &[f32], d: Dims, k: usize, stride: usize, pad: usize) -> 
     let groups = cols.div_ceil(GROUP);
     // For each group, tap and column: the offset of the value it reads within its
     // channel's planes, or `NONE` (in the padding, or past the last column).
+    assert!(
+        per_channel < NONE as usize,
+        "a channel's planes past u32 offsets"
+    );
     let taps = kk * GROUP;
     let mut offsets = vec![NONE; groups * taps];
-    for (g, offs) in offsets.chunks_exact_mut(taps).enumerate() {
+    let table = |(g, offs): (usize, &mut [u32])| {
         for (c, q) in (g * GROUP..cols.min((g + 1) * GROUP)).enumerate() {
             let (b, oy, ox) = (q / (oh * ow), q / ow % oh, q % ow);
             for (t, o) in offs.iter_mut().skip(c).step_by(GROUP).enumerate() {
@@ -228,6 +233,16 @@ pub fn pack_windows(x: &[f32], d: Dims, k: usize, stride: usize, pad: usize) -> 
                 }
             }
         }
+    };
+    if offsets.len() < PARALLEL_VALUES {
+        offsets.chunks_exact_mut(taps).enumerate().for_each(table);
+    } else {
+        let per_task = PARALLEL_VALUES.div_ceil(4 * taps);
+        offsets
+            .par_chunks_exact_mut(taps)
+            .enumerate()
+            .with_min_len(per_task)
+            .for_each(table);
     }
     let mut xp = vec![0f32; groups * d.c * taps];
     // One task per group and channel: its `k k` rows of `GROUP` values. Compiled for
@@ -261,7 +276,7 @@ pub fn pack_windows(x: &[f32], d: Dims, k: usize, stride: usize, pad: usize) -> 
 /// An offset in [`pack_windows`]'s table that reads nothing (a zero).
 const NONE: u32 = u32::MAX;
 
-/// Values below which [`pack_columns`] runs on the calling thread.
+/// Values below which [`pack_columns`] and [`pack_windows`] run on the calling thread.
 const PARALLEL_VALUES: usize = 1 << 16;
 
 /// `acc[p][c][l] += sum_k w[p][k][l] xg[k][c]` for `p < P`: the micro-kernel, `P` panels of `W`
