@@ -27,7 +27,7 @@ use super::graph_net::TWO_BY_TWO;
 use super::max_pool::pool_values;
 use super::profile::{Op as ProfileOp, timed};
 use super::winograd::{self, Tile};
-use crate::graph::{Conv, Graph, Op, Window};
+use crate::graph::{Conv, Graph, Op};
 use crate::weights::Weights;
 use maps::Dims;
 use packed::{Act, Packed};
@@ -59,17 +59,14 @@ struct Step {
     kernel: Kernel,
 }
 
+/// What a step runs: the ops whose weights are prepared at compile time, or the
+/// node's own op as the graph holds it.
 #[derive(Debug, Clone)]
 enum Kernel {
     Conv(ConvStep),
     Affine { scale: Vec<f32>, shift: Vec<f32> },
-    Relu,
-    MaxPool(Window),
-    AvgPool(Window),
-    GlobalAvgPool,
-    Add,
-    Flatten,
     Linear(Packed),
+    Node,
 }
 
 /// A conv with its BatchNorm folded in: its weights as `[O, C, k, k]` for the training
@@ -159,12 +156,12 @@ impl Source<'_> {
                 let (scale, shift) = self.batch_norm(i);
                 Kernel::Affine { scale, shift }
             }
-            Op::Relu => Kernel::Relu,
-            Op::MaxPool(w) => Kernel::MaxPool(*w),
-            Op::AvgPool(w) => Kernel::AvgPool(*w),
-            Op::GlobalAvgPool => Kernel::GlobalAvgPool,
-            Op::Add => Kernel::Add,
-            Op::Flatten => Kernel::Flatten,
+            Op::Relu
+            | Op::MaxPool(_)
+            | Op::AvgPool(_)
+            | Op::GlobalAvgPool
+            | Op::Add
+            | Op::Flatten => Kernel::Node,
             Op::Linear {
                 in_features,
                 out_features,
@@ -322,24 +319,30 @@ impl Engine {
             ),
         };
         let x = ins[0];
-        match &step.kernel {
-            Kernel::Conv(cs) => conv(cs, x, dims(), act),
+        let op = match &step.kernel {
+            Kernel::Conv(cs) => return conv(cs, x, dims(), act),
             Kernel::Affine { scale, shift } => {
-                maps::affine(x.to_vec(), scale, shift, step.span.relu)
+                return maps::affine(x.to_vec(), scale, shift, step.span.relu);
             }
-            Kernel::Relu => maps::relu(x.to_vec()),
-            Kernel::MaxPool(w) => {
+            Kernel::Linear(p) => return p.apply(x, n, act),
+            Kernel::Node => &self.graph.nodes[step.span.first].op,
+        };
+        match op {
+            Op::Relu => maps::relu(x.to_vec()),
+            Op::MaxPool(w) => {
                 let d = dims();
                 match *w == TWO_BY_TWO && d.h.is_multiple_of(2) && d.w.is_multiple_of(2) {
                     true => pool_values(x, d.h, d.w),
                     false => maps::max_pool(x, d, w),
                 }
             }
-            Kernel::AvgPool(w) => maps::avg_pool(x, dims(), w),
-            Kernel::GlobalAvgPool => maps::global_avg_pool(x, dims()),
-            Kernel::Add => maps::add(ins, step.span.relu),
-            Kernel::Flatten => maps::flatten(x, dims()),
-            Kernel::Linear(p) => p.apply(x, n, act),
+            Op::AvgPool(w) => maps::avg_pool(x, dims(), w),
+            Op::GlobalAvgPool => maps::global_avg_pool(x, dims()),
+            Op::Add => maps::add(ins, step.span.relu),
+            Op::Flatten => maps::flatten(x, dims()),
+            Op::Conv(_) | Op::BatchNorm { .. } | Op::Linear { .. } => {
+                unreachable!("{} has a prepared kernel", step_name(self, step))
+            }
         }
     }
 }
@@ -446,7 +449,7 @@ mod tests {
     use super::*;
     use crate::arch::ArchSpec;
     use crate::graph::build::{conv, of_arch};
-    use crate::graph::{INPUT, NodeDef};
+    use crate::graph::{INPUT, NodeDef, Window};
     use crate::model::simd::{Level, with_level};
     use burn::tensor::{Device, Tensor, TensorData};
     use rand::rngs::StdRng;
